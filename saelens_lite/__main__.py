@@ -1,0 +1,3 @@
+from saelens_lite.cli import main
+
+raise SystemExit(main())

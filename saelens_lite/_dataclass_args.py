@@ -1,0 +1,65 @@
+"""Build argparse options from a config dataclass, with each field's docstring as its help.
+
+The config dataclasses document every field with a string literal under it (the convention of
+sparsify's configs); this module reads those strings back from the source so that ``--help``
+and the dataclass never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import textwrap
+import typing
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Map field name -> the docstring written under it in ``cls``'s class body."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
+                       choices: dict[str, typing.Sequence[str]] | None = None) -> None:
+    """Add ``--field-name`` for every field of ``cls`` not in ``skip``; defaults are the
+    dataclass defaults, list fields take several values, bool fields become on/off flags."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        hint = hints[f.name]
+        kwargs: dict = {"default": default, "help": docs.get(f.name, ""), "dest": f.name}
+        if choices and f.name in choices:
+            kwargs["choices"] = list(choices[f.name])
+        origin = typing.get_origin(hint)
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is list:
+            kwargs["nargs"] = "+"
+            kwargs["type"] = typing.get_args(hint)[0]
+        elif origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            inner = [a for a in typing.get_args(hint) if a is not type(None)]
+            kwargs["type"] = inner[0]
+        else:
+            kwargs["type"] = hint
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides):
+    """Instantiate ``cls`` from the parsed options (fields missing from ``args`` keep defaults)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values.update(overrides)
+    return cls(**values)

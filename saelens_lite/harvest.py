@@ -1,0 +1,211 @@
+"""Harvest hidden states from a model into an on-disk :class:`ActivationCache`.
+
+text corpus -> packed contexts (``corpus``) -> one forward per batch with every hook captured
+and the forward stopped after the deepest hooked module (``hooks.capture``) -> kept token rows
+-> resumable shard writer (``cache.CacheWriter``).
+
+Resume contract: contexts are produced deterministically, rows are written in (context,
+position) order, and the writer records the (context, position) of the last committed row.
+Re-running the same command after a crash (even ``kill -9``) skips every context before that
+one, drops the already committed rows of that context, and ends with exactly the rows an
+uninterrupted run writes.
+
+Shapes: B contexts in a batch, S sequence length, D hook width, n kept tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from saelens_lite.cache import ActivationCache, CacheWriter
+from saelens_lite.corpus import iter_documents, pack_contexts
+from saelens_lite.hooks import capture, hook_widths, resolve_hooks
+from saelens_lite.models import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+EXCLUDE_CHOICES = ("bos", "special", "none")
+
+
+@dataclass
+class HarvestConfig:
+    """What to harvest. Fields that change the cache's content are recorded in its manifest;
+    resuming with different values is refused."""
+
+    model: str = "smollm2-135m"
+    """Model alias, Hugging Face id, local folder or ``.gguf`` path (see ``models.ALIASES``)."""
+    hooks: list[str] = field(default_factory=lambda: ["blocks.14.hook_resid_post"])
+    """Hook point names (``saelens-lite hooks --model M`` lists them); all from one forward."""
+    dataset: str = "builtin:pydocs"
+    """Corpus spec: ``builtin:NAME``, a local .txt/.jsonl/.parquet file or folder, or an HF id."""
+    text_column: str = "text"
+    """Column / key holding the text in jsonl, parquet and HF datasets."""
+    split: str = "train"
+    """Split of a Hugging Face dataset."""
+    context_size: int = 128
+    """Tokens per packed context (BOS included)."""
+    tokens: int = 200_000
+    """Total number of token rows to write (after exclusions)."""
+    batch_size: int = 16
+    """Contexts per forward pass; does not change the cache's content."""
+    dtype: str = "float32"
+    """Storage dtype of activations: float32, float16 or bfloat16."""
+    model_dtype: str = "auto"
+    """Compute dtype of the model: auto (float32 on CPU, bfloat16 on CUDA) or a dtype name."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto (CUDA when present)."""
+    exclude: str = "bos"
+    """Positions left out: bos (the BOS/CLS token that starts each context), special (every
+    special token, document separators included) or none. Padding is always left out."""
+    shard_tokens: int = 65_536
+    """Rows per shard file; only the last shard is shorter."""
+
+    def __post_init__(self) -> None:
+        if not self.hooks:
+            raise ValueError("hooks: give at least one hook point name")
+        for name in ("context_size", "tokens", "batch_size", "shard_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}={value!r}: must be a positive integer")
+        if self.context_size < 2:
+            raise ValueError(f"context_size={self.context_size}: must be at least 2")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: choose one of {sorted(DTYPES)}")
+        if self.model_dtype != "auto" and self.model_dtype not in DTYPES:
+            raise ValueError(f"model_dtype={self.model_dtype!r}: choose auto or one of {sorted(DTYPES)}")
+        if self.exclude not in EXCLUDE_CHOICES:
+            raise ValueError(f"exclude={self.exclude!r}: choose one of {list(EXCLUDE_CHOICES)}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device={device!r}: use auto, cpu, cuda or cuda:N") from e
+
+
+def _model_dtype(cfg: HarvestConfig, device: torch.device) -> torch.dtype:
+    if cfg.model_dtype != "auto":
+        return DTYPES[cfg.model_dtype]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _batches(contexts: Iterator[tuple[int, np.ndarray]], size: int) -> Iterator[list[tuple[int, np.ndarray]]]:
+    while batch := list(itertools.islice(contexts, size)):
+        yield batch
+
+
+def _keep_mask(ids_BS: torch.Tensor, attn_BS: torch.Tensor, exclude: str, tokenizer) -> torch.Tensor:
+    """Boolean (B, S): positions whose activations are written."""
+    keep = attn_BS.bool().clone()
+    if exclude == "special":
+        special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=ids_BS.dtype)
+        keep &= ~torch.isin(ids_BS, special)
+    elif exclude == "bos":
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+        if bos is not None:
+            keep[:, 0] &= ids_BS[:, 0] != bos
+    return keep
+
+
+def _cache_meta(cfg: HarvestConfig, lm: LoadedModel) -> dict:
+    """The settings that define the cache's content (compared on resume)."""
+    tok = lm.tokenizer
+    return {
+        "model": cfg.model,
+        "model_source": str(lm.source),
+        "family": lm.family,
+        "corpus": cfg.dataset,
+        "text_column": cfg.text_column,
+        "split": cfg.split,
+        "tokenizer": {"name": getattr(tok, "name_or_path", ""), "vocab_size": len(tok),
+                      "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id},
+        "context_size": cfg.context_size,
+        "tokens_requested": cfg.tokens,
+        "exclude": cfg.exclude,
+    }
+
+
+def harvest(cfg: HarvestConfig, out: str | Path, *, model: LoadedModel | None = None,
+            overwrite: bool = False, progress: bool = True) -> ActivationCache:
+    """Run ``cfg`` into the cache folder ``out`` (resuming it when it holds a partial run of the
+    same settings) and return the opened cache. ``model`` reuses an already loaded model."""
+    device = resolve_device(cfg.device)
+    lm = model or load_model(cfg.model, device=device, dtype=_model_dtype(cfg, device))
+    hook_points = resolve_hooks(lm.model, cfg.hooks)
+    widths = hook_widths(lm.model, hook_points)
+    # Pass the corpus spec through before creating any folder: a bad path fails with nothing written.
+    docs = iter_documents(cfg.dataset, text_column=cfg.text_column, split=cfg.split)
+    first_doc = next(docs, None)
+    if first_doc is None:
+        raise ValueError(f"dataset={cfg.dataset!r}: the corpus holds no documents")
+    docs = itertools.chain([first_doc], docs)
+
+    writer = CacheWriter.open(out, meta=_cache_meta(cfg, lm), hooks={h.name: widths[h.name] for h in hook_points},
+                              dtype=cfg.dtype, shard_tokens=cfg.shard_tokens, overwrite=overwrite)
+    if writer.complete:
+        log.info("cache %s is already complete (%d tokens); nothing to do", out, writer.tokens_committed)
+        return ActivationCache(out)
+    done = writer.tokens_committed
+    last_ctx, last_pos = writer.last_committed if writer.last_committed is not None else (-1, -1)
+    if done:
+        log.info("resuming %s at %d tokens (after context %d, position %d)", out, done, last_ctx, last_pos)
+
+    store_dtype = DTYPES[cfg.dtype]
+    contexts = enumerate(pack_contexts(docs, lm.tokenizer, cfg.context_size))
+    # Contexts committed before a crash are only re-tokenised, not re-run. Restart at the start
+    # of the batch that held the last committed context, so every batch has the same members
+    # (and so bit-identical activations) as in an uninterrupted run.
+    first = max(last_ctx, 0) // cfg.batch_size * cfg.batch_size
+    contexts = itertools.dropwhile(lambda ic: ic[0] < first, contexts)
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    bar = tqdm(total=cfg.tokens, initial=done, unit="tok", unit_scale=True, desc="harvest",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        for batch in _batches(contexts, cfg.batch_size):
+            if done >= cfg.tokens:
+                break
+            S = max(len(ids) for _, ids in batch)
+            ids_BS = torch.full((len(batch), S), pad_id, dtype=torch.long)
+            attn_BS = torch.zeros((len(batch), S), dtype=torch.long)
+            for b, (_, ids) in enumerate(batch):
+                ids_BS[b, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+                attn_BS[b, : len(ids)] = 1
+            ctx_B = torch.tensor([i for i, _ in batch], dtype=torch.long)
+            pos_BS = torch.arange(S).expand(len(batch), S)
+            keep_BS = _keep_mask(ids_BS, attn_BS, cfg.exclude, lm.tokenizer)
+            keep_BS &= (ctx_B[:, None] > last_ctx) | ((ctx_B[:, None] == last_ctx) & (pos_BS > last_pos))
+            keep_BS &= keep_BS.flatten().long().cumsum(0).view_as(keep_BS) <= cfg.tokens - done
+            n = int(keep_BS.sum())
+            if n == 0:
+                continue
+            acts = capture(lm.model, {"input_ids": ids_BS.to(device), "attention_mask": attn_BS.to(device)},
+                           hook_points, stop_early=True)
+            keep_dev = keep_BS.to(device)
+            rows = {name: a[keep_dev].to(store_dtype).cpu() for name, a in acts.items()}
+            writer.append(rows, token_ids=ids_BS[keep_BS].numpy(),
+                          context_idx=ctx_B[:, None].expand(-1, S)[keep_BS].numpy(),
+                          position=pos_BS[keep_BS].numpy())
+            done += n
+            bar.update(n)
+        if done < cfg.tokens:
+            log.warning("corpus %s ran out after %d of %d requested tokens", cfg.dataset, done, cfg.tokens)
+        writer.finalize()
+    finally:
+        bar.close()
+    return ActivationCache(out)
+
+
+__all__ = ["HarvestConfig", "harvest", "resolve_device", "DTYPES", "EXCLUDE_CHOICES"]

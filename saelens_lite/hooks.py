@@ -1,0 +1,237 @@
+"""Named hook points on HF transformers, activation capture with early stop, and splicing.
+
+Uniform names, per block ``i`` (B batch, S sequence, D model width):
+
+* ``blocks.{i}.hook_resid_pre``  (B,S,D): the residual stream entering block i (its input).
+* ``blocks.{i}.hook_attn_out``   (B,S,D): the attention sub-layer output.
+* ``blocks.{i}.hook_mlp_out``    (B,S,D): the MLP sub-layer output.
+* ``blocks.{i}.hook_resid_post`` (B,S,D): block i's output (= resid_pre of block i+1).
+
+For pre-LN models (llama, mistral, qwen2, gpt2) ``resid_post = resid_pre + attn_out + mlp_out``;
+gpt_neox with ``use_parallel_residual`` satisfies the same sum. BERT is post-LN: ``attn_out`` is
+``attention.output.dense`` and ``mlp_out`` is ``output.dense``, both *before* the residual add
+and LayerNorm, so the sum does not hold there and ``resid_post`` is LayerNorm-ed.
+
+Any module path from ``model.named_modules()`` is also a hook point (its output).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+UNIFORM_SUFFIXES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
+
+# Where the block list lives, for LM-head models and their base models.
+_BLOCK_LIST_PATHS = (
+    "model.layers",  # llama, mistral, qwen2, gemma, ...
+    "transformer.h",  # gpt2, gpt-j, bloom, falcon
+    "gpt_neox.layers",
+    "bert.encoder.layer",
+    "roberta.encoder.layer",
+    "encoder.layer",  # BertModel / RobertaModel
+    "model.decoder.layers",  # opt
+    "layers",  # LlamaModel, GPTNeoXModel
+    "h",  # GPT2Model
+)
+# Sub-layer paths inside a block, first match wins. BERT's come first because its
+# `attention` is a wrapper whose output already includes the residual and LayerNorm.
+_ATTN_PATHS = ("attention.output.dense", "self_attn", "attn", "attention", "self_attention")
+_MLP_PATHS = ("output.dense", "mlp", "feed_forward", "ffn")
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    name: str
+    """``blocks.3.hook_resid_post`` or a raw module path."""
+    module_path: str
+    """Path in ``model.named_modules()``."""
+    kind: str
+    """"pre" (module input) or "post" (module output)."""
+    layer: int | None
+    """Block index, or None for raw modules outside the blocks."""
+
+
+class UnknownHookError(ValueError):
+    """A hook name is neither a uniform name nor a module path; names the closest valid ones."""
+
+
+class _StopForward(Exception):
+    """Raised by a capture hook once every requested hook has fired, to skip later layers."""
+
+
+def _block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    modules = dict(model.named_modules())
+    for path in _BLOCK_LIST_PATHS:
+        if isinstance(modules.get(path), nn.ModuleList):
+            return path, modules[path]
+    # Unknown layout: the first ModuleList as long as the config's layer count.
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for path, mod in modules.items():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers:
+            return path, mod
+    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
+
+
+def _find_sub(block: nn.Module, candidates: Sequence[str]) -> str | None:
+    sub = dict(block.named_modules())
+    return next((c for c in candidates if c in sub), None)
+
+
+def list_hook_points(model: nn.Module) -> list[HookPoint]:
+    """Uniform hook points in depth order: per block resid_pre, attn_out, mlp_out, resid_post."""
+    prefix, blocks = _block_list(model)
+    points = []
+    for i, block in enumerate(blocks):
+        path = f"{prefix}.{i}"
+        points.append(HookPoint(f"blocks.{i}.hook_resid_pre", path, "pre", i))
+        for suffix, candidates in (("hook_attn_out", _ATTN_PATHS), ("hook_mlp_out", _MLP_PATHS)):
+            sub = _find_sub(block, candidates)
+            if sub is not None:
+                points.append(HookPoint(f"blocks.{i}.{suffix}", f"{path}.{sub}", "post", i))
+        points.append(HookPoint(f"blocks.{i}.hook_resid_post", path, "post", i))
+    return points
+
+
+def resolve_hooks(model: nn.Module, names: Sequence[str]) -> list[HookPoint]:
+    """Map names (uniform or raw module paths) to hook points, in the order given."""
+    uniform = {p.name: p for p in list_hook_points(model)}
+    module_paths = [n for n, _ in model.named_modules() if n]
+    prefix, _ = _block_list(model)
+    layer_re = re.compile(rf"^{re.escape(prefix)}\.(\d+)(\.|$)")
+    points = []
+    for name in names:
+        if name in uniform:
+            points.append(uniform[name])
+        elif name in module_paths:
+            m = layer_re.match(name)
+            points.append(HookPoint(name, name, "post", int(m.group(1)) if m else None))
+        else:
+            close = difflib.get_close_matches(name, list(uniform) + module_paths, n=5, cutoff=0.5)
+            hint = f"closest: {', '.join(close)}" if close else "no close names"
+            raise UnknownHookError(
+                f"unknown hook {name!r} ({hint}); list_hook_points(model) gives the uniform names"
+            )
+    return points
+
+
+def _as_points(model: nn.Module, hooks: Sequence[HookPoint | str]) -> list[HookPoint]:
+    names = [h for h in hooks if isinstance(h, str)]
+    resolved = iter(resolve_hooks(model, names))
+    return [next(resolved) if isinstance(h, str) else h for h in hooks]
+
+
+def _hidden_from_pre(args: tuple, kwargs: dict) -> Tensor:
+    if args and isinstance(args[0], Tensor):
+        return args[0]
+    return kwargs["hidden_states"]
+
+
+def _tensor_from_post(output) -> Tensor:
+    return output if isinstance(output, Tensor) else output[0]
+
+
+def _register(module: nn.Module, point: HookPoint, fn: Callable[[Tensor], object]):
+    """Register a hook calling fn(activation); fn's non-None return replaces the activation."""
+    if point.kind == "pre":
+
+        def pre_hook(_mod, args, kwargs):
+            new = fn(_hidden_from_pre(args, kwargs))
+            if new is None:
+                return None
+            if args and isinstance(args[0], Tensor):
+                return (new, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": new}
+
+        return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+    def post_hook(_mod, _args, output):
+        new = fn(_tensor_from_post(output))
+        if new is None:
+            return None
+        if isinstance(output, Tensor):
+            return new
+        rest = tuple(output[1:])
+        return (new, *rest) if isinstance(output, tuple) else [new, *rest]
+
+    return module.register_forward_hook(post_hook)
+
+
+def capture(
+    model: nn.Module,
+    inputs: dict,
+    hooks: Sequence[HookPoint | str],
+    *,
+    stop_early: bool = True,
+) -> dict[str, Tensor]:
+    """Run one forward of ``model(**inputs)`` and return {hook name: activation (B,S,D)}.
+
+    With ``stop_early`` the forward is aborted as soon as every hook has fired, so blocks
+    after the deepest hooked one never run. The returned tensors are ordinary (not inference)
+    tensors, safe to use in autograd later.
+    """
+    points = _as_points(model, hooks)
+    modules = dict(model.named_modules())
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
+    acts: dict[str, Tensor] = {}
+    n_wanted = len({p.name for p in points})
+
+    def make_fn(name: str):
+        def fn(t: Tensor):
+            acts[name] = t.detach()
+            if stop_early and len(acts) == n_wanted:
+                raise _StopForward
+
+        return fn
+
+    handles = [_register(modules[p.module_path], p, make_fn(p.name)) for p in points]
+    try:
+        with torch.inference_mode():
+            model(**inputs)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [p.name for p in points if p.name not in acts]
+    if missing:
+        raise RuntimeError(f"hooks did not fire during the forward: {missing}")
+    # Cloning outside inference_mode turns inference tensors into normal ones.
+    return {p.name: acts[p.name].clone() for p in points}
+
+
+def hook_widths(model: nn.Module, hooks: Sequence[HookPoint | str]) -> dict[str, int]:
+    """Last-dimension width per hook: hidden_size for uniform names, a tiny forward otherwise."""
+    points = _as_points(model, hooks)
+    uniform = {p.name for p in list_hook_points(model)}
+    widths = {p.name: model.config.hidden_size for p in points if p.name in uniform}
+    raw = [p for p in points if p.name not in uniform]
+    if raw:
+        dummy = {
+            "input_ids": torch.zeros(1, 4, dtype=torch.long),
+            "attention_mask": torch.ones(1, 4, dtype=torch.long),
+        }
+        acts = capture(model, dummy, raw)
+        widths.update({name: t.shape[-1] for name, t in acts.items()})
+    return {p.name: widths[p.name] for p in points}
+
+
+@contextmanager
+def splice(
+    model: nn.Module, hook: HookPoint | str, fn: Callable[[Tensor], Tensor]
+) -> Iterator[None]:
+    """Within the block, every forward replaces the activation at ``hook`` with fn(activation)
+    (e.g. an SAE reconstruction, for the spliced-model CE loss)."""
+    (point,) = _as_points(model, [hook])
+    handle = _register(dict(model.named_modules())[point.module_path], point, fn)
+    try:
+        yield
+    finally:
+        handle.remove()

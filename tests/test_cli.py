@@ -1,0 +1,59 @@
+"""The command line: help documents every flag with its default, subcommands call the API, and
+errors are one clear line with a non-zero exit."""
+
+import subprocess
+import sys
+
+import pytest
+
+from saelens_lite.cli import build_parser, main
+
+
+def test_harvest_help_lists_every_config_field_with_default(capsys):
+    from dataclasses import fields
+
+    from saelens_lite.harvest import HarvestConfig
+
+    with pytest.raises(SystemExit):
+        main(["harvest", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for f in fields(HarvestConfig):
+        assert "--" + f.name.replace("_", "-") in out
+    assert "(default: 128)" in out and "(default: builtin:pydocs)" in out
+    assert "Tokens per packed context" in out  # the field docstring is the help text
+
+
+def test_hooks_lists_uniform_names_with_widths(capsys):
+    assert main(["hooks", "--model", "tiny-gpt2"]) == 0
+    out = capsys.readouterr().out
+    assert "blocks.0.hook_resid_pre" in out and "blocks.3.hook_mlp_out" in out
+
+
+def test_harvest_then_info(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("Some English text about features and activations. " * 50)
+    out = tmp_path / "cache"
+    assert main(["harvest", "--model", "tiny-llama", "--hooks", "blocks.0.hook_resid_post", "blocks.1.hook_attn_out",
+                 "--dataset", str(corpus), "--tokens", "200", "--context-size", "32", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert main(["info", str(out), "--verify"]) == 0
+    text = capsys.readouterr().out
+    assert "blocks.1.hook_attn_out" in text and "checksums: ok" in text
+
+
+def test_unknown_hook_is_one_line_error_with_suggestion(tmp_path, capsys):
+    code = main(["harvest", "--model", "tiny-llama", "--hooks", "blocks.0.hook_resid_pots", "--out", str(tmp_path / "x"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "blocks.0.hook_resid_post" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_choice_is_rejected_by_the_parser():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["harvest", "--out", "x", "--dtype", "float8"])
+
+
+def test_python_dash_m_entry_point():
+    r = subprocess.run([sys.executable, "-m", "saelens_lite", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "harvest" in r.stdout
