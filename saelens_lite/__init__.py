@@ -20,6 +20,10 @@ _EXPORTS = {
     "HarvestConfig": "saelens_lite.harvest",
     "ActivationCache": "saelens_lite.cache",
     "CacheWriter": "saelens_lite.cache",
+    "train": "saelens_lite.training",
+    "TrainConfig": "saelens_lite.training",
+    "SAE": "saelens_lite.saes",
+    "SAEConfig": "saelens_lite.saes",
 }
 
 

@@ -31,9 +31,11 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
-                       choices: dict[str, typing.Sequence[str]] | None = None) -> None:
+                       choices: dict[str, typing.Sequence[str]] | None = None,
+                       aliases: dict[str, typing.Sequence[str]] | None = None) -> None:
     """Add ``--field-name`` for every field of ``cls`` not in ``skip``; defaults are the
-    dataclass defaults, list fields take several values, bool fields become on/off flags."""
+    dataclass defaults, list fields take several values, bool fields become on/off flags.
+    ``aliases`` adds other option strings for a field (e.g. ``{"out_dir": ["--out"]}``)."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -41,7 +43,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, skip: tupl
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         hint = hints[f.name]
-        kwargs: dict = {"default": default, "help": docs.get(f.name, ""), "dest": f.name}
+        # argparse %-formats help strings (for %(default)s): escape literal percent signs.
+        kwargs: dict = {"default": default, "help": docs.get(f.name, "").replace("%", "%%"), "dest": f.name}
         if choices and f.name in choices:
             kwargs["choices"] = list(choices[f.name])
         origin = typing.get_origin(hint)
@@ -55,7 +58,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, skip: tupl
             kwargs["type"] = inner[0]
         else:
             kwargs["type"] = hint
-        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+        names = ["--" + f.name.replace("_", "-"), *((aliases or {}).get(f.name, ()))]
+        parser.add_argument(*names, **kwargs)
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides):

@@ -1,0 +1,50 @@
+"""``saelens-lite train``: train SAEs."""
+
+from __future__ import annotations
+
+import argparse
+
+from saelens_lite._dataclass_args import add_dataclass_args, dataclass_from_args
+from saelens_lite.cli._common import Formatter
+
+
+def add(sub) -> None:
+    from saelens_lite.training.config import DECAYS, DTYPES, TrainConfig, architectures
+
+    p = sub.add_parser("train", help="train sparse autoencoders", formatter_class=Formatter,
+                       description="Train one SAE per hook from an activation cache (--activations DIR), an "
+                                   ".npy/.safetensors file of shape (N, D) (--activations FILE) or streamed from a "
+                                   "model (--model M --dataset D). Each SAE is saved as RUN_DIR/<hook>/ with cfg.json "
+                                   "and sae.safetensors. --resume continues an interrupted run.")
+    add_dataclass_args(p, TrainConfig, skip=("sae_options",),
+                       choices={"architecture": architectures(), "decay": DECAYS, "dtype": DTYPES},
+                       aliases={"architecture": ["--arch"], "hooks": ["--hook"], "out_dir": ["--out"]})
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="further SAEConfig field of the architecture (repeatable), e.g. --option aux_k_coeff=0.03")
+    p.set_defaults(func=run)
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    import json
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {pair!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    from saelens_lite.training import TrainConfig, train
+
+    cfg = dataclass_from_args(TrainConfig, args, sae_options=_parse_options(args.option))
+    result = train(cfg)
+    saes = result if isinstance(result, dict) else {cfg.hooks[0] if cfg.hooks else "activations": result}
+    for hook, sae in saes.items():
+        print(f"{hook}: {type(sae).__name__} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} saved under {cfg.out_dir}")
+    return 0

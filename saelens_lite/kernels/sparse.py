@@ -1,0 +1,366 @@
+"""Sparse encode/decode kernels for SAEs whose latents are mostly zero (TopK, BatchTopK).
+
+Shape legend: B batch, D model width, F features (latents), K active features per token,
+N non-zero (token, feature) pairs in a batch (N = B*K for TopK).
+
+Every fast function has its dense PyTorch reference beside it (`*_reference`); the tests compare
+the two in float64, values and gradients. Why the fast path is fast: the gradient of a TopK
+pre-activation is zero except at the K selected latents, so the weight gradients are
+(F, B) sparse x (B, D) dense products (N*D multiply-adds instead of B*F*D) and no dense (B, F)
+gradient or (B, K, D) temporary is ever built.
+
+  decode:  x_hat_BD = A_BF @ W_dec_FD,     A sparse with values vals_N at (rows_N, cols_N)
+  select:  vals_N   = ((x - b_dec) @ W_enc + b_enc)[rows_N, cols_N]
+
+Both autograd Functions reduce to three primitives on a SparsePattern, which is where a
+device-specific kernel (e.g. Triton on CUDA) plugs in: `gather_rows_sum` (embedding_bag),
+`sampled_dot` (SDDMM) and `transposed_matmul` (CSR SpMM).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_SPARSE_LIB_DTYPES = (torch.float32, torch.float64)  # dtypes the CSR SpMM / SDDMM paths support
+
+
+def _cuda_sparse_lib() -> bool:
+    """On CUDA, cuSPARSE (CSR SpMM / SDDMM) was 5-20% faster than chunked gathers + index_add
+    on an H100 (both still launch-bound; a fused Triton kernel is the next step).
+    SAELENS_LITE_CUDA_SPARSE=gather selects the other path."""
+    return os.environ.get("SAELENS_LITE_CUDA_SPARSE", "cusparse") == "cusparse"
+
+
+def _use_sparse_lib(t: Tensor) -> bool:
+    return t.dtype in _SPARSE_LIB_DTYPES and (t.device.type == "cpu" or _cuda_sparse_lib())
+
+
+_CHUNK = 1 << 14  # rows of gathered (chunk, D) temporaries in the fallback paths
+
+
+class SparsePattern:
+    """Positions (rows_N, cols_N) of the non-zeros of a (B, F) activation matrix, rows sorted.
+
+    `idx_BK` is set when every row has exactly K entries (TopK): then rows are implicit and the
+    fast paths use the fixed-bag forms. The feature-sorted (transposed CSR) layout that both
+    backward passes need is built once, on first use, and shared between them.
+    """
+
+    def __init__(
+        self, rows_N: Tensor, cols_N: Tensor, n_rows: int, n_cols: int, idx_BK: Tensor | None = None
+    ):
+        self.rows_N, self.cols_N, self.idx_BK = rows_N, cols_N, idx_BK
+        self.n_rows, self.n_cols = n_rows, n_cols
+        self._offsets_B: Tensor | None = None
+        self._by_feature: tuple[Tensor, Tensor, Tensor] | None = None
+
+    @classmethod
+    def from_topk(cls, idx_BK: Tensor, n_cols: int) -> SparsePattern:
+        idx_BK = idx_BK.contiguous()
+        B, K = idx_BK.shape
+        rows_N = torch.arange(B, device=idx_BK.device).repeat_interleave(K)
+        p = cls(rows_N, idx_BK.view(-1), B, n_cols, idx_BK)
+        p._offsets_B = torch.arange(0, B * K, K, device=idx_BK.device)  # no bincount (a sync)
+        return p
+
+    @classmethod
+    def from_coo(cls, rows_N: Tensor, cols_N: Tensor, n_rows: int, n_cols: int) -> SparsePattern:
+        """`rows_N` must be sorted ascending (e.g. from sorted flat indices)."""
+        return cls(rows_N.contiguous(), cols_N.contiguous(), n_rows, n_cols)
+
+    @property
+    def offsets_B(self) -> Tensor:
+        if self._offsets_B is None:
+            counts = torch.bincount(self.rows_N, minlength=self.n_rows)
+            self._offsets_B = torch.cumsum(counts, 0) - counts
+        return self._offsets_B
+
+    def by_feature(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(order_N, crow_F1, rows_sorted_N): the pattern sorted by feature, as CSR of A^T."""
+        if self._by_feature is None:
+            order_N = torch.argsort(self.cols_N)
+            counts_F = torch.bincount(self.cols_N, minlength=self.n_cols)
+            crow = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=self.cols_N.device)
+            torch.cumsum(counts_F, 0, out=crow[1:])
+            self._by_feature = (order_N, crow, self.rows_N[order_N])
+        return self._by_feature
+
+    def transposed_matmul(
+        self, vals_N: Tensor, dense_BD: Tensor, *, out_DF: bool = False
+    ) -> Tensor:
+        """A^T @ dense -> (F, D), where A (B, F) holds vals_N at this pattern. With out_DF the
+        result is written as the transpose of a contiguous (D, F) tensor, which is returned, so
+        that a (D, F) parameter's gradient needs no layout copy."""
+        if not _use_sparse_lib(dense_BD):  # half types, CUDA: chunked gather + index_add
+            out_FD = dense_BD.new_zeros(self.n_cols, dense_BD.shape[1])
+            for s in range(0, self.cols_N.numel(), _CHUNK):
+                r, c = self.rows_N[s : s + _CHUNK], self.cols_N[s : s + _CHUNK]
+                out_FD.index_add_(0, c, vals_N[s : s + _CHUNK, None] * dense_BD[r])
+            return out_FD.t().contiguous() if out_DF else out_FD
+        order_N, crow, rows_sorted = self.by_feature()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR is beta": we use the stable SpMM only
+            At = torch.sparse_csr_tensor(
+                crow,
+                rows_sorted,
+                vals_N[order_N],
+                size=(self.n_cols, self.n_rows),
+                check_invariants=False,
+            )
+        if not out_DF:
+            return At @ dense_BD
+        out = dense_BD.new_empty(dense_BD.shape[1], self.n_cols)
+        if dense_BD.device.type == "cpu":
+            torch.mm(At, dense_BD, out=out.t())
+        else:
+            out.copy_((At @ dense_BD).t())
+        return out
+
+    def sampled_dot(self, left_BD: Tensor, right_FD: Tensor) -> Tensor:
+        """vals_N[n] = <left[rows_n], right[cols_n]> (an SDDMM at this pattern)."""
+        if _use_sparse_lib(left_BD):
+            crow = torch.cat([self.offsets_B, self.offsets_B.new_tensor([self.rows_N.numel()])])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                S = torch.sparse_csr_tensor(
+                    crow,
+                    self.cols_N,
+                    left_BD.new_zeros(self.rows_N.numel()),
+                    size=(self.n_rows, self.n_cols),
+                    check_invariants=False,
+                )
+                return torch.sparse.sampled_addmm(S, left_BD, right_FD.t(), beta=0.0).values()
+        out = left_BD.new_empty(self.rows_N.numel())
+        for s in range(0, out.numel(), _CHUNK):
+            r, c = self.rows_N[s : s + _CHUNK], self.cols_N[s : s + _CHUNK]
+            out[s : s + _CHUNK] = (left_BD[r] * right_FD[c]).sum(-1)
+        return out
+
+    def gather_rows_sum(self, vals_N: Tensor, table_FD: Tensor) -> Tensor:
+        """out_BD[b] = sum over n in row b of vals_N[n] * table[cols_n] (embedding_bag)."""
+        if self.idx_BK is not None:
+            return F.embedding_bag(
+                self.idx_BK, table_FD, per_sample_weights=vals_N.view(self.idx_BK.shape), mode="sum"
+            )
+        return F.embedding_bag(
+            self.cols_N, table_FD, self.offsets_B, per_sample_weights=vals_N, mode="sum"
+        )
+
+
+def _no_autocast(t: Tensor):
+    return torch.autocast(t.device.type, enabled=False)
+
+
+def as_pattern(idx: Tensor | SparsePattern, n_cols: int) -> SparsePattern:
+    return idx if isinstance(idx, SparsePattern) else SparsePattern.from_topk(idx, n_cols)
+
+
+class _SparseDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, vals_N: Tensor, W_dec_FD: Tensor, pattern: SparsePattern) -> Tensor:
+        ctx.save_for_backward(vals_N, W_dec_FD)
+        ctx.pattern = pattern
+        with _no_autocast(W_dec_FD):
+            return pattern.gather_rows_sum(vals_N.to(W_dec_FD.dtype), W_dec_FD)
+
+    @staticmethod
+    def backward(ctx, g_BD: Tensor):
+        vals_N, W_dec_FD = ctx.saved_tensors
+        p: SparsePattern = ctx.pattern
+        g_BD = g_BD.contiguous()
+        grad_vals = p.sampled_dot(g_BD, W_dec_FD) if ctx.needs_input_grad[0] else None
+        grad_W = p.transposed_matmul(vals_N, g_BD) if ctx.needs_input_grad[1] else None
+        return grad_vals, grad_W, None
+
+
+def sparse_decode(idx: Tensor | SparsePattern, vals: Tensor, W_dec_FD: Tensor) -> Tensor:
+    """x_BD = sum_k vals[b, k] * W_dec[idx[b, k]] (no bias). `idx` is idx_BK or a SparsePattern."""
+    p = as_pattern(idx, W_dec_FD.shape[0])
+    return _SparseDecode.apply(vals.reshape(-1), W_dec_FD, p)
+
+
+def sparse_decode_reference(idx: Tensor | SparsePattern, vals: Tensor, W_dec_FD: Tensor) -> Tensor:
+    p = as_pattern(idx, W_dec_FD.shape[0])
+    acts_BF = vals.new_zeros(p.n_rows, p.n_cols).index_put(
+        (p.rows_N, p.cols_N), vals.reshape(-1), accumulate=True
+    )
+    return acts_BF @ W_dec_FD
+
+
+class _SelectPreacts(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_BD, W_enc_DF, b_enc_F, b_dec_D, pattern: SparsePattern, pre_N):
+        xc_BD = x_BD.to(W_enc_DF.dtype) - b_dec_D
+        if pre_N is None:
+            with _no_autocast(W_enc_DF):
+                pre_N = pattern.sampled_dot(xc_BD, W_enc_DF.t()) + b_enc_F[pattern.cols_N]
+        ctx.save_for_backward(xc_BD, W_enc_DF)
+        ctx.pattern = pattern
+        return pre_N.reshape(-1).clone()
+
+    @staticmethod
+    def backward(ctx, g_N: Tensor):
+        xc_BD, W_enc_DF = ctx.saved_tensors
+        p: SparsePattern = ctx.pattern
+        need_x, need_W, need_be, need_bd = ctx.needs_input_grad[:4]
+        g_N = g_N.contiguous()
+        grad_x = grad_W = grad_be = grad_bd = None
+        if need_W:
+            # match W_enc's layout so AccumulateGrad keeps the tensor instead of copying it
+            col_major = W_enc_DF.t().is_contiguous()
+            grad_W = (
+                p.transposed_matmul(g_N, xc_BD).t()
+                if col_major
+                else p.transposed_matmul(g_N, xc_BD, out_DF=True)
+            )
+        if need_be or need_bd:
+            grad_be = g_N.new_zeros(p.n_cols).index_add_(0, p.cols_N, g_N)
+            # d pre_n / d b_dec = -W_enc[:, cols_n], so the sum over n is -W_enc @ grad_b_enc
+            grad_bd = -(W_enc_DF @ grad_be) if need_bd else None
+            grad_be = grad_be if need_be else None
+        if need_x:
+            grad_x = p.gather_rows_sum(g_N, W_enc_DF.t().contiguous())
+        return grad_x, grad_W, grad_be, grad_bd, None, None
+
+
+def select_preacts(
+    x_BD: Tensor,
+    W_enc_DF: Tensor,
+    b_enc_F: Tensor,
+    b_dec_D: Tensor,
+    idx: Tensor | SparsePattern,
+    pre: Tensor | None = None,
+) -> Tensor:
+    """vals[n] = ((x - b_dec) @ W_enc + b_enc)[row_n, col_n], differentiable, sparse backward.
+
+    `pre` (the same values, e.g. from the top-k of a dense no-grad matmul) skips the recompute.
+    Returns the shape of `idx` when it is idx_BK, else (N,).
+    """
+    p = as_pattern(idx, W_enc_DF.shape[1])
+    out = _SelectPreacts.apply(
+        x_BD, W_enc_DF, b_enc_F, b_dec_D, p, None if pre is None else pre.reshape(-1)
+    )
+    return out.view(idx.shape) if isinstance(idx, Tensor) else out
+
+
+def select_preacts_reference(x_BD, W_enc_DF, b_enc_F, b_dec_D, idx, pre=None) -> Tensor:
+    p = as_pattern(idx, W_enc_DF.shape[1])
+    out = ((x_BD - b_dec_D) @ W_enc_DF + b_enc_F)[p.rows_N, p.cols_N]
+    return out.view(idx.shape) if isinstance(idx, Tensor) else out
+
+
+def dense_preacts(x_BD: Tensor, W_enc_DF: Tensor, b_enc_F: Tensor, b_dec_D: Tensor) -> Tensor:
+    """(x - b_dec) @ W_enc + b_enc as one fused matmul (differentiable, dense)."""
+    return torch.addmm(b_enc_F, x_BD - b_dec_D, W_enc_DF)
+
+
+class TopKSelection(NamedTuple):
+    pre_BK: Tensor
+    """Pre-activations at the selected latents, exact in the parameter dtype (no grad)."""
+    idx_BK: Tensor
+    """Selected latent indices (int64)."""
+    aux_pre_BK: Tensor | None
+    """AuxK: pre-activations of the top k_aux dead latents (None without a dead mask)."""
+    aux_idx_BK: Tensor | None
+    """AuxK: their indices."""
+
+
+@torch.no_grad()
+def topk_select(
+    x_BD: Tensor,
+    W_enc_DF: Tensor,
+    b_enc_F: Tensor,
+    b_dec_D: Tensor,
+    k: int,
+    *,
+    sorted: bool = False,
+    dead_mask_F: Tensor | None = None,
+    k_aux: int = 0,
+    compute_dtype: torch.dtype | None = None,
+    chunk_rows: int = 512,
+) -> TopKSelection:
+    """Top-k latents of pre = (x - b_dec) @ W_enc + b_enc per row (and, given `dead_mask_F`, the
+    top-k_aux among dead latents), without keeping the dense (B, F) pre-activations.
+
+    Rows are processed in chunks so each (chunk, F) block is selected while still in cache
+    (~15% faster on CPU and far less memory than a full (B, F) tensor). `compute_dtype`
+    (e.g. bfloat16: ~6x faster matmul on CPUs with AMX, and on GPUs) is used only to choose the
+    latents; the kept values are then recomputed exactly in the parameter dtype, so only
+    near-ties at the k-th place can differ from a full-precision selection. Under autocast the
+    autocast dtype is the selection dtype (and the result is the same full-precision kind).
+    """
+    dev = x_BD.device.type
+    if compute_dtype is None and torch.is_autocast_enabled(dev):
+        compute_dtype = torch.get_autocast_dtype(dev)  # autocast asks for a low-precision matmul
+    with torch.autocast(dev, enabled=False):
+        return _topk_select(
+            x_BD.to(W_enc_DF.dtype),
+            W_enc_DF,
+            b_enc_F,
+            b_dec_D,
+            k,
+            sorted,
+            dead_mask_F,
+            k_aux,
+            compute_dtype,
+            chunk_rows,
+        )
+
+
+def _topk_select(
+    x_BD, W_enc_DF, b_enc_F, b_dec_D, k, sorted, dead_mask_F, k_aux, compute_dtype, chunk_rows
+) -> TopKSelection:
+    B = x_BD.shape[0]
+    dt = compute_dtype or W_enc_DF.dtype
+    exact = dt == W_enc_DF.dtype
+    xc_BD = (x_BD - b_dec_D).to(dt)
+    W, b = W_enc_DF.to(dt), b_enc_F.to(dt)
+    pre_BK = xc_BD.new_empty(B, k)
+    idx_BK = torch.empty(B, k, dtype=torch.int64, device=x_BD.device)
+    use_aux = dead_mask_F is not None and k_aux > 0
+    if use_aux:
+        aux_pre_BK = xc_BD.new_empty(B, k_aux)
+        aux_idx_BK = torch.empty(B, k_aux, dtype=torch.int64, device=x_BD.device)
+        not_dead_F = ~dead_mask_F
+    step = B if x_BD.device.type != "cpu" else chunk_rows
+    for s in range(0, B, step):
+        pre_cF = torch.addmm(b, xc_BD[s : s + step], W)
+        torch.topk(
+            pre_cF, k, dim=-1, sorted=sorted, out=(pre_BK[s : s + step], idx_BK[s : s + step])
+        )
+        if use_aux:
+            torch.topk(
+                pre_cF.masked_fill_(not_dead_F, -float("inf")),
+                k_aux,
+                dim=-1,
+                sorted=False,
+                out=(aux_pre_BK[s : s + step], aux_idx_BK[s : s + step]),
+            )
+    if not exact:
+        xc32 = x_BD - b_dec_D
+        pre_BK = _exact_preacts(xc32, W_enc_DF, b_enc_F, idx_BK)
+        if use_aux:
+            aux_pre_BK = _exact_preacts(xc32, W_enc_DF, b_enc_F, aux_idx_BK)
+    if not use_aux:
+        aux_pre_BK = aux_idx_BK = None
+    return TopKSelection(pre_BK, idx_BK, aux_pre_BK, aux_idx_BK)
+
+
+def _exact_preacts(xc_BD: Tensor, W_enc_DF: Tensor, b_enc_F: Tensor, idx_BK: Tensor) -> Tensor:
+    p = SparsePattern.from_topk(idx_BK, W_enc_DF.shape[1])
+    return (p.sampled_dot(xc_BD, W_enc_DF.t()) + b_enc_F[p.cols_N]).view(idx_BK.shape)
+
+
+def topk_encode(
+    x_BD: Tensor, W_enc_DF: Tensor, b_enc_F: Tensor, b_dec_D: Tensor, k: int
+) -> tuple[Tensor, Tensor]:
+    """ReLU(TopK(pre)) as (vals_BK, idx_BK): one dense no-grad matmul + topk, sparse backward."""
+    pre_BK, idx_BK, _, _ = topk_select(x_BD, W_enc_DF, b_enc_F, b_dec_D, k)
+    vals_BK = select_preacts(x_BD, W_enc_DF, b_enc_F, b_dec_D, idx_BK, pre_BK)
+    return torch.relu(vals_BK), idx_BK

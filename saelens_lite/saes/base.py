@@ -1,0 +1,351 @@
+"""Shared SAE base: config, train output, parameters, save/load, and the pieces every
+architecture uses once (decoder normalisation, geometric median, AuxK loss).
+
+Shape legend: B batch, D model width (d_in), F features (d_sae), K active features per token,
+N tokens used for initialisation.
+
+Every architecture computes   pre_BF = (x_BD - b_dec) @ W_enc + b_enc,
+acts_BF = activation(pre_BF),  x_hat_BD = acts_BF @ W_dec + b_dec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from saelens_lite import kernels
+from saelens_lite.saes.registry import REGISTRY, architectures, get_sae_class
+
+FORMAT_VERSION = 1
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+_B_DEC_INITS = ("geometric_median", "mean", "zeros")
+
+
+def _invalid(field: str, value, allowed: str) -> ValueError:
+    return ValueError(f"SAEConfig.{field}={value!r} is invalid; allowed: {allowed}")
+
+
+@dataclass
+class SAEConfig:
+    architecture: str = "topk"
+    """Registered architecture name (see saelens_lite.saes.REGISTRY)."""
+    d_in: int = 768
+    """Model width D: size of the activations the SAE reads."""
+    d_sae: int = 24576
+    """Number of latents F."""
+    k: int = 32
+    """Active latents per token for topk (exact) and batchtopk (on average over the batch)."""
+    l1_coeff: float = 5.0
+    """relu: weight of sum_i |f_i| ||W_dec_i|| (Anthropic, April 2024 update, lambda=5 with
+    inputs scaled so E||x|| = sqrt(D))."""
+    l0_coeff: float = 1.0
+    """jumprelu: weight of the L0 penalty (Rajamanoharan et al. 2024)."""
+    aux_coeff: float = 1 / 32
+    """topk/batchtopk: weight of the AuxK dead-latent loss (Gao et al. 2024, App. B.1)."""
+    aux_k: int | None = None
+    """Dead latents used by AuxK; None means d_in // 2 (Gao et al. use 512 for D=768... ~D/2)."""
+    multi_topk: bool = False
+    """topk: add the Multi-TopK term L(4k) / 8 (Gao et al. 2024) so the SAE works at other k."""
+    multi_topk_coeff: float = 1 / 8
+    """Weight of the 4k reconstruction term when multi_topk is on."""
+    threshold_momentum: float = 0.99
+    """batchtopk: EMA momentum of the inference threshold (min positive kept activation)."""
+    jumprelu_bandwidth: float = 0.001
+    """jumprelu: width epsilon of the rectangle kernel in the straight-through estimator."""
+    jumprelu_init_threshold: float = 0.001
+    """jumprelu: initial threshold theta (stored as log theta)."""
+    b_dec_init: str = "geometric_median"
+    """How init_from_data_ sets b_dec: geometric_median (Weiszfeld), mean or zeros."""
+    hook_name: str = ""
+    """Hook point the SAE was trained on (informational)."""
+    model_name: str = ""
+    """Model the activations came from (informational)."""
+    dtype: str = "float32"
+    """Parameter dtype: float32, float64, bfloat16 or float16."""
+    select_dtype: str | None = None
+    """topk/batchtopk: dtype of the no-grad matmul that only chooses the active latents (None:
+    the parameter dtype). "bfloat16" is ~6x faster on CPUs with AMX and on GPUs; the kept values
+    and all gradients stay in the parameter dtype, so only near-ties at the k-th place differ."""
+    format_version: int = FORMAT_VERSION
+    """Version of the saved folder format (cfg.json + sae.safetensors)."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in REGISTRY:
+            raise _invalid("architecture", self.architecture, str(architectures()))
+        for name in ("d_in", "d_sae"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise _invalid(name, v, "an integer >= 1")
+        if (
+            not isinstance(self.k, int)
+            or self.k < 1
+            or (REGISTRY[self.architecture].uses_k and self.k > self.d_sae)
+        ):
+            raise _invalid("k", self.k, f"an integer in [1, d_sae={self.d_sae}]")
+        for name in ("l1_coeff", "l0_coeff", "aux_coeff", "multi_topk_coeff"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v):
+                raise _invalid(name, v, "a finite number >= 0")
+        if self.aux_k is not None and (not isinstance(self.aux_k, int) or self.aux_k < 1):
+            raise _invalid("aux_k", self.aux_k, "None or an integer >= 1")
+        if not 0.0 <= self.threshold_momentum < 1.0:
+            raise _invalid("threshold_momentum", self.threshold_momentum, "a number in [0, 1)")
+        for name in ("jumprelu_bandwidth", "jumprelu_init_threshold"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not v > 0 or math.isinf(v):
+                raise _invalid(name, v, "a finite number > 0")
+        if self.b_dec_init not in _B_DEC_INITS:
+            raise _invalid("b_dec_init", self.b_dec_init, str(list(_B_DEC_INITS)))
+        if self.dtype not in _DTYPES:
+            raise _invalid("dtype", self.dtype, str(list(_DTYPES)))
+        if self.select_dtype is not None and self.select_dtype not in _DTYPES:
+            raise _invalid("select_dtype", self.select_dtype, f"None or one of {list(_DTYPES)}")
+        if (
+            not isinstance(self.format_version, int)
+            or not 1 <= self.format_version <= FORMAT_VERSION
+        ):
+            raise _invalid(
+                "format_version", self.format_version, f"an integer in [1, {FORMAT_VERSION}]"
+            )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    @property
+    def torch_select_dtype(self) -> torch.dtype | None:
+        return None if self.select_dtype is None else _DTYPES[self.select_dtype]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SAEConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"SAEConfig got unknown fields {unknown}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+class TrainOutput(NamedTuple):
+    loss: Tensor
+    """Scalar to minimise: reconstruction + weighted sparsity/auxiliary terms."""
+    x_hat_BD: Tensor
+    """Reconstruction of the batch."""
+    fired_F: Tensor
+    """bool (F,): latents with a positive activation in this batch (dead-latent tracking)."""
+    l0: Tensor
+    """0-dim detached float: mean number of active latents per token."""
+    fvu: Tensor
+    """0-dim detached float: fraction of variance unexplained,
+    sum ||x - x_hat||^2 / sum ||x - mean(x)||^2."""
+    losses: dict[str, Tensor]
+    """Named loss terms before weighting (mse, l1, l0, auxk, multi_topk_mse), for logging."""
+
+
+# ---------------------------------------------------------------- shared pieces
+def geometric_median(x_ND: Tensor, *, n_iter: int = 100, tol: float = 1e-7) -> Tensor:
+    """argmin_y sum_n ||x_n - y|| by Weiszfeld iterations (in float64, starting at the mean)."""
+    x = x_ND.detach().to(torch.float64)
+    y = x.mean(0)
+    for _ in range(n_iter):
+        w_N = 1.0 / (x - y).norm(dim=1).clamp_min(1e-12)
+        y_new = (w_N[:, None] * x).sum(0) / w_N.sum()
+        done = (y_new - y).norm() <= tol * (y.norm() + 1e-12)
+        y = y_new
+        if done:
+            break
+    return y.to(x_ND.dtype)
+
+
+@torch.no_grad()
+def unit_norm_rows_(W_FD: Tensor) -> None:
+    W_FD.div_(torch.linalg.vector_norm(W_FD, dim=1, keepdim=True).clamp_min(1e-12))
+
+
+@torch.no_grad()
+def remove_parallel_grad_(W_FD: Tensor) -> None:
+    """grad_f -= <grad_f, w_f> w_f / ||w_f||^2, so a step keeps ||w_f|| to first order.
+    (vecdot/vector_norm/addcmul_: three passes over (F, D), no temporaries of that size.)"""
+    if W_FD.grad is None:
+        return
+    coef_F = torch.linalg.vecdot(W_FD, W_FD.grad) / torch.linalg.vector_norm(
+        W_FD, dim=1
+    ).square().clamp_min(1e-24)
+    W_FD.grad.addcmul_(W_FD, coef_F[:, None], value=-1)
+
+
+def fvu(x_BD: Tensor, x_hat_BD: Tensor, mse: Tensor | None = None) -> Tensor:
+    """sum ||x - x_hat||^2 / sum ||x - mean(x)||^2; `mse` (per-token mean of the summed squared
+    error) saves recomputing the numerator."""
+    num = (x_hat_BD - x_BD).pow(2).sum() if mse is None else mse * x_BD.shape[0]
+    return (num / (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)).detach()
+
+
+def aux_k(sae: SAE, dead_mask_F: Tensor | None) -> tuple[int, float]:
+    """(k_aux, scale) for AuxK: k_aux = min(cfg.aux_k or D/2, n_dead),
+    scale = min(n_dead / (cfg.aux_k or D/2), 1)
+    (fewer dead latents than k_aux give a proportionally smaller term); (0, 0) when none is dead."""
+    n_dead = 0 if dead_mask_F is None else int(dead_mask_F.sum())
+    if n_dead == 0:
+        return 0, 0.0
+    k_full = sae.cfg.aux_k or max(sae.cfg.d_in // 2, 1)
+    return min(k_full, n_dead), min(n_dead / k_full, 1.0)
+
+
+def auxk_loss(
+    sae: SAE, x_BD: Tensor, x_hat_BD: Tensor, aux_pre_BK: Tensor, aux_idx_BK: Tensor, scale: float
+) -> Tensor:
+    """AuxK (Gao et al. 2024, App. B.1): the top k_aux pre-activations among dead latents
+    reconstruct the residual e = x - x_hat (detached), normalised by the residual's variance:
+        L_aux = scale * ||e_hat - e||^2 / ||e - mean(e)||^2,
+        e_hat = ReLU(TopK_aux(pre_dead)) @ W_dec.
+    Gradients reach only the dead latents' encoder columns and decoder rows (sparse kernels)."""
+    vals_BK = torch.relu(
+        kernels.select_preacts(x_BD, sae.W_enc, sae.b_enc, sae.b_dec, aux_idx_BK, aux_pre_BK)
+    )
+    e_hat_BD = kernels.sparse_decode(aux_idx_BK, vals_BK, sae.W_dec)
+    e_BD = (x_BD - x_hat_BD).detach()
+    return (
+        scale * (e_hat_BD - e_BD).pow(2).sum() / (e_BD - e_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
+    )
+
+
+# ---------------------------------------------------------------- the base class
+class SAE(nn.Module):
+    """Sparse autoencoder with raw parameters W_enc (D, F), b_enc (F,), W_dec (F, D), b_dec (D,).
+
+    Subclasses (one per architecture, registered by name) define `encode` and
+    `training_forward`; `unit_norm_decoder` says whether decoder rows are kept at unit norm.
+    Init: W_dec rows random unit directions, W_enc = W_dec^T (Gao et al. 2024), b_enc = b_dec = 0.
+    W_enc is column-major (W_enc.T is contiguous); any layout works, this one is fastest.
+    """
+
+    architecture: str = ""
+    unit_norm_decoder: bool = True
+    uses_k: bool = False  # whether cfg.k matters (then it must be <= d_sae)
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, F_, dt = cfg.d_in, cfg.d_sae, cfg.torch_dtype
+        W_dec = torch.randn(F_, D, dtype=torch.float32)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec.to(dt))
+        # (D, F) as the contract says, stored as the transpose of a contiguous (F, D) tensor:
+        # each latent's encoder column is contiguous, so the sparse backward writes whole rows
+        # and the gradient already has the parameter's layout (no copy in AccumulateGrad).
+        self.W_enc = nn.Parameter(W_dec.clone().to(dt).T)
+        self.b_enc = nn.Parameter(torch.zeros(F_, dtype=dt))
+        self.b_dec = nn.Parameter(torch.zeros(D, dtype=dt))
+
+    # -- inference
+    def pre_acts(self, x_BD: Tensor) -> Tensor:
+        """(x - b_dec) @ W_enc + b_enc for any leading shape (..., D) -> (..., F)."""
+        x2_BD = x_BD.reshape(-1, x_BD.shape[-1]).to(self.W_enc.dtype)
+        return kernels.dense_preacts(x2_BD, self.W_enc, self.b_enc, self.b_dec).view(
+            *x_BD.shape[:-1], -1
+        )
+
+    def encode(self, x_BD: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def encode_sparse(self, x_BD: Tensor) -> tuple[Tensor, Tensor]:
+        """(vals_BK, idx_BK) with K = the largest number of active latents in any row."""
+        acts_BF = self.encode(x_BD)
+        k = max(int((acts_BF != 0).sum(-1).max()), 1) if acts_BF.numel() else 1
+        return acts_BF.topk(k, dim=-1)
+
+    def decode(self, acts_BF: Tensor) -> Tensor:
+        return acts_BF @ self.W_dec + self.b_dec
+
+    def forward(self, x_BD: Tensor) -> Tensor:
+        return self.decode(self.encode(x_BD))
+
+    # -- training
+    def training_forward(
+        self, x_BD: Tensor, *, sparsity_scale: float = 1.0, dead_mask_F: Tensor | None = None
+    ) -> TrainOutput:
+        raise NotImplementedError
+
+    def _output(
+        self, x_BD, x_hat_BD, fired_F, l0, losses: dict[str, Tensor], loss: Tensor
+    ) -> TrainOutput:
+        return TrainOutput(
+            loss,
+            x_hat_BD,
+            fired_F,
+            torch.as_tensor(l0, dtype=torch.float32).detach(),
+            fvu(x_BD, x_hat_BD, losses.get("mse")),
+            losses,
+        )
+
+    def before_optimizer_step_(self) -> None:
+        if self.unit_norm_decoder:
+            remove_parallel_grad_(self.W_dec)
+
+    def after_optimizer_step_(self) -> None:
+        if self.unit_norm_decoder:
+            unit_norm_rows_(self.W_dec.data)
+
+    @torch.no_grad()
+    def init_from_data_(self, x_ND: Tensor) -> None:
+        """Set b_dec from a data sample per cfg.b_dec_init (geometric median: Gao et al. 2024)."""
+        x = x_ND.to(self.b_dec.device, torch.float32)
+        if self.cfg.b_dec_init == "geometric_median":
+            self.b_dec.copy_(geometric_median(x))
+        elif self.cfg.b_dec_init == "mean":
+            self.b_dec.copy_(x.mean(0))
+
+    @torch.no_grad()
+    def fold_input_scale_(self, scale: float) -> None:
+        """Make an SAE trained on c*x work on raw x: pre-activations (and so activations and
+        thresholds) stay the same, the reconstruction is divided by c:
+            (x - b_dec/c) @ (c W_enc) = (c x - b_dec) @ W_enc,
+            x_hat' = acts (W_dec / c) + b_dec / c = x_hat(c x) / c."""
+        self.W_enc.mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
+
+    # -- persistence
+    def save(self, path: str | pathlib.Path) -> pathlib.Path:
+        """Write folder `path`: cfg.json (architecture, format_version) + sae.safetensors."""
+        path = pathlib.Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        cfg = self.cfg.to_dict() | {
+            "architecture": self.architecture,
+            "format_version": FORMAT_VERSION,
+        }
+        (path / "cfg.json").write_text(json.dumps(cfg, indent=2))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+            str(path / "sae.safetensors"),
+        )
+        return path
+
+    @staticmethod
+    def load(path: str | pathlib.Path, *, device: str | torch.device = "cpu") -> SAE:
+        """Load any registered architecture from a folder written by `save`."""
+        path = pathlib.Path(path)
+        cfg = SAEConfig.from_dict(json.loads((path / "cfg.json").read_text()))
+        sae = SAE.from_config(cfg)
+        sae.load_state_dict(load_file(str(path / "sae.safetensors")), strict=True)
+        return sae.to(device)
+
+    @staticmethod
+    def from_config(cfg: SAEConfig) -> SAE:
+        return get_sae_class(cfg.architecture)(cfg)

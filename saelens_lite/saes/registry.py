@@ -1,0 +1,41 @@
+"""The one registry of autoencoder architectures: name -> SAE subclass.
+
+CLI choices, `SAE.load`, config validation and the test parametrisation all read `REGISTRY`;
+no list of architecture names is written anywhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from saelens_lite.saes.base import SAE
+
+REGISTRY: dict[str, type[SAE]] = {}
+
+
+def register(name: str) -> Callable[[type[SAE]], type[SAE]]:
+    """Class decorator: `@register("topk") class TopKSAE(SAE)`. Sets `cls.architecture = name`."""
+
+    def deco(cls: type[SAE]) -> type[SAE]:
+        if name in REGISTRY and REGISTRY[name] is not cls:
+            raise ValueError(
+                f"architecture {name!r} is already registered to {REGISTRY[name].__name__}"
+            )
+        cls.architecture = name
+        REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def architectures() -> list[str]:
+    """Registered architecture names, sorted (for CLI choices)."""
+    return sorted(REGISTRY)
+
+
+def get_sae_class(name: str) -> type[SAE]:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown architecture {name!r}; allowed: {architectures()}")
+    return REGISTRY[name]

@@ -1,0 +1,39 @@
+"""ReLU SAE with decoder-norm-weighted L1
+(Anthropic, "Towards Monosemanticity" + the April 2024 update).
+
+    f = ReLU((x - b_dec) @ W_enc + b_enc),   x_hat = f @ W_dec + b_dec
+    L = ||x - x_hat||^2 + lambda * sum_i f_i ||W_dec_i||       (decoder rows are not renormalised)
+The pre-bias form is a reparametrisation of the update's W_e x + b_e (b_e' = b_e - b_dec W_e).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from saelens_lite.saes.base import SAE, TrainOutput
+from saelens_lite.saes.registry import register
+
+
+@register("relu")
+class ReLUSAE(SAE):
+    unit_norm_decoder = False
+
+    def encode(self, x_BD: Tensor) -> Tensor:
+        return torch.relu(self.pre_acts(x_BD))
+
+    def training_forward(self, x_BD, *, sparsity_scale=1.0, dead_mask_F=None) -> TrainOutput:
+        acts_BF = self.encode(x_BD)
+        x_hat_BD = self.decode(acts_BF)
+        mse = (x_hat_BD - x_BD).pow(2).sum(-1).mean()
+        l1 = (acts_BF * self.W_dec.norm(dim=1)).sum(-1).mean()
+        loss = mse + sparsity_scale * self.cfg.l1_coeff * l1
+        active_BF = acts_BF > 0
+        return self._output(
+            x_BD,
+            x_hat_BD,
+            active_BF.any(0),
+            active_BF.sum(-1).float().mean(),
+            {"mse": mse, "l1": l1},
+            loss,
+        )

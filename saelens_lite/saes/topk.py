@@ -1,0 +1,76 @@
+"""TopK SAE (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+
+    z = ReLU(TopK_k((x - b_dec) @ W_enc + b_enc)),   x_hat = z @ W_dec + b_dec
+    L = ||x - x_hat||^2 + aux_coeff * L_aux  [+ multi_topk_coeff * ||x - x_hat_4k||^2]
+Decoder rows are kept at unit norm (gradient parallel to a row removed, then renormalised).
+Training uses the sparse kernels: a chunked no-grad matmul + topk forward, then gradients
+that touch only the K selected latents per token (saelens_lite.kernels).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from saelens_lite import kernels
+from saelens_lite.saes.base import SAE, TrainOutput, aux_k, auxk_loss
+from saelens_lite.saes.registry import register
+
+
+@register("topk")
+class TopKSAE(SAE):
+    uses_k = True
+
+    def _select(self, x_BD: Tensor, k: int, **kw) -> kernels.TopKSelection:
+        return kernels.topk_select(
+            x_BD.to(self.W_enc.dtype),
+            self.W_enc,
+            self.b_enc,
+            self.b_dec,
+            k,
+            compute_dtype=self.cfg.torch_select_dtype,
+            **kw,
+        )
+
+    def encode_sparse(self, x_BD: Tensor) -> tuple[Tensor, Tensor]:
+        """(vals_BK, idx_BK): the fast inference path (no dense (B, F) output)."""
+        lead = x_BD.shape[:-1]
+        sel = self._select(x_BD.reshape(-1, x_BD.shape[-1]), self.cfg.k)
+        return torch.relu(sel.pre_BK).view(*lead, -1), sel.idx_BK.view(*lead, -1)
+
+    def encode(self, x_BD: Tensor) -> Tensor:
+        vals_BK, idx_BK = self.encode_sparse(x_BD)
+        return vals_BK.new_zeros(*vals_BK.shape[:-1], self.cfg.d_sae).scatter_(-1, idx_BK, vals_BK)
+
+    def _reconstruct(self, x_BD, pre_BK, idx_BK) -> tuple[Tensor, Tensor]:
+        vals_BK = torch.relu(
+            kernels.select_preacts(x_BD, self.W_enc, self.b_enc, self.b_dec, idx_BK, pre_BK)
+        )
+        return kernels.sparse_decode(idx_BK, vals_BK, self.W_dec) + self.b_dec, vals_BK
+
+    def training_forward(self, x_BD, *, sparsity_scale=1.0, dead_mask_F=None) -> TrainOutput:
+        cfg = self.cfg
+        x_BD = x_BD.to(self.W_enc.dtype)
+        k_sel = min(4 * cfg.k, cfg.d_sae) if cfg.multi_topk else cfg.k
+        k_aux, aux_scale = aux_k(self, dead_mask_F)
+        sel = self._select(x_BD, k_sel, sorted=cfg.multi_topk, dead_mask_F=dead_mask_F, k_aux=k_aux)
+        pre_BK, idx_BK = sel.pre_BK[:, : cfg.k], sel.idx_BK[:, : cfg.k]
+        x_hat_BD, vals_BK = self._reconstruct(x_BD, pre_BK, idx_BK)
+        mse = (x_hat_BD - x_BD).pow(2).sum(-1).mean()
+        losses = {"mse": mse}
+        loss = mse
+        if cfg.multi_topk:
+            x_hat4_BD, _ = self._reconstruct(x_BD, sel.pre_BK, sel.idx_BK)
+            losses["multi_topk_mse"] = (x_hat4_BD - x_BD).pow(2).sum(-1).mean()
+            loss = loss + cfg.multi_topk_coeff * losses["multi_topk_mse"]
+        if k_aux:
+            losses["auxk"] = auxk_loss(
+                self, x_BD, x_hat_BD, sel.aux_pre_BK, sel.aux_idx_BK, aux_scale
+            )
+            loss = loss + cfg.aux_coeff * losses["auxk"]
+        with torch.no_grad():
+            pos_BK = vals_BK > 0
+            fired_F = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x_BD.device)
+            fired_F[idx_BK[pos_BK]] = True
+            l0 = pos_BK.sum(-1).float().mean()
+        return self._output(x_BD, x_hat_BD, fired_F, l0, losses, loss)

@@ -1,0 +1,234 @@
+"""Training configuration: one dataclass, a docstring per field, validated on construction.
+
+Every check runs in ``__post_init__`` (or, for checks that need the data, in
+:func:`saelens_lite.training.trainer.train` before the first step), so a bad value fails before
+any compute is spent. Errors name the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+DECAYS = ("linear", "cosine", "none")
+B_DEC_INITS = ("geometric_median", "mean", "zeros")
+DTYPES = ("auto", "float32", "bfloat16")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+# Fields that may change between an interrupted run and its resumption: they change where
+# things are written or how they are reported, never the weights.
+RESUME_FREE_FIELDS = frozenset({
+    "out_dir", "resume", "log_every", "progress", "checkpoint_every", "keep_checkpoints",
+    "wandb", "wandb_project", "wandb_name", "wandb_mode", "device", "activations",
+})
+
+
+# Keys the trainer adds to ``config.json`` beside the config's fields.
+RUN_INFO_KEYS = frozenset({"format_version", "widths", "n_tokens"})
+
+
+def architectures() -> list[str]:
+    """Registered SAE architectures (read from the registry; never listed twice)."""
+    from saelens_lite.saes import REGISTRY
+
+    return sorted(REGISTRY)
+
+
+@dataclass
+class TrainConfig:
+    """How to train one SAE per hook point."""
+
+    # --- what to train --------------------------------------------------------------------
+    architecture: str = "topk"
+    """SAE architecture, a name in ``saelens_lite.saes.REGISTRY``."""
+    hooks: list[str] = field(default_factory=list)
+    """Hook point names to train on, one SAE each. Empty: every hook of a cache, or the single
+    column of a tensor / file (named ``activations``). Required when streaming from a model."""
+    expansion: int = 8
+    """Latents per input dimension (d_sae = expansion * d_in), unless ``latents`` is set."""
+    latents: int | None = None
+    """Number of latents d_sae; overrides ``expansion``."""
+    k: int = 32
+    """Active latents per token, for architectures that use it (TopK, BatchTopK)."""
+    sparsity_coeff: float | None = None
+    """Coefficient of the sparsity penalty (the L1 coefficient of ReLU SAEs, the L0 coefficient
+    of JumpReLU); None keeps the architecture's default."""
+    sae_options: dict = field(default_factory=dict)
+    """Further ``SAEConfig`` fields for the architecture (e.g. ``{"aux_k_coeff": 0.03}``)."""
+
+    # --- optimisation ---------------------------------------------------------------------
+    lr: float | None = None
+    """Adam learning rate. None: 2e-4 / sqrt(d_sae / 2**14), the lr-vs-width rule of EleutherAI
+    sparsify (after Gao et al. 2024) for TopK SAEs."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """Adam (beta1, beta2)."""
+    batch_size: int = 4096
+    """Tokens per optimiser step."""
+    tokens: int = 10_000_000
+    """Total training tokens. May exceed the data: the trainer then makes fresh shuffled
+    passes over it. Steps = tokens // batch_size."""
+    warmup_steps: int = 1000
+    """Linear lr warm-up from 0: lr_s = lr * min(1, (s + 1) / warmup_steps)."""
+    decay: str = "linear"
+    """Shape of the lr decay to 0 over the last ``decay_fraction`` of steps: linear, cosine or
+    none."""
+    decay_fraction: float = 0.2
+    """Fraction of the steps (at the end) over which the lr decays to 0."""
+    sparsity_warmup_steps: int = 0
+    """Linear warm-up of the sparsity coefficient from 0 over this many steps (0: none);
+    Conerly et al. 2024 warm the L1 coefficient up over the first 5% of training."""
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this value (None: no clipping)."""
+
+    # --- data -----------------------------------------------------------------------------
+    normalize_activations: bool = True
+    """Scale inputs by a fixed c so that E||c x|| = sqrt(D), estimated on a sample before
+    training (so one lr works across models). Folded into the weights at save time: the saved
+    SAE reads and writes raw activations."""
+    b_dec_init: str = "geometric_median"
+    """Decoder-bias init from a data sample: geometric_median, mean or zeros."""
+    init_sample_tokens: int = 16_384
+    """Tokens sampled for the normalisation scale and the decoder-bias init."""
+    activations: str | None = None
+    """A cache folder or an ``.npy`` / ``.safetensors`` file of shape (N, D), used when
+    ``train`` gets no data argument."""
+    model: str | None = None
+    """Stream activations straight from this model (alias, HF id or path) when no data is
+    given; needs ``dataset`` and ``hooks``."""
+    dataset: str = "builtin:pydocs"
+    """Corpus spec for streaming (see ``corpus.iter_documents``)."""
+    text_column: str = "text"
+    """Text column / key of the streaming corpus."""
+    context_size: int = 128
+    """Tokens per packed context when streaming."""
+    model_batch_size: int = 16
+    """Contexts per forward pass when streaming."""
+    buffer_contexts: int = 256
+    """Contexts whose tokens are shuffled together when streaming (the shuffle buffer)."""
+
+    # --- run ------------------------------------------------------------------------------
+    seed: int = 0
+    """Seed of the SAE init, the data order and every other random choice."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto (CUDA when present)."""
+    dtype: str = "auto"
+    """Compute precision: auto (bf16 autocast on CUDA, float32 on CPU), float32 or bfloat16.
+    Weights and optimizer state stay float32."""
+    dead_window_tokens: int = 10_000_000
+    """A latent that has not fired for more than this many tokens counts as dead (and is fed
+    to the auxiliary loss where the architecture has one)."""
+    checkpoint_every: int = 20_000_000
+    """Write a resumable checkpoint every this many tokens (0: never)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep."""
+    log_every: int = 100
+    """Steps between metric records (metrics.jsonl, progress bar, W&B)."""
+    progress: bool = True
+    """Show a progress bar."""
+    wandb: bool = False
+    """Log metrics to Weights & Biases."""
+    wandb_project: str = "saelens_lite"
+    """W&B project name."""
+    wandb_name: str | None = None
+    """W&B run name (default: the run folder's name)."""
+    wandb_mode: str = "auto"
+    """auto (online when a W&B login is configured, else offline), online, offline or
+    disabled. W&B never prompts."""
+    out_dir: str = "runs/sae"
+    """Run folder: config.json, metrics.jsonl, checkpoints/ and one SAE folder per hook."""
+    resume: bool = False
+    """Continue an interrupted run from the newest checkpoint in ``out_dir``."""
+
+    def __post_init__(self) -> None:
+        self.hooks = list(self.hooks)
+        try:
+            self.betas = [float(b) for b in self.betas]
+        except (TypeError, ValueError):
+            raise ValueError(f"betas={self.betas!r}: must be two numbers in [0, 1)") from None
+        archs = architectures()
+        if self.architecture not in archs:
+            raise ValueError(f"architecture={self.architecture!r}: choose one of {archs}")
+        for name in ("expansion", "k", "batch_size", "tokens", "init_sample_tokens",
+                     "context_size", "model_batch_size", "buffer_contexts", "dead_window_tokens",
+                     "keep_checkpoints", "log_every"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("warmup_steps", "sparsity_warmup_steps", "checkpoint_every", "seed"):
+            _check_int(name, getattr(self, name), minimum=0)
+        if self.latents is not None:
+            _check_int("latents", self.latents, minimum=1)
+        if self.sparsity_coeff is not None and not (_finite(self.sparsity_coeff) and self.sparsity_coeff >= 0):
+            raise ValueError(f"sparsity_coeff={self.sparsity_coeff!r}: must be a finite number >= 0")
+        if self.lr is not None and not (_finite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr={self.lr!r}: must be a finite number > 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas={self.betas!r}: must be two numbers in [0, 1)")
+        if self.decay not in DECAYS:
+            raise ValueError(f"decay={self.decay!r}: choose one of {list(DECAYS)}")
+        if not (_finite(self.decay_fraction) and 0 <= self.decay_fraction <= 1):
+            raise ValueError(f"decay_fraction={self.decay_fraction!r}: must be in [0, 1]")
+        if self.grad_clip is not None and not (_finite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip={self.grad_clip!r}: must be > 0 or None")
+        if self.b_dec_init not in B_DEC_INITS:
+            raise ValueError(f"b_dec_init={self.b_dec_init!r}: choose one of {list(B_DEC_INITS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: choose one of {list(DTYPES)}")
+        if self.wandb_mode not in WANDB_MODES:
+            raise ValueError(f"wandb_mode={self.wandb_mode!r}: choose one of {list(WANDB_MODES)}")
+        if self.tokens < self.batch_size:
+            raise ValueError(f"tokens={self.tokens}: must be at least batch_size={self.batch_size}")
+        if not isinstance(self.sae_options, dict):
+            raise ValueError(f"sae_options={self.sae_options!r}: must be a dict of SAEConfig fields")
+        if len(set(self.hooks)) != len(self.hooks):
+            raise ValueError(f"hooks={self.hooks!r}: names must be unique")
+        if self.latents is not None and self.k > self.latents:
+            # With ``expansion`` the width is known only once the data is (trainer.build_sae).
+            raise ValueError(f"k={self.k}: must be at most latents={self.latents}")
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps: ``tokens // batch_size``."""
+        return self.tokens // self.batch_size
+
+    def d_sae(self, d_in: int) -> int:
+        """Number of latents for an input of width ``d_in``."""
+        return self.latents if self.latents is not None else self.expansion * d_in
+
+    def lr_for(self, d_sae: int) -> float:
+        """The configured lr, or the Gao et al. scaling 2e-4 / sqrt(d_sae / 2**14)."""
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(d_sae / 2**14)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; also reads a run's ``config.json`` (ignoring the keys the
+        trainer adds to it)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in RUN_INFO_KEYS}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}")
+        return cls(**d)
+
+    def resume_mismatch(self, saved: dict) -> list[str]:
+        """Fields that differ from a saved config and would change the weights."""
+        mine = self.to_dict()
+        return [k for k in mine if k not in RESUME_FREE_FIELDS and _norm(saved.get(k)) != _norm(mine[k])]
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_int(name: str, value, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
+
+
+__all__ = ["TrainConfig", "architectures", "DECAYS", "B_DEC_INITS", "RESUME_FREE_FIELDS"]

@@ -1,0 +1,358 @@
+"""Training data sources behind one small interface.
+
+A :class:`DataSource` is an endless, deterministic stream of batches ``{hook: x_BD}`` (float32)
+that can start exactly at any batch index, which is what makes resume exact: batch ``b``
+of a run is the same tensor whether or not the run was interrupted before it.
+
+Sources:
+
+* :class:`ArraySource` — tensors / arrays held in memory or memory-mapped (a user's ``.npy``
+  or ``.safetensors`` file of shape (N, D)). The stream is the concatenation of shuffled
+  passes; pass ``e`` uses the permutation seeded by ``(seed, e)``, so batch ``b`` covers
+  positions ``[b B, (b + 1) B)`` of that concatenation and is found in O(B).
+* :class:`CacheSource` — an :class:`~saelens_lite.cache.ActivationCache`, shuffled by its own
+  ``iter_batches`` (which skips to a batch).
+* :class:`StreamSource` — harvested on the fly from a model: packed contexts are grouped in
+  chunks of ``buffer_contexts``; the kept tokens of chunk ``c`` are shuffled together (seed
+  ``(seed, c)``) and the stream is the concatenation of chunks over a cyclic corpus. To start
+  at batch ``b`` the source re-tokenises (but does not run the model on) the contexts before
+  it; ``contexts_consumed`` records how far the corpus has been read.
+
+Shapes: N tokens in a source, B batch, D hook width, S sequence length.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOOK = "activations"
+
+
+class DataSource(ABC):
+    """Endless stream of ``{hook: x_BD}`` float32 batches that can skip exactly to a batch.
+    Batches are on the CPU, or on the device of a tensor the user passed."""
+
+    widths: dict[str, int]
+    """Hook name -> input width D."""
+    n_tokens: int | None = None
+    """Tokens in one pass over the data (None when unknown, e.g. streaming)."""
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.widths)
+
+    @abstractmethod
+    def batches(self, batch_size: int, *, seed: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches ``start_batch, start_batch + 1, ...`` of the stream for ``seed``."""
+
+    def sample(self, n: int, *, seed: int) -> dict[str, torch.Tensor]:
+        """About ``n`` tokens for estimating statistics (normalisation, decoder-bias init)."""
+        return next(iter(self.batches(n, seed=seed + 7919)))
+
+    def select(self, hooks: list[str]) -> None:
+        """Restrict the stream to ``hooks``; a missing hook fails naming what exists."""
+        missing = [h for h in hooks if h not in self.widths]
+        if missing:
+            raise ValueError(f"hooks={missing!r}: not in the data; available: {sorted(self.widths)}")
+        self.widths = {h: self.widths[h] for h in hooks}
+
+    def state(self) -> dict:
+        """Extra position information recorded in checkpoints (informational)."""
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# In-memory / memory-mapped arrays
+
+
+class ArraySource(DataSource):
+    """(N, D) arrays, one per hook, sharing N: torch tensors, numpy arrays or memmaps."""
+
+    def __init__(self, arrays: Mapping[str, torch.Tensor | np.ndarray]):
+        if not arrays:
+            raise ValueError("data: no arrays given")
+        self.arrays = dict(arrays)
+        ns = set()
+        self.widths = {}
+        for hook, a in self.arrays.items():
+            if a.ndim != 2:
+                raise ValueError(f"data[{hook!r}]: expected shape (N, D), got {tuple(a.shape)}")
+            ns.add(int(a.shape[0]))
+            self.widths[hook] = int(a.shape[1])
+        if len(ns) != 1:
+            raise ValueError(f"data: hooks hold different token counts {sorted(ns)}")
+        self.n_tokens = ns.pop()
+        if self.n_tokens == 0:
+            raise ValueError("data: holds no tokens")
+
+    def _perm(self, seed: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng([seed, epoch]).permutation(self.n_tokens)
+
+    def _gather(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        out = {}
+        for hook in self.widths:
+            a = self.arrays[hook]
+            if isinstance(a, torch.Tensor):  # stays on its device (a CUDA tensor is not copied back)
+                x = a[torch.from_numpy(idx).to(a.device)]
+            else:
+                x = torch.from_numpy(np.asarray(a[idx]))
+            out[hook] = x.detach().to(torch.float32)
+        return out
+
+    def batches(self, batch_size: int, *, seed: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        N = self.n_tokens
+        t = start_batch * batch_size  # position in the concatenation of passes
+        epoch, perm = t // N, self._perm(seed, t // N)
+        while True:
+            parts = []
+            need = batch_size
+            while need:
+                if t // N != epoch:
+                    epoch, perm = t // N, self._perm(seed, t // N)
+                off = t % N
+                take = min(need, N - off)
+                parts.append(perm[off: off + take])
+                t += take
+                need -= take
+            yield self._gather(np.concatenate(parts))
+
+    def sample(self, n: int, *, seed: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([seed, 7919])
+        idx = np.sort(rng.choice(self.n_tokens, size=min(n, self.n_tokens), replace=False))
+        return self._gather(idx)
+
+
+def load_array_file(path: str | Path, hook: str | None = None) -> dict[str, np.ndarray]:
+    """``.npy`` (memory-mapped) or ``.safetensors`` (memory-mapped when numpy knows the dtype)
+    holding (N, D) arrays. A safetensors file with several tensors maps each name to a hook."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"activations={str(path)!r}: no such file")
+    if path.suffix == ".npy":
+        return {hook or DEFAULT_HOOK: np.load(path, mmap_mode="r")}
+    if path.suffix == ".safetensors":
+        arrays = _mmap_safetensors(path)
+        if len(arrays) == 1 and hook is not None:
+            return {hook: next(iter(arrays.values()))}
+        return arrays
+    raise ValueError(f"activations={str(path)!r}: expected a .npy or .safetensors file or a cache folder")
+
+
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
+
+
+def _mmap_safetensors(path: Path) -> dict[str, np.ndarray]:
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    header.pop("__metadata__", None)
+    out: dict[str, np.ndarray] = {}
+    for name, info in header.items():
+        dtype = _ST_DTYPES.get(info["dtype"])
+        if dtype is None:  # bf16 and friends: numpy cannot map them, load through torch
+            from safetensors.torch import load_file
+
+            out[name] = load_file(path)[name].float().numpy()
+            continue
+        start, _ = info["data_offsets"]
+        out[name] = np.memmap(path, dtype=dtype, mode="r", offset=8 + header_len + start,
+                              shape=tuple(info["shape"]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation cache
+
+
+class CacheSource(DataSource):
+    """An :class:`~saelens_lite.cache.ActivationCache`, shuffled by ``cache.iter_batches``."""
+
+    def __init__(self, cache):
+        self.cache = cache
+        self.n_tokens = int(cache.n_tokens)
+        self.widths = dict(cache.widths)
+
+    def select(self, hooks: list[str]) -> None:
+        super().select(hooks)
+        for h, w in self.widths.items():  # the manifest's width must match the shard files
+            arr = self.cache.activations(h)
+            if len(arr.paths) and np.load(arr.paths[0], mmap_mode="r").shape[1] != w:
+                raise ValueError(f"hook {h!r}: the cache manifest says width {w}, its shard "
+                                 f"{arr.paths[0]} holds another")
+
+    def batches(self, batch_size: int, *, seed: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        hooks = self.hooks  # a list, so every batch is {hook: (B, D)} with the same rows
+        yield from self.cache.iter_batches(hooks, batch_size, shuffle=True, seed=seed, start_batch=start_batch,
+                                           epochs=None, as_torch=True, dtype=torch.float32)
+
+    def sample(self, n: int, *, seed: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([seed, 7919])
+        idx = np.sort(rng.choice(self.n_tokens, size=min(n, self.n_tokens), replace=False))
+        return {h: torch.from_numpy(np.asarray(self.cache.activations(h)[idx])).float() for h in self.hooks}
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming from a model
+
+
+class StreamSource(DataSource):
+    """Activations harvested on the fly: several hooks from one forward pass, token-shuffled in
+    chunks of ``buffer_contexts`` contexts (see the module docstring for the resume contract)."""
+
+    def __init__(self, model, hooks: list[str], *, dataset: str, text_column: str = "text",
+                 context_size: int = 128, model_batch_size: int = 16, buffer_contexts: int = 256,
+                 exclude: str = "bos", device: str | torch.device = "cpu"):
+        from saelens_lite.hooks import hook_widths, resolve_hooks
+        from saelens_lite.models import LoadedModel, load_model
+
+        if not hooks:
+            raise ValueError("hooks=[]: name at least one hook point to stream from a model")
+        self.lm = model if isinstance(model, LoadedModel) else load_model(model, device=device)
+        self.device = next(self.lm.model.parameters()).device
+        self.points = resolve_hooks(self.lm.model, hooks)
+        self.widths = dict(hook_widths(self.lm.model, self.points))
+        self.dataset, self.text_column = dataset, text_column
+        self.context_size, self.model_batch_size = context_size, model_batch_size
+        self.buffer_contexts, self.exclude = buffer_contexts, exclude
+        self.contexts_consumed = 0
+        if next(self._contexts_once(), None) is None:
+            raise ValueError(f"dataset={dataset!r}: the corpus holds no documents")
+
+    def select(self, hooks: list[str]) -> None:
+        super().select(hooks)
+        self.points = [p for p in self.points if p.name in self.widths]
+
+    def _contexts_once(self) -> Iterator[np.ndarray]:
+        from saelens_lite.corpus import iter_documents, pack_contexts
+
+        docs = iter_documents(self.dataset, text_column=self.text_column)
+        return pack_contexts(docs, self.lm.tokenizer, self.context_size)
+
+    def _cyclic_contexts(self) -> Iterator[np.ndarray]:
+        while True:  # fresh passes over a finite corpus, in the same order each time
+            yield from self._contexts_once()
+
+    def _keep(self, ids_BS: torch.Tensor, attn_BS: torch.Tensor) -> torch.Tensor:
+        from saelens_lite.harvest import _keep_mask
+
+        return _keep_mask(ids_BS, attn_BS, self.exclude, self.lm.tokenizer)
+
+    def _pad(self, contexts: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.lm.tokenizer
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        S = max(len(c) for c in contexts)
+        ids_BS = torch.full((len(contexts), S), pad_id, dtype=torch.long)
+        attn_BS = torch.zeros((len(contexts), S), dtype=torch.long)
+        for b, c in enumerate(contexts):
+            ids_BS[b, : len(c)] = torch.as_tensor(c, dtype=torch.long)
+            attn_BS[b, : len(c)] = 1
+        return ids_BS, attn_BS
+
+    @torch.no_grad()
+    def _chunk(self, contexts: list[np.ndarray], seed: int, c: int) -> dict[str, torch.Tensor]:
+        from saelens_lite.hooks import capture
+
+        rows: dict[str, list[torch.Tensor]] = {h: [] for h in self.widths}
+        for i in range(0, len(contexts), self.model_batch_size):
+            ids_BS, attn_BS = self._pad(contexts[i: i + self.model_batch_size])
+            keep_BS = self._keep(ids_BS, attn_BS)
+            acts = capture(self.lm.model, {"input_ids": ids_BS.to(self.device),
+                                           "attention_mask": attn_BS.to(self.device)},
+                           self.points, stop_early=True)
+            for h in rows:
+                rows[h].append(acts[h][keep_BS.to(self.device)].float().cpu())
+        n = sum(len(r) for r in rows[self.hooks[0]])
+        perm = torch.from_numpy(np.random.default_rng([seed, c]).permutation(n))
+        return {h: torch.cat(r)[perm] for h, r in rows.items()}
+
+    def _kept_count(self, contexts: list[np.ndarray]) -> int:
+        ids_BS, attn_BS = self._pad(contexts)
+        return int(self._keep(ids_BS, attn_BS).sum())
+
+    def batches(self, batch_size: int, *, seed: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        ctx = self._cyclic_contexts()
+        skip = start_batch * batch_size  # tokens to skip; whole chunks are only re-tokenised
+        c = 0
+        self.contexts_consumed = 0
+        while True:
+            contexts = list(itertools.islice(ctx, self.buffer_contexts))
+            self.contexts_consumed += len(contexts)
+            n = self._kept_count(contexts)
+            if skip >= n:
+                skip -= n
+                c += 1
+                continue
+            break
+        pending: dict[str, torch.Tensor] = {h: x[skip:] for h, x in self._chunk(contexts, seed, c).items()}
+        while True:
+            while pending[self.hooks[0]].shape[0] < batch_size:
+                c += 1
+                contexts = list(itertools.islice(ctx, self.buffer_contexts))
+                self.contexts_consumed += len(contexts)
+                new = self._chunk(contexts, seed, c)
+                pending = {h: torch.cat([pending[h], new[h]]) for h in pending}
+            yield {h: x[:batch_size] for h, x in pending.items()}
+            pending = {h: x[batch_size:] for h, x in pending.items()}
+
+    def state(self) -> dict:
+        return {"contexts_consumed": self.contexts_consumed}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def open_source(data, config) -> DataSource:
+    """Turn what the user passed to ``train`` into a :class:`DataSource`, restricted to
+    ``config.hooks`` (all hooks of the data when empty). Fails naming the missing hook."""
+    hooks = list(config.hooks)
+    if data is None:
+        if config.activations is not None:
+            data = config.activations
+        elif config.model is not None:
+            data = StreamSource(config.model, hooks, dataset=config.dataset,
+                                text_column=config.text_column, context_size=config.context_size,
+                                model_batch_size=config.model_batch_size,
+                                buffer_contexts=config.buffer_contexts, device=_device(config.device))
+        else:
+            raise ValueError("data: pass data to train(), or set activations= or model= in the config")
+    if isinstance(data, DataSource):
+        source = data
+    elif isinstance(data, (torch.Tensor, np.ndarray)):
+        source = ArraySource({hooks[0] if len(hooks) == 1 else DEFAULT_HOOK: data})
+    elif isinstance(data, Mapping):
+        source = ArraySource(data)
+    elif isinstance(data, (str, Path)):
+        path = Path(data)
+        if path.is_dir():
+            from saelens_lite.cache import ActivationCache
+
+            source = CacheSource(ActivationCache(path))
+        else:
+            source = ArraySource(load_array_file(path, hooks[0] if len(hooks) == 1 else None))
+    elif hasattr(data, "iter_batches") and hasattr(data, "hook_names"):
+        source = CacheSource(data)
+    else:
+        raise TypeError(f"data: cannot train on a {type(data).__name__}; pass an ActivationCache, a path, "
+                        "a tensor / array, a {hook: tensor} dict or a DataSource")
+    source.select(hooks or source.hooks)
+    return source
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+__all__ = ["DataSource", "ArraySource", "CacheSource", "StreamSource", "open_source", "load_array_file"]

@@ -1,0 +1,377 @@
+"""The training loop: one SAE per hook, all fed from one data stream.
+
+Per step ``s`` (0-based) and hook::
+
+    x_BD  = c * batch[hook]                       # c: fixed normalisation scale
+    out   = sae.training_forward(x_BD, sparsity_scale=sparsity_scale_at(s), dead_mask_F)
+    out.loss.backward(); sae.before_optimizer_step_(); clip; Adam(lr_at(s)); sae.after_optimizer_step_()
+
+The SAE is known only through the registry interface (``saelens_lite.saes``). Dead latents:
+a latent that has not fired for more than ``dead_window_tokens`` tokens is dead; the mask is
+passed to ``training_forward`` (AuxK, Gao et al. 2024 Sec. A.2) and its mean is reported.
+
+Resume is exact: the checkpoint holds everything step ``s`` reads (weights, Adam state, counters,
+RNG states) and the data source restarts at batch ``s``, so a resumed run ends bit-identical to
+an uninterrupted one wherever the kernels are deterministic (CPU: always; CUDA: relu/jumprelu yes,
+the sparse TopK kernels are not: there two uninterrupted runs already differ in the last bits).
+
+Shapes: B batch, D width, F latents.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import queue
+import random
+import shutil
+import threading
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saelens_lite._atomic import write_json
+from saelens_lite.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+from saelens_lite.training.config import TrainConfig
+from saelens_lite.training.data import DataSource, open_source
+from saelens_lite.training.logging import RunLogger
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules (pure functions of the step, so resume needs only the step)
+
+
+def lr_at(step: int, config: TrainConfig, base_lr: float) -> float:
+    """Learning rate of step ``step`` (0-based) out of ``T = config.steps``.
+
+    warm-up: ``w = min(1, (step + 1) / warmup_steps)`` (1 when ``warmup_steps == 0``);
+    decay over the last ``n = round(decay_fraction * T)`` steps, with ``p = (step - (T - n)) / n``:
+    linear ``1 - p``, cosine ``(1 + cos(pi p)) / 2`` (1 before the decay starts or with
+    ``decay="none"``). ``lr = base_lr * w * decay``.
+    """
+    T = config.steps
+    w = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    n = round(config.decay_fraction * T)
+    d = 1.0
+    if config.decay != "none" and n > 0 and step >= T - n:
+        p = (step - (T - n)) / n
+        d = 1.0 - p if config.decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
+    return base_lr * w * d
+
+
+def sparsity_scale_at(step: int, config: TrainConfig) -> float:
+    """Multiplier of the sparsity coefficient: ``min(1, (step + 1) / sparsity_warmup_steps)``."""
+    if not config.sparsity_warmup_steps:
+        return 1.0
+    return min(1.0, (step + 1) / config.sparsity_warmup_steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dead latents
+
+
+class DeadLatentTracker:
+    """Tokens since each latent last fired; ``> window`` tokens means dead."""
+
+    def __init__(self, d_sae: int, window: int, device: torch.device | str = "cpu"):
+        self.window = window
+        self.tokens_since_fired_F = torch.zeros(d_sae, dtype=torch.long, device=device)
+
+    def update(self, fired_F: torch.Tensor, n_tokens: int) -> None:
+        """``fired_F``: bool (F,), latents that fired at least once in the last ``n_tokens``."""
+        self.tokens_since_fired_F += n_tokens
+        self.tokens_since_fired_F[fired_F.to(torch.bool)] = 0
+
+    def dead_mask(self) -> torch.Tensor:
+        return self.tokens_since_fired_F > self.window
+
+    def dead_fraction(self) -> float:
+        return float(self.dead_mask().float().mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device={device!r}: use auto, cpu, cuda or cuda:N") from e
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA with ``dtype="auto"``; None (plain float32) otherwise."""
+    if config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def build_sae(config: TrainConfig, d_in: int, hook: str = ""):
+    """An untrained SAE of the configured architecture for inputs of width ``d_in``."""
+    from saelens_lite.saes import SAE, SAEConfig
+
+    d_sae = config.d_sae(d_in)
+    if config.k > d_sae:
+        raise ValueError(f"k={config.k}: must be at most the number of latents d_sae={d_sae} "
+                         f"(hook {hook!r} has width {d_in})")
+    if "d_in" in config.sae_options and config.sae_options["d_in"] != d_in:
+        raise ValueError(f"sae_options.d_in={config.sae_options['d_in']}: hook {hook!r} has width {d_in}")
+    names = {f.name for f in dataclasses.fields(SAEConfig)}
+    unknown = sorted(set(config.sae_options) - names)
+    if unknown:
+        raise ValueError(f"sae_options={config.sae_options!r}: unknown SAEConfig fields {unknown}; "
+                         f"known: {sorted(names)}")
+    kwargs = {"architecture": config.architecture, "d_in": d_in, "d_sae": d_sae, "k": config.k,
+              "b_dec_init": config.b_dec_init, "hook_name": hook, "model_name": config.model or ""}
+    if config.sparsity_coeff is not None:
+        # Each architecture reads the one coefficient that applies to it (relu: l1, jumprelu:
+        # l0) and ignores the others, so setting all of them is safe.
+        kwargs.update({n: config.sparsity_coeff for n in SPARSITY_FIELDS if n in names})
+    kwargs.update(config.sae_options)
+    return SAE.from_config(SAEConfig(**kwargs))
+
+
+# SAEConfig's sparsity coefficients; ``TrainConfig.sparsity_coeff`` sets whichever exist.
+SPARSITY_FIELDS = ("l1_coeff", "l0_coeff")
+
+
+def normalization_scale(x_ND: torch.Tensor) -> float:
+    """c with E||c x|| = sqrt(D) on the sample (a fixed, dataset-level scale)."""
+    mean_norm = float(x_ND.float().norm(dim=-1).mean())
+    if not mean_norm > 0:
+        raise ValueError("activations: the data sample has zero norm; cannot normalise")
+    return math.sqrt(x_ND.shape[-1]) / mean_norm
+
+
+def _safe_dirname(hook: str) -> str:
+    return hook.replace("/", "_").replace("\\", "_")
+
+
+class _HookState:
+    """Everything trained for one hook."""
+
+    def __init__(self, sae, config: TrainConfig, device: torch.device):
+        self.sae = sae.to(device)
+        self.base_lr = config.lr_for(sae.cfg.d_sae)
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.base_lr, betas=tuple(config.betas))
+        self.dead = DeadLatentTracker(self.sae.W_dec.shape[0], config.dead_window_tokens, device)
+        self.scale = 1.0
+
+    def state_dict(self) -> dict:
+        return {"sae": self.sae.state_dict(), "opt": self.opt.state_dict(),
+                "tokens_since_fired": self.dead.tokens_since_fired_F.cpu(), "scale": self.scale}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.sae.load_state_dict(d["sae"])
+        self.opt.load_state_dict(d["opt"])
+        self.dead.tokens_since_fired_F.copy_(d["tokens_since_fired"])
+        self.scale = d["scale"]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, data=None):
+    """Train one SAE per hook of ``data`` and save each to ``out_dir/<hook>/``.
+
+    ``data``: an ActivationCache or its folder, an ``.npy`` / ``.safetensors`` file of (N, D),
+    a tensor / array (N, D), a ``{hook: tensor}`` dict, a :class:`DataSource`, or None (use
+    ``config.activations`` or stream from ``config.model``). Returns the trained SAE, or a
+    ``{hook: SAE}`` dict when there are several hooks. Every check on the config and the data
+    runs before the first step.
+    """
+    source = open_source(data, config)
+    hooks = source.hooks
+    device = resolve_device(config.device)
+    amp = autocast_dtype(config, device)
+    run_dir = Path(config.out_dir)
+
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    states = {h: _HookState(build_sae(config, source.widths[h], h), config, device) for h in hooks}
+
+    ckpt = _resume_point(config, run_dir, source)
+    if ckpt is not None:
+        for h, st in states.items():
+            st.load_state_dict(ckpt["hooks"][h])
+        set_rng_state(ckpt["rng"])
+        start = ckpt["step"]
+        log.info("resuming %s at step %d (%d tokens)", run_dir, start, start * config.batch_size)
+    else:
+        start = 0
+        sample = source.sample(config.init_sample_tokens, seed=config.seed)
+        for h, st in states.items():
+            x_ND = sample[h].to(device, torch.float32)
+            st.scale = normalization_scale(x_ND) if config.normalize_activations else 1.0
+            st.sae.init_from_data_(x_ND * st.scale)  # b_dec per cfg.b_dec_init
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", {**config.to_dict(), "format_version": FORMAT_VERSION,
+                                              "widths": source.widths, "n_tokens": source.n_tokens})
+
+    total = config.steps
+    B = config.batch_size
+    for h, st in states.items():
+        log.info("%s: d_in=%d d_sae=%d %s, lr=%.3g, scale=%.4g", h, source.widths[h], st.sae.cfg.d_sae,
+                 config.architecture, st.base_lr, st.scale)
+    log.info("training %d steps x %d tokens on %s%s (%s)", total, B, device,
+             " with bf16 autocast" if amp is not None else "",
+             f"{total * B / source.n_tokens:.2f} passes over the data" if source.n_tokens else "streaming")
+    logger = RunLogger(run_dir, config, total_steps=total, start_step=start)
+    batches = _Prefetcher(source.batches(B, seed=config.seed, start_batch=start))
+    try:
+        for step in range(start, total):
+            batch = next(batches)
+            records = [_train_step(h, st, batch[h], step, config, device, amp) for h, st in states.items()]
+            logger.step()
+            done = step + 1
+            if done % config.log_every == 0 or done == total:
+                recs = [_record(h, r, states[h], done, B) for h, r in zip(hooks, records)]
+                logger.log(recs)
+                bad = [r["hook"] for r in recs if not math.isfinite(r["loss"])]
+                if bad:
+                    raise FloatingPointError(f"loss of {bad} is not finite at step {done}; lower lr "
+                                             f"(now {config.lr}) or check the data")
+            if (config.checkpoint_every and done < total
+                    and (done * B) // config.checkpoint_every > (step * B) // config.checkpoint_every):
+                save_checkpoint(run_dir, done, {
+                    "config": config.to_dict(), "hooks": {h: st.state_dict() for h, st in states.items()},
+                    "tokens": done * B, "data": source.state(), "format_version": FORMAT_VERSION,
+                }, keep=config.keep_checkpoints)
+    finally:
+        batches.close()
+        logger.close()
+
+    saes = {}
+    for h, st in states.items():
+        sae = copy.deepcopy(st.sae).eval()
+        if st.scale != 1.0:
+            sae.fold_input_scale_(st.scale)
+        out = run_dir / _safe_dirname(h)
+        if out.exists():
+            shutil.rmtree(out)
+        sae.save(out)
+        saes[h] = sae
+    log.info("saved %s to %s", ", ".join(hooks), run_dir)
+    return saes[hooks[0]] if len(hooks) == 1 else saes
+
+
+def _resume_point(config: TrainConfig, run_dir: Path, source: DataSource) -> dict | None:
+    """The checkpoint to resume from (None: fresh run); refuses a config or data mismatch."""
+    path = latest_checkpoint(run_dir)
+    if not config.resume:
+        if path is not None:
+            raise ValueError(f"out_dir={str(run_dir)!r}: holds checkpoints of an earlier run; pass "
+                             "resume=True to continue it or choose another out_dir")
+        return None
+    if path is None:
+        log.warning("resume=True but %s holds no checkpoint; starting from scratch", run_dir)
+        return None
+    ckpt = load_checkpoint(path)
+    diff = config.resume_mismatch(ckpt["config"])
+    if diff:
+        f, more = diff[0], f" (also differing: {diff[1:]})" if len(diff) > 1 else ""
+        raise ValueError(f"resume: {f}={getattr(config, f)!r} differs from the checkpoint's "
+                         f"{f}={ckpt['config'].get(f)!r}{more}; it would change the weights")
+    if sorted(ckpt["hooks"]) != sorted(source.hooks):
+        raise ValueError(f"resume: hooks {source.hooks} differ from the checkpoint's {sorted(ckpt['hooks'])}")
+    for h in source.hooks:
+        w = ckpt["hooks"][h]["sae"]["W_dec"].shape[1]
+        if w != source.widths[h]:
+            raise ValueError(f"hook {h!r}: the data has width {source.widths[h]}, the checkpoint {w}")
+    return ckpt
+
+
+class _Prefetcher:
+    """Reads the next batches in a background thread so data loading overlaps the SAE step.
+    Order is kept, and the sources draw only from their own seeded generators, so the batches
+    (and the global RNG state) are those of a plain loop."""
+
+    def __init__(self, it, depth: int = 2):
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(it,), daemon=True, name="sae-data")
+        self._thread.start()
+
+    def _run(self, it) -> None:
+        try:
+            for item in it:
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(("ok", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as e:  # handed to the training thread
+            self._q.put(("err", e))
+            return
+        self._q.put(("err", RuntimeError("data source ended; sources must be endless")))
+
+    def __next__(self):
+        kind, item = self._q.get()
+        if kind == "err":
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _train_step(hook: str, st: _HookState, x_BD: torch.Tensor, step: int, config: TrainConfig,
+                device: torch.device, amp: torch.dtype | None):
+    sae = st.sae
+    sae.train()
+    x_BD = x_BD.to(device, torch.float32, non_blocking=True) * st.scale
+    lr = lr_at(step, config, st.base_lr)
+    sp = sparsity_scale_at(step, config)
+    ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
+    with ctx:
+        out = sae.training_forward(x_BD, sparsity_scale=sp, dead_mask_F=st.dead.dead_mask())
+    st.opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    sae.before_optimizer_step_()
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
+    for g in st.opt.param_groups:
+        g["lr"] = lr
+    st.opt.step()
+    sae.after_optimizer_step_()
+    st.dead.update(out.fired_F, x_BD.shape[0])
+    return out, lr, sp
+
+
+def _record(hook: str, r, st: _HookState, done: int, B: int) -> dict:
+    out, lr, sp = r
+    rec = {"hook": hook, "step": done, "tokens": done * B, "loss": _f(out.loss)}
+    for name, v in (out.losses or {}).items():
+        rec[name] = _f(v)
+    rec.update(l0=_f(out.l0), fvu=_f(out.fvu), dead_fraction=st.dead.dead_fraction(),
+               lr=lr, sparsity_scale=sp)
+    return rec
+
+
+def _f(v) -> float:
+    return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+
+
+__all__ = ["train", "lr_at", "sparsity_scale_at", "DeadLatentTracker", "build_sae",
+           "normalization_scale", "resolve_device", "autocast_dtype"]

@@ -1,0 +1,298 @@
+"""Time one TopK-SAE training step (forward, backward, Adam step) of saelens_lite against its peers.
+
+Implementations, same shape, same data, same optimiser (torch.optim.Adam, default settings):
+  saelens_lite topk      SAE.training_forward + decoder-norm hooks (sparse kernels)
+  saelens_lite batchtopk
+  saelens_lite topk-bf16select   select_dtype="bfloat16": latents chosen by a bf16 matmul,
+                         values and gradients in fp32 (fast on AMX CPUs and on GPUs)
+  sparsify               EleutherAI sparsify SparseCoder (fused encoder + sparse decoder)
+  saelens                SAELens TopKTrainingSAE
+  dense                  plain dense PyTorch TopK (scatter into (B, F), dense matmuls)
+Speed is measured in this process, impls interleaved over several rounds (best round kept),
+so ratios are comparable even on a noisy machine. Peak memory per impl: on CPU, the growth of
+peak RSS (VmHWM) over the set-up level in a fresh subprocess per impl; on CUDA,
+max_memory_allocated.
+A peer that cannot be imported is skipped with a line saying why.
+
+    python scripts/bench_train.py [--device cpu|cuda] [--shape D F K B ...] [--rounds 3] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+import types
+
+import torch
+
+IMPLS = [
+    "saelens_lite-topk",
+    "saelens_lite-batchtopk",
+    "saelens_lite-topk-bf16select",
+    "sparsify",
+    "saelens",
+    "dense",
+]
+PEERS = ["sparsify", "saelens", "dense"]
+
+
+def _stub(name: str) -> types.ModuleType:
+    m = types.ModuleType(name)
+    m.__path__ = []
+    sys.modules[name] = m
+    return m
+
+
+def build(impl: str, D: int, F: int, K: int, dev: str):
+    """Return a zero-argument training-step closure for `impl` (raises when unavailable)."""
+    if impl.startswith("saelens_lite"):
+        from saelens_lite.saes import SAE, SAEConfig
+
+        parts = impl.split("-")
+        sae = SAE.from_config(
+            SAEConfig(
+                architecture=parts[1],
+                d_in=D,
+                d_sae=F,
+                k=K,
+                select_dtype="bfloat16" if parts[2:] == ["bf16select"] else None,
+            )
+        ).to(dev)
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+
+        def step(x):
+            out = sae.training_forward(x)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            sae.before_optimizer_step_()
+            opt.step()
+            sae.after_optimizer_step_()
+
+        return step
+    if impl == "dense":
+        W_enc = torch.nn.Parameter(torch.randn(D, F, device=dev) / D**0.5)
+        b_enc = torch.nn.Parameter(torch.zeros(F, device=dev))
+        W_dec = torch.nn.Parameter(W_enc.detach().T.clone())
+        b_dec = torch.nn.Parameter(torch.zeros(D, device=dev))
+        opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=1e-4)
+
+        def step(x):
+            pre = (x - b_dec) @ W_enc + b_enc
+            v, i = pre.topk(K, dim=-1)
+            acts = torch.zeros_like(pre).scatter(-1, i, torch.relu(v))
+            loss = (acts @ W_dec + b_dec - x).pow(2).sum(-1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+    if impl == "sparsify":
+        if (
+            "sparsify" not in sys.modules
+        ):  # skip sparsify/__init__ (imports its trainer and datasets)
+            spec = importlib.util.find_spec("sparsify")
+            if spec is None:
+                raise ImportError("eai-sparsify is not installed")
+            _stub("sparsify").__path__ = list(spec.submodule_search_locations)
+        from sparsify.config import SparseCoderConfig
+        from sparsify.sparse_coder import SparseCoder
+
+        sae = SparseCoder(D, SparseCoderConfig(num_latents=F, k=K), device=dev)
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+
+        def step(x):
+            out = sae(x)
+            opt.zero_grad(set_to_none=True)
+            out.fvu.backward()
+            opt.step()
+
+        return step
+    if impl == "saelens":
+        if importlib.util.find_spec("sae_lens") is None:
+            raise ImportError("sae-lens is not installed")
+        for top, subs in {
+            "wandb": [],
+            "plotly": ["express", "graph_objects", "subplots"],
+            "plotly_express": [],
+            "babe": [],
+            "nltk": [],
+        }.items():
+            if top not in sys.modules and importlib.util.find_spec(top) is None:
+                _stub(top)
+                for sub in subs:
+                    _stub(f"{top}.{sub}")
+        from sae_lens.saes.sae import TrainStepInput
+        from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+        sl = TopKTrainingSAE(
+            TopKTrainingSAEConfig(d_in=D, d_sae=F, k=K, dtype="float32", device=dev)
+        )
+        opt = torch.optim.Adam(sl.parameters(), lr=1e-4)
+
+        def step(x):
+            o = sl.training_forward_pass(
+                TrainStepInput(
+                    sae_in=x,
+                    coefficients={},
+                    dead_neuron_mask=None,
+                    n_training_steps=0,
+                    is_logging_step=False,
+                )
+            )
+            opt.zero_grad(set_to_none=True)
+            o.loss.backward()
+            opt.step()
+
+        return step
+    raise ValueError(f"unknown impl {impl!r}; allowed: {IMPLS}")
+
+
+def _sync(dev: str) -> None:
+    if dev == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_all(steps_by_impl: dict, x, dev: str, rounds: int, steps: int) -> dict[str, float]:
+    best = {name: float("inf") for name in steps_by_impl}
+    for step in steps_by_impl.values():  # warm-up (allocators, Adam state, kernel choice)
+        for _ in range(2):
+            step(x)
+    for _ in range(rounds):
+        for name, step in steps_by_impl.items():
+            _sync(dev)
+            t = time.perf_counter()
+            for _ in range(steps):
+                step(x)
+            _sync(dev)
+            best[name] = min(best[name], (time.perf_counter() - t) / steps)
+    return best
+
+
+def _vm_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+def mem_child(impl: str, D: int, F: int, K: int, B: int, dev: str) -> None:
+    """Runs in a fresh process: print the step's peak memory above the set-up level (MiB)."""
+    torch.manual_seed(0)
+    x = torch.randn(B, D, device=dev)
+    step = build(impl, D, F, K, dev)
+    if dev == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(3):
+            step(x)
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        # ru_maxrss is inherited from the parent across fork/exec, so use VmHWM (peak RSS of
+        # this address space), reset to the current RSS after set-up via clear_refs.
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _vm_kib("VmRSS")
+        for _ in range(3):
+            step(x)
+        peak = (_vm_kib("VmHWM") - base) / 1024
+    print(json.dumps({"impl": impl, "peak_mib": peak}))
+
+
+def measure_memory(impl: str, shape, dev: str) -> float | None:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--mem-child",
+        impl,
+        "--device",
+        dev,
+        "--shape",
+        *map(str, shape),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    for line in r.stdout.splitlines()[::-1]:
+        if line.startswith("{"):
+            return json.loads(line)["peak_mib"]
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
+    )
+    ap.add_argument(
+        "--shape",
+        nargs=4,
+        type=int,
+        action="append",
+        metavar=("D", "F", "K", "B"),
+        help="repeatable; default 576 4608 32 2048",
+    )
+    ap.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--steps", type=int, default=None, help="steps per round (default 3 cpu, 20 cuda)"
+    )
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (1 is far less sensitive to other load on a shared machine)",
+    )
+    ap.add_argument("--mem-child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    shapes = args.shape or [[576, 4608, 32, 2048]]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.mem_child:
+        mem_child(args.mem_child, *shapes[0], args.device)
+        return
+    steps = args.steps or (20 if args.device == "cuda" else 3)
+    dev_name = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"device {dev_name}, torch {torch.__version__}, best of {args.rounds} rounds x {steps} steps"
+    )
+    for D, F, K, B in shapes:
+        print(f"\nshape D={D} F={F} K={K} B={B}")
+        torch.manual_seed(0)
+        x = torch.randn(B, D, device=args.device)
+        built = {}
+        for impl in args.impls:
+            try:
+                built[impl] = build(impl, D, F, K, args.device)
+            except Exception as e:  # a missing or broken peer must not stop the others
+                print(f"  skip {impl}: {type(e).__name__}: {str(e)[:200]}")
+        secs = time_all(built, x, args.device, args.rounds, steps)
+        mem = (
+            {}
+            if args.no_memory
+            else {i: measure_memory(i, (D, F, K, B), args.device) for i in built}
+        )
+        peers = [p for p in PEERS if p in secs]
+        head = f"  {'impl':28s} {'tok/s':>9s} {'ms/step':>8s} {'peak MiB':>9s}" + "".join(
+            f" {'x ' + p:>10s}" for p in peers
+        )
+        print(head)
+        for impl, s in secs.items():
+            m = mem.get(impl)
+            row = (
+                f"  {impl:28s} {B / s:9.0f} {s * 1e3:8.1f} {'-' if m is None else f'{m:9.0f}':>9s}"
+            )
+            row += "".join(f" {secs[p] / s:10.2f}" for p in peers)
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Fast sparse kernels equal their dense float64 references, values and every gradient."""
+
+import pytest
+import torch
+
+from saelens_lite import kernels
+from saelens_lite.kernels import SparsePattern
+
+B, D, F, K = 7, 5, 13, 3
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _inputs(seed=0, device="cpu", col_major=False):
+    g = torch.Generator().manual_seed(seed)
+
+    def mk(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64).to(device).requires_grad_()
+
+    W_enc = (
+        mk(F, D).detach().T.requires_grad_() if col_major else mk(D, F)
+    )  # SAE stores W_enc column-major
+    return mk(B, D), W_enc, mk(F), mk(D), mk(F, D)
+
+
+def _patterns(device="cpu"):
+    idx_BK = torch.stack(
+        [torch.randperm(F, generator=torch.Generator().manual_seed(i))[:K] for i in range(B)]
+    )
+    # ragged rows (including an empty row), as BatchTopK produces
+    rows = torch.tensor([0, 0, 0, 0, 2, 3, 3, 5, 5, 5, 6], device=device)
+    cols = torch.tensor([1, 4, 7, 12, 0, 4, 9, 2, 3, 11, 4], device=device)
+    return {"topk": idx_BK.to(device), "ragged": SparsePattern.from_coo(rows, cols, B, F)}
+
+
+def _grads(out, params, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.device, out.dtype)
+    return torch.autograd.grad((out * w).sum(), params)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["topk", "ragged"])
+def test_sparse_decode_matches_reference_values_and_grads(kind, device):
+    idx = _patterns(device)[kind]
+    *_, W_dec = _inputs(device=device)
+    n = idx.numel() if isinstance(idx, torch.Tensor) else idx.cols_N.numel()
+    vals = torch.randn(n, dtype=torch.float64, device=device).requires_grad_()
+    if isinstance(idx, torch.Tensor):
+        vals = vals.detach().view(B, K).requires_grad_()
+    fast = kernels.sparse_decode(idx, vals, W_dec)
+    ref = kernels.sparse_decode_reference(idx, vals, W_dec)
+    torch.testing.assert_close(fast, ref)
+    for a, b in zip(_grads(fast, (vals, W_dec)), _grads(ref, (vals, W_dec))):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("col_major", [False, True])
+@pytest.mark.parametrize("kind", ["topk", "ragged"])
+@pytest.mark.parametrize("give_pre", [False, True])
+def test_select_preacts_matches_reference_values_and_grads(kind, give_pre, col_major, device):
+    idx = _patterns(device)[kind]
+    x, W_enc, b_enc, b_dec, _ = _inputs(device=device, col_major=col_major)
+    ref = kernels.select_preacts_reference(x, W_enc, b_enc, b_dec, idx)
+    pre = ref.detach() if give_pre else None
+    fast = kernels.select_preacts(x, W_enc, b_enc, b_dec, idx, pre)
+    torch.testing.assert_close(fast, ref)
+    params = (x, W_enc, b_enc, b_dec)
+    for a, b in zip(_grads(fast, params), _grads(ref, params)):
+        torch.testing.assert_close(a, b)
+
+
+def test_topk_encode_matches_dense_topk():
+    x, W_enc, b_enc, b_dec, _ = _inputs()
+    vals, idx = kernels.topk_encode(x, W_enc, b_enc, b_dec, K)
+    pre = kernels.dense_preacts(x, W_enc, b_enc, b_dec)
+    ref_vals, ref_idx = pre.topk(K, dim=-1)
+    torch.testing.assert_close(vals.sort(-1).values, torch.relu(ref_vals).sort(-1).values)
+    assert torch.equal(idx.sort(-1).values, ref_idx.sort(-1).values)
+    params = (W_enc, b_enc, b_dec)
+    fast_g = torch.autograd.grad(kernels.sparse_decode(idx, vals, W_enc.T).pow(2).sum(), params)
+    dense = torch.zeros_like(pre).scatter(-1, ref_idx, torch.relu(ref_vals))
+    ref_g = torch.autograd.grad((dense @ W_enc.T).pow(2).sum(), params)
+    for a, b in zip(fast_g, ref_g):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [None, torch.float32])
+def test_topk_select_chunked_matches_dense_topk_with_aux(dtype, device):
+    x, W_enc, b_enc, b_dec, _ = (t.detach() for t in _inputs(device=device))
+    dead = torch.zeros(F, dtype=torch.bool, device=device)
+    dead[::2] = True
+    sel = kernels.topk_select(
+        x,
+        W_enc,
+        b_enc,
+        b_dec,
+        K,
+        dead_mask_F=dead,
+        k_aux=2,
+        compute_dtype=dtype,
+        chunk_rows=3,
+        sorted=True,
+    )
+    pre = kernels.dense_preacts(x, W_enc, b_enc, b_dec)
+    ref_vals, ref_idx = pre.topk(K, dim=-1)
+    torch.testing.assert_close(sel.pre_BK, ref_vals)
+    assert torch.equal(sel.idx_BK, ref_idx)
+    aux_vals, aux_idx = pre.masked_fill(~dead, -float("inf")).topk(2, dim=-1)
+    torch.testing.assert_close(sel.aux_pre_BK.sort(-1).values, aux_vals.sort(-1).values)
+    assert torch.equal(sel.aux_idx_BK.sort(-1).values, aux_idx.sort(-1).values)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_dtypes_use_the_fallback_and_match_float32(dtype):
+    idx = _patterns()["ragged"]
+    x, W_enc, b_enc, b_dec, W_dec = (t.detach().to(dtype).requires_grad_() for t in _inputs())
+    vals = kernels.select_preacts(x, W_enc, b_enc, b_dec, idx)
+    out = kernels.sparse_decode(idx, vals, W_dec)
+    params = (x, W_enc, b_enc, b_dec, W_dec)
+    grads = _grads(out, params)
+    p32 = [t.detach().float().requires_grad_() for t in params]
+    ref = kernels.sparse_decode_reference(
+        idx, kernels.select_preacts_reference(*p32[:4], idx), p32[4]
+    )
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.1)
+    for a, b in zip(grads, _grads(ref, p32)):
+        torch.testing.assert_close(a.float(), b, rtol=0.05, atol=0.2)
