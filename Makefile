@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-test: install
+test: install browser-deps
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
 
 test-fast: install
@@ -39,3 +39,10 @@ bench: install
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
+
+# Headless Chromium for tests/test_dashboards_browser.py (skipped without it): Debian's chromium
+# and chromium-driver (needs root; skipped when both are already on PATH). Selenium is in the dev extra.
+.PHONY: browser-deps
+browser-deps: install
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi

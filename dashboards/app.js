@@ -1,0 +1,339 @@
+// Feature dashboards: a single-page app over JSON-P data files (see saelens_lite/dashboards/site.py).
+// Every string from the data (token text above all) reaches the page through textContent or
+// createTextNode, never innerHTML, so it can neither run nor change the page's structure.
+(function () {
+  'use strict';
+
+  var S = { meta: null, index: null, shards: {}, waiting: {}, sortKey: 'density', sortDir: -1,
+            query: '', shown: 300, live: false };
+
+  window.saeMeta = function (m) { S.meta = m; };
+  window.saeIndex = function (d) { S.index = d; };
+  window.saeShard = function (i, d) {
+    S.shards[i] = d;
+    (S.waiting[i] || []).forEach(function (cb) { cb(d); });
+    delete S.waiting[i];
+  };
+
+  // ---------------------------------------------------------------- helpers
+  function el(tag, attrs) {
+    var e = document.createElement(tag);
+    if (attrs) {
+      Object.keys(attrs).forEach(function (k) {
+        var v = attrs[k];
+        if (v === null || v === undefined) return;
+        if (k === 'text') e.textContent = v;
+        else if (k === 'cls') e.className = v;
+        else if (k === 'on') Object.keys(v).forEach(function (ev) { e.addEventListener(ev, v[ev]); });
+        else e.setAttribute(k, v);
+      });
+    }
+    for (var i = 2; i < arguments.length; i++) {  // null children are skipped
+      var c = arguments[i];
+      if (c === null || c === undefined) continue;
+      e.appendChild(typeof c === 'string' || typeof c === 'number' ? document.createTextNode(String(c)) : c);
+    }
+    return e;
+  }
+  var SVG = 'http://www.w3.org/2000/svg';
+  function svg(tag, attrs) {
+    var e = document.createElementNS(SVG, tag);
+    Object.keys(attrs || {}).forEach(function (k) { e.setAttribute(k, attrs[k]); });
+    return e;
+  }
+  function pad5(i) { return ('0000' + i).slice(-5); }
+  function fmt(x) {
+    if (x === null || x === undefined) return '–';
+    if (x === 0) return '0';
+    var a = Math.abs(x);
+    if (a >= 1e6 || a < 0.001) return x.toExponential(2);
+    if (a >= 1000) return Math.round(x).toLocaleString('en-US');
+    return x.toPrecision(3).replace(/\.?0+$/, '');
+  }
+  function pct(d) { return d === 0 ? '0%' : (d * 100 < 0.001 ? (d * 100).toExponential(1) : fmt(d * 100)) + '%'; }
+  // Whitespace made visible; the text is still set with textContent.
+  // Isolated tokens (chips, logit tables) also show spaces, which would be invisible there.
+  function showTok(s, isolated) {
+    if (s === undefined || s === null) return '?';
+    if (s === '') return '∅';
+    s = s.replace(/\n/g, '↵').replace(/\t/g, '→').replace(/\r/g, '␍');
+    return isolated ? s.replace(/ /g, '␣') : s;
+  }
+  function chipText(t) { return showTok(t, true); }
+  function heat(a, max) {
+    if (!(a > 0) || !(max > 0)) return '';
+    var t = Math.min(a / max, 1);
+    return 'rgba(255, 120, 20, ' + (0.12 + 0.78 * t).toFixed(3) + ')';
+  }
+  function loadShard(i, cb) {
+    if (S.shards[i]) { cb(S.shards[i]); return; }
+    if (S.waiting[i]) { S.waiting[i].push(cb); return; }
+    S.waiting[i] = [cb];
+    var s = document.createElement('script');
+    s.src = 'data/f/' + pad5(i) + '.js';
+    s.onerror = function () { app().replaceChildren(el('p', { cls: 'error', text: 'Could not load ' + s.src })); };
+    document.head.appendChild(s);
+  }
+  function app() { return document.getElementById('app'); }
+  function nFeatures() { return S.meta ? S.meta.n_features : 0; }
+
+  // ---------------------------------------------------------------- index view
+  var COLS = [
+    ['id', 'Feature'], ['density', 'Density'], ['max', 'Max act'], ['mean', 'Mean act'], ['top', 'Top tokens']
+  ];
+  function keyOf(k, i) {
+    if (k === 'id') return i;
+    if (k === 'top') return (S.index.top[i] || []).join(' ');
+    return S.index[k][i];
+  }
+  function matches(i, q) {
+    if (!q) return true;
+    if (/^\d+$/.test(q)) return String(i).indexOf(q) === 0;
+    var toks = S.index.top[i] || [];
+    for (var j = 0; j < toks.length; j++) if (toks[j].toLowerCase().indexOf(q) >= 0) return true;
+    return false;
+  }
+  function renderIndex() {
+    var root = app();
+    var search = el('input', { id: 'search', type: 'search', placeholder: 'Search: feature id or token text',
+                               value: S.query, autocomplete: 'off' });
+    var count = el('span', { id: 'count', cls: 'muted' });
+    var tbody = el('tbody');
+    var more = el('button', { id: 'more', cls: 'more', text: 'Show more' });
+    var head = el('tr');
+    COLS.forEach(function (c) {
+      var arrow = S.sortKey === c[0] ? (S.sortDir < 0 ? ' ▼' : ' ▲') : '';
+      head.appendChild(el('th', { 'data-key': c[0], tabindex: '0', on: { click: function () {
+        if (S.sortKey === c[0]) S.sortDir = -S.sortDir; else { S.sortKey = c[0]; S.sortDir = c[0] === 'id' || c[0] === 'top' ? 1 : -1; }
+        renderIndex();
+      } } }, c[1] + arrow));
+    });
+    function fill() {
+      var q = S.query.trim().toLowerCase();
+      var ids = [];
+      for (var i = 0; i < nFeatures(); i++) if (matches(i, q)) ids.push(i);
+      var k = S.sortKey, d = S.sortDir;
+      ids.sort(function (a, b) {
+        var x = keyOf(k, a), y = keyOf(k, b);
+        return (x < y ? -1 : x > y ? 1 : a - b) * d;
+      });
+      count.textContent = ids.length + ' of ' + nFeatures() + ' features';
+      var rows = [];
+      ids.slice(0, S.shown).forEach(function (i) {
+        var dead = S.index.density[i] === 0;
+        var toks = el('td', { cls: 'toks' });
+        (S.index.top[i] || []).forEach(function (t) { toks.appendChild(el('span', { cls: 'chip', text: chipText(t) })); });
+        rows.push(el('tr', { cls: dead ? 'dead' : null, 'data-id': String(i) },
+          el('td', null, el('a', { href: '#f' + i, text: '#' + i })),
+          el('td', { cls: 'num' }, pct(S.index.density[i])),
+          el('td', { cls: 'num' }, fmt(S.index.max[i])),
+          el('td', { cls: 'num' }, fmt(S.index.mean[i])),
+          toks));
+      });
+      tbody.replaceChildren.apply(tbody, rows);
+      more.style.display = ids.length > S.shown ? '' : 'none';
+    }
+    var timer = null;
+    search.addEventListener('input', function () {
+      clearTimeout(timer);
+      timer = setTimeout(function () { S.query = search.value; S.shown = 300; fill(); }, 120);
+    });
+    more.addEventListener('click', function () { S.shown += 1000; fill(); });
+    var m = S.meta;
+    var dead = 0;
+    for (var i = 0; i < nFeatures(); i++) if (S.index.density[i] === 0) dead++;
+    root.replaceChildren.apply(root, [
+      el('section', { cls: 'summary' },
+        el('h1', null, 'Features of ' + m.architecture + ' SAE'),
+        el('p', { cls: 'muted' }, m.model + ' · ' + m.hook + ' · ' + m.d_in + ' → ' + m.d_sae + ' features · ' +
+           m.n_tokens.toLocaleString() + ' tokens · ' + dead + ' dead')),
+      liveBox(),
+      el('div', { cls: 'controls' }, search, count),
+      el('table', { id: 'features', cls: 'features' }, el('thead', null, head), tbody),
+      more].filter(Boolean));
+    fill();
+    search.focus();
+  }
+
+  // ---------------------------------------------------------------- feature view
+  function histogram(f) {
+    var W = 560, H = 150, padL = 40, padB = 22, n = f.hist.length;
+    var maxC = Math.max.apply(null, f.hist.concat([1]));
+    var s = svg('svg', { id: 'hist', viewBox: '0 0 ' + W + ' ' + H, width: W, height: H, role: 'img' });
+    var t = svg('title'); t.textContent = 'Activation histogram of feature ' + f.i; s.appendChild(t);
+    var bw = (W - padL - 4) / n;
+    f.hist.forEach(function (c, b) {
+      var h = c ? Math.max(1, (H - padB - 6) * c / maxC) : 0;
+      var r = svg('rect', { x: padL + b * bw + 0.5, y: H - padB - h, width: Math.max(bw - 1, 1), height: h,
+                            fill: heat((b + 0.5) / n * f.max, f.max) || '#ddd', 'class': 'bar' });
+      var tt = svg('title');
+      tt.textContent = '[' + fmt(b * f.max / n) + ', ' + fmt((b + 1) * f.max / n) + '): ' + c;
+      r.appendChild(tt);
+      s.appendChild(r);
+    });
+    s.appendChild(svg('line', { x1: padL, y1: H - padB, x2: W - 4, y2: H - padB, stroke: '#888' }));
+    [[0, 'start'], [0.5, 'middle'], [1, 'end']].forEach(function (p) {
+      var lab = svg('text', { x: padL + p[0] * (W - padL - 4), y: H - 6, 'text-anchor': p[1], 'class': 'axis' });
+      lab.textContent = fmt(p[0] * f.max);
+      s.appendChild(lab);
+    });
+    var top = svg('text', { x: padL - 4, y: 12, 'text-anchor': 'end', 'class': 'axis' });
+    top.textContent = String(maxC);
+    s.appendChild(top);
+    return s;
+  }
+
+  function example(ex, tok, max, extra) {
+    var toks = ex[0], acts = ex[1], c = ex[2];
+    var line = el('div', { cls: 'example' },
+      el('span', { cls: 'val', text: fmt(acts[c]) }));
+    var text = el('span', { cls: 'ctx' });
+    toks.forEach(function (id, j) {
+      var s = el('span', { cls: 'tok' + (j === c ? ' centre' : ''), text: showTok(tok[id]),
+                           title: (tok[id] === undefined ? '?' : JSON.stringify(tok[id])) + '  act = ' + fmt(acts[j]) });
+      var bg = heat(acts[j], max);
+      if (bg) s.style.background = bg;
+      text.appendChild(s);
+    });
+    line.appendChild(text);
+    if (extra) line.appendChild(extra);
+    return line;
+  }
+
+  function tokenTable(title, ids, vals, tok, cls) {
+    var t = el('table', { cls: 'logits ' + cls }, el('caption', { text: title }));
+    ids.forEach(function (id, j) {
+      t.appendChild(el('tr', null, el('td', { cls: 'tokcell' }, el('span', { cls: 'tok', text: chipText(tok[id]) })),
+                       el('td', { cls: 'num', text: (vals[j] > 0 ? '+' : '') + fmt(vals[j]) })));
+    });
+    return t;
+  }
+
+  function renderFeature(fi) {
+    var m = S.meta;
+    if (!(fi >= 0 && fi < m.n_features)) { app().replaceChildren(el('p', { cls: 'error', text: 'No feature ' + fi })); return; }
+    app().replaceChildren(el('p', { cls: 'muted', text: 'Loading feature ' + fi + '…' }));
+    var shard = Math.floor(fi / m.shard_features);
+    loadShard(shard, function (d) {
+      if (location.hash !== '#f' + fi) return;  // the user moved on
+      var f = d.features[fi - shard * m.shard_features], tok = d.tok;
+      var nav = el('nav', { cls: 'fnav' },
+        el('a', { href: '#', text: '← all features' }),
+        el('span', { cls: 'muted', text: '(← → keys step)' }),
+        fi > 0 ? el('a', { href: '#f' + (fi - 1), id: 'prev', text: '‹ #' + (fi - 1) }) : null,
+        fi + 1 < m.n_features ? el('a', { href: '#f' + (fi + 1), id: 'next', text: '#' + (fi + 1) + ' ›' }) : null);
+      var density = f.n / m.n_tokens;
+      var stats = el('div', { cls: 'stats' },
+        stat('Density', pct(density) + (f.n ? ' (1 in ' + Math.round(1 / density).toLocaleString() + ')' : '')),
+        stat('Max activation', fmt(f.max)), stat('Mean activation', fmt(f.mean)),
+        stat('Active on', f.n.toLocaleString() + ' tokens'));
+      var side = el('div', { cls: 'side' });
+      if (f.pos) {
+        side.appendChild(el('h3', { text: 'Logit effects' }));
+        side.appendChild(el('div', { cls: 'logit-pair' },
+          tokenTable('Boosts', f.pos[0], f.pos[1], tok, 'pos'), tokenTable('Suppresses', f.neg[0], f.neg[1], tok, 'neg')));
+      } else if (m.logits_note) {
+        side.appendChild(el('h3', { text: 'Logit effects' }));
+        side.appendChild(el('p', { cls: 'muted note', text: m.logits_note }));
+      }
+      if (f.near) {
+        var ul = el('ul', { cls: 'near' });
+        f.near[0].forEach(function (g, j) {
+          ul.appendChild(el('li', null, el('a', { href: '#f' + g, text: '#' + g }), ' ',
+            el('span', { cls: 'muted', text: 'cos ' + fmt(f.near[1][j]) }),
+            ' ', el('span', { cls: 'chip', text: (S.index.top[g] || []).slice(0, 2).map(chipText).join(' ') })));
+        });
+        side.appendChild(el('h3', { text: 'Nearest features (decoder cosine)' }));
+        side.appendChild(ul);
+      }
+      var main = el('div', { cls: 'fmain' },
+        el('h3', { text: 'Activation histogram' }), f.n ? histogram(f) : el('p', { cls: 'muted', text: 'This feature never fired on the cache.' }));
+      var top = el('section', { id: 'top-examples', cls: 'examples' }, el('h3', { text: 'Top activations' }));
+      f.top.forEach(function (ex) { top.appendChild(example(ex, tok, f.max)); });
+      if (!f.top.length) top.appendChild(el('p', { cls: 'muted', text: 'No examples.' }));
+      main.appendChild(top);
+      f.quant.forEach(function (q) {
+        if (!q.ex.length) return;
+        var sec = el('section', { cls: 'examples quantile' },
+          el('h4', null, 'Activations in [' + fmt(q.lo) + ', ' + fmt(q.hi) + ')',
+             el('span', { cls: 'muted' }, ' · ' + q.n.toLocaleString() + ' tokens (' + pct(f.n ? q.n / f.n : 0) + ' of firings)')));
+        q.ex.forEach(function (ex) { sec.appendChild(example(ex, tok, f.max)); });
+        main.appendChild(sec);
+      });
+      app().replaceChildren(nav, el('h1', { id: 'feature-title', text: 'Feature #' + fi }), stats,
+        el('div', { cls: 'fgrid' }, main, side));
+      window.scrollTo(0, 0);
+    });
+  }
+  function stat(label, value) { return el('div', { cls: 'stat' }, el('div', { cls: 'label', text: label }), el('div', { cls: 'value', text: value })); }
+
+  // ---------------------------------------------------------------- live box (served mode only)
+  function liveBox() {
+    if (!S.live) return null;
+    var ta = el('textarea', { id: 'live-text', rows: '3', placeholder: 'Type text to see which features fire on each token' });
+    var out = el('div', { id: 'live-out', cls: 'live-out' });
+    var detail = el('div', { id: 'live-detail', cls: 'live-detail' });
+    var btn = el('button', { id: 'live-run', text: 'Run' });
+    btn.addEventListener('click', function () {
+      btn.disabled = true;
+      fetch('api/encode', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+                            body: JSON.stringify({ text: ta.value }) })
+        .then(function (r) { return r.json(); })
+        .then(function (j) {
+          if (j.error) { out.replaceChildren(el('p', { cls: 'error', text: j.error })); return; }
+          var mx = 0;
+          j.features.forEach(function (fs) { if (fs.length) mx = Math.max(mx, fs[0][1]); });
+          var spans = j.tokens.map(function (t, i) {
+            var fs = j.features[i];
+            var s = el('span', { cls: 'tok', text: showTok(t), tabindex: '0',
+                                 title: fs.slice(0, 5).map(function (p) { return '#' + p[0] + ' ' + fmt(p[1]); }).join('\n') });
+            var bg = fs.length ? heat(fs[0][1], mx) : '';
+            if (bg) s.style.background = bg;
+            s.addEventListener('click', function () {
+              var ul = el('ul', { cls: 'near' });
+              fs.forEach(function (p) {
+                ul.appendChild(el('li', null, el('a', { href: '#f' + p[0], text: '#' + p[0] }), ' ',
+                  el('span', { cls: 'muted', text: fmt(p[1]) }), ' ',
+                  el('span', { cls: 'chip', text: (S.index.top[p[0]] || []).slice(0, 2).map(chipText).join(' ') })));
+              });
+              detail.replaceChildren(el('h4', { text: 'Features on ' + JSON.stringify(t) }), ul);
+            });
+            return s;
+          });
+          out.replaceChildren.apply(out, spans);
+        })
+        .catch(function (e) { out.replaceChildren(el('p', { cls: 'error', text: String(e) })); })
+        .then(function () { btn.disabled = false; });
+    });
+    return el('section', { cls: 'live' }, el('h3', { text: 'Try it' }), ta, btn, out, detail);
+  }
+
+  // ---------------------------------------------------------------- routing
+  function route() {
+    var m = /^#f(\d+)$/.exec(location.hash);
+    if (m) renderFeature(parseInt(m[1], 10));
+    else renderIndex();
+  }
+  function boot() {
+    if (!S.meta || !S.index) {
+      app().replaceChildren(el('p', { cls: 'error', text: 'Dashboard data not found (data/meta.js, data/index.js).' }));
+      return;
+    }
+    document.getElementById('subtitle').textContent = S.meta.model + ' · ' + S.meta.hook;
+    window.addEventListener('hashchange', route);
+    // Arrow keys step through features (not while typing).
+    document.addEventListener('keydown', function (e) {
+      var m = /^#f(\d+)$/.exec(location.hash);
+      if (!m || e.altKey || e.ctrlKey || e.metaKey || /^(INPUT|TEXTAREA)$/.test(e.target.tagName)) return;
+      var i = parseInt(m[1], 10) + (e.key === 'ArrowRight' ? 1 : e.key === 'ArrowLeft' ? -1 : 0);
+      if (i !== parseInt(m[1], 10) && i >= 0 && i < nFeatures()) location.hash = '#f' + i;
+    });
+    if (location.protocol === 'http:' || location.protocol === 'https:') {
+      fetch('api/info').then(function (r) { return r.ok ? r.json() : {}; }).then(function (j) {
+        if (j.encode) { S.live = true; if (!/^#f\d+$/.test(location.hash)) renderIndex(); }
+      }).catch(function () {});
+    }
+    route();
+  }
+  document.addEventListener('DOMContentLoaded', boot);
+})();

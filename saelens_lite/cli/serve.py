@@ -1,0 +1,32 @@
+"""``saelens-lite serve``: serve a dashboard site on loopback."""
+
+from __future__ import annotations
+
+import argparse
+
+from saelens_lite.cli._common import Formatter, model_help
+
+
+def add(sub) -> None:
+    p = sub.add_parser("serve", help="serve a dashboard site locally", formatter_class=Formatter,
+                       description="Serve SITE_DIR (written by saelens-lite dashboard) over HTTP. With --model "
+                                   "and --sae the index page gets a box where typed text shows the features "
+                                   "that fire on each token.")
+    p.add_argument("site", metavar="SITE_DIR", help="site folder")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; other than loopback exposes the site")
+    p.add_argument("--model", default=None, help=model_help() + " (live encoding)")
+    p.add_argument("--sae", default=None, help="SAE folder (live encoding)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from saelens_lite.dashboards.server import serve
+
+    try:
+        serve(args.site, host=args.host, port=args.port, model=args.model, sae=args.sae)
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from e
+    return 0

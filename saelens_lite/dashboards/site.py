@@ -1,0 +1,234 @@
+"""Write a static feature-dashboard site: ``build_dashboard(sae, cache, out)``.
+
+Layout of ``out``::
+
+    index.html                 the single-page app (copied from the repository's dashboards/)
+    assets/app.js, style.css   front-end, no network access
+    data/meta.js               saeMeta({...}): SAE, model, hook, sizes, notes
+    data/index.js              saeIndex({...}): one column per statistic over all F features
+    data/f/00000.js ...        saeShard(i, {...}): features [i*256, (i+1)*256), their examples,
+                               histogram, logit effects, neighbours, and the token strings they use
+
+Data files are JSON-P (a function call around JSON) so the site works from ``file://``, where
+``fetch`` is blocked, and when served. Token text is untrusted: the JSON is ASCII-only with
+``<``, ``>``, ``&`` and U+2028/2029 escaped, so no token can close the script, and the page puts
+text into the DOM with ``textContent`` only.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from saelens_lite.dashboards.features import (
+    DashboardConfig,
+    FeatureStats,
+    cleanup,
+    compute_feature_stats,
+    example_windows,
+    logit_effects,
+    nearest_features,
+    resolve_hook,
+)
+
+log = logging.getLogger(__name__)
+
+#: Front-end sources, kept at the repository root (``dashboards/``) beside the package.
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "dashboards"
+SITE_FORMAT = 1
+
+
+def js_json(obj) -> str:
+    """JSON safe to embed in a <script>: ASCII only (so U+2028/2029 are escaped) and no raw
+    ``<``, ``>`` or ``&`` (they only occur inside strings, where \\u escapes mean the same)."""
+    s = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _round_sig(x: np.ndarray, digits: int = 4) -> np.ndarray:
+    """Round to ``digits`` significant digits (short JSON, precise enough to read)."""
+    x = np.nan_to_num(np.asarray(x, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    mag = np.floor(np.log10(np.where(x == 0, 1.0, np.abs(x))))
+    scale = 10.0 ** (digits - 1 - mag)
+    return np.round(x * scale) / scale
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="ascii")
+    os.replace(tmp, path)
+
+
+class TokenStrings:
+    """Token id -> text, each id decoded once per build (tokens decode one by one, so a
+    byte-level BPE token shows its leading space)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.known = tokenizer, {}
+        # The Rust backend skips transformers' per-item Python conversions (~10x faster).
+        backend = getattr(tokenizer, "_tokenizer", None)
+        self._batch = getattr(backend, "decode_batch", None)
+
+    def __call__(self, ids: np.ndarray) -> dict[int, str]:
+        ids = np.unique(ids[ids >= 0]).tolist()
+        new = [i for i in ids if i not in self.known]
+        if new:
+            seqs = [[i] for i in new]
+            texts = (self._batch(seqs, skip_special_tokens=False) if self._batch is not None else
+                     self.tokenizer.batch_decode(seqs, skip_special_tokens=False,
+                                                 clean_up_tokenization_spaces=False))
+            self.known.update(zip(new, texts))
+        return {i: self.known[i] for i in ids}
+
+
+_ZERO_FLOAT = re.compile(r"(?<=[\[,])0\.0(?=[,\]])")
+
+
+def _features_json(feats: list) -> str:
+    """JSON of feature records (numbers and ids only, no free text), with 0.0 written as 0:
+    most window slots are zero, so this trims the shards by a third."""
+    return _ZERO_FLOAT.sub("0", json.dumps(feats, separators=(",", ":"), allow_nan=False))
+
+
+def _examples(windows: tuple, j: int, sl: slice, before: int) -> list:
+    """[[token ids], [acts], centre index] for examples ``sl`` of feature ``j``. ``windows``:
+    nested lists (tokens, acts, lo, hi, ok) per (feature, example); slots outside [lo, hi), the
+    example's context, are dropped; examples that do not exist (ok False) are skipped."""
+    toks, acts, los, his, oks = (w[j][sl] for w in windows)
+    return [[t[lo:hi], a[lo:hi], before - lo] for t, a, lo, hi, ok in zip(toks, acts, los, his, oks) if ok]
+
+
+def prepare_site(out: Path) -> None:
+    """Create ``out`` or clear an earlier site there; refuse to clobber other folders."""
+    if out.exists() and any(out.iterdir()) and not (out / "data" / "meta.js").is_file():
+        raise FileExistsError(f"{out} exists, is not empty and is not a dashboard site; choose a new folder")
+    for sub in ("data", "assets"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    (out / "data" / "f").mkdir(parents=True, exist_ok=True)
+    (out / "assets").mkdir(parents=True, exist_ok=True)
+    if not (ASSETS_DIR / "index.html").is_file():
+        raise FileNotFoundError(f"front-end assets not found in {ASSETS_DIR}")
+    shutil.copyfile(ASSETS_DIR / "index.html", out / "index.html")
+    for name in ("app.js", "style.css"):
+        shutil.copyfile(ASSETS_DIR / name, out / "assets" / name)
+
+
+def write_site(out: Path, stats: FeatureStats, table, cache, tokenizer, cfg: DashboardConfig, *,
+               meta: dict, logits=None, neighbours=None) -> None:
+    """Write meta, index and feature shards. Windows are looked up shard by shard, so memory
+    stays bounded by one shard's examples; numbers are rounded once per shard."""
+    F_ = len(stats.count_F)
+    before = cfg.window_before
+    n_shards = -(-F_ // cfg.shard_features)
+    T, Q, S = stats.top_rows_FT.shape[1], stats.quant_rows_FQS.shape[1], stats.quant_rows_FQS.shape[2]
+    has_logits = logits is not None and not isinstance(logits, str)
+    strings_of = TokenStrings(tokenizer)
+    maxr, meanr = _round_sig(stats.max_F).tolist(), _round_sig(stats.mean_F).tolist()
+    edges_FQ1 = _round_sig(stats.max_F[:, None] * np.arange(Q + 1) / Q).tolist()
+    top_tok_F: list[list[str]] = []
+    for s in range(n_shards):
+        a, b = s * cfg.shard_features, min((s + 1) * cfg.shard_features, F_)
+        n = b - a
+        rows = np.concatenate([stats.top_rows_FT[a:b], stats.quant_rows_FQS[a:b].reshape(n, -1)], 1)
+        feats_XE = np.broadcast_to(np.arange(a, b)[:, None], rows.shape)
+        tok, act, valid = example_windows(table, cache, rows, feats_XE, before, cfg.window_after)
+        used = [tok[valid]]
+        if has_logits:
+            used += [logits[1][a:b].ravel(), logits[3][a:b].ravel()]
+        strings = strings_of(np.concatenate(used))
+        W = valid.shape[-1]
+        windows = (tok.tolist(), _round_sig(act).tolist(), valid.argmax(-1).tolist(),
+                   (W - valid[..., ::-1].argmax(-1)).tolist(), valid[..., before].tolist())
+        centre = np.where(valid[:, :T, before], tok[:, :T, before], -1).tolist()
+        hist = stats.hist_FH[a:b].tolist()
+        if has_logits:
+            pos = [logits[1][a:b].tolist(), _round_sig(logits[0][a:b]).tolist()]
+            neg = [logits[3][a:b].tolist(), _round_sig(logits[2][a:b]).tolist()]
+        if neighbours is not None:
+            near = [neighbours[1][a:b].tolist(), _round_sig(neighbours[0][a:b], 3).tolist()]
+        feats = []
+        for j in range(n):
+            f = a + j
+            counts = collections.Counter(i for i in centre[j] if i >= 0).most_common(3)
+            top_tok_F.append([strings[i] for i, _ in counts])
+            quant = [{"lo": edges_FQ1[f][q], "hi": edges_FQ1[f][q + 1], "n": int(stats.quant_counts_FQ[f, q]),
+                      "ex": _examples(windows, j, slice(T + q * S, T + (q + 1) * S), before)} for q in range(Q)]
+            feat = {"i": f, "n": int(stats.count_F[f]), "max": maxr[f], "mean": meanr[f], "hist": hist[j],
+                    "top": _examples(windows, j, slice(0, T), before), "quant": quant[::-1]}
+            if has_logits:
+                feat["pos"], feat["neg"] = [pos[0][j], pos[1][j]], [neg[0][j], neg[1][j]]
+            if neighbours is not None:
+                feat["near"] = [near[0][j], near[1][j]]
+            feats.append(feat)
+        text = (f'saeShard({s},{{"tok":{js_json({str(k): v for k, v in strings.items()})},'
+                f'"features":{_features_json(feats)}}});\n')
+        _write(out / "data" / "f" / f"{s:05d}.js", text)
+    index = {"density": _round_sig(stats.density_F).tolist(), "max": maxr, "mean": meanr, "top": top_tok_F}
+    _write(out / "data" / "index.js", f"saeIndex({js_json(index)});\n")
+    meta = {**meta, "format": SITE_FORMAT, "n_features": F_, "n_tokens": stats.n_tokens,
+            "shard_features": cfg.shard_features, "n_shards": n_shards, "window_before": before,
+            "n_bins": cfg.n_bins, "n_quantiles": cfg.n_quantiles,
+            "logits_note": logits if isinstance(logits, str) else None}
+    _write(out / "data" / "meta.js", f"saeMeta({js_json(meta)});\n")
+
+
+def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | None = None,
+                    progress: bool = True, timings: dict | None = None, **overrides) -> Path:
+    """Compute every feature's statistics and write the static site to ``out``; returns the path
+    of its ``index.html`` (open it from disk, or ``saelens-lite serve out``).
+
+    ``sae``: an SAE or a folder for ``SAE.load``; ``cache``: an ActivationCache or its folder;
+    ``model``: a LoadedModel, a model name, or None to load the cache's model (for token strings
+    and logit effects); ``timings``: a dict that receives the seconds of each stage;
+    ``overrides``: DashboardConfig fields (``n_top=10``...)."""
+    from saelens_lite.cache import ActivationCache
+    from saelens_lite.models import LoadedModel, load_model
+    from saelens_lite.saes import SAE
+
+    cfg = config or DashboardConfig()
+    if overrides:
+        cfg = DashboardConfig(**{**cfg.__dict__, **overrides})
+    sae = SAE.load(sae) if isinstance(sae, (str, os.PathLike)) else sae
+    sae = sae.eval()
+    cache = ActivationCache(cache) if isinstance(cache, (str, os.PathLike)) else cache
+    if not isinstance(model, LoadedModel):
+        name = model or cache.meta.get("model") or sae.cfg.model_name
+        if not name:
+            raise ValueError("the cache's meta names no model; pass model=")
+        model = load_model(name)
+    out = Path(out)
+    prepare_site(out)
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+    stats, table = compute_feature_stats(sae, cache, cfg, workdir=out, progress=progress)
+    try:
+        timings["stats_s"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        W_dec = sae.W_dec.detach()
+        logits = logit_effects(W_dec, model, cfg.n_logits) if cfg.n_logits else None
+        neighbours = nearest_features(W_dec, cfg.n_neighbours) if cfg.n_neighbours and W_dec.shape[0] > 1 \
+            else None
+        timings["weights_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        meta = {"model": model.name, "family": model.family, "hook": resolve_hook(sae, cache, cfg.hook),
+                "architecture": sae.architecture, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
+                "k": getattr(sae.cfg, "k", None), "cache": cache.path.name,
+                "context_size": cache.meta.get("context_size")}
+        write_site(out, stats, table, cache, model.tokenizer, cfg, meta=meta, logits=logits,
+                   neighbours=neighbours)
+        timings["write_s"] = time.perf_counter() - t
+    finally:
+        cleanup(table)
+    log.info("dashboard for %d features written to %s (%s)", sae.cfg.d_sae, out,
+             ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    return out / "index.html"
+
+__all__ = ["build_dashboard", "write_site", "prepare_site", "js_json", "ASSETS_DIR"]

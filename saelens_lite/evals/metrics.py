@@ -1,0 +1,145 @@
+"""Reconstruction and sparsity metrics of an SAE, streamed over activations in bounded memory.
+
+Shape legend: N tokens evaluated, B batch, D model width, F latents.
+
+Per batch the SAE gives ``acts_BF = encode(x_BD)`` and ``x_hat_BD = decode(acts_BF)``; the
+accumulator keeps float64 sums only, so memory is O(D + F) whatever N is. Definitions (token
+means are over all N tokens, i.e. token-weighted across batches, as SAEBench core's
+``torch.cat(values).mean()``):
+
+* ``l0``           mean_n #{f : acts_nf != 0}
+* ``mse``          mean_{n,d} (x_nd - x_hat_nd)^2   (per element, ``torch.nn.MSELoss``)
+* ``fvu``          sum_n ||x_n - x_hat_n||^2 / sum_n ||x_n - mean_n x||^2   (aggregate, the
+  training ``fvu``; the mean over all N tokens, combined across batches with Chan et al.'s
+  parallel variance update so no catastrophic cancellation)
+* ``explained_variance`` = 1 - fvu.  SAEBench core instead averages the per-token ratio
+  1 - ||x_n - x_hat_n||^2 / ||x_n - mean_batch x||^2; we use the aggregate form, which is
+  what "fraction of variance unexplained" means and does not blow up on tokens near the mean.
+* ``cosine_sim``   mean_n cos(x_n, x_hat_n)                       (SAEBench ``cossim``)
+* ``l2_ratio``     mean_n ||x_hat_n|| / ||x_n||  (||x_n|| < 1e-4 counts as 1; SAEBench)
+* ``relative_reconstruction_bias``  mean ||x_hat||^2 / mean <x, x_hat>  (Wright & Sharkey
+  2024, eq. 10; 1 means no shrinkage)
+* feature density p_f = #{n : acts_nf != 0} / N; ``dead_fraction`` = mean_f [p_f <= dead_threshold]
+  (default 0: never fired on the evaluated tokens), ``dense_fraction`` = mean_f [p_f > dense_threshold]
+  (default 0.1, the "dense latent" cut used by SAEBench / Anthropic's feature-density plots).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class ReconstructionStats:
+    """Streaming accumulator of the metrics above (float64 sums; O(D + F) memory)."""
+
+    d_in: int
+    d_sae: int
+    n: int = 0
+    sq_err: float = 0.0
+    """sum_{n,d} (x - x_hat)^2"""
+    l0_sum: float = 0.0
+    cos_sum: float = 0.0
+    l2_ratio_sum: float = 0.0
+    x_hat_sq: float = 0.0
+    """sum_n ||x_hat_n||^2"""
+    x_dot_x_hat: float = 0.0
+    mean_D: np.ndarray = field(default=None)  # running mean of x
+    m2: float = 0.0
+    """sum_n ||x_n - running mean||^2 (Chan et al. 1979 pairwise update)."""
+    fire_count_F: np.ndarray = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.mean_D is None:
+            self.mean_D = np.zeros(self.d_in, np.float64)
+        if self.fire_count_F is None:
+            self.fire_count_F = np.zeros(self.d_sae, np.int64)
+
+    @torch.no_grad()
+    def update(self, x_BD: Tensor, x_hat_BD: Tensor, acts_BF: Tensor) -> None:
+        x = x_BD.detach().to(torch.float64)
+        xh = x_hat_BD.detach().to(torch.float64)
+        B = x.shape[0]
+        if B == 0:
+            return
+        self.sq_err += float((x - xh).pow(2).sum())
+        fired_BF = acts_BF != 0
+        self.l0_sum += float(fired_BF.sum())
+        self.fire_count_F += fired_BF.sum(0).cpu().numpy().astype(np.int64)
+        x_norm = x.norm(dim=-1)
+        xh_norm = xh.norm(dim=-1)
+        self.cos_sum += float(((x * xh).sum(-1) / (x_norm * xh_norm).clamp_min(1e-12)).sum())
+        self.l2_ratio_sum += float((xh_norm / torch.where(x_norm < 1e-4, torch.ones_like(x_norm), x_norm)).sum())
+        self.x_hat_sq += float(xh_norm.pow(2).sum())
+        self.x_dot_x_hat += float((x * xh).sum())
+        # Chan et al.: merge (n, mean, M2) with the batch's (B, mean_b, M2_b).
+        mean_b = x.mean(0).cpu().numpy()
+        m2_b = float((x - x.mean(0)).pow(2).sum())
+        n_new = self.n + B
+        delta = mean_b - self.mean_D
+        self.m2 += m2_b + float(delta @ delta) * self.n * B / n_new
+        self.mean_D = self.mean_D + delta * (B / n_new)
+        self.n = n_new
+
+    @property
+    def feature_density(self) -> np.ndarray:
+        """(F,) firing frequency p_f of each latent on the evaluated tokens."""
+        return self.fire_count_F / max(self.n, 1)
+
+    def result(self, *, dead_threshold: float = 0.0, dense_threshold: float = 0.1) -> dict[str, float]:
+        n = max(self.n, 1)
+        fvu = self.sq_err / self.m2 if self.m2 > 0 else float("nan")
+        p_F = self.feature_density
+        return {
+            "n_tokens": self.n,
+            "l0": self.l0_sum / n,
+            "mse": self.sq_err / (n * self.d_in),
+            "fvu": fvu,
+            "explained_variance": 1.0 - fvu,
+            "cosine_sim": self.cos_sum / n,
+            "l2_ratio": self.l2_ratio_sum / n,
+            "relative_reconstruction_bias": self.x_hat_sq / self.x_dot_x_hat if self.x_dot_x_hat else float("nan"),
+            "dead_fraction": float((p_F <= dead_threshold).mean()),
+            "dense_fraction": float((p_F > dense_threshold).mean()),
+            "d_sae": self.d_sae,
+        }
+
+
+def iter_rows(data, n_tokens: int | None, batch_size: int):
+    """(B, D) float32 tensors over the first ``n_tokens`` rows of an (N, D) array-like (a cache
+    ``ShardedArray`` memmap, numpy array or tensor), in order, reading contiguous slices."""
+    N = len(data) if n_tokens is None else min(int(n_tokens), len(data))
+    for start in range(0, N, batch_size):
+        rows = data[start:min(start + batch_size, N)]
+        yield torch.as_tensor(np.asarray(rows) if not isinstance(rows, Tensor) else rows).to(torch.float32)
+
+
+@torch.no_grad()
+def reconstruction_stats(sae, data, *, n_tokens: int | None = None, batch_size: int = 1024,
+                         device: str | torch.device = "cpu", progress: bool = True) -> ReconstructionStats:
+    """Stream ``data`` (N, D) through ``sae`` (anything with ``encode``/``decode``)."""
+    from tqdm.auto import tqdm
+
+    N = len(data) if n_tokens is None else min(int(n_tokens), len(data))
+    d_in = data.shape[1]
+    d_sae = int(sae.cfg.d_sae)
+    stats = ReconstructionStats(d_in, d_sae)
+    bar = tqdm(total=N, unit="tok", unit_scale=True, desc="eval: reconstruction", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for x_BD in iter_rows(data, N, batch_size):
+            x_BD = x_BD.to(device)
+            acts_BF = sae.encode(x_BD)
+            x_hat_BD = sae.decode(acts_BF)
+            stats.update(x_BD, x_hat_BD, acts_BF)
+            bar.update(x_BD.shape[0])
+    finally:
+        bar.close()
+    return stats
+
+
+__all__ = ["ReconstructionStats", "reconstruction_stats", "iter_rows"]

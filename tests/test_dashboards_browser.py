@@ -1,0 +1,165 @@
+"""A real browser (headless Chromium through Selenium) uses the site: from disk (file://) it
+searches the index, opens a feature and sees highlighted tokens and the histogram; served, it
+runs the live box; and token text made of markup stays text.
+
+Needs ``make browser-deps`` (Debian chromium + chromium-driver, pip selenium); skips otherwise.
+"""
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import threading
+
+import pytest
+import torch
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed: run `make browser-deps`")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from saelens_lite.dashboards import build_dashboard  # noqa: E402
+from saelens_lite.dashboards.server import LiveEncoder, make_server  # noqa: E402
+
+CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or shutil.which("chromium-browser") or "")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER", shutil.which("chromedriver") or "")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="chromium or chromedriver not found: run `make browser-deps`")
+HOOK = "blocks.1.hook_resid_post"
+EVIL = ['<img src=x onerror="window.__xss=1">', "</script><script>window.__xss=2</script>",
+        "<b onmouseover=window.__xss=3>bold</b>", "\u2028"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_AVOID_STATS", "true")
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,1000"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    from saelens_lite.harvest import HarvestConfig, harvest
+    from saelens_lite.models import load_model
+    from saelens_lite.saes import SAE, SAEConfig
+
+    lm = load_model("tiny-llama")
+    cache = harvest(HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=1200, context_size=40),
+                    tmp_path_factory.mktemp("browser") / "cache", model=lm, progress=False)
+    torch.manual_seed(0)
+    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=300, k=6, hook_name=HOOK))
+    return lm, cache, sae
+
+
+@pytest.fixture(scope="module")
+def site(parts, tmp_path_factory):
+    lm, cache, sae = parts
+    out = tmp_path_factory.mktemp("browser") / "site"
+    build_dashboard(sae, cache, out, model=lm, progress=False, shard_features=64)
+    return out
+
+
+def wait(driver, cond, timeout=15):
+    return WebDriverWait(driver, timeout).until(lambda d: cond(d))
+
+
+def test_index_search_and_feature_page_from_disk(browser, site):
+    browser.get((site / "index.html").as_uri())
+    rows = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#features tbody tr"))
+    assert len(rows) == 300  # first page of the 300 features
+    first = rows[0].get_attribute("data-id")  # sorted by density: a live feature
+
+    search = browser.find_element(By.ID, "search")
+    search.send_keys("12")
+    wait(browser, lambda d: "of 300" in d.find_element(By.ID, "count").text
+         and not d.find_element(By.ID, "count").text.startswith("300"))
+    ids = [r.get_attribute("data-id") for r in browser.find_elements(By.CSS_SELECTOR, "#features tbody tr")]
+    assert ids and all(i.startswith("12") for i in ids)
+
+    search.clear()
+    search.send_keys(first)
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'#features tr[data-id="{first}"] a'))
+    browser.find_element(By.CSS_SELECTOR, f'#features tr[data-id="{first}"] a').click()
+
+    title = wait(browser, lambda d: d.find_elements(By.ID, "feature-title"))
+    assert title[0].text == f"Feature #{first}"
+    centre = browser.find_elements(By.CSS_SELECTOR, "#top-examples .tok.centre")
+    assert centre, "no highlighted activating tokens"
+    assert "act = " in centre[0].get_attribute("title")
+    assert centre[0].value_of_css_property("background-color") not in ("rgba(0, 0, 0, 0)", "transparent")
+    bars = browser.find_elements(By.CSS_SELECTOR, "#hist rect.bar")
+    assert len(bars) == 40 and any(float(b.get_attribute("height")) > 0 for b in bars)
+    assert browser.find_elements(By.CSS_SELECTOR, "table.logits.pos tr")
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+
+
+def test_sorting_by_clicking_a_header(browser, site):
+    browser.get((site / "index.html").as_uri() + "#")
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#features tbody tr"))
+    browser.find_element(By.ID, "search").clear()  # the query outlives a visit to a feature
+    browser.find_element(By.ID, "search").send_keys(" ")
+    wait(browser, lambda d: d.find_element(By.ID, "count").text.startswith("300 of"))
+    browser.find_element(By.CSS_SELECTOR, 'th[data-key="id"]').click()
+    ids = [int(r.get_attribute("data-id")) for r in
+           wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#features tbody tr"))[:20]]
+    assert ids == list(range(20))
+
+
+def test_markup_in_token_text_shows_as_text(browser, parts, tmp_path):
+    lm, cache, sae = parts
+
+    class EvilTokenizer:
+        def batch_decode(self, seqs, **kw):
+            return [EVIL[s[0] % len(EVIL)] for s in seqs]
+
+    out = tmp_path / "evil"
+    build_dashboard(sae, cache, out, model=dataclasses.replace(lm, tokenizer=EvilTokenizer()), progress=False,
+                    shard_features=300, n_neighbours=0)
+    browser.get(out.joinpath("index.html").as_uri())
+    chips = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#features .chip"))
+    texts = {c.get_attribute("textContent") for c in chips}
+    assert any("<img" in t for t in texts), texts
+    browser.find_element(By.CSS_SELECTOR, "#features tbody tr a").click()
+    toks = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#top-examples .tok"))
+    assert any("<img src=x" in t.get_attribute("textContent") for t in toks)
+    # hovering cannot trigger handlers either: there are no such elements at all
+    assert browser.find_elements(By.CSS_SELECTOR, "#app img, #app script, #app b") == []
+    assert browser.execute_script("return window.__xss === undefined")
+
+
+def test_live_box_when_served_with_a_model(browser, parts, site):
+    lm, _, sae = parts
+    httpd = make_server(site, port=0, encoder=LiveEncoder(lm, sae))
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{httpd.server_address[1]}/")
+        box = wait(browser, lambda d: d.find_elements(By.ID, "live-text"))[0]
+        box.send_keys("hello <i>world</i>")
+        browser.find_element(By.ID, "live-run").click()
+        toks = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#live-out .tok"))
+        assert "".join(t.get_attribute("textContent") for t in toks[1:]) == "hello <i>world</i>"
+        toks[3].click()
+        links = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#live-detail a"))
+        links[0].click()
+        wait(browser, lambda d: d.find_elements(By.ID, "feature-title"))
+        shown = int(browser.find_element(By.ID, "feature-title").text.removeprefix("Feature #"))
+        browser.find_element(By.TAG_NAME, "body").send_keys("\ue014")  # ArrowRight: next feature
+        wait(browser, lambda d: d.find_element(By.ID, "feature-title").text == f"Feature #{shown + 1}")
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

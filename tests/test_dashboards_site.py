@@ -1,0 +1,163 @@
+"""The static site: files and shards written, data consistent with the cache, JSON-P safe to
+embed whatever the token text, and the CLI end to end."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from saelens_lite.dashboards import build_dashboard
+from saelens_lite.dashboards.site import js_json, prepare_site
+
+HOOK = "blocks.1.hook_resid_post"
+EVIL = ['<img src=x onerror="window.__xss=1">', "</script><script>window.__xss=2</script>",
+        "\u2028\u2029", "&amp;<!--", '"quoted" \\ back']
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from saelens_lite.models import load_model
+
+    return load_model("tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, lm):
+    from saelens_lite.harvest import HarvestConfig, harvest
+
+    cfg = HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=1500, context_size=40, shard_tokens=500)
+    return harvest(cfg, tmp_path_factory.mktemp("site") / "cache", model=lm, progress=False)
+
+
+@pytest.fixture(scope="module")
+def sae():
+    from saelens_lite.saes import SAE, SAEConfig
+
+    torch.manual_seed(0)
+    return SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=80, k=5, hook_name=HOOK))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, sae, cache, lm):
+    out = tmp_path_factory.mktemp("site") / "site"
+    build_dashboard(sae, cache, out, model=lm, progress=False, shard_features=32, n_top=6, n_quantiles=3,
+                    n_per_quantile=2, window_before=4, window_after=2)
+    return out
+
+
+def read_jsonp(path, fn: str):
+    m = re.fullmatch(rf"{fn}\((?:(\d+),)?(.*)\);\n", path.read_text(encoding="ascii"), re.S)
+    assert m, f"{path} is not a {fn}(...) call"
+    return json.loads(m.group(2))
+
+
+def test_site_has_an_index_assets_and_one_shard_per_256_features(site):
+    assert (site / "index.html").is_file()
+    assert {p.name for p in (site / "assets").iterdir()} == {"app.js", "style.css"}
+    assert sorted(p.name for p in (site / "data" / "f").iterdir()) == ["00000.js", "00001.js", "00002.js"]
+    meta = read_jsonp(site / "data" / "meta.js", "saeMeta")
+    assert meta["n_features"] == 80 and meta["n_shards"] == 3 and meta["hook"] == HOOK
+    index = read_jsonp(site / "data" / "index.js", "saeIndex")
+    assert len(index["density"]) == len(index["max"]) == len(index["top"]) == 80
+    html = (site / "index.html").read_text()
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html  # no CDN
+
+
+def test_shard_examples_match_the_cache(site, sae, cache):
+    x = torch.from_numpy(np.asarray(cache.activations(HOOK)[:], np.float32))
+    with torch.no_grad():
+        A = sae.encode(x).numpy()
+    tok_ids = cache.token_ids
+    shard = read_jsonp(site / "data" / "f" / "00001.js", "saeShard")
+    feats = shard["features"]
+    assert [f["i"] for f in feats] == list(range(32, 64))
+    checked = 0
+    for f in feats:
+        i = f["i"]
+        assert f["n"] == int((A[:, i] > 0).sum())
+        assert f["max"] == pytest.approx(A[:, i].max(), rel=1e-3)
+        assert sum(f["hist"]) == f["n"]
+        want_top = np.sort(A[:, i][A[:, i] > 0])[::-1][:6]
+        got_top = [ex[1][ex[2]] for ex in f["top"]]
+        np.testing.assert_allclose(got_top, want_top, rtol=1e-3)
+        for toks, acts, c in f["top"]:
+            assert all(str(t) in shard["tok"] for t in toks)
+            rows = np.flatnonzero(np.isclose(A[:, i], acts[c], rtol=1e-3))
+            assert any(tok_ids[r] == toks[c] for r in rows)
+            checked += 1
+        assert len(f["pos"][0]) == len(f["neg"][0]) == 10
+        assert len(f["near"][0]) == 8 and i not in f["near"][0]
+    assert checked > 0
+
+
+def test_js_json_cannot_close_the_script_or_break_lines():
+    s = js_json({"tok": EVIL})
+    assert "<" not in s and ">" not in s and "&" not in s
+    assert "\u2028" not in s and "\u2029" not in s and s.isascii()
+    assert json.loads(s) == {"tok": EVIL}
+
+
+class EvilTokenizer:
+    """Every token decodes to markup: the site must carry it as inert text."""
+
+    def __init__(self, tok):
+        self._tok = tok
+
+    def batch_decode(self, seqs, **kw):
+        return [EVIL[s[0] % len(EVIL)] for s in seqs]
+
+
+def test_untrusted_token_text_is_escaped_in_every_data_file(tmp_path, sae, cache, lm):
+    import dataclasses
+
+    evil_lm = dataclasses.replace(lm, tokenizer=EvilTokenizer(lm.tokenizer))
+    out = tmp_path / "evil"
+    build_dashboard(sae, cache, out, model=evil_lm, progress=False, shard_features=40, n_neighbours=0)
+    for p in (out / "data").rglob("*.js"):
+        text = p.read_text(encoding="ascii")
+        assert "<" not in text and "\u2028" not in text
+    shard = read_jsonp(out / "data" / "f" / "00000.js", "saeShard")
+    assert set(shard["tok"].values()) <= set(EVIL)
+
+
+def test_rebuilding_replaces_the_site_and_other_folders_are_refused(tmp_path, sae, cache, lm):
+    out = tmp_path / "again"
+    build_dashboard(sae, cache, out, model=lm, progress=False, shard_features=16, n_neighbours=0)
+    build_dashboard(sae, cache, out, model=lm, progress=False, shard_features=40, n_neighbours=0)
+    assert len(list((out / "data" / "f").iterdir())) == 2  # no stale shards of the first build
+    assert not list(out.glob("dashboard-codes-*"))  # the temporary code table is gone
+    (tmp_path / "precious.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="not a dashboard site"):
+        prepare_site(tmp_path)
+    assert (tmp_path / "precious.txt").read_text() == "keep"
+
+
+def test_cli_dashboard_writes_a_site(tmp_path, sae, cache):
+    from saelens_lite.cli import main
+
+    sae_dir = sae.save(tmp_path / "sae")
+    out = tmp_path / "cli_site"
+    rc = main(["dashboard", "--sae", str(sae_dir), "--activations", str(cache.path), "--out", str(out),
+               "--n-top", "3", "--n-neighbours", "0", "--no-progress"])
+    assert rc == 0
+    assert len(list((out / "data" / "f").iterdir())) == 1
+    shard = read_jsonp(out / "data" / "f" / "00000.js", "saeShard")
+    assert all(len(f["top"]) <= 3 and "near" not in f for f in shard["features"])
+
+
+def test_encoder_model_site_has_a_note_instead_of_logit_effects(tmp_path):
+    from saelens_lite.harvest import HarvestConfig, harvest
+    from saelens_lite.models import load_model
+    from saelens_lite.saes import SAE, SAEConfig
+
+    bert = load_model("tiny-bert")
+    cache = harvest(HarvestConfig(model="tiny-bert", hooks=[HOOK], tokens=300, context_size=32),
+                    tmp_path / "cache", model=bert, progress=False)
+    sae = SAE.from_config(SAEConfig(architecture="relu", d_in=64, d_sae=16, hook_name=HOOK))
+    build_dashboard(sae, cache, tmp_path / "site", model=bert, progress=False)
+    meta = read_jsonp(tmp_path / "site" / "data" / "meta.js", "saeMeta")
+    assert "language-model head" in meta["logits_note"]
+    feats = read_jsonp(tmp_path / "site" / "data" / "f" / "00000.js", "saeShard")["features"]
+    assert len(feats) == 16 and all("pos" not in f for f in feats)
