@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-test: install browser-deps
+test: install browser-deps peers-venv
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
 
 test-fast: install
@@ -46,3 +46,19 @@ clean:
 browser-deps: install
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
+
+# The peer libraries (SAELens, sparsify) in their own venv, for tests/test_interop.py and
+# scripts/quality_vs_peers.py. Idempotent: re-runs only when requirements-peers.txt changes.
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed-$(shell cksum requirements-peers.txt | cut -d' ' -f1)
+
+.PHONY: peers-venv
+peers-venv: $(PEERS_STAMP)
+
+$(PEERS_STAMP): requirements-peers.txt
+	@test -x $(PEERS_VENV)/bin/python || $(PY) -m venv $(PEERS_VENV) || python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(PEERS_VENV)/bin/python -m pip install -q -r requirements-peers.txt
+	rm -f $(PEERS_VENV)/.installed-*
+	touch $@

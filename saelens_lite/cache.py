@@ -15,6 +15,13 @@ Every shard holds ``shard_tokens`` rows except possibly the last. ``manifest.jso
 or "blake2b"}}}``), ``n_tokens``, ``complete`` and ``last_committed`` ([context, position] of
 the last committed row, or null).
 
+A cache harvested by W processes (format version 2, see :func:`write_merged_manifest`) holds
+one version-1 cache per rank in ``rank_00000/`` ... ``rank_{W-1}/`` and a merged top-level
+``manifest.json`` whose shards carry ``"dir": "rank_0000r"`` (file paths are relative to the top
+folder) and ``layout`` ``{"world_size": W, "ranks": [...]}``. Rows are in rank-major order:
+all of rank 0's rows in (context, position) order, then rank 1's, ...; each rank's last shard
+may be short. Readers see one cache of all the rows.
+
 A shard's files are written to temp names, fsynced and renamed into place; then the manifest is
 replaced atomically. Only shards listed in the manifest exist for readers, so a ``kill -9`` at
 any moment leaves a cache that reopens at its last committed shard; reopening the writer sweeps
@@ -35,7 +42,8 @@ from saelens_lite._atomic import TMP_SUFFIX, file_checksum, write_json, write_np
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest layout this module reads
+PLAIN_FORMAT_VERSION = 1  # what CacheWriter writes: a single-writer cache (version-1 readers read it)
 MANIFEST = "manifest.json"
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # name -> storage
 VERIFY_MODES = ("none", "size", "full")
@@ -54,6 +62,40 @@ class HookNotCachedError(KeyError):
 
 def _shard_files(i: int, hooks: Sequence[str]) -> list[str]:
     return [f"tokens/shard_{i:05d}.npy"] + [f"acts/{h}/shard_{i:05d}.npy" for h in hooks]
+
+
+def _shard_path(root: Path, shard: dict, kind: str) -> Path:
+    """File of ``shard`` for ``kind`` ("tokens" or "acts/<hook>"); merged caches keep each
+    rank's shards under their ``dir``."""
+    return root / shard.get("dir", "") / kind / f"shard_{shard['index']:05d}.npy"
+
+
+def write_merged_manifest(root: str | Path, subdirs: Sequence[str], *, extra_meta: dict | None = None) -> dict:
+    """Write ``root/manifest.json`` (format version 2) listing the shards of the caches in
+    ``root/<subdir>`` (one per rank, written by :class:`CacheWriter`) in the given order, so that
+    :class:`ActivationCache` reads them as one cache. The sub-caches must share hooks, dtype and
+    shard size; ``meta`` is the first one's without its ``shard`` key, updated by ``extra_meta``."""
+    root = Path(root)
+    subs = [_read_manifest(root / d) for d in subdirs]
+    first = subs[0]
+    for d, m in zip(subdirs, subs):
+        for key in ("hooks", "dtype", "shard_tokens"):
+            if m[key] != first[key]:
+                raise ValueError(f"cache {root / d} has {key}={m[key]!r}, {root / subdirs[0]} has "
+                                 f"{first[key]!r}; cannot merge")
+    shards = []
+    for d, m in zip(subdirs, subs):
+        for sh in m["shards"]:
+            files = {f"{d}/{rel}": info for rel, info in sh["files"].items()}
+            shards.append({"index": sh["index"], "dir": d, "n_tokens": sh["n_tokens"], "files": files})
+    meta = {k: v for k, v in first["meta"].items() if k != "shard"} | (extra_meta or {})
+    manifest = {"format_version": FORMAT_VERSION, "meta": meta, "hooks": first["hooks"],
+                "dtype": first["dtype"], "shard_tokens": first["shard_tokens"],
+                "layout": {"world_size": len(subdirs), "ranks": list(subdirs), "order": "rank-major"},
+                "shards": shards, "n_tokens": sum(m["n_tokens"] for m in subs),
+                "complete": all(m["complete"] for m in subs), "last_committed": None}
+    write_json(root / MANIFEST, manifest)
+    return manifest
 
 
 def _check_sizes(root: Path, shards: list[dict]) -> None:
@@ -167,7 +209,7 @@ class CacheWriter:
         elif root.exists():
             _remove_cache(root)  # leftovers of a cache whose manifest was never written
         root.mkdir(parents=True, exist_ok=True)
-        manifest = {"format_version": FORMAT_VERSION, **want, "shards": [], "n_tokens": 0,
+        manifest = {"format_version": PLAIN_FORMAT_VERSION, **want, "shards": [], "n_tokens": 0,
                     "complete": False, "last_committed": None}
         write_json(mpath, manifest)
         return cls(root, manifest)
@@ -416,14 +458,14 @@ class ActivationCache:
         """(N, D) memory-mapped activations of ``hook``."""
         if hook not in self._arrays:
             self._check_hook(hook)
-            paths = [self.path / f"acts/{hook}/shard_{s['index']:05d}.npy" for s in self._shards]
+            paths = [_shard_path(self.path, s, f"acts/{hook}") for s in self._shards]
             self._arrays[hook] = ShardedArray(paths, [s["n_tokens"] for s in self._shards],
                                               self.widths[hook], self.dtype)
         return self._arrays[hook]
 
     def _token_table(self) -> np.ndarray:
         if self._tokens is None:
-            paths = [self.path / f"tokens/shard_{s['index']:05d}.npy" for s in self._shards]
+            paths = [_shard_path(self.path, s, "tokens") for s in self._shards]
             table = ShardedArray(paths, [s["n_tokens"] for s in self._shards], 3, "int32")[:]
             self._tokens = np.ascontiguousarray(table.T)  # (3, N): contiguous columns
         return self._tokens

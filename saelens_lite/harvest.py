@@ -10,13 +10,22 @@ Re-running the same command after a crash (even ``kill -9``) skips every context
 one, drops the already committed rows of that context, and ends with exactly the rows an
 uninterrupted run writes.
 
+Sharded (``torchrun``, W processes): rank r harvests the contexts ``i % W == r`` among those
+that hold the first ``tokens`` kept rows of the corpus (every rank re-tokenises the corpus
+prefix to find that cut, without running the model on it), into ``out/rank_0000r/`` with the
+same writer and the same resume contract. Rank 0 then writes the merged ``out/manifest.json``
+(``cache.write_merged_manifest``: rank-major row order), so the rows are those of a
+one-process harvest. A re-run must use the same W.
+
 Shapes: B contexts in a batch, S sequence length, D hook width, n kept tokens.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +34,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from saelens_lite.cache import ActivationCache, CacheWriter
+from saelens_lite import distributed
+from saelens_lite.cache import MANIFEST, ActivationCache, CacheWriter, write_merged_manifest
 from saelens_lite.corpus import iter_documents, pack_contexts
 from saelens_lite.hooks import capture, hook_widths, resolve_hooks
 from saelens_lite.models import LoadedModel, load_model
@@ -138,11 +148,65 @@ def _cache_meta(cfg: HarvestConfig, lm: LoadedModel) -> dict:
     }
 
 
+def _rank_dir(rank: int) -> str:
+    return f"rank_{rank:05d}"
+
+
+def _check_layout(out: Path, world: int, overwrite: bool, is_main: bool) -> None:
+    """Refuse to resume a cache written by another number of processes (with ``overwrite``,
+    rank 0 instead removes the rank folders this run will not rewrite)."""
+    ranks = sorted(p for p in out.glob("rank_*") if p.is_dir()) if out.is_dir() else []
+    if overwrite:
+        if is_main:
+            for d in ranks[world if world > 1 else 0:]:
+                shutil.rmtree(d)
+            if world > 1:
+                (out / MANIFEST).unlink(missing_ok=True)
+        return
+    found = None
+    if ranks:
+        found = len(ranks)
+        if (ranks[0] / MANIFEST).is_file():
+            meta = json.loads((ranks[0] / MANIFEST).read_text(encoding="utf-8"))["meta"]
+            found = meta.get("shard", {}).get("world_size", found)
+    elif world > 1 and (out / MANIFEST).is_file():
+        found = 1
+    if found is not None and found != world:
+        how = f"{found} processes (torchrun)" if found > 1 else "one process (no torchrun)"
+        raise ValueError(f"cache at {out} was harvested by {found} process(es) and this run has "
+                         f"WORLD_SIZE={world}; resume it with {how}, pass overwrite=True, or choose "
+                         "another folder")
+
+
+class _Owned:
+    """The contexts of this rank among those holding the first ``tokens`` kept rows of the
+    corpus, as (context index, ids, rows of it to write). Counting kept rows needs only the
+    tokens, so every rank finds the same cut without running the model."""
+
+    def __init__(self, contexts, tokens: int, exclude: str, tokenizer, rank: int, world: int):
+        self.contexts, self.tokens, self.exclude, self.tokenizer = contexts, tokens, exclude, tokenizer
+        self.rank, self.world = rank, world
+        self.total = 0  # kept rows of all ranks' contexts read so far
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray, int]]:
+        for i, ids in self.contexts:
+            if self.total >= self.tokens:
+                return
+            ids_1S = torch.as_tensor(ids, dtype=torch.long)[None]
+            n = int(_keep_mask(ids_1S, torch.ones_like(ids_1S), self.exclude, self.tokenizer).sum())
+            limit = min(n, self.tokens - self.total)
+            self.total += n
+            if i % self.world == self.rank:
+                yield i, ids, limit
+
+
 def harvest(cfg: HarvestConfig, out: str | Path, *, model: LoadedModel | None = None,
             overwrite: bool = False, progress: bool = True) -> ActivationCache:
     """Run ``cfg`` into the cache folder ``out`` (resuming it when it holds a partial run of the
-    same settings) and return the opened cache. ``model`` reuses an already loaded model."""
-    device = resolve_device(cfg.device)
+    same settings) and return the opened cache. ``model`` reuses an already loaded model.
+    Under ``torchrun`` each rank harvests its share (see the module docstring)."""
+    dinfo, device = distributed.setup(cfg.device)
+    out = Path(out)
     lm = model or load_model(cfg.model, device=device, dtype=_model_dtype(cfg, device))
     hook_points = resolve_hooks(lm.model, cfg.hooks)
     widths = hook_widths(lm.model, hook_points)
@@ -153,41 +217,69 @@ def harvest(cfg: HarvestConfig, out: str | Path, *, model: LoadedModel | None = 
         raise ValueError(f"dataset={cfg.dataset!r}: the corpus holds no documents")
     docs = itertools.chain([first_doc], docs)
 
-    writer = CacheWriter.open(out, meta=_cache_meta(cfg, lm), hooks={h.name: widths[h.name] for h in hook_points},
+    _check_layout(out, dinfo.world_size, overwrite, dinfo.is_main)
+    distributed.barrier()
+    meta = _cache_meta(cfg, lm)
+    root = out
+    if dinfo.distributed:
+        meta["shard"] = {"rank": dinfo.rank, "world_size": dinfo.world_size}
+        root = out / _rank_dir(dinfo.rank)
+        if not overwrite and (out / MANIFEST).is_file() and ActivationCache(out, verify="none").complete:
+            log.info("cache %s is already complete; nothing to do", out)
+            return ActivationCache(out)
+    writer = CacheWriter.open(root, meta=meta, hooks={h.name: widths[h.name] for h in hook_points},
                               dtype=cfg.dtype, shard_tokens=cfg.shard_tokens, overwrite=overwrite)
-    if writer.complete:
+    if writer.complete and not dinfo.distributed:
         log.info("cache %s is already complete (%d tokens); nothing to do", out, writer.tokens_committed)
         return ActivationCache(out)
+    if not writer.complete:
+        _harvest_rank(cfg, writer, lm, hook_points, docs, device, dinfo, progress)
+    if dinfo.distributed:
+        distributed.barrier()
+        if dinfo.is_main:
+            m = write_merged_manifest(out, [_rank_dir(r) for r in range(dinfo.world_size)],
+                                      extra_meta={"world_size": dinfo.world_size})
+            log.info("merged %d ranks into %s: %d tokens", dinfo.world_size, out, m["n_tokens"])
+        distributed.barrier()
+    return ActivationCache(out)
+
+
+def _harvest_rank(cfg: HarvestConfig, writer: CacheWriter, lm: LoadedModel, hook_points, docs,
+                  device: torch.device, dinfo: distributed.DistInfo, progress: bool) -> None:
+    """Write this rank's rows to ``writer`` (the whole cache for one process) and finalize it."""
     done = writer.tokens_committed
     last_ctx, last_pos = writer.last_committed if writer.last_committed is not None else (-1, -1)
     if done:
-        log.info("resuming %s at %d tokens (after context %d, position %d)", out, done, last_ctx, last_pos)
+        log.info("resuming %s at %d tokens (after context %d, position %d)", writer.root, done,
+                 last_ctx, last_pos)
 
     store_dtype = DTYPES[cfg.dtype]
-    contexts = enumerate(pack_contexts(docs, lm.tokenizer, cfg.context_size))
+    owned = _Owned(enumerate(pack_contexts(docs, lm.tokenizer, cfg.context_size)), cfg.tokens,
+                   cfg.exclude, lm.tokenizer, dinfo.rank, dinfo.world_size)
     # Contexts committed before a crash are only re-tokenised, not re-run. Restart at the start
     # of the batch that held the last committed context, so every batch has the same members
-    # (and so bit-identical activations) as in an uninterrupted run.
-    first = max(last_ctx, 0) // cfg.batch_size * cfg.batch_size
-    contexts = itertools.dropwhile(lambda ic: ic[0] < first, contexts)
+    # (and so bit-identical activations) as in an uninterrupted run. Batches are formed from
+    # this rank's contexts; rank r's j-th context is context j W + r.
+    first = max((last_ctx - dinfo.rank) // dinfo.world_size, 0) // cfg.batch_size * cfg.batch_size
+    contexts = itertools.islice(owned, first, None)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    bar = tqdm(total=cfg.tokens, initial=done, unit="tok", unit_scale=True, desc="harvest",
+    bar = tqdm(total=-(-cfg.tokens // dinfo.world_size), initial=done, unit="tok", unit_scale=True,
+               desc="harvest" if not dinfo.distributed else f"harvest rank {dinfo.rank}",
                disable=not progress, dynamic_ncols=True)
     try:
-        for batch in _batches(contexts, cfg.batch_size):
-            if done >= cfg.tokens:
-                break
-            S = max(len(ids) for _, ids in batch)
+        for batch in _batches(iter(contexts), cfg.batch_size):
+            S = max(len(ids) for _, ids, _ in batch)
             ids_BS = torch.full((len(batch), S), pad_id, dtype=torch.long)
             attn_BS = torch.zeros((len(batch), S), dtype=torch.long)
-            for b, (_, ids) in enumerate(batch):
+            for b, (_, ids, _) in enumerate(batch):
                 ids_BS[b, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
                 attn_BS[b, : len(ids)] = 1
-            ctx_B = torch.tensor([i for i, _ in batch], dtype=torch.long)
+            ctx_B = torch.tensor([i for i, _, _ in batch], dtype=torch.long)
+            limit_B = torch.tensor([n for _, _, n in batch], dtype=torch.long)
             pos_BS = torch.arange(S).expand(len(batch), S)
             keep_BS = _keep_mask(ids_BS, attn_BS, cfg.exclude, lm.tokenizer)
+            keep_BS &= keep_BS.long().cumsum(1) <= limit_B[:, None]  # the global token cut
             keep_BS &= (ctx_B[:, None] > last_ctx) | ((ctx_B[:, None] == last_ctx) & (pos_BS > last_pos))
-            keep_BS &= keep_BS.flatten().long().cumsum(0).view_as(keep_BS) <= cfg.tokens - done
             n = int(keep_BS.sum())
             if n == 0:
                 continue
@@ -200,12 +292,12 @@ def harvest(cfg: HarvestConfig, out: str | Path, *, model: LoadedModel | None = 
                           position=pos_BS[keep_BS].numpy())
             done += n
             bar.update(n)
-        if done < cfg.tokens:
-            log.warning("corpus %s ran out after %d of %d requested tokens", cfg.dataset, done, cfg.tokens)
+        if owned.total < cfg.tokens:
+            log.warning("corpus %s ran out after %d of %d requested tokens", cfg.dataset, owned.total,
+                        cfg.tokens)
         writer.finalize()
     finally:
         bar.close()
-    return ActivationCache(out)
 
 
 __all__ = ["HarvestConfig", "harvest", "resolve_device", "DTYPES", "EXCLUDE_CHOICES"]

@@ -127,6 +127,16 @@ def test_lr_schedule_follows_the_formula(tmp_path, decay):
         assert lr_at(s, c, 1.0) == pytest.approx(want)
 
 
+def test_default_warmup_is_five_percent_of_steps_capped_at_1000(tmp_path):
+    short = cfg(tmp_path, tokens=400 * 128, warmup_steps=None)  # 400 steps -> 20 warm-up steps
+    assert short.warmup == 20
+    assert lr_at(9, short, 1.0) == pytest.approx(0.5) and lr_at(19, short, 1.0) == 1.0
+    long = cfg(tmp_path, tokens=100_000 * 128, warmup_steps=None)
+    assert long.warmup == 1000
+    with pytest.raises(ValueError, match="warmup_steps=-1"):
+        cfg(tmp_path, warmup_steps=-1)
+
+
 def test_sparsity_warmup_is_linear_then_flat(tmp_path):
     c = cfg(tmp_path, sparsity_warmup_steps=20)
     assert [sparsity_scale_at(s, c) for s in (0, 9, 19, 40)] == pytest.approx([0.05, 0.5, 1.0, 1.0])

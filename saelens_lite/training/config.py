@@ -68,8 +68,9 @@ class TrainConfig:
     tokens: int = 10_000_000
     """Total training tokens. May exceed the data: the trainer then makes fresh shuffled
     passes over it. Steps = tokens // batch_size."""
-    warmup_steps: int = 1000
-    """Linear lr warm-up from 0: lr_s = lr * min(1, (s + 1) / warmup_steps)."""
+    warmup_steps: int | None = None
+    """Linear lr warm-up from 0: lr_s = lr * min(1, (s + 1) / warmup_steps). None: 5% of the
+    steps, at most 1000 (a fixed 1000 would never finish warming up in a short run)."""
     decay: str = "linear"
     """Shape of the lr decay to 0 over the last ``decay_fraction`` of steps: linear, cosine or
     none."""
@@ -153,8 +154,10 @@ class TrainConfig:
                      "context_size", "model_batch_size", "buffer_contexts", "dead_window_tokens",
                      "keep_checkpoints", "log_every"):
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("warmup_steps", "sparsity_warmup_steps", "checkpoint_every", "seed"):
+        for name in ("sparsity_warmup_steps", "checkpoint_every", "seed"):
             _check_int(name, getattr(self, name), minimum=0)
+        if self.warmup_steps is not None:
+            _check_int("warmup_steps", self.warmup_steps, minimum=0)
         if self.latents is not None:
             _check_int("latents", self.latents, minimum=1)
         if self.sparsity_coeff is not None and not (_finite(self.sparsity_coeff) and self.sparsity_coeff >= 0):
@@ -189,6 +192,11 @@ class TrainConfig:
     def steps(self) -> int:
         """Optimiser steps: ``tokens // batch_size``."""
         return self.tokens // self.batch_size
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps in effect: ``warmup_steps``, or min(1000, 5% of the steps) when None."""
+        return self.warmup_steps if self.warmup_steps is not None else min(1000, self.steps // 20)
 
     def d_sae(self, d_in: int) -> int:
         """Number of latents for an input of width ``d_in``."""

@@ -45,14 +45,20 @@ class RunLogger:
     the file reads like the one of an uninterrupted run.
     """
 
-    def __init__(self, run_dir: str | Path, config, *, total_steps: int, start_step: int = 0):
+    def __init__(self, run_dir: str | Path, config, *, total_steps: int, start_step: int = 0,
+                 enabled: bool = True):
+        # ``enabled=False`` (ranks other than 0 of a distributed run): writes nothing, shows no
+        # bar, starts no W&B run; the calls are accepted and ignored.
         self.path = Path(run_dir) / "metrics.jsonl"
-        self._truncate_after(start_step)
-        self.file = open(self.path, "a", encoding="utf-8")
+        self.enabled = enabled
+        self.file = None
+        if enabled:
+            self._truncate_after(start_step)
+            self.file = open(self.path, "a", encoding="utf-8")
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", desc="train",
-                        disable=not config.progress, dynamic_ncols=True)
+                        disable=not (config.progress and enabled), dynamic_ncols=True)
         self.wandb_run = None
-        if config.wandb:
+        if config.wandb and enabled:
             self.wandb_run = _init_wandb(Path(run_dir), config)
 
     def _truncate_after(self, start_step: int) -> None:
@@ -73,6 +79,8 @@ class RunLogger:
 
     def log(self, records: list[dict]) -> None:
         """Write one record per hook for the same step."""
+        if not self.enabled:
+            return
         for rec in records:
             self.file.write(json.dumps(rec) + "\n")
         self.file.flush()
@@ -89,7 +97,8 @@ class RunLogger:
 
     def close(self) -> None:
         self.bar.close()
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None

@@ -15,6 +15,17 @@ RNG states) and the data source restarts at batch ``s``, so a resumed run ends b
 an uninterrupted one wherever the kernels are deterministic (CPU: always; CUDA: relu/jumprelu yes,
 the sparse TopK kernels are not: there two uninterrupted runs already differ in the last bits).
 
+Data parallel (``torchrun``, see :mod:`saelens_lite.distributed`): the global batch is still
+``batch_size``; rank r of W trains on rows ``[r B/W, (r+1) B/W)`` of each global batch. After
+``backward`` the gradients are averaged over ranks (an explicit all-reduce instead of DDP, which
+does not fit the custom kernels and decoder-norm hooks), the dead-latent "fired" masks are OR-ed,
+and after the step floating buffers (the BatchTopK threshold) are averaged; metrics are averaged
+at log steps. Every rank thus holds the same weights, and for losses that are means over tokens
+(MSE, L1, the JumpReLU L0) a step equals a single-process step on the same global batch up to
+float rounding. Terms computed over the batch as a whole are computed per rank slice: the
+BatchTopK selection (top (B/W) k per rank) and the AuxK normaliser. Only rank 0 writes
+config.json, metrics.jsonl, checkpoints and the SAEs; resume needs the same world size.
+
 Shapes: B batch, D width, F latents.
 """
 
@@ -34,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from saelens_lite import distributed
 from saelens_lite._atomic import write_json
 from saelens_lite.training.checkpoint import (
     latest_checkpoint,
@@ -57,13 +69,13 @@ FORMAT_VERSION = 1
 def lr_at(step: int, config: TrainConfig, base_lr: float) -> float:
     """Learning rate of step ``step`` (0-based) out of ``T = config.steps``.
 
-    warm-up: ``w = min(1, (step + 1) / warmup_steps)`` (1 when ``warmup_steps == 0``);
+    warm-up: ``w = min(1, (step + 1) / W)`` with ``W = config.warmup`` (1 when ``W == 0``);
     decay over the last ``n = round(decay_fraction * T)`` steps, with ``p = (step - (T - n)) / n``:
     linear ``1 - p``, cosine ``(1 + cos(pi p)) / 2`` (1 before the decay starts or with
     ``decay="none"``). ``lr = base_lr * w * decay``.
     """
     T = config.steps
-    w = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    w = min(1.0, (step + 1) / config.warmup) if config.warmup else 1.0
     n = round(config.decay_fraction * T)
     d = 1.0
     if config.decay != "none" and n > 0 and step >= T - n:
@@ -196,9 +208,10 @@ def train(config: TrainConfig, data=None):
     ``{hook: SAE}`` dict when there are several hooks. Every check on the config and the data
     runs before the first step.
     """
+    dinfo, device = distributed.setup(config.device)
+    rows = distributed.rank_slice(config.batch_size, dinfo)  # this rank's rows of a global batch
     source = open_source(data, config)
     hooks = source.hooks
-    device = resolve_device(config.device)
     amp = autocast_dtype(config, device)
     run_dir = Path(config.out_dir)
 
@@ -207,7 +220,7 @@ def train(config: TrainConfig, data=None):
     random.seed(config.seed)
     states = {h: _HookState(build_sae(config, source.widths[h], h), config, device) for h in hooks}
 
-    ckpt = _resume_point(config, run_dir, source)
+    ckpt = _resume_point(config, run_dir, source, dinfo.world_size)
     if ckpt is not None:
         for h, st in states.items():
             st.load_state_dict(ckpt["hooks"][h])
@@ -221,24 +234,33 @@ def train(config: TrainConfig, data=None):
             x_ND = sample[h].to(device, torch.float32)
             st.scale = normalization_scale(x_ND) if config.normalize_activations else 1.0
             st.sae.init_from_data_(x_ND * st.scale)  # b_dec per cfg.b_dec_init
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", {**config.to_dict(), "format_version": FORMAT_VERSION,
-                                              "widths": source.widths, "n_tokens": source.n_tokens})
+        if dinfo.distributed:  # every rank computed the same init; make that exact
+            scales = distributed.broadcast_object({h: st.scale for h, st in states.items()})
+            for h, st in states.items():
+                st.scale = scales[h]
+                distributed.broadcast_module_(st.sae)
+        if dinfo.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "config.json", {**config.to_dict(), "format_version": FORMAT_VERSION,
+                                                  "widths": source.widths, "n_tokens": source.n_tokens})
+        distributed.barrier()
 
     total = config.steps
     B = config.batch_size
     for h, st in states.items():
         log.info("%s: d_in=%d d_sae=%d %s, lr=%.3g, scale=%.4g", h, source.widths[h], st.sae.cfg.d_sae,
                  config.architecture, st.base_lr, st.scale)
-    log.info("training %d steps x %d tokens on %s%s (%s)", total, B, device,
+    log.info("training %d steps x %d tokens on %s%s (%s)%s", total, B, device,
              " with bf16 autocast" if amp is not None else "",
-             f"{total * B / source.n_tokens:.2f} passes over the data" if source.n_tokens else "streaming")
-    logger = RunLogger(run_dir, config, total_steps=total, start_step=start)
+             f"{total * B / source.n_tokens:.2f} passes over the data" if source.n_tokens else "streaming",
+             f", rank {dinfo.rank} of {dinfo.world_size}" if dinfo.distributed else "")
+    logger = RunLogger(run_dir, config, total_steps=total, start_step=start, enabled=dinfo.is_main)
     batches = _Prefetcher(source.batches(B, seed=config.seed, start_batch=start))
     try:
         for step in range(start, total):
             batch = next(batches)
-            records = [_train_step(h, st, batch[h], step, config, device, amp) for h, st in states.items()]
+            records = [_train_step(h, st, batch[h][rows], step, config, device, amp, B)
+                       for h, st in states.items()]
             logger.step()
             done = step + 1
             if done % config.log_every == 0 or done == total:
@@ -248,11 +270,12 @@ def train(config: TrainConfig, data=None):
                 if bad:
                     raise FloatingPointError(f"loss of {bad} is not finite at step {done}; lower lr "
                                              f"(now {config.lr}) or check the data")
-            if (config.checkpoint_every and done < total
+            if (config.checkpoint_every and done < total and dinfo.is_main
                     and (done * B) // config.checkpoint_every > (step * B) // config.checkpoint_every):
                 save_checkpoint(run_dir, done, {
                     "config": config.to_dict(), "hooks": {h: st.state_dict() for h, st in states.items()},
                     "tokens": done * B, "data": source.state(), "format_version": FORMAT_VERSION,
+                    "world_size": dinfo.world_size,
                 }, keep=config.keep_checkpoints)
     finally:
         batches.close()
@@ -263,17 +286,22 @@ def train(config: TrainConfig, data=None):
         sae = copy.deepcopy(st.sae).eval()
         if st.scale != 1.0:
             sae.fold_input_scale_(st.scale)
-        out = run_dir / _safe_dirname(h)
-        if out.exists():
-            shutil.rmtree(out)
-        sae.save(out)
+        if dinfo.is_main:
+            out = run_dir / _safe_dirname(h)
+            if out.exists():
+                shutil.rmtree(out)
+            sae.save(out)
         saes[h] = sae
-    log.info("saved %s to %s", ", ".join(hooks), run_dir)
+    distributed.barrier()  # every rank returns once the SAEs are on disk
+    if dinfo.is_main:
+        log.info("saved %s to %s", ", ".join(hooks), run_dir)
     return saes[hooks[0]] if len(hooks) == 1 else saes
 
 
-def _resume_point(config: TrainConfig, run_dir: Path, source: DataSource) -> dict | None:
-    """The checkpoint to resume from (None: fresh run); refuses a config or data mismatch."""
+def _resume_point(config: TrainConfig, run_dir: Path, source: DataSource,
+                  world_size: int = 1) -> dict | None:
+    """The checkpoint to resume from (None: fresh run); refuses a config, data or world-size
+    mismatch."""
     path = latest_checkpoint(run_dir)
     if not config.resume:
         if path is not None:
@@ -284,6 +312,11 @@ def _resume_point(config: TrainConfig, run_dir: Path, source: DataSource) -> dic
         log.warning("resume=True but %s holds no checkpoint; starting from scratch", run_dir)
         return None
     ckpt = load_checkpoint(path)
+    saved_world = ckpt.get("world_size", 1)
+    if saved_world != world_size:
+        raise ValueError(f"resume: {path} was written by a run on {saved_world} process(es), this run "
+                         f"has WORLD_SIZE={world_size}; resume with the same number of processes "
+                         f"(torchrun --nproc_per_node ... x --nnodes ... = {saved_world})")
     diff = config.resume_mismatch(ckpt["config"])
     if diff:
         f, more = diff[0], f" (also differing: {diff[1:]})" if len(diff) > 1 else ""
@@ -337,7 +370,7 @@ class _Prefetcher:
 
 
 def _train_step(hook: str, st: _HookState, x_BD: torch.Tensor, step: int, config: TrainConfig,
-                device: torch.device, amp: torch.dtype | None):
+                device: torch.device, amp: torch.dtype | None, global_batch: int):
     sae = st.sae
     sae.train()
     x_BD = x_BD.to(device, torch.float32, non_blocking=True) * st.scale
@@ -348,6 +381,7 @@ def _train_step(hook: str, st: _HookState, x_BD: torch.Tensor, step: int, config
         out = sae.training_forward(x_BD, sparsity_scale=sp, dead_mask_F=st.dead.dead_mask())
     st.opt.zero_grad(set_to_none=True)
     out.loss.backward()
+    distributed.all_reduce_grads_(sae.parameters())  # mean over ranks = gradient of the global batch
     sae.before_optimizer_step_()
     if config.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
@@ -355,22 +389,24 @@ def _train_step(hook: str, st: _HookState, x_BD: torch.Tensor, step: int, config
         g["lr"] = lr
     st.opt.step()
     sae.after_optimizer_step_()
-    st.dead.update(out.fired_F, x_BD.shape[0])
+    distributed.average_buffers_(sae)
+    st.dead.update(distributed.all_reduce_(out.fired_F, "max"), global_batch)
     return out, lr, sp
 
 
 def _record(hook: str, r, st: _HookState, done: int, B: int) -> dict:
+    """One metrics record; loss terms, l0 and fvu are averaged over ranks (means of equal-sized
+    slices, so loss, mse and l0 equal their global-batch values; fvu is the ranks' mean)."""
     out, lr, sp = r
-    rec = {"hook": hook, "step": done, "tokens": done * B, "loss": _f(out.loss)}
-    for name, v in (out.losses or {}).items():
-        rec[name] = _f(v)
-    rec.update(l0=_f(out.l0), fvu=_f(out.fvu), dead_fraction=st.dead.dead_fraction(),
+    names = list(out.losses or {})
+    vals = torch.stack([torch.as_tensor(v).detach().float().reshape(()).to(out.loss.device)
+                        for v in [out.loss, out.l0, out.fvu, *(out.losses[n] for n in names)]])
+    vals = distributed.all_reduce_(vals, "mean").tolist()
+    rec = {"hook": hook, "step": done, "tokens": done * B, "loss": vals[0]}
+    rec.update(zip(names, vals[3:]))
+    rec.update(l0=vals[1], fvu=vals[2], dead_fraction=st.dead.dead_fraction(),
                lr=lr, sparsity_scale=sp)
     return rec
-
-
-def _f(v) -> float:
-    return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
 
 
 __all__ = ["train", "lr_at", "sparsity_scale_at", "DeadLatentTracker", "build_sae",

@@ -1,0 +1,192 @@
+"""Data-parallel training and sharded harvesting on torch.distributed (gloo, 2 CPU processes
+started by ``torchrun``): results equal a single process on the same global batches / tokens,
+resume works per rank under the same world size and refuses another."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+from saelens_lite import distributed
+from saelens_lite.cache import ActivationCache
+from saelens_lite.harvest import HarvestConfig, harvest
+from saelens_lite.saes import SAE
+from saelens_lite.training import TrainConfig, train
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+
+HERE = Path(__file__).parent
+D, F = 16, 64
+ARCHS = ("topk", "relu", "jumprelu")
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. Sparse autoencoders find features in activations.\n\n"
+    "A second paragraph talks about tokens, contexts and caches written to disk atomically.\n\n"
+) * 40
+
+
+def torchrun(script: str, *args: str, timeout: int = 120) -> None:
+    """``python -m torch.distributed.run --standalone --nproc_per_node 2 script args``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(HERE / script), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"torchrun {script} failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+
+
+def train_config(out: Path, arch: str, **kw) -> dict:
+    return dict(architecture=arch, latents=F, k=4, lr=3e-3, batch_size=64, tokens=64 * 30,
+                warmup_steps=5, log_every=5, checkpoint_every=64 * 10, init_sample_tokens=512,
+                dead_window_tokens=256, device="cpu", out_dir=str(out), progress=False, **kw)
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(run: Path, hook: str = "activations") -> dict[str, torch.Tensor]:
+    return dict(SAE.load(run / hook).state_dict())
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory):
+    """One torchrun launch trains every architecture in ARCHS on 2 ranks."""
+    tmp = tmp_path_factory.mktemp("dp")
+    g = torch.Generator().manual_seed(0)
+    dirs_FD = torch.randn(F, D, generator=g)
+    x_ND = ((torch.rand(1000, F, generator=g) < 0.06) * torch.rand(1000, F, generator=g)) @ dirs_FD + 3.0
+    np.save(tmp / "x.npy", x_ND.numpy())
+    jobs = [{"config": train_config(tmp / f"ddp_{a}", a), "data": str(tmp / "x.npy")} for a in ARCHS]
+    (tmp / "jobs.json").write_text(json.dumps(jobs))
+    torchrun("_dist_train.py", str(tmp / "jobs.json"))
+    return tmp, x_ND
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_two_rank_training_equals_one_process_on_the_same_global_batches(two_rank_runs, arch):
+    tmp, x_ND = two_rank_runs
+    train(TrainConfig(**train_config(tmp / f"single_{arch}", arch)), x_ND)
+    # Each rank trained on its own half of the global batch ...
+    seen = [json.loads((tmp / f"ddp_{arch}" / f"rank{r}_first_batch.json").read_text()) for r in (0, 1)]
+    assert [s["rows"] for s in seen] == [32, 32] and seen[0]["first_row"] != seen[1]["first_row"]
+    # ... and the averaged gradients give the single-process weights.
+    ddp, single = weights(tmp / f"ddp_{arch}"), weights(tmp / f"single_{arch}")
+    for name, w in single.items():
+        torch.testing.assert_close(ddp[name], w, rtol=1e-4, atol=1e-5, msg=f"{arch} {name}")
+    m_ddp, m_single = metrics(tmp / f"ddp_{arch}"), metrics(tmp / f"single_{arch}")
+    assert [r["step"] for r in m_ddp] == [r["step"] for r in m_single] == list(range(5, 31, 5))
+    for a, b in zip(m_ddp, m_single):  # metrics are reduced over ranks; only rank 0 wrote them
+        for key in ("loss", "mse", "l0", "lr", "dead_fraction"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (arch, a["step"], key)
+
+
+def test_two_rank_resume_matches_and_another_world_size_is_refused(two_rank_runs):
+    tmp, x_ND = two_rank_runs
+    run = tmp / "ddp_relu"
+    resumed = tmp / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "activations")  # keep only the checkpoints (steps 10, 20) and logs
+    ckpts = sorted(p.name for p in (resumed / "checkpoints").iterdir())
+    assert ckpts == ["step_000000010.pt", "step_000000020.pt"]
+    assert torch.load(resumed / "checkpoints" / ckpts[-1], weights_only=False)["world_size"] == 2
+
+    with pytest.raises(ValueError, match="2 process.*WORLD_SIZE=1.*same number of processes"):
+        train(TrainConfig(**train_config(resumed, "relu", resume=True)), x_ND)
+
+    jobs = [{"config": train_config(resumed, "relu", resume=True), "data": str(tmp / "x.npy")}]
+    (tmp / "resume.json").write_text(json.dumps(jobs))
+    torchrun("_dist_train.py", str(tmp / "resume.json"))
+    for name, w in weights(run).items():
+        torch.testing.assert_close(weights(resumed)[name], w, rtol=0, atol=0)
+    assert metrics(resumed) == metrics(run)
+
+
+def test_batch_size_not_divisible_by_the_world_size_names_the_field(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError, match="batch_size=64: must be divisible.*WORLD_SIZE=3"):
+        distributed.rank_slice(64, distributed.env_info())
+    assert distributed.rank_slice(64, distributed.DistInfo(1, 2, 1)) == slice(32, 64)
+
+
+# --- harvesting -----------------------------------------------------------------------------
+
+
+def harvest_config(corpus: Path, **kw) -> dict:
+    return dict(model="tiny-llama", hooks=["blocks.0.hook_resid_pre", "blocks.2.hook_resid_post"],
+                dataset=str(corpus), context_size=24, tokens=500, batch_size=4, shard_tokens=64,
+                device="cpu", **kw)
+
+
+def rows(cache: ActivationCache) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(token, context, position) triples and activations, sorted by (context, position)."""
+    triples = np.stack([cache.token_ids, cache.context_ids, cache.positions], 1)
+    order = np.lexsort((triples[:, 2], triples[:, 1]))
+    return triples[order], {h: np.asarray(cache.activations(h)[:])[order] for h in cache.hook_names}
+
+
+@pytest.fixture(scope="module")
+def two_rank_harvest(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("harvest")
+    (tmp / "corpus.txt").write_text(TEXT)
+    (tmp / "cfg.json").write_text(json.dumps(harvest_config(tmp / "corpus.txt")))
+    torchrun("_dist_harvest.py", str(tmp / "cfg.json"), str(tmp / "two"))
+    return tmp
+
+
+def test_two_rank_harvest_equals_one_rank_harvest_of_the_same_tokens(two_rank_harvest):
+    tmp = two_rank_harvest
+    one = harvest(HarvestConfig(**harvest_config(tmp / "corpus.txt")), tmp / "one", progress=False)
+    two = ActivationCache(tmp / "two", verify="full")
+    assert two.complete and two.n_tokens == one.n_tokens == 500
+    assert two.manifest["layout"]["ranks"] == ["rank_00000", "rank_00001"]
+    assert sorted({int(c) % 2 for c in ActivationCache(tmp / "two" / "rank_00001").context_ids}) == [1]
+    t1, a1 = rows(one)
+    t2, a2 = rows(two)
+    np.testing.assert_array_equal(t2, t1)
+    for h in a1:
+        np.testing.assert_allclose(a2[h], a1[h], rtol=1e-4, atol=1e-5)
+    # The documented order: rank-major, (context, position) order within each rank.
+    ctx = two.context_ids
+    n0 = ActivationCache(tmp / "two" / "rank_00000").n_tokens
+    assert (ctx[:n0] % 2 == 0).all() and (ctx[n0:] % 2 == 1).all()
+    key = ctx.astype(np.int64) * 1000 + two.positions
+    assert (np.diff(key[:n0]) > 0).all() and (np.diff(key[n0:]) > 0).all()
+    # A training run reads the merged cache like any other.
+    batch = next(two.iter_batches(two.hook_names, 128, seed=1))
+    assert batch[two.hook_names[0]].shape == (128, two.widths[two.hook_names[0]])
+
+
+def test_a_crashed_rank_resumes_and_another_world_size_is_refused(two_rank_harvest):
+    tmp = two_rank_harvest
+    part = tmp / "partial"
+    shutil.copytree(tmp / "two", part)
+    # Roll rank 1 back to its first two shards, as if it had been killed there; drop the merge.
+    (part / "manifest.json").unlink()
+    mpath = part / "rank_00001" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["shards"] = m["shards"][:2]
+    m["n_tokens"] = sum(s["n_tokens"] for s in m["shards"])
+    m["complete"] = False
+    last = np.load(part / "rank_00001" / "tokens" / "shard_00001.npy")[-1]
+    m["last_committed"] = [int(last[1]), int(last[2])]
+    mpath.write_text(json.dumps(m))
+
+    with pytest.raises(ValueError, match="harvested by 2 process.*WORLD_SIZE=1"):
+        harvest(HarvestConfig(**harvest_config(tmp / "corpus.txt")), part, progress=False)
+
+    torchrun("_dist_harvest.py", str(tmp / "cfg.json"), str(part))
+    full, resumed = ActivationCache(tmp / "two"), ActivationCache(part, verify="full")
+    np.testing.assert_array_equal(resumed.context_ids, full.context_ids)
+    np.testing.assert_array_equal(resumed.positions, full.positions)
+    for h in full.hook_names:
+        np.testing.assert_array_equal(resumed.activations(h)[:], full.activations(h)[:])
