@@ -1,7 +1,13 @@
-"""End-to-end demo on the offline default: harvest SmolLM2-135M-Instruct activations from the
-built-in corpus into a cache and print a summary. Re-running resumes / reuses the cache.
+"""End-to-end demo on the offline default, the README's `make demo`:
 
-Usage: python scripts/demo.py [--out runs/demo] [--tokens 60000]
+1. harvest SmolLM2-135M-Instruct activations (two hooks, one forward pass each batch) from the
+   built-in corpus into a resumable cache,
+2. train a TopK SAE (8x expansion, k=32) on one hook,
+3. evaluate it (FVU, L0, dead latents, CE loss recovered with the SAE spliced into the model),
+4. write the feature dashboards and print how to open them.
+
+Every stage resumes or reuses its output when re-run (delete --out to start over).
+Usage: python scripts/demo.py [--out runs/demo] [--tokens 100000] [--train-tokens 1000000]
 """
 
 from __future__ import annotations
@@ -11,9 +17,18 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
+from saelens_lite.dashboards import build_dashboard
+from saelens_lite.evals import evaluate, format_summary
 from saelens_lite.harvest import HarvestConfig, harvest
+from saelens_lite.models import load_model
+from saelens_lite.saes import SAE
+from saelens_lite.training import TrainConfig, train
+
+
+def _stage(title: str, t0: float) -> float:
+    now = time.perf_counter()
+    print(f"\n== {title} ({now - t0:.1f} s) ==", flush=True)
+    return now
 
 
 def main() -> None:
@@ -21,25 +36,46 @@ def main() -> None:
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--hooks", nargs="+", default=["blocks.9.hook_resid_post", "blocks.14.hook_resid_post"])
-    ap.add_argument("--tokens", type=int, default=60_000)
+    ap.add_argument("--train-hook", default="blocks.9.hook_resid_post")
+    ap.add_argument("--tokens", type=int, default=100_000, help="tokens to harvest")
+    ap.add_argument("--train-tokens", type=int, default=1_000_000, help="SAE training tokens (passes over the cache)")
+    ap.add_argument("--expansion", type=int, default=8)
+    ap.add_argument("--k", type=int, default=32)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-
     out = Path(args.out)
+    lm = load_model(args.model)
+
     t = time.perf_counter()
-    cfg = HarvestConfig(model=args.model, hooks=args.hooks, dataset="builtin:pydocs", tokens=args.tokens,
-                        context_size=128, batch_size=16)
-    cache = harvest(cfg, out / "activations")
-    dt = time.perf_counter() - t
-    print(f"\n== harvest ({dt:.1f} s) ==")
+    cache = harvest(HarvestConfig(model=args.model, hooks=args.hooks, dataset="builtin:pydocs", tokens=args.tokens,
+                                  context_size=128, batch_size=16, device="cpu"), out / "activations", model=lm)
+    t = _stage("1. harvest", t)
     print(cache.summary())
-    for hook in cache.hook_names:
-        x = np.asarray(cache.activations(hook)[: min(cache.n_tokens, 20_000)], dtype=np.float32)
-        norms = np.linalg.norm(x, axis=1)
-        print(f"{hook}: mean ||x|| = {norms.mean():.2f} (min {norms.min():.2f}, max {norms.max():.2f}), "
-              f"mean |x_d| = {np.abs(x).mean():.4f}")
-    print(f"\ncache: {out / 'activations'}  (inspect with: saelens-lite info {out / 'activations'})")
+
+    run = out / "sae"
+    sae_dir = run / args.train_hook
+    if (sae_dir / "cfg.json").exists():
+        sae = SAE.load(sae_dir)
+        print(f"reusing the trained SAE in {sae_dir}")
+    else:
+        cfg = TrainConfig(architecture="topk", hooks=[args.train_hook], expansion=args.expansion, k=args.k,
+                          tokens=args.train_tokens, batch_size=4096, warmup_steps=20, out_dir=str(run),
+                          checkpoint_every=500_000, resume=(run / "checkpoints").exists(), device="cpu", log_every=20)
+        sae = train(cfg, cache)
+    t = _stage(f"2. train TopK SAE on {args.train_hook}", t)
+    print(f"{type(sae).__name__}: d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} k={sae.cfg.k} -> {sae_dir}")
+
+    metrics = evaluate(sae, cache, model=lm, hook=args.train_hook, ce_contexts=8, out_dir=out / "eval")
+    t = _stage("3. evaluate", t)
+    print(format_summary(metrics))
+    print(f"FVU {metrics['fvu']:.3f}  L0 {metrics['l0']:.1f}  dead {metrics['dead_fraction']:.1%}  "
+          f"CE recovered {metrics['ce_loss_recovered']:.3f}")
+
+    index = build_dashboard(sae, cache, out / "dashboard", model=lm)
+    _stage("4. feature dashboards", t)
+    print(f"open file://{index.resolve()}\n  or: .venv/bin/saelens-lite serve {out / 'dashboard'}  "
+          f"(then http://127.0.0.1:8000)")
 
 
 if __name__ == "__main__":
