@@ -5,9 +5,15 @@ Implementations, same shape, same data, same optimiser (torch.optim.Adam, defaul
   saelens_lite batchtopk
   saelens_lite topk-bf16select   select_dtype="bfloat16": latents chosen by a bf16 matmul,
                          values and gradients in fp32 (fast on AMX CPUs and on GPUs)
+  saelens_lite topk-graph  training.fast_step.FastTrainStep: explicit sparse gradients, on
+                         CUDA bf16 encoder matmul + decoder table (fp32 master weights, fused
+                         Adam), Triton kernels, whole step in a CUDA graph; on CPU eager
+  saelens_lite topk-fast   the same step without the CUDA graph
+  saelens_lite batchtopk-graph   the fast step for BatchTopK
   sparsify               EleutherAI sparsify SparseCoder (fused encoder + sparse decoder)
-  saelens                SAELens TopKTrainingSAE
-  dense                  plain dense PyTorch TopK (scatter into (B, F), dense matmuls)
+  saelens, saelens-bf16  SAELens TopKTrainingSAE (fp32; bf16 autocast)
+  dense, dense-bf16      plain dense PyTorch TopK (scatter into (B, F), dense matmuls; fp32,
+                         bf16 autocast)
 Speed is measured in this process, impls interleaved over several rounds (best round kept),
 so ratios are comparable even on a noisy machine. Peak memory per impl: on CPU, the growth of
 peak RSS (VmHWM) over the set-up level in a fresh subprocess per impl; on CUDA,
@@ -15,6 +21,7 @@ max_memory_allocated.
 A peer that cannot be imported is skipped with a line saying why.
 
     python scripts/bench_train.py [--device cpu|cuda] [--shape D F K B ...] [--rounds 3] [--steps 3]
+    python scripts/bench_train.py --check   # fast step vs a float64 dense reference, then exit
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import json
 import subprocess
 import sys
 import time
+import traceback
 import types
 
 import torch
@@ -33,11 +41,16 @@ IMPLS = [
     "saelens_lite-topk",
     "saelens_lite-batchtopk",
     "saelens_lite-topk-bf16select",
+    "saelens_lite-topk-graph",
+    "saelens_lite-topk-fast",
+    "saelens_lite-batchtopk-graph",
     "sparsify",
     "saelens",
+    "saelens-bf16",
     "dense",
+    "dense-bf16",
 ]
-PEERS = ["sparsify", "saelens", "dense"]
+PEERS = ["sparsify", "saelens", "saelens-bf16", "dense", "dense-bf16"]
 
 
 def _stub(name: str) -> types.ModuleType:
@@ -47,8 +60,27 @@ def _stub(name: str) -> types.ModuleType:
     return m
 
 
+def _autocast_bf16(step, dev: str):
+    def wrapped(x):
+        with torch.autocast(dev, dtype=torch.bfloat16):
+            step(x)
+
+    return wrapped
+
+
 def build(impl: str, D: int, F: int, K: int, dev: str):
-    """Return a zero-argument training-step closure for `impl` (raises when unavailable)."""
+    """Return a one-argument training-step closure for `impl` (raises when unavailable)."""
+    if impl.endswith("-bf16"):
+        return _autocast_bf16(build(impl.removesuffix("-bf16"), D, F, K, dev), dev)
+    if impl.startswith("saelens_lite") and impl.endswith(("-graph", "-fast")):
+        from saelens_lite.saes import SAE, SAEConfig
+        from saelens_lite.training.fast_step import FastTrainStep
+
+        arch = impl.split("-")[1]
+        sae = SAE.from_config(SAEConfig(architecture=arch, d_in=D, d_sae=F, k=K)).to(dev)
+        cuda = dev == "cuda"
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=cuda, capturable=cuda)
+        return FastTrainStep(sae, opt, cuda_graph=impl.endswith("graph"))
     if impl.startswith("saelens_lite"):
         from saelens_lite.saes import SAE, SAEConfig
 
@@ -157,10 +189,17 @@ def _sync(dev: str) -> None:
 
 
 def time_all(steps_by_impl: dict, x, dev: str, rounds: int, steps: int) -> dict[str, float]:
+    for name, step in list(steps_by_impl.items()):  # warm-up: allocators, Adam, kernels, graphs
+        try:
+            for _ in range(3):
+                step(x)
+        except Exception as e:  # one broken impl must not stop the others
+            tb = traceback.format_exc().strip().splitlines()
+            print(
+                f"  fail {name}: {type(e).__name__}: {str(e)[:300]}\n    " + "\n    ".join(tb[-6:])
+            )
+            del steps_by_impl[name]
     best = {name: float("inf") for name in steps_by_impl}
-    for step in steps_by_impl.values():  # warm-up (allocators, Adam state, kernel choice)
-        for _ in range(2):
-            step(x)
     for _ in range(rounds):
         for name, step in steps_by_impl.items():
             _sync(dev)
@@ -170,6 +209,46 @@ def time_all(steps_by_impl: dict, x, dev: str, rounds: int, steps: int) -> dict[
             _sync(dev)
             best[name] = min(best[name], (time.perf_counter() - t) / steps)
     return best
+
+
+def check_fast_step(dev: str, D: int = 64, F: int = 512, K: int = 8, B: int = 256) -> bool:
+    """Loss and gradients of the fast step (bf16 compute on CUDA) against autograd through a
+    float64 dense TopK at the same latents; relative errors must be within what bf16 allows."""
+    from saelens_lite import kernels
+    from saelens_lite.saes import SAE, SAEConfig
+    from saelens_lite.training.fast_step import sparse_loss_and_grads
+
+    torch.manual_seed(0)
+    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=D, d_sae=F, k=K)).to(dev)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_()
+    x = torch.randn(B, D, device=dev) + 0.5
+    dead = torch.rand(F, device=dev) < 0.3
+    ok = True
+    for dead_mask in (None, dead):
+        res = sparse_loss_and_grads(sae, x, dead_mask_F=dead_mask, compute_dtype=torch.bfloat16)
+        ref = SAE.from_config(SAEConfig(architecture="topk", d_in=D, d_sae=F, k=K, dtype="float64"))
+        ref.load_state_dict({k: v.double().cpu() for k, v in sae.state_dict().items()})
+        xr, idx = x.double().cpu(), res.idx_BK.cpu()
+        pre = kernels.dense_preacts(xr, ref.W_enc, ref.b_enc, ref.b_dec)
+        acts = torch.zeros_like(pre).scatter(-1, idx, torch.relu(pre.gather(-1, idx)))
+        loss = (acts @ ref.W_dec + ref.b_dec - xr).pow(2).sum(-1).mean()
+        if dead_mask is None:  # (with AuxK the bf16 aux selection may differ: loss check only)
+            loss.backward()
+        errs = {"loss": abs(res.out.mse.item() - loss.item()) / loss.item()}
+        finite = all(bool(g.isfinite().all()) for g in res.grads.values())
+        errs["nonfinite"] = 0.0 if finite else float("inf")
+        for name, q in ref.named_parameters():
+            if q.grad is not None:
+                g = res.grads[name].double().cpu()
+                errs[name] = ((g - q.grad).norm() / q.grad.norm()).item()
+        good = all(e < 2e-2 for e in errs.values())
+        ok &= good
+        tag = "no dead" if dead_mask is None else "AuxK"
+        print(f"check fast step ({tag}) vs float64: {'ok' if good else 'FAIL'} "
+              + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))  # fmt: skip
+    return ok
 
 
 def _vm_kib(key: str) -> int:
@@ -247,8 +326,11 @@ def main() -> None:
         default=None,
         help="torch CPU threads (1 is far less sensitive to other load on a shared machine)",
     )
+    ap.add_argument("--check", action="store_true", help="check the fast step, then exit")
     ap.add_argument("--mem-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.check:
+        sys.exit(0 if check_fast_step(args.device) else 1)
     shapes = args.shape or [[576, 4608, 32, 2048]]
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -12,9 +12,10 @@ gradient or (B, K, D) temporary is ever built.
   decode:  x_hat_BD = A_BF @ W_dec_FD,     A sparse with values vals_N at (rows_N, cols_N)
   select:  vals_N   = ((x - b_dec) @ W_enc + b_enc)[rows_N, cols_N]
 
-Both autograd Functions reduce to three primitives on a SparsePattern, which is where a
-device-specific kernel (e.g. Triton on CUDA) plugs in: `gather_rows_sum` (embedding_bag),
-`sampled_dot` (SDDMM) and `transposed_matmul` (CSR SpMM).
+Both autograd Functions reduce to three primitives on a SparsePattern: `gather_rows_sum`
+(embedding_bag), `sampled_dot` (SDDMM) and `transposed_matmul` (CSR SpMM). On CPU they use
+PyTorch's sparse library; on CUDA, Triton kernels (kernels/triton_sparse.py: one launch each,
+no host sync, so a training step can be captured in a CUDA graph) when triton imports.
 """
 
 from __future__ import annotations
@@ -30,15 +31,41 @@ from torch import Tensor
 _SPARSE_LIB_DTYPES = (torch.float32, torch.float64)  # dtypes the CSR SpMM / SDDMM paths support
 
 
-def _cuda_sparse_lib() -> bool:
-    """On CUDA, cuSPARSE (CSR SpMM / SDDMM) was 5-20% faster than chunked gathers + index_add
-    on an H100 (both still launch-bound; a fused Triton kernel is the next step).
-    SAELENS_LITE_CUDA_SPARSE=gather selects the other path."""
-    return os.environ.get("SAELENS_LITE_CUDA_SPARSE", "cusparse") == "cusparse"
+_CUDA_MODES = ("triton", "cusparse", "gather")
+
+
+def _cuda_mode() -> str:
+    """CUDA path for the primitives, from SAELENS_LITE_CUDA_SPARSE: "triton" (default when
+    triton imports: one sync-free launch per primitive, see kernels/triton_sparse.py),
+    "cusparse" (CSR SpMM / SDDMM: 5-20% faster than "gather" on an H100, but launch-bound and
+    syncing) or "gather" (chunked gathers + index_add)."""
+    mode = os.environ.get("SAELENS_LITE_CUDA_SPARSE")
+    if mode is None:
+        return "triton" if _triton() is not None else "cusparse"
+    if mode not in _CUDA_MODES:
+        raise ValueError(f"SAELENS_LITE_CUDA_SPARSE={mode!r} is invalid; allowed: {_CUDA_MODES}")
+    return mode
+
+
+_TRITON: list = []  # [module or None], imported on first use: CPU-only runs never import it
+
+
+def _triton():
+    if not _TRITON:
+        try:
+            from saelens_lite.kernels import triton_sparse
+        except ImportError:
+            triton_sparse = None
+        _TRITON.append(triton_sparse)
+    return _TRITON[0]
+
+
+def _use_triton(t: Tensor) -> bool:
+    return t.device.type == "cuda" and _cuda_mode() == "triton"
 
 
 def _use_sparse_lib(t: Tensor) -> bool:
-    return t.dtype in _SPARSE_LIB_DTYPES and (t.device.type == "cpu" or _cuda_sparse_lib())
+    return t.dtype in _SPARSE_LIB_DTYPES and (t.device.type == "cpu" or _cuda_mode() == "cusparse")
 
 
 _CHUNK = 1 << 14  # rows of gathered (chunk, D) temporaries in the fallback paths
@@ -64,7 +91,7 @@ class SparsePattern:
     def from_topk(cls, idx_BK: Tensor, n_cols: int) -> SparsePattern:
         idx_BK = idx_BK.contiguous()
         B, K = idx_BK.shape
-        rows_N = torch.arange(B, device=idx_BK.device).repeat_interleave(K)
+        rows_N = torch.arange(B, device=idx_BK.device)[:, None].expand(B, K).reshape(-1)
         p = cls(rows_N, idx_BK.view(-1), B, n_cols, idx_BK)
         p._offsets_B = torch.arange(0, B * K, K, device=idx_BK.device)  # no bincount (a sync)
         return p
@@ -76,6 +103,9 @@ class SparsePattern:
 
     @property
     def offsets_B(self) -> Tensor:
+        if self._offsets_B is None and self.rows_N.device.type != "cpu":  # no bincount sync
+            bounds = torch.arange(self.n_rows, device=self.rows_N.device)
+            self._offsets_B = torch.searchsorted(self.rows_N, bounds)
         if self._offsets_B is None:
             counts = torch.bincount(self.rows_N, minlength=self.n_rows)
             self._offsets_B = torch.cumsum(counts, 0) - counts
@@ -83,6 +113,9 @@ class SparsePattern:
 
     def by_feature(self) -> tuple[Tensor, Tensor, Tensor]:
         """(order_N, crow_F1, rows_sorted_N): the pattern sorted by feature, as CSR of A^T."""
+        if self._by_feature is None and self.cols_N.device.type != "cpu":
+            order_N, crow = _sync_free_csr(self.cols_N, self.n_cols)
+            self._by_feature = (order_N, crow, self.rows_N[order_N])
         if self._by_feature is None:
             order_N = torch.argsort(self.cols_N)
             counts_F = torch.bincount(self.cols_N, minlength=self.n_cols)
@@ -97,6 +130,10 @@ class SparsePattern:
         """A^T @ dense -> (F, D), where A (B, F) holds vals_N at this pattern. With out_DF the
         result is written as the transpose of a contiguous (D, F) tensor, which is returned, so
         that a (D, F) parameter's gradient needs no layout copy."""
+        if _use_triton(dense_BD):
+            return _triton().transposed_matmul(
+                *self._by_feature_triton(), [(vals_N, dense_BD)], out_DF=out_DF
+            )[0]
         if not _use_sparse_lib(dense_BD):  # half types, CUDA: chunked gather + index_add
             out_FD = dense_BD.new_zeros(self.n_cols, dense_BD.shape[1])
             for s in range(0, self.cols_N.numel(), _CHUNK):
@@ -122,8 +159,38 @@ class SparsePattern:
             out.copy_((At @ dense_BD).t())
         return out
 
+    def transposed_matmul_pair(
+        self,
+        vals1_N: Tensor,
+        dense1_BD: Tensor,
+        vals2_N: Tensor,
+        dense2_BD: Tensor,
+        out_dtype: torch.dtype | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """(A1^T @ dense1, A2^T @ dense2), both (F, D), A1 and A2 holding vals1_N and vals2_N
+        at this pattern: the encoder and decoder weight gradients of a TopK SAE. On CUDA with
+        Triton one launch does both (one pass over the feature-sorted pattern), and mixed
+        dtypes are allowed (e.g. bfloat16 dense rows, float32 values, `out_dtype` float32)."""
+        if _use_triton(dense1_BD):
+            o1, o2 = _triton().transposed_matmul(
+                *self._by_feature_triton(),
+                [(vals1_N, dense1_BD), (vals2_N, dense2_BD)],
+                out_dtype=out_dtype,
+            )
+            return o1, o2
+        o1 = self.transposed_matmul(vals1_N, dense1_BD)
+        o2 = self.transposed_matmul(vals2_N, dense2_BD)
+        return (o1, o2) if out_dtype is None else (o1.to(out_dtype), o2.to(out_dtype))
+
+    def _by_feature_triton(self) -> tuple[Tensor, Tensor, Tensor]:
+        order_N, crow, rows_sorted = self.by_feature()
+        return crow, order_N, rows_sorted
+
     def sampled_dot(self, left_BD: Tensor, right_FD: Tensor) -> Tensor:
-        """vals_N[n] = <left[rows_n], right[cols_n]> (an SDDMM at this pattern)."""
+        """vals_N[n] = <left[rows_n], right[cols_n]> (an SDDMM at this pattern).
+        Triton: dtype promote(left, right), float32 accumulation."""
+        if _use_triton(left_BD):
+            return _triton().sampled_dot(self.rows_N, self.cols_N, left_BD, right_FD)
         if _use_sparse_lib(left_BD):
             crow = torch.cat([self.offsets_B, self.offsets_B.new_tensor([self.rows_N.numel()])])
             with warnings.catch_warnings():
@@ -143,7 +210,10 @@ class SparsePattern:
         return out
 
     def gather_rows_sum(self, vals_N: Tensor, table_FD: Tensor) -> Tensor:
-        """out_BD[b] = sum over n in row b of vals_N[n] * table[cols_n] (embedding_bag)."""
+        """out_BD[b] = sum over n in row b of vals_N[n] * table[cols_n] (embedding_bag).
+        Triton (TopK patterns on CUDA): dtype promote(vals, table), float32 accumulation."""
+        if self.idx_BK is not None and _use_triton(table_FD):
+            return _triton().decode_topk(self.idx_BK, vals_N.view(self.idx_BK.shape), table_FD)
         if self.idx_BK is not None:
             return F.embedding_bag(
                 self.idx_BK, table_FD, per_sample_weights=vals_N.view(self.idx_BK.shape), mode="sum"
@@ -151,6 +221,13 @@ class SparsePattern:
         return F.embedding_bag(
             self.cols_N, table_FD, self.offsets_B, per_sample_weights=vals_N, mode="sum"
         )
+
+
+def _sync_free_csr(cols_N: Tensor, n_cols: int) -> tuple[Tensor, Tensor]:
+    """(order_N, crow_F1) by sort + searchsorted: bincount on CUDA syncs to size its output."""
+    cols_sorted, order_N = torch.sort(cols_N)
+    bounds = torch.arange(n_cols + 1, device=cols_N.device, dtype=cols_sorted.dtype)
+    return order_N, torch.searchsorted(cols_sorted, bounds)
 
 
 def _no_autocast(t: Tensor):

@@ -1,0 +1,288 @@
+"""A fast TopK / BatchTopK SAE training step: explicit sparse gradients, optional CUDA graph.
+
+Shape legend: B batch, D model width, F features, K active features per token,
+N = B*K selected (token, feature) pairs.
+
+One step computes, for z = ReLU(TopK_k(pre)), pre = (x - b_dec) @ W_enc + b_enc,
+x_hat = z @ W_dec + b_dec and L = ||x_hat - x||^2 / B  [+ aux_coeff * L_aux],
+the gradients in closed form instead of through autograd (Gao et al. 2024, App. B.1 for AuxK):
+
+  g_BD      = 2 (x_hat - x) / B                        dL/dx_hat
+  gpre_N    = <g[b_n], W_dec[f_n]> * [pre_n > 0]       dL/dpre at the K selected latents only
+  dW_enc^T  = A(gpre)^T @ (x - b_dec)                  (F, D), A(v) the (B, F) matrix holding v
+  dW_dec    = A(z)^T @ g                               at the selected positions
+  db_enc    = sum_n gpre_n e_{f_n},   db_dec = sum_b g_b - W_enc @ db_enc
+
+then the decoder hooks and the optimiser step. These reduce to the SparsePattern primitives
+(one decode, one sampled dot, one paired transposed product: a handful of launches), nothing
+synchronises with the host, and on CUDA the whole step (forward, backward, Adam) is captured
+once in a CUDA graph and replayed, which removes the launch overhead that dominates at these
+sizes. On CUDA `compute_dtype` (bfloat16) is the dtype of the encoder matmul and of every row
+the sparse kernels gather (W_dec, x - b_dec, the output gradient), halving their traffic;
+they accumulate in float32, and weights, gradients and optimiser state stay in the parameter
+dtype (float32 masters).
+
+BatchTopK (Bussmann et al. 2024) uses the same kernels on a fixed-width pattern: each row's top
+m = 2k candidates (the model's first m), with every candidate outside the batch's top B*k (or
+not positive) given value 0 and no gradient. The model doubles m (a host sync) when a row has
+all m candidates kept; here such a row is capped at 2k latents (the only difference).
+
+Oracle: `sparse_loss_and_grads` equals autograd through the model's `training_forward`
+(float64 tests). Unsupported (ValueError): other architectures, topk with multi_topk.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from saelens_lite import kernels
+from saelens_lite.kernels import sparse as _sparse
+from saelens_lite.saes.base import SAE
+
+log = logging.getLogger(__name__)
+
+
+class StepOutput(NamedTuple):
+    loss: Tensor
+    """0-dim detached: the loss minimised, mse [+ aux_coeff * auxk]."""
+    mse: Tensor
+    """0-dim detached: sum ||x - x_hat||^2 / B."""
+    fired_F: Tensor
+    """bool (F,): latents with a positive activation in this batch."""
+    l0: Tensor
+    """0-dim float: mean number of positive activations per token."""
+    fvu: Tensor
+    """0-dim: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2."""
+
+
+class LossAndGrads(NamedTuple):
+    out: StepOutput
+    """Loss and statistics of the batch."""
+    grads: dict[str, Tensor]
+    """Gradient per parameter name (W_enc, b_enc, W_dec, b_dec), each in its parameter's
+    dtype and layout."""
+    idx_BK: Tensor
+    """The candidate latents per token, K of them (for checks against a dense reference)."""
+    keep_N: Tensor
+    """bool (B*K,): the active candidates (pre > 0; BatchTopK: and in the batch's top B*k)."""
+
+
+def _lowp_device(t: Tensor) -> bool:
+    """Where `compute_dtype` applies: CUDA (CPU keeps the model's exact chunked path; tests
+    patch this to run the CUDA path's arithmetic on the CPU)."""
+    return t.device.type == "cuda"
+
+
+def _decode(p: kernels.SparsePattern, vals_N: Tensor, table_FD: Tensor) -> Tensor:
+    if table_FD.dtype == vals_N.dtype:
+        return p.gather_rows_sum(vals_N, table_FD)
+    return p.gather_rows_sum(vals_N, table_FD).to(vals_N.dtype)  # Triton: fp32 accumulation
+
+
+def _select(sae: SAE, x_BD, xc_lp_BD, k: int, dead_mask_F, k_aux: int, lowp):
+    """(pre_BK, idx_BK, aux_pre_BK, aux_idx_BK) in the parameter dtype."""
+    W_enc, b_enc = sae.W_enc.detach(), sae.b_enc.detach()
+    if lowp is None:  # CPU, or full precision: the model's own chunked select (exact values)
+        sel = kernels.topk_select(
+            x_BD, W_enc, b_enc, sae.b_dec.detach(), k, dead_mask_F=dead_mask_F,
+            k_aux=k_aux, compute_dtype=sae.cfg.torch_select_dtype,
+        )  # fmt: skip
+        return sel
+    # one low-precision matmul; its (fp32-accumulated, rounded) outputs are the values
+    pre_BF = torch.addmm(b_enc.to(lowp), xc_lp_BD, W_enc.to(lowp))
+    pre_BK, idx_BK = pre_BF.topk(k, dim=-1, sorted=False)
+    aux_pre = aux_idx = None
+    if k_aux:
+        aux_pre, aux_idx = pre_BF.masked_fill_(~dead_mask_F, -float("inf")).topk(
+            k_aux, dim=-1, sorted=False
+        )
+        aux_pre = aux_pre.to(W_enc.dtype)
+    return kernels.TopKSelection(pre_BK.to(W_enc.dtype), idx_BK, aux_pre, aux_idx)
+
+
+def _batch_keep(pre_N: Tensor, n_keep: int) -> Tensor:
+    """bool (N,): the n_keep largest candidates of the batch that are positive."""
+    top_N = pre_N.topk(min(n_keep, pre_N.numel()), sorted=False).indices
+    return torch.zeros_like(pre_N, dtype=torch.bool).index_fill_(0, top_N, True) & (pre_N > 0)
+
+
+@torch.no_grad()
+def _update_threshold_(sae: SAE, pre_N: Tensor, keep_N: Tensor) -> None:
+    """BatchTopK's theta <- EMA of the smallest kept activation (the first batch sets it),
+    unchanged when nothing was kept; as the model's training_forward, without a host sync."""
+    thr, mom = sae.threshold, sae.cfg.threshold_momentum
+    m = torch.where(keep_N, pre_N, float("inf")).min().float()
+    new = torch.where(thr < 0, m, mom * thr + (1 - mom) * m)
+    thr.copy_(torch.where(keep_N.any(), new, thr))
+
+
+def sparse_loss_and_grads(
+    sae: SAE,
+    x_BD: Tensor,
+    *,
+    dead_mask_F: Tensor | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> LossAndGrads:
+    """Loss, statistics and parameter gradients of one TopK or BatchTopK training step (no
+    autograd, no host sync; BatchTopK also updates `sae.threshold`). With `dead_mask_F` the
+    AuxK term uses a fixed k_aux = min(aux_k or D/2, F) and masks non-dead picks to -inf
+    (ReLU zero), which equals the model's min(k_aux, n_dead) selection without reading n_dead
+    on the host. `compute_dtype` applies on CUDA only."""
+    cfg = sae.cfg
+    batch = cfg.architecture == "batchtopk"
+    if not (batch or cfg.architecture == "topk") or (not batch and cfg.multi_topk):
+        raise ValueError(
+            f"fast step supports architecture 'topk' (without multi_topk) or 'batchtopk'; got "
+            f"architecture={cfg.architecture!r}, multi_topk={cfg.multi_topk}"
+        )
+    W_enc, W_dec, b_dec = sae.W_enc.detach(), sae.W_dec.detach(), sae.b_dec.detach()
+    B, F_ = x_BD.shape[0], cfg.d_sae
+    x_BD = x_BD.to(W_enc.dtype)
+    xc_BD = x_BD - b_dec
+    use_lowp = _lowp_device(x_BD) and compute_dtype not in (None, W_enc.dtype)
+    lowp = compute_dtype if use_lowp else None
+    xc_lp_BD = xc_BD.to(lowp) if lowp is not None else xc_BD
+    # low-precision gathered rows only where the kernels take mixed dtypes (Triton)
+    gather_lp = lowp is not None and _sparse._use_triton(W_dec)
+    W_dec_c = W_dec.to(lowp) if gather_lp else W_dec
+    xc_c = xc_lp_BD if gather_lp else xc_BD
+
+    def c(t: Tensor) -> Tensor:
+        return t.to(lowp) if gather_lp else t
+
+    k_full = cfg.aux_k or max(cfg.d_in // 2, 1)
+    k_aux = min(k_full, F_) if dead_mask_F is not None else 0
+
+    k_sel = min(2 * cfg.k, F_) if batch else cfg.k
+    sel = _select(sae, x_BD, xc_lp_BD, k_sel, dead_mask_F, k_aux, lowp)
+    pre_N, idx_BK = sel.pre_BK.reshape(-1), sel.idx_BK
+    keep_N = _batch_keep(pre_N, B * cfg.k) if batch else pre_N > 0
+    p = kernels.SparsePattern.from_topk(idx_BK, F_)
+    vals_N = torch.where(keep_N, pre_N, 0.0)
+    err_BD = _decode(p, vals_N, W_dec_c) + b_dec - x_BD
+    mse = err_BD.pow(2).sum() / B
+    g_BD = err_BD * (2.0 / B)
+    g_c = c(g_BD)
+    gpre_N = p.sampled_dot(g_c, W_dec_c).to(pre_N.dtype) * keep_N
+    gW_enc_FD, gW_dec = p.transposed_matmul_pair(gpre_N, xc_c, vals_N, g_c, W_enc.dtype)
+    gb_enc = torch.zeros_like(sae.b_enc).index_add_(0, p.cols_N, gpre_N)
+    loss = mse
+    if k_aux:
+        scale = (dead_mask_F.sum() / k_full).clamp(max=1.0).to(W_enc.dtype)
+        aux_pre_N = sel.aux_pre_BK.masked_fill(~dead_mask_F[sel.aux_idx_BK], -float("inf"))
+        aux_pre_N = aux_pre_N.reshape(-1)
+        pa = kernels.SparsePattern.from_topk(sel.aux_idx_BK, F_)
+        va_N = torch.relu(aux_pre_N)
+        e_BD = -err_BD
+        diff_BD = _decode(pa, va_N, W_dec_c) - e_BD
+        denom = (e_BD - e_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
+        loss = loss + cfg.aux_coeff * scale * diff_BD.pow(2).sum() / denom
+        ga_BD = diff_BD * (2 * cfg.aux_coeff * scale / denom)
+        ga_c = c(ga_BD)
+        gpa_N = pa.sampled_dot(ga_c, W_dec_c).to(pre_N.dtype) * (aux_pre_N > 0)
+        ge, gd = pa.transposed_matmul_pair(gpa_N, xc_c, va_N, ga_c, W_enc.dtype)
+        gW_enc_FD += ge
+        gW_dec += gd
+        gb_enc.index_add_(0, pa.cols_N, gpa_N)
+    gb_dec = g_BD.sum(0) - W_enc @ gb_enc
+    gW_enc = gW_enc_FD.t() if W_enc.t().is_contiguous() else gW_enc_FD.t().contiguous()
+    with torch.no_grad():
+        if batch:
+            _update_threshold_(sae, pre_N, keep_N)
+        pos_N = keep_N.to(W_enc.dtype)
+        fired_F = torch.zeros_like(sae.b_enc).index_add_(0, p.cols_N, pos_N) > 0
+        l0 = pos_N.sum() / B
+        fvu = mse * B / (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
+    grads = {"W_enc": gW_enc, "b_enc": gb_enc, "W_dec": gW_dec, "b_dec": gb_dec}
+    out = StepOutput(loss.detach(), mse.detach(), fired_F, l0.float(), fvu.detach())
+    return LossAndGrads(out, grads, idx_BK, keep_N)
+
+
+class FastTrainStep:
+    """`step(x_BD, dead_mask_F=None) -> StepOutput`: one TopK/BatchTopK training step (sparse
+    gradients, decoder hooks, `opt.step()`), on CUDA captured in a CUDA graph.
+
+    Graph use: the first `warmup` calls run eagerly on a side stream (real steps: they also
+    compile kernels and create the optimiser state); the next call captures the step on its
+    inputs and replays it, later calls copy their inputs into the captured buffers and replay.
+    A call whose x shape/dtype or dead-mask presence differs from the captured one runs
+    eagerly. The optimiser must be capturable (set here) and its learning rate is read at
+    capture: to schedule it, give the group a 0-dim CUDA tensor lr and update it in place.
+    """
+
+    def __init__(
+        self,
+        sae: SAE,
+        opt: torch.optim.Optimizer,
+        *,
+        compute_dtype: torch.dtype | None = torch.bfloat16,
+        cuda_graph: bool = True,
+        warmup: int = 2,
+    ):
+        self.sae, self.opt, self.compute_dtype, self.warmup = sae, opt, compute_dtype, warmup
+        self.params = dict(sae.named_parameters())
+        owned = {id(q) for g in opt.param_groups for q in g["params"]}
+        if owned != {id(q) for q in self.params.values()}:
+            raise ValueError("FastTrainStep: the optimiser must hold exactly the SAE's parameters")
+        self.use_graph = cuda_graph and sae.W_enc.device.type == "cuda"
+        if self.use_graph:
+            for g in opt.param_groups:
+                g["capturable"] = True
+        self._calls = 0
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._key = None
+        self._static: tuple[Tensor, Tensor | None] | None = None
+        self._out: StepOutput | None = None
+
+    def _body(self, x_BD: Tensor, dead_mask_F: Tensor | None) -> StepOutput:
+        res = sparse_loss_and_grads(
+            self.sae, x_BD, dead_mask_F=dead_mask_F, compute_dtype=self.compute_dtype
+        )
+        for name, q in self.params.items():
+            q.grad = res.grads[name]
+        self.sae.before_optimizer_step_()
+        self.opt.step()
+        self.sae.after_optimizer_step_()
+        return res.out
+
+    def __call__(self, x_BD: Tensor, dead_mask_F: Tensor | None = None) -> StepOutput:
+        if not self.use_graph:
+            return self._body(x_BD, dead_mask_F)
+        key = (x_BD.shape, x_BD.dtype, dead_mask_F is None)
+        self._calls += 1
+        if self._graph is not None:
+            if key != self._key:
+                return self._body(x_BD, dead_mask_F)
+            sx, sd = self._static
+            sx.copy_(x_BD)
+            if sd is not None:
+                sd.copy_(dead_mask_F)
+            self._graph.replay()
+            return self._out
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        if self._calls <= self.warmup:
+            with torch.cuda.stream(side):
+                out = self._body(x_BD, dead_mask_F)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        self._key = key
+        self._static = (
+            x_BD.clone(),
+            None if dead_mask_F is None else dead_mask_F.clone(),
+        )
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                out = self._body(*self._static)
+        except RuntimeError as e:  # nothing ran during the capture: the eager step is safe
+            log.warning("CUDA graph capture failed, training eagerly: %s", str(e)[:300])
+            self.use_graph = False
+            return self._body(x_BD, dead_mask_F)
+        self._graph, self._out = graph, out
+        self._graph.replay()
+        return self._out

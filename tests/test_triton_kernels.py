@@ -1,0 +1,268 @@
+"""Triton sparse kernels and the fast training step equal float64 references.
+
+Without CUDA the Triton kernels run in Triton's interpreter (TRITON_INTERPRET=1, set before
+triton is imported); without triton those tests skip. The fast-step oracle tests need neither.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton`
+
+from saelens_lite import kernels  # noqa: E402
+from saelens_lite.kernels import SparsePattern  # noqa: E402
+from saelens_lite.kernels import sparse as sparse_mod  # noqa: E402
+from saelens_lite.saes import SAE, SAEConfig  # noqa: E402
+from saelens_lite.training import fast_step  # noqa: E402
+from saelens_lite.training.fast_step import FastTrainStep, sparse_loss_and_grads  # noqa: E402
+
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+B, D, F, K = 9, 6, 17, 3
+TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-10),
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.bfloat16: dict(rtol=2e-2, atol=5e-2),
+}
+
+
+def _ts():
+    from saelens_lite.kernels import triton_sparse
+
+    return triton_sparse
+
+
+def _rand(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+def _topk_idx(seed=0):
+    return torch.stack(
+        [torch.randperm(F, generator=torch.Generator().manual_seed(seed + i))[:K] for i in range(B)]
+    )
+
+
+def _ragged():
+    """Ragged rows: an empty row, a feature used 6 times (several blocks of the segment loop at
+    block_n=4), features used by nobody."""
+    rows = torch.tensor([0, 0, 0, 1, 1, 3, 3, 4, 5, 5, 6, 7, 8, 8])
+    cols = torch.tensor([2, 5, 9, 5, 16, 0, 5, 5, 1, 5, 5, 11, 2, 3])
+    return rows, cols
+
+
+def _dense(rows, cols, vals, n_rows=B):
+    return torch.zeros(n_rows, F, dtype=vals.dtype).index_put((rows, cols), vals, accumulate=True)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", list(TOL))
+def test_decode_topk_equals_dense_reference(dtype):
+    idx, vals, W = _topk_idx(), _rand(B, K), _rand(F, D, seed=1)
+    out = _ts().decode_topk(idx.to(DEV), vals.to(DEV, dtype), W.to(DEV, dtype))
+    ref = _dense(torch.arange(B).repeat_interleave(K), idx.view(-1), vals.view(-1)) @ W
+    torch.testing.assert_close(out.cpu().double(), ref, **TOL[dtype])
+
+
+@needs_triton
+def test_decode_topk_mixed_dtypes_accumulates_in_float32():
+    idx, vals, W = _topk_idx(), _rand(B, K), _rand(F, D, seed=1)
+    out = _ts().decode_topk(idx.to(DEV), vals.float().to(DEV), W.to(DEV, torch.bfloat16))
+    assert out.dtype == torch.float32
+    ref = _dense(torch.arange(B).repeat_interleave(K), idx.view(-1), vals.view(-1)) @ W
+    torch.testing.assert_close(out.cpu().double(), ref, **TOL[torch.bfloat16])
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("kind", ["topk", "ragged"])
+def test_sampled_dot_equals_reference(kind, dtype):
+    rows, cols = (
+        (torch.arange(B).repeat_interleave(K), _topk_idx().view(-1))
+        if kind == "topk"
+        else _ragged()
+    )
+    L, R = _rand(B, D), _rand(F, D, seed=1)
+    out = _ts().sampled_dot(rows.to(DEV), cols.to(DEV), L.to(DEV, dtype), R.to(DEV, dtype))
+    torch.testing.assert_close(out.cpu().double(), (L[rows] * R[cols]).sum(-1), **TOL[dtype])
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("out_DF", [False, True])
+@pytest.mark.parametrize("n_pairs", [1, 2])
+def test_transposed_matmul_equals_reference(n_pairs, out_DF, dtype):
+    rows, cols = _ragged()
+    order, crow = sparse_mod._sync_free_csr(cols.to(DEV), F)
+    pairs = [(_rand(len(rows), seed=2 + i), _rand(B, D, seed=5 + i)) for i in range(n_pairs)]
+    outs = _ts().transposed_matmul(
+        crow,
+        order,
+        rows.to(DEV)[order],
+        [(v.to(DEV, dtype), x.to(DEV, dtype)) for v, x in pairs],
+        out_DF=out_DF,
+        block_n=4,
+    )
+    for out, (v, x) in zip(outs, pairs):
+        ref = _dense(rows, cols, v).T @ x
+        assert out.is_contiguous()
+        torch.testing.assert_close(out.cpu().double(), ref.T if out_DF else ref, **TOL[dtype])
+
+
+@pytest.fixture
+def triton_dispatch(monkeypatch):
+    """Route the SparsePattern primitives to Triton on this device (CPU: the interpreter)."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    monkeypatch.setattr(sparse_mod, "_use_triton", lambda t: True)
+
+
+@pytest.mark.parametrize("kind", ["topk", "ragged"])
+def test_sparse_autograd_functions_through_triton_match_reference(kind, triton_dispatch):
+    rows, cols = _ragged()
+    idx = _topk_idx().to(DEV) if kind == "topk" else SparsePattern.from_coo(rows, cols, B, F)
+    if kind == "ragged" and DEV != "cpu":
+        idx = SparsePattern.from_coo(rows.to(DEV), cols.to(DEV), B, F)
+    x, b_dec = (_rand(B, D, seed=1).to(DEV), _rand(D, seed=2).to(DEV))
+    W_enc = _rand(F, D, seed=3).to(DEV).T  # column-major, as the SAE stores it
+    b_enc, W_dec = _rand(F, seed=4).to(DEV), _rand(F, D, seed=5).to(DEV)
+    params = [t.requires_grad_() for t in (x, W_enc, b_enc, b_dec, W_dec)]
+    fast = kernels.sparse_decode(idx, kernels.select_preacts(*params[:4], idx), W_dec)
+    ref = kernels.sparse_decode_reference(
+        idx, kernels.select_preacts_reference(*params[:4], idx), W_dec
+    )
+    torch.testing.assert_close(fast, ref)
+    w = _rand(*ref.shape, seed=9).to(DEV)
+    for a, b in zip(
+        torch.autograd.grad((fast * w).sum(), params), torch.autograd.grad((ref * w).sum(), params)
+    ):
+        torch.testing.assert_close(a, b)
+
+
+def _sae(dtype="float64", device="cpu", seed=0, d=12, f=40, k=4, arch="topk"):
+    torch.manual_seed(seed)
+    sae = SAE.from_config(
+        SAEConfig(architecture=arch, d_in=d, d_sae=f, k=k, dtype=dtype, aux_k=6)
+    ).to(device)
+    with torch.no_grad():
+        sae.b_enc.normal_()
+        sae.b_dec.normal_()
+        sae.W_enc.add_(0.1 * torch.randn_like(sae.W_enc))
+    return sae
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("dead", ["none", "few", "many"])
+def test_fast_step_grads_equal_autograd_through_training_forward(dead, arch):
+    sae, ref = _sae(arch=arch), _sae(arch=arch)
+    x = _rand(9, 12, seed=7)
+    dead_mask = None if dead == "none" else torch.zeros(40, dtype=torch.bool)
+    if dead == "few":
+        dead_mask[:3] = True  # fewer dead latents than aux_k: the fixed-k_aux masking matters
+    elif dead == "many":
+        dead_mask[::2] = True
+    res = sparse_loss_and_grads(sae, x, dead_mask_F=dead_mask)
+    out = ref.training_forward(x, dead_mask_F=dead_mask)
+    out.loss.backward()
+    if arch == "batchtopk":  # (here no row keeps all 2k candidates: the model keeps m = 2k)
+        torch.testing.assert_close(sae.threshold, ref.threshold)
+    torch.testing.assert_close(res.out.loss, out.loss.detach())
+    torch.testing.assert_close(res.out.fvu, out.fvu)
+    torch.testing.assert_close(res.out.l0, out.l0)
+    assert torch.equal(res.out.fired_F, out.fired_F)
+    for name, q in ref.named_parameters():
+        torch.testing.assert_close(res.grads[name], q.grad, msg=name)
+        assert res.grads[name].stride() == q.stride(), name
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_fast_step_through_triton_kernels_equals_autograd(arch, triton_dispatch):
+    sae, ref = _sae(device=DEV, arch=arch), _sae(device=DEV, arch=arch)
+    x = _rand(9, 12, seed=7).to(DEV)
+    res = sparse_loss_and_grads(sae, x)
+    ref.training_forward(x).loss.backward()
+    for name, q in ref.named_parameters():
+        torch.testing.assert_close(res.grads[name], q.grad, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_fast_train_step_takes_the_same_step_as_the_autograd_loop(arch):
+    a, b = _sae(arch=arch), _sae(arch=arch)
+    oa = torch.optim.Adam(a.parameters(), lr=1e-2)
+    ob = torch.optim.Adam(b.parameters(), lr=1e-2)
+    step = FastTrainStep(b, ob)
+    for i in range(3):
+        x = _rand(9, 12, seed=20 + i)
+        out = a.training_forward(x)
+        oa.zero_grad()
+        out.loss.backward()
+        a.before_optimizer_step_()
+        oa.step()
+        a.after_optimizer_step_()
+        torch.testing.assert_close(step(x).loss, out.loss.detach())
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, msg=name)
+
+
+def test_fast_step_rejects_unsupported_configs():
+    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=8, d_sae=16, k=2, multi_topk=True))
+    with pytest.raises(ValueError, match="multi_topk"):
+        sparse_loss_and_grads(sae, torch.randn(4, 8))
+    with pytest.raises(ValueError, match="relu"):
+        sparse_loss_and_grads(SAE.from_config(SAEConfig(architecture="relu")), torch.randn(4, 768))
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_bf16_fast_step_is_within_bf16_error_of_float64_reference(
+    arch, triton_dispatch, monkeypatch
+):
+    """The CUDA path's arithmetic (bf16 matmul and gathered rows, fp32 accumulation); on a CPU
+    through the Triton interpreter."""
+    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    shape = dict(d=32, f=64, k=4)
+    sae = _sae(dtype="float32", device=DEV, arch=arch, **shape)
+    x = _rand(32, 32, seed=3).float().to(DEV)
+    res = sparse_loss_and_grads(sae, x, compute_dtype=torch.bfloat16)
+    ref = _sae(dtype="float64", arch=arch, **shape)
+    ref.load_state_dict({k: v.double().cpu() for k, v in sae.state_dict().items()})
+    xr = x.double().cpu()
+    idx = res.idx_BK.cpu()  # the same candidates (bf16 may break near-ties differently)
+    pre = kernels.dense_preacts(xr, ref.W_enc, ref.b_enc, ref.b_dec).gather(-1, idx)
+    if arch == "batchtopk":  # the same batch top-(B*k) among them
+        pre = pre * res.keep_N.cpu().view_as(pre)
+    acts = torch.zeros(len(xr), 64, dtype=torch.float64).scatter(-1, idx, torch.relu(pre))
+    loss = (acts @ ref.W_dec + ref.b_dec - xr).pow(2).sum(-1).mean()
+    loss.backward()
+    assert abs(res.out.loss.item() - loss.item()) / loss.item() < 1e-2
+    for name, q in ref.named_parameters():
+        g = res.grads[name].double().cpu()
+        assert (g - q.grad).norm() / q.grad.norm() < 2e-2, name
+    dead = torch.zeros(64, dtype=torch.bool, device=DEV)
+    dead[::3] = True
+    aux = sparse_loss_and_grads(sae, x, dead_mask_F=dead, compute_dtype=torch.bfloat16)
+    assert all(bool(g.isfinite().all()) for g in aux.grads.values())
+    assert aux.out.loss > res.out.loss
+
+
+@needs_cuda
+@needs_triton
+def test_cuda_graph_step_equals_eager_step():
+    a, b = _sae("float32", "cuda", d=64, f=512, k=8), _sae("float32", "cuda", d=64, f=512, k=8)
+    sa = FastTrainStep(a, torch.optim.Adam(a.parameters(), lr=1e-3, fused=True), cuda_graph=False)
+    sb = FastTrainStep(b, torch.optim.Adam(b.parameters(), lr=1e-3, fused=True), cuda_graph=True)
+    for i in range(5):  # 2 warm-up, 1 capture, 2 replays
+        x = _rand(256, 64, seed=40 + i).float().cuda()
+        torch.testing.assert_close(sb(x).loss, sa(x).loss, rtol=1e-3, atol=1e-6)
+    # atomics (index_add_) may flip Adam's sign(g) where g ~ 0: compare by relative norm
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert (p - q).norm() <= 1e-3 * p.norm() + 1e-6, name
