@@ -17,6 +17,13 @@ same writer and the same resume contract. Rank 0 then writes the merged ``out/ma
 (``cache.write_merged_manifest``: rank-major row order), so the rows are those of a
 one-process harvest. A re-run must use the same W.
 
+GPU path (``overlap``, on by default on CUDA): the kept rows are gathered and cast to the
+storage dtype on the GPU, copied into reused pinned host buffers with ``non_blocking=True``, and
+a writer thread waits for each batch's copy (a CUDA event) and appends it to the cache (the
+disk writes) while the model runs the next batch. At most two batches are in flight and they
+are appended in order, so the cache and the resume contract are those of the plain loop. On a
+CPU the plain loop runs (nothing to overlap a host copy with).
+
 Shapes: B contexts in a batch, S sequence length, D hook width, n kept tokens.
 """
 
@@ -25,7 +32,9 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import queue
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,10 +210,12 @@ class _Owned:
 
 
 def harvest(cfg: HarvestConfig, out: str | Path, *, model: LoadedModel | None = None,
-            overwrite: bool = False, progress: bool = True) -> ActivationCache:
+            overwrite: bool = False, progress: bool = True, overlap: bool | None = None) -> ActivationCache:
     """Run ``cfg`` into the cache folder ``out`` (resuming it when it holds a partial run of the
     same settings) and return the opened cache. ``model`` reuses an already loaded model.
-    Under ``torchrun`` each rank harvests its share (see the module docstring)."""
+    Under ``torchrun`` each rank harvests its share (see the module docstring). ``overlap``:
+    write batch i in a background thread while batch i+1 runs (None: on CUDA only); it never
+    changes the cache's content."""
     dinfo, device = distributed.setup(cfg.device)
     out = Path(out)
     lm = model or load_model(cfg.model, device=device, dtype=_model_dtype(cfg, device))
@@ -233,7 +244,9 @@ def harvest(cfg: HarvestConfig, out: str | Path, *, model: LoadedModel | None = 
         log.info("cache %s is already complete (%d tokens); nothing to do", out, writer.tokens_committed)
         return ActivationCache(out)
     if not writer.complete:
-        _harvest_rank(cfg, writer, lm, hook_points, docs, device, dinfo, progress)
+        if overlap is None:
+            overlap = device.type == "cuda"
+        _harvest_rank(cfg, writer, lm, hook_points, docs, device, dinfo, progress, overlap)
     if dinfo.distributed:
         distributed.barrier()
         if dinfo.is_main:
@@ -245,7 +258,8 @@ def harvest(cfg: HarvestConfig, out: str | Path, *, model: LoadedModel | None = 
 
 
 def _harvest_rank(cfg: HarvestConfig, writer: CacheWriter, lm: LoadedModel, hook_points, docs,
-                  device: torch.device, dinfo: distributed.DistInfo, progress: bool) -> None:
+                  device: torch.device, dinfo: distributed.DistInfo, progress: bool,
+                  overlap: bool = False) -> None:
     """Write this rank's rows to ``writer`` (the whole cache for one process) and finalize it."""
     done = writer.tokens_committed
     last_ctx, last_pos = writer.last_committed if writer.last_committed is not None else (-1, -1)
@@ -266,6 +280,7 @@ def _harvest_rank(cfg: HarvestConfig, writer: CacheWriter, lm: LoadedModel, hook
     bar = tqdm(total=-(-cfg.tokens // dinfo.world_size), initial=done, unit="tok", unit_scale=True,
                desc="harvest" if not dinfo.distributed else f"harvest rank {dinfo.rank}",
                disable=not progress, dynamic_ncols=True)
+    bg = _OverlappedWriter(writer, device, cfg.batch_size * cfg.context_size) if overlap else None
     try:
         for batch in _batches(iter(contexts), cfg.batch_size):
             S = max(len(ids) for _, ids, _ in batch)
@@ -285,19 +300,87 @@ def _harvest_rank(cfg: HarvestConfig, writer: CacheWriter, lm: LoadedModel, hook
                 continue
             acts = capture(lm.model, {"input_ids": ids_BS.to(device), "attention_mask": attn_BS.to(device)},
                            hook_points, stop_early=True)
-            keep_dev = keep_BS.to(device)
-            rows = {name: a[keep_dev].to(store_dtype).cpu() for name, a in acts.items()}
-            writer.append(rows, token_ids=ids_BS[keep_BS].numpy(),
-                          context_idx=ctx_B[:, None].expand(-1, S)[keep_BS].numpy(),
-                          position=pos_BS[keep_BS].numpy())
+            cols = (ids_BS[keep_BS].numpy(), ctx_B[:, None].expand(-1, S)[keep_BS].numpy(),
+                    pos_BS[keep_BS].numpy())
+            if bg is not None:
+                # row indices from the host mask (n is known): gathering by index does not
+                # synchronise as boolean indexing on the device does
+                idx_n = keep_BS.reshape(-1).nonzero().squeeze(1).to(device, non_blocking=True)
+                bg.submit({name: a.reshape(-1, a.shape[-1]).index_select(0, idx_n).to(store_dtype)
+                           for name, a in acts.items()}, cols)
+            else:
+                keep_dev = keep_BS.to(device)
+                rows = {name: a[keep_dev].to(store_dtype).cpu() for name, a in acts.items()}
+                writer.append(rows, token_ids=cols[0], context_idx=cols[1], position=cols[2])
             done += n
             bar.update(n)
+        if bg is not None:
+            bg.close()  # every submitted batch appended (or its error raised)
+            bg = None
         if owned.total < cfg.tokens:
             log.warning("corpus %s ran out after %d of %d requested tokens", cfg.dataset, owned.total,
                         cfg.tokens)
         writer.finalize()
     finally:
+        if bg is not None:  # an error in the main loop: still append what is in flight, in order
+            bg.close(raise_errors=False)
         bar.close()
+
+
+class _OverlappedWriter:
+    """Appends batches to a CacheWriter in a background thread, in submission order.
+
+    ``submit`` starts the device-to-host copy of a batch's rows into a free set of host buffers
+    (pinned on CUDA, allocated once at ``max_rows`` and reused) and records a CUDA event; the
+    thread waits for the event, then appends (``CacheWriter.append`` copies the rows out, so
+    the buffers are free again). ``depth`` batches may wait; ``submit`` blocks beyond that."""
+
+    def __init__(self, writer: CacheWriter, device: torch.device, max_rows: int, depth: int = 2):
+        self.writer, self.max_rows = writer, max_rows
+        self.cuda = device.type == "cuda"
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._free: queue.Queue = queue.Queue()
+        for _ in range(depth + 1):  # depth waiting + one being appended
+            self._free.put({})
+        self._err: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="harvest-writer")
+        self._thread.start()
+
+    def submit(self, rows: dict[str, torch.Tensor], cols: tuple[np.ndarray, ...]) -> None:
+        if self._err is not None:
+            raise self._err
+        bufs = self._free.get()
+        host = {}
+        for name, r in rows.items():
+            buf = bufs.get(name)
+            if buf is None or buf.shape[1:] != r.shape[1:] or buf.dtype != r.dtype or len(buf) < len(r):
+                buf = bufs[name] = torch.empty((max(self.max_rows, len(r)), *r.shape[1:]),
+                                               dtype=r.dtype, pin_memory=self.cuda)
+            host[name] = buf[: len(r)].copy_(r, non_blocking=self.cuda)
+        event = None
+        if self.cuda:
+            event = torch.cuda.Event()
+            event.record()
+        self._q.put((event, host, bufs, cols))
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            event, host, bufs, cols = item
+            try:
+                if event is not None:
+                    event.synchronize()
+                if self._err is None:
+                    self.writer.append(host, token_ids=cols[0], context_idx=cols[1], position=cols[2])
+            except BaseException as e:  # raised in the harvesting thread at its next call
+                self._err = e
+            finally:
+                self._free.put(bufs)
+
+    def close(self, raise_errors: bool = True) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if raise_errors and self._err is not None:
+            raise self._err
 
 
 __all__ = ["HarvestConfig", "harvest", "resolve_device", "DTYPES", "EXCLUDE_CHOICES"]

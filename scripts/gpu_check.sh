@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# One GPU check of the fast TopK training path (issue 7): ~2-3 minutes on an H100, at most
-# ~4 (the sum of the parts' timeouts).
+# One GPU check of the fast TopK training path wired into train() (issue 7, part 2): ~3 minutes
+# on an H100, at most ~4 (the sum of the parts' timeouts).
 # Run from the repo root on the GPU machine; $OUT (default ./gpu_out) receives gpu_log.txt.
 #   1. fast step vs a float64 dense reference at a small shape (bench_train.py --check)
-#   2. training-step speed at the issue's two shapes: ours (current autograd path, eager fast
-#      step, fast step in a CUDA graph) against sparsify, SAELens fp32/bf16, dense bf16
-#   3. CUDA tests: tests/test_triton_kernels.py and the cuda cases of tests/test_kernels.py
-#   4. a kernel-time profile of the eager fast step at the first shape (what to speed up next)
+#   2. end-to-end train() tokens/s, fast_step=auto (CUDA graph) vs off (autograd), same data,
+#      at the issue's two shapes; each run times the steps before the dead window passes (no
+#      AuxK) and after it (dead mask in, AuxK selection runs), data on the GPU; plus auto with
+#      the data in host memory (the host gather + copy bound)
+#   3. CUDA tests: triton kernels, the cuda cases of test_kernels, train() with the fast step
+#   4. harvest of tiny-llama on CUDA: the overlapped writer (GPU gather, pinned copy, writer
+#      thread) vs the plain loop, tokens/s and whether the caches are identical
+#   5. step-only speed at the first shape (autograd, eager fast step, graph, sparsify); the
+#      second shape and the kernel profile of the previous check are left out for time
 # Every part runs under its own `timeout`; a failing part does not stop the others.
-# The most important numbers (1, 2) come first so a slow part cannot crowd them out.
+# The most important numbers come first so a slow part cannot crowd them out.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -37,35 +42,81 @@ export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" || true
 
 BENCH=(scripts/bench_train.py --device cuda --rounds 2 --steps 10 --no-memory
-       --impls saelens_lite-topk saelens_lite-topk-fast saelens_lite-topk-graph
-               saelens_lite-batchtopk-graph sparsify saelens saelens-bf16 dense-bf16)
+       --impls saelens_lite-topk saelens_lite-topk-fast saelens_lite-topk-graph sparsify)
 
-part "check vs float64" 40 $PY scripts/bench_train.py --device cuda --check
-part "bench D=768 F=24576 K=32 B=16384" 60 $PY "${BENCH[@]}" --shape 768 24576 32 16384
-part "bench D=2304 F=16384 K=64 B=8192" 60 $PY "${BENCH[@]}" --shape 2304 16384 64 8192
-part "cuda tests" 60 $PY -m pytest -q --maxfail=5 -p no:cacheprovider \
-    tests/test_triton_kernels.py tests/test_kernels.py -k "cuda or triton_kernels"
-part "profile eager fast step" 25 $PY - <<'EOF'
+part "check vs float64" 30 $PY scripts/bench_train.py --device cuda --check
+part "train() end to end: fast_step auto vs off" 90 $PY - <<'EOF'
+import json, logging, time
 import torch
-from saelens_lite.saes import SAE, SAEConfig
-from saelens_lite.training.fast_step import FastTrainStep
+from saelens_lite.training import TrainConfig, train, trainer
 
-D, F, K, B = 768, 24576, 32, 16384
-sae = SAE.from_config(SAEConfig(architecture="topk", d_in=D, d_sae=F, k=K)).cuda()
-opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True, capturable=True)
-step = FastTrainStep(sae, opt, cuda_graph=False)
-x = torch.randn(B, D, device="cuda")
-for _ in range(3):
-    step(x)
-torch.cuda.synchronize()
-with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-    for _ in range(5):
-        step(x)
-    torch.cuda.synchronize()
-ka = prof.key_averages()
-key = "self_device_time_total" if hasattr(ka[0], "self_device_time_total") else "self_cuda_time_total"
-print(ka.table(sort_by=key, row_limit=15, max_name_column_width=60))
+logging.basicConfig(level=logging.WARNING)
+STEPS, WINDOW = 60, 30  # the dead window passes at step 30: AuxK from then on
+_step, marks = trainer._train_step, {}
+
+def timed(hook, st, x_BD, step, config, *a):  # wall time at step boundaries, GPU drained
+    if step in (5, 35):
+        torch.cuda.synchronize(); marks[step] = time.perf_counter()
+    r = _step(hook, st, x_BD, step, config, *a)
+    if step in (29, STEPS - 1):
+        torch.cuda.synchronize(); marks[step] = time.perf_counter()
+    return r
+
+trainer._train_step = timed
+for D, F, K, B in ((768, 24576, 32, 16384), (2304, 16384, 64, 8192)):
+    x = torch.randn(131072, D, device="cuda")
+    for name, data in (("auto", x), ("off", x), ("auto-hostdata", x.cpu())):
+        marks.clear()
+        cfg = TrainConfig(architecture="topk", latents=F, k=K, batch_size=B, tokens=B * STEPS,
+                          fast_step=name.split("-")[0], log_every=STEPS, checkpoint_every=0,
+                          dead_window_tokens=B * WINDOW, out_dir=f"/tmp/e2e_{D}_{name}",
+                          progress=False, seed=0)
+        t = time.perf_counter()
+        try:
+            train(cfg, data)
+        except Exception as e:
+            print(f"e2e D={D} F={F} K={K} B={B} {name}: FAILED {type(e).__name__}: {e}"[:400])
+            continue
+        wall = time.perf_counter() - t
+        pre = 24 * B / (marks[29] - marks[5]) / 1e6
+        post = 25 * B / (marks[STEPS - 1] - marks[35]) / 1e6
+        rec = json.loads(open(f"/tmp/e2e_{D}_{name}/metrics.jsonl").read().splitlines()[-1])
+        print(f"e2e D={D} F={F} K={K} B={B} {name:14s} {pre:6.2f}M tok/s before the dead window, "
+              f"{post:6.2f}M after (AuxK), wall {wall:5.1f}s, fvu {rec['fvu']:.4f} "
+              f"dead {rec['dead_fraction']:.3f}", flush=True)
+    del x
+    torch.cuda.empty_cache()
 EOF
+part "cuda tests" 45 $PY -m pytest -q --maxfail=5 -p no:cacheprovider \
+    tests/test_triton_kernels.py tests/test_kernels.py tests/test_fast_step_training.py \
+    -k "cuda or triton_kernels"
+part "harvest tiny-llama: overlapped vs plain" 30 $PY - <<'EOF'
+import shutil, time
+import torch
+import numpy as np
+from saelens_lite.harvest import HarvestConfig, harvest
+from saelens_lite.models import load_model
+
+lm = load_model("tiny-llama", device="cuda", dtype=torch.bfloat16)  # as harvest does on CUDA
+cfg = HarvestConfig(model="tiny-llama", hooks=["blocks.1.hook_resid_post", "blocks.3.hook_resid_post"],
+                    dataset="builtin:pydocs", context_size=128, tokens=150_000, batch_size=64,
+                    device="cuda")
+caches = {}
+for overlap in (False, True, False, True):  # twice each: the first pair warms up
+    out = f"/tmp/harvest_{overlap}"
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    c = harvest(cfg, out, model=lm, progress=False, overlap=overlap)
+    dt = time.perf_counter() - t
+    print(f"harvest overlap={overlap}: {c.n_tokens / dt / 1e3:.0f}k tok/s "
+          f"({c.n_tokens} tokens, {dt:.2f}s)", flush=True)
+    caches[overlap] = c
+a, b = caches[False], caches[True]
+same = np.array_equal(a.token_ids, b.token_ids) and all(
+    np.array_equal(np.asarray(a.activations(h)[:]), np.asarray(b.activations(h)[:])) for h in a.hook_names)
+print(f"harvest caches identical: {same}")
+EOF
+part "bench D=768 F=24576 K=32 B=16384" 45 $PY "${BENCH[@]}" --shape 768 24576 32 16384
 echo "=== summary (tok/s; x peer = our speed / peer's) ==="
-grep -E "^shape|impl  |^  (saelens|sparsify|dense|skip|fail)|check fast step|passed|failed|rc=[1-9]" "$LOG" || true
+grep -E "^e2e|^harvest|^shape|impl  |^  (saelens|sparsify|dense|skip|fail)|check fast step|passed|failed|rc=[1-9]" "$LOG" || true
 echo "total $(($(date +%s) - t0))s"

@@ -73,6 +73,36 @@ def test_exclude_none_keeps_bos_and_exact_token_count(tmp_path, corpus):
     assert (cache.positions == 0).sum() == len(np.unique(cache.context_ids))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_overlapped_writer_path_writes_the_same_cache_as_the_plain_loop(tmp_path, corpus, dtype):
+    """The GPU path (rows gathered by index, copied into reused host buffers, appended by a
+    writer thread while the next batch runs) exercised on the CPU: byte-identical shards."""
+    lm = load_model("tiny-llama")
+    cfg = HarvestConfig(model="tiny-llama", hooks=["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"],
+                        dataset=corpus, context_size=16, tokens=333, batch_size=3, shard_tokens=64,
+                        dtype=dtype, device="cpu")
+    plain = harvest(cfg, tmp_path / "plain", model=lm, progress=False, overlap=False)
+    over = harvest(cfg, tmp_path / "over", model=lm, progress=False, overlap=True)
+    assert over.n_tokens == plain.n_tokens == 333 and over.complete
+    files = sorted(p.relative_to(tmp_path / "plain") for p in (tmp_path / "plain").rglob("*.npy"))
+    assert len(files) > 4
+    for rel in files:
+        assert (tmp_path / "over" / rel).read_bytes() == (tmp_path / "plain" / rel).read_bytes(), rel
+
+
+def test_overlapped_writer_raises_a_write_error_in_the_harvesting_thread(tmp_path, corpus, monkeypatch):
+    from saelens_lite.cache import CacheWriter
+
+    def broken(self, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(CacheWriter, "append", broken)
+    cfg = HarvestConfig(model="tiny-llama", hooks=["blocks.1.hook_resid_post"], dataset=corpus,
+                        context_size=16, tokens=200, batch_size=2, device="cpu")
+    with pytest.raises(OSError, match="disk full"):
+        harvest(cfg, tmp_path / "c", progress=False, overlap=True)
+
+
 def test_complete_cache_is_not_rewritten_and_other_settings_refused(tmp_path, corpus):
     cfg = HarvestConfig(model="tiny-llama", hooks=["blocks.1.hook_resid_post"], dataset=corpus, context_size=16,
                         tokens=50, device="cpu")

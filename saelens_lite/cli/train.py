@@ -9,7 +9,7 @@ from saelens_lite.cli._common import Formatter
 
 
 def add(sub) -> None:
-    from saelens_lite.training.config import DECAYS, DTYPES, TrainConfig, architectures
+    from saelens_lite.training.config import DECAYS, DTYPES, FAST_STEP_MODES, TrainConfig, architectures
 
     p = sub.add_parser("train", help="train sparse autoencoders", formatter_class=Formatter,
                        description="Train one SAE per hook from an activation cache (--activations DIR), an "
@@ -17,7 +17,8 @@ def add(sub) -> None:
                                    "model (--model M --dataset D). Each SAE is saved as RUN_DIR/<hook>/ with cfg.json "
                                    "and sae.safetensors. --resume continues an interrupted run.")
     add_dataclass_args(p, TrainConfig, skip=("sae_options",),
-                       choices={"architecture": architectures(), "decay": DECAYS, "dtype": DTYPES},
+                       choices={"architecture": architectures(), "decay": DECAYS, "dtype": DTYPES,
+                                "fast_step": FAST_STEP_MODES},
                        aliases={"architecture": ["--arch"], "hooks": ["--hook"], "out_dir": ["--out"]})
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="further SAEConfig field of the architecture (repeatable), e.g. --option aux_k_coeff=0.03")

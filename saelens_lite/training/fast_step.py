@@ -34,6 +34,7 @@ Oracle: `sparse_loss_and_grads` equals autograd through the model's `training_fo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -57,6 +58,9 @@ class StepOutput(NamedTuple):
     """0-dim float: mean number of positive activations per token."""
     fvu: Tensor
     """0-dim: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2."""
+    auxk: Tensor | None = None
+    """0-dim detached: the unweighted AuxK term (0 when no latent is dead); None without a
+    dead mask."""
 
 
 class LossAndGrads(NamedTuple):
@@ -171,6 +175,7 @@ def sparse_loss_and_grads(
     gW_enc_FD, gW_dec = p.transposed_matmul_pair(gpre_N, xc_c, vals_N, g_c, W_enc.dtype)
     gb_enc = torch.zeros_like(sae.b_enc).index_add_(0, p.cols_N, gpre_N)
     loss = mse
+    auxk = None
     if k_aux:
         scale = (dead_mask_F.sum() / k_full).clamp(max=1.0).to(W_enc.dtype)
         aux_pre_N = sel.aux_pre_BK.masked_fill(~dead_mask_F[sel.aux_idx_BK], -float("inf"))
@@ -180,7 +185,8 @@ def sparse_loss_and_grads(
         e_BD = -err_BD
         diff_BD = _decode(pa, va_N, W_dec_c) - e_BD
         denom = (e_BD - e_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
-        loss = loss + cfg.aux_coeff * scale * diff_BD.pow(2).sum() / denom
+        auxk = scale * diff_BD.pow(2).sum() / denom
+        loss = loss + cfg.aux_coeff * auxk
         ga_BD = diff_BD * (2 * cfg.aux_coeff * scale / denom)
         ga_c = c(ga_BD)
         gpa_N = pa.sampled_dot(ga_c, W_dec_c).to(pre_N.dtype) * (aux_pre_N > 0)
@@ -198,20 +204,28 @@ def sparse_loss_and_grads(
         l0 = pos_N.sum() / B
         fvu = mse * B / (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
     grads = {"W_enc": gW_enc, "b_enc": gb_enc, "W_dec": gW_dec, "b_dec": gb_dec}
-    out = StepOutput(loss.detach(), mse.detach(), fired_F, l0.float(), fvu.detach())
+    out = StepOutput(loss.detach(), mse.detach(), fired_F, l0.float(), fvu.detach(),
+                     None if auxk is None else auxk.detach())
     return LossAndGrads(out, grads, idx_BK, keep_N)
 
 
 class FastTrainStep:
     """`step(x_BD, dead_mask_F=None) -> StepOutput`: one TopK/BatchTopK training step (sparse
-    gradients, decoder hooks, `opt.step()`), on CUDA captured in a CUDA graph.
+    gradients, `grad_hook`, decoder hooks, global-norm clip, `opt.step()`), on CUDA captured in
+    a CUDA graph.
 
-    Graph use: the first `warmup` calls run eagerly on a side stream (real steps: they also
-    compile kernels and create the optimiser state); the next call captures the step on its
-    inputs and replays it, later calls copy their inputs into the captured buffers and replay.
-    A call whose x shape/dtype or dead-mask presence differs from the captured one runs
-    eagerly. The optimiser must be capturable (set here) and its learning rate is read at
-    capture: to schedule it, give the group a 0-dim CUDA tensor lr and update it in place.
+    Graph use: per input signature (x shape/dtype, dead mask given or not) the first `warmup`
+    calls run eagerly on a side stream (real steps: they also compile kernels and create the
+    optimiser state); the next call captures the step on its inputs and replays it, later calls
+    copy their inputs into the captured buffers and replay. Each signature gets its own graph.
+    The outputs of a replay are the captured buffers: read them before the next call. The
+    optimiser must be capturable (set here) and its learning rate is read at capture: to
+    schedule it, give the group a 0-dim CUDA tensor lr and update it in place (fused Adam
+    takes one). Everything in the step is sync-free, the clip included
+    (`clip_grad_norm_` without `error_if_nonfinite`), so it captures.
+
+    `grad_hook()` runs once the gradients are set (the data-parallel all-reduce); it must be
+    capturable to be used with `cuda_graph=True` (the trainer turns graphs off instead).
     """
 
     def __init__(
@@ -222,8 +236,11 @@ class FastTrainStep:
         compute_dtype: torch.dtype | None = torch.bfloat16,
         cuda_graph: bool = True,
         warmup: int = 2,
+        grad_clip: float | None = None,
+        grad_hook: Callable[[], None] | None = None,
     ):
         self.sae, self.opt, self.compute_dtype, self.warmup = sae, opt, compute_dtype, warmup
+        self.grad_clip, self.grad_hook = grad_clip, grad_hook
         self.params = dict(sae.named_parameters())
         owned = {id(q) for g in opt.param_groups for q in g["params"]}
         if owned != {id(q) for q in self.params.values()}:
@@ -232,11 +249,9 @@ class FastTrainStep:
         if self.use_graph:
             for g in opt.param_groups:
                 g["capturable"] = True
-        self._calls = 0
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._key = None
-        self._static: tuple[Tensor, Tensor | None] | None = None
-        self._out: StepOutput | None = None
+        self._calls: dict = {}
+        # signature -> (graph, static inputs, outputs)
+        self._graphs: dict = {}
 
     def _body(self, x_BD: Tensor, dead_mask_F: Tensor | None) -> StepOutput:
         res = sparse_loss_and_grads(
@@ -244,7 +259,11 @@ class FastTrainStep:
         )
         for name, q in self.params.items():
             q.grad = res.grads[name]
+        if self.grad_hook is not None:
+            self.grad_hook()
         self.sae.before_optimizer_step_()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params.values(), self.grad_clip)
         self.opt.step()
         self.sae.after_optimizer_step_()
         return res.out
@@ -252,37 +271,33 @@ class FastTrainStep:
     def __call__(self, x_BD: Tensor, dead_mask_F: Tensor | None = None) -> StepOutput:
         if not self.use_graph:
             return self._body(x_BD, dead_mask_F)
-        key = (x_BD.shape, x_BD.dtype, dead_mask_F is None)
-        self._calls += 1
-        if self._graph is not None:
-            if key != self._key:
-                return self._body(x_BD, dead_mask_F)
-            sx, sd = self._static
+        key = (tuple(x_BD.shape), x_BD.dtype, dead_mask_F is None)
+        if key in self._graphs:
+            graph, (sx, sd), out = self._graphs[key]
             sx.copy_(x_BD)
             if sd is not None:
                 sd.copy_(dead_mask_F)
-            self._graph.replay()
-            return self._out
+            graph.replay()
+            return out
+        self._calls[key] = n = self._calls.get(key, 0) + 1
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        if self._calls <= self.warmup:
+        if n <= self.warmup:
             with torch.cuda.stream(side):
                 out = self._body(x_BD, dead_mask_F)
             torch.cuda.current_stream().wait_stream(side)
             return out
-        self._key = key
-        self._static = (
-            x_BD.clone(),
-            None if dead_mask_F is None else dead_mask_F.clone(),
-        )
+        static = (x_BD.clone(), None if dead_mask_F is None else dead_mask_F.clone())
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
-                out = self._body(*self._static)
+            # thread_local: the trainer's data thread may use CUDA (a device-resident array, a
+            # streamed model) on its own stream during the capture
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                out = self._body(*static)
         except RuntimeError as e:  # nothing ran during the capture: the eager step is safe
             log.warning("CUDA graph capture failed, training eagerly: %s", str(e)[:300])
             self.use_graph = False
             return self._body(x_BD, dead_mask_F)
-        self._graph, self._out = graph, out
-        self._graph.replay()
-        return self._out
+        self._graphs[key] = (graph, static, out)
+        graph.replay()
+        return out

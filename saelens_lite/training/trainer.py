@@ -26,6 +26,16 @@ float rounding. Terms computed over the batch as a whole are computed per rank s
 BatchTopK selection (top (B/W) k per rank) and the AuxK normaliser. Only rank 0 writes
 config.json, metrics.jsonl, checkpoints and the SAEs; resume needs the same world size.
 
+Fast step (``config.fast_step``, :mod:`saelens_lite.training.fast_step`): for TopK / BatchTopK
+the step above runs as closed-form sparse gradients and fused Adam instead of autograd; on CUDA
+in one process it is captured once in a CUDA graph and replayed. The schedule then reaches the
+graph through tensors updated in place before each replay (the lr, a 0-dim tensor read by fused
+Adam; the dead mask, copied into the captured input), the clip runs inside the graph
+(``clip_grad_norm_``, sync-free), and the outputs are read on the host only at log steps. Until
+``dead_window_tokens`` have passed no latent can be dead, so the step gets no dead mask (and
+skips the AuxK selection); the autograd path computes no AuxK term then either. Under
+``torchrun`` the fast step runs eagerly with the all-reduce between backward and Adam.
+
 Shapes: B batch, D width, F latents.
 """
 
@@ -105,7 +115,7 @@ class DeadLatentTracker:
     def update(self, fired_F: torch.Tensor, n_tokens: int) -> None:
         """``fired_F``: bool (F,), latents that fired at least once in the last ``n_tokens``."""
         self.tokens_since_fired_F += n_tokens
-        self.tokens_since_fired_F[fired_F.to(torch.bool)] = 0
+        self.tokens_since_fired_F.masked_fill_(fired_F.to(torch.bool), 0)  # no host sync
 
     def dead_mask(self) -> torch.Tensor:
         return self.tokens_since_fired_F > self.window
@@ -176,14 +186,39 @@ def _safe_dirname(hook: str) -> str:
 
 
 class _HookState:
-    """Everything trained for one hook."""
+    """Everything trained for one hook. ``fast``: the FastTrainStep that replaces the autograd
+    step (None: autograd)."""
 
-    def __init__(self, sae, config: TrainConfig, device: torch.device):
+    def __init__(self, sae, config: TrainConfig, device: torch.device, distributed_run: bool = False,
+                 amp: torch.dtype | None = None):
         self.sae = sae.to(device)
         self.base_lr = config.lr_for(sae.cfg.d_sae)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.base_lr, betas=tuple(config.betas))
+        self.fast = None
+        betas = tuple(config.betas)
+        if config.use_fast_step(device.type):
+            from saelens_lite.training.fast_step import FastTrainStep
+
+            cuda = device.type == "cuda"
+            graph = cuda and config.cuda_graphs and not distributed_run
+            # fused Adam reads a 0-dim tensor lr on the device (updated in place each step, so
+            # a captured graph sees the schedule); on a CPU the autograd path's Adam and float lr
+            lr = torch.tensor(self.base_lr, dtype=torch.float32, device=device) if cuda else self.base_lr
+            self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr, betas=betas, fused=cuda or None,
+                                        capturable=graph)
+            hook = (lambda: distributed.all_reduce_grads_(self.sae.parameters())) if distributed_run else None
+            self.fast = FastTrainStep(self.sae, self.opt, compute_dtype=amp, cuda_graph=graph,
+                                      grad_clip=config.grad_clip, grad_hook=hook)
+        else:
+            self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.base_lr, betas=betas)
         self.dead = DeadLatentTracker(self.sae.W_dec.shape[0], config.dead_window_tokens, device)
         self.scale = 1.0
+
+    def set_lr(self, lr: float) -> None:
+        for g in self.opt.param_groups:
+            if isinstance(g["lr"], torch.Tensor):
+                g["lr"].fill_(lr)  # in place: a captured step reads this tensor
+            else:
+                g["lr"] = lr
 
     def state_dict(self) -> dict:
         return {"sae": self.sae.state_dict(), "opt": self.opt.state_dict(),
@@ -191,7 +226,13 @@ class _HookState:
 
     def load_state_dict(self, d: dict) -> None:
         self.sae.load_state_dict(d["sae"])
-        self.opt.load_state_dict(d["opt"])
+        # Keep this run's optimiser settings (the lr tensor a captured step reads, fused /
+        # capturable, which also place Adam's step counters): a checkpoint stores the state.
+        opt_sd = copy.copy(d["opt"])
+        mine = ("lr", "fused", "capturable", "foreach", "differentiable")
+        opt_sd["param_groups"] = [{**g, **{k: cur[k] for k in mine if k in cur}}
+                                  for g, cur in zip(d["opt"]["param_groups"], self.opt.param_groups)]
+        self.opt.load_state_dict(opt_sd)
         self.dead.tokens_since_fired_F.copy_(d["tokens_since_fired"])
         self.scale = d["scale"]
 
@@ -218,7 +259,8 @@ def train(config: TrainConfig, data=None):
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
-    states = {h: _HookState(build_sae(config, source.widths[h], h), config, device) for h in hooks}
+    states = {h: _HookState(build_sae(config, source.widths[h], h), config, device,
+                            dinfo.distributed, amp) for h in hooks}
 
     ckpt = _resume_point(config, run_dir, source, dinfo.world_size)
     if ckpt is not None:
@@ -250,8 +292,10 @@ def train(config: TrainConfig, data=None):
     for h, st in states.items():
         log.info("%s: d_in=%d d_sae=%d %s, lr=%.3g, scale=%.4g", h, source.widths[h], st.sae.cfg.d_sae,
                  config.architecture, st.base_lr, st.scale)
-    log.info("training %d steps x %d tokens on %s%s (%s)%s", total, B, device,
+    fast = next(iter(states.values())).fast
+    log.info("training %d steps x %d tokens on %s%s%s (%s)%s", total, B, device,
              " with bf16 autocast" if amp is not None else "",
+             "" if fast is None else " with the fast step" + (" in a CUDA graph" if fast.use_graph else ""),
              f"{total * B / source.n_tokens:.2f} passes over the data" if source.n_tokens else "streaming",
              f", rank {dinfo.rank} of {dinfo.world_size}" if dinfo.distributed else "")
     logger = RunLogger(run_dir, config, total_steps=total, start_step=start, enabled=dinfo.is_main)
@@ -376,6 +420,15 @@ def _train_step(hook: str, st: _HookState, x_BD: torch.Tensor, step: int, config
     x_BD = x_BD.to(device, torch.float32, non_blocking=True) * st.scale
     lr = lr_at(step, config, st.base_lr)
     sp = sparsity_scale_at(step, config)
+    if st.fast is not None:
+        # TopK / BatchTopK have no sparsity penalty, so ``sp`` does not enter the step. No
+        # latent can be dead before the window has passed: no mask then (no AuxK selection).
+        st.set_lr(lr)
+        dead = st.dead.dead_mask() if step * global_batch > st.dead.window else None
+        out = st.fast(x_BD, dead)
+        distributed.average_buffers_(sae)
+        st.dead.update(distributed.all_reduce_(out.fired_F, "max"), global_batch)
+        return out, lr, sp
     ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
     with ctx:
         out = sae.training_forward(x_BD, sparsity_scale=sp, dead_mask_F=st.dead.dead_mask())
@@ -385,8 +438,7 @@ def _train_step(hook: str, st: _HookState, x_BD: torch.Tensor, step: int, config
     sae.before_optimizer_step_()
     if config.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
-    for g in st.opt.param_groups:
-        g["lr"] = lr
+    st.set_lr(lr)
     st.opt.step()
     sae.after_optimizer_step_()
     distributed.average_buffers_(sae)
@@ -398,9 +450,12 @@ def _record(hook: str, r, st: _HookState, done: int, B: int) -> dict:
     """One metrics record; loss terms, l0 and fvu are averaged over ranks (means of equal-sized
     slices, so loss, mse and l0 equal their global-batch values; fvu is the ranks' mean)."""
     out, lr, sp = r
-    names = list(out.losses or {})
+    losses = getattr(out, "losses", None)
+    if losses is None:  # a fast-step StepOutput
+        losses = {"mse": out.mse} if out.auxk is None else {"mse": out.mse, "auxk": out.auxk}
+    names = list(losses or {})
     vals = torch.stack([torch.as_tensor(v).detach().float().reshape(()).to(out.loss.device)
-                        for v in [out.loss, out.l0, out.fvu, *(out.losses[n] for n in names)]])
+                        for v in [out.loss, out.l0, out.fvu, *(losses[n] for n in names)]])
     vals = distributed.all_reduce_(vals, "mean").tolist()
     rec = {"hook": hook, "step": done, "tokens": done * B, "loss": vals[0]}
     rec.update(zip(names, vals[3:]))
