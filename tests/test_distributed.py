@@ -44,6 +44,10 @@ def torchrun(script: str, *args: str, timeout: int = 120) -> None:
 
 
 def train_config(out: Path, arch: str, **kw) -> dict:
+    # JumpReLU's default target-L0 penalty is non-linear in the batch mean L0, so averaging the
+    # ranks' gradients is not the global batch's gradient; the paper's linear L0 penalty is.
+    if arch == "jumprelu":
+        kw.setdefault("sae_options", {"jumprelu_target_l0": False})
     return dict(architecture=arch, latents=F, k=4, lr=3e-3, batch_size=64, tokens=64 * 30,
                 warmup_steps=5, log_every=5, checkpoint_every=64 * 10, init_sample_tokens=512,
                 dead_window_tokens=256, device="cpu", out_dir=str(out), progress=False, **kw)

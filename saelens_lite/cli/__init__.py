@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from saelens_lite.cli._common import Formatter
 
 # Order of appearance in --help; each name is a module of this package.
-SUBCOMMANDS = ["hooks", "harvest", "train", "eval", "bench", "info", "dashboard", "serve", "convert"]
+SUBCOMMANDS = ["hooks", "harvest", "train", "eval", "bench", "info", "dashboard", "serve", "convert", "compare"]
 
 
 def build_parser() -> argparse.ArgumentParser:

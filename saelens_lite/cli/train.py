@@ -9,7 +9,13 @@ from saelens_lite.cli._common import Formatter
 
 
 def add(sub) -> None:
-    from saelens_lite.training.config import DECAYS, DTYPES, FAST_STEP_MODES, TrainConfig, architectures
+    from saelens_lite.training.config import (
+        DECAYS,
+        DTYPES,
+        FAST_STEP_MODES,
+        TrainConfig,
+        architectures,
+    )
 
     p = sub.add_parser("train", help="train sparse autoencoders", formatter_class=Formatter,
                        description="Train one SAE per hook from an activation cache (--activations DIR), an "

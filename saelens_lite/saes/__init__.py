@@ -22,3 +22,5 @@ __all__ = [
     "BatchTopKSAE",
     "JumpReLUSAE",
 ]
+
+import saelens_lite.baselines  # noqa: E402,F401  (registers dense, denoising, vae, conv)

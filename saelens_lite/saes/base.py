@@ -47,12 +47,19 @@ class SAEConfig:
     d_sae: int = 24576
     """Number of latents F."""
     k: int = 32
-    """Active latents per token for topk (exact) and batchtopk (on average over the batch)."""
+    """Active latents per token for topk (exact) and batchtopk (on average over the batch);
+    the target L0 of jumprelu."""
     l1_coeff: float = 5.0
     """relu: weight of sum_i |f_i| ||W_dec_i|| (Anthropic, April 2024 update, lambda=5 with
     inputs scaled so E||x|| = sqrt(D))."""
-    l0_coeff: float = 1.0
-    """jumprelu: weight of the L0 penalty (Rajamanoharan et al. 2024)."""
+    l0_coeff: float = 20.0
+    """jumprelu: weight lambda of the sparsity term: lambda * (L0 / k - 1)^2 with
+    jumprelu_target_l0, else lambda * L0 (Rajamanoharan et al. 2024)."""
+    jumprelu_target_l0: bool = True
+    """jumprelu: penalise (L0 / k - 1)^2, so k is the target L0 (dictionary_learning's
+    JumpReluTrainer, target_l0), instead of the paper's lambda * L0, whose L0 depends on lambda,
+    the data and the run length. Thresholds start where each latent fires on a fraction k / F
+    of the init sample (init_from_data_), so training starts near L0 = k either way."""
     aux_coeff: float = 1 / 32
     """topk/batchtopk: weight of the AuxK dead-latent loss (Gao et al. 2024, App. B.1)."""
     aux_k: int | None = None
@@ -63,10 +70,14 @@ class SAEConfig:
     """Weight of the 4k reconstruction term when multi_topk is on."""
     threshold_momentum: float = 0.99
     """batchtopk: EMA momentum of the inference threshold (min positive kept activation)."""
-    jumprelu_bandwidth: float = 0.001
-    """jumprelu: width epsilon of the rectangle kernel in the straight-through estimator."""
+    jumprelu_bandwidth: float = 0.05
+    """jumprelu: width epsilon of the rectangle kernel in the straight-through estimator.
+    0.05 (SAELens' default) for inputs scaled to E||x|| = sqrt(D), where pre-activations are
+    O(1): the paper's 0.001 puts ~0.1% of the pre-activations in the window, too few
+    threshold gradients for a short run."""
     jumprelu_init_threshold: float = 0.001
-    """jumprelu: initial threshold theta (stored as log theta)."""
+    """jumprelu: initial threshold theta (stored as log theta) before init_from_data_, and the
+    floor of the data-based thresholds it sets."""
     b_dec_init: str = "geometric_median"
     """How init_from_data_ sets b_dec: geometric_median (Weiszfeld), mean or zeros."""
     hook_name: str = ""
@@ -79,6 +90,22 @@ class SAEConfig:
     """topk/batchtopk: dtype of the no-grad matmul that only chooses the active latents (None:
     the parameter dtype). "bfloat16" is ~6x faster on CPUs with AMX and on GPUs; the kept values
     and all gradients stay in the parameter dtype, so only near-ties at the k-th place differ."""
+    # -- baselines (saelens_lite.baselines); the sparse architectures ignore these fields
+    noise_std: float = 0.2
+    """denoising: std of the Gaussian noise added to each input coordinate, in the units the
+    model sees (the trainer scales inputs so E||x|| = sqrt(D): a coordinate's RMS is ~1)."""
+    mask_prob: float = 0.0
+    """denoising: probability that an input coordinate is zeroed (masking noise, Vincent et
+    al. 2008)."""
+    vae_beta: float = 1.0
+    """vae: weight of the KL term (beta-VAE, Higgins et al. 2017); 1 gives the ELBO."""
+    conv_kind: str = "1d"
+    """conv: "1d" (causal convolutions over the token sequence, input (B, S, D)) or "2d"
+    (images, input (B, 1, H, W) or flattened (B, H*W) with H = W = sqrt(d_in))."""
+    conv_channels: int = 32
+    """conv: channels of the hidden layer between input and latents (0: no hidden layer)."""
+    conv_kernel: int = 3
+    """conv: kernel size (odd)."""
     format_version: int = FORMAT_VERSION
     """Version of the saved folder format (cfg.json + sae.safetensors)."""
 
@@ -113,6 +140,18 @@ class SAEConfig:
             raise _invalid("dtype", self.dtype, str(list(_DTYPES)))
         if self.select_dtype is not None and self.select_dtype not in _DTYPES:
             raise _invalid("select_dtype", self.select_dtype, f"None or one of {list(_DTYPES)}")
+        for name in ("noise_std", "vae_beta"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v):
+                raise _invalid(name, v, "a finite number >= 0")
+        if not isinstance(self.mask_prob, (int, float)) or not 0.0 <= self.mask_prob < 1.0:
+            raise _invalid("mask_prob", self.mask_prob, "a number in [0, 1)")
+        if self.conv_kind not in ("1d", "2d"):
+            raise _invalid("conv_kind", self.conv_kind, "'1d' or '2d'")
+        if not isinstance(self.conv_channels, int) or self.conv_channels < 0:
+            raise _invalid("conv_channels", self.conv_channels, "an integer >= 0")
+        if not isinstance(self.conv_kernel, int) or self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise _invalid("conv_kernel", self.conv_kernel, "an odd integer >= 1")
         if (
             not isinstance(self.format_version, int)
             or not 1 <= self.format_version <= FORMAT_VERSION
@@ -207,6 +246,17 @@ def aux_k(sae: SAE, dead_mask_F: Tensor | None) -> tuple[int, float]:
     return min(k_full, n_dead), min(n_dead / k_full, 1.0)
 
 
+def aux_weight(x_BD: Tensor) -> Tensor:
+    """Weight that puts the normalised AuxK term in the units of the main loss.
+
+    Gao et al. 2024 (and sparsify) minimise FVU + aux_coeff * L_aux, both terms normalised.
+    Our main loss is the per-token squared error ||x - x_hat||^2 (summed over D), which is
+    FVU * v with v = ||x - mean(x)||^2 / B the batch's total variance per token. Adding
+    aux_coeff * v * L_aux therefore keeps the paper's balance between the two terms at any
+    width D and input scale. Without v the AuxK term would be about D times weaker."""
+    return (x_BD - x_BD.mean(0)).pow(2).sum().detach() / x_BD.shape[0]
+
+
 def auxk_loss(
     sae: SAE, x_BD: Tensor, x_hat_BD: Tensor, aux_pre_BK: Tensor, aux_idx_BK: Tensor, scale: float
 ) -> Tensor:
@@ -238,6 +288,9 @@ class SAE(nn.Module):
     architecture: str = ""
     unit_norm_decoder: bool = True
     uses_k: bool = False  # whether cfg.k matters (then it must be <= d_sae)
+    # False for models that are not one (D, F) linear map per token (the conv baseline: its
+    # (B, S, D) input is a sequence); tests of the token-wise SAE contract skip them.
+    tokenwise: bool = True
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from saelens_lite import kernels
-from saelens_lite.saes.base import SAE, TrainOutput, aux_k, auxk_loss
+from saelens_lite.saes.base import SAE, TrainOutput, aux_k, aux_weight, auxk_loss
 from saelens_lite.saes.registry import register
 
 
@@ -67,7 +67,7 @@ class TopKSAE(SAE):
             losses["auxk"] = auxk_loss(
                 self, x_BD, x_hat_BD, sel.aux_pre_BK, sel.aux_idx_BK, aux_scale
             )
-            loss = loss + cfg.aux_coeff * losses["auxk"]
+            loss = loss + cfg.aux_coeff * aux_weight(x_BD) * losses["auxk"]
         with torch.no_grad():
             pos_BK = vals_BK > 0
             fired_F = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x_BD.device)

@@ -4,7 +4,7 @@ Shape legend: B batch, D model width, F features, K active features per token,
 N = B*K selected (token, feature) pairs.
 
 One step computes, for z = ReLU(TopK_k(pre)), pre = (x - b_dec) @ W_enc + b_enc,
-x_hat = z @ W_dec + b_dec and L = ||x_hat - x||^2 / B  [+ aux_coeff * L_aux],
+x_hat = z @ W_dec + b_dec and L = ||x_hat - x||^2 / B  [+ aux_coeff * v * L_aux, v = saes.base.aux_weight],
 the gradients in closed form instead of through autograd (Gao et al. 2024, App. B.1 for AuxK):
 
   g_BD      = 2 (x_hat - x) / B                        dL/dx_hat
@@ -42,7 +42,7 @@ from torch import Tensor
 
 from saelens_lite import kernels
 from saelens_lite.kernels import sparse as _sparse
-from saelens_lite.saes.base import SAE
+from saelens_lite.saes.base import SAE, aux_weight
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,9 @@ def sparse_loss_and_grads(
         diff_BD = _decode(pa, va_N, W_dec_c) - e_BD
         denom = (e_BD - e_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
         auxk = scale * diff_BD.pow(2).sum() / denom
-        loss = loss + cfg.aux_coeff * auxk
-        ga_BD = diff_BD * (2 * cfg.aux_coeff * scale / denom)
+        weight = cfg.aux_coeff * aux_weight(x_BD)  # see saes.base.aux_weight
+        loss = loss + weight * auxk
+        ga_BD = diff_BD * (2 * weight * scale / denom)
         ga_c = c(ga_BD)
         gpa_N = pa.sampled_dot(ga_c, W_dec_c).to(pre_N.dtype) * (aux_pre_N > 0)
         ge, gd = pa.transposed_matmul_pair(gpa_N, xc_c, va_N, ga_c, W_enc.dtype)
