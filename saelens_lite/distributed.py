@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from saelens_lite.devices import resolve_device
+
 log = logging.getLogger(__name__)
 
 
@@ -70,12 +72,7 @@ def info() -> DistInfo:
 def device_for(device: str, local_rank: int) -> torch.device:
     """``auto``: ``cuda:LOCAL_RANK`` when CUDA is present, else CPU. A bare ``cuda`` becomes
     ``cuda:LOCAL_RANK`` too, so one command line serves every rank."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device={device!r}: use auto, cpu, cuda or cuda:N") from e
+    dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
     return dev
@@ -86,12 +83,7 @@ def setup(device: str = "auto") -> tuple[DistInfo, torch.device]:
     per process; an already initialised group is reused) and return (info, device)."""
     env = env_info()
     if not env.distributed:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            return env, torch.device(device)
-        except RuntimeError as e:
-            raise ValueError(f"device={device!r}: use auto, cpu, cuda or cuda:N") from e
+        return env, resolve_device(device)
     dev = device_for(device, env.local_rank)
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")

@@ -105,16 +105,6 @@ class HarvestConfig:
             raise ValueError(f"exclude={self.exclude!r}: choose one of {list(EXCLUDE_CHOICES)}")
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device={device!r}: use auto, cpu, cuda or cuda:N") from e
-
-
 def _model_dtype(cfg: HarvestConfig, device: torch.device) -> torch.dtype:
     if cfg.model_dtype != "auto":
         return DTYPES[cfg.model_dtype]
@@ -383,4 +373,4 @@ class _OverlappedWriter:
             raise self._err
 
 
-__all__ = ["HarvestConfig", "harvest", "resolve_device", "DTYPES", "EXCLUDE_CHOICES"]
+__all__ = ["HarvestConfig", "harvest", "DTYPES", "EXCLUDE_CHOICES"]

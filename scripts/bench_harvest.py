@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from saelens_lite.corpus import iter_documents, pack_contexts
-from saelens_lite.harvest import HarvestConfig, harvest, resolve_device
+from saelens_lite.devices import resolve_device
+from saelens_lite.harvest import HarvestConfig, harvest
 from saelens_lite.hooks import resolve_hooks
 from saelens_lite.models import load_model
 

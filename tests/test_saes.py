@@ -13,13 +13,7 @@ ARCHS = sorted(REGISTRY)
 TOKENWISE = [a for a in ARCHS if REGISTRY[a].tokenwise]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes: OpenMP fork/join overhead dominates (and stalls when the CPUs are shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 D, F, K = 16, 48, 4

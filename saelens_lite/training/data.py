@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from saelens_lite.devices import resolve_device
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HOOK = "activations"
@@ -323,7 +325,7 @@ def open_source(data, config) -> DataSource:
             data = StreamSource(config.model, hooks, dataset=config.dataset,
                                 text_column=config.text_column, context_size=config.context_size,
                                 model_batch_size=config.model_batch_size,
-                                buffer_contexts=config.buffer_contexts, device=_device(config.device))
+                                buffer_contexts=config.buffer_contexts, device=resolve_device(config.device))
         else:
             raise ValueError("data: pass data to train(), or set activations= or model= in the config")
     if isinstance(data, DataSource):
@@ -347,12 +349,6 @@ def open_source(data, config) -> DataSource:
                         "a tensor / array, a {hook: tensor} dict or a DataSource")
     source.select(hooks or source.hooks)
     return source
-
-
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 __all__ = ["DataSource", "ArraySource", "CacheSource", "StreamSource", "open_source", "load_array_file"]

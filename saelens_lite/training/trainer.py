@@ -128,15 +128,6 @@ class DeadLatentTracker:
 # Building blocks
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device={device!r}: use auto, cpu, cuda or cuda:N") from e
-
-
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA with ``dtype="auto"``; None (plain float32) otherwise."""
     if config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda"):
@@ -465,4 +456,4 @@ def _record(hook: str, r, st: _HookState, done: int, B: int) -> dict:
 
 
 __all__ = ["train", "lr_at", "sparsity_scale_at", "DeadLatentTracker", "build_sae",
-           "normalization_scale", "resolve_device", "autocast_dtype"]
+           "normalization_scale", "autocast_dtype"]
