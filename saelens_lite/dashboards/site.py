@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -41,8 +42,17 @@ from saelens_lite.dashboards.features import (
 
 log = logging.getLogger(__name__)
 
-#: Front-end sources, kept at the repository root (``dashboards/``) beside the package.
-ASSETS_DIR = Path(__file__).resolve().parents[2] / "dashboards"
+def _assets_dir() -> Path:
+    """Front-end sources: the repository's ``dashboards/`` (a checkout or editable install), else
+    the copy a wheel installs under ``<prefix>/share/saelens_lite/dashboards``."""
+    repo = Path(__file__).resolve().parents[2] / "dashboards"
+    if (repo / "index.html").is_file():
+        return repo
+    return Path(sys.prefix) / "share" / "saelens_lite" / "dashboards"
+
+
+#: Where the front-end sources are read from.
+ASSETS_DIR = _assets_dir()
 SITE_FORMAT = 1
 
 
