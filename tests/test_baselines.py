@@ -17,13 +17,7 @@ BASELINES = sorted(n for n, c in REGISTRY.items() if c.__module__.startswith("sa
 D, F = 16, 24
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions are ~30x slower with 2 threads on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_baseline_is_registered():

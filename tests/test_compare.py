@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from saelens_lite.cli import main
 from saelens_lite.compare import (
@@ -21,13 +20,7 @@ from saelens_lite.compare import (
 )
 from saelens_lite.saes import REGISTRY
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_auroc_matches_sklearn_with_ties():

@@ -211,20 +211,27 @@ TRAIN_KW = {
 }
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_short_training_reduces_fvu(arch):
-    sae = make(arch, d_sae=96, **TRAIN_KW.get(arch, {}))
-    sae.init_from_data_(synthetic(512, 99))
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
-    last_fired = torch.zeros(96)
-    for step in range(400):
-        out = sae.training_forward(synthetic(256, step), dead_mask_F=step - last_fired > 50)
+def _adam_steps(sae, *, steps: int, batch: int, lr: float, dead_after: int):
+    """Adam on `synthetic` batches as the trainer runs it (decoder hooks, dead mask after
+    `dead_after` steps without firing); returns (last TrainOutput, step each latent last fired)."""
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    last_fired = torch.zeros(sae.cfg.d_sae)
+    for step in range(steps):
+        out = sae.training_forward(synthetic(batch, step), dead_mask_F=step - last_fired > dead_after)
         last_fired[out.fired_F] = step
         opt.zero_grad()
         out.loss.backward()
         sae.before_optimizer_step_()
         opt.step()
         sae.after_optimizer_step_()
+    return out, last_fired
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_short_training_reduces_fvu(arch):
+    sae = make(arch, d_sae=96, **TRAIN_KW.get(arch, {}))
+    sae.init_from_data_(synthetic(512, 99))
+    out, _ = _adam_steps(sae, steps=400, batch=256, lr=1e-2, dead_after=50)
     x = synthetic(1024, 10_000)
     fvu = ((sae(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
     assert fvu < 0.3, fvu
@@ -348,16 +355,7 @@ def _train_on_synthetic(arch, steps=300, **kw):
     with torch.no_grad():
         sae.b_enc.zero_()
     sae.init_from_data_(synthetic(2048, 99))
-    opt = torch.optim.Adam(sae.parameters(), lr=5e-3)
-    last_fired = torch.zeros(128)
-    for step in range(steps):
-        out = sae.training_forward(synthetic(512, step), dead_mask_F=step - last_fired > 25)
-        last_fired[out.fired_F] = step
-        opt.zero_grad()
-        out.loss.backward()
-        sae.before_optimizer_step_()
-        opt.step()
-        sae.after_optimizer_step_()
+    _, last_fired = _adam_steps(sae, steps=steps, batch=512, lr=5e-3, dead_after=25)
     return sae, float((steps - 1 - last_fired > 50).float().mean())
 
 
