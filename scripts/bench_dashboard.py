@@ -25,7 +25,7 @@ import torch
 
 from saelens_lite.cache import ActivationCache
 from saelens_lite.dashboards import build_dashboard
-from saelens_lite.harvest import HarvestConfig, harvest
+from saelens_lite.harvesting import HarvestConfig, harvest
 from saelens_lite.models import load_model
 from saelens_lite.saes import SAE, SAEConfig
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from saelens_lite.dashboards import build_dashboard
 from saelens_lite.evals import evaluate, format_summary
-from saelens_lite.harvest import HarvestConfig, harvest
+from saelens_lite.harvesting import HarvestConfig, harvest
 from saelens_lite.models import load_model
 from saelens_lite.saes import SAE
 from saelens_lite.training import TrainConfig, train

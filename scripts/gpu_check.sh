@@ -94,7 +94,7 @@ part "harvest tiny-llama: overlapped vs plain" 30 $PY - <<'EOF'
 import shutil, time
 import torch
 import numpy as np
-from saelens_lite.harvest import HarvestConfig, harvest
+from saelens_lite.harvesting import HarvestConfig, harvest
 from saelens_lite.models import load_model
 
 lm = load_model("tiny-llama", device="cuda", dtype=torch.bfloat16)  # as harvest does on CUDA

@@ -140,7 +140,7 @@ def _ensure_cache(args):
 
     path = pathlib.Path(args.cache)
     if not (path / "manifest.json").exists():
-        from saelens_lite.harvest import HarvestConfig, harvest
+        from saelens_lite.harvesting import HarvestConfig, harvest
 
         log.info("harvesting %d tokens of %s at %s into %s", args.harvest_tokens, args.model,
                  args.hook, path)

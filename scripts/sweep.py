@@ -46,7 +46,7 @@ def main() -> None:
 
     from saelens_lite.cache import ActivationCache
     from saelens_lite.evals import evaluate
-    from saelens_lite.harvest import HarvestConfig, harvest
+    from saelens_lite.harvesting import HarvestConfig, harvest
     from saelens_lite.models import load_model
     from saelens_lite.training import TrainConfig, train
 

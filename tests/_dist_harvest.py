@@ -4,7 +4,7 @@
 import json
 import sys
 
-from saelens_lite.harvest import HarvestConfig, harvest
+from saelens_lite.harvesting import HarvestConfig, harvest
 
 if __name__ == "__main__":
     harvest(HarvestConfig(**json.loads(open(sys.argv[1]).read())), sys.argv[2], progress=False)

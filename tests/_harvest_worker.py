@@ -4,7 +4,7 @@ between shard commits. Usage: python _harvest_worker.py OUT CORPUS SLEEP_SECONDS
 import sys
 import time
 
-import saelens_lite.harvest as h
+import saelens_lite.harvesting as h
 
 out, corpus, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
 _capture = h.capture

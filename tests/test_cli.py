@@ -12,7 +12,7 @@ from saelens_lite.cli import build_parser, main
 def test_harvest_help_lists_every_config_field_with_default(capsys):
     from dataclasses import fields
 
-    from saelens_lite.harvest import HarvestConfig
+    from saelens_lite.harvesting import HarvestConfig
 
     with pytest.raises(SystemExit):
         main(["harvest", "--help"])

@@ -51,7 +51,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    from saelens_lite.harvest import HarvestConfig, harvest
+    from saelens_lite.harvesting import HarvestConfig, harvest
     from saelens_lite.models import load_model
     from saelens_lite.saes import SAE, SAEConfig
 

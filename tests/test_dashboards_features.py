@@ -21,7 +21,7 @@ HOOK = "blocks.1.hook_resid_post"
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):
-    from saelens_lite.harvest import HarvestConfig, harvest
+    from saelens_lite.harvesting import HarvestConfig, harvest
 
     cfg = HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=2500, context_size=48, batch_size=8,
                         shard_tokens=700)  # several shards, a short last one

@@ -25,7 +25,7 @@ def lm():
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, lm):
-    from saelens_lite.harvest import HarvestConfig, harvest
+    from saelens_lite.harvesting import HarvestConfig, harvest
 
     cfg = HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=1500, context_size=40, shard_tokens=500)
     return harvest(cfg, tmp_path_factory.mktemp("site") / "cache", model=lm, progress=False)
@@ -148,7 +148,7 @@ def test_cli_dashboard_writes_a_site(tmp_path, sae, cache):
 
 
 def test_encoder_model_site_has_a_note_instead_of_logit_effects(tmp_path):
-    from saelens_lite.harvest import HarvestConfig, harvest
+    from saelens_lite.harvesting import HarvestConfig, harvest
     from saelens_lite.models import load_model
     from saelens_lite.saes import SAE, SAEConfig
 

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from saelens_lite import distributed
 from saelens_lite.cache import ActivationCache
-from saelens_lite.harvest import HarvestConfig, harvest
+from saelens_lite.harvesting import HarvestConfig, harvest
 from saelens_lite.saes import SAE
 from saelens_lite.training import TrainConfig, train
 

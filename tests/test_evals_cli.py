@@ -8,7 +8,7 @@ from saelens_lite.cli import main
 
 
 def test_cli_eval_writes_json_and_markdown(tmp_path, capsys):
-    from saelens_lite.harvest import HarvestConfig, harvest
+    from saelens_lite.harvesting import HarvestConfig, harvest
     from saelens_lite.saes import SAE, SAEConfig
 
     hook = "blocks.1.hook_resid_post"

@@ -6,7 +6,7 @@ import pytest
 @pytest.mark.slow
 def test_briefly_trained_sae_is_between_clean_and_zero_ablation(tmp_path, smollm2):
     from saelens_lite.evals import evaluate, format_summary
-    from saelens_lite.harvest import HarvestConfig, harvest
+    from saelens_lite.harvesting import HarvestConfig, harvest
     from saelens_lite.training import TrainConfig, train
 
     hook = "blocks.9.hook_resid_post"

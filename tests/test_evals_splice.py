@@ -110,7 +110,7 @@ def test_ignore_sets(tiny_gpt2, tiny_llama):
 
 
 def test_evaluate_with_model_fills_downstream_keys(tmp_path, tiny_llama):
-    from saelens_lite.harvest import HarvestConfig, harvest
+    from saelens_lite.harvesting import HarvestConfig, harvest
 
     cache = harvest(HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=300, context_size=24, device="cpu"),
                     tmp_path / "c", model=tiny_llama, progress=False)

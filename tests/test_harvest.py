@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from saelens_lite.cache import ActivationCache
-from saelens_lite.harvest import HarvestConfig, harvest
+from saelens_lite.harvesting import HarvestConfig, harvest
 from saelens_lite.hooks import UnknownHookError
 from saelens_lite.models import load_model
 

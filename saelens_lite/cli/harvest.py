@@ -9,7 +9,7 @@ from saelens_lite.cli._common import Formatter
 
 
 def add(sub) -> None:
-    from saelens_lite.harvest import DTYPES, EXCLUDE_CHOICES, HarvestConfig
+    from saelens_lite.harvesting import DTYPES, EXCLUDE_CHOICES, HarvestConfig
 
     p = sub.add_parser("harvest", help="harvest hook activations into an on-disk cache", formatter_class=Formatter,
                        description="Run the model over a corpus and write the activations of every hook (one "
@@ -24,7 +24,7 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saelens_lite.harvest import HarvestConfig, harvest
+    from saelens_lite.harvesting import HarvestConfig, harvest
 
     cfg = dataclass_from_args(HarvestConfig, args)
     cache = harvest(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)

@@ -246,7 +246,7 @@ class StreamSource(DataSource):
             yield from self._contexts_once()
 
     def _keep(self, ids_BS: torch.Tensor, attn_BS: torch.Tensor) -> torch.Tensor:
-        from saelens_lite.harvest import _keep_mask
+        from saelens_lite.harvesting import _keep_mask
 
         return _keep_mask(ids_BS, attn_BS, self.exclude, self.lm.tokenizer)
 
