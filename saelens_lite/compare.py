@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from saelens_lite._validate import check_ints
+
 log = logging.getLogger(__name__)
 
 
@@ -79,10 +81,7 @@ class CompareConfig:
     """Seed of the splits, inits and data order."""
 
     def __post_init__(self) -> None:
-        for name in ("latents", "k", "tokens", "batch_size", "probe_latents", "max_eval"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"CompareConfig.{name}={v!r} is invalid; allowed: an integer >= 1")
+        check_ints(self, ("latents", "k", "tokens", "batch_size", "probe_latents", "max_eval"), minimum=1)
         if not self.lr > 0:
             raise ValueError(f"CompareConfig.lr={self.lr!r} is invalid; allowed: a number > 0")
         if self.k > self.latents or any(k > self.latents for k in self.frontier_ks):

@@ -44,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saelens_lite import distributed
+from saelens_lite._validate import check_ints
 from saelens_lite.cache import MANIFEST, ActivationCache, CacheWriter, write_merged_manifest
 from saelens_lite.corpus import iter_documents, pack_contexts
 from saelens_lite.hooks import capture, hook_widths, resolve_hooks
@@ -91,10 +92,7 @@ class HarvestConfig:
     def __post_init__(self) -> None:
         if not self.hooks:
             raise ValueError("hooks: give at least one hook point name")
-        for name in ("context_size", "tokens", "batch_size", "shard_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}={value!r}: must be a positive integer")
+        check_ints(self, ("context_size", "tokens", "batch_size", "shard_tokens"), minimum=1)
         if self.context_size < 2:
             raise ValueError(f"context_size={self.context_size}: must be at least 2")
         if self.dtype not in DTYPES:

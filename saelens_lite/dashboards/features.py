@@ -34,6 +34,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saelens_lite._validate import check_ints
+
 log = logging.getLogger(__name__)
 
 
@@ -67,14 +69,9 @@ class DashboardConfig:
     """Seed of the quantile sampling."""
 
     def __post_init__(self) -> None:
-        for name in ("n_top", "n_quantiles", "n_bins", "batch_size", "shard_features"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"DashboardConfig.{name}={v!r} is invalid; allowed: an integer >= 1")
-        for name in ("n_per_quantile", "window_before", "window_after", "n_logits", "n_neighbours"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"DashboardConfig.{name}={v!r} is invalid; allowed: an integer >= 0")
+        check_ints(self, ("n_top", "n_quantiles", "n_bins", "batch_size", "shard_features"), minimum=1)
+        check_ints(self, ("n_per_quantile", "window_before", "window_after", "n_logits", "n_neighbours"),
+                   minimum=0)
 
 
 @dataclass

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saelens_lite._validate import check_ints
+
 log = logging.getLogger(__name__)
 
 
@@ -63,10 +65,7 @@ class SyntheticConfig:
     """Seed of the dictionary, the rates and the scales (token draws take their own seed)."""
 
     def __post_init__(self) -> None:
-        for name in ("d", "n_features", "group_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}={v!r}: must be an integer >= 1")
+        check_ints(self, ("d", "n_features", "group_size"), minimum=1)
         if not 0 < self.mean_active <= self.n_features:
             raise ValueError(f"mean_active={self.mean_active!r}: must be in (0, n_features={self.n_features}]")
         if not 0 <= self.correlation < 1:

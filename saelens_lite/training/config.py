@@ -11,6 +11,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from saelens_lite._validate import check_ints
+
 DECAYS = ("linear", "cosine", "none")
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 DTYPES = ("auto", "float32", "bfloat16")
@@ -166,16 +168,14 @@ class TrainConfig:
         archs = architectures()
         if self.architecture not in archs:
             raise ValueError(f"architecture={self.architecture!r}: choose one of {archs}")
-        for name in ("expansion", "k", "batch_size", "tokens", "init_sample_tokens",
+        check_ints(self, ("expansion", "k", "batch_size", "tokens", "init_sample_tokens",
                      "context_size", "model_batch_size", "buffer_contexts", "dead_window_tokens",
-                     "keep_checkpoints", "log_every"):
-            _check_int(name, getattr(self, name), minimum=1)
-        for name in ("sparsity_warmup_steps", "checkpoint_every", "seed"):
-            _check_int(name, getattr(self, name), minimum=0)
+                     "keep_checkpoints", "log_every"), minimum=1)
+        check_ints(self, ("sparsity_warmup_steps", "checkpoint_every", "seed"), minimum=0)
         if self.warmup_steps is not None:
-            _check_int("warmup_steps", self.warmup_steps, minimum=0)
+            check_ints(self, ("warmup_steps",), minimum=0)
         if self.latents is not None:
-            _check_int("latents", self.latents, minimum=1)
+            check_ints(self, ("latents",), minimum=1)
         if self.sparsity_coeff is not None and not (_finite(self.sparsity_coeff) and self.sparsity_coeff >= 0):
             raise ValueError(f"sparsity_coeff={self.sparsity_coeff!r}: must be a finite number >= 0")
         if self.lr is not None and not (_finite(self.lr) and self.lr > 0):
@@ -274,11 +274,6 @@ def _norm(v):
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _check_int(name: str, value, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
 
 
 __all__ = ["TrainConfig", "architectures", "DECAYS", "B_DEC_INITS", "RESUME_FREE_FIELDS",
