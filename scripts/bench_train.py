@@ -9,6 +9,11 @@ Implementations, same shape, same data, same optimiser (torch.optim.Adam, defaul
                          CUDA bf16 encoder matmul + decoder table (fp32 master weights, fused
                          Adam), Triton kernels, whole step in a CUDA graph; on CPU eager
   saelens_lite topk-fast   the same step without the CUDA graph
+  saelens_lite topk-graph-torchsel   the graph step with matmul + torch.topk instead of the
+                         fused Triton matmul + top-k kernel (CUDA; the same on CPU)
+  saelens_lite topk-graph-aux        the graph step with 10% of latents dead (AuxK runs over
+                         at most max(2 k_aux, F/8) dead candidates); -aux-full: over all F
+                         latents, unfused (the previous behaviour)
   saelens_lite batchtopk-graph   the fast step for BatchTopK
   sparsify               EleutherAI sparsify SparseCoder (fused encoder + sparse decoder)
   saelens, saelens-bf16  SAELens TopKTrainingSAE (fp32; bf16 autocast)
@@ -43,6 +48,9 @@ IMPLS = [
     "saelens_lite-topk-bf16select",
     "saelens_lite-topk-graph",
     "saelens_lite-topk-fast",
+    "saelens_lite-topk-graph-torchsel",
+    "saelens_lite-topk-graph-aux",
+    "saelens_lite-topk-graph-aux-full",
     "saelens_lite-batchtopk-graph",
     "sparsify",
     "saelens",
@@ -72,19 +80,29 @@ def build(impl: str, D: int, F: int, K: int, dev: str):
     """Return a one-argument training-step closure for `impl` (raises when unavailable)."""
     if impl.endswith("-bf16"):
         return _autocast_bf16(build(impl.removesuffix("-bf16"), D, F, K, dev), dev)
-    if impl.startswith("saelens_lite") and impl.endswith(("-graph", "-fast")):
+    parts = impl.split("-")
+    if impl.startswith("saelens_lite") and parts[2] in ("graph", "fast"):
         from saelens_lite.saes import SAE, SAEConfig
         from saelens_lite.training.fast_step import FastTrainStep
 
-        arch = impl.split("-")[1]
-        sae = SAE.from_config(SAEConfig(architecture=arch, d_in=D, d_sae=F, k=K)).to(dev)
+        extra = parts[3:]
+        sae = SAE.from_config(SAEConfig(architecture=parts[1], d_in=D, d_sae=F, k=K)).to(dev)
         cuda = dev == "cuda"
         opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=cuda, capturable=cuda)
-        return FastTrainStep(sae, opt, cuda_graph=impl.endswith("graph"))
+        full = extra == ["aux", "full"]
+        fs = FastTrainStep(
+            sae, opt, cuda_graph=parts[2] == "graph",
+            select="torch" if "torchsel" in extra or full else "auto",
+            aux_candidates=F if full else None,
+        )  # fmt: skip
+        if "aux" not in extra:
+            return fs
+        dead_F = torch.rand(F, generator=torch.Generator().manual_seed(1)) < 0.1
+        dead_F = dead_F.to(dev)
+        return lambda x: fs(x, dead_F)
     if impl.startswith("saelens_lite"):
         from saelens_lite.saes import SAE, SAEConfig
 
-        parts = impl.split("-")
         sae = SAE.from_config(
             SAEConfig(
                 architecture=parts[1],
@@ -248,7 +266,29 @@ def check_fast_step(dev: str, D: int = 64, F: int = 512, K: int = 8, B: int = 25
         tag = "no dead" if dead_mask is None else "AuxK"
         print(f"check fast step ({tag}) vs float64: {'ok' if good else 'FAIL'} "
               + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))  # fmt: skip
+    if dev == "cuda":
+        ok &= check_fused_topk()
     return ok
+
+
+def check_fused_topk(D: int = 768, F: int = 24576, K: int = 32, B: int = 4096) -> bool:
+    """The fused matmul + top-k kernel against cuBLAS matmul + torch.topk at the issue's first
+    shape: the selected values may differ only where the two matmuls round differently."""
+    from saelens_lite.kernels import triton_topk
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    xc = torch.randn(B, D, device="cuda", generator=g).bfloat16()
+    W = (torch.randn(F, D, device="cuda", generator=g) / D**0.5).bfloat16().T
+    b = (torch.randn(F, device="cuda", generator=g) * 0.1).bfloat16()
+    vals, idx = triton_topk.encode_topk(xc, W, b, K)
+    rv, _ = triton_topk.encode_topk_reference(xc, W, b, K)
+    exact = (xc.double() @ W.double() + b.double()).gather(1, idx)
+    same = (vals.float().sort(-1).values == rv.float().sort(-1).values).all(-1).float().mean()
+    err = ((vals.double() - exact).abs() / exact.abs().clamp_min(1e-3)).max().item()
+    good = same.item() > 0.99 and err < 1e-2
+    print(f"check fused top-k vs torch.topk: {'ok' if good else 'FAIL'} rows identical "
+          f"{same.item():.4f}, max rel error of the values {err:.1e}")  # fmt: skip
+    return good
 
 
 def _vm_kib(key: str) -> int:
@@ -326,9 +366,20 @@ def main() -> None:
         default=None,
         help="torch CPU threads (1 is far less sensitive to other load on a shared machine)",
     )
+    ap.add_argument(
+        "--topk-blocks",
+        nargs=3,
+        type=int,
+        metavar=("BLOCK_B", "BLOCK_F", "BLOCK_D"),
+        help="largest tiles of the fused matmul + top-k kernel (CUDA)",
+    )
     ap.add_argument("--check", action="store_true", help="check the fast step, then exit")
     ap.add_argument("--mem-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.topk_blocks:
+        from saelens_lite.kernels import triton_topk
+
+        triton_topk.BLOCKS = tuple(args.topk_blocks)
     if args.check:
         sys.exit(0 if check_fast_step(args.device) else 1)
     shapes = args.shape or [[576, 4608, 32, 2048]]
@@ -363,14 +414,14 @@ def main() -> None:
             else {i: measure_memory(i, (D, F, K, B), args.device) for i in built}
         )
         peers = [p for p in PEERS if p in secs]
-        head = f"  {'impl':28s} {'tok/s':>9s} {'ms/step':>8s} {'peak MiB':>9s}" + "".join(
+        head = f"  {'impl':34s} {'tok/s':>9s} {'ms/step':>8s} {'peak MiB':>9s}" + "".join(
             f" {'x ' + p:>10s}" for p in peers
         )
         print(head)
         for impl, s in secs.items():
             m = mem.get(impl)
             row = (
-                f"  {impl:28s} {B / s:9.0f} {s * 1e3:8.1f} {'-' if m is None else f'{m:9.0f}':>9s}"
+                f"  {impl:34s} {B / s:9.0f} {s * 1e3:8.1f} {'-' if m is None else f'{m:9.0f}':>9s}"
             )
             row += "".join(f" {secs[p] / s:10.2f}" for p in peers)
             print(row, flush=True)

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# One GPU check of the fast TopK training path wired into train() (issue 7, part 2): ~3 minutes
-# on an H100, at most ~4 (the sum of the parts' timeouts).
-# Run from the repo root on the GPU machine; $OUT (default ./gpu_out) receives gpu_log.txt.
-#   1. fast step vs a float64 dense reference at a small shape (bench_train.py --check)
-#   2. end-to-end train() tokens/s, fast_step=auto (CUDA graph) vs off (autograd), same data,
-#      at the issue's two shapes; each run times the steps before the dead window passes (no
-#      AuxK) and after it (dead mask in, AuxK selection runs), data on the GPU; plus auto with
-#      the data in host memory (the host gather + copy bound)
-#   3. CUDA tests: triton kernels, the cuda cases of test_kernels, train() with the fast step
-#   4. harvest of tiny-llama on CUDA: the overlapped writer (GPU gather, pinned copy, writer
-#      thread) vs the plain loop, tokens/s and whether the caches are identical
-#   5. step-only speed at the first shape (autograd, eager fast step, graph, sparsify); the
-#      second shape and the kernel profile of the previous check are left out for time
-# Every part runs under its own `timeout`; a failing part does not stop the others.
-# The most important numbers come first so a slow part cannot crowd them out.
+# One GPU check of the fast TopK training path (issue 7): ~6 minutes on an H100, at most ~8
+# (the sum of the parts' timeouts). Run from the repo root on the GPU machine; $OUT (default
+# ./gpu_out) receives gpu_log.txt. The most important numbers come first so a slow part cannot
+# crowd them out; every part runs under its own `timeout`, a failing part does not stop others.
+#   1. fast step vs a float64 dense reference at a small shape, and the fused matmul + top-k
+#      kernel vs cuBLAS + torch.topk at the first shape (bench_train.py --check)
+#   2. step speed at both shapes: the graph step with the fused top-k (topk-graph) vs the
+#      unfused one (-torchsel), with 10% dead latents (AuxK over the bounded candidate set,
+#      -aux) vs over all latents unfused (-aux-full, the previous behaviour), and the peers
+#   3. tile sizes of the fused kernel at the first shape
+#   4. end-to-end train() tokens/s, fast_step=auto (CUDA graph) vs off (autograd), same data,
+#      at the issue's two shapes, before and after the dead window (AuxK), plus auto with the
+#      data in host memory (the host gather + copy bound)
+#   5. CUDA tests: triton kernels, the cuda cases of test_kernels, train() with the fast step
+#   6. harvest of tiny-llama on CUDA: the overlapped writer vs the plain loop
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -41,10 +41,19 @@ fi
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" || true
 
-BENCH=(scripts/bench_train.py --device cuda --rounds 2 --steps 10 --no-memory
-       --impls saelens_lite-topk saelens_lite-topk-fast saelens_lite-topk-graph sparsify)
+BENCH=(scripts/bench_train.py --device cuda --rounds 2 --steps 10 --no-memory)
+OURS=(saelens_lite-topk-graph saelens_lite-topk-graph-torchsel saelens_lite-topk-graph-aux
+      saelens_lite-topk-graph-aux-full)
 
-part "check vs float64" 30 $PY scripts/bench_train.py --device cuda --check
+part "check vs float64" 40 $PY scripts/bench_train.py --device cuda --check
+part "bench D=768 F=24576 K=32 B=16384" 60 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
+    --impls "${OURS[@]}" sparsify dense-bf16
+part "bench D=2304 F=16384 K=64 B=8192" 75 $PY "${BENCH[@]}" --shape 2304 16384 64 8192 \
+    --impls "${OURS[@]}" sparsify dense-bf16 saelens-bf16
+for blocks in "128 128 64" "64 128 64" "128 256 32" "32 256 64"; do
+    part "fused tiles $blocks" 30 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
+        --impls saelens_lite-topk-graph --topk-blocks $blocks
+done
 part "train() end to end: fast_step auto vs off" 90 $PY - <<'EOF'
 import json, logging, time
 import torch
@@ -116,7 +125,6 @@ same = np.array_equal(a.token_ids, b.token_ids) and all(
     np.array_equal(np.asarray(a.activations(h)[:]), np.asarray(b.activations(h)[:])) for h in a.hook_names)
 print(f"harvest caches identical: {same}")
 EOF
-part "bench D=768 F=24576 K=32 B=16384" 45 $PY "${BENCH[@]}" --shape 768 24576 32 16384
 echo "=== summary (tok/s; x peer = our speed / peer's) ==="
-grep -E "^e2e|^harvest|^shape|impl  |^  (saelens|sparsify|dense|skip|fail)|check fast step|passed|failed|rc=[1-9]" "$LOG" || true
+grep -E "^e2e|^harvest|^shape|^=== fused|impl  |^  (saelens|sparsify|dense|skip|fail)|check f|passed|failed|rc=[1-9]" "$LOG" || true
 echo "total $(($(date +%s) - t0))s"

@@ -4,6 +4,7 @@ Without CUDA the Triton kernels run in Triton's interpreter (TRITON_INTERPRET=1,
 triton is imported); without triton those tests skip. The fast-step oracle tests need neither.
 """
 
+import math
 import os
 
 import pytest
@@ -226,13 +227,16 @@ def test_fast_step_rejects_unsupported_configs():
 def test_bf16_fast_step_is_within_bf16_error_of_float64_reference(
     arch, triton_dispatch, monkeypatch
 ):
-    """The CUDA path's arithmetic (bf16 matmul and gathered rows, fp32 accumulation); on a CPU
-    through the Triton interpreter."""
+    """The CUDA path's arithmetic (fused bf16 matmul + top-k, bf16 gathered rows, fp32
+    accumulation); on a CPU through the Triton interpreter."""
     monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    calls, fused = [], _tt().encode_topk
+    monkeypatch.setattr(_tt(), "encode_topk", lambda *a: calls.append(1) or fused(*a))
     shape = dict(d=32, f=64, k=4)
     sae = _sae(dtype="float32", device=DEV, arch=arch, **shape)
     x = _rand(32, 32, seed=3).float().to(DEV)
     res = sparse_loss_and_grads(sae, x, compute_dtype=torch.bfloat16)
+    assert calls, "the selection should have gone through the fused kernel"
     ref = _sae(dtype="float64", arch=arch, **shape)
     ref.load_state_dict({k: v.double().cpu() for k, v in sae.state_dict().items()})
     xr = x.double().cpu()
@@ -266,3 +270,148 @@ def test_cuda_graph_step_equals_eager_step():
     # atomics (index_add_) may flip Adam's sign(g) where g ~ 0: compare by relative norm
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert (p - q).norm() <= 1e-3 * p.norm() + 1e-6, name
+
+
+def _tt():
+    from saelens_lite.kernels import triton_topk
+
+    return triton_topk
+
+
+def test_packed_keys_sort_like_their_floats_and_unpack_exactly():
+    vals = torch.cat([_rand(500, seed=11) * 10.0 ** _rand(500, seed=12).clamp(-3, 3),
+                      torch.tensor([0.0, -0.0, 3.0, 3.0, float("inf"), -float("inf")])])
+    vals = vals.to(torch.bfloat16)  # ties: 3.0 twice, bf16 rounding collides more  # fmt: skip
+    cols = torch.randperm(len(vals), generator=torch.Generator().manual_seed(0))
+    keys = _tt().pack_keys(vals, cols)
+    # integer order = float order with -0 < +0, ties broken by the larger column
+    f = vals.tolist()
+    order = sorted(range(len(f)), key=lambda i: (f[i], math.copysign(1.0, f[i]), int(cols[i])))
+    assert keys.argsort().tolist() == order
+    v, c = _tt().unpack_keys(keys, torch.bfloat16)
+    assert torch.equal(v.view(torch.int16), vals.view(torch.int16))  # bit-exact, -0 included
+    assert torch.equal(c, cols)
+    with pytest.raises(ValueError, match="bfloat16"):
+        _tt().pack_keys(vals.float(), cols)
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "B, D, F_, k, blocks",
+    [(19, 24, 200, 5, (16, 64, 16)),  # 4 tiles (the last partial), k not a power of 2
+     (5, 16, 64, 8, None),  # default blocks clipped to the problem, one tile
+     (33, 40, 130, 16, (16, 32, 16))],  # KT = BLOCK_F / 2, partial row and D blocks
+)  # fmt: skip
+def test_fused_encode_topk_is_the_exact_topk_of_the_bf16_preacts(B, D, F_, k, blocks):
+    tt = _tt()
+    g = torch.Generator().manual_seed(B)
+    xc = torch.randn(B, D, generator=g).to(DEV, torch.bfloat16)
+    W = (torch.randn(F_, D, generator=g) * 0.3).to(DEV, torch.bfloat16).T  # (D, F) col-major
+    b = (torch.randn(F_, generator=g) * 0.1).to(DEV, torch.bfloat16)
+    vals, idx = tt.encode_topk(xc, W, b, k, blocks)
+    assert vals.shape == idx.shape == (B, k) and vals.dtype == torch.bfloat16
+    pre = (xc.double() @ W.double() + b.double()).to(torch.bfloat16)  # exact products, rounded
+    # the returned values are the pre-activations at the returned columns...
+    assert torch.equal(pre.gather(1, idx), vals)
+    assert all(len(set(r)) == k for r in idx.tolist())  # ...distinct columns...
+    # ...and they are the k largest (as multisets: ties may pick other columns)
+    ref_vals, _ = tt.encode_topk_reference(xc, W, b, k)
+    assert torch.equal(vals.float().sort(-1).values, ref_vals.float().sort(-1).values)
+
+
+@needs_triton
+def test_fused_encode_topk_refuses_what_it_cannot_pack():
+    tt = _tt()
+    x = torch.zeros(4, 16, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="bfloat16"):
+        tt.tile_candidates(x.float(), torch.zeros(16, 64), torch.zeros(64), 4)
+    with pytest.raises(ValueError, match="BLOCK_F"):
+        tt.tile_candidates(x, torch.zeros(16, 64, dtype=torch.bfloat16),
+                           torch.zeros(64, dtype=torch.bfloat16), 64, (16, 32, 16))  # fmt: skip
+    assert tt.supports(torch.bfloat16, 1 << 16, 64)
+    assert not tt.supports(torch.bfloat16, (1 << 16) + 1, 32)
+    assert not tt.supports(torch.float32, 1024, 32)
+    assert not tt.supports(torch.bfloat16, 1024, 65)
+
+
+def test_fast_step_select_mode_is_validated():
+    sae = _sae(dtype="float32")
+    with pytest.raises(ValueError, match="'bogus'.*allowed"):
+        FastTrainStep(sae, torch.optim.Adam(sae.parameters()), select="bogus")
+
+
+def test_fused_select_names_why_it_cannot_run(monkeypatch):
+    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    sae = _sae(dtype="float64")  # float32 compute: not servable by the fused kernel
+    with pytest.raises(ValueError, match="select='fused' needs"):
+        sparse_loss_and_grads(sae, _rand(9, 12), compute_dtype=torch.float32, select="fused")
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_bounded_aux_selection_equals_the_full_one_when_few_latents_are_dead(arch, monkeypatch):
+    """n_dead <= M: every dead latent is a candidate, so the bounded AuxK selection is the
+    full masked one (float32 'low precision' on a float64 model keeps the check tight)."""
+    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    sae = _sae(dtype="float64", arch=arch, f=40)
+    x, dead = _rand(9, 12, seed=7), torch.zeros(40, dtype=torch.bool)
+    dead[[1, 5, 6, 20, 33, 39]] = True  # 6 dead <= M = 8 (aux_k = 6)
+    kw = dict(dead_mask_F=dead, compute_dtype=torch.float32)
+    full = sparse_loss_and_grads(sae, x, aux_candidates=40, **kw)
+    bounded = sparse_loss_and_grads(sae, x, aux_candidates=8, **kw)
+    assert full.out.auxk > 0
+    torch.testing.assert_close(bounded.out.loss, full.out.loss)
+    for name in full.grads:
+        torch.testing.assert_close(bounded.grads[name], full.grads[name], msg=name)
+
+
+def test_bounded_aux_selection_is_autograd_auxk_over_the_drawn_dead_subset(monkeypatch):
+    """n_dead > M: AuxK runs over M dead latents drawn uniformly at random; replaying the draw,
+    it equals the model's own AuxK (float64 autograd) with the dead mask cut to that subset."""
+    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    sae, ref = _sae(dtype="float64"), _sae(dtype="float64")
+    x, dead = _rand(9, 12, seed=7), torch.zeros(40, dtype=torch.bool)
+    dead[::2] = True  # 20 dead > M = 12
+    subsets = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        res = sparse_loss_and_grads(
+            sae, x, dead_mask_F=dead, compute_dtype=torch.float32, aux_candidates=12
+        )
+        torch.manual_seed(seed)
+        drawn = torch.zeros(40, dtype=torch.bool)
+        drawn[(torch.rand(40) + 2 * dead).topk(12).indices] = True
+        assert not (drawn & ~dead).any()
+        subsets.append(drawn)
+        ref.zero_grad()
+        out = ref.training_forward(x, dead_mask_F=drawn)
+        out.loss.backward()
+        torch.testing.assert_close(res.out.loss, out.loss.detach(), rtol=1e-5, atol=1e-7)
+        for name, q in ref.named_parameters():
+            torch.testing.assert_close(res.grads[name], q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert not torch.equal(*subsets)  # a fresh draw each step
+
+
+def test_auto_select_falls_back_for_good_when_the_fused_kernel_fails(monkeypatch, caplog):
+    """A kernel that fails to compile on some GPU must not stop training under "auto"."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    monkeypatch.setattr(sparse_mod, "_use_triton", lambda t: True)
+    monkeypatch.setattr(fast_step, "_FUSED_FAILED", [])
+    calls = []
+
+    def broken(*a):
+        calls.append(1)
+        raise RuntimeError("out of resources: shared memory")
+
+    monkeypatch.setattr(_tt(), "encode_topk", broken)
+    sae, x = _sae(dtype="float32", d=32, f=64), _rand(16, 32, seed=3).float()
+    kw = dict(compute_dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="out of resources"):
+        sparse_loss_and_grads(sae, x, select="fused", **kw)
+    ref = sparse_loss_and_grads(sae, x, select="torch", **kw)
+    for _ in range(2):
+        res = sparse_loss_and_grads(sae, x, **kw)
+        assert torch.equal(res.idx_BK, ref.idx_BK) and torch.equal(res.out.loss, ref.out.loss)
+    assert len(calls) == 2  # tried once under "auto", then never again
+    assert "fused top-k kernel failed" in caplog.text

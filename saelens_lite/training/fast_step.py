@@ -20,7 +20,11 @@ once in a CUDA graph and replayed, which removes the launch overhead that domina
 sizes. On CUDA `compute_dtype` (bfloat16) is the dtype of the encoder matmul and of every row
 the sparse kernels gather (W_dec, x - b_dec, the output gradient), halving their traffic;
 they accumulate in float32, and weights, gradients and optimiser state stay in the parameter
-dtype (float32 masters).
+dtype (float32 masters). There the top-k comes from the fused Triton matmul + top-k kernel
+(`kernels.triton_topk`: the (B, F) pre-activations are never written), and the AuxK top-k_aux
+is taken among at most M = max(2 k_aux, F/8) candidate latents: all dead ones when at most M
+are dead (exact), else a fresh uniform draw of M of them per step. So no step materialises a
+(B, F) matrix.
 
 BatchTopK (Bussmann et al. 2024) uses the same kernels on a fixed-width pattern: each row's top
 m = 2k candidates (the model's first m), with every candidate outside the batch's top B*k (or
@@ -87,8 +91,48 @@ def _decode(p: kernels.SparsePattern, vals_N: Tensor, table_FD: Tensor) -> Tenso
     return p.gather_rows_sum(vals_N, table_FD).to(vals_N.dtype)  # Triton: fp32 accumulation
 
 
-def _select(sae: SAE, x_BD, xc_lp_BD, k: int, dead_mask_F, k_aux: int, lowp):
-    """(pre_BK, idx_BK, aux_pre_BK, aux_idx_BK) in the parameter dtype."""
+SELECT_MODES = ("auto", "fused", "torch")
+_FUSED_FAILED: list[str] = []  # why the fused kernel failed to compile or run ("auto" stops)
+
+
+def _fused_ok(mode: str, xc_lp_BD: Tensor, F_: int, k: int) -> bool:
+    """Whether the low-precision selection uses the fused Triton matmul + top-k kernel."""
+    if mode not in SELECT_MODES:
+        raise ValueError(f"select={mode!r} is invalid; allowed: {SELECT_MODES}")
+    if mode == "torch":
+        return False
+    from saelens_lite.kernels import triton_topk  # imported here: triton is optional
+
+    ok = _sparse._use_triton(xc_lp_BD) and triton_topk.supports(xc_lp_BD.dtype, F_, k)
+    ok = ok and not (_FUSED_FAILED and mode == "auto")
+    if mode == "fused" and not ok:
+        raise ValueError(
+            f"select='fused' needs Triton on CUDA, bfloat16 compute, F <= {triton_topk.MAX_F} "
+            f"and k <= {triton_topk.MAX_K}; got device {xc_lp_BD.device.type}, "
+            f"{xc_lp_BD.dtype}, F={F_}, k={k}"
+        )
+    return ok
+
+
+def _capturing(t: Tensor) -> bool:
+    return t.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def default_aux_candidates(F_: int, k_aux: int) -> int:
+    """Default M of the low-precision AuxK selection: max(2 k_aux, F/8), at most F."""
+    return min(F_, max(2 * k_aux, F_ // 8))
+
+
+def _select(sae: SAE, x_BD, xc_lp_BD, k: int, dead_mask_F, k_aux: int, lowp, select, n_aux):
+    """(pre_BK, idx_BK, aux_pre_BK, aux_idx_BK) in the parameter dtype.
+
+    Low precision (CUDA): the main top-k from one 16-bit matmul, fused with the selection when
+    `_fused_ok` (no (B, F) matrix is written); the AuxK top-k_aux among at most M = n_aux
+    candidate latents: every dead latent when at most M are dead (then exactly the full
+    masked selection), else a fresh uniformly random M of them each step, picked without a
+    host sync (dead latents get priority 2 + u, live ones u, u ~ U(0, 1)). Bounding M keeps
+    the AuxK selection (k_aux = D/2 is far wider than k) from costing a second full (B, F)
+    matmul and top-k."""
     W_enc, b_enc = sae.W_enc.detach(), sae.b_enc.detach()
     if lowp is None:  # CPU, or full precision: the model's own chunked select (exact values)
         sel = kernels.topk_select(
@@ -96,14 +140,39 @@ def _select(sae: SAE, x_BD, xc_lp_BD, k: int, dead_mask_F, k_aux: int, lowp):
             k_aux=k_aux, compute_dtype=sae.cfg.torch_select_dtype,
         )  # fmt: skip
         return sel
-    # one low-precision matmul; its (fp32-accumulated, rounded) outputs are the values
-    pre_BF = torch.addmm(b_enc.to(lowp), xc_lp_BD, W_enc.to(lowp))
-    pre_BK, idx_BK = pre_BF.topk(k, dim=-1, sorted=False)
+    # low-precision matmuls; their (fp32-accumulated, rounded) outputs are the values
+    F_ = W_enc.shape[1]
+    W_lp, b_lp = W_enc.to(lowp), b_enc.to(lowp)
+    pre_BF = pre_BK = None
+    if _fused_ok(select, xc_lp_BD, F_, k):
+        from saelens_lite.kernels import triton_topk
+
+        try:
+            pre_BK, idx_BK = triton_topk.encode_topk(xc_lp_BD, W_lp, b_lp, k)
+        except Exception as e:  # compile or resource failure: "auto" falls back for good
+            if select == "fused" or _capturing(xc_lp_BD):
+                raise
+            _FUSED_FAILED.append(f"{type(e).__name__}: {e}"[:300])
+            log.warning("fused top-k kernel failed, using matmul + torch.topk: %s", e)
+    if pre_BK is None:
+        pre_BF = torch.addmm(b_lp, xc_lp_BD, W_lp)
+        pre_BK, idx_BK = pre_BF.topk(k, dim=-1, sorted=False)
     aux_pre = aux_idx = None
     if k_aux:
-        aux_pre, aux_idx = pre_BF.masked_fill_(~dead_mask_F, -float("inf")).topk(
-            k_aux, dim=-1, sorted=False
-        )
+        M = max(n_aux or default_aux_candidates(F_, k_aux), k_aux)
+        if M < F_:
+            prio_F = torch.rand(F_, device=W_enc.device) + 2 * dead_mask_F
+            cand_M = prio_F.topk(M, sorted=False).indices
+            pre_BM = torch.addmm(b_lp[cand_M], xc_lp_BD, W_lp[:, cand_M])
+            pre_BM.masked_fill_(~dead_mask_F[cand_M], -float("inf"))
+            aux_pre, j_BK = pre_BM.topk(k_aux, dim=-1, sorted=False)
+            aux_idx = cand_M[j_BK]
+        else:
+            if pre_BF is None:
+                pre_BF = torch.addmm(b_lp, xc_lp_BD, W_lp)
+            aux_pre, aux_idx = pre_BF.masked_fill_(~dead_mask_F, -float("inf")).topk(
+                k_aux, dim=-1, sorted=False
+            )
         aux_pre = aux_pre.to(W_enc.dtype)
     return kernels.TopKSelection(pre_BK.to(W_enc.dtype), idx_BK, aux_pre, aux_idx)
 
@@ -130,12 +199,17 @@ def sparse_loss_and_grads(
     *,
     dead_mask_F: Tensor | None = None,
     compute_dtype: torch.dtype | None = None,
+    select: str = "auto",
+    aux_candidates: int | None = None,
 ) -> LossAndGrads:
     """Loss, statistics and parameter gradients of one TopK or BatchTopK training step (no
     autograd, no host sync; BatchTopK also updates `sae.threshold`). With `dead_mask_F` the
     AuxK term uses a fixed k_aux = min(aux_k or D/2, F) and masks non-dead picks to -inf
     (ReLU zero), which equals the model's min(k_aux, n_dead) selection without reading n_dead
-    on the host. `compute_dtype` applies on CUDA only."""
+    on the host. `compute_dtype` applies on CUDA only; there `select` picks the main top-k's
+    implementation ("auto": the fused Triton kernel where it applies, "fused": it or an error,
+    "torch": matmul then torch.topk) and `aux_candidates` bounds the AuxK selection (see
+    `_select`; default `default_aux_candidates`)."""
     cfg = sae.cfg
     batch = cfg.architecture == "batchtopk"
     if not (batch or cfg.architecture == "topk") or (not batch and cfg.multi_topk):
@@ -162,7 +236,7 @@ def sparse_loss_and_grads(
     k_aux = min(k_full, F_) if dead_mask_F is not None else 0
 
     k_sel = min(2 * cfg.k, F_) if batch else cfg.k
-    sel = _select(sae, x_BD, xc_lp_BD, k_sel, dead_mask_F, k_aux, lowp)
+    sel = _select(sae, x_BD, xc_lp_BD, k_sel, dead_mask_F, k_aux, lowp, select, aux_candidates)
     pre_N, idx_BK = sel.pre_BK.reshape(-1), sel.idx_BK
     keep_N = _batch_keep(pre_N, B * cfg.k) if batch else pre_N > 0
     p = kernels.SparsePattern.from_topk(idx_BK, F_)
@@ -205,8 +279,14 @@ def sparse_loss_and_grads(
         l0 = pos_N.sum() / B
         fvu = mse * B / (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
     grads = {"W_enc": gW_enc, "b_enc": gb_enc, "W_dec": gW_dec, "b_dec": gb_dec}
-    out = StepOutput(loss.detach(), mse.detach(), fired_F, l0.float(), fvu.detach(),
-                     None if auxk is None else auxk.detach())
+    out = StepOutput(
+        loss.detach(),
+        mse.detach(),
+        fired_F,
+        l0.float(),
+        fvu.detach(),
+        None if auxk is None else auxk.detach(),
+    )
     return LossAndGrads(out, grads, idx_BK, keep_N)
 
 
@@ -239,8 +319,13 @@ class FastTrainStep:
         warmup: int = 2,
         grad_clip: float | None = None,
         grad_hook: Callable[[], None] | None = None,
+        select: str = "auto",
+        aux_candidates: int | None = None,
     ):
         self.sae, self.opt, self.compute_dtype, self.warmup = sae, opt, compute_dtype, warmup
+        if select not in SELECT_MODES:
+            raise ValueError(f"select={select!r} is invalid; allowed: {SELECT_MODES}")
+        self.select, self.aux_candidates = select, aux_candidates
         self.grad_clip, self.grad_hook = grad_clip, grad_hook
         self.params = dict(sae.named_parameters())
         owned = {id(q) for g in opt.param_groups for q in g["params"]}
@@ -256,8 +341,9 @@ class FastTrainStep:
 
     def _body(self, x_BD: Tensor, dead_mask_F: Tensor | None) -> StepOutput:
         res = sparse_loss_and_grads(
-            self.sae, x_BD, dead_mask_F=dead_mask_F, compute_dtype=self.compute_dtype
-        )
+            self.sae, x_BD, dead_mask_F=dead_mask_F, compute_dtype=self.compute_dtype,
+            select=self.select, aux_candidates=self.aux_candidates,
+        )  # fmt: skip
         for name, q in self.params.items():
             q.grad = res.grads[name]
         if self.grad_hook is not None:
