@@ -12,8 +12,8 @@ Implementations, same shape, same data, same optimiser (torch.optim.Adam, defaul
   saelens_lite topk-graph-torchsel   the graph step with matmul + torch.topk instead of the
                          fused Triton matmul + top-k kernel (CUDA; the same on CPU)
   saelens_lite topk-graph-aux        the graph step with 10% of latents dead (AuxK runs over
-                         at most max(2 k_aux, F/8) dead candidates); -aux-full: over all F
-                         latents, unfused (the previous behaviour)
+                         at most max(2 k_aux, F/8) dead candidates); -aux-full: candidates
+                         over all F latents, matmul + torch.topk
   saelens_lite batchtopk-graph   the fast step for BatchTopK
   sparsify               EleutherAI sparsify SparseCoder (fused encoder + sparse decoder)
   saelens, saelens-bf16  SAELens TopKTrainingSAE (fp32; bf16 autocast)

@@ -415,3 +415,47 @@ def test_auto_select_falls_back_for_good_when_the_fused_kernel_fails(monkeypatch
         assert torch.equal(res.idx_BK, ref.idx_BK) and torch.equal(res.out.loss, ref.out.loss)
     assert len(calls) == 2  # tried once under "auto", then never again
     assert "fused top-k kernel failed" in caplog.text
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("dead", ["few", "many"])
+def test_sentinel_patterns_through_triton_equal_autograd_with_auxk(arch, dead, triton_dispatch,
+                                                                   monkeypatch):  # fmt: skip
+    """The Triton path routes inactive entries (BatchTopK's dropped candidates, AuxK's non-dead
+    picks) to the sentinel column F; float32 'low precision' rows on a float64 model keep the
+    comparison with the model's float64 autograd (AuxK included) tight."""
+    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    sae, ref = _sae(device=DEV, arch=arch), _sae(arch=arch)
+    x, dead_F = _rand(9, 12, seed=7), torch.zeros(40, dtype=torch.bool)
+    if dead == "few":
+        dead_F[:3] = True  # fewer dead than aux_k: most aux picks are inactive
+    else:
+        dead_F[::2] = True
+    res = sparse_loss_and_grads(sae, x.to(DEV), dead_mask_F=dead_F.to(DEV),
+                                compute_dtype=torch.float32, aux_candidates=40)  # fmt: skip
+    out = ref.training_forward(x, dead_mask_F=dead_F)
+    out.loss.backward()
+    torch.testing.assert_close(res.out.loss.cpu(), out.loss.detach(), rtol=1e-5, atol=1e-7)
+    assert torch.equal(res.out.fired_F.cpu(), out.fired_F)
+    for name, q in ref.named_parameters():
+        torch.testing.assert_close(res.grads[name].cpu(), q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@needs_triton
+def test_triton_kernels_skip_sentinel_entries():
+    """Entries whose column is F contribute nothing and load nothing (an out-of-range row)."""
+    ts = _ts()
+    idx = _topk_idx().to(DEV)
+    vals, table = _rand(B, K, seed=1).to(DEV), _rand(F, D, seed=2).to(DEV)
+    off = torch.zeros(B, K, dtype=torch.bool)
+    off[::2, 0] = True
+    off[3, :] = True  # a row with nothing active
+    off = off.to(DEV)
+    sent = torch.where(off, F, idx)
+    ref = ts.decode_topk(idx, torch.where(off, 0.0, vals), table)
+    torch.testing.assert_close(ts.decode_topk(sent, vals, table), ref)
+    rows = torch.arange(B, device=DEV).repeat_interleave(K)
+    left = _rand(B, D, seed=3).to(DEV)
+    dots = ts.sampled_dot(rows, sent.reshape(-1), left, table)
+    want = (left[rows] * table[idx.reshape(-1)]).sum(-1) * ~off.reshape(-1)
+    torch.testing.assert_close(dots, want)

@@ -118,7 +118,8 @@ class SparsePattern:
             self._by_feature = (order_N, crow, self.rows_N[order_N])
         if self._by_feature is None:
             order_N = torch.argsort(self.cols_N)
-            counts_F = torch.bincount(self.cols_N, minlength=self.n_cols)
+            # [:n_cols]: entries at the sentinel column n_cols (triton_sparse) sort last, unvisited
+            counts_F = torch.bincount(self.cols_N, minlength=self.n_cols)[: self.n_cols]
             crow = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=self.cols_N.device)
             torch.cumsum(counts_F, 0, out=crow[1:])
             self._by_feature = (order_N, crow, self.rows_N[order_N])

@@ -9,6 +9,13 @@ N non-zero (token, feature) pairs (N = B*K for TopK).
                       (optionally two such products over one pattern in one launch:
                       the encoder and decoder weight gradients share the feature sort)
 
+Inactive entries: a column equal to the table's row count F (a sentinel one past the last
+feature) marks an entry that contributes nothing: decode and sampled_dot load nothing for it
+(sampled_dot returns 0), and the feature-sorted segments (crow_F1 over F features) end before
+the sentinels, so the transposed product never visits them. The fast step routes AuxK's
+non-dead picks and BatchTopK's dropped candidates there, so they cost an index load, not a
+D-wide row gather each.
+
 Why these shapes of kernel: each is one launch, reads every gathered row once with
 D-contiguous (coalesced) loads and accumulates in float32 (float64 for float64 inputs, which
 the tests use). The transposed product is a segment reduction over the pattern sorted by
@@ -43,7 +50,7 @@ def _block_d(D: int, cap: int = 256) -> int:
 
 @triton.jit
 def _decode_topk_kernel(
-    idx_ptr, vals_ptr, table_ptr, out_ptr, B, D, stride_t, K: tl.constexpr,
+    idx_ptr, vals_ptr, table_ptr, out_ptr, B, D, F, stride_t, K: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     ACC = out_ptr.dtype.element_ty
@@ -53,10 +60,11 @@ def _decode_topk_kernel(
     acc = tl.zeros((BLOCK_B, BLOCK_D), ACC)
     for k in range(K):
         f = tl.load(idx_ptr + rb * K + k, mask=mb, other=0).to(tl.int64)
-        v = tl.load(vals_ptr + rb * K + k, mask=mb, other=0.0).to(ACC)
+        on = mb & (f < F)  # the sentinel column F: inactive, nothing loaded
+        v = tl.load(vals_ptr + rb * K + k, mask=on, other=0.0).to(ACC)
         w = tl.load(
             table_ptr + f[:, None] * stride_t + rd[None, :],
-            mask=mb[:, None] & md[None, :],
+            mask=(on & (v != 0))[:, None] & md[None, :],
             other=0.0,
         )
         acc += v[:, None] * w.to(ACC)
@@ -66,14 +74,14 @@ def _decode_topk_kernel(
 
 @triton.jit
 def _sampled_dot_kernel(
-    rows_ptr, cols_ptr, left_ptr, right_ptr, out_ptr, N, D, stride_l, stride_r,
+    rows_ptr, cols_ptr, left_ptr, right_ptr, out_ptr, N, D, F, stride_l, stride_r,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     ACC = out_ptr.dtype.element_ty
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mn = rn < N
+    c = tl.load(cols_ptr + rn, mask=rn < N, other=F).to(tl.int64)
+    mn = (rn < N) & (c < F)  # the sentinel column F: inactive, 0, nothing loaded
     r = tl.load(rows_ptr + rn, mask=mn, other=0).to(tl.int64)
-    c = tl.load(cols_ptr + rn, mask=mn, other=0).to(tl.int64)
     acc = tl.zeros((BLOCK_N, BLOCK_D), ACC)
     for d0 in range(0, D, BLOCK_D):
         rd = d0 + tl.arange(0, BLOCK_D)
@@ -81,7 +89,7 @@ def _sampled_dot_kernel(
         a = tl.load(left_ptr + r[:, None] * stride_l + rd[None, :], mask=m, other=0.0)
         b = tl.load(right_ptr + c[:, None] * stride_r + rd[None, :], mask=m, other=0.0)
         acc += a.to(ACC) * b.to(ACC)
-    tl.store(out_ptr + rn, tl.sum(acc, axis=1), mask=mn)
+    tl.store(out_ptr + rn, tl.sum(acc, axis=1), mask=rn < N)
 
 
 @triton.jit
@@ -124,7 +132,8 @@ def _rowmajor(t: Tensor) -> Tensor:
 
 
 def decode_topk(idx_BK: Tensor, vals_BK: Tensor, table_FD: Tensor) -> Tensor:
-    """out_BD[b] = sum_k vals[b, k] * table[idx[b, k]]; dtype promote(vals, table)."""
+    """out_BD[b] = sum_k vals[b, k] * table[idx[b, k]] over idx < F (F: the sentinel of an
+    inactive entry); dtype promote(vals, table)."""
     idx_BK, vals_BK, table_FD = idx_BK.contiguous(), vals_BK.contiguous(), _rowmajor(table_FD)
     B, K = idx_BK.shape
     D = table_FD.shape[1]
@@ -133,20 +142,22 @@ def decode_topk(idx_BK: Tensor, vals_BK: Tensor, table_FD: Tensor) -> Tensor:
     BLOCK_B, BLOCK_D = 16, _block_d(D)
     grid = (triton.cdiv(B, BLOCK_B), triton.cdiv(D, BLOCK_D))
     _decode_topk_kernel[grid](
-        idx_BK, vals_BK, table_FD, out, B, D, table_FD.stride(0), K, BLOCK_B, BLOCK_D
-    )
+        idx_BK, vals_BK, table_FD, out, B, D, table_FD.shape[0], table_FD.stride(0), K,
+        BLOCK_B, BLOCK_D,
+    )  # fmt: skip
     return out.to(dt)
 
 
 def sampled_dot(rows_N: Tensor, cols_N: Tensor, left_BD: Tensor, right_FD: Tensor) -> Tensor:
-    """out_N[n] = <left[rows_n], right[cols_n]>; dtype promote(left, right)."""
+    """out_N[n] = <left[rows_n], right[cols_n]>, 0 where cols_n = F (the sentinel of an
+    inactive entry); dtype promote(left, right)."""
     left_BD, right_FD = _rowmajor(left_BD), _rowmajor(right_FD)
     N, D = rows_N.numel(), left_BD.shape[1]
     dt = torch.promote_types(left_BD.dtype, right_FD.dtype)
     out = torch.empty(N, dtype=_acc(dt), device=left_BD.device)
     BLOCK_N, BLOCK_D = 8, _block_d(D)
     _sampled_dot_kernel[(triton.cdiv(N, BLOCK_N),)](
-        rows_N.contiguous(), cols_N.contiguous(), left_BD, right_FD, out, N, D,
+        rows_N.contiguous(), cols_N.contiguous(), left_BD, right_FD, out, N, D, right_FD.shape[0],
         left_BD.stride(0), right_FD.stride(0), BLOCK_N, BLOCK_D,
     )  # fmt: skip
     return out.to(dt)

@@ -24,7 +24,10 @@ dtype (float32 masters). There the top-k comes from the fused Triton matmul + to
 (`kernels.triton_topk`: the (B, F) pre-activations are never written), and the AuxK top-k_aux
 is taken among at most M = max(2 k_aux, F/8) candidate latents: all dead ones when at most M
 are dead (exact), else a fresh uniform draw of M of them per step. So no step materialises a
-(B, F) matrix.
+(B, F) matrix. Inactive entries of a pattern (AuxK picks that are not dead, BatchTopK
+candidates outside the batch top-k) get the sentinel column F that the Triton kernels skip:
+with few dead latents the AuxK term (k_aux = D/2 slots per token, 12x the main path's K at
+D=768, K=32) costs index loads instead of B * k_aux row gathers of width D.
 
 BatchTopK (Bussmann et al. 2024) uses the same kernels on a fixed-width pattern: each row's top
 m = 2k candidates (the model's first m), with every candidate outside the batch's top B*k (or
@@ -177,6 +180,15 @@ def _select(sae: SAE, x_BD, xc_lp_BD, k: int, dead_mask_F, k_aux: int, lowp, sel
     return kernels.TopKSelection(pre_BK.to(W_enc.dtype), idx_BK, aux_pre, aux_idx)
 
 
+def _pattern(idx_BK: Tensor, active_N: Tensor, F_: int, sentinel: bool):
+    """The pattern of the selected latents; with `sentinel` (the Triton kernels) the inactive
+    ones (not kept, or not positive) get the column F, which the kernels skip (see
+    kernels.triton_sparse), so they cost no row gathers. Sums over cols_N then need F + 1 slots."""
+    if sentinel:
+        idx_BK = torch.where(active_N.view_as(idx_BK), idx_BK, F_)
+    return kernels.SparsePattern.from_topk(idx_BK, F_)
+
+
 def _batch_keep(pre_N: Tensor, n_keep: int) -> Tensor:
     """bool (N,): the n_keep largest candidates of the batch that are positive."""
     top_N = pre_N.topk(min(n_keep, pre_N.numel()), sorted=False).indices
@@ -239,7 +251,7 @@ def sparse_loss_and_grads(
     sel = _select(sae, x_BD, xc_lp_BD, k_sel, dead_mask_F, k_aux, lowp, select, aux_candidates)
     pre_N, idx_BK = sel.pre_BK.reshape(-1), sel.idx_BK
     keep_N = _batch_keep(pre_N, B * cfg.k) if batch else pre_N > 0
-    p = kernels.SparsePattern.from_topk(idx_BK, F_)
+    p = _pattern(idx_BK, keep_N, F_, gather_lp)
     vals_N = torch.where(keep_N, pre_N, 0.0)
     err_BD = _decode(p, vals_N, W_dec_c) + b_dec - x_BD
     mse = err_BD.pow(2).sum() / B
@@ -247,14 +259,14 @@ def sparse_loss_and_grads(
     g_c = c(g_BD)
     gpre_N = p.sampled_dot(g_c, W_dec_c).to(pre_N.dtype) * keep_N
     gW_enc_FD, gW_dec = p.transposed_matmul_pair(gpre_N, xc_c, vals_N, g_c, W_enc.dtype)
-    gb_enc = torch.zeros_like(sae.b_enc).index_add_(0, p.cols_N, gpre_N)
+    gb_enc1 = sae.b_enc.new_zeros(F_ + 1).index_add_(0, p.cols_N, gpre_N)  # [F]: sentinels
     loss = mse
     auxk = None
     if k_aux:
         scale = (dead_mask_F.sum() / k_full).clamp(max=1.0).to(W_enc.dtype)
         aux_pre_N = sel.aux_pre_BK.masked_fill(~dead_mask_F[sel.aux_idx_BK], -float("inf"))
         aux_pre_N = aux_pre_N.reshape(-1)
-        pa = kernels.SparsePattern.from_topk(sel.aux_idx_BK, F_)
+        pa = _pattern(sel.aux_idx_BK, aux_pre_N > 0, F_, gather_lp)
         va_N = torch.relu(aux_pre_N)
         e_BD = -err_BD
         diff_BD = _decode(pa, va_N, W_dec_c) - e_BD
@@ -268,14 +280,15 @@ def sparse_loss_and_grads(
         ge, gd = pa.transposed_matmul_pair(gpa_N, xc_c, va_N, ga_c, W_enc.dtype)
         gW_enc_FD += ge
         gW_dec += gd
-        gb_enc.index_add_(0, pa.cols_N, gpa_N)
+        gb_enc1.index_add_(0, pa.cols_N, gpa_N)
+    gb_enc = gb_enc1[:F_]
     gb_dec = g_BD.sum(0) - W_enc @ gb_enc
     gW_enc = gW_enc_FD.t() if W_enc.t().is_contiguous() else gW_enc_FD.t().contiguous()
     with torch.no_grad():
         if batch:
             _update_threshold_(sae, pre_N, keep_N)
         pos_N = keep_N.to(W_enc.dtype)
-        fired_F = torch.zeros_like(sae.b_enc).index_add_(0, p.cols_N, pos_N) > 0
+        fired_F = (sae.b_enc.new_zeros(F_ + 1).index_add_(0, p.cols_N, pos_N) > 0)[:F_]
         l0 = pos_N.sum() / B
         fvu = mse * B / (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
     grads = {"W_enc": gW_enc, "b_enc": gb_enc, "W_dec": gW_dec, "b_dec": gb_dec}
