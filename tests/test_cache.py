@@ -137,6 +137,61 @@ def test_several_hooks_stay_row_aligned(tmp_path):
     assert as_np[names[0]].dtype == np.float32 and row_ids(torch.from_numpy(as_np[names[1]])) == list(range(8))
 
 
+def _stream_reference(cache, h, batch, *, seed, epochs, buffer_shards, shuffle):
+    """The documented stream, written out plainly: epoch e visits the shards in the order
+    rng(seed, e) permutes them, in windows of buffer_shards shards whose rows rng(seed, e, w)
+    permutes; batch k is stream rows [k B, (k + 1) B), the last partial batch dropped."""
+    counts = [sh["n_tokens"] for sh in cache.manifest["shards"]]
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    allrows = cache.activations(h)[:]
+    stream = []
+    for e in range(epochs):
+        order = np.random.default_rng([seed, e]).permutation(len(counts)) if shuffle \
+            else np.arange(len(counts))
+        for w in range(0, len(order), buffer_shards):
+            ids = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in order[w:w + buffer_shards]])
+            if shuffle:
+                ids = ids[np.random.default_rng([seed, e, w]).permutation(len(ids))]
+            stream.extend(ids.tolist())
+    return [allrows[stream[i:i + batch]] for i in range(0, len(stream) - batch + 1, batch)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_iter_batches_equals_the_documented_stream(tmp_path, dtype, shuffle):
+    cache = write_cache(tmp_path / "c", 95, dtype=dtype)  # 10 shards, the last one short
+    h = "blocks.0.hook_resid_post"
+    for batch, buffer_shards, start in ((7, 3, 0), (16, 2, 5), (40, 4, 1), (95, 10, 0)):
+        ref = _stream_reference(cache, h, batch, seed=4, epochs=2, buffer_shards=buffer_shards,
+                                shuffle=shuffle)
+        got = list(cache.iter_batches(h, batch, seed=4, epochs=2, buffer_shards=buffer_shards,
+                                      shuffle=shuffle, start_batch=start))
+        ringed = [b.clone() for b in cache.iter_batches(  # spanning batches with a ring too
+            h, batch, seed=4, epochs=2, buffer_shards=buffer_shards, shuffle=shuffle,
+            start_batch=start, reuse=2)]
+        assert len(got) == len(ringed) == len(ref) - start
+        for g, r, q in zip(got, ref[start:], ringed):
+            assert g.dtype == torch.float32 and np.array_equal(g.numpy(), r)
+            assert torch.equal(q, g)
+
+
+def test_reused_output_buffers_cycle_and_hold_the_same_batches(tmp_path):
+    cache = write_cache(tmp_path / "c", 100, dtype="bfloat16")
+    names = sorted(HOOKS)
+    kw = dict(seed=2, epochs=3, buffer_shards=2)  # windows of 20 rows: no batch spans two
+    fresh = list(cache.iter_batches(names, 10, **kw))
+    ring, ptrs = [], []
+    for b in cache.iter_batches(names, 10, reuse=3, dtype=None, **kw):
+        assert b[names[0]].dtype == torch.bfloat16  # dtype=None: the stored dtype
+        ring.append({h: t.float() for h, t in b.items()})  # copied before it is overwritten
+        ptrs.append(b[names[0]].data_ptr())
+    assert len(ring) == len(fresh)
+    assert all(torch.equal(a[h], b[h]) for a, b in zip(ring, fresh) for h in names)
+    assert len(set(ptrs)) == 3 and all(p == ptrs[i % 3] for i, p in enumerate(ptrs))
+    with pytest.raises(ValueError, match="reuse=-1"):
+        cache.iter_batches(names, 8, reuse=-1)
+
+
 def test_append_validates_shapes_and_hooks(tmp_path):
     w = CacheWriter.open(tmp_path / "c", meta=META, hooks=HOOKS, dtype="float32", shard_tokens=4)
     acts, ids, ctx, pos = rows(0, 3, HOOKS)
@@ -273,3 +328,15 @@ def test_incomplete_cache_opens_read_only_with_warning(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         cache = ActivationCache(tmp_path / "c")
     assert "incomplete" in caplog.text and cache.n_tokens == 20 and not cache.complete
+
+
+def test_threaded_gather_gives_the_same_batches(tmp_path, monkeypatch):
+    import saelens_lite.cache as cache_mod
+
+    cache = write_cache(tmp_path / "c", 95, dtype="bfloat16")
+    h = "blocks.0.hook_resid_post"
+    one = list(cache.iter_batches(h, 16, seed=5, epochs=2))
+    monkeypatch.setattr(cache_mod, "_PAR_MIN", 1)  # every gather split over the threads
+    monkeypatch.setattr(cache_mod.os, "cpu_count", lambda: 4)
+    split = list(cache.iter_batches(h, 16, seed=5, epochs=2))
+    assert len(one) == len(split) and all(torch.equal(a, b) for a, b in zip(one, split))

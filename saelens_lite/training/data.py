@@ -42,8 +42,9 @@ DEFAULT_HOOK = "activations"
 
 
 class DataSource(ABC):
-    """Endless stream of ``{hook: x_BD}`` float32 batches that can skip exactly to a batch.
-    Batches are on the CPU, or on the device of a tensor the user passed."""
+    """Endless stream of ``{hook: x_BD}`` batches that can skip exactly to a batch: float32,
+    or a cache's stored 16-bit dtype (the consumer upcasts, on its device). Batches are on the
+    CPU, or on the device of a tensor the user passed."""
 
     widths: dict[str, int]
     """Hook name -> input width D."""
@@ -55,8 +56,11 @@ class DataSource(ABC):
         return list(self.widths)
 
     @abstractmethod
-    def batches(self, batch_size: int, *, seed: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches ``start_batch, start_batch + 1, ...`` of the stream for ``seed``."""
+    def batches(self, batch_size: int, *, seed: int, start_batch: int = 0,
+                reuse: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches ``start_batch, start_batch + 1, ...`` of the stream for ``seed``. With
+        ``reuse=R`` a source may cycle R output buffers, so a batch can be overwritten R batches
+        after it was yielded (the trainer consumes each batch at once); 0: every batch is new."""
 
     def sample(self, n: int, *, seed: int) -> dict[str, torch.Tensor]:
         """About ``n`` tokens for estimating statistics (normalisation, decoder-bias init)."""
@@ -112,7 +116,8 @@ class ArraySource(DataSource):
             out[hook] = x.detach().to(torch.float32)
         return out
 
-    def batches(self, batch_size: int, *, seed: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self, batch_size: int, *, seed: int, start_batch: int = 0,
+                reuse: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         N = self.n_tokens
         t = start_batch * batch_size  # position in the concatenation of passes
         epoch, perm = t // N, self._perm(seed, t // N)
@@ -193,10 +198,13 @@ class CacheSource(DataSource):
                 raise ValueError(f"hook {h!r}: the cache manifest says width {w}, its shard "
                                  f"{arr.paths[0]} holds another")
 
-    def batches(self, batch_size: int, *, seed: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self, batch_size: int, *, seed: int, start_batch: int = 0,
+                reuse: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         hooks = self.hooks  # a list, so every batch is {hook: (B, D)} with the same rows
+        # in the stored dtype: a 16-bit cache crosses to a GPU at half the bytes and is upcast
+        # there, not by the CPU (which took longer than the GPU's whole training step)
         yield from self.cache.iter_batches(hooks, batch_size, shuffle=True, seed=seed, start_batch=start_batch,
-                                           epochs=None, as_torch=True, dtype=torch.float32)
+                                           epochs=None, as_torch=True, dtype=None, reuse=reuse)
 
     def sample(self, n: int, *, seed: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([seed, 7919])
@@ -282,7 +290,8 @@ class StreamSource(DataSource):
         ids_BS, attn_BS = self._pad(contexts)
         return int(self._keep(ids_BS, attn_BS).sum())
 
-    def batches(self, batch_size: int, *, seed: int, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self, batch_size: int, *, seed: int, start_batch: int = 0,
+                reuse: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         ctx = self._cyclic_contexts()
         skip = start_batch * batch_size  # tokens to skip; whole chunks are only re-tokenised
         c = 0

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import logging
 import math
 import queue
@@ -290,7 +291,9 @@ def train(config: TrainConfig, data=None):
              f"{total * B / source.n_tokens:.2f} passes over the data" if source.n_tokens else "streaming",
              f", rank {dinfo.rank} of {dinfo.world_size}" if dinfo.distributed else "")
     logger = RunLogger(run_dir, config, total_steps=total, start_step=start, enabled=dinfo.is_main)
-    batches = _Prefetcher(source.batches(B, seed=config.seed, start_batch=start))
+    # a source may recycle output buffers (see _Prefetcher); user sources may lack the option
+    reuse = {"reuse": _Prefetcher.DEPTH + 4} if "reuse" in inspect.signature(source.batches).parameters else {}
+    batches = _Prefetcher(source.batches(B, seed=config.seed, start_batch=start, **reuse))
     try:
         for step in range(start, total):
             batch = next(batches)
@@ -371,7 +374,12 @@ class _Prefetcher:
     Order is kept, and the sources draw only from their own seeded generators, so the batches
     (and the global RNG state) are those of a plain loop."""
 
-    def __init__(self, it, depth: int = 2):
+    DEPTH = 2
+    """Batches queued ahead. At most DEPTH + 3 batches are referenced at once (one being made,
+    DEPTH queued, one being trained on, the previous one until its name is rebound), so a
+    source may recycle DEPTH + 4 output buffers."""
+
+    def __init__(self, it, depth: int = DEPTH):
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(it,), daemon=True, name="sae-data")
@@ -408,7 +416,8 @@ def _train_step(hook: str, st: _HookState, x_BD: torch.Tensor, step: int, config
                 device: torch.device, amp: torch.dtype | None, global_batch: int):
     sae = st.sae
     sae.train()
-    x_BD = x_BD.to(device, torch.float32, non_blocking=True) * st.scale
+    # in the source's dtype across (a 16-bit cache: half the bytes), then upcast on the device
+    x_BD = x_BD.to(device, non_blocking=True).to(torch.float32) * st.scale
     lr = lr_at(step, config, st.base_lr)
     sp = sparsity_scale_at(step, config)
     if st.fast is not None:
