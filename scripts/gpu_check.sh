@@ -12,8 +12,9 @@
 #   4. end-to-end train() tokens/s, fast_step=auto (CUDA graph) vs off (autograd), same data,
 #      at the two shapes, before and after the dead window (AuxK), plus auto with the
 #      data in host memory (the host gather + copy bound)
-#   5. CUDA tests: triton kernels, the cuda cases of test_kernels, train() with the fast step
-#   6. harvest of tiny-llama on CUDA: the overlapped writer vs the plain loop
+#   5. the host's data path: shuffled bf16 cache batches per second (scripts/bench_data.py)
+#   6. CUDA tests: triton kernels, the cuda cases of test_kernels, train() with the fast step
+#   7. harvest of tiny-llama on CUDA: the overlapped writer vs the plain loop
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -96,6 +97,7 @@ for D, F, K, B in ((768, 24576, 32, 16384), (2304, 16384, 64, 8192)):
     del x
     torch.cuda.empty_cache()
 EOF
+part "host data path (bf16 cache -> batches)" 40 $PY scripts/bench_data.py --batches 24
 part "cuda tests" 45 $PY -m pytest -q --maxfail=5 -p no:cacheprovider \
     tests/test_triton_kernels.py tests/test_kernels.py tests/test_fast_step_training.py \
     -k "cuda or triton_kernels"
@@ -126,5 +128,5 @@ same = np.array_equal(a.token_ids, b.token_ids) and all(
 print(f"harvest caches identical: {same}")
 EOF
 echo "=== summary (tok/s; x peer = our speed / peer's) ==="
-grep -E "^e2e|^harvest|^shape|^=== fused|impl  |^  (saelens|sparsify|dense|skip|fail)|check f|passed|failed|rc=[1-9]" "$LOG" || true
+grep -E "^e2e|^harvest|^shape|^=== fused|impl  |^  (saelens|sparsify|dense|skip|fail|floor|iter|trainer)|check f|passed|failed|rc=[1-9]" "$LOG" || true
 echo "total $(($(date +%s) - t0))s"
