@@ -51,8 +51,8 @@ part "bench D=768 F=24576 K=32 B=16384" 60 $PY "${BENCH[@]}" --shape 768 24576 3
     --impls "${OURS[@]}" sparsify dense-bf16
 part "bench D=2304 F=16384 K=64 B=8192" 75 $PY "${BENCH[@]}" --shape 2304 16384 64 8192 \
     --impls "${OURS[@]}" sparsify dense-bf16 saelens-bf16
-for blocks in "128 128 64" "64 128 64" "128 256 32" "32 256 64"; do
-    part "fused tiles $blocks" 30 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
+for blocks in "128 128 64" "64 128 64" "32 256 64"; do
+    part "fused tiles $blocks" 25 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
         --impls saelens_lite-topk-graph --topk-blocks $blocks
 done
 part "train() end to end: fast_step auto vs off" 90 $PY - <<'EOF'
