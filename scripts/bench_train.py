@@ -81,7 +81,7 @@ def build(impl: str, D: int, F: int, K: int, dev: str):
     if impl.endswith("-bf16"):
         return _autocast_bf16(build(impl.removesuffix("-bf16"), D, F, K, dev), dev)
     parts = impl.split("-")
-    if impl.startswith("saelens_lite") and parts[2] in ("graph", "fast"):
+    if impl.startswith("saelens_lite") and parts[2:3] in (["graph"], ["fast"]):
         from saelens_lite.saes import SAE, SAEConfig
         from saelens_lite.training.fast_step import FastTrainStep
 
