@@ -321,3 +321,27 @@ def test_wandb_offline_run_is_written_without_prompting(tmp_path, monkeypatch):
     train(cfg(tmp_path, tokens=128 * 10, wandb=True), synthetic(n=300))
     assert time.time() - t0 < 15
     assert list((tmp_path / "wb").rglob("*.wandb"))
+
+
+@pytest.mark.parametrize("kind", ["tensor-f32", "tensor-bf16", "numpy-f16", "numpy-f64", "memmap-f32"])
+def test_array_source_batches_follow_the_seeded_passes_in_a_kept_dtype(tmp_path, kind):
+    """Batch b is rows perm(seed, e)[...] of the concatenated passes; 16-bit data stays 16-bit
+    (the trainer upcasts on its device), other dtypes arrive as float32; cycled output
+    buffers (reuse) hold the same values."""
+    base = synthetic(n=50).double()
+    a = {"tensor-f32": base.float(), "tensor-bf16": base.bfloat16(), "numpy-f16": base.half().numpy(),
+         "numpy-f64": base.numpy()}.get(kind)
+    if kind == "memmap-f32":
+        np.save(tmp_path / "x.npy", base.float().numpy())
+        a = np.load(tmp_path / "x.npy", mmap_mode="r")
+    want_dt = {"tensor-bf16": torch.bfloat16, "numpy-f16": torch.float16}.get(kind, torch.float32)
+    ref = torch.as_tensor(np.array(a.float() if kind == "tensor-bf16" else a)).double()
+    stream = np.concatenate([np.random.default_rng([3, e]).permutation(50) for e in range(3)])
+    src = ArraySource({"h": a})
+    for reuse in (0, 2):
+        it = src.batches(16, seed=3, start_batch=1, reuse=reuse)
+        for b in range(1, 9):  # across pass boundaries (passes of 50 rows)
+            x = next(it)["h"]
+            assert x.dtype == want_dt and x.shape == (16, ref.shape[1])
+            assert torch.equal(x.double(), ref[stream[16 * b:16 * (b + 1)]])
+    assert src.sample(20, seed=0)["h"].dtype == torch.float32

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from saelens_lite.cache import _as_numpy, _take
 from saelens_lite.devices import resolve_device
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,15 @@ class DataSource(ABC):
 # In-memory / memory-mapped arrays
 
 
+_KEPT = (torch.float32, torch.float16, torch.bfloat16)  # batch dtypes kept as they are
+_NP_TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
+
+
+def _host_dtype(a) -> torch.dtype | None:
+    """The torch dtype of a tensor or a float32/float16 numpy array (None for other arrays)."""
+    return a.dtype if isinstance(a, torch.Tensor) else _NP_TORCH.get(np.dtype(a.dtype))
+
+
 class ArraySource(DataSource):
     """(N, D) arrays, one per hook, sharing N: torch tensors, numpy arrays or memmaps."""
 
@@ -105,23 +115,47 @@ class ArraySource(DataSource):
     def _perm(self, seed: int, epoch: int) -> np.ndarray:
         return np.random.default_rng([seed, epoch]).permutation(self.n_tokens)
 
-    def _gather(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+    def _gather(self, idx: np.ndarray, outs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Rows ``idx`` of every hook: float32, or a 16-bit array's own dtype (upcast by the
+        consumer on its device). Host arrays go through one ``np.take`` (into ``outs`` when
+        given); a tensor on an accelerator is indexed there (not copied back)."""
         out = {}
         for hook in self.widths:
             a = self.arrays[hook]
-            if isinstance(a, torch.Tensor):  # stays on its device (a CUDA tensor is not copied back)
-                x = a[torch.from_numpy(idx).to(a.device)]
-            else:
-                x = torch.from_numpy(np.asarray(a[idx]))
-            out[hook] = x.detach().to(torch.float32)
+            if isinstance(a, torch.Tensor) and a.device.type != "cpu":
+                x = a.detach()[torch.from_numpy(idx).to(a.device)]
+                out[hook] = x if x.dtype in _KEPT else x.to(torch.float32)
+                continue
+            src = _as_numpy(a.detach()) if isinstance(a, torch.Tensor) else a
+            dt = _host_dtype(a)
+            if dt not in _KEPT:  # float64, ints...: one conversion after the gather
+                out[hook] = torch.from_numpy(np.asarray(src[idx])).to(torch.float32)
+                continue
+            buf = outs[hook] if outs is not None else torch.empty(len(idx), src.shape[1], dtype=dt)
+            _take(src, idx, _as_numpy(buf))
+            out[hook] = buf
         return out
+
+    def _ring(self, reuse: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
+        """``reuse`` output buffers per host array kept in its dtype (see ``batches``)."""
+        ring = []
+        for _ in range(reuse):
+            slot = {}
+            for hook, a in self.arrays.items():
+                dt = _host_dtype(a)
+                if dt not in _KEPT or (isinstance(a, torch.Tensor) and a.device.type != "cpu"):
+                    return []
+                slot[hook] = torch.empty(batch_size, self.widths[hook], dtype=dt)
+            ring.append(slot)
+        return ring
 
     def batches(self, batch_size: int, *, seed: int, start_batch: int = 0,
                 reuse: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         N = self.n_tokens
+        ring = self._ring(reuse, batch_size)
         t = start_batch * batch_size  # position in the concatenation of passes
         epoch, perm = t // N, self._perm(seed, t // N)
-        while True:
+        for b in itertools.count():
             parts = []
             need = batch_size
             while need:
@@ -132,12 +166,12 @@ class ArraySource(DataSource):
                 parts.append(perm[off: off + take])
                 t += take
                 need -= take
-            yield self._gather(np.concatenate(parts))
+            yield self._gather(np.concatenate(parts), ring[b % len(ring)] if ring else None)
 
     def sample(self, n: int, *, seed: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([seed, 7919])
         idx = np.sort(rng.choice(self.n_tokens, size=min(n, self.n_tokens), replace=False))
-        return self._gather(idx)
+        return {h: x.float() for h, x in self._gather(idx).items()}
 
 
 def load_array_file(path: str | Path, hook: str | None = None) -> dict[str, np.ndarray]:
