@@ -10,7 +10,10 @@ Data parallelism in the trainer is explicit rather than ``DistributedDataParalle
 have custom autograd kernels, decoder-norm hooks around the optimiser step and buffers updated
 in the forward (the BatchTopK threshold), so after ``backward`` the gradients are averaged with
 :func:`all_reduce_grads_`, and after the step the floating buffers with
-:func:`average_buffers_`. Every rank then holds the same weights.
+:func:`average_buffers_`. Every rank then holds the same weights. A loss term that is a
+non-linear function S of a batch mean m (JumpReLU's target-L0 penalty) reads the global m
+through :func:`batch_mean` and back-propagates S'(m_global) dm_local / dtheta on each rank, so
+that the mean over ranks is the global batch's gradient S'(m_global) dm_global / dtheta.
 """
 
 from __future__ import annotations
@@ -117,8 +120,12 @@ def all_reduce_(t: torch.Tensor, op: str = "mean") -> torch.Tensor:
     as integers (``max`` = any, ``min`` = all)."""
     if not _active():
         return t
-    ops = {"mean": dist.ReduceOp.SUM, "sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
-           "min": dist.ReduceOp.MIN}
+    ops = {
+        "mean": dist.ReduceOp.SUM,
+        "sum": dist.ReduceOp.SUM,
+        "max": dist.ReduceOp.MAX,
+        "min": dist.ReduceOp.MIN,
+    }
     if op not in ops:
         raise ValueError(f"op={op!r}: choose one of {sorted(ops)}")
     if t.dtype == torch.bool:
@@ -141,8 +148,11 @@ def all_reduce_grads_(params: Iterable[torch.nn.Parameter]) -> None:
     if not _active():
         return
     params = [p for p in params if p.requires_grad]
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8,
-                       device=params[0].device if params else "cpu")
+    has = torch.tensor(
+        [p.grad is not None for p in params],
+        dtype=torch.uint8,
+        device=params[0].device if params else "cpu",
+    )
     dist.all_reduce(has, dist.ReduceOp.MAX)
     for p, h in zip(params, has.tolist()):
         if not h:
@@ -150,6 +160,15 @@ def all_reduce_grads_(params: Iterable[torch.nn.Parameter]) -> None:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         all_reduce_(p.grad, "mean")
+
+
+@torch.no_grad()
+def batch_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks of a per-rank batch statistic, as a new detached tensor (``t`` is left
+    as it is). The ranks' slices of a global batch have equal sizes, so the mean over ranks of
+    a per-token mean is its global-batch value. The trainer hands this to each SAE
+    (``SAE.batch_mean``) for loss terms that are non-linear in such a statistic."""
+    return all_reduce_(t.detach().clone(), "mean")
 
 
 @torch.no_grad()
@@ -181,12 +200,26 @@ def broadcast_object(obj, src: int = 0):
 def rank_slice(n: int, dinfo: DistInfo) -> slice:
     """Rows ``[r n / W, (r + 1) n / W)`` of a global batch of ``n`` rows (``n % W == 0``)."""
     if n % dinfo.world_size:
-        raise ValueError(f"batch_size={n}: must be divisible by the number of processes "
-                         f"WORLD_SIZE={dinfo.world_size}")
+        raise ValueError(
+            f"batch_size={n}: must be divisible by the number of processes "
+            f"WORLD_SIZE={dinfo.world_size}"
+        )
     per = n // dinfo.world_size
     return slice(dinfo.rank * per, (dinfo.rank + 1) * per)
 
 
-__all__ = ["DistInfo", "env_info", "info", "setup", "device_for", "barrier", "all_reduce_",
-           "all_reduce_grads_", "average_buffers_", "broadcast_module_", "broadcast_object",
-           "rank_slice"]
+__all__ = [
+    "DistInfo",
+    "env_info",
+    "info",
+    "setup",
+    "device_for",
+    "barrier",
+    "all_reduce_",
+    "all_reduce_grads_",
+    "batch_mean",
+    "average_buffers_",
+    "broadcast_module_",
+    "broadcast_object",
+    "rank_slice",
+]

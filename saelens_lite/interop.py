@@ -19,7 +19,8 @@ Architecture mapping (ours -> theirs):
     jumprelu -> saelens "jumprelu" (threshold = exp(log_threshold));
     batchtopk -> saelens "jumprelu" with a constant threshold, as SAELens itself saves BatchTopK
     SAEs for inference (metadata.training_architecture = "batchtopk" lets the import restore
-    batchtopk).
+    batchtopk); only with relative_threshold=False (a threshold relative to each token's RMS
+    has no SAELens form).
 Imports fold what SAELens keeps as config into the weights, so the imported SAE computes the same
 function: ``rescale_acts_by_decoder_norm`` (decoder norms into the encoder),
 ``apply_b_dec_to_input=False`` (b_enc += b_dec @ W_enc) and a stored
@@ -216,6 +217,7 @@ def _load_saelens(path: pathlib.Path) -> SAE:
             ours = "batchtopk"
             k_avg = cfg.get("k") or (meta.get("training_architecture_details") or {}).get("k", 32)
             kw["k"] = max(1, min(round(k_avg), d_sae))
+            kw["relative_threshold"] = False  # SAELens thresholds raw pre-activations
             t["threshold"] = theta_F[0].to(torch.float32)
         else:
             t["log_threshold"] = theta_F.log()  # log 0 = -inf: exp gives back exactly 0
@@ -286,6 +288,12 @@ def _write_saelens(sae: SAE, out: pathlib.Path) -> None:
         tensors["threshold"] = sae.threshold
     elif sae.architecture == "batchtopk":
         theta = float(sae.threshold)
+        if c.relative_threshold:
+            raise UnsupportedConversion(
+                "this batchtopk SAE thresholds pre / r(x), relative to each token's RMS "
+                "(SAEConfig.relative_threshold, the default); SAELens' JumpReLU has a fixed "
+                "threshold per latent, which cannot express that. Train with "
+                "--option relative_threshold=false (SAEConfig(relative_threshold=False)) to export to SAELens")
         if theta < 0:
             raise UnsupportedConversion(
                 "batchtopk SAE has no inference threshold yet (threshold < 0: never trained); "

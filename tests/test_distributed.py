@@ -22,7 +22,9 @@ from saelens_lite.harvesting import HarvestConfig, harvest
 from saelens_lite.saes import SAE
 from saelens_lite.training import TrainConfig, train
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available(), reason="torch.distributed is not available"
+)
 
 HERE = Path(__file__).parent
 D, F = 16, 64
@@ -36,21 +38,53 @@ TEXT = (
 def torchrun(script: str, *args: str, timeout: int = 120) -> None:
     """``python -m torch.distributed.run --standalone --nproc_per_node 2 script args``."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(HERE / script), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    env.update(
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(HERE.parent),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(HERE / script),
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert r.returncode == 0, f"torchrun {script} failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
 
 
 def train_config(out: Path, arch: str, **kw) -> dict:
-    # JumpReLU's default target-L0 penalty is non-linear in the batch mean L0, so averaging the
-    # ranks' gradients is not the global batch's gradient; the paper's linear L0 penalty is.
-    if arch == "jumprelu":
-        kw.setdefault("sae_options", {"jumprelu_target_l0": False})
-    return dict(architecture=arch, latents=F, k=4, lr=3e-3, batch_size=64, tokens=64 * 30,
-                warmup_steps=5, log_every=5, checkpoint_every=64 * 10, init_sample_tokens=512,
-                dead_window_tokens=256, device="cpu", out_dir=str(out), progress=False, **kw)
+    # Every architecture with its default settings. JumpReLU's target-L0 penalty is non-linear
+    # in the batch mean L0: the ranks differentiate it at the all-reduced L0 (SAE.batch_mean),
+    # which the comparison with one process checks. dead_window_tokens=256 (4 steps) also
+    # turns its pre-activation loss on for the latents that stop firing.
+    return dict(
+        architecture=arch,
+        latents=F,
+        k=4,
+        lr=3e-3,
+        batch_size=64,
+        tokens=64 * 30,
+        warmup_steps=5,
+        log_every=5,
+        checkpoint_every=64 * 10,
+        init_sample_tokens=512,
+        dead_window_tokens=256,
+        device="cpu",
+        out_dir=str(out),
+        progress=False,
+        **kw,
+    )
 
 
 def metrics(run: Path) -> list[dict]:
@@ -67,9 +101,13 @@ def two_rank_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dp")
     g = torch.Generator().manual_seed(0)
     dirs_FD = torch.randn(F, D, generator=g)
-    x_ND = ((torch.rand(1000, F, generator=g) < 0.06) * torch.rand(1000, F, generator=g)) @ dirs_FD + 3.0
+    x_ND = (
+        (torch.rand(1000, F, generator=g) < 0.06) * torch.rand(1000, F, generator=g)
+    ) @ dirs_FD + 3.0
     np.save(tmp / "x.npy", x_ND.numpy())
-    jobs = [{"config": train_config(tmp / f"ddp_{a}", a), "data": str(tmp / "x.npy")} for a in ARCHS]
+    jobs = [
+        {"config": train_config(tmp / f"ddp_{a}", a), "data": str(tmp / "x.npy")} for a in ARCHS
+    ]
     (tmp / "jobs.json").write_text(json.dumps(jobs))
     torchrun("_dist_train.py", str(tmp / "jobs.json"))
     return tmp, x_ND
@@ -80,7 +118,9 @@ def test_two_rank_training_equals_one_process_on_the_same_global_batches(two_ran
     tmp, x_ND = two_rank_runs
     train(TrainConfig(**train_config(tmp / f"single_{arch}", arch)), x_ND)
     # Each rank trained on its own half of the global batch ...
-    seen = [json.loads((tmp / f"ddp_{arch}" / f"rank{r}_first_batch.json").read_text()) for r in (0, 1)]
+    seen = [
+        json.loads((tmp / f"ddp_{arch}" / f"rank{r}_first_batch.json").read_text()) for r in (0, 1)
+    ]
     assert [s["rows"] for s in seen] == [32, 32] and seen[0]["first_row"] != seen[1]["first_row"]
     # ... and the averaged gradients give the single-process weights.
     ddp, single = weights(tmp / f"ddp_{arch}"), weights(tmp / f"single_{arch}")
@@ -126,9 +166,17 @@ def test_batch_size_not_divisible_by_the_world_size_names_the_field(monkeypatch)
 
 
 def harvest_config(corpus: Path, **kw) -> dict:
-    return dict(model="tiny-llama", hooks=["blocks.0.hook_resid_pre", "blocks.2.hook_resid_post"],
-                dataset=str(corpus), context_size=24, tokens=500, batch_size=4, shard_tokens=64,
-                device="cpu", **kw)
+    return dict(
+        model="tiny-llama",
+        hooks=["blocks.0.hook_resid_pre", "blocks.2.hook_resid_post"],
+        dataset=str(corpus),
+        context_size=24,
+        tokens=500,
+        batch_size=4,
+        shard_tokens=64,
+        device="cpu",
+        **kw,
+    )
 
 
 def rows(cache: ActivationCache) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -153,7 +201,9 @@ def test_two_rank_harvest_equals_one_rank_harvest_of_the_same_tokens(two_rank_ha
     two = ActivationCache(tmp / "two", verify="full")
     assert two.complete and two.n_tokens == one.n_tokens == 500
     assert two.manifest["layout"]["ranks"] == ["rank_00000", "rank_00001"]
-    assert sorted({int(c) % 2 for c in ActivationCache(tmp / "two" / "rank_00001").context_ids}) == [1]
+    assert sorted(
+        {int(c) % 2 for c in ActivationCache(tmp / "two" / "rank_00001").context_ids}
+    ) == [1]
     t1, a1 = rows(one)
     t2, a2 = rows(two)
     np.testing.assert_array_equal(t2, t1)

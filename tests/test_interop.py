@@ -54,6 +54,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def make(arch: str, **kw) -> SAE:
     """A small SAE with random non-trivial weights (biases, thresholds) in every slot."""
     torch.manual_seed(0)
+    if arch == "batchtopk":  # the peers' BatchTopK: a threshold on raw pre-activations
+        kw.setdefault("relative_threshold", False)
     sae = SAE.from_config(SAEConfig(architecture=arch, d_in=D, d_sae=F, k=K,
                                     hook_name="blocks.1.hook_resid_post", model_name="tiny", **kw))
     if not hasattr(sae, "W_enc"):  # a registered non-linear model: native format only
@@ -124,6 +126,15 @@ def test_untrained_batchtopk_cannot_become_a_jumprelu(tmp_path):
     with pytest.raises(UnsupportedConversion, match="threshold"):
         export(sae, tmp_path / "o", to="saelens")
     assert not any(tmp_path.iterdir())
+
+
+def test_relative_threshold_batchtopk_refuses_saelens_naming_the_fix(tmp_path):
+    """A threshold relative to each token's RMS has no fixed-threshold JumpReLU form."""
+    with pytest.raises(UnsupportedConversion, match="relative_threshold=false"):
+        export(make("batchtopk", relative_threshold=True), tmp_path / "o", to="saelens")
+    assert not any(tmp_path.iterdir())
+    sae = load_any(export(make("batchtopk"), tmp_path / "raw", to="saelens"))
+    assert sae.architecture == "batchtopk" and not sae.cfg.relative_threshold
 
 
 def test_a_failed_write_leaves_no_folder(tmp_path, monkeypatch):

@@ -94,7 +94,7 @@ def test_topk_l0_is_exactly_k():
 
 
 def test_batchtopk_mean_l0_is_k_in_training_and_threshold_used_at_inference():
-    sae, x = make("batchtopk"), data(256) * 10
+    sae, x = make("batchtopk", relative_threshold=False), data(256) * 10  # the raw rule
     out = sae.training_forward(x)
     assert out.l0.item() == pytest.approx(K)
     per_token = (sae.encode(x) > 0).sum(-1)
@@ -239,7 +239,7 @@ def test_short_training_reduces_fvu(arch):
 
 
 def test_batchtopk_selection_equals_flat_topk_even_with_heavy_rows():
-    sae, x = make("batchtopk"), data(32)
+    sae, x = make("batchtopk", relative_threshold=False), data(32)  # the raw rule
     x[3] *= 30.0  # one token wants far more than 2k latents: forces the widening path
     rows, cols, vals, _ = sae._batch_topk(x)
     pre = sae.pre_acts(x).detach()
@@ -338,7 +338,7 @@ def test_jumprelu_l0_gradient_is_the_rectangle_kernel_estimate():
 
 
 def test_batchtopk_auxk_selection_is_the_top_dead_latents_of_each_row():
-    sae, x = make("batchtopk"), data(32)
+    sae, x = make("batchtopk", relative_threshold=False), data(32)  # the raw rule
     x[3] *= 30.0
     dead = torch.arange(F) % 3 == 0
     *_, (aux_pre, aux_idx) = sae._batch_topk(x, dead, 5)

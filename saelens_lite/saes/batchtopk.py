@@ -1,11 +1,21 @@
 """BatchTopK SAE (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders").
 
-Training keeps the top B*k pre-activations over the whole batch (so k active latents per token
-on average), and tracks a threshold theta = EMA of the smallest positive activation kept per
-batch. Inference uses the threshold, token by token:  acts = pre * (pre > theta).
-Until a threshold has been estimated (buffer < 0) inference falls back to batch top-k.
-The kept (row, latent) pairs feed the same sparse kernels as TopK (ragged rows).
-Folding the input scale leaves pre-activations unchanged, so theta needs no rescaling.
+Pre-activations are ranked by their score  s = pre / r(x),  r(x) = ||x - b_dec|| / sqrt(D)
+the token's RMS (cfg.relative_threshold; s = pre without it). Training keeps the B*k
+(row, latent) pairs of the batch with the highest positive scores (so k active latents per
+token on average) and tracks a threshold theta = EMA of the smallest score kept per batch.
+Inference uses the threshold, token by token:  acts = pre * (s > theta). Until a threshold has
+been estimated (buffer < 0) inference falls back to batch top-k. The kept (row, latent) pairs
+feed the same sparse kernels as TopK (ragged rows); the kept values are pre, not s.
+
+Why the score: interference in pre = w_f . (x - b_dec) grows with ||x - b_dec||, so on raw
+pre-activations a batch-wide threshold hands high-norm tokens most of the B*k slots as false
+positives, and a latent still learning its feature never reaches the threshold (it gets no
+gradient). Dividing by r(x) gives every token the same false-positive rate; it is the batch
+threshold of Bussmann et al.'s experiments, which standardise each token (SAEConfig docs).
+
+Folding the input scale c leaves pre unchanged and divides r by c, so a relative theta is
+multiplied by c.
 
 Shape legend: B batch, D width, F latents, N kept (row, latent) pairs (= B*k), m candidates
 per row.
@@ -29,16 +39,27 @@ class BatchTopKSAE(SAE):
         super().__init__(cfg)
         self.register_buffer("threshold", torch.tensor(-1.0, dtype=torch.float32))
 
+    def _rms(self, x_BD: Tensor) -> Tensor | None:
+        """(B,) r(x) = ||x - b_dec|| / sqrt(D) in the parameter dtype (floored so that a token
+        at b_dec gets a finite score); None when the threshold is absolute."""
+        if not self.cfg.relative_threshold:
+            return None
+        xc_BD = x_BD.to(self.W_enc.dtype) - self.b_dec.detach()
+        r_B = torch.linalg.vector_norm(xc_BD, dim=-1) / xc_BD.shape[-1] ** 0.5
+        return r_B.clamp_min(torch.finfo(r_B.dtype).tiny ** 0.5)
+
     @torch.no_grad()
     def _batch_topk(self, x_BD: Tensor, dead_mask_F: Tensor | None = None, k_aux: int = 0):
-        """(rows_N, cols_N, pre_N, aux): the top B*k positive pre-activations of the batch
-        (rows sorted; pre_N exact in the parameter dtype) and aux = (aux_pre_BK, aux_idx_BK),
-        the top k_aux dead latents of each row for AuxK (None without a dead mask).
+        """(rows_N, cols_N, pre_N, aux): the B*k positive pre-activations of the batch with the
+        highest scores pre / r (rows sorted; pre_N exact in the parameter dtype) and
+        aux = (aux_pre_BK, aux_idx_BK), the top k_aux dead latents of each row for AuxK (None
+        without a dead mask).
 
         One dense no-grad matmul (chunked: each block is reduced while in cache), then
-          1. t = the (B*k)-th largest of the candidates {each row's top 2k}, a lower bound on
-             the (B*k)-th largest of all B*F values (a subset's order statistic is never larger);
-          2. the answer is exactly the top B*k of {pre >= t}, a set of about B*k values.
+          1. t = the (B*k)-th largest score among the candidates {each row's top 2k} (dividing
+             a row by r > 0 keeps its order), a lower bound on the (B*k)-th largest of all B*F
+             scores (a subset's order statistic is never larger);
+          2. the answer is exactly the top B*k of {score >= t}, a set of about B*k values.
         Why: a flat top-(B*k) over B*F values runs single-threaded on CPU, and per-row candidates
         alone are inexact whenever a token wants more than 2k latents, which early in training is
         every batch (high-norm tokens take dozens); re-running the matmul with wider candidates
@@ -54,22 +75,35 @@ class BatchTopKSAE(SAE):
         n_keep, m = min(B * cfg.k, B * F_), min(2 * cfg.k, F_)
         with torch.autocast(dev, enabled=False):
             x_BD = x_BD.to(W.dtype)
+            r_B = self._rms(x_BD)
             xc_BD = (x_BD - self.b_dec).to(dt or W.dtype)
             W_DF, b_F = W.to(xc_BD.dtype), self.b_enc.to(xc_BD.dtype)
+            # the scores are compared in one dtype everywhere, so steps 1 and 2 agree exactly
+            r_B1 = None if r_B is None else r_B.to(xc_BD.dtype)[:, None]
             pre_BF = xc_BD.new_empty(B, F_)
             cand_Bm = xc_BD.new_empty(B, m)
             step = B if dev != "cpu" else 512
-            for s in range(0, B, step):
-                blk = pre_BF[s : s + step]
-                torch.addmm(b_F, xc_BD[s : s + step], W_DF, out=blk)
-                cand_Bm[s : s + step] = blk.topk(m, dim=-1, sorted=False).values
+            blocks = [slice(s, s + step) for s in range(0, B, step)]
+            for sl in blocks:
+                blk = pre_BF[sl]
+                torch.addmm(b_F, xc_BD[sl], W_DF, out=blk)
+                cand_Bm[sl] = blk.topk(m, dim=-1, sorted=False).values
+                if r_B1 is not None:
+                    cand_Bm[sl] /= r_B1[sl]
             t = cand_Bm.view(-1).topk(n_keep, sorted=False).values.min().clamp_min(0)
-            flat_N = torch.nonzero((pre_BF >= t).view(-1)).squeeze(1)  # row-major: rows sorted
+            if r_B1 is None:
+                keep_BF = pre_BF >= t
+            else:
+                keep_BF = torch.empty(B, F_, dtype=torch.bool, device=pre_BF.device)
+                for sl in blocks:
+                    torch.ge(pre_BF[sl] / r_B1[sl], t, out=keep_BF[sl])
+            flat_N = torch.nonzero(keep_BF.view(-1)).squeeze(1)  # row-major: rows sorted
             pre_N = pre_BF.view(-1)[flat_N]
+            score_N = pre_N if r_B1 is None else pre_N / r_B1.view(-1)[flat_N // F_]
             if flat_N.numel() > n_keep:
-                pre_N, top = pre_N.topk(n_keep, sorted=False)
+                score_N, top = score_N.topk(n_keep, sorted=False)
                 flat_N, order = flat_N[top].sort()
-                pre_N = pre_N[order]
+                pre_N, score_N = pre_N[top][order], score_N[order]
             pos = pre_N > 0
             flat_N, pre_N = flat_N[pos], pre_N[pos]
             rows_N, cols_N = flat_N // F_, flat_N % F_
@@ -93,7 +127,19 @@ class BatchTopKSAE(SAE):
             acts_BF = vals.new_zeros(len(x2_BD), self.cfg.d_sae).index_put_((rows, cols), vals)
             return acts_BF.view(*x_BD.shape[:-1], -1)
         pre_BF = self.pre_acts(x_BD)
-        return pre_BF * (pre_BF > self.threshold.to(pre_BF.dtype))
+        theta = self.threshold.to(pre_BF.dtype)
+        r_B = self._rms(x_BD)
+        if r_B is None:
+            return pre_BF * (pre_BF > theta)
+        return pre_BF * (pre_BF / r_B.to(pre_BF.dtype)[..., None] > theta)
+
+    @torch.no_grad()
+    def fold_input_scale_(self, scale: float) -> None:
+        """As SAE.fold_input_scale_; r(x) becomes r(c x) / c, so a relative theta becomes
+        c theta (an unset threshold stays -1)."""
+        super().fold_input_scale_(scale)
+        if self.cfg.relative_threshold and float(self.threshold) >= 0:
+            self.threshold.mul_(scale)
 
     def training_forward(self, x_BD, *, sparsity_scale=1.0, dead_mask_F=None) -> TrainOutput:
         cfg = self.cfg
@@ -103,7 +149,8 @@ class BatchTopKSAE(SAE):
         rows_N, cols_N, pre_N, aux = self._batch_topk(x_BD, dead_mask_F, k_aux)
         with torch.no_grad():
             if pre_N.numel():
-                m = pre_N.min().float()
+                r_B = self._rms(x_BD)
+                m = (pre_N if r_B is None else pre_N / r_B[rows_N]).min().float()
                 first = self.threshold < 0
                 self.threshold.copy_(
                     torch.where(

@@ -1,7 +1,8 @@
 """JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead").
 
     pre = (x - b_dec) @ W_enc + b_enc,   acts = pre * H(pre - theta),   theta = exp(log_threshold)
-    L = ||x - x_hat||^2 + lambda * S(L0),   L0 = sum_i H(pre_i - theta_i)
+    L = ||x - x_hat||^2 + lambda * S(L0) + mu * sum_i dead_i ReLU(theta_i - pre_i)
+    L0 = sum_i H(pre_i - theta_i), averaged over the batch
     S(L0) = (L0 / k - 1)^2 with cfg.jumprelu_target_l0 (default; dictionary_learning's
     JumpReluTrainer), else S(L0) = L0 (the paper).
 H has no useful gradient, so theta is trained with straight-through estimators using the
@@ -9,12 +10,30 @@ rectangle kernel K(u) = 1{|u| < 1/2} of bandwidth eps:
     d JumpReLU / d theta := -(theta / eps) K((pre - theta) / eps)
     d H(pre - theta) / d theta := -(1 / eps) K((pre - theta) / eps)
 (pre receives the ordinary gradient H(pre - theta) through JumpReLU and none through the L0 step.)
-Decoder rows are kept at unit norm, as in the paper.
+Decoder rows are kept at unit norm, as in the paper. The last term (mu = cfg.jumprelu_pre_act_coeff,
+Anthropic's pre-activation loss, as SAELens' calculate_pre_act_loss) acts on latents the trainer
+reports dead: it is their only gradient, and it lowers their thresholds and raises their
+pre-activations until they fire again.
 
-Threshold init: theta moves by about lr per Adam step in log space, so from the paper's
-theta = 0.001 a run needs ~log(1000) / lr steps before latents with O(1) pre-activations can
-become sparse (the paper trains 100k+ steps). init_from_data_ therefore starts each theta_i at
-the (1 - k/F) quantile of latent i's pre-activations on the init sample: L0 = k from step 0.
+Short runs. The paper starts at theta = 0.001 and trains 100k+ steps; here a run may be a few
+hundred steps, and three things decide whether latents survive long enough to learn a feature:
+* init_from_data_ starts each theta_i at the (1 - k/F) quantile of latent i's pre-activations
+  (L0 = k from step 0) and first scales W_enc so that the initial reconstruction is the
+  least-squares one along the firing pattern. With W_enc = W_dec^T the latents that fire have
+  pre-activations (so jumps) as large as a whole feature in random directions: the first
+  reconstruction overshoots (FVU ~1.7 on the synthetic benchmark, where TopK starts at ~0.7),
+  the MSE gradient shrinks every encoder column, the pre-activations fall below the thresholds
+  within ~50 steps and most latents never fire again (no gradient reaches them).
+* log theta gets cfg.jumprelu_threshold_lr_scale times the lr (lr_scales), so the thresholds
+  keep up with the pre-activation scale.
+* the bandwidth is of the order of the pre-activations' spread (cfg.jumprelu_bandwidth), so a
+  useful share of tokens gives threshold gradients each step.
+
+Data parallel: S is non-linear in the batch mean L0, so each rank differentiates S at the
+global L0 (self.batch_mean, set by the trainer): L0_eff = L0_local + (L0_global - L0_local)
+without grad has the global value and the local gradient, so the mean over ranks of
+S'(L0_global) dL0_local is the single-process gradient S'(L0_global) dL0_global. In one
+process batch_mean is None and nothing changes.
 """
 
 from __future__ import annotations
@@ -78,6 +97,9 @@ class JumpReLUSAE(SAE):
             torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold), dtype=cfg.torch_dtype)
         )
 
+    def lr_scales(self) -> dict[str, float]:
+        return {"log_threshold": self.cfg.jumprelu_threshold_lr_scale}
+
     @property
     def _target_l0(self) -> int:
         return min(self.cfg.k, self.cfg.d_sae)
@@ -90,7 +112,11 @@ class JumpReLUSAE(SAE):
     def init_from_data_(self, x_ND: Tensor, *, max_tokens: int = 4096) -> None:
         """b_dec as the base class does, then theta_i = the (1 - k/F) quantile of latent i's
         pre-activations on (at most max_tokens of) the sample, floored at
-        cfg.jumprelu_init_threshold: every latent fires on a fraction k/F of tokens, L0 ~ k."""
+        cfg.jumprelu_init_threshold: every latent fires on a fraction k/F of tokens, L0 ~ k.
+        Then W_enc, b_enc and theta are scaled by the least-squares
+            c = <x - b_dec, a W_dec> / ||a W_dec||^2,   a = the activations at init,
+        which keeps which latents fire and makes c a W_dec + b_dec the best reconstruction
+        along them (the module docstring says why)."""
         super().init_from_data_(x_ND)
         x_ND = x_ND[:max_tokens].to(self.W_enc.device, self.W_enc.dtype)
         N, F_ = x_ND.shape[0], self.cfg.d_sae
@@ -98,9 +124,20 @@ class JumpReLUSAE(SAE):
         theta_F = torch.empty(F_, dtype=self.W_enc.dtype, device=self.W_enc.device)
         step = max(1, (1 << 24) // N)  # columns per chunk: (N, step) pre-activations at a time
         xc_ND = x_ND - self.b_dec
+        y_ND = torch.zeros_like(xc_ND)
         for s in range(0, F_, step):
             pre_Nc = torch.addmm(self.b_enc[s : s + step], xc_ND, self.W_enc[:, s : s + step])
-            theta_F[s : s + step] = pre_Nc.kthvalue(rank, dim=0).values
+            theta_c = pre_Nc.kthvalue(rank, dim=0).values.clamp_min(
+                self.cfg.jumprelu_init_threshold
+            )
+            theta_F[s : s + step] = theta_c
+            y_ND.addmm_(pre_Nc * (pre_Nc > theta_c), self.W_dec[s : s + step])
+        yy = y_ND.pow(2).sum()
+        c = float((xc_ND * y_ND).sum() / yy) if yy > 0 else 1.0
+        if c > 0:
+            self.W_enc.mul_(c)
+            self.b_enc.mul_(c)
+            theta_F.mul_(c)
         self.log_threshold.copy_(theta_F.clamp_min(self.cfg.jumprelu_init_threshold).log())
 
     def encode(self, x_BD: Tensor) -> Tensor:
@@ -117,8 +154,15 @@ class JumpReLUSAE(SAE):
         x_hat_BD = self.decode(acts_BF)
         mse = (x_hat_BD - x_BD).pow(2).sum(-1).mean()
         l0 = heaviside_step(pre_BF, theta_F, eps).sum(-1).mean()
-        sparsity = (l0 / self._target_l0 - 1).pow(2) if cfg.jumprelu_target_l0 else l0
+        losses = {"mse": mse, "l0": l0}
+        if cfg.jumprelu_target_l0:
+            l0_eff = l0 if self.batch_mean is None else l0 + (self.batch_mean(l0) - l0).detach()
+            sparsity = (l0_eff / self._target_l0 - 1).pow(2)
+        else:
+            sparsity = l0
         loss = mse + sparsity_scale * cfg.l0_coeff * sparsity
-        return self._output(
-            x_BD, x_hat_BD, (acts_BF > 0).any(0), l0.detach(), {"mse": mse, "l0": l0}, loss
-        )
+        if cfg.jumprelu_pre_act_coeff and dead_mask_F is not None and dead_mask_F.any():
+            # A per-token mean, so it needs no global statistic under data parallelism.
+            losses["pre_act"] = ((theta_F - pre_BF).relu() * dead_mask_F).sum(-1).mean()
+            loss = loss + cfg.jumprelu_pre_act_coeff * losses["pre_act"]
+        return self._output(x_BD, x_hat_BD, (acts_BF > 0).any(0), l0.detach(), losses, loss)

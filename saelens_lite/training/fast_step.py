@@ -30,8 +30,9 @@ with few dead latents the AuxK term (k_aux = D/2 slots per token, 12x the main p
 D=768, K=32) costs index loads instead of B * k_aux row gathers of width D.
 
 BatchTopK (Bussmann et al. 2024) uses the same kernels on a fixed-width pattern: each row's top
-m = 2k candidates (the model's first m), with every candidate outside the batch's top B*k (or
-not positive) given value 0 and no gradient. The model doubles m (a host sync) when a row has
+m = 2k candidates (the model's first m), with every candidate outside the batch's top B*k by
+score (pre / r(x) with cfg.relative_threshold, see saes.batchtopk), or not positive, given
+value 0 and no gradient. The model doubles m (a host sync) when a row has
 all m candidates kept; here such a row is capped at 2k latents (the only difference).
 
 Oracle: `sparse_loss_and_grads` equals autograd through the model's `training_forward`
@@ -250,7 +251,10 @@ def sparse_loss_and_grads(
     k_sel = min(2 * cfg.k, F_) if batch else cfg.k
     sel = _select(sae, x_BD, xc_lp_BD, k_sel, dead_mask_F, k_aux, lowp, select, aux_candidates)
     pre_N, idx_BK = sel.pre_BK.reshape(-1), sel.idx_BK
-    keep_N = _batch_keep(pre_N, B * cfg.k) if batch else pre_N > 0
+    score_N = pre_N  # BatchTopK ranks (and thresholds) pre / r(x) with cfg.relative_threshold
+    if batch and (r_B := sae._rms(x_BD)) is not None:
+        score_N = (sel.pre_BK / r_B[:, None]).reshape(-1)  # r > 0: a row's candidates keep order
+    keep_N = _batch_keep(score_N, B * cfg.k) if batch else pre_N > 0
     p = _pattern(idx_BK, keep_N, F_, gather_lp)
     vals_N = torch.where(keep_N, pre_N, 0.0)
     err_BD = _decode(p, vals_N, W_dec_c) + b_dec - x_BD
@@ -286,7 +290,7 @@ def sparse_loss_and_grads(
     gW_enc = gW_enc_FD.t() if W_enc.t().is_contiguous() else gW_enc_FD.t().contiguous()
     with torch.no_grad():
         if batch:
-            _update_threshold_(sae, pre_N, keep_N)
+            _update_threshold_(sae, score_N, keep_N)
         pos_N = keep_N.to(W_enc.dtype)
         fired_F = (sae.b_enc.new_zeros(F_ + 1).index_add_(0, p.cols_N, pos_N) > 0)[:F_]
         l0 = pos_N.sum() / B

@@ -20,9 +20,11 @@ Data parallel (``torchrun``, see :mod:`saelens_lite.distributed`): the global ba
 ``backward`` the gradients are averaged over ranks (an explicit all-reduce instead of DDP, which
 does not fit the custom kernels and decoder-norm hooks), the dead-latent "fired" masks are OR-ed,
 and after the step floating buffers (the BatchTopK threshold) are averaged; metrics are averaged
-at log steps. Every rank thus holds the same weights, and for losses that are means over tokens
-(MSE, L1, the JumpReLU L0) a step equals a single-process step on the same global batch up to
-float rounding. Terms computed over the batch as a whole are computed per rank slice: the
+at log steps. A loss non-linear in a batch mean (JumpReLU's target-L0 penalty) reads the global
+mean through ``sae.batch_mean`` (set to :func:`saelens_lite.distributed.batch_mean`), so its
+averaged gradient is the global one too. Every rank thus holds the same weights, and for
+losses that are means over tokens (MSE, L1, the JumpReLU L0) a step equals a single-process
+step on the same global batch up to float rounding. Terms computed over the batch as a whole are computed per rank slice: the
 BatchTopK selection (top (B/W) k per rank) and the AuxK normaliser. Only rank 0 writes
 config.json, metrics.jsonl, checkpoints and the SAEs; resume needs the same world size.
 
@@ -177,6 +179,17 @@ def _safe_dirname(hook: str) -> str:
     return hook.replace("/", "_").replace("\\", "_")
 
 
+def _param_groups(sae):
+    """The SAE's parameters, or Adam parameter groups when ``sae.lr_scales()`` names any:
+    the scaled parameters one group each (``lr_scale`` read by ``set_lr``), the rest one."""
+    scales = sae.lr_scales()
+    if not scales:
+        return sae.parameters()
+    named = dict(sae.named_parameters())
+    rest = [p for n, p in named.items() if n not in scales]
+    return [{"params": rest}] + [{"params": [named[n]], "lr_scale": s} for n, s in scales.items()]
+
+
 class _HookState:
     """Everything trained for one hook. ``fast``: the FastTrainStep that replaces the autograd
     step (None: autograd)."""
@@ -184,6 +197,8 @@ class _HookState:
     def __init__(self, sae, config: TrainConfig, device: torch.device, distributed_run: bool = False,
                  amp: torch.dtype | None = None):
         self.sae = sae.to(device)
+        if distributed_run:  # global batch statistics for terms non-linear in them (JumpReLU)
+            self.sae.batch_mean = distributed.batch_mean
         self.base_lr = config.lr_for(sae.cfg.d_sae)
         self.fast = None
         betas = tuple(config.betas)
@@ -201,7 +216,7 @@ class _HookState:
             self.fast = FastTrainStep(self.sae, self.opt, compute_dtype=amp, cuda_graph=graph,
                                       grad_clip=config.grad_clip, grad_hook=hook)
         else:
-            self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.base_lr, betas=betas)
+            self.opt = torch.optim.Adam(_param_groups(self.sae), lr=self.base_lr, betas=betas)
         self.dead = DeadLatentTracker(self.sae.W_dec.shape[0], config.dead_window_tokens, device)
         self.scale = 1.0
 
@@ -210,7 +225,7 @@ class _HookState:
             if isinstance(g["lr"], torch.Tensor):
                 g["lr"].fill_(lr)  # in place: a captured step reads this tensor
             else:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
 
     def state_dict(self) -> dict:
         return {"sae": self.sae.state_dict(), "opt": self.opt.state_dict(),
