@@ -225,7 +225,11 @@ class SparsePattern:
 
 
 def _sync_free_csr(cols_N: Tensor, n_cols: int) -> tuple[Tensor, Tensor]:
-    """(order_N, crow_F1) by sort + searchsorted: bincount on CUDA syncs to size its output."""
+    """(order_N, crow_F1) by sort + searchsorted: bincount on CUDA syncs to size its output.
+    The keys are sorted as int32 (a radix sort of half the key bits; columns, the sentinel
+    n_cols included, fit) where they arrive as int64 (top-k indices)."""
+    if n_cols < 2**31 - 1:
+        cols_N = cols_N.to(torch.int32)
     cols_sorted, order_N = torch.sort(cols_N)
     bounds = torch.arange(n_cols + 1, device=cols_N.device, dtype=cols_sorted.dtype)
     return order_N, torch.searchsorted(cols_sorted, bounds)
