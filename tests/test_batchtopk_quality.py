@@ -121,3 +121,23 @@ def test_short_batchtopk_training_recovers_most_features():
     )
     assert row["recovered"] >= 0.85 and row["mmcs"] > 0.95, row
     assert 0.5 * 3 < row["l0"] < 2 * 3, row  # the inference threshold keeps L0 near k
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_finish_training_sets_the_threshold_that_keeps_k_per_token(relative):
+    """theta = the (N k)-th largest positive score of the sample (float64 reference), so
+    inference on the sample keeps k latents per token on average, one tie aside."""
+    sae, x = make(relative_threshold=relative), data(256, seed=4)
+    sae.threshold.fill_(123.0)  # a stale EMA
+    sae.finish_training_(x)
+    pre, score = reference_scores(sae, x)
+    score = score if relative else pre
+    kth = score.flatten().topk(len(x) * K).values.min()
+    assert sae.threshold.item() == pytest.approx(kth.item(), rel=1e-5)
+    l0 = (sae.encode(x) > 0).sum(-1).float().mean().item()
+    assert len(x) * K - 1 <= l0 * len(x) <= len(x) * K
+    small = make(relative_threshold=relative)
+    small.finish_training_(x, max_elements=32 * F)  # capped at 32 tokens: their own top 32 k
+    pre32, score32 = reference_scores(small, x[:32])
+    s32 = score32 if relative else pre32
+    assert small.threshold.item() == pytest.approx(s32.flatten().topk(32 * K).values.min().item(), rel=1e-5)

@@ -408,6 +408,12 @@ class SAE(nn.Module):
             self.b_dec.copy_(x.mean(0))
 
     @torch.no_grad()
+    def finish_training_(self, x_ND: Tensor) -> None:
+        """Called by the trainer once the last step has run, with a sample of training inputs
+        (in training units, before fold_input_scale_): set what inference needs from data.
+        Nothing here; BatchTopK calibrates its threshold."""
+
+    @torch.no_grad()
     def fold_input_scale_(self, scale: float) -> None:
         """Make an SAE trained on c*x work on raw x: pre-activations (and so activations and
         thresholds) stay the same, the reconstruction is divided by c:
