@@ -311,12 +311,18 @@ def test_fused_encode_topk_is_the_exact_topk_of_the_bf16_preacts(B, D, F_, k, bl
     vals, idx = tt.encode_topk(xc, W, b, k, blocks)
     assert vals.shape == idx.shape == (B, k) and vals.dtype == torch.bfloat16
     pre = (xc.double() @ W.double() + b.double()).to(torch.bfloat16)  # exact products, rounded
-    # the returned values are the pre-activations at the returned columns...
-    assert torch.equal(pre.gather(1, idx), vals)
-    assert all(len(set(r)) == k for r in idx.tolist())  # ...distinct columns...
-    # ...and they are the k largest (as multisets: ties may pick other columns)
+    assert all(len(set(r)) == k for r in idx.tolist())  # distinct columns
     ref_vals, _ = tt.encode_topk_reference(xc, W, b, k)
-    assert torch.equal(vals.float().sort(-1).values, ref_vals.float().sort(-1).values)
+    if DEV == "cpu":  # the interpreter sums in order: bit-exact
+        # the returned values are the pre-activations at the returned columns, and they are
+        # the k largest (as multisets: ties may pick other columns)
+        assert torch.equal(pre.gather(1, idx), vals)
+        assert torch.equal(vals.float().sort(-1).values, ref_vals.float().sort(-1).values)
+    else:  # tensor cores sum in another order: a value may round one bf16 ulp apart
+        ulp = vals.float().abs() * 2**-7 + 1e-6
+        assert ((pre.gather(1, idx).float() - vals.float()).abs() <= ulp).all()
+        diff = (vals.float().sort(-1).values - ref_vals.float().sort(-1).values).abs()
+        assert (diff <= ulp.sort(-1).values.max(-1, keepdim=True).values).all()
 
 
 @needs_triton
