@@ -14,6 +14,11 @@ in the forward (the BatchTopK threshold), so after ``backward`` the gradients ar
 non-linear function S of a batch mean m (JumpReLU's target-L0 penalty) reads the global m
 through :func:`batch_mean` and back-propagates S'(m_global) dm_local / dtheta on each rank, so
 that the mean over ranks is the global batch's gradient S'(m_global) dm_global / dtheta.
+
+Distributing hooks instead (``TrainConfig.distribute_hooks``, like EleutherAI sparsify's
+``--distribute_modules``): :func:`assign_hooks` gives rank r the hooks ``hooks[r::W]``, each
+trained on the whole global batch with no reductions at all; the ranks meet only to agree on
+the resume point (:func:`all_gather_object`, :func:`agree`), at checkpoints and at log steps.
 """
 
 from __future__ import annotations
@@ -197,6 +202,38 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def all_gather_object(obj) -> list:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` in one process)."""
+    if not _active():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def agree(error: str | None) -> None:
+    """Raise ``ValueError`` on every rank when any rank passes an error message (the lowest
+    rank's message), so a check that fails on one rank cannot leave the others waiting in the
+    next collective."""
+    errors = [e for e in all_gather_object(error) if e is not None]
+    if errors:
+        raise ValueError(errors[0])
+
+
+def assign_hooks(hooks: list[str], dinfo: DistInfo) -> list[str]:
+    """The hooks rank r of W trains when hooks are distributed: ``hooks[r::W]`` (round robin in
+    the given order, so ranks differ by at most one hook). Every rank needs at least one hook:
+    fewer hooks than processes is an error naming both numbers (an idle rank would hold a GPU
+    for nothing)."""
+    if len(hooks) < dinfo.world_size:
+        raise ValueError(
+            f"distribute_hooks: {len(hooks)} hook(s) {list(hooks)} for WORLD_SIZE={dinfo.world_size} "
+            f"processes; each process trains at least one hook, so start at most {len(hooks)} "
+            "process(es) or train data parallel (without distribute_hooks)"
+        )
+    return list(hooks[dinfo.rank::dinfo.world_size])
+
+
 def rank_slice(n: int, dinfo: DistInfo) -> slice:
     """Rows ``[r n / W, (r + 1) n / W)`` of a global batch of ``n`` rows (``n % W == 0``)."""
     if n % dinfo.world_size:
@@ -221,5 +258,8 @@ __all__ = [
     "average_buffers_",
     "broadcast_module_",
     "broadcast_object",
+    "all_gather_object",
+    "agree",
+    "assign_hooks",
     "rank_slice",
 ]

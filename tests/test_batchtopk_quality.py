@@ -141,3 +141,23 @@ def test_finish_training_sets_the_threshold_that_keeps_k_per_token(relative):
     pre32, score32 = reference_scores(small, x[:32])
     s32 = score32 if relative else pre32
     assert small.threshold.item() == pytest.approx(s32.flatten().topk(32 * K).values.min().item(), rel=1e-5)
+
+
+def test_trained_batchtopk_keeps_about_k_per_token_at_inference(tmp_path):
+    """The trainer calibrates the threshold at the end (finish_training_): inference L0 on
+    held-out tokens of the same distribution is close to k, where the lagging EMA of a short
+    run left it far below."""
+    from saelens_lite.training import TrainConfig, train
+
+    g = torch.Generator().manual_seed(0)
+    dirs = torch.randn(64, D, generator=g)
+    codes = torch.rand(6000, 64, generator=g) * (torch.rand(6000, 64, generator=g) < 0.08)
+    x = codes @ dirs + 0.05 * torch.randn(6000, D, generator=g)
+    sae = train(TrainConfig(architecture="batchtopk", latents=F, k=K, tokens=256 * 40,
+                            batch_size=256, out_dir=str(tmp_path / "r"), progress=False),
+                x[:5000])
+    l0 = (sae.encode(x[5000:]) > 0).sum(-1).float().mean().item()
+    assert abs(l0 - K) < 0.5, l0
+    sae.threshold.fill_(-1)  # sanity: the calibration really is what sets it
+    sae.finish_training_(x[:5000])
+    assert sae.threshold.item() > 0

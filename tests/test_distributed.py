@@ -1,6 +1,7 @@
-"""Data-parallel training and sharded harvesting on torch.distributed (gloo, 2 CPU processes
-started by ``torchrun``): results equal a single process on the same global batches / tokens,
-resume works per rank under the same world size and refuses another."""
+"""Data-parallel training, distributed-hooks training and sharded harvesting on
+torch.distributed (gloo, 2 CPU processes started by ``torchrun``): results equal a single
+process on the same global batches / tokens, resume works per rank under the same world size
+and refuses another (or a switch between data parallel and distributed hooks)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from saelens_lite import distributed
 from saelens_lite.cache import ActivationCache
 from saelens_lite.harvesting import HarvestConfig, harvest
 from saelens_lite.saes import SAE
-from saelens_lite.training import TrainConfig, train
+from saelens_lite.training import TrainConfig, train, trainer
+from saelens_lite.training.data import open_source
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available(), reason="torch.distributed is not available"
@@ -35,7 +37,7 @@ TEXT = (
 ) * 40
 
 
-def torchrun(script: str, *args: str, timeout: int = 120) -> None:
+def torchrun(script: str, *args: str, timeout: int = 240) -> None:
     """``python -m torch.distributed.run --standalone --nproc_per_node 2 script args``."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(
@@ -67,8 +69,8 @@ def train_config(out: Path, arch: str, **kw) -> dict:
     # Every architecture with its default settings. JumpReLU's target-L0 penalty is non-linear
     # in the batch mean L0: the ranks differentiate it at the all-reduced L0 (SAE.batch_mean),
     # which the comparison with one process checks. dead_window_tokens=256 (4 steps) also
-    # turns its pre-activation loss on for the latents that stop firing.
-    return dict(
+    # turns its pre-activation loss on for the latents that stop firing. ``kw`` overrides.
+    defaults = dict(
         architecture=arch,
         latents=F,
         k=4,
@@ -83,8 +85,8 @@ def train_config(out: Path, arch: str, **kw) -> dict:
         device="cpu",
         out_dir=str(out),
         progress=False,
-        **kw,
     )
+    return {**defaults, **kw}
 
 
 def metrics(run: Path) -> list[dict]:
@@ -244,3 +246,152 @@ def test_a_crashed_rank_resumes_and_another_world_size_is_refused(two_rank_harve
     np.testing.assert_array_equal(resumed.positions, full.positions)
     for h in full.hook_names:
         np.testing.assert_array_equal(resumed.activations(h)[:], full.activations(h)[:])
+
+
+# --- distributed hooks (--distribute-hooks) -------------------------------------------------
+
+HOOKS = {"h0": 16, "h1": 24, "h2": 16}  # name -> width; 2 ranks: rank 0 trains h0, h2; rank 1 h1
+
+
+def rank_file(run: Path, rank: int, name: str):
+    return json.loads((run / f"rank{rank}_{name}").read_text())
+
+
+def all_weights(run: Path, hooks) -> dict[str, dict[str, torch.Tensor]]:
+    return {h: weights(run, h) for h in hooks}
+
+
+def assert_same_saes(a: dict, b: dict) -> None:
+    """Bit for bit: each hook's SAE takes the same steps on the same batches from the same init."""
+    assert sorted(a) == sorted(b)
+    for h in a:
+        for name, w in b[h].items():
+            torch.testing.assert_close(a[h][name], w, rtol=0, atol=0, msg=f"{h} {name}")
+
+
+@pytest.fixture(scope="module")
+def by_hook_runs(tmp_path_factory, two_rank_harvest):
+    """One torchrun launch: JumpReLU on 3 in-memory hooks (its target-L0 penalty would read the
+    other rank's statistic if anything were still reduced), TopK on the 2 hooks of the
+    2-rank harvested cache, and the refusals (1 hook for 2 ranks; --distribute-hooks resuming a
+    run without it)."""
+    tmp = tmp_path_factory.mktemp("by_hook")
+    g = torch.Generator().manual_seed(1)
+    data = {}
+    for h, d in HOOKS.items():
+        x_ND = ((torch.rand(1000, F, generator=g) < 0.06) * torch.rand(1000, F, generator=g)) @ (
+            torch.randn(F, d, generator=g)) + 3.0
+        np.save(tmp / f"{h}.npy", x_ND.numpy())
+        data[h] = str(tmp / f"{h}.npy")
+    arrays = {h: torch.from_numpy(np.load(p)) for h, p in data.items()}
+    short = dict(tokens=64 * 12)  # one checkpoint, at step 10, without distribute_hooks
+    train(TrainConfig(**train_config(tmp / "plain", "relu", **short)), arrays)
+    jobs = [
+        {"config": train_config(tmp / "jumprelu", "jumprelu", distribute_hooks=True), "data": data},
+        {"config": train_config(tmp / "cache", "topk", distribute_hooks=True),
+         "data": str(two_rank_harvest / "two")},
+        {"config": train_config(tmp / "one_hook", "topk", distribute_hooks=True),
+         "data": str(tmp / "h0.npy"), "expect_error": "1 hook.*WORLD_SIZE=2"},
+        {"config": train_config(tmp / "plain", "relu", distribute_hooks=True, resume=True, **short),
+         "data": data, "expect_error": "checkpoints of a run on 1 process.*without distribute_hooks"},
+    ]
+    (tmp / "jobs.json").write_text(json.dumps(jobs))
+    torchrun("_dist_train.py", str(tmp / "jobs.json"))
+    return tmp, arrays
+
+
+def test_distributed_hooks_equal_one_process_training_every_hook(by_hook_runs):
+    tmp, data = by_hook_runs
+    run = tmp / "jumprelu"
+    single = train(TrainConfig(**train_config(tmp / "single_jumprelu", "jumprelu")), data)
+    # rank r trained hooks[r::2], each on whole global batches, and returned just those
+    assert rank_file(run, 0, "trained.json") == {"h0": 64, "h2": 64}
+    assert rank_file(run, 1, "trained.json") == {"h1": 64}
+    assert rank_file(run, 0, "returned.json") == ["h0", "h2"]
+    assert rank_file(run, 1, "returned.json") == ["h1"]
+    assert_same_saes(all_weights(run, HOOKS), {h: dict(s.state_dict()) for h, s in single.items()})
+    # rank 0 wrote one metrics.jsonl with every hook's records, in one process's order
+    assert metrics(run) == metrics(tmp / "single_jumprelu")
+    assert json.loads((run / "config.json").read_text())["widths"] == HOOKS
+    ckpts = sorted(str(p.relative_to(run)) for p in (run / "checkpoints").rglob("*.pt"))
+    assert ckpts == [f"checkpoints/rank_0000{r}/step_0000000{s}.pt" for r in (0, 1) for s in (10, 20)]
+    assert sorted(torch.load(run / ckpts[0], weights_only=False)["hooks"]) == ["h0", "h2"]
+    assert sorted(torch.load(run / ckpts[-1], weights_only=False)["hooks"]) == ["h1"]
+
+
+def test_distributed_hooks_on_a_cache_read_only_each_ranks_hook(by_hook_runs, two_rank_harvest):
+    tmp, _ = by_hook_runs
+    run, cache = tmp / "cache", two_rank_harvest / "two"
+    hooks = ActivationCache(cache).hook_names
+    single = train(TrainConfig(**train_config(tmp / "single_cache", "topk")), str(cache))
+    assert_same_saes(all_weights(run, hooks), {h: dict(s.state_dict()) for h, s in single.items()})
+    for r in (0, 1):
+        shards = rank_file(run, r, "shards.json")
+        assert shards and all(f"/acts/{hooks[r]}/" in p for p in shards), (r, shards)
+
+
+def test_distribute_hooks_without_torchrun_changes_nothing(by_hook_runs, tmp_path):
+    _, data = by_hook_runs
+    two = {h: data[h] for h in ("h0", "h1")}
+    on = train(TrainConfig(**train_config(tmp_path / "on", "topk", distribute_hooks=True)), two)
+    off = train(TrainConfig(**train_config(tmp_path / "off", "topk")), two)
+    assert_same_saes({h: dict(s.state_dict()) for h, s in on.items()},
+                     {h: dict(s.state_dict()) for h, s in off.items()})
+    one = train(TrainConfig(**train_config(tmp_path / "one", "topk", distribute_hooks=True)), data["h0"])
+    assert isinstance(one, SAE)  # one process, one hook: a bare SAE, as without the flag
+
+
+def test_distributed_hooks_refuse_too_few_hooks_and_a_checkpoint_without_them(by_hook_runs):
+    tmp, _ = by_hook_runs
+    for r in (0, 1):  # every rank raised the same error
+        assert "1 hook(s) ['activations'] for WORLD_SIZE=2" in (
+            tmp / "one_hook" / f"rank{r}_error.txt").read_text()
+        assert "run on 1 process(es) without distribute_hooks" in (
+            tmp / "plain" / f"rank{r}_error.txt").read_text()
+    with pytest.raises(ValueError, match=r"3 hook\(s\).*WORLD_SIZE=4.*at most 3"):
+        distributed.assign_hooks(["a", "b", "c"], distributed.DistInfo(0, 4, 0))
+    assert distributed.assign_hooks(["a", "b", "c"], distributed.DistInfo(0, 2, 0)) == ["a", "c"]
+
+
+def test_distributed_hooks_resume_after_a_rank_died_mid_checkpoint(by_hook_runs):
+    """Rank 1 died while writing step 20 (rank 0 had written it): the run resumes from step 10,
+    the newest step on every rank, and ends equal to the uninterrupted run. A run without
+    distribute_hooks (2 ranks, or 1 process) refuses these checkpoints."""
+    tmp, data = by_hook_runs
+    run, resumed = tmp / "jumprelu", tmp / "resumed"
+    shutil.copytree(run, resumed)
+    for h in HOOKS:
+        shutil.rmtree(resumed / h)
+    for p in resumed.glob("rank*_*.json"):  # the worker's records of the first run
+        p.unlink()
+    (resumed / "checkpoints" / "rank_00001" / "step_000000020.pt").unlink()
+    hint = "distribute_hooks run on 2 processes.*distribute_hooks=True"
+    with pytest.raises(ValueError, match=hint):
+        train(TrainConfig(**train_config(resumed, "jumprelu", resume=True)), data)
+    with pytest.raises(ValueError, match=hint):
+        train(TrainConfig(**train_config(resumed, "jumprelu", resume=True, distribute_hooks=True)), data)
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
+        train(TrainConfig(**train_config(resumed, "jumprelu")), data)
+    # rank 0 of 3 (collectives are no-ops in this process): its file says 2 processes
+    cfg = TrainConfig(**train_config(resumed, "jumprelu", resume=True, distribute_hooks=True))
+    with pytest.raises(ValueError, match="run on 2 process.*WORLD_SIZE=3.*same number"):
+        trainer._resume_point_by_hook(cfg, resumed, open_source(data, cfg), list(HOOKS),
+                                      distributed.DistInfo(0, 3, 0))
+
+    data_files = {h: str(tmp / f"{h}.npy") for h in HOOKS}
+    jobs = [
+        {"config": train_config(resumed, "jumprelu", resume=True), "data": data_files,
+         "expect_error": hint},
+        # checkpoint_every may change on resume: checkpoints now fall at steps 15 and 30
+        {"config": train_config(resumed, "jumprelu", resume=True, distribute_hooks=True,
+                                checkpoint_every=64 * 15), "data": data_files},
+    ]
+    (tmp / "resume.json").write_text(json.dumps(jobs))
+    torchrun("_dist_train.py", str(tmp / "resume.json"))
+    assert not (resumed / "rank0_trained.json").exists()  # no step 0: it resumed
+    assert_same_saes(all_weights(resumed, HOOKS), all_weights(run, HOOKS))
+    assert metrics(resumed) == metrics(run)
+    # rank 0's step 20 belonged to the abandoned run: dropped on resume, not kept as "newest"
+    for r in (0, 1):
+        assert sorted(p.name for p in (resumed / "checkpoints" / f"rank_0000{r}").iterdir()) == [
+            "step_000000010.pt", "step_000000015.pt"]

@@ -21,7 +21,9 @@ def add(sub) -> None:
                        description="Train one SAE per hook from an activation cache (--activations DIR), an "
                                    ".npy/.safetensors file of shape (N, D) (--activations FILE) or streamed from a "
                                    "model (--model M --dataset D). Each SAE is saved as RUN_DIR/<hook>/ with cfg.json "
-                                   "and sae.safetensors. --resume continues an interrupted run.")
+                                   "and sae.safetensors. --resume continues an interrupted run. Under torchrun the ranks "
+                                   "train data parallel, or with --distribute-hooks each rank trains its "
+                                   "share of the hooks on whole batches (each rank prints its own hooks).")
     add_dataclass_args(p, TrainConfig, skip=("sae_options",),
                        choices={"architecture": architectures(), "decay": DECAYS, "dtype": DTYPES,
                                 "fast_step": FAST_STEP_MODES},

@@ -27,6 +27,9 @@ RESUME_FREE_FIELDS = frozenset({
     "out_dir", "resume", "log_every", "progress", "checkpoint_every", "keep_checkpoints",
     "wandb", "wandb_project", "wandb_name", "wandb_mode", "device", "activations",
     "cuda_graphs",  # a replayed graph runs the same kernels as the eager fast step
+    # each hook's SAE sees the same full batches either way; the checkpoint layout it implies
+    # (one file per rank) is checked on its own by the trainer, with a clearer error
+    "distribute_hooks",
 })
 
 
@@ -134,6 +137,13 @@ class TrainConfig:
     clip, decoder hooks, Adam) in a CUDA graph and replay it. Data-parallel runs (torchrun)
     always run the fast step eagerly, so the gradient all-reduce sits between backward and
     Adam."""
+    distribute_hooks: bool = False
+    """Under torchrun with W processes: rank r trains only the hooks ``hooks[r::W]`` (in this
+    order), each on the whole global batch, with no gradient all-reduce (EleutherAI sparsify's
+    ``--distribute_modules``). For many hooks whose SAEs each fit one GPU; off (data parallel,
+    every rank trains every hook on its slice of the batch) suits one large SAE. Needs at least
+    W hooks. Each rank reads only its hooks from the data, writes its own checkpoint files and
+    SAE folders; resume needs the same W. Without torchrun it changes nothing."""
     dead_window_tokens: int = 10_000_000
     """A latent that has not fired for more than this many tokens counts as dead (and is fed
     to the auxiliary loss where the architecture has one)."""
@@ -194,8 +204,9 @@ class TrainConfig:
             raise ValueError(f"dtype={self.dtype!r}: choose one of {list(DTYPES)}")
         if self.fast_step not in FAST_STEP_MODES:
             raise ValueError(f"fast_step={self.fast_step!r}: choose one of {list(FAST_STEP_MODES)}")
-        if not isinstance(self.cuda_graphs, bool):
-            raise ValueError(f"cuda_graphs={self.cuda_graphs!r}: must be true or false")
+        for name in ("cuda_graphs", "distribute_hooks"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be true or false")
         if self.fast_step == "on" and not self.fast_step_supported:
             raise ValueError(f"fast_step='on': needs architecture in {list(FAST_STEP_ARCHITECTURES)} "
                              f"without multi_topk; got architecture={self.architecture!r}, multi_topk="

@@ -141,7 +141,8 @@ class ArraySource(DataSource):
         ring = []
         for _ in range(reuse):
             slot = {}
-            for hook, a in self.arrays.items():
+            for hook in self.widths:  # the selected hooks
+                a = self.arrays[hook]
                 dt = _host_dtype(a)
                 if dt not in _KEPT or (isinstance(a, torch.Tensor) and a.device.type != "cpu"):
                     return []

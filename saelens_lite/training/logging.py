@@ -42,7 +42,10 @@ class RunLogger:
     ``metrics.jsonl`` holds one JSON object per (logged step, hook): ``hook``, ``step``,
     ``tokens``, ``loss``, each named loss term, ``l0``, ``fvu``, ``dead_fraction``, ``lr`` and
     ``sparsity_scale``. A resumed run drops records past the checkpoint it resumes from, so
-    the file reads like the one of an uninterrupted run.
+    the file reads like the one of an uninterrupted run. Under torchrun only rank 0's logger is
+    enabled: data parallel, the records are already averaged over ranks; with distributed
+    hooks, the trainer gathers every rank's records (``{hook: ...}`` of its own hooks) before
+    ``log``, so one writer still holds every hook.
     """
 
     def __init__(self, run_dir: str | Path, config, *, total_steps: int, start_step: int = 0,

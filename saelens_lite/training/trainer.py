@@ -28,6 +28,24 @@ step on the same global batch up to float rounding. Terms computed over the batc
 BatchTopK selection (top (B/W) k per rank) and the AuxK normaliser. Only rank 0 writes
 config.json, metrics.jsonl, checkpoints and the SAEs; resume needs the same world size.
 
+Distributed hooks (``config.distribute_hooks`` under ``torchrun``; EleutherAI sparsify's
+``--distribute_modules``): rank r of W trains only ``hooks[r::W]`` (config order; fewer hooks
+than ranks is an error), each on the whole global batch, and nothing is reduced: a hook's SAE
+sees exactly the steps of a one-process run. The source is restricted to the rank's hooks
+(``DataSource.select``: a cache reads only their shards, a model captures only them); every
+source orders its rows independently of the hooks selected, so each rank sees the same batches.
+Every rank builds every hook's SAE in config order and keeps its own, so each init draws the
+global RNG where one process does; after init the steps draw nothing from it (except the
+fast step's random choice of AuxK candidates when more latents are dead than candidates,
+which interleaves over a process's hooks: only there can a hook's result depend on which other
+hooks its process trains). Files, one writer each: rank 0 writes config.json and
+metrics.jsonl (the ranks' records are gathered at log steps, so the file reads like a
+one-process run's); each rank writes its own hooks' SAE folders and its own checkpoints
+``checkpoints/rank_RRRRR/step_*.pt`` (its hooks, its RNG states; see
+:mod:`saelens_lite.training.checkpoint`). Resume continues from the newest step every rank
+holds and refuses another world size or a switch between the two modes. ``train`` returns this
+rank's ``{hook: SAE}``. Without torchrun the flag changes nothing.
+
 Fast step (``config.fast_step``, :mod:`saelens_lite.training.fast_step`): for TopK / BatchTopK
 the step above runs as closed-form sparse gradients and fused Adam instead of autograd; on CUDA
 in one process it is captured once in a CUDA graph and replayed. The schedule then reaches the
@@ -35,8 +53,13 @@ graph through tensors updated in place before each replay (the lr, a 0-dim tenso
 Adam; the dead mask, copied into the captured input), the clip runs inside the graph
 (``clip_grad_norm_``, sync-free), and the outputs are read on the host only at log steps. Until
 ``dead_window_tokens`` have passed no latent can be dead, so the step gets no dead mask (and
-skips the AuxK selection); the autograd path computes no AuxK term then either. Under
-``torchrun`` the fast step runs eagerly with the all-reduce between backward and Adam.
+skips the AuxK selection); the autograd path computes no AuxK term then either. Data parallel
+under ``torchrun`` the fast step runs eagerly with the all-reduce between backward and Adam;
+with distributed hooks each rank captures its graphs as one process does.
+
+After the last step each SAE's ``finish_training_`` gets a fixed data sample (seed + 1, in
+training units) to set what inference needs from data (BatchTopK: its threshold, see
+saes.batchtopk), then the normalisation scale is folded in and the SAE is saved.
 
 Shapes: B batch, D width, F latents.
 """
@@ -61,13 +84,19 @@ import torch
 from saelens_lite import distributed
 from saelens_lite._atomic import write_json
 from saelens_lite.training.checkpoint import (
+    checkpoint_dir,
+    checkpoint_ranks,
+    checkpoint_step,
+    has_checkpoints,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
+    prune_checkpoints,
     save_checkpoint,
     set_rng_state,
 )
 from saelens_lite.training.config import TrainConfig
-from saelens_lite.training.data import DataSource, open_source
+from saelens_lite.training.data import ArraySource, DataSource, open_source
 from saelens_lite.training.logging import RunLogger
 
 log = logging.getLogger(__name__)
@@ -192,12 +221,15 @@ def _param_groups(sae):
 
 class _HookState:
     """Everything trained for one hook. ``fast``: the FastTrainStep that replaces the autograd
-    step (None: autograd)."""
+    step (None: autograd). ``data_parallel``: ranks share this hook's batches, so gradients,
+    buffers, fired masks and metrics are reduced over them (False in one process and for
+    distributed hooks, where this rank alone trains the hook on whole batches)."""
 
-    def __init__(self, sae, config: TrainConfig, device: torch.device, distributed_run: bool = False,
+    def __init__(self, sae, config: TrainConfig, device: torch.device, data_parallel: bool = False,
                  amp: torch.dtype | None = None):
         self.sae = sae.to(device)
-        if distributed_run:  # global batch statistics for terms non-linear in them (JumpReLU)
+        self.data_parallel = data_parallel
+        if data_parallel:  # global batch statistics for terms non-linear in them (JumpReLU)
             self.sae.batch_mean = distributed.batch_mean
         self.base_lr = config.lr_for(sae.cfg.d_sae)
         self.fast = None
@@ -206,13 +238,13 @@ class _HookState:
             from saelens_lite.training.fast_step import FastTrainStep
 
             cuda = device.type == "cuda"
-            graph = cuda and config.cuda_graphs and not distributed_run
+            graph = cuda and config.cuda_graphs and not data_parallel
             # fused Adam reads a 0-dim tensor lr on the device (updated in place each step, so
             # a captured graph sees the schedule); on a CPU the autograd path's Adam and float lr
             lr = torch.tensor(self.base_lr, dtype=torch.float32, device=device) if cuda else self.base_lr
             self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr, betas=betas, fused=cuda or None,
                                         capturable=graph)
-            hook = (lambda: distributed.all_reduce_grads_(self.sae.parameters())) if distributed_run else None
+            hook = (lambda: distributed.all_reduce_grads_(self.sae.parameters())) if data_parallel else None
             self.fast = FastTrainStep(self.sae, self.opt, compute_dtype=amp, cuda_graph=graph,
                                       grad_clip=config.grad_clip, grad_hook=hook)
         else:
@@ -253,23 +285,39 @@ def train(config: TrainConfig, data=None):
     ``data``: an ActivationCache or its folder, an ``.npy`` / ``.safetensors`` file of (N, D),
     a tensor / array (N, D), a ``{hook: tensor}`` dict, a :class:`DataSource`, or None (use
     ``config.activations`` or stream from ``config.model``). Returns the trained SAE, or a
-    ``{hook: SAE}`` dict when there are several hooks. Every check on the config and the data
-    runs before the first step.
+    ``{hook: SAE}`` dict when there are several hooks; under torchrun with
+    ``config.distribute_hooks``, always a dict holding this rank's hooks only. Every check on
+    the config and the data runs before the first step.
     """
     dinfo, device = distributed.setup(config.device)
-    rows = distributed.rank_slice(config.batch_size, dinfo)  # this rank's rows of a global batch
+    by_hook = config.distribute_hooks and dinfo.distributed  # else: data parallel (or 1 process)
+    data_parallel = dinfo.distributed and not by_hook
+    # this rank's rows of a global batch: all of them when hooks are distributed
+    rows = distributed.rank_slice(config.batch_size, dinfo) if data_parallel else slice(None)
     source = open_source(data, config)
-    hooks = source.hooks
+    all_hooks, all_widths = source.hooks, dict(source.widths)
+    hooks = distributed.assign_hooks(all_hooks, dinfo) if by_hook else all_hooks
+    if by_hook:
+        _select(source, hooks)  # read (a cache) or capture (a model) only this rank's hooks
     amp = autocast_dtype(config, device)
     run_dir = Path(config.out_dir)
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
-    states = {h: _HookState(build_sae(config, source.widths[h], h), config, device,
-                            dinfo.distributed, amp) for h in hooks}
+    # Every rank builds every hook's SAE in config order (on the CPU, keeping only its own), so
+    # each init draws from the global RNG exactly where a one-process run draws it.
+    states = {}
+    for h in all_hooks:
+        sae = build_sae(config, all_widths[h], h)
+        if h in hooks:
+            states[h] = _HookState(sae, config, device, data_parallel, amp)
+        del sae
 
-    ckpt = _resume_point(config, run_dir, source, dinfo.world_size)
+    if by_hook:
+        ckpt = _resume_point_by_hook(config, run_dir, source, all_hooks, dinfo)
+    else:
+        ckpt = _resume_point(config, run_dir, source, dinfo.world_size)
     if ckpt is not None:
         for h, st in states.items():
             st.load_state_dict(ckpt["hooks"][h])
@@ -283,15 +331,17 @@ def train(config: TrainConfig, data=None):
             x_ND = sample[h].to(device, torch.float32)
             st.scale = normalization_scale(x_ND) if config.normalize_activations else 1.0
             st.sae.init_from_data_(x_ND * st.scale)  # b_dec per cfg.b_dec_init
-        if dinfo.distributed:  # every rank computed the same init; make that exact
+        if data_parallel:  # every rank computed the same init; make that exact
             scales = distributed.broadcast_object({h: st.scale for h, st in states.items()})
             for h, st in states.items():
                 st.scale = scales[h]
                 distributed.broadcast_module_(st.sae)
+        if by_hook:  # every rank writes files (out_dir need not be on a shared filesystem)
+            run_dir.mkdir(parents=True, exist_ok=True)
         if dinfo.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / "config.json", {**config.to_dict(), "format_version": FORMAT_VERSION,
-                                                  "widths": source.widths, "n_tokens": source.n_tokens})
+                                                  "widths": all_widths, "n_tokens": source.n_tokens})
         distributed.barrier()
 
     total = config.steps
@@ -305,6 +355,8 @@ def train(config: TrainConfig, data=None):
              "" if fast is None else " with the fast step" + (" in a CUDA graph" if fast.use_graph else ""),
              f"{total * B / source.n_tokens:.2f} passes over the data" if source.n_tokens else "streaming",
              f", rank {dinfo.rank} of {dinfo.world_size}" if dinfo.distributed else "")
+    if by_hook:
+        log.info("rank %d of %d trains hooks %s of %d", dinfo.rank, dinfo.world_size, hooks, len(all_hooks))
     logger = RunLogger(run_dir, config, total_steps=total, start_step=start, enabled=dinfo.is_main)
     # a source may recycle output buffers (see _Prefetcher); user sources may lack the option
     reuse = {"reuse": _Prefetcher.DEPTH + 4} if "reuse" in inspect.signature(source.batches).parameters else {}
@@ -318,69 +370,168 @@ def train(config: TrainConfig, data=None):
             done = step + 1
             if done % config.log_every == 0 or done == total:
                 recs = [_record(h, r, states[h], done, B) for h, r in zip(hooks, records)]
+                if by_hook:  # every rank gets every hook's record, in config order
+                    order = {h: i for i, h in enumerate(all_hooks)}
+                    recs = sorted((r for part in distributed.all_gather_object(recs) for r in part),
+                                  key=lambda r: order[r["hook"]])
                 logger.log(recs)
                 bad = [r["hook"] for r in recs if not math.isfinite(r["loss"])]
                 if bad:
                     raise FloatingPointError(f"loss of {bad} is not finite at step {done}; lower lr "
                                              f"(now {config.lr}) or check the data")
-            if (config.checkpoint_every and done < total and dinfo.is_main
+            if (config.checkpoint_every and done < total
                     and (done * B) // config.checkpoint_every > (step * B) // config.checkpoint_every):
-                save_checkpoint(run_dir, done, {
-                    "config": config.to_dict(), "hooks": {h: st.state_dict() for h, st in states.items()},
-                    "tokens": done * B, "data": source.state(), "format_version": FORMAT_VERSION,
-                    "world_size": dinfo.world_size,
-                }, keep=config.keep_checkpoints)
+                state = {"config": config.to_dict(), "hooks": {h: st.state_dict() for h, st in states.items()},
+                         "tokens": done * B, "data": source.state(), "format_version": FORMAT_VERSION,
+                         "world_size": dinfo.world_size, "distribute_hooks": by_hook}
+                if by_hook:
+                    # write, wait until every rank has step ``done``, then prune: some step is
+                    # always complete on every rank (see training.checkpoint)
+                    save_checkpoint(run_dir, done, {**state, "rank": dinfo.rank, "all_hooks": all_hooks},
+                                    keep=None, rank=dinfo.rank)
+                    distributed.barrier()
+                    prune_checkpoints(run_dir, config.keep_checkpoints, dinfo.rank)
+                elif dinfo.is_main:
+                    save_checkpoint(run_dir, done, state, keep=config.keep_checkpoints)
     finally:
         batches.close()
         logger.close()
 
+    # data-dependent inference settings (the BatchTopK threshold) from a fixed sample, so a
+    # resumed run ends the same; every data-parallel rank draws the same sample
+    from saelens_lite.saes import SAE
+
+    finish = [h for h, st in states.items() if type(st.sae).finish_training_ is not SAE.finish_training_]
+    tail = source.sample(config.init_sample_tokens, seed=config.seed + 1) if finish else {}
     saes = {}
     for h, st in states.items():
         sae = copy.deepcopy(st.sae).eval()
+        if h in finish:
+            sae.finish_training_(tail[h].to(device, torch.float32) * st.scale)
         if st.scale != 1.0:
             sae.fold_input_scale_(st.scale)
-        if dinfo.is_main:
+        if dinfo.is_main or by_hook:  # distributed hooks: each rank saves its own
             out = run_dir / _safe_dirname(h)
             if out.exists():
                 shutil.rmtree(out)
             sae.save(out)
         saes[h] = sae
     distributed.barrier()  # every rank returns once the SAEs are on disk
+    if by_hook:
+        log.info("rank %d saved %s to %s", dinfo.rank, ", ".join(hooks), run_dir)
+        return saes
     if dinfo.is_main:
         log.info("saved %s to %s", ", ".join(hooks), run_dir)
     return saes[hooks[0]] if len(hooks) == 1 else saes
 
 
+def _select(source: DataSource, hooks: list[str]) -> None:
+    """``source.select(hooks)``, and an ArraySource drops the other hooks' arrays."""
+    source.select(hooks)
+    if isinstance(source, ArraySource):
+        source.arrays = {h: source.arrays[h] for h in hooks}
+
+
+def _per_rank_hint(run_dir: Path) -> str | None:
+    """An error for a run that is not distributing hooks but finds per-rank checkpoints."""
+    ranks = checkpoint_ranks(run_dir)
+    if not ranks:
+        return None
+    path = latest_checkpoint(run_dir, ranks[0])
+    world = load_checkpoint(path).get("world_size", len(ranks))
+    return (f"resume: {run_dir} holds the per-rank checkpoints of a distribute_hooks run on {world} "
+            f"processes ({path.parent.parent}/rank_*); resume it under torchrun with {world} "
+            "processes and distribute_hooks=True (--distribute-hooks)")
+
+
+def _check_checkpoint(config: TrainConfig, ckpt: dict, path: Path, world_size: int,
+                      hooks: list[str], widths: dict[str, int]) -> str | None:
+    """What makes ``ckpt`` unusable for this run (None: nothing): another world size, a
+    config change that would change the weights, other hooks or widths."""
+    saved_world = ckpt.get("world_size", 1)
+    if saved_world != world_size:
+        return (f"resume: {path} was written by a run on {saved_world} process(es), this run "
+                f"has WORLD_SIZE={world_size}; resume with the same number of processes "
+                f"(torchrun --nproc_per_node ... x --nnodes ... = {saved_world})")
+    diff = config.resume_mismatch(ckpt["config"])
+    if diff:
+        f, more = diff[0], f" (also differing: {diff[1:]})" if len(diff) > 1 else ""
+        return (f"resume: {f}={getattr(config, f)!r} differs from the checkpoint's "
+                f"{f}={ckpt['config'].get(f)!r}{more}; it would change the weights")
+    if sorted(ckpt["hooks"]) != sorted(hooks):
+        return f"resume: hooks {hooks} differ from the checkpoint's {sorted(ckpt['hooks'])}"
+    for h in hooks:
+        w = ckpt["hooks"][h]["sae"]["W_dec"].shape[1]
+        if w != widths[h]:
+            return f"hook {h!r}: the data has width {widths[h]}, the checkpoint {w}"
+    return None
+
+
 def _resume_point(config: TrainConfig, run_dir: Path, source: DataSource,
                   world_size: int = 1) -> dict | None:
     """The checkpoint to resume from (None: fresh run); refuses a config, data or world-size
-    mismatch."""
+    mismatch, and the per-rank checkpoints of a distributed-hooks run."""
     path = latest_checkpoint(run_dir)
     if not config.resume:
-        if path is not None:
+        if has_checkpoints(run_dir):
             raise ValueError(f"out_dir={str(run_dir)!r}: holds checkpoints of an earlier run; pass "
                              "resume=True to continue it or choose another out_dir")
         return None
     if path is None:
+        hint = _per_rank_hint(run_dir)
+        if hint:
+            raise ValueError(hint)
         log.warning("resume=True but %s holds no checkpoint; starting from scratch", run_dir)
         return None
     ckpt = load_checkpoint(path)
-    saved_world = ckpt.get("world_size", 1)
-    if saved_world != world_size:
-        raise ValueError(f"resume: {path} was written by a run on {saved_world} process(es), this run "
-                         f"has WORLD_SIZE={world_size}; resume with the same number of processes "
-                         f"(torchrun --nproc_per_node ... x --nnodes ... = {saved_world})")
-    diff = config.resume_mismatch(ckpt["config"])
-    if diff:
-        f, more = diff[0], f" (also differing: {diff[1:]})" if len(diff) > 1 else ""
-        raise ValueError(f"resume: {f}={getattr(config, f)!r} differs from the checkpoint's "
-                         f"{f}={ckpt['config'].get(f)!r}{more}; it would change the weights")
-    if sorted(ckpt["hooks"]) != sorted(source.hooks):
-        raise ValueError(f"resume: hooks {source.hooks} differ from the checkpoint's {sorted(ckpt['hooks'])}")
-    for h in source.hooks:
-        w = ckpt["hooks"][h]["sae"]["W_dec"].shape[1]
-        if w != source.widths[h]:
-            raise ValueError(f"hook {h!r}: the data has width {source.widths[h]}, the checkpoint {w}")
+    error = _check_checkpoint(config, ckpt, path, world_size, source.hooks, source.widths)
+    if error:
+        raise ValueError(error)
+    return ckpt
+
+
+def _resume_point_by_hook(config: TrainConfig, run_dir: Path, source: DataSource,
+                          all_hooks: list[str], dinfo: distributed.DistInfo) -> dict | None:
+    """This rank's checkpoint to resume a distributed-hooks run from (None: fresh run).
+
+    Each rank lists its own files; the run resumes from the newest step every rank holds (a
+    crash between two ranks' writes leaves the newer step on some ranks only), and each rank
+    drops its files past that step. Refuses, on every rank alike: checkpoints of a
+    data-parallel run, another world size, a config change, other hooks."""
+    r, W = dinfo.rank, dinfo.world_size
+    if not config.resume:
+        distributed.agree(f"out_dir={str(run_dir)!r}: holds checkpoints of an earlier run; pass "
+                          "resume=True to continue it or choose another out_dir"
+                          if has_checkpoints(run_dir) else None)
+        return None
+    steps = distributed.all_gather_object([checkpoint_step(p) for p in list_checkpoints(run_dir, r)])
+    if not any(steps):
+        path = latest_checkpoint(run_dir)
+        distributed.agree(None if path is None else
+                          f"resume: {run_dir} holds the checkpoints of a run on "
+                          f"{load_checkpoint(path).get('world_size', 1)} process(es) without "
+                          f"distribute_hooks ({path}); resume it the way it ran")
+        log.warning("resume=True but %s holds no checkpoint; starting from scratch", run_dir)
+        return None
+    common = set(steps[0]).intersection(*steps[1:])
+    step = max(common) if common else None
+    path = (checkpoint_dir(run_dir, r) / f"step_{step:09d}.pt" if step is not None
+            else latest_checkpoint(run_dir, r))
+    error, ckpt = None, None
+    if path is None:
+        error = (f"resume: rank {r} of WORLD_SIZE={W} has no checkpoint in {checkpoint_dir(run_dir, r)}; "
+                 f"the run's checkpoints cover ranks {checkpoint_ranks(run_dir)}: resume with the "
+                 "same number of processes")
+    else:
+        ckpt = load_checkpoint(path)
+        error = _check_checkpoint(config, ckpt, path, W, source.hooks, source.widths)
+        if error is None and list(ckpt.get("all_hooks", all_hooks)) != list(all_hooks):
+            error = f"resume: hooks {all_hooks} differ from the checkpoint's {ckpt['all_hooks']}"
+        if error is None and step is None:
+            error = (f"resume: no checkpoint step is held by every rank (steps per rank: {steps}) "
+                     f"in {checkpoint_dir(run_dir)}")
+    distributed.agree(error)
+    prune_checkpoints(run_dir, config.keep_checkpoints, r, after=step)
     return ckpt
 
 
@@ -441,29 +592,39 @@ def _train_step(hook: str, st: _HookState, x_BD: torch.Tensor, step: int, config
         st.set_lr(lr)
         dead = st.dead.dead_mask() if step * global_batch > st.dead.window else None
         out = st.fast(x_BD, dead)
-        distributed.average_buffers_(sae)
-        st.dead.update(distributed.all_reduce_(out.fired_F, "max"), global_batch)
+        _reduce_step(st, out)
+        st.dead.update(out.fired_F, global_batch)
         return out, lr, sp
     ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
     with ctx:
         out = sae.training_forward(x_BD, sparsity_scale=sp, dead_mask_F=st.dead.dead_mask())
     st.opt.zero_grad(set_to_none=True)
     out.loss.backward()
-    distributed.all_reduce_grads_(sae.parameters())  # mean over ranks = gradient of the global batch
+    if st.data_parallel:  # mean over ranks = gradient of the global batch
+        distributed.all_reduce_grads_(sae.parameters())
     sae.before_optimizer_step_()
     if config.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
     st.set_lr(lr)
     st.opt.step()
     sae.after_optimizer_step_()
-    distributed.average_buffers_(sae)
-    st.dead.update(distributed.all_reduce_(out.fired_F, "max"), global_batch)
+    _reduce_step(st, out)
+    st.dead.update(out.fired_F, global_batch)
     return out, lr, sp
 
 
+def _reduce_step(st: _HookState, out) -> None:
+    """Data parallel: average the floating buffers and OR the fired masks over ranks (in place
+    in ``out.fired_F``); nothing otherwise."""
+    if st.data_parallel:
+        distributed.average_buffers_(st.sae)
+        distributed.all_reduce_(out.fired_F, "max")
+
+
 def _record(hook: str, r, st: _HookState, done: int, B: int) -> dict:
-    """One metrics record; loss terms, l0 and fvu are averaged over ranks (means of equal-sized
-    slices, so loss, mse and l0 equal their global-batch values; fvu is the ranks' mean)."""
+    """One metrics record; data parallel, loss terms, l0 and fvu are averaged over ranks (means
+    of equal-sized slices, so loss, mse and l0 equal their global-batch values; fvu is the ranks'
+    mean)."""
     out, lr, sp = r
     losses = getattr(out, "losses", None)
     if losses is None:  # a fast-step StepOutput
@@ -471,7 +632,9 @@ def _record(hook: str, r, st: _HookState, done: int, B: int) -> dict:
     names = list(losses or {})
     vals = torch.stack([torch.as_tensor(v).detach().float().reshape(()).to(out.loss.device)
                         for v in [out.loss, out.l0, out.fvu, *(losses[n] for n in names)]])
-    vals = distributed.all_reduce_(vals, "mean").tolist()
+    if st.data_parallel:
+        vals = distributed.all_reduce_(vals, "mean")
+    vals = vals.tolist()
     rec = {"hook": hook, "step": done, "tokens": done * B, "loss": vals[0]}
     rec.update(zip(names, vals[3:]))
     rec.update(l0=vals[1], fvu=vals[2], dead_fraction=st.dead.dead_fraction(),
