@@ -128,12 +128,12 @@ def _decode_np(raw: np.ndarray, dtype: str) -> np.ndarray:
     return raw
 
 
-_CACHE_DTYPE = {np.uint16: "bfloat16", np.float16: "float16", np.float32: "float32"}
+_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def _torch_storage(dtype: str) -> torch.dtype:
     """The torch dtype a cache dtype is read as (bfloat16 bits are bfloat16)."""
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+    return _TORCH_DTYPES[dtype]
 
 
 def _as_numpy(t: torch.Tensor) -> np.ndarray:
@@ -148,7 +148,7 @@ def _gather_rows(win_ND: np.ndarray, rows: np.ndarray, dtype: torch.dtype,
     through a scratch buffer kept in ``scratch`` across calls."""
     if out is None:
         out = torch.empty(len(rows), win_ND.shape[1], dtype=dtype)
-    store = _torch_storage(_CACHE_DTYPE[win_ND.dtype.type])
+    store = torch.bfloat16 if win_ND.dtype == np.uint16 else torch.from_numpy(win_ND[:0]).dtype
     if store == dtype:
         _take(win_ND, rows, _as_numpy(out))
         return out
