@@ -31,12 +31,15 @@ def data(n=256, seed=0):
 def test_short_run_recovers_most_true_features():
     """128 features in superposition in D=32, 146 steps of 2048 tokens (~5 s). TopK recovers 57%
     of them here; JumpReLU recovered 3% (L0 2.9) before the least-squares init scale, the
-    threshold learning rate and the bandwidth, 58% with them."""
+    threshold learning rate and the bandwidth, 58% with them. The pre-activation gradient of
+    the straight-through estimators (jumprelu_pre_grad) keeps 58% here but ends with 25% of
+    the latents dead instead of 45% (on the full benchmark it lifts recovery from 64% to 93%)."""
     cfg = SyntheticConfig(d=32, n_features=128, mean_active=4.0)
     opts = {"tokens": 300_000, "batch_size": 2048, "dead_window_tokens": 50_000}
     (row,) = run_benchmark(["jumprelu"], cfg=cfg, n_train=100_000, train_options=opts, n_eval=5000)
     assert row["recovered"] >= 0.45, row
     assert 2 < row["l0"] < 8, row
+    assert row["dead_fraction"] < 0.35, row
 
 
 def test_two_rank_surrogate_gradient_equals_the_global_batch_gradient():
@@ -118,3 +121,42 @@ def test_trainer_gives_log_threshold_its_learning_rate_scale():
     assert lrs[id(sae.log_threshold)] == pytest.approx(7 * 2e-3)
     assert {lrs[id(p)] for n, p in sae.named_parameters() if n != "log_threshold"} == {2e-3}
     assert sum(len(g["params"]) for g in st.opt.param_groups) == len(list(sae.parameters()))
+
+
+@pytest.mark.parametrize("pre_grad", [True, False])
+def test_straight_through_estimators_give_pre_the_mirror_of_the_threshold_gradient(pre_grad):
+    """d/d pre of JumpReLU := H + (theta / eps) K and of H := K / eps (Anthropic, January 2025),
+    the kernel terms being minus the theta ones; without pre_grad, pre gets H and nothing."""
+    from saelens_lite.saes.jumprelu import heaviside_step, jumprelu
+
+    eps = 0.5
+    pre = torch.tensor([[0.2, 0.9, 1.1, 1.4, 2.0]], dtype=torch.float64, requires_grad=True)
+    theta = torch.full((5,), 1.0, dtype=torch.float64, requires_grad=True)
+    K = torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0]], dtype=torch.float64)  # |pre - theta| < eps / 2
+    H = (pre > theta).double()
+    g_pre, g_theta = torch.autograd.grad(jumprelu(pre, theta, eps, pre_grad).sum(), (pre, theta))
+    torch.testing.assert_close(g_theta, -(theta / eps * K)[0])
+    torch.testing.assert_close(g_pre, H + theta / eps * K if pre_grad else H)
+    g_pre, g_theta = torch.autograd.grad(
+        heaviside_step(pre, theta, eps, pre_grad).sum(), (pre, theta), allow_unused=True
+    )
+    torch.testing.assert_close(g_theta, -(K / eps)[0])
+    if pre_grad:
+        torch.testing.assert_close(g_pre, K / eps)
+    else:
+        assert g_pre is None
+
+
+def test_latents_just_below_threshold_learn_from_the_reconstruction():
+    """With pre_grad a latent that never fires but sits within eps / 2 of its threshold gets an
+    encoder gradient from the reconstruction; with the paper's estimator it gets none."""
+    x = data()
+    grads = {}
+    for pre_grad in (True, False):
+        sae = make(jumprelu_pre_grad=pre_grad, l0_coeff=0.0, jumprelu_bandwidth=2.0)
+        sae.init_from_data_(x)
+        with torch.no_grad():
+            sae.log_threshold[0] = (sae.pre_acts(x)[:, 0].max() + 0.1).log()  # never fires
+        (grads[pre_grad],) = torch.autograd.grad(sae.training_forward(x).loss, sae.W_enc)
+    assert grads[True][:, 0].abs().sum() > 0
+    assert (grads[False][:, 0] == 0).all()
