@@ -15,6 +15,7 @@ import pytest
 import torch
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed: run `make browser-deps`")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -72,7 +73,10 @@ def site(parts, tmp_path_factory):
 
 
 def wait(driver, cond, timeout=15):
-    return WebDriverWait(driver, timeout).until(lambda d: cond(d))
+    """Poll `cond` until truthy; an element re-rendered between its lookup and its read
+    (StaleElementReferenceException) just means: poll again."""
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: cond(d))
 
 
 def test_index_search_and_feature_page_from_disk(browser, site):
@@ -154,8 +158,9 @@ def test_live_box_when_served_with_a_model(browser, parts, site):
         toks[3].click()
         links = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#live-detail a"))
         links[0].click()
-        wait(browser, lambda d: d.find_elements(By.ID, "feature-title"))
-        shown = int(browser.find_element(By.ID, "feature-title").text.removeprefix("Feature #"))
+        title = wait(browser, lambda d: [e.text for e in d.find_elements(By.ID, "feature-title")
+                                         if e.text.startswith("Feature #")])[0]
+        shown = int(title.removeprefix("Feature #"))
         browser.find_element(By.TAG_NAME, "body").send_keys("\ue014")  # ArrowRight: next feature
         wait(browser, lambda d: d.find_element(By.ID, "feature-title").text == f"Feature #{shown + 1}")
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
