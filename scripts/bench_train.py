@@ -271,15 +271,16 @@ def check_fast_step(dev: str, D: int = 64, F: int = 512, K: int = 8, B: int = 25
     return ok
 
 
-def check_fused_topk(D: int = 768, F: int = 24576, K: int = 32, B: int = 4096) -> bool:
+def check_fused_topk(D: int = 768, F: int = 24576, K: int = 32, B: int = 4096,
+                     dev: str = "cuda") -> bool:
     """The fused matmul + top-k kernel against cuBLAS matmul + torch.topk at the issue's first
     shape: the selected values may differ only where the two matmuls round differently."""
     from saelens_lite.kernels import triton_topk
 
-    g = torch.Generator(device="cuda").manual_seed(0)
-    xc = torch.randn(B, D, device="cuda", generator=g).bfloat16()
-    W = (torch.randn(F, D, device="cuda", generator=g) / D**0.5).bfloat16().T
-    b = (torch.randn(F, device="cuda", generator=g) * 0.1).bfloat16()
+    g = torch.Generator(device=dev).manual_seed(0)
+    xc = torch.randn(B, D, device=dev, generator=g).bfloat16()
+    W = (torch.randn(F, D, device=dev, generator=g) / D**0.5).bfloat16().T
+    b = (torch.randn(F, device=dev, generator=g) * 0.1).bfloat16()
     vals, idx = triton_topk.encode_topk(xc, W, b, K)
     rv, _ = triton_topk.encode_topk_reference(xc, W, b, K)
     exact = (xc.double() @ W.double() + b.double()).gather(1, idx)
