@@ -141,14 +141,18 @@ def _as_numpy(t: torch.Tensor) -> np.ndarray:
     return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
 
 
-def _gather_rows(win_ND: np.ndarray, rows: np.ndarray, dtype: torch.dtype,
+def _gather_rows(win_ND: np.ndarray, rows: np.ndarray | range, dtype: torch.dtype,
                  out: torch.Tensor | None = None, scratch: list | None = None) -> torch.Tensor:
     """win[rows] (storage dtype) as a ``dtype`` tensor, into ``out`` if given: one gather
     (``np.take``, 3x faster than ``torch.index_select`` here), then one conversion at most,
-    through a scratch buffer kept in ``scratch`` across calls."""
+    through a scratch buffer kept in ``scratch`` across calls. A ``range`` (unshuffled) is a
+    slice: no gather, one copy or conversion."""
     if out is None:
         out = torch.empty(len(rows), win_ND.shape[1], dtype=dtype)
     store = torch.bfloat16 if win_ND.dtype == np.uint16 else torch.from_numpy(win_ND[:0]).dtype
+    if isinstance(rows, range):
+        view = torch.from_numpy(win_ND[rows.start:rows.stop])
+        return out.copy_(view.view(torch.bfloat16) if store == torch.bfloat16 else view)
     if store == dtype:
         _take(win_ND, rows, _as_numpy(out))
         return out
@@ -643,7 +647,7 @@ class ActivationCache:
                 if shuffle:
                     rows = np.random.default_rng([seed, epoch, w]).permutation(size)[off:]
                 else:
-                    rows = np.arange(off, size)
+                    rows = range(off, size)  # sliced, not gathered (_gather_rows)
                 off = 0
                 yield [b[:size] for b in bufs], rows
             epoch += 1
