@@ -561,7 +561,8 @@ class ActivationCache:
         yields numpy (bfloat16 upcast to float32); ``dtype=None`` keeps the stored dtype.
 
         Each window is read once, sequentially, into a buffer the iterator reuses, and each
-        batch is one multi-threaded row gather (``torch.index_select``) out of it. ``reuse=R``
+        shuffled batch is one row gather (``np.take``, threaded when big) out of it, an
+        unshuffled one a slice. ``reuse=R``
         (R >= 1) also cycles R output buffers instead of allocating every batch (a fresh
         multi-MB buffer costs more in page faults than the copy into it): a yielded batch is
         then overwritten R batches later, so a consumer must be done with it by then (the

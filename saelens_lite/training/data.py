@@ -112,6 +112,10 @@ class ArraySource(DataSource):
         if self.n_tokens == 0:
             raise ValueError("data: holds no tokens")
 
+    def select(self, hooks: list[str]) -> None:
+        super().select(hooks)
+        self.arrays = {h: self.arrays[h] for h in hooks}  # the others are never read
+
     def _perm(self, seed: int, epoch: int) -> np.ndarray:
         return np.random.default_rng([seed, epoch]).permutation(self.n_tokens)
 

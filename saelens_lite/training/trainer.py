@@ -96,7 +96,7 @@ from saelens_lite.training.checkpoint import (
     set_rng_state,
 )
 from saelens_lite.training.config import TrainConfig
-from saelens_lite.training.data import ArraySource, DataSource, open_source
+from saelens_lite.training.data import DataSource, open_source
 from saelens_lite.training.logging import RunLogger
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ def train(config: TrainConfig, data=None):
     all_hooks, all_widths = source.hooks, dict(source.widths)
     hooks = distributed.assign_hooks(all_hooks, dinfo) if by_hook else all_hooks
     if by_hook:
-        _select(source, hooks)  # read (a cache) or capture (a model) only this rank's hooks
+        source.select(hooks)  # read (a cache) or capture (a model) only this rank's hooks
     amp = autocast_dtype(config, device)
     run_dir = Path(config.out_dir)
 
@@ -423,13 +423,6 @@ def train(config: TrainConfig, data=None):
     if dinfo.is_main:
         log.info("saved %s to %s", ", ".join(hooks), run_dir)
     return saes[hooks[0]] if len(hooks) == 1 else saes
-
-
-def _select(source: DataSource, hooks: list[str]) -> None:
-    """``source.select(hooks)``, and an ArraySource drops the other hooks' arrays."""
-    source.select(hooks)
-    if isinstance(source, ArraySource):
-        source.arrays = {h: source.arrays[h] for h in hooks}
 
 
 def _per_rank_hint(run_dir: Path) -> str | None:
