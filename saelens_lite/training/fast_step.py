@@ -99,10 +99,14 @@ SELECT_MODES = ("auto", "fused", "torch")
 _FUSED_FAILED: list[str] = []  # why the fused kernel failed to compile or run ("auto" stops)
 
 
-def _fused_ok(mode: str, xc_lp_BD: Tensor, F_: int, k: int) -> bool:
-    """Whether the low-precision selection uses the fused Triton matmul + top-k kernel."""
+def _check_select(mode: str) -> None:
     if mode not in SELECT_MODES:
         raise ValueError(f"select={mode!r} is invalid; allowed: {SELECT_MODES}")
+
+
+def _fused_ok(mode: str, xc_lp_BD: Tensor, F_: int, k: int) -> bool:
+    """Whether the low-precision selection uses the fused Triton matmul + top-k kernel."""
+    _check_select(mode)
     if mode == "torch":
         return False
     from saelens_lite.kernels import triton_topk  # imported here: triton is optional
@@ -340,8 +344,7 @@ class FastTrainStep:
         aux_candidates: int | None = None,
     ):
         self.sae, self.opt, self.compute_dtype, self.warmup = sae, opt, compute_dtype, warmup
-        if select not in SELECT_MODES:
-            raise ValueError(f"select={select!r} is invalid; allowed: {SELECT_MODES}")
+        _check_select(select)
         self.select, self.aux_candidates = select, aux_candidates
         self.grad_clip, self.grad_hook = grad_clip, grad_hook
         self.params = dict(sae.named_parameters())
