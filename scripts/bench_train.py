@@ -271,8 +271,9 @@ def check_fast_step(dev: str, D: int = 64, F: int = 512, K: int = 8, B: int = 25
     return ok
 
 
-def check_fused_topk(D: int = 768, F: int = 24576, K: int = 32, B: int = 4096,
-                     dev: str = "cuda") -> bool:
+def check_fused_topk(
+    D: int = 768, F: int = 24576, K: int = 32, B: int = 4096, dev: str = "cuda"
+) -> bool:
     """The fused matmul + top-k kernel against cuBLAS matmul + torch.topk at the issue's first
     shape: the selected values may differ only where the two matmuls round differently."""
     from saelens_lite.kernels import triton_topk
@@ -369,10 +370,12 @@ def main() -> None:
     )
     ap.add_argument(
         "--topk-blocks",
-        nargs=3,
+        nargs="+",
         type=int,
-        metavar=("BLOCK_B", "BLOCK_F", "BLOCK_D"),
-        help="largest tiles of the fused matmul + top-k kernel (CUDA)",
+        metavar="N",
+        help="BLOCK_B BLOCK_F BLOCK_D [WARPS [STAGES]]: largest tiles (and warps, pipeline "
+        "stages) of the fused matmul + top-k kernel (CUDA); screen them without a GPU with "
+        "scripts/triton_compile_check.py",
     )
     ap.add_argument("--check", action="store_true", help="check the fast step, then exit")
     ap.add_argument("--mem-child", help=argparse.SUPPRESS)
@@ -380,7 +383,13 @@ def main() -> None:
     if args.topk_blocks:
         from saelens_lite.kernels import triton_topk
 
-        triton_topk.BLOCKS = tuple(args.topk_blocks)
+        if not 3 <= len(args.topk_blocks) <= 5:
+            ap.error(f"--topk-blocks takes 3 to 5 ints, got {args.topk_blocks}")
+        triton_topk.BLOCKS = tuple(args.topk_blocks[:3])
+        if len(args.topk_blocks) > 3:
+            triton_topk.WARPS = args.topk_blocks[3]
+        if len(args.topk_blocks) > 4:
+            triton_topk.STAGES = args.topk_blocks[4]
     if args.check:
         sys.exit(0 if check_fast_step(args.device) else 1)
     shapes = args.shape or [[576, 4608, 32, 2048]]

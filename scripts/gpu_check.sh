@@ -8,7 +8,7 @@
 #   2. step speed at both shapes: the graph step with the fused top-k (topk-graph) vs the
 #      unfused one (-torchsel), with 10% dead latents (AuxK over the bounded candidate set,
 #      -aux) vs over all latents unfused (-aux-full, the previous behaviour), and the peers
-#   3. tile sizes of the fused kernel at the first shape
+#   3. tile sizes (warps, pipeline stages) of the fused kernel at the first shape
 #   4. end-to-end train() tokens/s, fast_step=auto (CUDA graph) vs off (autograd), same data,
 #      at the two shapes, before and after the dead window (AuxK), plus auto with the
 #      data in host memory (the host gather + copy bound)
@@ -51,7 +51,9 @@ part "bench D=768 F=24576 K=32 B=16384" 60 $PY "${BENCH[@]}" --shape 768 24576 3
     --impls "${OURS[@]}" sparsify dense-bf16
 part "bench D=2304 F=16384 K=64 B=8192" 75 $PY "${BENCH[@]}" --shape 2304 16384 64 8192 \
     --impls "${OURS[@]}" sparsify dense-bf16 saelens-bf16
-for blocks in "128 128 64" "64 128 64" "32 256 64"; do
+# BLOCK_B BLOCK_F BLOCK_D WARPS STAGES; screened without a GPU by triton_compile_check.py (no
+# spills, 2-3 programs per SM where the default's 120 KiB of shared memory allows only 1)
+for blocks in "64 256 64 8 2" "64 256 32 8 3" "128 128 64 8 3" "64 128 64 4 3"; do
     part "fused tiles $blocks" 25 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
         --impls saelens_lite-topk-graph --topk-blocks $blocks
 done

@@ -46,6 +46,13 @@ Untimed: chosen so the tile's int32 keys (64 x 256) sit in registers at 8 warps 
 BLOCK_F/KT = 8 at K = 32; `scripts/bench_train.py --device cuda --topk-blocks` compares
 other choices."""
 
+WARPS = 8
+"""Warps per program of the fused kernel."""
+
+STAGES = 3
+"""Software-pipelining stages of its D loop (Triton's `num_stages`): each stage holds one
+(BLOCK_B, BLOCK_D) and one (BLOCK_D, BLOCK_F) bf16 tile in shared memory."""
+
 
 def supports(dtype: torch.dtype, F: int, k: int) -> bool:
     """Whether `encode_topk` serves this selection (bfloat16 compute, F and k in range)."""
@@ -133,7 +140,7 @@ def tile_candidates(
     grid = (triton.cdiv(B, BLOCK_B), T)
     _tile_topk_kernel[grid](
         xc_BD, W_DF, b_F, out, B, D, F_, xc_BD.stride(0), W_DF.stride(0), W_DF.stride(1),
-        T * KT, KT, BLOCK_B, BLOCK_F, BLOCK_D, _INTERPRET, num_warps=8,
+        T * KT, KT, BLOCK_B, BLOCK_F, BLOCK_D, _INTERPRET, num_warps=WARPS, num_stages=STAGES,
     )  # fmt: skip
     return out
 
