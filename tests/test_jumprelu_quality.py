@@ -38,8 +38,58 @@ def test_short_run_recovers_most_true_features():
     opts = {"tokens": 300_000, "batch_size": 2048, "dead_window_tokens": 50_000}
     (row,) = run_benchmark(["jumprelu"], cfg=cfg, n_train=100_000, train_options=opts, n_eval=5000)
     assert row["recovered"] >= 0.45, row
-    assert 2 < row["l0"] < 8, row
+    assert abs(row["l0"] / cfg.mean_active - 1) < 0.08, row  # k = 4: the multiplier's target
     assert row["dead_fraction"] < 0.35, row
+
+
+def test_the_multiplier_brings_l0_to_the_target_where_the_quadratic_penalty_overshoots():
+    """Same toy run: the quadratic penalty alone settles where its push balances the
+    reconstruction's pull (L0 4.6 for k = 4); the augmented Lagrangian's multiplier removes the
+    offset (3.9)."""
+    cfg = SyntheticConfig(d=32, n_features=128, mean_active=4.0)
+    err = {}
+    for rate in (0.0, 0.05):
+        opts = {"tokens": 300_000, "batch_size": 2048, "dead_window_tokens": 50_000,
+                "sae_options": {"jumprelu_l0_adapt": rate}}  # fmt: skip
+        (row,) = run_benchmark(["jumprelu"], cfg=cfg, n_train=100_000, train_options=opts,
+                               n_eval=5000)  # fmt: skip
+        err[rate] = abs(row["l0"] / 4 - 1)
+    assert err[0.05] < 0.05 and err[0.0] > 2 * err[0.05], err
+
+
+def test_multiplier_is_dual_ascent_on_the_l0_error_and_enters_the_loss_linearly():
+    """float64 oracle: loss = mse + lambda (e^2 + nu e), e = L0 / k - 1; after the optimizer
+    step nu += 2 rate e; nothing moves while the sparsity penalty is off (warm-up)."""
+    rate = 0.3
+    sae, x = make(dtype="float64", jumprelu_l0_adapt=rate), data().double()
+    assert sae.l0_multiplier.item() == 0.0
+    out = sae.training_forward(x, sparsity_scale=0.0)
+    sae.after_optimizer_step_()
+    assert sae.l0_multiplier.item() == 0.0  # the penalty was off: no ascent
+    nu = 0.0
+    for _ in range(3):
+        out = sae.training_forward(x)
+        e_t = out.losses["l0"] / K - 1
+        e = e_t.item()
+        assert e != 0
+        ref = out.losses["mse"].item() + sae.cfg.l0_coeff * (e * e + nu * e)
+        assert out.loss.item() == pytest.approx(ref, rel=1e-12)
+        ref_t = out.losses["mse"] + sae.cfg.l0_coeff * (e_t * e_t + nu * e_t)
+        g, g_ref = (torch.autograd.grad(t, sae.log_threshold, retain_graph=True)[0]
+                    for t in (out.loss, ref_t))  # fmt: skip
+        torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-15)
+        sae.after_optimizer_step_()
+        nu += 2 * rate * e
+        assert sae.l0_multiplier.item() == pytest.approx(nu, rel=1e-12)
+        with torch.no_grad():
+            sae.log_threshold -= 0.05 * g.sign()  # move, so the next step sees another e
+    # the checkpointed state is the multiplier; unknown names are refused
+    state = {n: t.clone() for n, t in sae.training_state().items()}
+    other = make(dtype="float64", jumprelu_l0_adapt=rate)
+    other.load_training_state_(state)
+    assert other.l0_multiplier.item() == pytest.approx(nu, rel=1e-12)
+    with pytest.raises(ValueError, match="no training state 'nu'.*l0_multiplier"):
+        other.load_training_state_({"nu": torch.tensor(1.0)})
 
 
 def test_two_rank_surrogate_gradient_equals_the_global_batch_gradient():

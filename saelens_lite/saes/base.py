@@ -53,13 +53,21 @@ class SAEConfig:
     """relu: weight of sum_i |f_i| ||W_dec_i|| (Anthropic, April 2024 update, lambda=5 with
     inputs scaled so E||x|| = sqrt(D))."""
     l0_coeff: float = 20.0
-    """jumprelu: weight lambda of the sparsity term: lambda * (L0 / k - 1)^2 with
-    jumprelu_target_l0, else lambda * L0 (Rajamanoharan et al. 2024)."""
+    """jumprelu: weight lambda of the sparsity term: lambda * (e^2 + nu e), e = L0 / k - 1, with
+    jumprelu_target_l0 (nu: see jumprelu_l0_adapt), else lambda * L0 (Rajamanoharan et al.
+    2024)."""
     jumprelu_target_l0: bool = True
     """jumprelu: penalise (L0 / k - 1)^2, so k is the target L0 (dictionary_learning's
     JumpReluTrainer, target_l0), instead of the paper's lambda * L0, whose L0 depends on lambda,
     the data and the run length. Thresholds start where each latent fires on a fraction k / F
     of the init sample (init_from_data_), so training starts near L0 = k either way."""
+    jumprelu_l0_adapt: float = 0.05
+    """jumprelu with jumprelu_target_l0: step size of the multiplier that makes L0 settle at k.
+    The quadratic penalty alone balances the reconstruction's pull above k (L0 ~ 1.5 k in short
+    runs on real activations); with a rate > 0 the sparsity term is the augmented Lagrangian
+    of the constraint e = L0 / k - 1 = 0 (method of multipliers, Hestenes 1969, Powell 1969):
+        lambda * (e^2 + nu_t e),   nu_{t+1} = nu_t + rate * 2 e_t   (nu_0 = 0)
+    after each optimizer step, so nu grows until the pull is cancelled at e = 0."""
     aux_coeff: float = 1 / 32
     """topk/batchtopk: weight of the AuxK dead-latent loss (Gao et al. 2024, App. B.1)."""
     aux_k: int | None = None
@@ -158,6 +166,7 @@ class SAEConfig:
             "aux_coeff",
             "multi_topk_coeff",
             "jumprelu_pre_act_coeff",
+            "jumprelu_l0_adapt",
         ):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v):
@@ -408,6 +417,20 @@ class SAE(nn.Module):
     def after_optimizer_step_(self) -> None:
         if self.unit_norm_decoder:
             unit_norm_rows_(self.W_dec.data)
+
+    def training_state(self) -> dict[str, Tensor]:
+        """Training-only state outside the parameters (the trainer's checkpoints carry it, the
+        saved SAE does not): nothing here; JumpReLU's adaptive sparsity weight."""
+        return {}
+
+    @torch.no_grad()
+    def load_training_state_(self, state: dict[str, Tensor]) -> None:
+        mine = self.training_state()
+        for name, t in state.items():
+            if name not in mine:
+                raise ValueError(f"{self.architecture} SAE has no training state {name!r}; "
+                                 f"it has {sorted(mine)}")  # fmt: skip
+            mine[name].copy_(t)
 
     @torch.no_grad()
     def init_from_data_(self, x_ND: Tensor) -> None:

@@ -3,8 +3,13 @@
     pre = (x - b_dec) @ W_enc + b_enc,   acts = pre * H(pre - theta),   theta = exp(log_threshold)
     L = ||x - x_hat||^2 + lambda * S(L0) + mu * sum_i dead_i ReLU(theta_i - pre_i)
     L0 = sum_i H(pre_i - theta_i), averaged over the batch
-    S(L0) = (L0 / k - 1)^2 with cfg.jumprelu_target_l0 (default; dictionary_learning's
-    JumpReluTrainer), else S(L0) = L0 (the paper).
+    S(L0) = e^2 + nu_t e,  e = L0 / k - 1, with cfg.jumprelu_target_l0 (default), else L0 (the
+    paper). e^2 alone is dictionary_learning's JumpReluTrainer target; it settles where its
+    push balances the reconstruction's pull, above k (SmolLM2, 8x, k = 32, 200k tokens:
+    L0 47 and 50). nu_t is the multiplier of the augmented Lagrangian of e = 0 (method of
+    multipliers, Hestenes 1969, Powell 1969): nu_{t+1} = nu_t + 2 rate e_t after each
+    optimizer step (rate = cfg.jumprelu_l0_adapt, nu_0 = 0), which removes the offset
+    (L0 31 and 30 there, at the FVU the quadratic penalty alone gives at that L0).
 H has no useful gradient, so theta and pre are trained with straight-through estimators using
 the rectangle kernel K = K((pre - theta) / eps), K(u) = 1{|u| < 1/2}, of bandwidth eps:
     d JumpReLU / d theta := -(theta / eps) K,    d JumpReLU / d pre := H(pre - theta) + (theta / eps) K
@@ -107,6 +112,20 @@ class JumpReLUSAE(SAE):
         self.log_threshold = nn.Parameter(
             torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold), dtype=cfg.torch_dtype)
         )
+        # nu_t, the multiplier of the target-L0 constraint (cfg.jumprelu_l0_adapt)
+        nu_dtype = torch.float64 if cfg.torch_dtype == torch.float64 else torch.float32
+        self.register_buffer("l0_multiplier", torch.zeros((), dtype=nu_dtype), persistent=False)
+        self._l0_error: Tensor | None = None
+
+    def training_state(self) -> dict[str, Tensor]:
+        return {"l0_multiplier": self.l0_multiplier}
+
+    @torch.no_grad()
+    def after_optimizer_step_(self) -> None:
+        super().after_optimizer_step_()
+        if self._l0_error is not None:  # dual ascent; the global L0's error: exact in DDP
+            self.l0_multiplier.add_(2 * self.cfg.jumprelu_l0_adapt * self._l0_error)
+            self._l0_error = None
 
     def lr_scales(self) -> dict[str, float]:
         return {"log_threshold": self.cfg.jumprelu_threshold_lr_scale}
@@ -168,7 +187,12 @@ class JumpReLUSAE(SAE):
         losses = {"mse": mse, "l0": l0}
         if cfg.jumprelu_target_l0:
             l0_eff = l0 if self.batch_mean is None else l0 + (self.batch_mean(l0) - l0).detach()
-            sparsity = (l0_eff / self._target_l0 - 1).pow(2)
+            err = l0_eff / self._target_l0 - 1
+            sparsity = err.pow(2)
+            if cfg.jumprelu_l0_adapt:
+                sparsity = sparsity + self.l0_multiplier.to(err.dtype) * err
+                if sparsity_scale > 0:  # no ascent while the penalty is off (warm-up)
+                    self._l0_error = err.detach()
         else:
             sparsity = l0
         loss = mse + sparsity_scale * cfg.l0_coeff * sparsity

@@ -261,10 +261,12 @@ class _HookState:
 
     def state_dict(self) -> dict:
         return {"sae": self.sae.state_dict(), "opt": self.opt.state_dict(),
+                "sae_training": {k: v.cpu() for k, v in self.sae.training_state().items()},
                 "tokens_since_fired": self.dead.tokens_since_fired_F.cpu(), "scale": self.scale}
 
     def load_state_dict(self, d: dict) -> None:
         self.sae.load_state_dict(d["sae"])
+        self.sae.load_training_state_(d.get("sae_training", {}))  # older checkpoints: none
         # Keep this run's optimiser settings (the lr tensor a captured step reads, fused /
         # capturable, which also place Adam's step counters): a checkpoint stores the state.
         opt_sd = copy.copy(d["opt"])
