@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -130,6 +131,9 @@ class Recorder:
         driver._active = self._active
 
 
+_SASS_LINE = re.compile(r"\s+/\*[0-9a-f]{4,}\*/\s+\S")
+
+
 def _one_line(e: Exception) -> str:
     """The error on one line, its end kept (Triton puts the reason after the source excerpt)."""
     text = " ".join(f"{type(e).__name__}: {e}".split())
@@ -137,7 +141,8 @@ def _one_line(e: Exception) -> str:
 
 
 def _resource_usage(cubin: bytes | None) -> dict:
-    """REG/LOCAL/STACK/SHARED of the cubin's kernel, from the cuobjdump Triton ships."""
+    """REG/LOCAL/STACK/SHARED of the cubin's kernel and its SASS length, from the cuobjdump
+    Triton ships."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     tool = tool if os.path.exists(tool) else shutil.which("cuobjdump")
     if not cubin or not tool:
@@ -145,9 +150,10 @@ def _resource_usage(cubin: bytes | None) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run(
-            [tool, "--dump-resource-usage", f.name], capture_output=True, text=True
-        ).stdout
+        out, sass = (
+            subprocess.run([tool, flag, f.name], capture_output=True, text=True).stdout
+            for flag in ("--dump-resource-usage", "-sass")
+        )
     usage = {}
     for line in out.splitlines():
         if "REG:" in line:
@@ -155,6 +161,9 @@ def _resource_usage(cubin: bytes | None) -> dict:
                 name, _, value = item.partition(":")
                 if value.isdigit():
                     usage[name] = int(value)
+    # static SASS instructions (one per "/*addr*/ OP ..." line): the fused kernel's top-k
+    # network is unrolled, so this is close to its per-tile epilogue work
+    usage["SASS"] = sum(1 for line in sass.splitlines() if _SASS_LINE.match(line))
     return usage
 
 
@@ -223,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
 
     fails = spills = 0
     print(f"\n{'kernel':<24} {'first use (D/F/K/B arch)':<32} {'warps':>5} {'stages':>6} "
-          f"{'regs':>4} {'spill':>5} {'smem KiB':>8} {'prog/SM':>7} {'sec':>5}  constexprs")  # fmt: skip
+          f"{'regs':>4} {'spill':>5} {'smem KiB':>8} {'prog/SM':>7} {'sass':>5} {'sec':>5}  "
+          "constexprs")  # fmt: skip
     for c in rec.seen.values():
         consts = " ".join(f"{k}={v}" for k, v in c.consts.items())
         if c.error:
@@ -235,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         occ = c.blocks_per_sm()
         print(f"{c.kernel:<24} {c.where:<32} {c.warps:>5} {c.stages:>6} "
               f"{c.usage.get('REG', '?'):>4} {spill if c.usage else '?':>5} "
-              f"{c.shared / 1024:>8.1f} {occ if occ is not None else '?':>7} {c.seconds:>5.1f}"
+              f"{c.shared / 1024:>8.1f} {occ if occ is not None else '?':>7} "
+              f"{c.usage.get('SASS', '?'):>5} {c.seconds:>5.1f}"
               f"  {consts}")  # fmt: skip
     if args.json:
         records = [dict(asdict(c), blocks_per_sm=c.blocks_per_sm()) for c in rec.seen.values()]
