@@ -74,6 +74,7 @@ def test_multiplier_is_dual_ascent_on_the_l0_error_and_enters_the_loss_linearly(
         assert e != 0
         ref = out.losses["mse"].item() + sae.cfg.l0_coeff * (e * e + nu * e)
         assert out.loss.item() == pytest.approx(ref, rel=1e-12)
+        assert out.losses["l0_multiplier"].item() == pytest.approx(nu, rel=1e-12)  # logged
         ref_t = out.losses["mse"] + sae.cfg.l0_coeff * (e_t * e_t + nu * e_t)
         g, g_ref = (torch.autograd.grad(t, sae.log_threshold, retain_graph=True)[0]
                     for t in (out.loss, ref_t))  # fmt: skip

@@ -247,7 +247,8 @@ class TrainOutput(NamedTuple):
     """0-dim detached float: fraction of variance unexplained,
     sum ||x - x_hat||^2 / sum ||x - mean(x)||^2."""
     losses: dict[str, Tensor]
-    """Named loss terms before weighting (mse, l1, l0, auxk, multi_topk_mse), for logging."""
+    """Named loss terms before weighting (mse, l1, l0, auxk, multi_topk_mse) and training
+    statistics (JumpReLU's l0_multiplier), for logging."""
 
 
 # ---------------------------------------------------------------- shared pieces

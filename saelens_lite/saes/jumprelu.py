@@ -191,6 +191,7 @@ class JumpReLUSAE(SAE):
             sparsity = err.pow(2)
             if cfg.jumprelu_l0_adapt:
                 sparsity = sparsity + self.l0_multiplier.to(err.dtype) * err
+                losses["l0_multiplier"] = self.l0_multiplier.clone()  # logged: nu of this step
                 if sparsity_scale > 0:  # no ascent while the penalty is off (warm-up)
                     self._l0_error = err.detach()
         else:
