@@ -14,6 +14,10 @@ Implementations, same shape, same data, same optimiser (torch.optim.Adam, defaul
   saelens_lite topk-graph-aux        the graph step with 10% of latents dead (AuxK runs over
                          at most max(2 k_aux, F/8) dead candidates); -aux-full: candidates
                          over all F latents, matmul + torch.topk
+  saelens_lite topk-graph-pruned     the graph step with the pruned fused selection (fewer
+                         candidates per tile than K, saturated rows recomputed:
+                         kernels.triton_topk); batchtopk-graph-pruned: the same for BatchTopK,
+                         whose 2K candidates per row exceed the unpruned kernel's K <= 64 at K = 64
   saelens_lite batchtopk-graph   the fast step for BatchTopK
   sparsify               EleutherAI sparsify SparseCoder (fused encoder + sparse decoder)
   saelens, saelens-bf16  SAELens TopKTrainingSAE (fp32; bf16 autocast)
@@ -51,7 +55,9 @@ IMPLS = [
     "saelens_lite-topk-graph-torchsel",
     "saelens_lite-topk-graph-aux",
     "saelens_lite-topk-graph-aux-full",
+    "saelens_lite-topk-graph-pruned",
     "saelens_lite-batchtopk-graph",
+    "saelens_lite-batchtopk-graph-pruned",
     "sparsify",
     "saelens",
     "saelens-bf16",
@@ -92,7 +98,8 @@ def build(impl: str, D: int, F: int, K: int, dev: str):
         full = extra == ["aux", "full"]
         fs = FastTrainStep(
             sae, opt, cuda_graph=parts[2] == "graph",
-            select="torch" if "torchsel" in extra or full else "auto",
+            select="torch" if "torchsel" in extra or full else
+            "pruned" if "pruned" in extra else "auto",
             aux_candidates=F if full else None,
         )  # fmt: skip
         if "aux" not in extra:
@@ -282,14 +289,23 @@ def check_fused_topk(
     xc = torch.randn(B, D, device=dev, generator=g).bfloat16()
     W = (torch.randn(F, D, device=dev, generator=g) / D**0.5).bfloat16().T
     b = (torch.randn(F, device=dev, generator=g) * 0.1).bfloat16()
-    vals, idx = triton_topk.encode_topk(xc, W, b, K)
     rv, _ = triton_topk.encode_topk_reference(xc, W, b, K)
-    exact = (xc.double() @ W.double() + b.double()).gather(1, idx)
-    same = (vals.float().sort(-1).values == rv.float().sort(-1).values).all(-1).float().mean()
-    err = ((vals.double() - exact).abs() / exact.abs().clamp_min(1e-3)).max().item()
-    good = same.item() > 0.99 and err < 1e-2
-    print(f"check fused top-k vs torch.topk: {'ok' if good else 'FAIL'} rows identical "
-          f"{same.item():.4f}, max rel error of the values {err:.1e}")  # fmt: skip
+    good = True
+    for name in ("fused", "pruned"):
+        if name == "fused":
+            vals, idx = triton_topk.encode_topk(xc, W, b, K)
+            extra = ""
+        else:
+            vals, idx, unrepaired = triton_topk.encode_topk_pruned(xc, W, b, K)
+            extra = (f", {triton_topk.pruned_kt(B, F, K)} candidates per tile, "
+                     f"{unrepaired.item()} unrepaired rows")  # fmt: skip
+        exact = (xc.double() @ W.double() + b.double()).gather(1, idx)
+        same = (vals.float().sort(-1).values == rv.float().sort(-1).values).all(-1).float().mean()
+        err = ((vals.double() - exact).abs() / exact.abs().clamp_min(1e-3)).max().item()
+        ok = same.item() > 0.99 and err < 1e-2
+        good &= ok
+        print(f"check {name} top-k vs torch.topk: {'ok' if ok else 'FAIL'} rows identical "
+              f"{same.item():.4f}, max rel error of the values {err:.1e}{extra}")  # fmt: skip
     return good
 
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One GPU check of the fast TopK training path (issue 7): ~6 minutes on an H100, at most ~8
+# One GPU check of the fast TopK training path (issue 7): ~6 minutes on an H100, at most ~8.5
 # (the sum of the parts' timeouts). Run from the repo root on the GPU machine; $OUT (default
 # ./gpu_out) receives gpu_log.txt. The most important numbers come first so a slow part cannot
 # crowd them out; every part runs under its own `timeout`, a failing part does not stop others.
 #   1. fast step vs a float64 dense reference at a small shape, and the fused matmul + top-k
 #      kernel vs cuBLAS + torch.topk at the first shape (bench_train.py --check)
 #   2. step speed at both shapes: the graph step with the fused top-k (topk-graph) vs the
-#      unfused one (-torchsel), with 10% dead latents (AuxK over the bounded candidate set,
+#      unfused one (-torchsel) and the pruned fused one (-pruned; BatchTopK too), with 10% dead latents (AuxK over the bounded candidate set,
 #      -aux) vs over all latents unfused (-aux-full, the previous behaviour), and the peers
 #   3. tile sizes (warps, pipeline stages) of the fused kernel at the first shape
 #   4. end-to-end train() tokens/s, fast_step=auto (CUDA graph) vs off (autograd), same data,
@@ -43,17 +43,18 @@ export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" || true
 
 BENCH=(scripts/bench_train.py --device cuda --rounds 2 --steps 10 --no-memory)
-OURS=(saelens_lite-topk-graph saelens_lite-topk-graph-torchsel saelens_lite-topk-graph-aux
-      saelens_lite-topk-graph-aux-full)
+OURS=(saelens_lite-topk-graph saelens_lite-topk-graph-torchsel saelens_lite-topk-graph-pruned
+      saelens_lite-topk-graph-aux saelens_lite-topk-graph-aux-full saelens_lite-batchtopk-graph
+      saelens_lite-batchtopk-graph-pruned)
 
 part "check vs float64" 40 $PY scripts/bench_train.py --device cuda --check
-part "bench D=768 F=24576 K=32 B=16384" 60 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
+part "bench D=768 F=24576 K=32 B=16384" 90 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
     --impls "${OURS[@]}" sparsify dense-bf16
-part "bench D=2304 F=16384 K=64 B=8192" 75 $PY "${BENCH[@]}" --shape 2304 16384 64 8192 \
+part "bench D=2304 F=16384 K=64 B=8192" 100 $PY "${BENCH[@]}" --shape 2304 16384 64 8192 \
     --impls "${OURS[@]}" sparsify dense-bf16 saelens-bf16
 # BLOCK_B BLOCK_F BLOCK_D WARPS STAGES; screened without a GPU by triton_compile_check.py (no
 # spills, 2-3 programs per SM where the default's 120 KiB of shared memory allows only 1)
-for blocks in "64 256 64 8 2" "64 256 32 8 3" "128 128 64 8 3" "64 128 64 4 3"; do
+for blocks in "64 256 64 8 2" "64 256 32 8 3" "128 128 64 8 3"; do
     part "fused tiles $blocks" 25 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
         --impls saelens_lite-topk-graph --topk-blocks $blocks
 done

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             for D, F, K, B in shapes:
                 for arch in args.archs:
                     for dead in (False, True):
-                        for select in ("auto", "torch"):
+                        for select in ("auto", "pruned", "torch"):
                             rec.where = f"{D}/{F}/{K}/{B} {arch}{' dead' if dead else ''}"
                             run_step(D, F, K, B, arch, dead, select)
     finally:

@@ -25,7 +25,10 @@ oracle); on a CPU the kernel runs under TRITON_INTERPRET=1 (tests only).
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import triton
@@ -121,14 +124,19 @@ def _tile_topk_kernel(
 
 
 def tile_candidates(
-    xc_BD: Tensor, W_DF: Tensor, b_F: Tensor, k: int, blocks: tuple[int, int, int] | None = None
+    xc_BD: Tensor,
+    W_DF: Tensor,
+    b_F: Tensor,
+    k: int,
+    blocks: tuple[int, int, int] | None = None,
+    kt: int | None = None,
 ) -> Tensor:
     """int32 keys (B, T*KT): each feature tile's KT largest pre-activations per row (bfloat16
-    xc_BD, W_DF, b_F)."""
+    xc_BD, W_DF, b_F), sorted descending within a tile; KT = kt or next_pow2(k)."""
     B, D = xc_BD.shape
     F_ = W_DF.shape[1]
-    BLOCK_B, BLOCK_F, BLOCK_D = _blocks(B, F_, D, k, blocks)
-    KT = triton.next_power_of_2(k)
+    KT = kt or triton.next_power_of_2(k)
+    BLOCK_B, BLOCK_F, BLOCK_D = _blocks(B, F_, D, KT, blocks)
     if KT > BLOCK_F or F_ > MAX_F or xc_BD.dtype != torch.bfloat16:
         raise ValueError(f"fused top-k needs bfloat16 inputs, next_pow2(k) <= BLOCK_F and "
                          f"F <= {MAX_F}; got {xc_BD.dtype}, k={k}, BLOCK_F={BLOCK_F}, "
@@ -160,3 +168,97 @@ def encode_topk_reference(xc_BD: Tensor, W_DF: Tensor, b_F: Tensor, k: int):
     dt = xc_BD.dtype
     pre_BF = torch.addmm(b_F.to(dt), xc_BD, W_DF.to(dt))
     return pre_BF.topk(k, dim=-1, sorted=False)
+
+
+# --- pruned candidates ------------------------------------------------------------------------
+# Keeping KT >= K candidates per tile makes the tile's sorting network the kernel's main cost
+# (about 80 instructions per pre-activation at KT = 32, see docs/benchmarks.md). With KT' < K
+# the network is about half as long (KT' = 8) and 4x fewer candidates reach memory, and the
+# result is still exact for every row where no tile had all its KT' candidates in the row's
+# top K (the rows we call saturated):
+#   a key x missing from the candidates of tile t lies below all of t's candidates, so if
+#   x > kth (the smallest key picked) then t's smallest candidate > kth: t is saturated.
+# Saturated rows are rare when latents are spread over T tiles as at random (exchangeable
+# latents: a tile holds Bin(K, 1/T) of a row's top K), and `pruned_kt` picks KT' so that they
+# stay rare; they are recomputed exactly, up to `capacity` rows per batch (sync-free: a fixed
+# number of rows, the saturated ones first). Rows beyond the capacity keep the pruned result
+# and are counted.
+
+PRUNED_CAPACITY = 64
+"""Rows per batch the pruned selection recomputes exactly."""
+
+
+def pruned_kt(B: int, F: int, k: int, block_f: int | None = None,
+              capacity: int | None = None) -> int:  # fmt: skip
+    """Smallest power of two KT' in [8, next_pow2(k)] whose expected number of saturated rows
+    per batch, B * T * P(Bin(k, 1/T) >= KT') (latents placed as at random), is at most
+    capacity / 64; next_pow2(k) (no pruning) if none is, or if T * KT' < k."""
+    capacity = PRUNED_CAPACITY if capacity is None else capacity
+    full = triton.next_power_of_2(k)
+    bf = block_f or _blocks(B, F, 1, 8, None)[1]
+    T = triton.cdiv(F, bf)
+    p = 1.0 / T
+    kt = 8
+    while kt < full:
+        tail = sum(math.comb(k, j) * p**j * (1 - p) ** (k - j) for j in range(kt, k + 1))
+        if T * kt >= k and B * T * tail <= capacity / 64:
+            return kt
+        kt *= 2
+    return full
+
+
+class PrunedSelection(NamedTuple):
+    keys_BK: Tensor
+    """int32 keys of the K largest pre-activations per row (unsorted)."""
+    saturated_B: Tensor
+    """bool (B,): rows where the pruned candidates may have missed a key."""
+    unrepaired: Tensor
+    """0-dim int64: saturated rows beyond the repair capacity (their keys may be inexact)."""
+
+
+def select_pruned(
+    cand_BC: Tensor, kt: int, k: int, exact_keys: Callable[[Tensor], Tensor],
+    capacity: int | None = None,
+) -> PrunedSelection:  # fmt: skip
+    """The K largest keys per row from pruned candidates (B, T*kt), with the saturated rows'
+    keys replaced by `exact_keys(rows_R)` (the exact top-k keys of rows_R, (R, K)) for the
+    first `capacity` saturated rows. No host sync."""
+    capacity = PRUNED_CAPACITY if capacity is None else capacity
+    B = cand_BC.shape[0]
+    keys_BK = cand_BC.topk(k, dim=-1, sorted=False).values
+    kth_B = keys_BK.min(-1).values
+    tile_min_BT = cand_BC.view(B, -1, kt).min(-1).values
+    saturated_B = (tile_min_BT > kth_B[:, None]).any(-1)
+    R = min(capacity, B)
+    rows_R = torch.argsort(saturated_B.to(torch.int8), descending=True, stable=True)[:R]
+    fix_R = saturated_B[rows_R]
+    keys_BK[rows_R] = torch.where(fix_R[:, None], exact_keys(rows_R), keys_BK[rows_R])
+    unrepaired = (saturated_B.sum() - R).clamp_min(0)
+    return PrunedSelection(keys_BK, saturated_B, unrepaired)
+
+
+def encode_topk_pruned(
+    xc_BD: Tensor, W_DF: Tensor, b_F: Tensor, k: int,
+    blocks: tuple[int, int, int] | None = None, kt: int | None = None,
+    capacity: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """(vals_BK, idx_BK, unrepaired): as `encode_topk`, from KT' = kt or `pruned_kt` candidates
+    per tile, saturated rows recomputed by the unfused matmul + top-k (see above); capacity
+    None: PRUNED_CAPACITY."""
+    dt = xc_BD.dtype
+    W, b = W_DF.to(dt), b_F.to(dt)
+    (B, D), F_ = xc_BD.shape, W.shape[1]
+    kt = kt or pruned_kt(B, F_, k, _blocks(B, F_, D, 8, blocks)[1], capacity)
+    cand = tile_candidates(xc_BD, W, b, k, blocks, kt=kt)
+    if kt >= k:  # nothing pruned: exact as encode_topk
+        vals, idx = unpack_keys(cand.topk(k, dim=-1, sorted=False).values, dt)
+        return vals, idx, torch.zeros((), dtype=torch.int64, device=cand.device)
+
+    def exact_keys(rows_R: Tensor) -> Tensor:  # the rows' keys by the unfused matmul
+        pre_RF = torch.addmm(b, xc_BD[rows_R], W)
+        cols_F = torch.arange(F_, device=pre_RF.device, dtype=torch.int32)
+        return pack_keys(pre_RF, cols_F.expand_as(pre_RF)).topk(k, dim=-1, sorted=False).values
+
+    sel = select_pruned(cand, kt, k, exact_keys, capacity)
+    vals, idx = unpack_keys(sel.keys_BK, dt)
+    return vals, idx, sel.unrepaired

@@ -21,7 +21,9 @@ sizes. On CUDA `compute_dtype` (bfloat16) is the dtype of the encoder matmul and
 the sparse kernels gather (W_dec, x - b_dec, the output gradient), halving their traffic;
 they accumulate in float32, and weights, gradients and optimiser state stay in the parameter
 dtype (float32 masters). There the top-k comes from the fused Triton matmul + top-k kernel
-(`kernels.triton_topk`: the (B, F) pre-activations are never written), and the AuxK top-k_aux
+(`kernels.triton_topk`: the (B, F) pre-activations are never written; select="pruned" keeps
+fewer candidates per tile than k and recomputes the rare rows where that may miss one, which
+also serves k > 64, e.g. BatchTopK's 2k candidates at k = 64), and the AuxK top-k_aux
 is taken among at most M = max(2 k_aux, F/8) candidate latents: all dead ones when at most M
 are dead (exact), else a fresh uniform draw of M of them per step. So no step materialises a
 (B, F) matrix. Inactive entries of a pattern (AuxK picks that are not dead, BatchTopK
@@ -69,6 +71,9 @@ class StepOutput(NamedTuple):
     auxk: Tensor | None = None
     """0-dim detached: the unweighted AuxK term (0 when no latent is dead); None without a
     dead mask."""
+    inexact_rows: Tensor | None = None
+    """0-dim int64 with select="pruned": rows whose top-k may be inexact (saturated rows past
+    the repair capacity, see kernels.triton_topk); None otherwise."""
 
 
 class LossAndGrads(NamedTuple):
@@ -95,7 +100,7 @@ def _decode(p: kernels.SparsePattern, vals_N: Tensor, table_FD: Tensor) -> Tenso
     return p.gather_rows_sum(vals_N, table_FD).to(vals_N.dtype)  # Triton: fp32 accumulation
 
 
-SELECT_MODES = ("auto", "fused", "torch")
+SELECT_MODES = ("auto", "fused", "pruned", "torch")
 _FUSED_FAILED: list[str] = []  # why the fused kernel failed to compile or run ("auto" stops)
 
 
@@ -111,13 +116,16 @@ def _fused_ok(mode: str, xc_lp_BD: Tensor, F_: int, k: int) -> bool:
         return False
     from saelens_lite.kernels import triton_topk  # imported here: triton is optional
 
-    ok = _sparse._use_triton(xc_lp_BD) and triton_topk.supports(xc_lp_BD.dtype, F_, k)
+    B = xc_lp_BD.shape[0]
+    kt = triton_topk.pruned_kt(B, F_, k) if mode == "pruned" else k
+    ok = _sparse._use_triton(xc_lp_BD) and triton_topk.supports(xc_lp_BD.dtype, F_, kt)
     ok = ok and not (_FUSED_FAILED and mode == "auto")
-    if mode == "fused" and not ok:
+    if mode in ("fused", "pruned") and not ok:
+        kmax = "k" if mode == "fused" else "the pruned candidates per tile"
         raise ValueError(
-            f"select='fused' needs Triton on CUDA, bfloat16 compute, F <= {triton_topk.MAX_F} "
-            f"and k <= {triton_topk.MAX_K}; got device {xc_lp_BD.device.type}, "
-            f"{xc_lp_BD.dtype}, F={F_}, k={k}"
+            f"select={mode!r} needs Triton on CUDA, bfloat16 compute, F <= {triton_topk.MAX_F} "
+            f"and {kmax} <= {triton_topk.MAX_K}; got device {xc_lp_BD.device.type}, "
+            f"{xc_lp_BD.dtype}, F={F_}, k={k}" + (f" ({kt} per tile)" if mode == "pruned" else "")
         )
     return ok
 
@@ -132,7 +140,7 @@ def default_aux_candidates(F_: int, k_aux: int) -> int:
 
 
 def _select(sae: SAE, x_BD, xc_lp_BD, k: int, dead_mask_F, k_aux: int, lowp, select, n_aux):
-    """(pre_BK, idx_BK, aux_pre_BK, aux_idx_BK) in the parameter dtype.
+    """((pre_BK, idx_BK, aux_pre_BK, aux_idx_BK) in the parameter dtype, inexact rows or None).
 
     Low precision (CUDA): the main top-k from one 16-bit matmul, fused with the selection when
     `_fused_ok` (no (B, F) matrix is written); the AuxK top-k_aux among at most M = n_aux
@@ -147,18 +155,21 @@ def _select(sae: SAE, x_BD, xc_lp_BD, k: int, dead_mask_F, k_aux: int, lowp, sel
             x_BD, W_enc, b_enc, sae.b_dec.detach(), k, dead_mask_F=dead_mask_F,
             k_aux=k_aux, compute_dtype=sae.cfg.torch_select_dtype,
         )  # fmt: skip
-        return sel
+        return sel, None
     # low-precision matmuls; their (fp32-accumulated, rounded) outputs are the values
     F_ = W_enc.shape[1]
     W_lp, b_lp = W_enc.to(lowp), b_enc.to(lowp)
-    pre_BF = pre_BK = None
+    pre_BF = pre_BK = inexact = None
     if _fused_ok(select, xc_lp_BD, F_, k):
         from saelens_lite.kernels import triton_topk
 
         try:
-            pre_BK, idx_BK = triton_topk.encode_topk(xc_lp_BD, W_lp, b_lp, k)
+            if select == "pruned":
+                pre_BK, idx_BK, inexact = triton_topk.encode_topk_pruned(xc_lp_BD, W_lp, b_lp, k)
+            else:
+                pre_BK, idx_BK = triton_topk.encode_topk(xc_lp_BD, W_lp, b_lp, k)
         except Exception as e:  # compile or resource failure: "auto" falls back for good
-            if select == "fused" or _capturing(xc_lp_BD):
+            if select != "auto" or _capturing(xc_lp_BD):
                 raise
             _FUSED_FAILED.append(f"{type(e).__name__}: {e}"[:300])
             log.warning("fused top-k kernel failed, using matmul + torch.topk: %s", e)
@@ -182,7 +193,7 @@ def _select(sae: SAE, x_BD, xc_lp_BD, k: int, dead_mask_F, k_aux: int, lowp, sel
                 k_aux, dim=-1, sorted=False
             )
         aux_pre = aux_pre.to(W_enc.dtype)
-    return kernels.TopKSelection(pre_BK.to(W_enc.dtype), idx_BK, aux_pre, aux_idx)
+    return kernels.TopKSelection(pre_BK.to(W_enc.dtype), idx_BK, aux_pre, aux_idx), inexact
 
 
 def _pattern(idx_BK: Tensor, active_N: Tensor, F_: int, sentinel: bool):
@@ -225,7 +236,8 @@ def sparse_loss_and_grads(
     (ReLU zero), which equals the model's min(k_aux, n_dead) selection without reading n_dead
     on the host. `compute_dtype` applies on CUDA only; there `select` picks the main top-k's
     implementation ("auto": the fused Triton kernel where it applies, "fused": it or an error,
-    "torch": matmul then torch.topk) and `aux_candidates` bounds the AuxK selection (see
+    "pruned": the fused kernel keeping fewer candidates per tile than k, saturated rows
+    recomputed (kernels.triton_topk; untimed), "torch": matmul then torch.topk) and `aux_candidates` bounds the AuxK selection (see
     `_select`; default `default_aux_candidates`)."""
     cfg = sae.cfg
     batch = cfg.architecture == "batchtopk"
@@ -253,7 +265,8 @@ def sparse_loss_and_grads(
     k_aux = min(k_full, F_) if dead_mask_F is not None else 0
 
     k_sel = min(2 * cfg.k, F_) if batch else cfg.k
-    sel = _select(sae, x_BD, xc_lp_BD, k_sel, dead_mask_F, k_aux, lowp, select, aux_candidates)
+    sel, inexact = _select(sae, x_BD, xc_lp_BD, k_sel, dead_mask_F, k_aux, lowp, select,
+                           aux_candidates)  # fmt: skip
     pre_N, idx_BK = sel.pre_BK.reshape(-1), sel.idx_BK
     score_N = pre_N  # BatchTopK ranks (and thresholds) pre / r(x) with cfg.relative_threshold
     if batch and (r_B := sae._rms(x_BD)) is not None:
@@ -307,6 +320,7 @@ def sparse_loss_and_grads(
         l0.float(),
         fvu.detach(),
         None if auxk is None else auxk.detach(),
+        inexact,
     )
     return LossAndGrads(out, grads, idx_BK, keep_N)
 
