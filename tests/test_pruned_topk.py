@@ -167,3 +167,31 @@ def test_pruned_select_names_why_it_cannot_run(monkeypatch):
     with pytest.raises(ValueError, match="select='pruned' needs.*per tile"):
         fast_step.sparse_loss_and_grads(sae, torch.randn(9, 12, dtype=torch.float64),
                                         compute_dtype=torch.float32, select="pruned")  # fmt: skip
+
+
+@pytest.mark.parametrize("capacity", [0, 32])
+def test_trainer_reports_rows_the_pruned_selection_could_not_repair(capacity, monkeypatch, caplog,
+                                                                    tmp_path):  # fmt: skip
+    """train() with topk_select="pruned" (the CUDA arithmetic on a CPU, interpreted): rows
+    past the repair capacity are summed over the run and reported once at the end."""
+    import logging
+
+    from saelens_lite.kernels import sparse as sparse_mod
+    from saelens_lite.training import TrainConfig, fast_step, train
+
+    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    monkeypatch.setattr(sparse_mod, "_use_triton", lambda t: True)
+    monkeypatch.setattr(tt, "pruned_kt", lambda *a, **kw: 4)
+    monkeypatch.setattr(tt, "PRUNED_CAPACITY", capacity)
+    monkeypatch.setattr(tt, "BLOCKS", (32, 64, 16))
+    x = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(architecture="topk", latents=256, k=8, batch_size=32, tokens=96,
+                      fast_step="on", topk_select="pruned", dtype="bfloat16", device="cpu",
+                      out_dir=str(tmp_path / "run"), progress=False, checkpoint_every=0)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="saelens_lite.training.trainer"):
+        train(cfg, x)
+    warned = [r.getMessage() for r in caplog.records if "topk_select='pruned'" in r.getMessage()]
+    if capacity:  # every saturated row repaired: exact, nothing to report
+        assert not warned
+    else:
+        assert len(warned) == 1 and int(warned[0].split()[1]) > 0, warned

@@ -18,6 +18,8 @@ B_DEC_INITS = ("geometric_median", "mean", "zeros")
 DTYPES = ("auto", "float32", "bfloat16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 FAST_STEP_MODES = ("auto", "on", "off")
+# The fast step's top-k on CUDA (training/fast_step.py, kernels/triton_topk.py).
+TOPK_SELECT_MODES = ("auto", "fused", "pruned", "torch")
 # Architectures the explicit-gradient step (training/fast_step.py) implements.
 FAST_STEP_ARCHITECTURES = ("topk", "batchtopk")
 
@@ -132,6 +134,11 @@ class TrainConfig:
     off on CPU (where it gains little). ``on`` needs such an architecture; on a CPU it runs the
     same math eagerly (equal to autograd up to float rounding). Differences from autograd:
     BatchTopK caps a row at 2k latents, and on CUDA the sparse gathers run in bf16."""
+    topk_select: str = "auto"
+    """The fast step's top-k on CUDA: ``fused`` (the Triton matmul + top-k kernel; k <= 64),
+    ``pruned`` (the same kernel keeping fewer candidates per tile than k, rare saturated rows
+    recomputed exactly; any k), ``torch`` (bf16 matmul, then ``torch.topk``), ``auto`` (fused
+    where it applies, else torch). All select the same latents up to bf16 rounding."""
     cuda_graphs: bool = True
     """With the fast step on CUDA in one process: capture the whole step (forward, backward,
     clip, decoder hooks, Adam) in a CUDA graph and replay it. Data-parallel runs (torchrun)
@@ -204,6 +211,9 @@ class TrainConfig:
             raise ValueError(f"dtype={self.dtype!r}: choose one of {list(DTYPES)}")
         if self.fast_step not in FAST_STEP_MODES:
             raise ValueError(f"fast_step={self.fast_step!r}: choose one of {list(FAST_STEP_MODES)}")
+        if self.topk_select not in TOPK_SELECT_MODES:
+            raise ValueError(f"topk_select={self.topk_select!r}: choose one of "
+                             f"{list(TOPK_SELECT_MODES)}")
         for name in ("cuda_graphs", "distribute_hooks"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be true or false")

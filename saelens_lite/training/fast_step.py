@@ -53,6 +53,7 @@ from torch import Tensor
 from saelens_lite import kernels
 from saelens_lite.kernels import sparse as _sparse
 from saelens_lite.saes.base import SAE, aux_weight
+from saelens_lite.training.config import TOPK_SELECT_MODES
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def _decode(p: kernels.SparsePattern, vals_N: Tensor, table_FD: Tensor) -> Tenso
     return p.gather_rows_sum(vals_N, table_FD).to(vals_N.dtype)  # Triton: fp32 accumulation
 
 
-SELECT_MODES = ("auto", "fused", "pruned", "torch")
+SELECT_MODES = TOPK_SELECT_MODES
 _FUSED_FAILED: list[str] = []  # why the fused kernel failed to compile or run ("auto" stops)
 
 
@@ -369,6 +370,8 @@ class FastTrainStep:
         if self.use_graph:
             for g in opt.param_groups:
                 g["capturable"] = True
+        self.inexact_rows_total = torch.zeros((), dtype=torch.int64, device=sae.W_enc.device)
+        """Rows whose pruned top-k may be inexact, summed over the steps (select="pruned")."""
         self._calls: dict = {}
         # signature -> (graph, static inputs, outputs)
         self._graphs: dict = {}
@@ -378,6 +381,8 @@ class FastTrainStep:
             self.sae, x_BD, dead_mask_F=dead_mask_F, compute_dtype=self.compute_dtype,
             select=self.select, aux_candidates=self.aux_candidates,
         )  # fmt: skip
+        if res.out.inexact_rows is not None:
+            self.inexact_rows_total += res.out.inexact_rows
         for name, q in self.params.items():
             q.grad = res.grads[name]
         if self.grad_hook is not None:

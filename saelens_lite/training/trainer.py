@@ -246,7 +246,8 @@ class _HookState:
                                         capturable=graph)
             hook = (lambda: distributed.all_reduce_grads_(self.sae.parameters())) if data_parallel else None
             self.fast = FastTrainStep(self.sae, self.opt, compute_dtype=amp, cuda_graph=graph,
-                                      grad_clip=config.grad_clip, grad_hook=hook)
+                                      grad_clip=config.grad_clip, grad_hook=hook,
+                                      select=config.topk_select)
         else:
             self.opt = torch.optim.Adam(_param_groups(self.sae), lr=self.base_lr, betas=betas)
         self.dead = DeadLatentTracker(self.sae.W_dec.shape[0], config.dead_window_tokens, device)
@@ -399,6 +400,13 @@ def train(config: TrainConfig, data=None):
         batches.close()
         logger.close()
 
+    for h, st in states.items():  # select="pruned": rows past the repair capacity (rare)
+        n = int(st.fast.inexact_rows_total) if st.fast is not None else 0
+        if n:
+            log.warning("%s: %d token rows of this run (since its start or resume) had a top-k "
+                        "that may have missed a latent (topk_select='pruned', more saturated "
+                        "rows in a batch than its repair capacity); topk_select='fused' or "
+                        "'torch' is exact", h, n)  # fmt: skip
     # data-dependent inference settings (the BatchTopK threshold) from a fixed sample, so a
     # resumed run ends the same; every data-parallel rank draws the same sample
     from saelens_lite.saes import SAE
