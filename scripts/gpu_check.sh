@@ -9,7 +9,8 @@
 #      unfused one (-torchsel) and the pruned fused one (-pruned; BatchTopK too), with 10% dead latents (AuxK over the bounded candidate set,
 #      -aux) vs over all latents unfused (-aux-full, the previous behaviour), and the peers
 #   3. tile sizes (warps, pipeline stages) of the fused kernel at the first shape
-#   4. end-to-end train() tokens/s, fast_step=auto (CUDA graph) vs off (autograd), same data,
+#   4. end-to-end train() tokens/s, fast_step=auto (CUDA graph) vs off (autograd) vs the
+#      pruned selection (topk_select=pruned), same data,
 #      at the issue's two shapes, before and after the dead window (AuxK), plus auto with the
 #      data in host memory (the host gather + copy bound)
 #   5. the host's data path: shuffled bf16 cache batches per second (scripts/bench_data.py)
@@ -54,11 +55,11 @@ part "bench D=2304 F=16384 K=64 B=8192" 100 $PY "${BENCH[@]}" --shape 2304 16384
     --impls "${OURS[@]}" sparsify dense-bf16 saelens-bf16
 # BLOCK_B BLOCK_F BLOCK_D WARPS STAGES; screened without a GPU by triton_compile_check.py (no
 # spills, 2-3 programs per SM where the default's 120 KiB of shared memory allows only 1)
-for blocks in "64 256 64 8 2" "64 256 32 8 3" "128 128 64 8 3"; do
+for blocks in "64 256 64 8 2" "64 256 32 8 3"; do
     part "fused tiles $blocks" 25 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
         --impls saelens_lite-topk-graph --topk-blocks $blocks
 done
-part "train() end to end: fast_step auto vs off" 90 $PY - <<'EOF'
+part "train() end to end: fast_step auto vs off vs pruned" 110 $PY - <<'EOF'
 import json, logging, time
 import torch
 from saelens_lite.training import TrainConfig, train, trainer
@@ -78,10 +79,12 @@ def timed(hook, st, x_BD, step, config, *a):  # wall time at step boundaries, GP
 trainer._train_step = timed
 for D, F, K, B in ((768, 24576, 32, 16384), (2304, 16384, 64, 8192)):
     x = torch.randn(131072, D, device="cuda")
-    for name, data in (("auto", x), ("off", x), ("auto-hostdata", x.cpu())):
+    runs = (("auto", "auto", "auto", x), ("off", "off", "auto", x), ("pruned", "on", "pruned", x),
+            ("auto-hostdata", "auto", "auto", x.cpu()))
+    for name, fast, select, data in runs:
         marks.clear()
         cfg = TrainConfig(architecture="topk", latents=F, k=K, batch_size=B, tokens=B * STEPS,
-                          fast_step=name.split("-")[0], log_every=STEPS, checkpoint_every=0,
+                          fast_step=fast, topk_select=select, log_every=STEPS, checkpoint_every=0,
                           dead_window_tokens=B * WINDOW, out_dir=f"/tmp/e2e_{D}_{name}",
                           progress=False, seed=0)
         t = time.perf_counter()
