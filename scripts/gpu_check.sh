@@ -134,5 +134,5 @@ same = np.array_equal(a.token_ids, b.token_ids) and all(
 print(f"harvest caches identical: {same}")
 EOF
 echo "=== summary (tok/s; x peer = our speed / peer's) ==="
-grep -E "^e2e|^harvest|^shape|^=== fused|impl  |^  (saelens|sparsify|dense|skip|fail|floor|iter|trainer)|check f|passed|failed|rc=[1-9]" "$LOG" || true
+grep -E "^e2e|^harvest|^shape|^=== fused|impl  |^  (saelens|sparsify|dense|skip|fail|floor|iter|trainer)|check (fast|fused|pruned)|passed|failed|rc=[1-9]" "$LOG" || true
 echo "total $(($(date +%s) - t0))s"
