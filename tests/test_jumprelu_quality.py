@@ -66,7 +66,11 @@ def test_multiplier_is_dual_ascent_on_the_l0_error_and_enters_the_loss_linearly(
     out = sae.training_forward(x, sparsity_scale=0.0)
     sae.after_optimizer_step_()
     assert sae.l0_multiplier.item() == 0.0  # the penalty was off: no ascent
-    nu = 0.0
+    out = sae.training_forward(x, sparsity_scale=0.25)  # warm-up: the ascent scales as well
+    e = out.losses["l0"].item() / K - 1
+    sae.after_optimizer_step_()
+    assert sae.l0_multiplier.item() == pytest.approx(2 * rate * 0.25 * e, rel=1e-12)
+    nu = sae.l0_multiplier.item()
     for _ in range(3):
         out = sae.training_forward(x)
         e_t = out.losses["l0"] / K - 1

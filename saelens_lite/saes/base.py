@@ -66,8 +66,9 @@ class SAEConfig:
     The quadratic penalty alone balances the reconstruction's pull above k (L0 ~ 1.5 k in short
     runs on real activations); with a rate > 0 the sparsity term is the augmented Lagrangian
     of the constraint e = L0 / k - 1 = 0 (method of multipliers, Hestenes 1969, Powell 1969):
-        lambda * (e^2 + nu_t e),   nu_{t+1} = nu_t + rate * 2 e_t   (nu_0 = 0)
-    after each optimizer step, so nu grows until the pull is cancelled at e = 0."""
+        lambda * (e^2 + nu_t e),   nu_{t+1} = nu_t + rate * 2 s_t e_t   (nu_0 = 0)
+    after each optimizer step (s_t: the sparsity warm-up scale, 1 after it), so nu grows until
+    the pull is cancelled at e = 0."""
     aux_coeff: float = 1 / 32
     """topk/batchtopk: weight of the AuxK dead-latent loss (Gao et al. 2024, App. B.1)."""
     aux_k: int | None = None

@@ -7,9 +7,10 @@
     paper). e^2 alone is dictionary_learning's JumpReluTrainer target; it settles where its
     push balances the reconstruction's pull, above k (SmolLM2, 8x, k = 32, 200k tokens:
     L0 47 and 50). nu_t is the multiplier of the augmented Lagrangian of e = 0 (method of
-    multipliers, Hestenes 1969, Powell 1969): nu_{t+1} = nu_t + 2 rate e_t after each
-    optimizer step (rate = cfg.jumprelu_l0_adapt, nu_0 = 0), which removes the offset
-    (L0 31 and 30 there, at the FVU the quadratic penalty alone gives at that L0).
+    multipliers, Hestenes 1969, Powell 1969): nu_{t+1} = nu_t + 2 rate s_t e_t after each
+    optimizer step (rate = cfg.jumprelu_l0_adapt, nu_0 = 0, s_t the sparsity warm-up scale),
+    which removes the offset (L0 31 and 30 there, at the FVU the quadratic penalty alone
+    gives at that L0).
 H has no useful gradient, so theta and pre are trained with straight-through estimators using
 the rectangle kernel K = K((pre - theta) / eps), K(u) = 1{|u| < 1/2}, of bandwidth eps:
     d JumpReLU / d theta := -(theta / eps) K,    d JumpReLU / d pre := H(pre - theta) + (theta / eps) K
@@ -125,6 +126,7 @@ class JumpReLUSAE(SAE):
         super().after_optimizer_step_()
         if self._l0_error is not None:  # dual ascent; the global L0's error: exact in DDP
             self.l0_multiplier.add_(2 * self.cfg.jumprelu_l0_adapt * self._l0_error)
+            # (the error is scaled by the sparsity warm-up: no wind-up while the penalty ramps)
             self._l0_error = None
 
     def lr_scales(self) -> dict[str, float]:
@@ -192,8 +194,8 @@ class JumpReLUSAE(SAE):
             if cfg.jumprelu_l0_adapt:
                 sparsity = sparsity + self.l0_multiplier.to(err.dtype) * err
                 losses["l0_multiplier"] = self.l0_multiplier.clone()  # logged: nu of this step
-                if sparsity_scale > 0:  # no ascent while the penalty is off (warm-up)
-                    self._l0_error = err.detach()
+                if sparsity_scale > 0:  # warm-up: ascent scaled as the penalty, none while off
+                    self._l0_error = err.detach() * sparsity_scale
         else:
             sparsity = l0
         loss = mse + sparsity_scale * cfg.l0_coeff * sparsity
