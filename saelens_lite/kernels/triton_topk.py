@@ -25,6 +25,7 @@ oracle); on a CPU the kernel runs under TRITON_INTERPRET=1 (tests only).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -193,12 +194,13 @@ def pruned_kt(B: int, F: int, k: int, block_f: int | None = None,
     """Smallest power of two KT' in [8, next_pow2(k)] whose expected number of saturated rows
     per batch, B * T * P(Bin(k, 1/T) >= KT') (latents placed as at random), is at most
     capacity / 64; next_pow2(k) (no pruning) if none is, or if T * KT' < k."""
-    capacity = PRUNED_CAPACITY if capacity is None else capacity
-    full = triton.next_power_of_2(k)
     bf = block_f or _blocks(B, F, 1, 8, None)[1]
-    T = triton.cdiv(F, bf)
-    p = 1.0 / T
-    kt = 8
+    return _pruned_kt(B, triton.cdiv(F, bf), k, PRUNED_CAPACITY if capacity is None else capacity)
+
+
+@functools.lru_cache(maxsize=256)  # every eager step asks
+def _pruned_kt(B: int, T: int, k: int, capacity: int) -> int:
+    full, p, kt = triton.next_power_of_2(k), 1.0 / T, 8
     while kt < full:
         tail = sum(math.comb(k, j) * p**j * (1 - p) ** (k - j) for j in range(kt, k + 1))
         if T * kt >= k and B * T * tail <= capacity / 64:
