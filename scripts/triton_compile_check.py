@@ -11,7 +11,8 @@ down to a cubin with Triton's own ptxas, and is not run. For each kernel it prin
 registers per thread, local-memory bytes (spills), shared memory and the resident programs per
 SM those allow (sm_90 limits), so tile sizes can be screened before GPU time is spent.
 
-Exit status 1 if any kernel fails to compile (or, with --fail-on-spill, spills).
+Exit status 1 if any kernel fails to compile (or, with --fail-on-spill, spills); 3 if the
+harness itself does not work with the installed Triton (a trivial probe kernel fails).
 
     python scripts/triton_compile_check.py                       # both issue-7 shapes
     python scripts/triton_compile_check.py --shape 768 24576 32 16384 \\
@@ -167,6 +168,36 @@ def _resource_usage(cubin: bytes | None) -> dict:
     return usage
 
 
+HARNESS_UNSUPPORTED = 3
+"""Exit status when the stand-in driver cannot compile even a trivial kernel with this Triton
+(its internals changed): nothing is known about our kernels then."""
+
+
+@triton.jit
+def _probe_kernel(out_ptr, N, BLOCK: triton.language.constexpr):
+    offs = triton.language.arange(0, BLOCK)
+    triton.language.store(out_ptr + offs, offs, mask=offs < N)
+
+
+def _probe(rec: Recorder) -> bool:
+    """Whether the harness compiles a trivial kernel (so a failure below is our kernels')."""
+    before = len(rec.seen)
+    try:
+        with torch.device("meta"):
+            _probe_kernel[(1,)](torch.empty(16, dtype=torch.int32), 16, 16)
+    except Exception as e:
+        print(f"the compile harness does not work with this Triton: {_one_line(e)}")
+        return False
+    probe = [c for c in list(rec.seen.values())[before:] if c.kernel == "_probe_kernel"]
+    if not probe or probe[0].error:
+        why = probe[0].error if probe else "no compile was recorded"
+        print(f"the compile harness does not work with this Triton: {why}")
+        return False
+    for key in list(rec.seen)[before:]:  # not one of ours: keep it out of the table
+        del rec.seen[key]
+    return True
+
+
 def run_step(D: int, F: int, K: int, B: int, arch: str, dead: bool, select: str) -> None:
     """One fast training step on meta tensors (every kernel launch compiles instead)."""
     from saelens_lite.kernels import sparse
@@ -214,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rec = Recorder(args.arch)
     print(f"triton {triton.__version__}, torch {torch.__version__}, target sm_{args.arch}")
+    if not _probe(rec):
+        rec.close()
+        return HARNESS_UNSUPPORTED
     defaults = (triton_topk.BLOCKS, triton_topk.WARPS, triton_topk.STAGES)
     try:
         for blocks, warps, stages in args.topk_blocks:

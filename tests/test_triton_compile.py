@@ -32,10 +32,13 @@ pytestmark = pytest.mark.skipif(not _ptxas(), reason="triton with its CUDA backe
 def _check(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return subprocess.run(
+    r = subprocess.run(
         [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
         cwd=ROOT, timeout=600,
     )  # fmt: skip
+    if r.returncode == 3:  # a trivial probe kernel did not compile: Triton's internals moved
+        pytest.skip(f"the compile harness does not support this Triton: {r.stdout[-300:]}")
+    return r
 
 
 def test_every_fast_step_kernel_compiles_for_sm90_without_spilling(tmp_path):
@@ -80,3 +83,21 @@ def test_bad_tile_spec_is_refused_with_the_expected_form():
     r = _check("--topk-blocks", "64,256")
     assert r.returncode == 2
     assert "BLOCK_B,BLOCK_F,BLOCK_D[,warps[,stages]]" in r.stderr and "'64,256'" in r.stderr
+
+
+def test_a_harness_that_cannot_compile_the_probe_exits_3_instead_of_blaming_our_kernels():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT / "scripts"), str(ROOT), env.get("PYTHONPATH", "")]
+    )
+    code = (
+        "import sys, triton_compile_check as t\n"
+        "def broken(self): raise RuntimeError('no target')\n"
+        "t._MetaDriver.get_current_target = broken\n"
+        "sys.exit(t.main(['--shape', '64', '512', '8', '64', '--archs', 'topk']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=300)  # fmt: skip
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "does not work with this Triton" in r.stdout and "no target" in r.stdout
+    assert "kernel variants" not in r.stdout  # no verdict on our kernels
