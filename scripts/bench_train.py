@@ -393,6 +393,11 @@ def main() -> None:
         "stages) of the fused matmul + top-k kernel (CUDA); screen them without a GPU with "
         "scripts/triton_compile_check.py",
     )
+    ap.add_argument(
+        "--segment-block-n",
+        type=int,
+        help="pattern entries per iteration of the weight-gradient Triton kernel (CUDA)",
+    )
     ap.add_argument("--check", action="store_true", help="check the fast step, then exit")
     ap.add_argument("--mem-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -406,6 +411,10 @@ def main() -> None:
             triton_topk.WARPS = args.topk_blocks[3]
         if len(args.topk_blocks) > 4:
             triton_topk.STAGES = args.topk_blocks[4]
+    if args.segment_block_n:
+        from saelens_lite.kernels import triton_sparse
+
+        triton_sparse.SEGMENT_BLOCK_N = args.segment_block_n
     if args.check:
         sys.exit(0 if check_fast_step(args.device) else 1)
     shapes = args.shape or [[576, 4608, 32, 2048]]

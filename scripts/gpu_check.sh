@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU check of the fast TopK training path (issue 7): ~6 minutes on an H100, at most ~8.5
+# One GPU check of the fast TopK training path (issue 7): ~6 minutes on an H100, at most ~9.3
 # (the sum of the parts' timeouts). Run from the repo root on the GPU machine; $OUT (default
 # ./gpu_out) receives gpu_log.txt. The most important numbers come first so a slow part cannot
 # crowd them out; every part runs under its own `timeout`, a failing part does not stop others.
@@ -8,7 +8,8 @@
 #   2. step speed at both shapes: the graph step with the fused top-k (topk-graph) vs the
 #      unfused one (-torchsel) and the pruned fused one (-pruned; BatchTopK too), with 10% dead latents (AuxK over the bounded candidate set,
 #      -aux) vs over all latents unfused (-aux-full, the previous behaviour), and the peers
-#   3. tile sizes (warps, pipeline stages) of the fused kernel at the first shape
+#   3. tile sizes (warps, pipeline stages) of the fused kernel at the first shape, and the
+#      entries per iteration of the weight-gradient segment reduction
 #   4. end-to-end train() tokens/s, fast_step=auto (CUDA graph) vs off (autograd) vs the
 #      pruned selection (topk_select=pruned), same data,
 #      at the issue's two shapes, before and after the dead window (AuxK), plus auto with the
@@ -58,6 +59,10 @@ part "bench D=2304 F=16384 K=64 B=8192" 100 $PY "${BENCH[@]}" --shape 2304 16384
 for blocks in "64 256 64 8 2" "64 256 32 8 3"; do
     part "fused tiles $blocks" 25 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
         --impls saelens_lite-topk-graph --topk-blocks $blocks
+done
+for bn in 16 32; do  # entries per iteration of the weight-gradient segment reduction (8)
+    part "segment block_n $bn" 25 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
+        --impls saelens_lite-topk-graph --segment-block-n $bn
 done
 part "train() end to end: fast_step auto vs off vs pruned" 110 $PY - <<'EOF'
 import json, logging, time
@@ -134,5 +139,5 @@ same = np.array_equal(a.token_ids, b.token_ids) and all(
 print(f"harvest caches identical: {same}")
 EOF
 echo "=== summary (tok/s; x peer = our speed / peer's) ==="
-grep -E "^e2e|^harvest|^shape|^=== fused|impl  |^  (saelens|sparsify|dense|skip|fail|floor|iter|trainer)|check (fast|fused|pruned)|passed|failed|rc=[1-9]" "$LOG" || true
+grep -E "^e2e|^harvest|^shape|^=== (fused|segment)|impl  |^  (saelens|sparsify|dense|skip|fail|floor|iter|trainer)|check (fast|fused|pruned)|passed|failed|rc=[1-9]" "$LOG" || true
 echo "total $(($(date +%s) - t0))s"

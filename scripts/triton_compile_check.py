@@ -25,6 +25,7 @@ install torch==2.13.0 triton==3.6.0 ...` (the CPU torch wheel is enough).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -236,12 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--topk-blocks", nargs="+", type=_parse_blocks, default=[(None, None, None)],
                     help="fused-kernel tiles to compile, BLOCK_B,BLOCK_F,BLOCK_D[,warps"
                          "[,stages]] each (default: the module's)")  # fmt: skip
+    ap.add_argument("--segment-block-n", type=int, nargs="+", default=[None],
+                    help="entries per iteration of the segment reduction to compile "
+                         "(default: the module's)")  # fmt: skip
     ap.add_argument("--fail-on-spill", action="store_true")
     ap.add_argument("--json", metavar="PATH", help="also write the table as JSON records")
     args = ap.parse_args(argv)
     shapes = args.shape or [[768, 24576, 32, 16384], [2304, 16384, 64, 8192]]
 
-    from saelens_lite.kernels import triton_topk
+    from saelens_lite.kernels import triton_sparse, triton_topk
 
     rec = Recorder(args.arch)
     print(f"triton {triton.__version__}, torch {torch.__version__}, target sm_{args.arch}")
@@ -249,11 +253,14 @@ def main(argv: list[str] | None = None) -> int:
         rec.close()
         return HARNESS_UNSUPPORTED
     defaults = (triton_topk.BLOCKS, triton_topk.WARPS, triton_topk.STAGES)
+    segment_default = triton_sparse.SEGMENT_BLOCK_N
     try:
-        for blocks, warps, stages in args.topk_blocks:
+        for (blocks, warps, stages), bn in itertools.product(args.topk_blocks,
+                                                             args.segment_block_n):  # fmt: skip
             triton_topk.BLOCKS = blocks or defaults[0]
             triton_topk.WARPS = warps or defaults[1]
             triton_topk.STAGES = stages or defaults[2]
+            triton_sparse.SEGMENT_BLOCK_N = bn or segment_default
             for D, F, K, B in shapes:
                 for arch in args.archs:
                     for dead in (False, True):
@@ -263,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         rec.close()
         triton_topk.BLOCKS, triton_topk.WARPS, triton_topk.STAGES = defaults
+        triton_sparse.SEGMENT_BLOCK_N = segment_default
 
     fails = spills = 0
     print(f"\n{'kernel':<24} {'first use (D/F/K/B arch)':<32} {'warps':>5} {'stages':>6} "

@@ -37,6 +37,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+SEGMENT_BLOCK_N = 8
+"""Pattern entries per loop iteration of the weight-gradient segment reduction (about
+B*K/F per feature: 21 at D=768, F=24576, K=32, B=16384). Untimed against 16 or 32;
+`scripts/bench_train.py --segment-block-n` compares them."""
+
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
     """Kernels accumulate in their output's dtype: float64 for float64, else float32 (the
@@ -170,13 +175,14 @@ def transposed_matmul(
     pairs: list[tuple[Tensor, Tensor]],
     *,
     out_DF: bool = False,
-    block_n: int = 8,
+    block_n: int | None = None,
     out_dtype: torch.dtype | None = None,
 ) -> list[Tensor]:
     """For each (vals_N, dense_BD) in `pairs` (one or two): A^T @ dense -> (F, D), A the (B, F)
     matrix holding vals_N at the pattern. With out_DF each result is returned as a contiguous
     (D, F) tensor (the transpose), written directly in that layout. Results have dtype
-    `out_dtype` (default: each dense input's). `block_n`: pattern entries per loop iteration."""
+    `out_dtype` (default: each dense input's). `block_n`: pattern entries per loop iteration
+    (None: SEGMENT_BLOCK_N)."""
     F_ = crow_F1.numel() - 1
     dense = [_rowmajor(d) for _, d in pairs]
     D = dense[0].shape[1]
@@ -189,7 +195,7 @@ def transposed_matmul(
     vals = [v.contiguous() for v, _ in pairs]
     two = len(pairs) == 2
     i2 = 1 if two else 0
-    BLOCK_N, BLOCK_D = block_n, _block_d(D)
+    BLOCK_N, BLOCK_D = block_n or SEGMENT_BLOCK_N, _block_d(D)
     _segment_matmul_kernel[(F_, triton.cdiv(D, BLOCK_D))](
         crow_F1, order_N, rows_sorted_N, D,
         vals[0], dense[0], outs[0], dense[0].stride(0), *st[0],
