@@ -238,8 +238,9 @@ def sparse_loss_and_grads(
     on the host. `compute_dtype` applies on CUDA only; there `select` picks the main top-k's
     implementation ("auto": the fused Triton kernel where it applies, "fused": it or an error,
     "pruned": the fused kernel keeping fewer candidates per tile than k, saturated rows
-    recomputed (kernels.triton_topk; untimed), "torch": matmul then torch.topk) and `aux_candidates` bounds the AuxK selection (see
-    `_select`; default `default_aux_candidates`)."""
+    recomputed (kernels.triton_topk; untimed), "torch": matmul then torch.topk) and
+    `aux_candidates` bounds the AuxK selection (see `_select`; default
+    `default_aux_candidates`)."""
     cfg = sae.cfg
     batch = cfg.architecture == "batchtopk"
     if not (batch or cfg.architecture == "topk") or (not batch and cfg.multi_topk):
