@@ -40,6 +40,9 @@ def add(sub) -> None:
     s.add_argument("--train-tokens", type=int, default=None, help="training tokens (default: the benchmark's)")
     s.add_argument("--n-train", type=int, default=400_000, help="distinct synthetic training tokens")
     s.add_argument("--seed", type=int, default=0, help="seed of the toy model")
+    s.add_argument("--option", action="append", default=[], metavar="ARCH.KEY=VALUE",
+                   help="SAEConfig field for one architecture (repeatable), e.g. --option "
+                        "jumprelu.jumprelu_l0_adapt=0")
     s.add_argument("--json", default=None, help="also write the rows to this JSON file")
     s.set_defaults(func=run_synthetic)
 
@@ -47,6 +50,7 @@ def add(sub) -> None:
 def run_synthetic(args: argparse.Namespace) -> int:
     import json
 
+    from saelens_lite.cli.train import _parse_arch_options
     from saelens_lite.evals.synthetic import SyntheticConfig, format_table, run_benchmark
 
     cfg = SyntheticConfig(d=args.d, n_features=args.features, mean_active=args.mean_active,
@@ -55,7 +59,8 @@ def run_synthetic(args: argparse.Namespace) -> int:
                           noise_std=args.noise_std, seed=args.seed)
     train_options = {} if args.train_tokens is None else {"tokens": args.train_tokens}
     rows = run_benchmark(args.arch, cfg=cfg, n_train=args.n_train, k=args.k, latents=args.latents,
-                         sparsity_coeff=args.sparsity_coeff, train_options=train_options)
+                         sparsity_coeff=args.sparsity_coeff, train_options=train_options,
+                         sae_options=_parse_arch_options(args.option))
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -32,16 +32,10 @@ def add(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from saelens_lite._dataclass_args import dataclass_from_args
-    from saelens_lite.cli.train import _parse_options
+    from saelens_lite.cli.train import _parse_arch_options
     from saelens_lite.compare import CompareConfig, compare, format_table
 
-    options: dict = {}
-    for key, value in _parse_options(args.option).items():
-        arch, dot, field = key.partition(".")
-        if not dot or not field:
-            raise ValueError(f"--option {key}: expected ARCH.KEY=VALUE")
-        options.setdefault(arch, {})[field] = value
-    cfg = dataclass_from_args(CompareConfig, args, options=options)
+    cfg = dataclass_from_args(CompareConfig, args, options=_parse_arch_options(args.option))
     result = compare(args.out, activations=args.activations, hook=args.hook, images=args.images, config=cfg)
     print(format_table(result["rows"]), end="")
     print(f"wrote results.md, results.json and {', '.join(result['plots'])} to {args.out}")

@@ -48,6 +48,17 @@ def _parse_options(pairs: list[str]) -> dict:
     return options
 
 
+def _parse_arch_options(pairs: list[str]) -> dict[str, dict]:
+    """``ARCH.KEY=VALUE`` pairs -> {arch: {key: value}} (values parsed as in _parse_options)."""
+    options: dict[str, dict] = {}
+    for key, value in _parse_options(pairs).items():
+        arch, dot, field = key.partition(".")
+        if not dot or not field:
+            raise ValueError(f"--option {key}: expected ARCH.KEY=VALUE")
+        options.setdefault(arch, {})[field] = value
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     from saelens_lite.training import TrainConfig, train
 

@@ -182,22 +182,31 @@ BENCH_TRAIN = {"batch_size": 4096, "tokens": 1_200_000, "lr": 5e-3, "warmup_step
 def run_benchmark(architectures: list[str] | None = None, *, cfg: SyntheticConfig | None = None,
                   n_train: int = 400_000, k: int | None = None, latents: int | None = None,
                   sparsity_coeff: float | None = None, train_options: dict | None = None,
-                  n_eval: int = 20_000, progress: bool = False) -> list[dict]:
+                  sae_options: dict[str, dict] | None = None, n_eval: int = 20_000,
+                  progress: bool = False) -> list[dict]:
     """Train one SAE per architecture (default: every registered one) on ``n_train`` synthetic
     tokens with ``saelens_lite.training.train`` and score each against the true dictionary.
     ``latents`` defaults to 2 G: with exactly G latents a TopK SAE plateaus near 90% recovered
     (a dead or duplicated latent costs a feature), with 2 G it finds ~all of them.
-    Returns one row per architecture (``architecture mmcs recovered firing_f1 l0 fvu
-    dead_fraction seconds``)."""
+    ``sae_options``: {architecture: {SAEConfig field: value}}, on top of
+    ``train_options["sae_options"]``. Returns one row per architecture (``architecture mmcs
+    recovered firing_f1 l0 fvu dead_fraction seconds``)."""
     from saelens_lite.saes import REGISTRY
     from saelens_lite.training import TrainConfig, train
 
+    architectures = architectures or sorted(REGISTRY)
+    extra = sorted(set(sae_options or {}) - set(architectures))
+    if extra:
+        raise ValueError(f"sae_options for {extra}, which this run does not train; it runs "
+                         f"{architectures}")  # fmt: skip
     cfg = cfg or SyntheticConfig()
     data = SyntheticData(cfg)
     x_train, _ = data.sample(n_train, seed=0)
     rows = []
-    for arch in architectures or sorted(REGISTRY):
+    for arch in architectures:
         opts = {**BENCH_TRAIN, **(train_options or {})}
+        if (sae_options or {}).get(arch):
+            opts["sae_options"] = {**opts.get("sae_options", {}), **sae_options[arch]}
         t = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="saelens_bench_") as tmp:
             tc = TrainConfig(architecture=arch, latents=latents or 2 * cfg.n_features,
