@@ -114,8 +114,7 @@ def _check_sizes(root: Path, shards: list[dict]) -> None:
 def _to_storage(x, dtype: str) -> np.ndarray:
     """(n, D) tensor or array -> numpy in the storage dtype (bfloat16 as uint16 bits)."""
     if dtype == "bfloat16":
-        t = torch.as_tensor(x).detach().to("cpu", torch.bfloat16).contiguous()
-        return t.view(torch.int16).numpy().view(np.uint16)
+        return _as_numpy(torch.as_tensor(x).detach().to("cpu", torch.bfloat16).contiguous())
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", getattr(torch, dtype)).numpy()
     return np.asarray(x, dtype=DTYPES[dtype])
@@ -126,14 +125,6 @@ def _decode_np(raw: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "bfloat16":
         return (raw.astype(np.uint32) << 16).view(np.float32)
     return raw
-
-
-_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def _torch_storage(dtype: str) -> torch.dtype:
-    """The torch dtype a cache dtype is read as (bfloat16 bits are bfloat16)."""
-    return _TORCH_DTYPES[dtype]
 
 
 def _as_numpy(t: torch.Tensor) -> np.ndarray:
@@ -586,7 +577,7 @@ class ActivationCache:
         if N == 0 or epochs == 0:
             return
         total = None if epochs is None else epochs * N
-        store = _torch_storage(self.dtype)
+        store = getattr(torch, self.dtype)  # bfloat16 bits are read as bfloat16
         out_dt = store if dtype is None or not as_torch else dtype
         if not as_torch:  # numpy: bfloat16 upcast to float32, else the stored dtype
             out_dt = torch.float32 if self.dtype == "bfloat16" else store
