@@ -101,13 +101,12 @@ def _decode(p: kernels.SparsePattern, vals_N: Tensor, table_FD: Tensor) -> Tenso
     return p.gather_rows_sum(vals_N, table_FD).to(vals_N.dtype)  # Triton: fp32 accumulation
 
 
-SELECT_MODES = TOPK_SELECT_MODES
 _FUSED_FAILED: list[str] = []  # why the fused kernel failed to compile or run ("auto" stops)
 
 
 def _check_select(mode: str) -> None:
-    if mode not in SELECT_MODES:
-        raise ValueError(f"select={mode!r} is invalid; allowed: {SELECT_MODES}")
+    if mode not in TOPK_SELECT_MODES:
+        raise ValueError(f"select={mode!r} is invalid; allowed: {TOPK_SELECT_MODES}")
 
 
 def _fused_ok(mode: str, xc_lp_BD: Tensor, F_: int, k: int) -> bool:
