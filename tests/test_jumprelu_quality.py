@@ -7,6 +7,7 @@ import torch
 
 from saelens_lite.evals.synthetic import SyntheticConfig, run_benchmark
 from saelens_lite.saes import SAE, SAEConfig
+from saelens_lite.saes import jumprelu as jumprelu_mod
 from saelens_lite.training import TrainConfig, trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,6 +22,11 @@ def make(**kw) -> SAE:
         sae.b_enc.normal_(0, 0.1)
         sae.b_dec.normal_(0, 0.1)
     return sae
+
+
+def _clip(e: float) -> float:
+    c = jumprelu_mod.L0_ASCENT_CLIP
+    return min(max(e, -c), c)
 
 
 def data(n=256, seed=0):
@@ -59,7 +65,8 @@ def test_the_multiplier_brings_l0_to_the_target_where_the_quadratic_penalty_over
 
 def test_multiplier_is_dual_ascent_on_the_l0_error_and_enters_the_loss_linearly():
     """float64 oracle: loss = mse + lambda (e^2 + nu e), e = L0 / k - 1; after the optimizer
-    step nu += 2 rate e; nothing moves while the sparsity penalty is off (warm-up)."""
+    step nu += 2 rate clip(e, +-L0_ASCENT_CLIP); nothing moves while the sparsity penalty is off
+    (warm-up)."""
     rate = 0.3
     sae, x = make(dtype="float64", jumprelu_l0_adapt=rate), data().double()
     assert sae.l0_multiplier.item() == 0.0
@@ -69,7 +76,8 @@ def test_multiplier_is_dual_ascent_on_the_l0_error_and_enters_the_loss_linearly(
     out = sae.training_forward(x, sparsity_scale=0.25)  # warm-up: the ascent scales as well
     e = out.losses["l0"].item() / K - 1
     sae.after_optimizer_step_()
-    assert sae.l0_multiplier.item() == pytest.approx(2 * rate * 0.25 * e, rel=1e-12)
+    clip = jumprelu_mod.L0_ASCENT_CLIP
+    assert sae.l0_multiplier.item() == pytest.approx(2 * rate * 0.25 * _clip(e), rel=1e-12)
     nu = sae.l0_multiplier.item()
     for _ in range(3):
         out = sae.training_forward(x)
@@ -84,10 +92,18 @@ def test_multiplier_is_dual_ascent_on_the_l0_error_and_enters_the_loss_linearly(
                     for t in (out.loss, ref_t))  # fmt: skip
         torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-15)
         sae.after_optimizer_step_()
-        nu += 2 * rate * e
+        nu += 2 * rate * _clip(e)
         assert sae.l0_multiplier.item() == pytest.approx(nu, rel=1e-12)
         with torch.no_grad():
             sae.log_threshold -= 0.05 * g.sign()  # move, so the next step sees another e
+    # anti-windup: far from the target (every latent fires) the ascent is 2 rate clip
+    with torch.no_grad():
+        sae.log_threshold.fill_(-30.0)
+    e = sae.training_forward(x).losses["l0"].item() / K - 1
+    assert e > 2 * clip
+    sae.after_optimizer_step_()
+    assert sae.l0_multiplier.item() == pytest.approx(nu + 2 * rate * clip, rel=1e-12)
+    nu = sae.l0_multiplier.item()
     # the checkpointed state is the multiplier; unknown names are refused
     state = {n: t.clone() for n, t in sae.training_state().items()}
     other = make(dtype="float64", jumprelu_l0_adapt=rate)
