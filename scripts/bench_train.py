@@ -8,7 +8,7 @@ Implementations, same shape, same data, same optimiser (torch.optim.Adam, defaul
   saelens_lite topk-graph  training.fast_step.FastTrainStep: explicit sparse gradients, on
                          CUDA bf16 encoder matmul + decoder table (fp32 master weights, fused
                          Adam), Triton kernels, whole step in a CUDA graph; on CPU eager
-  saelens_lite topk-fast   the same step without the CUDA graph
+  saelens_lite topk-fast   the same step without the CUDA graph (-pruned: pruned selection)
   saelens_lite topk-graph-torchsel   the graph step with matmul + torch.topk instead of the
                          fused Triton matmul + top-k kernel (CUDA; the same on CPU)
   saelens_lite topk-graph-aux        the graph step with 10% of latents dead (AuxK runs over
@@ -31,6 +31,7 @@ A peer that cannot be imported is skipped with a line saying why.
 
     python scripts/bench_train.py [--device cpu|cuda] [--shape D F K B ...] [--rounds 3] [--steps 3]
     python scripts/bench_train.py --check   # fast step vs a float64 dense reference, then exit
+    python scripts/bench_train.py --profile 5 --impls saelens_lite-topk-fast   # kernel table
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ IMPLS = [
     "saelens_lite-topk-bf16select",
     "saelens_lite-topk-graph",
     "saelens_lite-topk-fast",
+    "saelens_lite-topk-fast-pruned",
     "saelens_lite-topk-graph-torchsel",
     "saelens_lite-topk-graph-aux",
     "saelens_lite-topk-graph-aux-full",
@@ -236,6 +238,34 @@ def time_all(steps_by_impl: dict, x, dev: str, rounds: int, steps: int) -> dict[
     return best
 
 
+def profile(steps_by_impl: dict, x, dev: str, steps: int, top: int = 14) -> None:
+    """Per impl, the kernels (CUDA) or operators (CPU) with the most self time over `steps`
+    warm steps, per step: where the step's time goes. Use an eager impl (`-fast`, not `-graph`)
+    to see every kernel by name."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev == "cuda" else [])
+    attr = "self_device_time_total" if dev == "cuda" else "self_cpu_time_total"
+    for name, step in steps_by_impl.items():
+        for _ in range(3):  # warm-up: kernels compiled, optimiser state created
+            step(x)
+        _sync(dev)
+        with torch_profile(activities=acts) as prof:
+            for _ in range(steps):
+                step(x)
+            _sync(dev)
+        events = sorted(
+            (e for e in prof.key_averages() if getattr(e, attr, 0) > 0),
+            key=lambda e: -getattr(e, attr),
+        )
+        total = sum(getattr(e, attr) for e in events) / steps / 1e3
+        print(f"  profile {name}: {total:.2f} ms/step of self {'device' if dev == 'cuda' else 'cpu'} time")
+        for e in events[:top]:
+            ms = getattr(e, attr) / steps / 1e3
+            print(f"    {ms:7.3f} ms {e.count // steps:4d}x  {e.key[:90]}")
+
+
 def check_fast_step(dev: str, D: int = 64, F: int = 512, K: int = 8, B: int = 256) -> bool:
     """Loss and gradients of the fast step (bf16 compute on CUDA) against autograd through a
     float64 dense TopK at the same latents; relative errors must be within what bf16 allows."""
@@ -399,6 +429,13 @@ def main() -> None:
         help="pattern entries per iteration of the weight-gradient Triton kernel (CUDA)",
     )
     ap.add_argument("--check", action="store_true", help="check the fast step, then exit")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        metavar="STEPS",
+        help="instead of timing, profile STEPS steps per impl and print the kernels with the "
+        "most self time (use -fast impls on CUDA: graph replays hide kernel names)",
+    )
     ap.add_argument("--mem-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.topk_blocks:
@@ -442,6 +479,9 @@ def main() -> None:
                 built[impl] = build(impl, D, F, K, args.device)
             except Exception as e:  # a missing or broken peer must not stop the others
                 print(f"  skip {impl}: {type(e).__name__}: {str(e)[:200]}")
+        if args.profile:
+            profile(built, x, args.device, args.profile)
+            continue
         secs = time_all(built, x, args.device, args.rounds, steps)
         mem = (
             {}

@@ -8,6 +8,7 @@
 #   2. step speed at both shapes: the graph step with the fused top-k (topk-graph) vs the
 #      unfused one (-torchsel) and the pruned fused one (-pruned; BatchTopK too), with 10% dead latents (AuxK over the bounded candidate set,
 #      -aux) vs over all latents unfused (-aux-full, the previous behaviour), and the peers
+#   2b. a kernel profile of the eager fast step at the first shape (fused and pruned)
 #   3. tile sizes (warps, pipeline stages) of the fused kernel at the first shape, and the
 #      entries per iteration of the weight-gradient segment reduction
 #   4. end-to-end train() tokens/s, fast_step=auto (CUDA graph) vs off (autograd) vs the
@@ -50,10 +51,14 @@ OURS=(saelens_lite-topk-graph saelens_lite-topk-graph-torchsel saelens_lite-topk
       saelens_lite-batchtopk-graph-pruned)
 
 part "check vs float64" 40 $PY scripts/bench_train.py --device cuda --check
-part "bench D=768 F=24576 K=32 B=16384" 90 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
+part "bench D=768 F=24576 K=32 B=16384" 75 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
     --impls "${OURS[@]}" sparsify dense-bf16
-part "bench D=2304 F=16384 K=64 B=8192" 100 $PY "${BENCH[@]}" --shape 2304 16384 64 8192 \
+part "bench D=2304 F=16384 K=64 B=8192" 80 $PY "${BENCH[@]}" --shape 2304 16384 64 8192 \
     --impls "${OURS[@]}" sparsify dense-bf16 saelens-bf16
+# where the step's time goes, kernel by kernel (eager: graph replays hide kernel names);
+# session 1, unfused: torch.topk 3.0 ms, segment matmul 1.5, cuBLAS 0.9, Adam 0.4 of 7.3 ms
+part "profile eager fast step D=768" 30 $PY scripts/bench_train.py --device cuda --profile 5 \
+    --shape 768 24576 32 16384 --impls saelens_lite-topk-fast saelens_lite-topk-fast-pruned
 # BLOCK_B BLOCK_F BLOCK_D WARPS STAGES; screened without a GPU by triton_compile_check.py (no
 # spills, 2-3 programs per SM where the default's 120 KiB of shared memory allows only 1)
 for blocks in "64 256 64 8 2" "64 256 32 8 3"; do
@@ -139,5 +144,5 @@ same = np.array_equal(a.token_ids, b.token_ids) and all(
 print(f"harvest caches identical: {same}")
 EOF
 echo "=== summary (tok/s; x peer = our speed / peer's) ==="
-grep -E "^e2e|^harvest|^shape|^=== (fused|segment)|impl  |^  (saelens|sparsify|dense|skip|fail|floor|iter|trainer)|check (fast|fused|pruned)|passed|failed|rc=[1-9]" "$LOG" || true
+grep -E "^e2e|^harvest|^shape|^=== (fused|segment)|impl  |^  profile|^ +[0-9.]+ ms|^  (saelens|sparsify|dense|skip|fail|floor|iter|trainer)|check (fast|fused|pruned)|passed|failed|rc=[1-9]" "$LOG" || true
 echo "total $(($(date +%s) - t0))s"

@@ -62,7 +62,6 @@ from torch import Tensor, nn
 from saelens_lite.saes.base import SAE, SAEConfig, TrainOutput
 from saelens_lite.saes.registry import register
 
-
 L0_ASCENT_CLIP = 0.25
 """Bound on |e| in the multiplier's ascent nu += 2 rate s clip(e) (anti-windup). Early in a run
 L0 overshoots (SmolLM2, k = 32: to ~90 within 12 steps, the quadratic has no slope at e = 0);
