@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU check of the fast TopK training path (issue 7): ~6 minutes on an H100, at most ~9.3
+# One GPU check of the fast TopK training path (issue 7): ~6 minutes on an H100, at most ~9.7
 # (the sum of the parts' timeouts). Run from the repo root on the GPU machine; $OUT (default
 # ./gpu_out) receives gpu_log.txt. The most important numbers come first so a slow part cannot
 # crowd them out; every part runs under its own `timeout`, a failing part does not stop others.
@@ -9,8 +9,8 @@
 #      unfused one (-torchsel) and the pruned fused one (-pruned; BatchTopK too), with 10% dead latents (AuxK over the bounded candidate set,
 #      -aux) vs over all latents unfused (-aux-full, the previous behaviour), and the peers
 #   2b. a kernel profile of the eager fast step at the first shape (fused and pruned)
-#   3. tile sizes (warps, pipeline stages) of the fused kernel at the first shape, and the
-#      entries per iteration of the weight-gradient segment reduction
+#   3. each Triton kernel alone over its launch settings (scripts/bench_kernels.py): the
+#      fused top-k's tiles and pruned KT', the segment reduction's blocks, warps, prefetch
 #   4. end-to-end train() tokens/s, fast_step=auto (CUDA graph) vs off (autograd) vs the
 #      pruned selection (topk_select=pruned), same data,
 #      at the issue's two shapes, before and after the dead window (AuxK), plus auto with the
@@ -59,17 +59,13 @@ part "bench D=2304 F=16384 K=64 B=8192" 80 $PY "${BENCH[@]}" --shape 2304 16384 
 # session 1, unfused: torch.topk 3.0 ms, segment matmul 1.5, cuBLAS 0.9, Adam 0.4 of 7.3 ms
 part "profile eager fast step D=768" 30 $PY scripts/bench_train.py --device cuda --profile 5 \
     --shape 768 24576 32 16384 --impls saelens_lite-topk-fast saelens_lite-topk-fast-pruned
-# BLOCK_B BLOCK_F BLOCK_D WARPS STAGES; screened without a GPU by triton_compile_check.py (no
-# spills, 2-3 programs per SM where the default's 120 KiB of shared memory allows only 1)
-for blocks in "64 256 64 8 2" "64 256 32 8 3"; do
-    part "fused tiles $blocks" 25 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
-        --impls saelens_lite-topk-graph --topk-blocks $blocks
-done
-for bn in 16 32; do  # entries per iteration of the weight-gradient segment reduction (8)
-    part "segment block_n $bn" 25 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
-        --impls saelens_lite-topk-graph --segment-block-n $bn
-done
-part "train() end to end: fast_step auto vs off vs pruned" 110 $PY - <<'EOF'
+# each kernel alone over its launch settings (tiles, warps, stages and pruned KT' of the fused
+# top-k; BLOCK_N, BLOCK_D, warps and index prefetch of the segment reduction), both shapes,
+# every variant checked against a reference first; tiles screened without a GPU by
+# triton_compile_check.py (no spills, 2-3 programs per SM where the default allows only 1)
+part "kernel sweep (scripts/bench_kernels.py)" 140 $PY scripts/bench_kernels.py --device cuda \
+    --shape 768 24576 32 16384 --shape 2304 16384 64 8192
+part "train() end to end: fast_step auto vs off vs pruned" 100 $PY - <<'EOF'
 import json, logging, time
 import torch
 from saelens_lite.training import TrainConfig, train, trainer
@@ -144,5 +140,5 @@ same = np.array_equal(a.token_ids, b.token_ids) and all(
 print(f"harvest caches identical: {same}")
 EOF
 echo "=== summary (tok/s; x peer = our speed / peer's) ==="
-grep -E "^e2e|^harvest|^shape|^=== (fused|segment)|impl  |^  profile|^ +[0-9.]+ ms|^  (saelens|sparsify|dense|skip|fail|floor|iter|trainer)|check (fast|fused|pruned)|passed|failed|rc=[1-9]" "$LOG" || true
+grep -E "^e2e|^harvest|^shape|^=== kernel|impl  |^  profile|^ +[0-9.]+ ms|^(encoder|segment|gather|  [0-9]+x|  BLOCK|  cuBLAS|  torch|  decode|  sampled| pattern)|^  (saelens|sparsify|dense|skip|fail|floor|iter|trainer)|check (fast|fused|pruned)|passed|failed|rc=[1-9]" "$LOG" || true
 echo "total $(($(date +%s) - t0))s"

@@ -226,6 +226,19 @@ def _parse_blocks(text: str) -> tuple[tuple[int, int, int], int | None, int | No
     return tuple(parts[:3]), *(parts[3:] + [None, None])[:2]
 
 
+SEGMENT_SETTINGS = ("SEGMENT_BLOCK_N", "SEGMENT_BLOCK_D", "SEGMENT_WARPS", "SEGMENT_PREFETCH")
+
+
+def _parse_segment(text: str) -> tuple[int, ...]:
+    parts = [int(p) for p in text.split(",")]
+    if not 1 <= len(parts) <= 4 or min(parts[:3]) <= 0 or parts[3:] not in ([], [0], [1]):
+        raise argparse.ArgumentTypeError(
+            f"--segment takes BLOCK_N[,BLOCK_D[,warps[,prefetch 0|1]]] (positive ints), "
+            f"got {text!r}"
+        )
+    return tuple(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90)")
@@ -237,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--topk-blocks", nargs="+", type=_parse_blocks, default=[(None, None, None)],
                     help="fused-kernel tiles to compile, BLOCK_B,BLOCK_F,BLOCK_D[,warps"
                          "[,stages]] each (default: the module's)")  # fmt: skip
-    ap.add_argument("--segment-block-n", type=int, nargs="+", default=[None],
-                    help="entries per iteration of the segment reduction to compile "
-                         "(default: the module's)")  # fmt: skip
+    ap.add_argument("--segment", "--segment-block-n", type=_parse_segment, nargs="+",
+                    default=[()], help="segment-reduction settings to compile, "
+                    "BLOCK_N[,BLOCK_D[,warps[,prefetch 0|1]]] each (default: the module's)")
     ap.add_argument("--fail-on-spill", action="store_true")
     ap.add_argument("--json", metavar="PATH", help="also write the table as JSON records")
     args = ap.parse_args(argv)
@@ -253,14 +266,15 @@ def main(argv: list[str] | None = None) -> int:
         rec.close()
         return HARNESS_UNSUPPORTED
     defaults = (triton_topk.BLOCKS, triton_topk.WARPS, triton_topk.STAGES)
-    segment_default = triton_sparse.SEGMENT_BLOCK_N
+    segment_default = tuple(getattr(triton_sparse, n) for n in SEGMENT_SETTINGS)
     try:
-        for (blocks, warps, stages), bn in itertools.product(args.topk_blocks,
-                                                             args.segment_block_n):  # fmt: skip
+        for (blocks, warps, stages), seg in itertools.product(args.topk_blocks, args.segment):
             triton_topk.BLOCKS = blocks or defaults[0]
             triton_topk.WARPS = warps or defaults[1]
             triton_topk.STAGES = stages or defaults[2]
-            triton_sparse.SEGMENT_BLOCK_N = bn or segment_default
+            for name, v, d in zip(SEGMENT_SETTINGS, seg + segment_default[len(seg):],
+                                  segment_default):  # fmt: skip
+                setattr(triton_sparse, name, type(d)(v))
             for D, F, K, B in shapes:
                 for arch in args.archs:
                     for dead in (False, True):
@@ -270,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         rec.close()
         triton_topk.BLOCKS, triton_topk.WARPS, triton_topk.STAGES = defaults
-        triton_sparse.SEGMENT_BLOCK_N = segment_default
+        for name, d in zip(SEGMENT_SETTINGS, segment_default):
+            setattr(triton_sparse, name, d)
 
     fails = spills = 0
     print(f"\n{'kernel':<24} {'first use (D/F/K/B arch)':<32} {'warps':>5} {'stages':>6} "

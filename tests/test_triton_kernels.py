@@ -102,7 +102,14 @@ def test_sampled_dot_equals_reference(kind, dtype):
 @pytest.mark.parametrize("dtype", list(TOL))
 @pytest.mark.parametrize("out_DF", [False, True])
 @pytest.mark.parametrize("n_pairs", [1, 2])
-def test_transposed_matmul_equals_reference(n_pairs, out_DF, dtype):
+@pytest.mark.parametrize(
+    "launch",
+    [dict(block_n=4), dict(block_n=4, prefetch=True), dict(block_n=2, block_d=4, prefetch=True)],
+    ids=["plain", "prefetch", "prefetch-two-slices"],
+)
+def test_transposed_matmul_equals_reference(n_pairs, out_DF, dtype, launch):
+    """Segments of 0 to 6 entries over loops of block_n (the prefetching loop reads the next
+    block's indices ahead, masked past the segment's end); block_d < D splits D in slices."""
     rows, cols = _ragged()
     order, crow = sparse_mod._sync_free_csr(cols.to(DEV), F)
     pairs = [(_rand(len(rows), seed=2 + i), _rand(B, D, seed=5 + i)) for i in range(n_pairs)]
@@ -112,7 +119,7 @@ def test_transposed_matmul_equals_reference(n_pairs, out_DF, dtype):
         rows.to(DEV)[order],
         [(v.to(DEV, dtype), x.to(DEV, dtype)) for v, x in pairs],
         out_DF=out_DF,
-        block_n=4,
+        **launch,
     )
     for out, (v, x) in zip(outs, pairs):
         ref = _dense(rows, cols, v).T @ x

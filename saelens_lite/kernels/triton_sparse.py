@@ -41,6 +41,16 @@ SEGMENT_BLOCK_N = 8
 """Pattern entries per loop iteration of the weight-gradient segment reduction (about
 B*K/F per feature: 21 at D=768, F=24576, K=32, B=16384). Untimed against 16 or 32;
 `scripts/bench_train.py --segment-block-n` compares them."""
+SEGMENT_BLOCK_D = 256
+"""Largest D slice per program of the segment reduction (the slice is min(this,
+next_pow2(D))); one program per (feature, slice)."""
+SEGMENT_WARPS = 4
+"""Warps per program of the segment reduction."""
+SEGMENT_PREFETCH = False
+"""Load the next iteration's pattern indices before this iteration's row gathers, so their
+latency overlaps (an H100 profile, session 1: the reduction ran at ~1.1 TB/s of gathered
+rows, 1.5 ms at the first shape; the index loads sit in front of every gather).
+`scripts/bench_kernels.py` times all four settings."""
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -102,7 +112,7 @@ def _segment_matmul_kernel(
     crow_ptr, order_ptr, rows_ptr, D,
     v1_ptr, x1_ptr, o1_ptr, sx1, so1_f, so1_d,
     v2_ptr, x2_ptr, o2_ptr, sx2, so2_f, so2_d,
-    TWO: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    TWO: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH: tl.constexpr,
 ):  # fmt: skip
     ACC = o1_ptr.dtype.element_ty
     ACC2 = o2_ptr.dtype.element_ty
@@ -113,12 +123,22 @@ def _segment_matmul_kernel(
     end = tl.load(crow_ptr + f + 1)
     acc1 = tl.zeros((BLOCK_N, BLOCK_D), ACC)
     acc2 = tl.zeros((BLOCK_N, BLOCK_D), ACC2)
+    if PREFETCH:
+        rn = start + tl.arange(0, BLOCK_N)
+        n_next = tl.load(order_ptr + rn, mask=rn < end, other=0)
+        r_next = tl.load(rows_ptr + rn, mask=rn < end, other=0)
     for s in range(start, end, BLOCK_N):
         rn = s + tl.arange(0, BLOCK_N)
         mn = rn < end
         m = mn[:, None] & md[None, :]
-        n = tl.load(order_ptr + rn, mask=mn, other=0)
-        r = tl.load(rows_ptr + rn, mask=mn, other=0).to(tl.int64)
+        if PREFETCH:  # this iteration's indices came with the last one; fetch the next ones
+            n = n_next
+            r = r_next.to(tl.int64)
+            n_next = tl.load(order_ptr + rn + BLOCK_N, mask=rn + BLOCK_N < end, other=0)
+            r_next = tl.load(rows_ptr + rn + BLOCK_N, mask=rn + BLOCK_N < end, other=0)
+        else:
+            n = tl.load(order_ptr + rn, mask=mn, other=0)
+            r = tl.load(rows_ptr + rn, mask=mn, other=0).to(tl.int64)
         v1 = tl.load(v1_ptr + n, mask=mn, other=0.0).to(ACC)
         x1 = tl.load(x1_ptr + r[:, None] * sx1 + rd[None, :], mask=m, other=0.0)
         acc1 += v1[:, None] * x1.to(ACC)
@@ -177,12 +197,16 @@ def transposed_matmul(
     out_DF: bool = False,
     block_n: int | None = None,
     out_dtype: torch.dtype | None = None,
+    block_d: int | None = None,
+    num_warps: int | None = None,
+    prefetch: bool | None = None,
 ) -> list[Tensor]:
     """For each (vals_N, dense_BD) in `pairs` (one or two): A^T @ dense -> (F, D), A the (B, F)
     matrix holding vals_N at the pattern. With out_DF each result is returned as a contiguous
     (D, F) tensor (the transpose), written directly in that layout. Results have dtype
-    `out_dtype` (default: each dense input's). `block_n`: pattern entries per loop iteration
-    (None: SEGMENT_BLOCK_N)."""
+    `out_dtype` (default: each dense input's). `block_n`, `block_d`, `num_warps`, `prefetch`:
+    the launch settings (None: SEGMENT_BLOCK_N, SEGMENT_BLOCK_D, SEGMENT_WARPS,
+    SEGMENT_PREFETCH)."""
     F_ = crow_F1.numel() - 1
     dense = [_rowmajor(d) for _, d in pairs]
     D = dense[0].shape[1]
@@ -195,11 +219,12 @@ def transposed_matmul(
     vals = [v.contiguous() for v, _ in pairs]
     two = len(pairs) == 2
     i2 = 1 if two else 0
-    BLOCK_N, BLOCK_D = block_n or SEGMENT_BLOCK_N, _block_d(D)
+    BLOCK_N, BLOCK_D = block_n or SEGMENT_BLOCK_N, _block_d(D, block_d or SEGMENT_BLOCK_D)
+    prefetch = SEGMENT_PREFETCH if prefetch is None else prefetch
     _segment_matmul_kernel[(F_, triton.cdiv(D, BLOCK_D))](
         crow_F1, order_N, rows_sorted_N, D,
         vals[0], dense[0], outs[0], dense[0].stride(0), *st[0],
         vals[i2], dense[i2], outs[i2], dense[i2].stride(0), *st[i2],
-        two, BLOCK_N, BLOCK_D,
+        two, BLOCK_N, BLOCK_D, prefetch, num_warps=num_warps or SEGMENT_WARPS,
     )  # fmt: skip
     return [o.to(dt) for o, dt in zip(outs, out_dts)]
