@@ -201,7 +201,7 @@ def train_sequences(config, seq_NSD: torch.Tensor):
     ``batch_size // S`` random contexts (B, S, D), with the same normalisation scale, b_dec init,
     Adam, ``lr_at`` schedule, gradient clipping and save format. Returns the trained model (input
     scale folded in) and saves it to ``config.out_dir/model``."""
-    from saelens_lite.training.trainer import build_sae, lr_at, normalization_scale
+    from saelens_lite.training.trainer import build_sae, lr_at, make_adam, normalization_scale
 
     torch.manual_seed(config.seed)
     N, S, D = seq_NSD.shape
@@ -211,7 +211,8 @@ def train_sequences(config, seq_NSD: torch.Tensor):
     sae = build_sae(config, D)
     sae.init_from_data_(sample * scale)
     base_lr = config.lr_for(sae.cfg.d_sae)
-    opt = torch.optim.Adam(sae.parameters(), lr=base_lr, betas=tuple(config.betas))
+    # as train() makes it for the other models (equal footing)
+    opt = make_adam(sae.parameters(), base_lr, tuple(config.betas), torch.device("cpu"))
     per_step = max(1, config.batch_size // S)
     sae.train()
     for step in range(config.steps):

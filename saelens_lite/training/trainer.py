@@ -219,6 +219,15 @@ def _param_groups(sae):
     return [{"params": rest}] + [{"params": [named[n]], "lr_scale": s} for n, s in scales.items()]
 
 
+def make_adam(params, lr, betas, device: torch.device, *, capturable: bool = False):
+    """torch.optim.Adam, fused (one kernel over all parameters) where torch has it: CUDA and
+    CPU. On a CPU the fused step is ~8x faster than the default foreach one (5.3M parameters,
+    2 threads: 2.3 ms against 18 ms; ~12% of a D=576, F=4608 training step), and equal to it
+    up to rounding (float32: identical in a 5-step check; docs/benchmarks.md)."""
+    fused = True if device.type in ("cpu", "cuda") else None
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused, capturable=capturable)
+
+
 class _HookState:
     """Everything trained for one hook. ``fast``: the FastTrainStep that replaces the autograd
     step (None: autograd). ``data_parallel``: ranks share this hook's batches, so gradients,
@@ -242,14 +251,13 @@ class _HookState:
             # fused Adam reads a 0-dim tensor lr on the device (updated in place each step, so
             # a captured graph sees the schedule); on a CPU the autograd path's Adam and float lr
             lr = torch.tensor(self.base_lr, dtype=torch.float32, device=device) if cuda else self.base_lr
-            self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr, betas=betas, fused=cuda or None,
-                                        capturable=graph)
+            self.opt = make_adam(self.sae.parameters(), lr, betas, device, capturable=graph)
             hook = (lambda: distributed.all_reduce_grads_(self.sae.parameters())) if data_parallel else None
             self.fast = FastTrainStep(self.sae, self.opt, compute_dtype=amp, cuda_graph=graph,
                                       grad_clip=config.grad_clip, grad_hook=hook,
                                       select=config.topk_select)
         else:
-            self.opt = torch.optim.Adam(_param_groups(self.sae), lr=self.base_lr, betas=betas)
+            self.opt = make_adam(_param_groups(self.sae), self.base_lr, betas, device)
         self.dead = DeadLatentTracker(self.sae.W_dec.shape[0], config.dead_window_tokens, device)
         self.scale = 1.0
 
