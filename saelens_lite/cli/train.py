@@ -29,7 +29,7 @@ def add(sub) -> None:
                                 "fast_step": FAST_STEP_MODES},
                        aliases={"architecture": ["--arch"], "hooks": ["--hook"], "out_dir": ["--out"]})
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="further SAEConfig field of the architecture (repeatable), e.g. --option aux_k_coeff=0.03")
+                   help="further SAEConfig field of the architecture (repeatable), e.g. --option aux_coeff=0.05 or --option select_dtype=bfloat16")
     p.set_defaults(func=run)
 
 

@@ -66,7 +66,7 @@ class TrainConfig:
     """Coefficient of the sparsity penalty (the L1 coefficient of ReLU SAEs, the L0 coefficient
     of JumpReLU); None keeps the architecture's default."""
     sae_options: dict = field(default_factory=dict)
-    """Further ``SAEConfig`` fields for the architecture (e.g. ``{"aux_k_coeff": 0.03}``)."""
+    """Further ``SAEConfig`` fields for the architecture (e.g. ``{"aux_coeff": 0.05}``)."""
 
     # --- optimisation ---------------------------------------------------------------------
     lr: float | None = None
