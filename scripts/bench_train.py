@@ -19,6 +19,9 @@ Implementations, same shape, same data, same optimiser (torch.optim.Adam, defaul
                          kernels.triton_topk); batchtopk-graph-pruned: the same for BatchTopK,
                          whose 2K candidates per row exceed the unpruned kernel's K <= 64 at K = 64
   saelens_lite batchtopk-graph   the fast step for BatchTopK
+  saelens_lite topk-graph-dense  the graph step with backward="dense": decode, sampled dot and
+                         weight gradients as bf16 GEMMs over the (B, F) code matrix
+                         (batchtopk-graph-dense, topk-fast-dense likewise)
   sparsify               EleutherAI sparsify SparseCoder (fused encoder + sparse decoder)
   saelens, saelens-bf16  SAELens TopKTrainingSAE (fp32; bf16 autocast)
   dense, dense-bf16      plain dense PyTorch TopK (scatter into (B, F), dense matmuls; fp32,
@@ -54,6 +57,9 @@ IMPLS = [
     "saelens_lite-topk-graph",
     "saelens_lite-topk-fast",
     "saelens_lite-topk-fast-pruned",
+    "saelens_lite-topk-fast-dense",
+    "saelens_lite-topk-graph-dense",
+    "saelens_lite-batchtopk-graph-dense",
     "saelens_lite-topk-graph-torchsel",
     "saelens_lite-topk-graph-aux",
     "saelens_lite-topk-graph-aux-full",
@@ -103,6 +109,7 @@ def build(impl: str, D: int, F: int, K: int, dev: str):
             select="torch" if "torchsel" in extra or full else
             "pruned" if "pruned" in extra else "auto",
             aux_candidates=F if full else None,
+            backward="dense" if "dense" in extra else "sparse",
         )  # fmt: skip
         if "aux" not in extra:
             return fs

@@ -8,7 +8,8 @@
 #   2. step speed at both shapes: the graph step with the fused top-k (topk-graph) vs the
 #      unfused one (-torchsel) and the pruned fused one (-pruned; BatchTopK too), with 10% dead latents (AuxK over the bounded candidate set,
 #      -aux) vs over all latents unfused (-aux-full, the previous behaviour), and the peers
-#   2b. a kernel profile of the eager fast step at the first shape (fused and pruned)
+#      and the dense-GEMM backward (-dense; sparse gathers may lose at D=2304, K/F=1/256)
+#   2b. a kernel profile of the eager fast step at both shapes (fused, pruned, dense backward)
 #   3. each Triton kernel alone over its launch settings (scripts/bench_kernels.py): the
 #      fused top-k's tiles and pruned KT', the segment reduction's blocks, warps, prefetch
 #   4. end-to-end train() tokens/s, fast_step=auto (CUDA graph) vs off (autograd) vs the
@@ -48,7 +49,8 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton
 BENCH=(scripts/bench_train.py --device cuda --rounds 2 --steps 10 --no-memory)
 OURS=(saelens_lite-topk-graph saelens_lite-topk-graph-torchsel saelens_lite-topk-graph-pruned
       saelens_lite-topk-graph-aux saelens_lite-topk-graph-aux-full saelens_lite-batchtopk-graph
-      saelens_lite-batchtopk-graph-pruned)
+      saelens_lite-batchtopk-graph-pruned saelens_lite-topk-graph-dense
+      saelens_lite-batchtopk-graph-dense)
 
 part "check vs float64" 40 $PY scripts/bench_train.py --device cuda --check
 part "bench D=768 F=24576 K=32 B=16384" 75 $PY "${BENCH[@]}" --shape 768 24576 32 16384 \
@@ -57,15 +59,16 @@ part "bench D=2304 F=16384 K=64 B=8192" 80 $PY "${BENCH[@]}" --shape 2304 16384 
     --impls "${OURS[@]}" sparsify dense-bf16 saelens-bf16
 # where the step's time goes, kernel by kernel (eager: graph replays hide kernel names);
 # session 1, unfused: torch.topk 3.0 ms, segment matmul 1.5, cuBLAS 0.9, Adam 0.4 of 7.3 ms
-part "profile eager fast step D=768" 30 $PY scripts/bench_train.py --device cuda --profile 5 \
-    --shape 768 24576 32 16384 --impls saelens_lite-topk-fast saelens_lite-topk-fast-pruned
+part "profile eager fast step, both shapes" 45 $PY scripts/bench_train.py --device cuda \
+    --profile 5 --shape 768 24576 32 16384 --shape 2304 16384 64 8192 \
+    --impls saelens_lite-topk-fast saelens_lite-topk-fast-pruned saelens_lite-topk-fast-dense
 # each kernel alone over its launch settings (tiles, warps, stages and pruned KT' of the fused
 # top-k; BLOCK_N, BLOCK_D, warps and index prefetch of the segment reduction), both shapes,
 # every variant checked against a reference first; tiles screened without a GPU by
 # triton_compile_check.py (no spills, 2-3 programs per SM where the default allows only 1)
 part "kernel sweep (scripts/bench_kernels.py)" 140 $PY scripts/bench_kernels.py --device cuda \
     --shape 768 24576 32 16384 --shape 2304 16384 64 8192
-part "train() end to end: fast_step auto vs off vs pruned" 100 $PY - <<'EOF'
+part "train() end to end: fast_step auto vs off vs pruned" 95 $PY - <<'EOF'
 import json, logging, time
 import torch
 from saelens_lite.training import TrainConfig, train, trainer
@@ -109,7 +112,7 @@ for D, F, K, B in ((768, 24576, 32, 16384), (2304, 16384, 64, 8192)):
     del x
     torch.cuda.empty_cache()
 EOF
-part "host data path (bf16 cache -> batches)" 40 $PY scripts/bench_data.py --batches 24
+part "host data path (bf16 cache -> batches)" 35 $PY scripts/bench_data.py --batches 24
 part "cuda tests" 45 $PY -m pytest -q --maxfail=5 -p no:cacheprovider \
     tests/test_triton_kernels.py tests/test_kernels.py tests/test_fast_step_training.py \
     -k "cuda or triton_kernels"

@@ -169,9 +169,10 @@ def _sae(dtype="float64", device="cpu", seed=0, d=12, f=40, k=4, arch="topk"):
     return sae
 
 
+@pytest.mark.parametrize("backward", ["sparse", "dense"])
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 @pytest.mark.parametrize("dead", ["none", "few", "many"])
-def test_fast_step_grads_equal_autograd_through_training_forward(dead, arch):
+def test_fast_step_grads_equal_autograd_through_training_forward(dead, arch, backward):
     sae, ref = _sae(arch=arch), _sae(arch=arch)
     x = _rand(9, 12, seed=7)
     dead_mask = None if dead == "none" else torch.zeros(40, dtype=torch.bool)
@@ -179,7 +180,7 @@ def test_fast_step_grads_equal_autograd_through_training_forward(dead, arch):
         dead_mask[:3] = True  # fewer dead latents than aux_k: the fixed-k_aux masking matters
     elif dead == "many":
         dead_mask[::2] = True
-    res = sparse_loss_and_grads(sae, x, dead_mask_F=dead_mask)
+    res = sparse_loss_and_grads(sae, x, dead_mask_F=dead_mask, backward=backward)
     out = ref.training_forward(x, dead_mask_F=dead_mask)
     out.loss.backward()
     if arch == "batchtopk":  # (here no row keeps all 2k candidates: the model keeps m = 2k)
@@ -222,6 +223,25 @@ def test_fast_train_step_takes_the_same_step_as_the_autograd_loop(arch):
         torch.testing.assert_close(p, q, msg=name)
 
 
+def test_dense_backward_takes_the_sparse_step_and_is_validated():
+    """backward="dense" (four GEMMs over the code matrix) against the sparse kernels' step,
+    three optimiser steps, float64."""
+    a, b = _sae(), _sae()
+    sa = FastTrainStep(a, torch.optim.Adam(a.parameters(), lr=1e-2))
+    sb = FastTrainStep(b, torch.optim.Adam(b.parameters(), lr=1e-2), backward="dense")
+    dead = torch.zeros(40, dtype=torch.bool)
+    dead[::4] = True
+    for i in range(3):
+        x = _rand(9, 12, seed=30 + i)
+        torch.testing.assert_close(sb(x, dead).loss, sa(x, dead).loss)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, msg=name)
+    with pytest.raises(ValueError, match="backward='gemm'.*'sparse', 'dense'"):
+        FastTrainStep(a, torch.optim.Adam(a.parameters()), backward="gemm")
+    with pytest.raises(ValueError, match="backward='gemm'"):
+        sparse_loss_and_grads(a, _rand(9, 12), backward="gemm")
+
+
 def test_fast_step_rejects_unsupported_configs():
     sae = SAE.from_config(SAEConfig(architecture="topk", d_in=8, d_sae=16, k=2, multi_topk=True))
     with pytest.raises(ValueError, match="multi_topk"):
@@ -230,19 +250,20 @@ def test_fast_step_rejects_unsupported_configs():
         sparse_loss_and_grads(SAE.from_config(SAEConfig(architecture="relu")), torch.randn(4, 768))
 
 
+@pytest.mark.parametrize("backward", ["sparse", "dense"])
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 def test_bf16_fast_step_is_within_bf16_error_of_float64_reference(
-    arch, triton_dispatch, monkeypatch
+    arch, backward, triton_dispatch, monkeypatch
 ):
-    """The CUDA path's arithmetic (fused bf16 matmul + top-k, bf16 gathered rows, fp32
-    accumulation); on a CPU through the Triton interpreter."""
+    """The CUDA path's arithmetic (fused bf16 matmul + top-k, bf16 gathered rows or bf16 dense
+    GEMMs, fp32 accumulation); on a CPU through the Triton interpreter."""
     monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
     calls, fused = [], _tt().encode_topk
     monkeypatch.setattr(_tt(), "encode_topk", lambda *a: calls.append(1) or fused(*a))
     shape = dict(d=32, f=64, k=4)
     sae = _sae(dtype="float32", device=DEV, arch=arch, **shape)
     x = _rand(32, 32, seed=3).float().to(DEV)
-    res = sparse_loss_and_grads(sae, x, compute_dtype=torch.bfloat16)
+    res = sparse_loss_and_grads(sae, x, compute_dtype=torch.bfloat16, backward=backward)
     assert calls, "the selection should have gone through the fused kernel"
     ref = _sae(dtype="float64", arch=arch, **shape)
     ref.load_state_dict({k: v.double().cpu() for k, v in sae.state_dict().items()})
@@ -260,7 +281,8 @@ def test_bf16_fast_step_is_within_bf16_error_of_float64_reference(
         assert (g - q.grad).norm() / q.grad.norm() < 2e-2, name
     dead = torch.zeros(64, dtype=torch.bool, device=DEV)
     dead[::3] = True
-    aux = sparse_loss_and_grads(sae, x, dead_mask_F=dead, compute_dtype=torch.bfloat16)
+    aux = sparse_loss_and_grads(sae, x, dead_mask_F=dead, compute_dtype=torch.bfloat16,
+                                backward=backward)  # fmt: skip
     assert all(bool(g.isfinite().all()) for g in aux.grads.values())
     assert aux.out.loss > res.out.loss
 

@@ -196,6 +196,25 @@ def _select(sae: SAE, x_BD, xc_lp_BD, k: int, dead_mask_F, k_aux: int, lowp, sel
     return kernels.TopKSelection(pre_BK.to(W_enc.dtype), idx_BK, aux_pre, aux_idx), inexact
 
 
+BACKWARD_MODES = ("sparse", "dense")
+
+
+def _mm32(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b; 16-bit inputs give a float32 result accumulated in float32 (cuBLAS's bf16 GEMM
+    with a float32 output on CUDA, else the float32 product of the rounded inputs)."""
+    if a.dtype not in (torch.bfloat16, torch.float16):
+        return a @ b
+    if a.device.type == "cuda" and not _MM_DTYPE_FAILED:
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (RuntimeError, NotImplementedError, TypeError):  # a torch without mm.dtype
+            _MM_DTYPE_FAILED.append(True)  # (fails in dispatch, before any launch)
+    return a.float() @ b.float()
+
+
+_MM_DTYPE_FAILED: list[bool] = []
+
+
 def _pattern(idx_BK: Tensor, active_N: Tensor, F_: int, sentinel: bool):
     """The pattern of the selected latents; with `sentinel` (the Triton kernels) the inactive
     ones (not kept, or not positive) get the column F, which the kernels skip (see
@@ -229,6 +248,7 @@ def sparse_loss_and_grads(
     compute_dtype: torch.dtype | None = None,
     select: str = "auto",
     aux_candidates: int | None = None,
+    backward: str = "sparse",
 ) -> LossAndGrads:
     """Loss, statistics and parameter gradients of one TopK or BatchTopK training step (no
     autograd, no host sync; BatchTopK also updates `sae.threshold`). With `dead_mask_F` the
@@ -239,7 +259,14 @@ def sparse_loss_and_grads(
     "pruned": the fused kernel keeping fewer candidates per tile than k, saturated rows
     recomputed (kernels.triton_topk; untimed), "torch": matmul then torch.topk) and
     `aux_candidates` bounds the AuxK selection (see `_select`; default
-    `default_aux_candidates`)."""
+    `default_aux_candidates`). `backward="dense"` computes the main path's decode, sampled dot
+    and weight gradients as four dense GEMMs over the (B, F) code matrix in `compute_dtype`
+    (x_hat = Z W_dec, G = g W_dec^T gathered at the pattern, dW_dec = Z^T g, dW_enc^T =
+    A(gpre)^T (x - b_dec); float32 outputs) instead of sparse row gathers: 8 B F D FLOP on
+    tensor cores against ~4 B K D gathered elements, which can win where K / F is large and
+    rows are wide (D = 2304, K / F = 1/256); AuxK stays sparse. Same values up to rounding."""
+    if backward not in BACKWARD_MODES:
+        raise ValueError(f"backward={backward!r} is invalid; allowed: {BACKWARD_MODES}")
     cfg = sae.cfg
     batch = cfg.architecture == "batchtopk"
     if not (batch or cfg.architecture == "topk") or (not batch and cfg.multi_topk):
@@ -275,12 +302,29 @@ def sparse_loss_and_grads(
     keep_N = _batch_keep(score_N, B * cfg.k) if batch else pre_N > 0
     p = _pattern(idx_BK, keep_N, F_, gather_lp)
     vals_N = torch.where(keep_N, pre_N, 0.0)
-    err_BD = _decode(p, vals_N, W_dec_c) + b_dec - x_BD
+    if backward == "dense":  # the code matrix Z (B, F): zeros but for the kept values
+        cd = lowp or W_enc.dtype
+        W_dec_d = W_dec.to(cd)
+        Z_BF = torch.zeros(B, F_, dtype=cd, device=x_BD.device)
+        Z_BF.scatter_(1, idx_BK, vals_N.view(B, -1).to(cd))
+        x_hat_BD = _mm32(Z_BF, W_dec_d).to(W_enc.dtype)
+    else:
+        x_hat_BD = _decode(p, vals_N, W_dec_c)
+    err_BD = x_hat_BD + b_dec - x_BD
     mse = err_BD.pow(2).sum() / B
     g_BD = err_BD * (2.0 / B)
-    g_c = c(g_BD)
-    gpre_N = p.sampled_dot(g_c, W_dec_c).to(pre_N.dtype) * keep_N
-    gW_enc_FD, gW_dec = p.transposed_matmul_pair(gpre_N, xc_c, vals_N, g_c, W_enc.dtype)
+    if backward == "dense":
+        g_d = g_BD.to(cd)
+        G_BF = _mm32(g_d, W_dec_d.t())  # <g_b, W_dec[f]> for every (b, f)
+        gpre_N = G_BF.gather(1, idx_BK).reshape(-1).to(pre_N.dtype) * keep_N
+        del G_BF
+        A_BF = torch.zeros_like(Z_BF).scatter_(1, idx_BK, gpre_N.view(B, -1).to(cd))
+        gW_enc_FD = _mm32(A_BF.t(), xc_BD.to(cd)).to(W_enc.dtype)
+        gW_dec = _mm32(Z_BF.t(), g_d).to(W_enc.dtype)
+    else:
+        g_c = c(g_BD)
+        gpre_N = p.sampled_dot(g_c, W_dec_c).to(pre_N.dtype) * keep_N
+        gW_enc_FD, gW_dec = p.transposed_matmul_pair(gpre_N, xc_c, vals_N, g_c, W_enc.dtype)
     gb_enc1 = sae.b_enc.new_zeros(F_ + 1).index_add_(0, p.cols_N, gpre_N)  # [F]: sentinels
     loss = mse
     auxk = None
@@ -341,6 +385,8 @@ class FastTrainStep:
     takes one). Everything in the step is sync-free, the clip included
     (`clip_grad_norm_` without `error_if_nonfinite`), so it captures.
 
+    `select`, `aux_candidates` and `backward` are passed to `sparse_loss_and_grads`.
+
     `grad_hook()` runs once the gradients are set (the data-parallel all-reduce); it must be
     capturable to be used with `cuda_graph=True` (the trainer turns graphs off instead).
     """
@@ -357,10 +403,13 @@ class FastTrainStep:
         grad_hook: Callable[[], None] | None = None,
         select: str = "auto",
         aux_candidates: int | None = None,
+        backward: str = "sparse",
     ):
         self.sae, self.opt, self.compute_dtype, self.warmup = sae, opt, compute_dtype, warmup
         _check_select(select)
-        self.select, self.aux_candidates = select, aux_candidates
+        if backward not in BACKWARD_MODES:
+            raise ValueError(f"backward={backward!r} is invalid; allowed: {BACKWARD_MODES}")
+        self.select, self.aux_candidates, self.backward = select, aux_candidates, backward
         self.grad_clip, self.grad_hook = grad_clip, grad_hook
         self.params = dict(sae.named_parameters())
         owned = {id(q) for g in opt.param_groups for q in g["params"]}
@@ -379,7 +428,7 @@ class FastTrainStep:
     def _body(self, x_BD: Tensor, dead_mask_F: Tensor | None) -> StepOutput:
         res = sparse_loss_and_grads(
             self.sae, x_BD, dead_mask_F=dead_mask_F, compute_dtype=self.compute_dtype,
-            select=self.select, aux_candidates=self.aux_candidates,
+            select=self.select, aux_candidates=self.aux_candidates, backward=self.backward,
         )  # fmt: skip
         if res.out.inexact_rows is not None:
             self.inexact_rows_total += res.out.inexact_rows
