@@ -26,7 +26,8 @@ fewer candidates per tile than k and recomputes the rare rows where that may mis
 also serves k > 64, e.g. BatchTopK's 2k candidates at k = 64), and the AuxK top-k_aux
 is taken among at most M = max(2 k_aux, F/8) candidate latents: all dead ones when at most M
 are dead (exact), else a fresh uniform draw of M of them per step. So no step materialises a
-(B, F) matrix. Inactive entries of a pattern (AuxK picks that are not dead, BatchTopK
+(B, F) matrix (except backward="dense", which builds the code matrix on purpose: see
+`sparse_loss_and_grads`). Inactive entries of a pattern (AuxK picks that are not dead, BatchTopK
 candidates outside the batch top-k) get the sentinel column F that the Triton kernels skip:
 with few dead latents the AuxK term (k_aux = D/2 slots per token, 12x the main path's K at
 D=768, K=32) costs index loads instead of B * k_aux row gathers of width D.
@@ -199,6 +200,11 @@ def _select(sae: SAE, x_BD, xc_lp_BD, k: int, dead_mask_F, k_aux: int, lowp, sel
 BACKWARD_MODES = ("sparse", "dense")
 
 
+def _check_backward(mode: str) -> None:
+    if mode not in BACKWARD_MODES:
+        raise ValueError(f"backward={mode!r} is invalid; allowed: {BACKWARD_MODES}")
+
+
 def _mm32(a: Tensor, b: Tensor) -> Tensor:
     """a @ b; 16-bit inputs give a float32 result accumulated in float32 (cuBLAS's bf16 GEMM
     with a float32 output on CUDA, else the float32 product of the rounded inputs)."""
@@ -265,8 +271,7 @@ def sparse_loss_and_grads(
     A(gpre)^T (x - b_dec); float32 outputs) instead of sparse row gathers: 8 B F D FLOP on
     tensor cores against ~4 B K D gathered elements, which can win where K / F is large and
     rows are wide (D = 2304, K / F = 1/256); AuxK stays sparse. Same values up to rounding."""
-    if backward not in BACKWARD_MODES:
-        raise ValueError(f"backward={backward!r} is invalid; allowed: {BACKWARD_MODES}")
+    _check_backward(backward)
     cfg = sae.cfg
     batch = cfg.architecture == "batchtopk"
     if not (batch or cfg.architecture == "topk") or (not batch and cfg.multi_topk):
@@ -407,8 +412,7 @@ class FastTrainStep:
     ):
         self.sae, self.opt, self.compute_dtype, self.warmup = sae, opt, compute_dtype, warmup
         _check_select(select)
-        if backward not in BACKWARD_MODES:
-            raise ValueError(f"backward={backward!r} is invalid; allowed: {BACKWARD_MODES}")
+        _check_backward(backward)
         self.select, self.aux_candidates, self.backward = select, aux_candidates, backward
         self.grad_clip, self.grad_hook = grad_clip, grad_hook
         self.params = dict(sae.named_parameters())
