@@ -169,6 +169,27 @@ def test_init_is_the_least_squares_scale_and_keeps_l0_at_k():
     assert sae.W_enc.norm().item() < 0.8 * F**0.5
 
 
+def test_init_scale_ignores_outlier_norm_tokens():
+    """One BOS-like token (norm ~60x the median) in the init sample must not set the scale:
+    c, thresholds and the encoder match the sample without it, up to the quantile shift of
+    one token in 2048; kept in the sums it shrinks c here by ~30% (SmolLM2: 2.6x)."""
+    x = data(2048, 3) + torch.randn(D) * 3
+    outlier = x[:1] * 0 + torch.randn(1, D) * 60 * x.norm(dim=1).median() / D**0.5
+    a, b = make(), make()
+    a.init_from_data_(x)
+    b.init_from_data_(torch.cat([x[:-1], outlier]))
+    ca, cb = a.W_enc.norm().item(), b.W_enc.norm().item()
+    assert cb == pytest.approx(ca, rel=0.05), (ca, cb)
+    saved = jumprelu_mod.INIT_OUTLIER_NORM
+    try:
+        jumprelu_mod.INIT_OUTLIER_NORM = float("inf")  # the outlier back in the sums
+        c = make()
+        c.init_from_data_(torch.cat([x[:-1], outlier]))
+    finally:
+        jumprelu_mod.INIT_OUTLIER_NORM = saved
+    assert c.W_enc.norm().item() < 0.8 * ca, (ca, c.W_enc.norm().item())
+
+
 def test_pre_act_loss_pulls_only_dead_latents_to_their_thresholds():
     sae, x = make(), data()
     dead = torch.zeros(F, dtype=torch.bool)
