@@ -153,21 +153,29 @@ def _ensure_cache(args):
 
 
 def _score(sae, x_ND: torch.Tensor, chunk: int = 4096) -> dict:
-    err = tot = 0.0
+    """FVU, L0, dead fraction; fvu_typical: FVU over the rows whose norm is at most 5x the
+    median (as evals.metrics; SmolLM2's position-1 tokens reach ~120x and can set the FVU)."""
+    norm_N = x_ND.norm(dim=1)
+    typ_N = norm_N <= 5 * norm_N.median()
+    err = tot = err_t = tot_t = 0.0
     l0 = 0
     fired_F = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-    mean_D = x_ND.mean(0)
+    mean_D, mean_t = x_ND.mean(0), x_ND[typ_N].mean(0)
     with torch.no_grad():
         for i in range(0, len(x_ND), chunk):
-            x = x_ND[i:i + chunk]
+            x, t = x_ND[i:i + chunk], typ_N[i:i + chunk]
             acts = sae.encode(x)
             x_hat = sae.decode(acts)
-            err += float((x - x_hat).double().pow(2).sum())
+            sq = (x - x_hat).double().pow(2).sum(-1)
+            err += float(sq.sum())
             tot += float((x - mean_D).double().pow(2).sum())
+            err_t += float(sq[t].sum())
+            tot_t += float((x[t] - mean_t).double().pow(2).sum())
             active = acts != 0
             l0 += int(active.sum())
             fired_F |= active.any(0)
-    return {"fvu": err / tot, "l0": l0 / len(x_ND), "dead_frac": 1 - float(fired_F.float().mean())}
+    return {"fvu": err / tot, "fvu_typical": err_t / tot_t, "outlier_rows": int((~typ_N).sum()),
+            "l0": l0 / len(x_ND), "dead_frac": 1 - float(fired_F.float().mean())}
 
 
 def main(argv=None) -> int:
@@ -279,11 +287,13 @@ def format_table(meta: dict, results: dict) -> str:
              f"{meta['train_tokens']:,} training tokens ({meta['steps']} steps x "
              f"{meta['batch_size']}) from {meta['train_rows']:,} cached rows; scored on "
              f"{meta['eval_tokens']:,} held-out tokens. CPU, {meta['torch_threads']} threads.", "",
-             "| library | FVU | L0 | dead fraction | train wall time (s) | lr |",
-             "|---|---|---|---|---|---|"]
+             "| library | FVU | FVU, rows <= 5x median norm | L0 | dead fraction | "
+             "train wall time (s) | lr |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         lr = f"{r['lr']:.2e}" if r.get("lr") else "-"
-        lines.append(f"| {name} | {r['fvu']:.4f} | {r['l0']:.1f} | {r['dead_frac']:.3f} | "
+        typ = f"{r['fvu_typical']:.4f}" if "fvu_typical" in r else "-"
+        lines.append(f"| {name} | {r['fvu']:.4f} | {typ} | {r['l0']:.1f} | {r['dead_frac']:.3f} | "
                      f"{r['wall_s']:.0f} | {lr} |")
     return "\n".join(lines) + "\n"
 

@@ -12,13 +12,17 @@ from saelens_lite.evals.metrics import reconstruction_stats
 from saelens_lite.saes import REGISTRY, SAE, SAEConfig
 
 
-def _oracle(x, acts, x_hat, dense_threshold=0.1):
+def _oracle(x, acts, x_hat, dense_threshold=0.1, first_batch=None):
     x, acts, x_hat = (np.asarray(a, dtype=np.float64) for a in (x, acts, x_hat))
     err = ((x - x_hat) ** 2).sum()
     total = ((x - x.mean(axis=0)) ** 2).sum()
     nx, nh = np.linalg.norm(x, axis=1), np.linalg.norm(x_hat, axis=1)
     density = (acts != 0).mean(axis=0)
+    typ = nx <= 5 * np.median(nx[:first_batch])  # the first batch's median norm sets the cut
+    xt, ht = x[typ], x_hat[typ]
     return {
+        "fvu_typical": ((xt - ht) ** 2).sum() / ((xt - xt.mean(axis=0)) ** 2).sum(),
+        "outlier_tokens": int((~typ).sum()),
         "l0": (acts != 0).sum(axis=1).mean(),
         "mse": ((x - x_hat) ** 2).mean(),
         "fvu": err / total,
@@ -43,14 +47,16 @@ def _sae(arch="topk", d=16, f=64, k=4, seed=0):
 def test_metrics_match_float64_oracle(arch):
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(1000, 16)) * rng.uniform(0.5, 3, size=16) + 5.0).astype(np.float32)
+    x[[3, 500, 901]] *= 40  # outlier-norm tokens (one in the first batch): out of fvu_typical
     sae = _sae(arch)
     # The SAE runs on the same batches of 137 rows (an untrained batchtopk encodes per batch);
     # the oracle then sees all rows at once, the streamed (Chan-merged) statistics must agree.
     with torch.no_grad():
         acts = torch.cat([sae.encode(torch.from_numpy(x[i:i + 137])) for i in range(0, 1000, 137)])
         x_hat = sae.decode(acts)
-    want = _oracle(x, acts.numpy(), x_hat.numpy())
+    want = _oracle(x, acts.numpy(), x_hat.numpy(), first_batch=137)
     got = reconstruction_stats(sae, x, batch_size=137, progress=False).result()
+    assert want["outlier_tokens"] == 3 and want["fvu_typical"] != pytest.approx(want["fvu"])
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
 

@@ -12,6 +12,8 @@ import numpy as np
 _ROWS = (
     ("l0", "L0 (active latents / token)", "{:.2f}"),
     ("fvu", "FVU", "{:.4f}"),
+    ("fvu_typical", "FVU without outlier-norm tokens (> 5x median)", "{:.4f}"),
+    ("outlier_tokens", "outlier-norm tokens left out of it", "{:d}"),
     ("explained_variance", "explained variance", "{:.4f}"),
     ("mse", "MSE (per element)", "{:.4g}"),
     ("cosine_sim", "cosine similarity", "{:.4f}"),
