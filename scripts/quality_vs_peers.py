@@ -153,29 +153,14 @@ def _ensure_cache(args):
 
 
 def _score(sae, x_ND: torch.Tensor, chunk: int = 4096) -> dict:
-    """FVU, L0, dead fraction; fvu_typical: FVU over the rows whose norm is at most 5x the
-    median (as evals.metrics; SmolLM2's position-1 tokens reach ~120x and can set the FVU)."""
-    norm_N = x_ND.norm(dim=1)
-    typ_N = norm_N <= 5 * norm_N.median()
-    err = tot = err_t = tot_t = 0.0
-    l0 = 0
-    fired_F = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-    mean_D, mean_t = x_ND.mean(0), x_ND[typ_N].mean(0)
-    with torch.no_grad():
-        for i in range(0, len(x_ND), chunk):
-            x, t = x_ND[i:i + chunk], typ_N[i:i + chunk]
-            acts = sae.encode(x)
-            x_hat = sae.decode(acts)
-            sq = (x - x_hat).double().pow(2).sum(-1)
-            err += float(sq.sum())
-            tot += float((x - mean_D).double().pow(2).sum())
-            err_t += float(sq[t].sum())
-            tot_t += float((x[t] - mean_t).double().pow(2).sum())
-            active = acts != 0
-            l0 += int(active.sum())
-            fired_F |= active.any(0)
-    return {"fvu": err / tot, "fvu_typical": err_t / tot_t, "outlier_rows": int((~typ_N).sum()),
-            "l0": l0 / len(x_ND), "dead_frac": 1 - float(fired_F.float().mean())}
+    """FVU, L0, dead fraction and fvu_typical (FVU over the rows whose norm is at most 5x the
+    median: SmolLM2's position-1 tokens reach ~120x and can set the FVU), as `saelens-lite
+    eval` computes them (evals.metrics)."""
+    from saelens_lite.evals.metrics import reconstruction_stats
+
+    r = reconstruction_stats(sae, x_ND, batch_size=chunk, progress=False).result()
+    return {"fvu": r["fvu"], "fvu_typical": r["fvu_typical"], "outlier_rows": r["outlier_tokens"],
+            "l0": r["l0"], "dead_frac": r["dead_fraction"]}
 
 
 def main(argv=None) -> int:

@@ -14,9 +14,9 @@ means are over all N tokens, i.e. token-weighted across batches, as SAEBench cor
   parallel variance update so no catastrophic cancellation)
 * ``fvu_typical``  the same ratio over the tokens whose norm is at most OUTLIER_NORM (5) times
   the median norm of the first batch; ``outlier_tokens`` counts the others. A few tokens
-  can set ``fvu``: on SmolLM2-135M blocks.14 (BOS excluded) 4 of 20k held-out tokens, all at
+  can set ``fvu``: on SmolLM2-135M blocks.14 (BOS excluded) 3 of 16k held-out tokens, all at
   position 1 with norms up to ~120x the median, hold most of the variance, and a TopK SAE
-  has fvu 0.12 but fvu_typical 0.29 (docs/benchmarks.md).
+  has fvu 0.099 but fvu_typical 0.269 (docs/quality_vs_peers.md).
 * ``explained_variance`` = 1 - fvu.  SAEBench core instead averages the per-token ratio
   1 - ||x_n - x_hat_n||^2 / ||x_n - mean_batch x||^2; we use the aggregate form, which is
   what "fraction of variance unexplained" means and does not blow up on tokens near the mean.
