@@ -69,6 +69,18 @@ def test_training_on_a_tensor_reduces_fvu_and_writes_the_run_folder(tmp_path):
     assert (run / "activations" / "cfg.json").exists() and (run / "activations" / "sae.safetensors").exists()
 
 
+def test_short_run_at_the_default_lr_says_so(tmp_path, caplog):
+    """Short runs at the default lr (a long-run rule) get a hint; an explicit lr does not."""
+    x = synthetic(n=500)
+    with caplog.at_level("INFO", logger="saelens_lite.training.trainer"):
+        train(cfg(tmp_path / "a", lr=None, tokens=128 * 4), x)
+    assert any("short run (4 steps) at the default lr" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="saelens_lite.training.trainer"):
+        train(cfg(tmp_path / "b", tokens=128 * 4), x)
+    assert not any("short run" in r.message for r in caplog.records)
+
+
 @pytest.mark.parametrize("arch", sorted(REGISTRY))
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_architecture_trains_saves_and_loads(tmp_path, arch, dtype):

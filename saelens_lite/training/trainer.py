@@ -219,6 +219,12 @@ def _param_groups(sae):
     return [{"params": rest}] + [{"params": [named[n]], "lr_scale": s} for n, s in scales.items()]
 
 
+SHORT_RUN_STEPS = 2000
+"""Below this many steps at the default lr, train() says that ~3x the lr trained better in short
+runs (docs/quality_vs_peers.md: SmolLM2, 244 and 732 steps; the default is not changed: it
+is a long-run rule, unmeasured here)."""
+
+
 def make_adam(params, lr, betas, device: torch.device, *, capturable: bool = False):
     """torch.optim.Adam, fused (one kernel over all parameters) where torch has it: CUDA and
     CPU. On a CPU the fused step is ~8x faster than the default foreach one (5.3M parameters,
@@ -368,6 +374,9 @@ def train(config: TrainConfig, data=None):
              f", rank {dinfo.rank} of {dinfo.world_size}" if dinfo.distributed else "")
     if by_hook:
         log.info("rank %d of %d trains hooks %s of %d", dinfo.rank, dinfo.world_size, hooks, len(all_hooks))
+    if config.lr is None and total < SHORT_RUN_STEPS and dinfo.is_main:
+        log.info("a short run (%d steps) at the default lr, a long-run rule: about 3x it (--lr) "
+                 "trained better in runs of 244-732 steps (README, 'Training')", total)
     logger = RunLogger(run_dir, config, total_steps=total, start_step=start, enabled=dinfo.is_main)
     # a source may recycle output buffers (see _Prefetcher); user sources may lack the option
     reuse = {"reuse": _Prefetcher.DEPTH + 4} if "reuse" in inspect.signature(source.batches).parameters else {}
