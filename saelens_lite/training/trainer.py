@@ -254,8 +254,8 @@ class _HookState:
 
             cuda = device.type == "cuda"
             graph = cuda and config.cuda_graphs and not data_parallel
-            # fused Adam reads a 0-dim tensor lr on the device (updated in place each step, so
-            # a captured graph sees the schedule); on a CPU the autograd path's Adam and float lr
+            # on CUDA fused Adam reads a 0-dim tensor lr on the device (updated in place each
+            # step, so a captured graph sees the schedule); on a CPU a float lr
             lr = torch.tensor(self.base_lr, dtype=torch.float32, device=device) if cuda else self.base_lr
             self.opt = make_adam(self.sae.parameters(), lr, betas, device, capturable=graph)
             hook = (lambda: distributed.all_reduce_grads_(self.sae.parameters())) if data_parallel else None
