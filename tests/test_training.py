@@ -159,20 +159,38 @@ def test_dead_latent_tracker_counts_tokens_since_last_fire():
     t = DeadLatentTracker(4, window=100)
     fired = torch.tensor([True, False, False, False])
     t.update(fired, 60)
-    assert t.dead_fraction() == 0.0
+    assert not t.dead_mask().any()
     t.update(torch.tensor([False, True, False, False]), 60)  # latents 2, 3: 120 tokens silent
     assert t.dead_mask().tolist() == [False, False, True, True]
     t.update(torch.tensor([False, False, True, False]), 60)
     assert t.dead_mask().tolist() == [True, False, False, True]
 
 
+def test_logged_dead_fraction_uses_half_the_tokens_seen_before_the_window_passes():
+    t = DeadLatentTracker(4, window=1000)
+    t.update(torch.tensor([True, True, True, True]), 100)
+    t.update(torch.tensor([True, True, False, False]), 100)  # 2, 3 silent for 100 of 200 tokens
+    assert t.report_window() == 100 and t.dead_fraction() == 0.0
+    t.update(torch.tensor([True, False, False, True]), 100)  # 2: 200 > 150; 1: 100
+    assert t.report_window() == 150 and t.dead_fraction() == 0.25
+    assert not t.dead_mask().any()  # AuxK's mask keeps the full window
+    for _ in range(30):
+        t.update(torch.tensor([True, False, False, False]), 100)
+    assert t.report_window() == 1000 and t.dead_fraction() == 0.75 and t.dead_mask().sum() == 3
+
+
 def test_latents_that_never_fire_are_reported_dead(tmp_path):
     # Nearly constant inputs make TopK pick the same few latents on every token.
     x = 3.0 + 1e-3 * torch.randn(2000, D, generator=torch.Generator().manual_seed(0))
     train(cfg(tmp_path, lr=1e-6, b_dec_init="zeros", dead_window_tokens=128 * 5, tokens=128 * 20), x)
-    recs = metrics(tmp_path / "run")
-    assert recs[0]["dead_fraction"] == 0.0  # the window has not passed yet at step 5
-    assert recs[-1]["dead_fraction"] > 0.5
+    assert metrics(tmp_path / "run")[-1]["dead_fraction"] > 0.5
+
+
+def test_a_run_shorter_than_the_dead_window_still_logs_its_dead_latents(tmp_path):
+    # the default 10M-token window never passes here; the logged fraction uses half the run
+    x = 3.0 + 1e-3 * torch.randn(2000, D, generator=torch.Generator().manual_seed(0))
+    train(cfg(tmp_path, lr=1e-6, b_dec_init="zeros", tokens=128 * 20), x)
+    assert metrics(tmp_path / "run")[-1]["dead_fraction"] > 0.5
 
 
 # --- validation -----------------------------------------------------------------------------

@@ -153,7 +153,8 @@ class TrainConfig:
     SAE folders; resume needs the same W. Without torchrun it changes nothing."""
     dead_window_tokens: int = 10_000_000
     """A latent that has not fired for more than this many tokens counts as dead (and is fed
-    to the auxiliary loss where the architecture has one)."""
+    to the auxiliary loss where the architecture has one). The logged ``dead_fraction`` uses
+    ``min(this, half the tokens so far)``, so runs shorter than this still report it."""
     checkpoint_every: int = 20_000_000
     """Write a resumable checkpoint every this many tokens (0: never)."""
     keep_checkpoints: int = 2

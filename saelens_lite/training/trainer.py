@@ -138,22 +138,38 @@ def sparsity_scale_at(step: int, config: TrainConfig) -> float:
 
 
 class DeadLatentTracker:
-    """Tokens since each latent last fired; ``> window`` tokens means dead."""
+    """Tokens since each latent last fired.
+
+    Two uses with two windows:
+
+    - ``dead_mask()``, the latents AuxK and the dead-latent losses act on: silent for more than
+      ``window`` tokens (Gao et al. 2024's 10M-token definition, as in sparsify);
+    - ``dead_fraction()``, the logged metric: silent for more than
+      ``min(window, tokens_seen // 2)`` tokens, so that a run shorter than ``window`` still
+      reports latents that stopped firing (with the full window only, any run under 10M tokens
+      would log 0 dead to the end).
+    """
 
     def __init__(self, d_sae: int, window: int, device: torch.device | str = "cpu"):
         self.window = window
+        self.tokens_seen = 0
         self.tokens_since_fired_F = torch.zeros(d_sae, dtype=torch.long, device=device)
 
     def update(self, fired_F: torch.Tensor, n_tokens: int) -> None:
         """``fired_F``: bool (F,), latents that fired at least once in the last ``n_tokens``."""
+        self.tokens_seen += n_tokens
         self.tokens_since_fired_F += n_tokens
         self.tokens_since_fired_F.masked_fill_(fired_F.to(torch.bool), 0)  # no host sync
 
     def dead_mask(self) -> torch.Tensor:
         return self.tokens_since_fired_F > self.window
 
+    def report_window(self) -> int:
+        """The window of `dead_fraction`: ``min(window, tokens_seen // 2)``."""
+        return min(self.window, self.tokens_seen // 2)
+
     def dead_fraction(self) -> float:
-        return float(self.dead_mask().float().mean())
+        return float((self.tokens_since_fired_F > self.report_window()).float().mean())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +293,8 @@ class _HookState:
     def state_dict(self) -> dict:
         return {"sae": self.sae.state_dict(), "opt": self.opt.state_dict(),
                 "sae_training": {k: v.cpu() for k, v in self.sae.training_state().items()},
-                "tokens_since_fired": self.dead.tokens_since_fired_F.cpu(), "scale": self.scale}
+                "tokens_since_fired": self.dead.tokens_since_fired_F.cpu(),
+                "tokens_seen": self.dead.tokens_seen, "scale": self.scale}
 
     def load_state_dict(self, d: dict) -> None:
         self.sae.load_state_dict(d["sae"])
@@ -290,6 +307,9 @@ class _HookState:
                                   for g, cur in zip(d["opt"]["param_groups"], self.opt.param_groups)]
         self.opt.load_state_dict(opt_sd)
         self.dead.tokens_since_fired_F.copy_(d["tokens_since_fired"])
+        # older checkpoints lack the count: the longest silence is a lower bound (it only moves
+        # the logged dead fraction's window)
+        self.dead.tokens_seen = int(d.get("tokens_seen", d["tokens_since_fired"].max()))
         self.scale = d["scale"]
 
 
