@@ -8,7 +8,8 @@ training part and a held-out tail (--eval-tokens rows, later contexts). Every SA
 same training rows in the same order (one permutation per pass, written to order.npy), the
 same batch size, width F = expansion * D and k. Everything else is each library's default:
 
-* ours     -- saelens_lite.training.train(TrainConfig(...)) defaults: Adam, lr 2e-4/sqrt(F/2^14),
+* ours     -- saelens_lite.training.train(TrainConfig(...)) defaults: Adam, lr 2e-4/sqrt(F/2^14)
+              times the short-run factor (3x up to 2,500 steps; training.config.default_lr),
               warm-up + linear decay, inputs scaled to E||x|| = sqrt(D), geometric-median b_dec,
               AuxK.
 * sparsify -- the body of sparsify.Trainer.fit for loss_fn="fvu" (its Trainer needs a model and

@@ -17,6 +17,7 @@ import torch
 
 from saelens_lite.training import ArraySource, TrainConfig, open_source, train
 from saelens_lite.training.checkpoint import list_checkpoints
+from saelens_lite.training.config import LR_TAPER_STEPS, SHORT_RUN_LR_FACTOR, default_lr
 from saelens_lite.training.trainer import DeadLatentTracker, lr_at, sparsity_scale_at
 
 saes = pytest.importorskip("saelens_lite.saes", reason="saelens_lite.saes is not written yet")
@@ -69,16 +70,15 @@ def test_training_on_a_tensor_reduces_fvu_and_writes_the_run_folder(tmp_path):
     assert (run / "activations" / "cfg.json").exists() and (run / "activations" / "sae.safetensors").exists()
 
 
-def test_short_run_at_the_default_lr_says_so(tmp_path, caplog):
-    """Short runs at the default lr (a long-run rule) get a hint; an explicit lr does not."""
+def test_the_log_says_how_a_default_lr_relates_to_the_long_run_rule(tmp_path, caplog):
     x = synthetic(n=500)
     with caplog.at_level("INFO", logger="saelens_lite.training.trainer"):
         train(cfg(tmp_path / "a", lr=None, tokens=128 * 4), x)
-    assert any("short run (4 steps) at the default lr" in r.message for r in caplog.records)
+    assert any("default for 4 steps: 3x the long-run rule" in r.message for r in caplog.records)
     caplog.clear()
     with caplog.at_level("INFO", logger="saelens_lite.training.trainer"):
         train(cfg(tmp_path / "b", tokens=128 * 4), x)
-    assert not any("short run" in r.message for r in caplog.records)
+    assert not any("long-run rule" in r.message for r in caplog.records)
 
 
 @pytest.mark.parametrize("arch", sorted(REGISTRY))
@@ -226,6 +226,47 @@ def test_resume_refuses_a_config_that_changes_the_weights(tmp_path):
         train(cfg(tmp_path, tokens=128 * 20, checkpoint_every=128 * 5, resume=True), x[:, :8])
     with pytest.raises(ValueError, match="resume=True"):
         train(cfg(tmp_path, tokens=128 * 20, checkpoint_every=128 * 5), x)
+
+
+def test_default_lr_is_the_width_rule_times_a_short_run_factor_tapering_to_one():
+    rule = 2e-4 / math.sqrt(4608 / 2**14)  # Gao et al. 2024: 3.77e-4 at F = 4608
+    lo, hi = LR_TAPER_STEPS
+    assert default_lr(4608, 244) == pytest.approx(SHORT_RUN_LR_FACTOR * rule)
+    assert default_lr(4608, lo) == pytest.approx(SHORT_RUN_LR_FACTOR * rule)
+    assert default_lr(4608, hi) == pytest.approx(rule)
+    assert default_lr(4608, 10**7) == pytest.approx(rule)
+    mid = round(math.sqrt(lo * hi))  # log-linear: half the factor's log at the steps' log-midpoint
+    assert default_lr(4608, mid) == pytest.approx(math.sqrt(SHORT_RUN_LR_FACTOR) * rule, rel=1e-4)
+    lrs = [default_lr(4608, s) for s in range(lo - 100, hi + 100, 97)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # never rises with the budget
+    assert TrainConfig(latents=4608, tokens=4096 * 244, batch_size=4096, lr=None).lr_for(4608) \
+        == default_lr(4608, 244)
+    assert TrainConfig(lr=1e-3).lr_for(4608) == 1e-3
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["stored-lr", "checkpoint-without-lr"])
+def test_a_default_lr_run_resumes_at_the_lr_it_started_with(tmp_path, stored):
+    # A run started under another version's default (here the 1x long-run rule, which
+    # checkpoints written before the short-run factor store no value of) finishes at that lr,
+    # not at this version's default for its steps (3x), and so ends as it would have.
+    x = synthetic(n=500)
+    kw = dict(tokens=128 * 20, checkpoint_every=128 * 10, keep_checkpoints=5)
+    old = default_lr(F, LR_TAPER_STEPS[1])
+    assert cfg(tmp_path, lr=None, **kw).lr_for(F) != pytest.approx(old)
+    ref = train(cfg(tmp_path / "ref", lr=old, **kw), x)
+    run = tmp_path / "resumed" / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ck = torch.load(tmp_path / "ref" / "run" / "checkpoints" / "step_000000010.pt", weights_only=False)
+    ck["config"]["lr"] = None  # as the config of a run on the default lr
+    for st in ck["hooks"].values():
+        if stored:
+            assert st["base_lr"] == old
+        else:
+            del st["base_lr"]
+    torch.save(ck, run / "checkpoints" / "step_000000010.pt")
+    resumed = train(cfg(tmp_path / "resumed", lr=None, resume=True, **kw), x)
+    for (name, p), q in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
 
 
 def test_checkpoints_keep_only_the_newest_two(tmp_path):

@@ -95,7 +95,7 @@ from saelens_lite.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from saelens_lite.training.config import TrainConfig
+from saelens_lite.training.config import LR_TAPER_STEPS, TrainConfig, default_lr
 from saelens_lite.training.data import DataSource, open_source
 from saelens_lite.training.logging import RunLogger
 
@@ -235,10 +235,12 @@ def _param_groups(sae):
     return [{"params": rest}] + [{"params": [named[n]], "lr_scale": s} for n, s in scales.items()]
 
 
-SHORT_RUN_STEPS = 2000
-"""Below this many steps at the default lr, train() says that ~3x the lr trained better in short
-runs (docs/quality_vs_peers.md: SmolLM2, 244 and 732 steps; the default is not changed: it
-is a long-run rule, unmeasured here)."""
+def _lr_note(config: TrainConfig, st) -> str:
+    """How a default lr relates to the long-run rule (config.default_lr), for the log."""
+    if not st.default_lr:
+        return ""
+    m = st.base_lr / default_lr(st.sae.cfg.d_sae, LR_TAPER_STEPS[1])
+    return f" (default for {config.steps} steps: {m:.2g}x the long-run rule)"
 
 
 def make_adam(params, lr, betas, device: torch.device, *, capturable: bool = False):
@@ -263,6 +265,7 @@ class _HookState:
         if data_parallel:  # global batch statistics for terms non-linear in them (JumpReLU)
             self.sae.batch_mean = distributed.batch_mean
         self.base_lr = config.lr_for(sae.cfg.d_sae)
+        self.default_lr = config.lr is None
         self.fast = None
         betas = tuple(config.betas)
         if config.use_fast_step(device.type):
@@ -294,7 +297,7 @@ class _HookState:
         return {"sae": self.sae.state_dict(), "opt": self.opt.state_dict(),
                 "sae_training": {k: v.cpu() for k, v in self.sae.training_state().items()},
                 "tokens_since_fired": self.dead.tokens_since_fired_F.cpu(),
-                "tokens_seen": self.dead.tokens_seen, "scale": self.scale}
+                "tokens_seen": self.dead.tokens_seen, "scale": self.scale, "base_lr": self.base_lr}
 
     def load_state_dict(self, d: dict) -> None:
         self.sae.load_state_dict(d["sae"])
@@ -311,6 +314,10 @@ class _HookState:
         # the logged dead fraction's window)
         self.dead.tokens_seen = int(d.get("tokens_seen", d["tokens_since_fired"].max()))
         self.scale = d["scale"]
+        if self.default_lr:
+            # a run resumes at the lr it started with, even when a later version's default
+            # differs; checkpoints without it predate the short-run factor (1x Gao et al.)
+            self.base_lr = d.get("base_lr", default_lr(self.sae.cfg.d_sae, LR_TAPER_STEPS[1]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,8 +391,8 @@ def train(config: TrainConfig, data=None):
     total = config.steps
     B = config.batch_size
     for h, st in states.items():
-        log.info("%s: d_in=%d d_sae=%d %s, lr=%.3g, scale=%.4g", h, source.widths[h], st.sae.cfg.d_sae,
-                 config.architecture, st.base_lr, st.scale)
+        log.info("%s: d_in=%d d_sae=%d %s, lr=%.3g%s, scale=%.4g", h, source.widths[h], st.sae.cfg.d_sae,
+                 config.architecture, st.base_lr, _lr_note(config, st), st.scale)
     fast = next(iter(states.values())).fast
     log.info("training %d steps x %d tokens on %s%s%s (%s)%s", total, B, device,
              " with bf16 autocast" if amp is not None else "",
@@ -394,9 +401,6 @@ def train(config: TrainConfig, data=None):
              f", rank {dinfo.rank} of {dinfo.world_size}" if dinfo.distributed else "")
     if by_hook:
         log.info("rank %d of %d trains hooks %s of %d", dinfo.rank, dinfo.world_size, hooks, len(all_hooks))
-    if config.lr is None and total < SHORT_RUN_STEPS and dinfo.is_main:
-        log.info("a short run (%d steps) at the default lr, a long-run rule: about 3x it (--lr) "
-                 "trained better in runs of 244-732 steps (README, 'Training')", total)
     logger = RunLogger(run_dir, config, total_steps=total, start_step=start, enabled=dinfo.is_main)
     # a source may recycle output buffers (see _Prefetcher); user sources may lack the option
     reuse = {"reuse": _Prefetcher.DEPTH + 4} if "reuse" in inspect.signature(source.batches).parameters else {}
