@@ -242,6 +242,10 @@ def test_default_lr_is_the_width_rule_times_a_short_run_factor_tapering_to_one()
     assert TrainConfig(latents=4608, tokens=4096 * 244, batch_size=4096, lr=None).lr_for(4608) \
         == default_lr(4608, 244)
     assert TrainConfig(lr=1e-3).lr_for(4608) == 1e-3
+    short = dict(latents=4608, tokens=4096 * 244, batch_size=4096)
+    for arch in ("batchtopk", "jumprelu"):
+        assert TrainConfig(architecture=arch, **short).lr_for(4608) == default_lr(4608, 244)
+    assert TrainConfig(architecture="relu", **short).lr_for(4608) == pytest.approx(rule)
 
 
 @pytest.mark.parametrize("stored", [True, False], ids=["stored-lr", "checkpoint-without-lr"])

@@ -344,6 +344,9 @@ class SAE(nn.Module):
     architecture: str = ""
     unit_norm_decoder: bool = True
     uses_k: bool = False  # whether cfg.k matters (then it must be <= d_sae)
+    # whether the trainer's default lr takes the short-run factor (training.config.default_lr);
+    # only where it was measured to help: TopK, BatchTopK, JumpReLU (not L1 ReLU: 74% dead)
+    short_run_lr: bool = False
     # False for models that are not one (D, F) linear map per token (the conv baseline: its
     # (B, S, D) input is a sequence); tests of the token-wise SAE contract skip them.
     tokenwise: bool = True

@@ -34,6 +34,7 @@ from saelens_lite.saes.registry import register
 @register("batchtopk")
 class BatchTopKSAE(SAE):
     uses_k = True
+    short_run_lr = True
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)

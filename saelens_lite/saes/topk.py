@@ -20,6 +20,7 @@ from saelens_lite.saes.registry import register
 @register("topk")
 class TopKSAE(SAE):
     uses_k = True
+    short_run_lr = True
 
     def _select(self, x_BD: Tensor, k: int, **kw) -> kernels.TopKSelection:
         return kernels.topk_select(
