@@ -17,7 +17,12 @@ import torch
 
 from saelens_lite.training import ArraySource, TrainConfig, open_source, train
 from saelens_lite.training.checkpoint import list_checkpoints
-from saelens_lite.training.config import LR_TAPER_STEPS, SHORT_RUN_LR_FACTOR, default_lr
+from saelens_lite.training.config import (
+    LR_TAPER_STEPS,
+    SHORT_RUN_LR_FACTOR,
+    default_lr,
+    width_rule_lr,
+)
 from saelens_lite.training.trainer import DeadLatentTracker, lr_at, sparsity_scale_at
 
 saes = pytest.importorskip("saelens_lite.saes", reason="saelens_lite.saes is not written yet")
@@ -255,7 +260,7 @@ def test_a_default_lr_run_resumes_at_the_lr_it_started_with(tmp_path, stored):
     # not at this version's default for its steps (3x), and so ends as it would have.
     x = synthetic(n=500)
     kw = dict(tokens=128 * 20, checkpoint_every=128 * 10, keep_checkpoints=5)
-    old = default_lr(F, LR_TAPER_STEPS[1])
+    old = width_rule_lr(F)
     assert cfg(tmp_path, lr=None, **kw).lr_for(F) != pytest.approx(old)
     ref = train(cfg(tmp_path / "ref", lr=old, **kw), x)
     run = tmp_path / "resumed" / "run"

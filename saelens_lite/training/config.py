@@ -46,6 +46,12 @@ LR_TAPER_STEPS = (2_500, 25_000)
 """Steps where the short-run factor starts to fall, and where it reaches 1."""
 
 
+def width_rule_lr(d_sae: int) -> float:
+    """2e-4 / sqrt(d_sae / 2^14): Gao et al. 2024's lr-vs-width rule for long runs (EleutherAI
+    sparsify's Adam default)."""
+    return 2e-4 / math.sqrt(d_sae / 2**14)
+
+
 def default_lr(d_sae: int, steps: int) -> float:
     """Adam lr for ``d_sae`` latents and a run of ``steps`` optimiser steps:
 
@@ -69,7 +75,7 @@ def default_lr(d_sae: int, steps: int) -> float:
         m = 1.0
     else:
         m = SHORT_RUN_LR_FACTOR ** (1 - math.log(steps / lo) / math.log(hi / lo))
-    return 2e-4 / math.sqrt(d_sae / 2**14) * m
+    return width_rule_lr(d_sae) * m
 
 
 def architectures() -> list[str]:
@@ -303,8 +309,9 @@ class TrainConfig:
             return self.lr
         from saelens_lite.saes import REGISTRY
 
-        short = getattr(REGISTRY.get(self.architecture), "short_run_lr", False)
-        return default_lr(d_sae, self.steps if short else LR_TAPER_STEPS[1])
+        if getattr(REGISTRY.get(self.architecture), "short_run_lr", False):
+            return default_lr(d_sae, self.steps)
+        return width_rule_lr(d_sae)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -338,5 +345,5 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-__all__ = ["TrainConfig", "default_lr", "architectures", "DECAYS", "B_DEC_INITS", "RESUME_FREE_FIELDS",
+__all__ = ["TrainConfig", "default_lr", "width_rule_lr", "architectures", "DECAYS", "B_DEC_INITS", "RESUME_FREE_FIELDS",
            "FAST_STEP_MODES"]

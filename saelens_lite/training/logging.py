@@ -42,8 +42,8 @@ class RunLogger:
     ``metrics.jsonl`` holds one JSON object per (logged step, hook): ``hook``, ``step``,
     ``tokens``, ``loss``, each named loss term, ``l0``, ``fvu``, ``dead_fraction``, ``lr`` and
     ``sparsity_scale`` (``dead_fraction``: latents silent for ``min(dead_window_tokens, half the
-    tokens so far)``, see `DeadLatentTracker`). A resumed run drops records past the checkpoint it resumes from, so
-    the file reads like the one of an uninterrupted run. Under torchrun only rank 0's logger is
+    tokens so far)``, see `DeadLatentTracker`). A resumed run drops records past the checkpoint
+    it resumes from, so the file reads like the one of an uninterrupted run. Under torchrun only rank 0's logger is
     enabled: data parallel, the records are already averaged over ranks; with distributed
     hooks, the trainer gathers every rank's records (``{hook: ...}`` of its own hooks) before
     ``log``, so one writer still holds every hook.

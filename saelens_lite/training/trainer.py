@@ -95,7 +95,7 @@ from saelens_lite.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from saelens_lite.training.config import LR_TAPER_STEPS, TrainConfig, default_lr
+from saelens_lite.training.config import TrainConfig, width_rule_lr
 from saelens_lite.training.data import DataSource, open_source
 from saelens_lite.training.logging import RunLogger
 
@@ -236,10 +236,10 @@ def _param_groups(sae):
 
 
 def _lr_note(config: TrainConfig, st) -> str:
-    """How a default lr relates to the long-run rule (config.default_lr), for the log."""
+    """How a default lr relates to the long-run rule (config.width_rule_lr), for the log."""
     if not st.default_lr:
         return ""
-    m = st.base_lr / default_lr(st.sae.cfg.d_sae, LR_TAPER_STEPS[1])
+    m = st.base_lr / width_rule_lr(st.sae.cfg.d_sae)
     return f" (default for {config.steps} steps: {m:.2g}x the long-run rule)"
 
 
@@ -317,7 +317,7 @@ class _HookState:
         if self.default_lr:
             # a run resumes at the lr it started with, even when a later version's default
             # differs; checkpoints without it predate the short-run factor (1x Gao et al.)
-            self.base_lr = d.get("base_lr", default_lr(self.sae.cfg.d_sae, LR_TAPER_STEPS[1]))
+            self.base_lr = d.get("base_lr", width_rule_lr(self.sae.cfg.d_sae))
 
 
 # ---------------------------------------------------------------------------------------------
