@@ -81,7 +81,6 @@ class ReconstructionStats:
 
     d_in: int
     d_sae: int
-    n: int = 0
     l0_sum: float = 0.0
     cos_sum: float = 0.0
     l2_ratio_sum: float = 0.0
@@ -126,7 +125,11 @@ class ReconstructionStats:
         self.l2_ratio_sum += float((xh_norm / torch.where(x_norm < 1e-4, torch.ones_like(x_norm), x_norm)).sum())
         self.x_hat_sq += float(xh_norm.pow(2).sum())
         self.x_dot_x_hat += float((x * xh).sum())
-        self.n += B
+
+    @property
+    def n(self) -> int:
+        """Tokens seen."""
+        return self.every.n
 
     @property
     def feature_density(self) -> np.ndarray:

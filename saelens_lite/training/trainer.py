@@ -237,7 +237,7 @@ def _param_groups(sae):
 
 def _lr_note(config: TrainConfig, st) -> str:
     """How a default lr relates to the long-run rule (config.width_rule_lr), for the log."""
-    if not st.default_lr:
+    if not st.lr_is_default:
         return ""
     m = st.base_lr / width_rule_lr(st.sae.cfg.d_sae)
     return f" (default for {config.steps} steps: {m:.2g}x the long-run rule)"
@@ -265,7 +265,7 @@ class _HookState:
         if data_parallel:  # global batch statistics for terms non-linear in them (JumpReLU)
             self.sae.batch_mean = distributed.batch_mean
         self.base_lr = config.lr_for(sae.cfg.d_sae)
-        self.default_lr = config.lr is None
+        self.lr_is_default = config.lr is None
         self.fast = None
         betas = tuple(config.betas)
         if config.use_fast_step(device.type):
@@ -314,7 +314,7 @@ class _HookState:
         # the logged dead fraction's window)
         self.dead.tokens_seen = int(d.get("tokens_seen", d["tokens_since_fired"].max()))
         self.scale = d["scale"]
-        if self.default_lr:
+        if self.lr_is_default:
             # a run resumes at the lr it started with, even when a later version's default
             # differs; checkpoints without it predate the short-run factor (1x Gao et al.)
             self.base_lr = d.get("base_lr", width_rule_lr(self.sae.cfg.d_sae))
