@@ -243,10 +243,8 @@ def test_pydocs_is_deterministic_across_processes_and_cached(pydocs):
 
 @pytest.mark.slow
 def test_pydocs_has_300k_smollm2_tokens(pydocs):
-    try:
-        from saelens_lite.models import load_model
-    except ImportError as e:
-        pytest.skip(f"models.py not importable yet: {e}")
+    from saelens_lite.models import load_model
+
     tok = load_model("smollm2-135m").tokenizer
     n_tokens = sum(len(c) - 1 for c in pack_contexts(pydocs, tok, 1024))
     assert n_tokens >= 300_000

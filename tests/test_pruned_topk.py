@@ -13,7 +13,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton`
 
-tt = pytest.importorskip("saelens_lite.kernels.triton_topk")
+pytest.importorskip("triton", reason="triton is not installed")  # a Linux x86-64 dependency only
+
+from saelens_lite.kernels import triton_topk as tt  # noqa: E402  (after TRITON_INTERPRET)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 INT_MIN = -(2**31)
