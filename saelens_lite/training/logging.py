@@ -36,6 +36,18 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` in file order, skipping a last line cut short by a
+    crash (or being written while it is read)."""
+    recs = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            recs.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return recs
+
+
 class RunLogger:
     """Appends metric records to ``metrics.jsonl`` and mirrors them to the progress bar and W&B.
 
@@ -68,14 +80,8 @@ class RunLogger:
     def _truncate_after(self, start_step: int) -> None:
         if not self.path.exists():
             return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a crash
-                continue
-            if rec.get("step", 0) <= start_step:  # records up to the checkpoint were written before it
-                kept.append(line)
+        # records up to the checkpoint were written before it
+        kept = [json.dumps(rec) for rec in read_metrics(self.path) if rec.get("step", 0) <= start_step]
         self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
     def step(self, n: int = 1) -> None:
@@ -122,4 +128,4 @@ def _init_wandb(run_dir: Path, config):
                       config=config.to_dict(), settings=settings, reinit="finish_previous")
 
 
-__all__ = ["RunLogger", "wandb_logged_in", "resolve_wandb_mode"]
+__all__ = ["RunLogger", "read_metrics", "wandb_logged_in", "resolve_wandb_mode"]

@@ -61,6 +61,9 @@ After the last step each SAE's ``finish_training_`` gets a fixed data sample (se
 training units) to set what inference needs from data (BatchTopK: its threshold, see
 saes.batchtopk), then the normalisation scale is folded in and the SAE is saved.
 
+Rank 0 also redraws ``training_curves.png`` from ``metrics.jsonl`` at each checkpoint and when
+the loop ends (:mod:`saelens_lite.training.curves`; a plotting failure only logs a warning).
+
 Shapes: B batch, D width, F latents.
 """
 
@@ -96,6 +99,7 @@ from saelens_lite.training.checkpoint import (
     set_rng_state,
 )
 from saelens_lite.training.config import TrainConfig, width_rule_lr
+from saelens_lite.training.curves import refresh_training_curves
 from saelens_lite.training.data import DataSource, open_source
 from saelens_lite.training.logging import RunLogger
 
@@ -437,9 +441,13 @@ def train(config: TrainConfig, data=None):
                     prune_checkpoints(run_dir, config.keep_checkpoints, dinfo.rank)
                 elif dinfo.is_main:
                     save_checkpoint(run_dir, done, state, keep=config.keep_checkpoints)
+                if dinfo.is_main:
+                    refresh_training_curves(run_dir)
     finally:
         batches.close()
         logger.close()
+        if dinfo.is_main:  # also after a failure (a loss gone NaN): the curves show how it went
+            refresh_training_curves(run_dir)
 
     for h, st in states.items():  # select="pruned": rows past the repair capacity (rare)
         n = int(st.fast.inexact_rows_total) if st.fast is not None else 0
