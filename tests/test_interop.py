@@ -223,15 +223,30 @@ def peers_python() -> str | None:
     return sys.executable if _has_peers(sys.executable) else None
 
 
+def peers_required() -> bool:
+    """Whether a missing peer environment fails instead of skipping: under CI (CI=true, as CI
+    services set it) and under `make test` (SAELENS_LITE_REQUIRE_PEERS=1). A developer running
+    pytest by hand without `.venv-peers` gets skips."""
+    return (os.environ.get("CI", "").lower() in ("true", "1")
+            or os.environ.get("SAELENS_LITE_REQUIRE_PEERS", "") not in ("", "0"))
+
+
+def no_peers(reason: str) -> None:
+    """Skip the oracle tests, or fail them where the peers are required."""
+    if peers_required():
+        pytest.fail(f"{reason} (required here: CI=true or SAELENS_LITE_REQUIRE_PEERS=1)", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def peers(tmp_path_factory):
     """Run every oracle task in one peer process (importing sae_lens takes ~10 s)."""
     python = peers_python()
     if python is None:
         env = os.environ.get("SAELENS_LITE_PEERS_PYTHON")
-        pytest.skip(f"SAELENS_LITE_PEERS_PYTHON={env} lacks sae_lens/sparsify" if env else
-                    "no interpreter with sae_lens and sparsify (.venv-peers, /work/peers-venv, "
-                    "this one): run `make peers-venv` or set SAELENS_LITE_PEERS_PYTHON")
+        no_peers(f"SAELENS_LITE_PEERS_PYTHON={env} lacks sae_lens/sparsify" if env else
+                 "no interpreter with sae_lens and sparsify (.venv-peers, /work/peers-venv, "
+                 "this one): run `make peers-venv` or set SAELENS_LITE_PEERS_PYTHON")
     root = tmp_path_factory.mktemp("peers")
     x = inputs()
     np.save(root / "x.npy", x.numpy())
@@ -277,3 +292,32 @@ def test_we_import_what_the_peer_library_wrote(peers, i):
     assert (acts != 0).sum() > B
     np.testing.assert_allclose(ours_acts, acts, atol=ATOL)
     np.testing.assert_allclose(ours_recon, recon, atol=ATOL)
+
+
+@pytest.mark.parametrize("env,fails", [
+    ({}, False),
+    ({"CI": "true"}, True),
+    ({"CI": "false"}, False),
+    ({"SAELENS_LITE_REQUIRE_PEERS": "1"}, True),
+    ({"SAELENS_LITE_REQUIRE_PEERS": "0"}, False),
+])
+def test_missing_peers_skip_by_hand_and_fail_under_ci_or_make_test(monkeypatch, env, fails):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("SAELENS_LITE_REQUIRE_PEERS", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    outcome = pytest.fail.Exception if fails else pytest.skip.Exception
+    with pytest.raises(outcome, match="no interpreter"):
+        no_peers("no interpreter with sae_lens")
+
+
+def test_make_test_requires_the_peers():
+    lines = (REPO / "Makefile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("test:"))
+    recipe = []
+    for line in lines[start + 1:]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line)
+    assert "peers-venv" in lines[start].split()  # `make test` builds them first
+    assert any("pytest" in line and "SAELENS_LITE_REQUIRE_PEERS=1" in line for line in recipe), recipe
