@@ -147,6 +147,7 @@
         el('h1', null, 'Features of ' + m.architecture + ' SAE'),
         el('p', { cls: 'muted' }, m.model + ' · ' + m.hook + ' · ' + m.d_in + ' → ' + m.d_sae + ' features · ' +
            m.n_tokens.toLocaleString() + ' tokens · ' + dead + ' dead')),
+      trainingBox(),
       liveBox(),
       el('div', { cls: 'controls' }, search, count),
       el('table', { id: 'features', cls: 'features' }, el('thead', null, head), tbody),
@@ -266,6 +267,21 @@
     });
   }
   function stat(label, value) { return el('div', { cls: 'stat' }, el('div', { cls: 'label', text: label }), el('div', { cls: 'value', text: value })); }
+
+  // ---------------------------------------------------------------- training curves (when the run had them)
+  // A PNG copied into the site by the builder; closed by default so the feature table stays on
+  // the first screen. The image links to itself at full size.
+  function trainingBox() {
+    var src = S.meta.training_curves;
+    if (!src) return null;
+    var alt = 'Training curves of this SAE (' + S.meta.architecture + ', ' + S.meta.hook + '): loss, ' +
+              'in-sample FVU (on the training batches), L0 and dead-latent fraction against tokens trained';
+    return el('section', { id: 'training', cls: 'training' },
+      el('h3', { text: 'Training' }),
+      el('details', null,
+        el('summary', { text: 'Training curves: loss, FVU (in-sample), L0 and dead latents against tokens' }),
+        el('a', { href: src, title: 'open at full size' }, el('img', { id: 'training-curves', src: src, alt: alt }))));
+  }
 
   // ---------------------------------------------------------------- live box (served mode only)
   function liveBox() {

@@ -6,6 +6,7 @@ Needs ``make browser-deps`` (Debian chromium + chromium-driver, pip selenium); s
 """
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -165,6 +166,41 @@ def test_live_box_when_served_with_a_model(browser, parts, site):
         wait(browser, lambda d: d.find_element(By.ID, "feature-title").text == f"Feature #{shown + 1}")
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_training_curves_show_on_the_index_from_disk_and_served(browser, parts, tmp_path):
+    from saelens_lite.training.curves import write_training_curves
+
+    lm, cache, sae = parts
+    run = tmp_path / "run"
+    run.mkdir()
+    recs = [{"hook": HOOK, "step": s, "tokens": 64 * s, "loss": 1 / s, "fvu": 0.5 / s, "l0": 6.0,
+             "dead_fraction": 0.0} for s in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "site"
+    build_dashboard(sae, cache, out, model=lm, progress=False, shard_features=300, n_neighbours=0,
+                    training_curves=write_training_curves(run))
+
+    def check(url):
+        browser.get(url)
+        img = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#training img#training-curves"))[0]
+        assert "in-sample FVU" in img.get_attribute("alt")
+        browser.find_element(By.CSS_SELECTOR, "#training summary").click()  # closed by default
+        wait(browser, lambda d: img.is_displayed())
+        assert wait(browser, lambda d: d.execute_script(
+            "var i = arguments[0]; return i.complete && i.naturalWidth;", img)) == 1100  # loaded under the CSP
+        browser.save_screenshot(str(tmp_path / "index.png"))
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+
+    check(out.joinpath("index.html").as_uri())
+    httpd = make_server(out, port=0)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        check(f"http://127.0.0.1:{httpd.server_address[1]}/")
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -1,15 +1,19 @@
 """The static site: files and shards written, data consistent with the cache, JSON-P safe to
 embed whatever the token text, and the CLI end to end."""
 
+import dataclasses
+import http.client
 import json
 import re
+import threading
 
 import numpy as np
 import pytest
 import torch
 
 from saelens_lite.dashboards import build_dashboard
-from saelens_lite.dashboards.site import js_json, prepare_site
+from saelens_lite.dashboards.site import find_training_curves, js_json, prepare_site
+from saelens_lite.training.curves import CURVES_NAME, write_training_curves
 
 HOOK = "blocks.1.hook_resid_post"
 EVIL = ['<img src=x onerror="window.__xss=1">', "</script><script>window.__xss=2</script>",
@@ -63,6 +67,7 @@ def test_site_has_an_index_assets_and_one_shard_per_256_features(site):
     assert len(index["density"]) == len(index["max"]) == len(index["top"]) == 80
     html = (site / "index.html").read_text()
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html  # no CDN
+    assert meta["training_curves"] is None and not (site / "data" / CURVES_NAME).exists()  # an SAE object
 
 
 def test_shard_examples_match_the_cache(site, sae, cache):
@@ -134,7 +139,7 @@ def test_rebuilding_replaces_the_site_and_other_folders_are_refused(tmp_path, sa
     assert (tmp_path / "precious.txt").read_text() == "keep"
 
 
-def test_cli_dashboard_writes_a_site(tmp_path, sae, cache):
+def test_cli_dashboard_writes_a_site(tmp_path, sae, cache, caplog):
     from saelens_lite.cli import main
 
     sae_dir = sae.save(tmp_path / "sae")
@@ -142,9 +147,23 @@ def test_cli_dashboard_writes_a_site(tmp_path, sae, cache):
     rc = main(["dashboard", "--sae", str(sae_dir), "--activations", str(cache.path), "--out", str(out),
                "--n-top", "3", "--n-neighbours", "0", "--no-progress"])
     assert rc == 0
+    assert not [r for r in caplog.records if "trained on" in r.getMessage()]
     assert len(list((out / "data" / "f").iterdir())) == 1
     shard = read_jsonp(out / "data" / "f" / "00000.js", "saeShard")
     assert all(len(f["top"]) <= 3 and "near" not in f for f in shard["features"])
+
+
+def test_cli_dashboard_warns_when_hook_is_not_the_saes(tmp_path, sae, cache, caplog):
+    from saelens_lite.cli import main
+
+    sae_dir = sae.save(tmp_path / "sae")
+    cfg = json.loads((sae_dir / "cfg.json").read_text())
+    (sae_dir / "cfg.json").write_text(json.dumps({**cfg, "hook_name": "blocks.0.hook_mlp_out"}))
+    rc = main(["dashboard", "--sae", str(sae_dir), "--activations", str(cache.path), "--out",
+               str(tmp_path / "site"), "--hook", HOOK, "--n-neighbours", "0", "--no-progress"])
+    assert rc == 0
+    (msg,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "trained on" in r.getMessage()]
+    assert HOOK in msg and "blocks.0.hook_mlp_out" in msg
 
 
 def test_encoder_model_site_has_a_note_instead_of_logit_effects(tmp_path):
@@ -161,3 +180,81 @@ def test_encoder_model_site_has_a_note_instead_of_logit_effects(tmp_path):
     assert "language-model head" in meta["logits_note"]
     feats = read_jsonp(tmp_path / "site" / "data" / "f" / "00000.js", "saeShard")["features"]
     assert len(feats) == 16 and all("pos" not in f for f in feats)
+
+
+# --- training curves ------------------------------------------------------------------------
+
+
+def fake_run(root, sae):
+    """A run folder as the trainer leaves it: metrics.jsonl, the curves PNG, the SAE folder."""
+    run = root / "run"
+    run.mkdir(parents=True)
+    recs = [{"hook": HOOK, "step": s, "tokens": 64 * s, "loss": 1 / s, "fvu": 0.5 / s, "l0": 5.0,
+             "dead_fraction": 0.0} for s in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    write_training_curves(run)
+    return run, sae.save(run / HOOK)
+
+
+def test_the_run_folders_training_curves_are_copied_into_the_site_and_served(tmp_path, sae, cache, lm):
+    from saelens_lite.dashboards.server import make_server
+
+    run, sae_dir = fake_run(tmp_path, sae)
+    out = tmp_path / "site"
+    build_dashboard(sae_dir, cache, out, model=lm, progress=False, n_neighbours=0, n_logits=0)
+    meta = read_jsonp(out / "data" / "meta.js", "saeMeta")
+    assert meta["training_curves"] == f"data/{CURVES_NAME}"  # relative to index.html
+    assert (out / meta["training_curves"]).read_bytes() == (run / CURVES_NAME).read_bytes()
+    assert "meta.training_curves" in (out / "assets" / "app.js").read_text()  # the index shows it
+    httpd = make_server(out, port=0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", httpd.server_address[1], timeout=10)
+        conn.request("GET", "/" + meta["training_curves"])
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Type") == "image/png"
+        assert resp.read() == (run / CURVES_NAME).read_bytes()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    # rebuilt from an SAE object (no folder to look in): no curves, and no stale copy
+    build_dashboard(sae, cache, out, model=lm, progress=False, n_neighbours=0, n_logits=0)
+    assert read_jsonp(out / "data" / "meta.js", "saeMeta")["training_curves"] is None
+    assert not (out / "data" / CURVES_NAME).exists()
+
+
+def test_training_curves_are_found_in_the_sae_folder_or_its_run_folder_only(tmp_path, sae):
+    run, sae_dir = fake_run(tmp_path, sae)
+    assert find_training_curves(sae_dir) == run / CURVES_NAME
+    (sae_dir / CURVES_NAME).write_bytes(b"own")
+    assert find_training_curves(sae_dir) == sae_dir / CURVES_NAME
+    lone = sae.save(tmp_path / "elsewhere" / "sae")
+    (tmp_path / "elsewhere" / CURVES_NAME).write_bytes(b"not a run folder: no metrics.jsonl")
+    assert find_training_curves(lone) is None
+
+
+# --- hook ---------------------------------------------------------------------------------------
+
+
+def hook_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelname == "WARNING" and "trained on" in r.getMessage()]
+
+
+def test_a_hook_other_than_the_saes_is_read_with_a_warning_naming_both(tmp_path, sae, cache, lm, caplog):
+    from saelens_lite.saes import SAE
+
+    other = SAE.from_config(dataclasses.replace(sae.cfg, hook_name="blocks.0.hook_resid_post"))
+    other.load_state_dict(sae.state_dict())
+    with caplog.at_level("WARNING", logger="saelens_lite.dashboards"):
+        build_dashboard(other, cache, tmp_path / "a", model=lm, progress=False, hook=HOOK, n_neighbours=0)
+    (msg,) = hook_warnings(caplog)
+    assert HOOK in msg and "blocks.0.hook_resid_post" in msg
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="saelens_lite.dashboards"):  # the cache's only hook
+        build_dashboard(other, cache, tmp_path / "b", model=lm, progress=False, n_neighbours=0)
+    assert len(hook_warnings(caplog)) == 1
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="saelens_lite.dashboards"):  # the SAE's own hook
+        build_dashboard(sae, cache, tmp_path / "c", model=lm, progress=False, hook=HOOK, n_neighbours=0)
+    assert hook_warnings(caplog) == []

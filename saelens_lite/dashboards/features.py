@@ -44,7 +44,8 @@ class DashboardConfig:
     """What each feature page shows and how the statistics are computed."""
 
     hook: str | None = None
-    """Cache hook to read; None means the SAE's cfg.hook_name (or the cache's only hook)."""
+    """Cache hook to read; None means the SAE's cfg.hook_name (or the cache's only hook). A hook
+    other than the SAE's cfg.hook_name logs a warning (the widths may match by chance)."""
     n_top: int = 20
     """Top activating examples kept per feature (SAEDashboard shows 20)."""
     n_quantiles: int = 6
@@ -293,6 +294,10 @@ def compute_feature_stats(sae, cache, cfg: DashboardConfig, *, workdir: str | Pa
     hook = resolve_hook(sae, cache, cfg.hook)
     if cache.d(hook) != sae.cfg.d_in:
         raise ValueError(f"cache hook {hook!r} has width {cache.d(hook)}, the SAE reads d_in={sae.cfg.d_in}")
+    trained_on = getattr(sae.cfg, "hook_name", "")
+    if trained_on and hook != trained_on:
+        log.warning("dashboard of cache hook %r, but the SAE was trained on %r (its cfg.hook_name): "
+                    "the widths match, the features may mean nothing there", hook, trained_on)
     root = Path(tempfile.mkdtemp(prefix="dashboard-codes-", dir=workdir))
     table = CodeTable(root, sae.cfg.d_sae)
     try:

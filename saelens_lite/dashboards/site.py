@@ -8,6 +8,8 @@ Layout of ``out``::
     data/index.js              saeIndex({...}): one column per statistic over all F features
     data/f/00000.js ...        saeShard(i, {...}): features [i*256, (i+1)*256), their examples,
                                histogram, logit effects, neighbours, and the token strings they use
+    data/training_curves.png   the SAE's training curves, when its folder or run folder has them
+                               (see saelens_lite.training.curves); the index shows them
 
 Data files are JSON-P (a function call around JSON) so the site works from ``file://``, where
 ``fetch`` is blocked, and when served. Token text is untrusted: the JSON is ASCII-only with
@@ -39,6 +41,7 @@ from saelens_lite.dashboards.features import (
     nearest_features,
     resolve_hook,
 )
+from saelens_lite.training.curves import CURVES_NAME
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,26 @@ def prepare_site(out: Path) -> None:
         shutil.copyfile(ASSETS_DIR / name, out / "assets" / name)
 
 
+def find_training_curves(sae_dir: str | os.PathLike) -> Path | None:
+    """The training-curves PNG of the run an SAE folder comes from: ``SAE_DIR/training_curves.png``,
+    else that of its run folder (the parent, when it holds the run's ``metrics.jsonl``)."""
+    sae_dir = Path(sae_dir)
+    for folder in (sae_dir, sae_dir.parent):
+        png = folder / CURVES_NAME
+        if png.is_file() and (folder == sae_dir or (folder / "metrics.jsonl").is_file()):
+            return png
+    return None
+
+
+def copy_training_curves(png: str | os.PathLike, out: Path) -> str:
+    """Copy ``png`` into the site (temp name, then rename); returns its path relative to the site."""
+    rel = f"data/{CURVES_NAME}"
+    tmp = out / (rel + ".tmp")
+    shutil.copyfile(png, tmp)
+    os.replace(tmp, out / rel)
+    return rel
+
+
 def write_site(out: Path, stats: FeatureStats, table, cache, tokenizer, cfg: DashboardConfig, *,
                meta: dict, logits=None, neighbours=None) -> None:
     """Write meta, index and feature shards. Windows are looked up shard by shard, so memory
@@ -191,13 +214,16 @@ def write_site(out: Path, stats: FeatureStats, table, cache, tokenizer, cfg: Das
 
 
 def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | None = None,
-                    progress: bool = True, timings: dict | None = None, **overrides) -> Path:
+                    progress: bool = True, timings: dict | None = None,
+                    training_curves: str | os.PathLike | None = None, **overrides) -> Path:
     """Compute every feature's statistics and write the static site to ``out``; returns the path
     of its ``index.html`` (open it from disk, or ``saelens-lite serve out``).
 
     ``sae``: an SAE or a folder for ``SAE.load``; ``cache``: an ActivationCache or its folder;
     ``model``: a LoadedModel, a model name, or None to load the cache's model (for token strings
     and logit effects); ``timings``: a dict that receives the seconds of each stage;
+    ``training_curves``: a PNG shown in the index's Training section (default: the one
+    :func:`find_training_curves` finds beside an SAE folder; none for an SAE object);
     ``overrides``: DashboardConfig fields (``n_top=10``...)."""
     from saelens_lite.cache import ActivationCache
     from saelens_lite.models import LoadedModel, load_model
@@ -206,6 +232,8 @@ def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | No
     cfg = config or DashboardConfig()
     if overrides:
         cfg = DashboardConfig(**{**cfg.__dict__, **overrides})
+    if training_curves is None and isinstance(sae, (str, os.PathLike)):
+        training_curves = find_training_curves(sae)
     sae = SAE.load(sae) if isinstance(sae, (str, os.PathLike)) else sae
     sae = sae.eval()
     cache = ActivationCache(cache) if isinstance(cache, (str, os.PathLike)) else cache
@@ -231,7 +259,8 @@ def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | No
         meta = {"model": model.name, "family": model.family, "hook": resolve_hook(sae, cache, cfg.hook),
                 "architecture": sae.architecture, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
                 "k": getattr(sae.cfg, "k", None), "cache": cache.path.name,
-                "context_size": cache.meta.get("context_size")}
+                "context_size": cache.meta.get("context_size"),
+                "training_curves": copy_training_curves(training_curves, out) if training_curves else None}
         write_site(out, stats, table, cache, model.tokenizer, cfg, meta=meta, logits=logits,
                    neighbours=neighbours)
         timings["write_s"] = time.perf_counter() - t
@@ -241,4 +270,4 @@ def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | No
              ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     return out / "index.html"
 
-__all__ = ["build_dashboard", "write_site", "prepare_site", "js_json", "ASSETS_DIR"]
+__all__ = ["build_dashboard", "write_site", "prepare_site", "find_training_curves", "js_json", "ASSETS_DIR"]
