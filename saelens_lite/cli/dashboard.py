@@ -15,8 +15,10 @@ def add(sub) -> None:
                        description="Encode the cache with the SAE (one pass), compute each feature's density, "
                                    "histogram, top and quantile-sampled contexts, logit effects and nearest "
                                    "features, and write a static site that works from disk or served "
-                                   "(saelens-lite serve SITE_DIR).")
-    p.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae.safetensors)")
+                                   "(saelens-lite serve SITE_DIR). The index also shows the training curves "
+                                   "when the SAE folder or its run folder has training_curves.png.")
+    p.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae.safetensors), e.g. RUN/HOOK of a "
+                                                "training run")
     p.add_argument("--activations", required=True, help="activation cache folder")
     p.add_argument("--out", required=True, help="site folder to write (an earlier site there is replaced)")
     p.add_argument("--model", default=None, help=model_help() + "; default: the cache's model")
