@@ -57,3 +57,35 @@ def test_bad_choice_is_rejected_by_the_parser():
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "saelens_lite", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "harvest" in r.stdout
+
+
+def test_a_corrupt_cache_is_one_line_and_the_traceback_is_one_switch_away(tmp_path, capsys, monkeypatch):
+    from saelens_lite.cache import CacheCorruptError
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("Some English text about features and activations. " * 20)
+    out = tmp_path / "cache"
+    assert main(["harvest", "--model", "tiny-llama", "--hooks", "blocks.0.hook_resid_post", "--dataset", str(corpus),
+                 "--tokens", "100", "--context-size", "32", "--out", str(out), "--no-progress"]) == 0
+    shard = sorted(out.glob("acts/*/shard_*.npy"))[0]
+    shard.write_bytes(shard.read_bytes()[:-1])
+    capsys.readouterr()
+    monkeypatch.delenv("SAELENS_LITE_DEBUG", raising=False)
+    assert main(["info", str(out)]) == 2  # an OSError of the input, not a crash
+    err = capsys.readouterr().err
+    assert err.startswith("saelens-lite info: error: ") and shard.name in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(CacheCorruptError):
+        main(["-v", "info", str(out)])
+    monkeypatch.setenv("SAELENS_LITE_DEBUG", "1")
+    with pytest.raises(CacheCorruptError):
+        main(["info", str(out)])
+    monkeypatch.setenv("SAELENS_LITE_DEBUG", "0")
+    assert main(["info", str(out)]) == 2
+
+
+def test_help_says_how_to_get_a_traceback(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "SAELENS_LITE_DEBUG=1 shows the full traceback" in out and "exit status 2" in out

@@ -18,7 +18,9 @@ def add(sub) -> None:
                              description="Generate tokens from more sparse features than dimensions (toy "
                                          "models of superposition), train one SAE per architecture with "
                                          "saelens_lite.training.train and score it against the true "
-                                         "dictionary: MMCS, fraction recovered at cos > 0.9, firing F1.")
+                                         "dictionary: MMCS, fraction recovered at cos > 0.9, firing F1. "
+                                         "An architecture without one decoder direction per latent (the "
+                                         "conv baseline) gets a row saying why it is not scored.")
     defaults = SyntheticConfig()
     s.add_argument("--arch", nargs="+", choices=architectures(), default=None,
                    help="architectures to run (default: every registered one)")
@@ -39,6 +41,7 @@ def add(sub) -> None:
                    help="L1 / L0 coefficient of relu / jumprelu (default: the benchmark's per-architecture one)")
     s.add_argument("--train-tokens", type=int, default=None, help="training tokens (default: the benchmark's)")
     s.add_argument("--n-train", type=int, default=400_000, help="distinct synthetic training tokens")
+    s.add_argument("--eval-tokens", type=int, default=20_000, help="fresh tokens the scores are measured on")
     s.add_argument("--seed", type=int, default=0, help="seed of the toy model")
     s.add_argument("--option", action="append", default=[], metavar="ARCH.KEY=VALUE",
                    help="SAEConfig field for one architecture (repeatable), e.g. --option "
@@ -60,7 +63,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
     train_options = {} if args.train_tokens is None else {"tokens": args.train_tokens}
     rows = run_benchmark(args.arch, cfg=cfg, n_train=args.n_train, k=args.k, latents=args.latents,
                          sparsity_coeff=args.sparsity_coeff, train_options=train_options,
-                         sae_options=_parse_arch_options(args.option))
+                         sae_options=_parse_arch_options(args.option), n_eval=args.eval_tokens)
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -21,6 +21,10 @@ Scores against the truth (decoder rows normalised; SAE latents F, true features 
 * ``recovered``: fraction of true features with that max cosine > 0.9;
 * ``firing_f1``: mean over true features of max_f F1 between "feature g is on" and
   "latent f fires" on held-out tokens (the best-matching latent by firing, not by direction).
+
+Architectures that are not one (D, F) map per token (``SAE.tokenwise`` False: the conv
+baseline, whose decoder is a transposed convolution) have no decoder row per latent to hold
+against a true direction; the benchmark lists them with the reason instead of a score.
 """
 
 from __future__ import annotations
@@ -126,6 +130,9 @@ class SyntheticData:
 
 def max_cosine(W_true_GD: Tensor, W_FD: Tensor) -> Tensor:
     """(G,) max_f cos(W_true_g, W_f)."""
+    if W_FD.dim() != 2 or W_FD.shape[1] != W_true_GD.shape[1]:
+        raise ValueError(f"W_FD of shape {tuple(W_FD.shape)}: must be (F, D={W_true_GD.shape[1]}), "
+                         "one direction per latent")
     a = torch.nn.functional.normalize(W_true_GD.double(), dim=1)
     b = torch.nn.functional.normalize(W_FD.double(), dim=1)
     return (a @ b.T).max(dim=1).values
@@ -179,6 +186,16 @@ BENCH_TRAIN = {"batch_size": 4096, "tokens": 1_200_000, "lr": 5e-3, "warmup_step
                "decay_fraction": 0.3, "dead_window_tokens": 200_000}
 
 
+def skip_reason(architecture: str) -> str | None:
+    """Why the benchmark cannot score ``architecture`` (None: it can), read from the class."""
+    from saelens_lite.saes import get_sae_class
+
+    if not get_sae_class(architecture).tokenwise:
+        return ("not a per-token (D, F) dictionary (a convolution): its latents have no single "
+                "decoder direction to compare with the true features")
+    return None
+
+
 def run_benchmark(architectures: list[str] | None = None, *, cfg: SyntheticConfig | None = None,
                   n_train: int = 400_000, k: int | None = None, latents: int | None = None,
                   sparsity_coeff: float | None = None, train_options: dict | None = None,
@@ -190,11 +207,15 @@ def run_benchmark(architectures: list[str] | None = None, *, cfg: SyntheticConfi
     (a dead or duplicated latent costs a feature), with 2 G it finds ~all of them.
     ``sae_options``: {architecture: {SAEConfig field: value}}, on top of
     ``train_options["sae_options"]``. Returns one row per architecture (``architecture mmcs
-    recovered firing_f1 l0 fvu dead_fraction seconds``)."""
+    recovered firing_f1 l0 fvu dead_fraction seconds``), or ``{architecture, skipped: reason}``
+    for one that `skip_reason` rules out (not trained)."""
     from saelens_lite.saes import REGISTRY
     from saelens_lite.training import TrainConfig, train
 
     architectures = architectures or sorted(REGISTRY)
+    for name, value in (("n_train", n_train), ("n_eval", n_eval)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r}: must be an integer >= 1")
     extra = sorted(set(sae_options or {}) - set(architectures))
     if extra:
         raise ValueError(f"sae_options for {extra}, which this run does not train; it runs "
@@ -204,6 +225,11 @@ def run_benchmark(architectures: list[str] | None = None, *, cfg: SyntheticConfi
     x_train, _ = data.sample(n_train, seed=0)
     rows = []
     for arch in architectures:
+        reason = skip_reason(arch)
+        if reason:
+            log.info("%s: %s", arch, reason)
+            rows.append({"architecture": arch, "skipped": reason})
+            continue
         opts = {**BENCH_TRAIN, **(train_options or {})}
         if (sae_options or {}).get(arch):
             opts["sae_options"] = {**opts.get("sae_options", {}), **sae_options[arch]}
@@ -222,13 +248,16 @@ def run_benchmark(architectures: list[str] | None = None, *, cfg: SyntheticConfi
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown table of benchmark rows."""
+    """Markdown table of benchmark rows; a skipped row gives its reason in the first score column."""
     cols = [("architecture", "{}"), ("mmcs", "{:.3f}"), ("recovered", "{:.1%}"), ("firing_f1", "{:.3f}"),
             ("l0", "{:.2f}"), ("fvu", "{:.4f}"), ("dead_fraction", "{:.1%}"), ("seconds", "{:.1f}")]
     lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(f.format(r[c]) for c, f in cols) + " |" for r in rows]
+    for r in rows:
+        cells = ([r["architecture"], f"skipped: {r['skipped']}"] + [""] * (len(cols) - 2) if "skipped" in r
+                 else [f.format(r[c]) for c, f in cols])
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 __all__ = ["SyntheticConfig", "SyntheticData", "max_cosine", "mmcs", "firing_f1", "score_sae",
-           "run_benchmark", "format_table", "BENCH_TRAIN"]
+           "run_benchmark", "skip_reason", "format_table", "BENCH_TRAIN"]
