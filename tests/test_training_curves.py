@@ -147,17 +147,20 @@ def test_a_plotting_failure_logs_a_warning_and_training_still_finishes(tmp_path,
     assert len(warnings) == 2 and all("OSError: disk full" in w for w in warnings)  # checkpoint, end
 
 
-def test_a_run_that_fails_mid_way_still_gets_its_curves(tmp_path, monkeypatch):
+def test_a_run_that_fails_mid_way_still_gets_its_curves(tmp_path, monkeypatch, caplog):
     import saelens_lite.training.trainer as trainer
 
     real = trainer._record
 
-    def diverging(hook, r, st, done, B):  # the loss of step 10 is NaN: training stops there
+    def diverging(hook, r, st, done, B):  # step 10 is NaN (inf for L0): training stops there
         rec = real(hook, r, st, done, B)
-        return {**rec, "loss": float("nan")} if done == 10 else rec
+        return {**rec, "loss": float("nan"), "fvu": float("nan"), "l0": float("inf")} if done == 10 else rec
 
     monkeypatch.setattr(trainer, "_record", diverging)
     x = torch.randn(600, 16, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(FloatingPointError):
+    with pytest.raises(FloatingPointError), caplog.at_level("WARNING", logger="saelens_lite.training.curves"):
         train(tiny_config(tmp_path, checkpoint_every=0), x)
+    assert not caplog.records
     assert (tmp_path / "run" / CURVES_NAME).read_bytes().startswith(PNG_MAGIC)
+    fig = plot_training_curves(tmp_path / "run")
+    assert fig.axes[0].get_yscale() == "log"  # the NaN does not hide the finite losses' scale

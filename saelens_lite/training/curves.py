@@ -70,7 +70,7 @@ def _style_y(ax, key: str, yscale: str, top: float) -> None:
     fraction from 0, so a flat TopK L0 reads as flat and a zero fraction sits on the axis."""
     from matplotlib.ticker import FuncFormatter, PercentFormatter
 
-    lines = [y for line in ax.get_lines() for y in line.get_ydata()]
+    lines = [y for line in ax.get_lines() for y in line.get_ydata() if math.isfinite(y)]  # not a NaN loss
     if yscale == "log" and lines and min(lines) > 0:
         ax.set_yscale("log")
         # minor ticks (2..9 x 10^n): all labelled within a decade, only 2 and 5 beyond one
@@ -120,7 +120,7 @@ def plot_training_curves(run_dir: str | os.PathLike, *, metrics: str | os.PathLi
             xs = [r["tokens"] for r in recs if r.get(key) is not None]
             ys = [r[key] for r in recs if r.get(key) is not None]
             ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=hook, clip_on=False, zorder=3)
-            top = max([top, *ys])
+            top = max([top, *(y for y in ys if math.isfinite(y))])
         _style_y(ax, key, yscale, top)
         ax.set_title(name if key != "dead_fraction" else _dead_title(config), fontsize=11)
         ax.set_ylabel(ylabel)
