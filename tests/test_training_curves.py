@@ -72,11 +72,16 @@ def test_the_title_names_architecture_k_hooks_and_says_the_fvu_is_in_sample(run_
     assert "relu SAE" in title and "k=" not in title  # relu does not read k (REGISTRY's uses_k)
 
 
-def test_a_loss_that_is_not_positive_is_drawn_on_a_linear_axis(run_dir):
-    recs = [record("h", s, loss=v, fvu=0.5, l0=3.0, dead_fraction=0.0) for s, v in ((1, 1.0), (2, -0.5))]
+def test_a_loss_not_positive_or_within_a_4x_range_is_drawn_on_a_linear_axis(run_dir):
+    recs = [record("h", s, loss=v, fvu=f, l0=3.0, dead_fraction=0.0)
+            for s, v, f in ((1, 1.0, 0.8), (2, -0.5, 0.21), (3, 0.1, 0.19))]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    ax = plot_training_curves(run_dir).axes[0]
-    assert ax.get_yscale() == "linear" and lines_by_label(ax)["h"][1] == [1.0, -0.5]
+    loss, fvu = plot_training_curves(run_dir).axes[:2]
+    assert loss.get_yscale() == "linear" and lines_by_label(loss)["h"][1] == [1.0, -0.5, 0.1]
+    assert loss.get_ylim()[0] < -0.5 and loss.get_ylim()[1] > 1.0  # every point inside the panel
+    assert fvu.get_yscale() == "log"  # 0.8 / 0.19 >= 4
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({**r, "fvu": 0.3}) + "\n" for r in recs))
+    assert plot_training_curves(run_dir).axes[1].get_yscale() == "linear"
 
 
 def test_the_png_is_written_atomically_and_is_a_valid_image(run_dir):
@@ -162,5 +167,5 @@ def test_a_run_that_fails_mid_way_still_gets_its_curves(tmp_path, monkeypatch, c
         train(tiny_config(tmp_path, checkpoint_every=0), x)
     assert not caplog.records
     assert (tmp_path / "run" / CURVES_NAME).read_bytes().startswith(PNG_MAGIC)
-    fig = plot_training_curves(tmp_path / "run")
-    assert fig.axes[0].get_yscale() == "log"  # the NaN does not hide the finite losses' scale
+    l0 = plot_training_curves(tmp_path / "run").axes[2]
+    assert l0.get_ylim() == (0.0, pytest.approx(1.1 * 4))  # scaled to the finite L0 (k=4), not inf

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 CURVES_NAME = "training_curves.png"
 """File name of the curves, in the run folder."""
 
-# (record key, panel title, y label, y scale): log y where values span decades and are positive
+# (record key, panel title, y label, y scale): log y where the values can span decades
 PANELS = (
     ("loss", "Loss", "training loss (normalised units)", "log"),
     ("fvu", "FVU (in-sample, training batches)", "FVU (fraction of variance unexplained)", "log"),
@@ -66,12 +66,13 @@ def _title(config: dict, hooks: list[str]) -> str:
 
 
 def _style_y(ax, key: str, yscale: str, top: float) -> None:
-    """Log y with plain tick labels (0.3, not 3x10^-1) where asked and possible; L0 and the dead
-    fraction from 0, so a flat TopK L0 reads as flat and a zero fraction sits on the axis."""
+    """Log y with plain tick labels (0.3, not 3x10^-1) where asked and the values are positive and
+    span at least 4x (a narrower range reads better on a linear axis, whose ticks label it); a
+    linear axis from 0, so a flat TopK L0 reads as flat and a zero dead fraction sits on the axis."""
     from matplotlib.ticker import FuncFormatter, PercentFormatter
 
     lines = [y for line in ax.get_lines() for y in line.get_ydata() if math.isfinite(y)]  # not a NaN loss
-    if yscale == "log" and lines and min(lines) > 0:
+    if yscale == "log" and lines and min(lines) > 0 and max(lines) >= 4 * min(lines):
         ax.set_yscale("log")
         # minor ticks (2..9 x 10^n): all labelled within a decade, only 2 and 5 beyond one
         few = math.log10(max(lines) / min(lines)) > 1
@@ -85,8 +86,8 @@ def _style_y(ax, key: str, yscale: str, top: float) -> None:
     elif key == "dead_fraction":
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
         ax.set_ylim(0, max(0.05, min(1.0, 1.1 * top)))
-    else:
-        ax.set_ylim(0, 1.1 * top if top > 0 else 1.0)
+    else:  # from 0 (or below, for a negative loss)
+        ax.set_ylim(1.1 * min([0.0, *lines]), 1.1 * top if top > 0 else 1.0)
 
 
 def _dead_title(config: dict) -> str:
