@@ -3,6 +3,7 @@
 Public API (imported lazily so that ``import saelens_lite`` and ``--help`` stay fast)::
 
     from saelens_lite import load_model, harvest, HarvestConfig, ActivationCache
+    from saelens_lite import spliced, ablate, add_direction, generate, attribute
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ _EXPORTS = {
     "TrainConfig": "saelens_lite.training",
     "SAE": "saelens_lite.saes",
     "SAEConfig": "saelens_lite.saes",
+    "spliced": "saelens_lite.interventions",
+    "FeatureEdit": "saelens_lite.interventions",
+    "ablate": "saelens_lite.interventions",
+    "clamp": "saelens_lite.interventions",
+    "scale": "saelens_lite.interventions",
+    "add_direction": "saelens_lite.interventions",
+    "generate": "saelens_lite.interventions",
+    "attribute": "saelens_lite.interventions",
+    "ablation_check": "saelens_lite.interventions",
 }
 
 

@@ -115,8 +115,9 @@ def test_greedy_generation_is_smollm2s_own_and_steering_changes_it(smollm2, saes
 # SAE: 0.92 / 0.86 / 0.90 on the three prompts below, signs 20/20 each; with an SAE trained twice
 # as long, 0.84 / 0.87 / 0.92, and 0.78 for " Paris" against " Rome". Not 1 because attribution
 # is a first-order estimate: zeroing a feature is a large step through 20 nonlinear blocks
-# (attention re-weighting, the final norm), which shrinks some effects several-fold (-0.75 predicted, -0.23 measured), and the top-20 attributions lie within a
-# factor ~2-3 of each other, so modest errors reorder them. The floors leave room for the SAE's
+# (attention re-weighting, the final norm), which shrinks some effects several-fold (-0.75
+# predicted, -0.23 measured), and the top-20 attributions lie within a factor ~2-3 of each
+# other, so modest errors reorder them. The floors leave room for the SAE's
 # run-to-run variation (thread count, kernel order) while still failing if attribution and
 # ablation disagree in sign or scale (a wrong gradient, a missing error term, an edit at the
 # wrong position gives ~0).

@@ -15,3 +15,10 @@ def test_every_export_is_the_object_of_its_module_even_after_importing_submodule
     assert callable(train) and HarvestConfig.__name__ == "HarvestConfig"
     for name, module in saelens_lite._EXPORTS.items():
         assert getattr(saelens_lite, name) is getattr(importlib.import_module(module), name), name
+
+
+def test_interventions_are_exported_as_functions_not_their_modules():
+    from saelens_lite import ablate, ablation_check, add_direction, attribute, generate, spliced
+
+    for fn in (ablate, ablation_check, add_direction, attribute, generate, spliced):
+        assert callable(fn) and fn.__module__.startswith("saelens_lite.interventions."), fn

@@ -26,7 +26,7 @@ from saelens_lite.interventions.edits import (
     max_activations,
     scale,
 )
-from saelens_lite.interventions.generate import (
+from saelens_lite.interventions.generation import (
     Continuation,
     GenerationResult,
     decode_loop,
