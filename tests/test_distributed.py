@@ -20,7 +20,7 @@ import torch.distributed as dist
 from saelens_lite import distributed
 from saelens_lite.cache import ActivationCache
 from saelens_lite.harvesting import HarvestConfig, harvest
-from saelens_lite.saes import SAE
+from saelens_lite.saes import REGISTRY, SAE, TrainOutput
 from saelens_lite.training import TrainConfig, train, trainer
 from saelens_lite.training.data import open_source
 
@@ -30,7 +30,14 @@ pytestmark = pytest.mark.skipif(
 
 HERE = Path(__file__).parent
 D, F = 16, 64
+WORLD = 2  # torchrun --nproc_per_node
+# Data parallel equals one process on the same global batches for these ...
 ARCHS = ("topk", "relu", "jumprelu")
+# ... but not for BatchTopK: as the README says, its batch-wide top-k (and the threshold it
+# tracks) and the AuxK normaliser read each rank's own slice, so its oracle is one process that
+# runs the forward on each rank's slice (`per_rank_slices`). 4x the latents and a 2-step dead
+# window leave latents dead, so the AuxK term (and its per-rank normaliser) is in the loss.
+PER_RANK_ARCHS = {"batchtopk": dict(latents=4 * F, dead_window_tokens=128)}
 TEXT = (
     "The quick brown fox jumps over the lazy dog. Sparse autoencoders find features in activations.\n\n"
     "A second paragraph talks about tokens, contexts and caches written to disk atomically.\n\n"
@@ -53,7 +60,7 @@ def torchrun(script: str, *args: str, timeout: int = 240) -> None:
             "torch.distributed.run",
             "--standalone",
             "--nproc_per_node",
-            "2",
+            str(WORLD),
             str(HERE / script),
             *args,
         ],
@@ -99,7 +106,7 @@ def weights(run: Path, hook: str = "activations") -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def two_rank_runs(tmp_path_factory):
-    """One torchrun launch trains every architecture in ARCHS on 2 ranks."""
+    """One torchrun launch trains every architecture in ARCHS and PER_RANK_ARCHS on 2 ranks."""
     tmp = tmp_path_factory.mktemp("dp")
     g = torch.Generator().manual_seed(0)
     dirs_FD = torch.randn(F, D, generator=g)
@@ -108,7 +115,8 @@ def two_rank_runs(tmp_path_factory):
     ) @ dirs_FD + 3.0
     np.save(tmp / "x.npy", x_ND.numpy())
     jobs = [
-        {"config": train_config(tmp / f"ddp_{a}", a), "data": str(tmp / "x.npy")} for a in ARCHS
+        {"config": train_config(tmp / f"ddp_{a}", a, **PER_RANK_ARCHS.get(a, {})), "data": str(tmp / "x.npy")}
+        for a in (*ARCHS, *PER_RANK_ARCHS)
     ]
     (tmp / "jobs.json").write_text(json.dumps(jobs))
     torchrun("_dist_train.py", str(tmp / "jobs.json"))
@@ -133,6 +141,70 @@ def test_two_rank_training_equals_one_process_on_the_same_global_batches(two_ran
     for a, b in zip(m_ddp, m_single):  # metrics are reduced over ranks; only rank 0 wrote them
         for key in ("loss", "mse", "l0", "lr", "dead_fraction"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (arch, a["step"], key)
+
+
+def per_rank_slices(monkeypatch, sae_cls: type[SAE], world: int = WORLD) -> None:
+    """Make one process train ``sae_cls`` as ``world`` data-parallel ranks do: the forward runs
+    on each rank's contiguous slice of the batch (distributed.rank_slice) from the same state;
+    the loss is the slices' mean (so the gradient is the ranks' averaged one), the floating
+    buffers (BatchTopK's threshold) are averaged as distributed.average_buffers_ does, the fired
+    masks OR-ed, the logged terms averaged as the trainer's _record does."""
+    real = sae_cls.training_forward
+
+    def forward(self, x_BD, **kw):
+        start = {n: b.clone() for n, b in self.named_buffers() if b.is_floating_point()}
+        outs, ends = [], []
+        for x_rows in x_BD.chunk(world):
+            with torch.no_grad():
+                for n, b in self.named_buffers():
+                    if n in start:
+                        b.copy_(start[n])
+            outs.append(real(self, x_rows, **kw))
+            ends.append({n: b.clone() for n, b in self.named_buffers() if n in start})
+        with torch.no_grad():
+            for n, b in self.named_buffers():
+                if n in start:
+                    b.copy_(torch.stack([e[n] for e in ends]).mean(0))
+
+        def mean(values):
+            return torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values]).mean()
+
+        return TrainOutput(
+            loss=torch.stack([o.loss for o in outs]).mean(),
+            x_hat_BD=torch.cat([o.x_hat_BD for o in outs]),
+            fired_F=torch.stack([o.fired_F for o in outs]).any(0),
+            l0=mean(o.l0 for o in outs),
+            fvu=mean(o.fvu for o in outs),
+            losses={k: torch.stack([o.losses[k] for o in outs]).mean() for k in outs[0].losses},
+        )
+
+    monkeypatch.setattr(sae_cls, "training_forward", forward)
+
+
+@pytest.mark.parametrize("arch", sorted(PER_RANK_ARCHS))
+def test_two_rank_batchtopk_equals_one_process_running_each_ranks_slice(two_rank_runs, arch,
+                                                                        monkeypatch):
+    tmp, x_ND = two_rank_runs
+    kw = PER_RANK_ARCHS[arch]
+    cfg = TrainConfig(**train_config(tmp / f"single_{arch}", arch, **kw))
+    assert not cfg.use_fast_step("cpu")  # the oracle wraps the autograd step's forward
+    train(cfg, x_ND)  # one process, the global batch's top-k
+    with monkeypatch.context() as m:
+        per_rank_slices(m, REGISTRY[arch])
+        train(TrainConfig(**train_config(tmp / f"sliced_{arch}", arch, **kw)), x_ND)
+    ddp, sliced = weights(tmp / f"ddp_{arch}"), weights(tmp / f"sliced_{arch}")
+    for name, w in sliced.items():
+        torch.testing.assert_close(ddp[name], w, rtol=1e-4, atol=1e-5, msg=f"{arch} {name}")
+    m_ddp, m_sliced = metrics(tmp / f"ddp_{arch}"), metrics(tmp / f"sliced_{arch}")
+    assert [r["step"] for r in m_ddp] == [r["step"] for r in m_sliced] == list(range(5, 31, 5))
+    for a, b in zip(m_ddp, m_sliced):
+        assert a.keys() == b.keys()
+        for key in {"loss", "mse", "auxk", "l0", "fvu", "lr", "dead_fraction"} & a.keys():
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (arch, a["step"], key)
+    assert max(r.get("auxk", 0) for r in m_ddp) > 0  # the per-rank AuxK normaliser was exercised
+    # The oracle matters: the global batch's top-k trains other weights.
+    single = weights(tmp / f"single_{arch}")
+    assert max((ddp[n] - single[n]).abs().max().item() for n in single) > 1e-3
 
 
 def test_two_rank_resume_matches_and_another_world_size_is_refused(two_rank_runs):
