@@ -49,11 +49,17 @@ from saelens_lite.cache import MANIFEST, ActivationCache, CacheWriter, write_mer
 from saelens_lite.corpus import iter_documents, pack_contexts
 from saelens_lite.hooks import capture, hook_widths, resolve_hooks
 from saelens_lite.models import LoadedModel, load_model
+from saelens_lite.tokens import (
+    DEFAULT_EXCLUDE,
+    EXCLUDE_CHOICES,
+    check_exclude,
+    excluded_token_ids,
+    keep_mask,
+)
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-EXCLUDE_CHOICES = ("bos", "special", "none")
 
 
 @dataclass
@@ -83,9 +89,10 @@ class HarvestConfig:
     """Compute dtype of the model: auto (float32 on CPU, bfloat16 on CUDA) or a dtype name."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto (CUDA when present)."""
-    exclude: str = "bos"
-    """Positions left out: bos (the BOS/CLS token that starts each context), special (every
-    special token, document separators included) or none. Padding is always left out."""
+    exclude: str = DEFAULT_EXCLUDE
+    """Tokens left out, the one rule of ``saelens_lite.tokens`` that the evaluation uses too:
+    special (BOS/CLS, EOS, pad, SEP: document separators included), bos or none. Padding is
+    always left out."""
     shard_tokens: int = 65_536
     """Rows per shard file; only the last shard is shorter."""
 
@@ -99,8 +106,7 @@ class HarvestConfig:
             raise ValueError(f"dtype={self.dtype!r}: choose one of {sorted(DTYPES)}")
         if self.model_dtype != "auto" and self.model_dtype not in DTYPES:
             raise ValueError(f"model_dtype={self.model_dtype!r}: choose auto or one of {sorted(DTYPES)}")
-        if self.exclude not in EXCLUDE_CHOICES:
-            raise ValueError(f"exclude={self.exclude!r}: choose one of {list(EXCLUDE_CHOICES)}")
+        check_exclude(self.exclude)
 
 
 def _model_dtype(cfg: HarvestConfig, device: torch.device) -> torch.dtype:
@@ -116,15 +122,7 @@ def _batches(contexts: Iterator[tuple[int, np.ndarray]], size: int) -> Iterator[
 
 def _keep_mask(ids_BS: torch.Tensor, attn_BS: torch.Tensor, exclude: str, tokenizer) -> torch.Tensor:
     """Boolean (B, S): positions whose activations are written."""
-    keep = attn_BS.bool().clone()
-    if exclude == "special":
-        special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=ids_BS.dtype)
-        keep &= ~torch.isin(ids_BS, special)
-    elif exclude == "bos":
-        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-        if bos is not None:
-            keep[:, 0] &= ids_BS[:, 0] != bos
-    return keep
+    return attn_BS.bool() & keep_mask(ids_BS, excluded_token_ids(tokenizer, exclude))
 
 
 def _cache_meta(cfg: HarvestConfig, lm: LoadedModel) -> dict:

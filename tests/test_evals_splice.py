@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from saelens_lite.evals import evaluate
-from saelens_lite.evals.splice import downstream_metrics, eval_contexts, ignore_token_ids
+from saelens_lite.evals.splice import downstream_metrics, eval_contexts
+from saelens_lite.tokens import excluded_token_ids
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -104,9 +105,36 @@ def test_eval_contexts_skip_the_cached_ones(tiny_llama):
 
 
 def test_ignore_sets(tiny_gpt2, tiny_llama):
-    assert ignore_token_ids(tiny_llama.tokenizer, "none") == set()
-    assert ignore_token_ids(tiny_llama.tokenizer, "bos") == {tiny_llama.tokenizer.bos_token_id}
-    assert tiny_llama.tokenizer.eos_token_id in ignore_token_ids(tiny_llama.tokenizer, "special")
+    tok = tiny_llama.tokenizer
+    assert excluded_token_ids(tok, "none") == set()
+    assert excluded_token_ids(tok, "bos") == {tok.bos_token_id}
+    assert tok.eos_token_id in excluded_token_ids(tok, "special")
+    # a cache manifest's tokenizer record gives the same set as the tokenizer
+    record = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    assert excluded_token_ids(record, "special") == excluded_token_ids(tok, "special")
+    with pytest.raises(ValueError, match=r"exclude='eos': choose one of \['special', 'bos', 'none'\]"):
+        excluded_token_ids(tok, "eos")
+
+
+def test_mean_ablation_matches_a_direct_computation(tiny_llama):
+    """ce_loss_mean: the kept positions replaced by a given mean vector, BOS/EOS kept clean."""
+    from saelens_lite.hooks import splice
+
+    lm = tiny_llama
+    ctx = _contexts(lm, n=3)
+    ids = torch.as_tensor(np.stack(ctx))
+    mean_D = torch.linspace(-1, 1, 64)
+    got = downstream_metrics(Identity(64), lm, HOOK, ctx, batch_size=2, mean_D=mean_D.numpy(), progress=False)
+    keep = ~torch.isin(ids, torch.tensor(sorted(excluded_token_ids(lm.tokenizer, "special"))))
+    with torch.no_grad():
+        with splice(lm.model, HOOK, lambda a: torch.where(keep[..., None], mean_D.expand_as(a), a)):
+            new = lm.model(input_ids=ids).logits.double()
+    nll = -new.log_softmax(-1)[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+    want = nll[keep[:, :-1]].mean().item()
+    assert got["ce_loss_mean"] == pytest.approx(want, rel=1e-6)
+    # an exact SAE recovers everything against either reference
+    assert got["ce_loss_recovered_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert got["ce_loss_mean"] != pytest.approx(got["ce_loss_zero"], abs=1e-3)
 
 
 def test_evaluate_with_model_fills_downstream_keys(tmp_path, tiny_llama):
@@ -114,6 +142,9 @@ def test_evaluate_with_model_fills_downstream_keys(tmp_path, tiny_llama):
 
     cache = harvest(HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=300, context_size=24, device="cpu"),
                     tmp_path / "c", model=tiny_llama, progress=False)
-    m = evaluate(Identity(64), cache, model=tiny_llama, ce_contexts=4, progress=False)
+    m = evaluate(Identity(64), cache, model=tiny_llama, ce_contexts=4, heldout_tokens=200, progress=False)
     assert m["fvu"] == pytest.approx(0.0, abs=1e-12) and m["l0"] > 0
+    assert m["in_sample_fvu"] == pytest.approx(0.0, abs=1e-12)
+    assert m["reconstruction_split"] == "held-out" and m["n_tokens"] == 200
     assert m["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-6) and m["kl_div"] < 1e-8
+    assert m["ce_loss_recovered_mean"] == pytest.approx(1.0, abs=1e-6)

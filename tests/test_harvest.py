@@ -32,15 +32,23 @@ def corpus(tmp_path):
     return str(path)
 
 
-def _contexts_from_cache(cache: ActivationCache, bos: int) -> dict[int, np.ndarray]:
-    """Rebuild each context from the stored (token, context, position) triples; BOS at 0."""
+def _contexts_from_cache(cache: ActivationCache, tokenizer) -> dict[int, np.ndarray]:
+    """Each cached context, packed again from the corpus (an independent path to the model's
+    input); the stored token ids must be those of the packed context at the stored positions."""
+    from saelens_lite.corpus import iter_documents, pack_contexts
+
+    meta = cache.meta
+    wanted = set(np.unique(cache.context_ids).tolist())
     ctx = {}
-    for c in np.unique(cache.context_ids):
-        rows = cache.context_ids == c
-        pos, tok = cache.positions[rows], cache.token_ids[rows]
-        ids = np.full(pos.max() + 1, bos, dtype=np.int64)
-        ids[pos] = tok
-        ctx[int(c)] = ids
+    packed = pack_contexts(iter_documents(meta["corpus"], text_column=meta["text_column"]), tokenizer,
+                           meta["context_size"])
+    for c, ids in enumerate(packed):
+        if c > max(wanted):
+            break
+        if c in wanted:
+            rows = cache.context_ids == c
+            np.testing.assert_array_equal(cache.token_ids[rows], ids[cache.positions[rows]])
+            ctx[c] = np.asarray(ids, dtype=np.int64)
     return ctx
 
 
@@ -53,10 +61,9 @@ def test_harvest_rows_equal_plain_forward_hidden_states(tmp_path, corpus):
     assert cache.n_tokens == 300 and sorted(cache.hook_names) == sorted(hooks)
     assert (cache.positions > 0).all(), "BOS positions are excluded by default"
 
-    bos = lm.tokenizer.bos_token_id
     acts0 = np.asarray(cache.activations(hooks[0])[:])
     acts2 = np.asarray(cache.activations(hooks[1])[:])
-    for c, ids in _contexts_from_cache(cache, bos).items():
+    for c, ids in _contexts_from_cache(cache, lm.tokenizer).items():
         with torch.no_grad():
             hs = lm.model(torch.as_tensor(ids)[None], output_hidden_states=True).hidden_states
         rows = np.flatnonzero(cache.context_ids == c)
@@ -174,8 +181,7 @@ def test_smollm2_harvest_matches_output_hidden_states(tmp_path, smollm2):
                         dataset="builtin:pydocs", context_size=64, tokens=400, batch_size=4, device="cpu")
     cache = harvest(cfg, tmp_path / "c", model=smollm2, progress=False)
     assert cache.n_tokens == 400
-    bos = smollm2.tokenizer.bos_token_id
-    contexts = _contexts_from_cache(cache, bos)
+    contexts = _contexts_from_cache(cache, smollm2.tokenizer)
     ids = torch.as_tensor(np.stack([contexts[c] for c in sorted(contexts)][:6]))
     with torch.no_grad():
         hs = smollm2.model(ids, output_hidden_states=True).hidden_states

@@ -13,9 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from saelens_lite.evals.heldout import contexts_for_tokens, heldout_rows
 from saelens_lite.evals.metrics import ReconstructionStats, reconstruction_stats
 from saelens_lite.evals.report import density_histogram, format_summary, write_report
-from saelens_lite.evals.splice import EXCLUDE_CHOICES, downstream_metrics, eval_contexts
+from saelens_lite.evals.splice import (
+    EvalContexts,
+    downstream_metrics,
+    eval_contexts,
+    heldout_contexts,
+)
+from saelens_lite.tokens import DEFAULT_EXCLUDE, check_exclude, excluded_token_ids, keep_mask
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +61,15 @@ def evaluate(
     model=None,
     dataset: str | None = None,
     hook: str | None = None,
+    heldout_tokens: int | None = 16_384,
     n_tokens: int | None = 200_000,
+    in_sample: bool = True,
     batch_size: int = 1024,
     downstream: bool = True,
     ce_contexts: int = 16,
     context_size: int | None = None,
     model_batch_size: int = 4,
-    exclude: str = "special",
+    exclude: str = DEFAULT_EXCLUDE,
     dead_threshold: float = 0.0,
     dense_threshold: float = 0.1,
     device: str | torch.device = "cpu",
@@ -69,74 +78,175 @@ def evaluate(
 ) -> dict:
     """Evaluate ``sae`` (an SAE, or its saved folder) and return a flat dict of metrics.
 
-    Reconstruction metrics (``l0 mse fvu explained_variance cosine_sim l2_ratio dead_fraction
-    dense_fraction``; :mod:`saelens_lite.evals.metrics`) stream the first ``n_tokens`` rows (None:
-    all) of ``cache_or_path`` (an ActivationCache, its folder, an (N, D) array or file) in batches
-    of ``batch_size``. With ``downstream``, ``model`` (alias / path / LoadedModel; default: the
-    cache's model) runs ``ce_contexts`` packed contexts of ``dataset`` (default: the cache's
-    corpus, after the contexts the cache holds) with the SAE spliced in at its hook, giving
-    ``ce_loss_{clean,sae,zero} ce_loss_recovered kl_div kl_div_score`` for causal LMs or
-    ``pooled_cos_*`` for encoders (:mod:`saelens_lite.evals.splice`; ``exclude`` picks the tokens
-    left clean and out of the means, SAEBench's default is "special"). Downstream keys are None
-    when no model is known. ``out_dir`` also writes metrics.json, summary.md and the density
-    histogram.
+    Where each number is measured (``reconstruction_split`` / ``reconstruction_source`` say it):
+
+    * Reconstruction metrics (``l0 mse fvu fvu_typical explained_variance cosine_sim l2_ratio
+      dead_fraction dense_fraction``; :mod:`saelens_lite.evals.metrics`) are **held out** when a
+      model is known (``model``, default: the cache's): the hook's activations on
+      ``heldout_tokens`` tokens of the contexts after the cache's last one (same corpus and
+      context size, so no cached row, and so no training row of an SAE trained on the cache).
+      If the corpus has no context left they fall back to the cache's own contexts and say so
+      (``reconstruction_split="in-sample"``).
+    * ``in_sample_*``: the same metrics over the first ``n_tokens`` rows (None: all) of
+      ``cache_or_path`` (an ActivationCache, its folder, an (N, D) array or file), the SAE's
+      training data when it was trained on that cache. Without a model these are the only
+      reconstruction metrics and take the unprefixed keys (split "in-sample", or "given rows"
+      for an array, whose overlap with the training data is unknown).
+    * With ``downstream``, the model runs the first ``ce_contexts`` held-out contexts with the
+      SAE spliced in at its hook: ``ce_loss_{clean,sae,zero,mean} ce_loss_recovered
+      ce_loss_recovered_mean kl_div kl_div_score ...`` for causal LMs, ``pooled_cos_*`` for
+      encoders (:mod:`saelens_lite.evals.splice`). The mean ablation uses the mean activation
+      of the in-sample rows (else the held-out rows).
+
+    ``exclude`` is the one token rule (:mod:`saelens_lite.tokens`) for every metric: those
+    tokens are left out of the reconstruction rows, kept clean in the spliced model and out of
+    its means. ``hook`` defaults to the SAE's; another one of the same width is evaluated with a
+    warning. ``out_dir`` also writes metrics.json, summary.md and the density histogram.
     """
     from saelens_lite.saes import SAE
 
     if isinstance(sae, (str, Path)):
         sae = SAE.load(sae, device=device)
-    if exclude not in EXCLUDE_CHOICES:
-        raise ValueError(f"exclude={exclude!r}: choose one of {list(EXCLUDE_CHOICES)}")
+    check_exclude(exclude)
     data, hook, cache = _open_data(cache_or_path, hook, sae)
     if data.shape[1] != sae.cfg.d_in:
         raise ValueError(f"hook {hook!r} has width {data.shape[1]} but the SAE reads d_in={sae.cfg.d_in}")
+    warn_if_other_hook(sae, hook)
+    meta = cache.meta if cache is not None else {}
+    model = model if model is not None else meta.get("model")
+    lm = _load_lm(model, device) if model is not None and (downstream or heldout_tokens) else None
+    if lm is None and (downstream or heldout_tokens):
+        log.warning("no model given and none recorded with the activations: the reconstruction "
+                    "metrics are in-sample and the spliced-model metrics are skipped")
     was_training = getattr(sae, "training", False)
     if hasattr(sae, "eval"):
         sae.eval()
     try:
-        stats = reconstruction_stats(sae, data, n_tokens=n_tokens, batch_size=batch_size, device=device,
-                                     progress=progress)
-        metrics = {"architecture": getattr(sae, "architecture", "") or getattr(sae.cfg, "architecture", ""),
-                   "hook": hook, "d_in": int(sae.cfg.d_in), "k": getattr(sae.cfg, "k", None)}
-        metrics |= stats.result(dead_threshold=dead_threshold, dense_threshold=dense_threshold)
-        metrics |= dict.fromkeys(("ce_loss_clean", "ce_loss_sae", "ce_loss_zero", "ce_loss_recovered",
-                                  "kl_div", "kl_div_score"))
-        meta = cache.meta if cache is not None else {}
-        model = model if model is not None else meta.get("model")
-        if downstream and model is not None:
-            last = cache.manifest.get("last_committed") if cache is not None else None
-            metrics |= _downstream(sae, model, hook, meta, last, dataset=dataset, context_size=context_size,
-                                   ce_contexts=ce_contexts, model_batch_size=model_batch_size,
-                                   exclude=exclude, device=device, progress=progress)
-        elif downstream:
-            log.warning("no model given and none recorded with the activations: skipping the "
-                        "spliced-model metrics")
+        metrics, density = _all_metrics(
+            sae, data, hook, cache, lm, dataset=dataset, heldout_tokens=heldout_tokens, n_tokens=n_tokens,
+            in_sample=in_sample, batch_size=batch_size, downstream=downstream, ce_contexts=ce_contexts,
+            context_size=context_size, model_batch_size=model_batch_size, exclude=exclude,
+            thresholds={"dead_threshold": dead_threshold, "dense_threshold": dense_threshold},
+            device=device, progress=progress)
     finally:
         if was_training:
             sae.train()
     if out_dir is not None:
-        write_report(metrics, out_dir, stats.feature_density)
+        write_report(metrics, out_dir, density)
     return metrics
 
 
-def _downstream(sae, model, hook, meta, last_committed, *, dataset, context_size, ce_contexts,
-                model_batch_size, exclude, device, progress) -> dict:
+def warn_if_other_hook(sae, hook: str) -> None:
+    """Log a warning when ``hook`` is not the one ``sae`` was trained on (widths can match)."""
+    trained = getattr(sae.cfg, "hook_name", "") or ""
+    if trained and hook != trained:
+        log.warning("the SAE was trained on %s but is evaluated on %s", trained, hook)
+
+
+def _load_lm(model, device):
     from saelens_lite.models import LoadedModel, load_model
 
-    lm = model if isinstance(model, LoadedModel) else load_model(model, device=device)
+    return model if isinstance(model, LoadedModel) else load_model(model, device=device)
+
+
+def _all_metrics(sae, data, hook, cache, lm, *, dataset, heldout_tokens, n_tokens, in_sample, batch_size,
+                 downstream, ce_contexts, context_size, model_batch_size, exclude, thresholds, device,
+                 progress) -> tuple[dict, np.ndarray | None]:
+    metrics = {"architecture": getattr(sae, "architecture", "") or getattr(sae.cfg, "architecture", ""),
+               "hook": hook, "d_in": int(sae.cfg.d_in), "d_sae": int(sae.cfg.d_sae),
+               "k": getattr(sae.cfg, "k", None), "exclude": exclude}
+    ctx = None
+    if lm is not None:
+        n_ctx = max(ce_contexts if downstream else 0,
+                    contexts_for_tokens(heldout_tokens, _context_size(cache, context_size)) if heldout_tokens else 0)
+        ctx = _eval_contexts(lm, cache, dataset, context_size, n_ctx)
+        metrics |= {"model": lm.name, "dataset": ctx.dataset}
+    stats_in = None
+    if in_sample or ctx is None or not heldout_tokens:
+        keep_N = _cache_keep(cache, lm, exclude, n_tokens)
+        stats_in = reconstruction_stats(sae, data, n_tokens=n_tokens, keep_N=keep_N, batch_size=batch_size,
+                                        device=device, progress=progress, desc="eval: in-sample rows")
+    stats_out = None
+    if ctx is not None and heldout_tokens:
+        rows_ND = heldout_rows(lm, hook, ctx.contexts, n_tokens=heldout_tokens, exclude=exclude,
+                               batch_size=model_batch_size)
+        stats_out = reconstruction_stats(sae, rows_ND, batch_size=batch_size, device=device, progress=progress,
+                                         desc="eval: held-out rows")
+    metrics |= _reconstruction_keys(stats_out, stats_in, ctx, cache, thresholds)
+    metrics |= dict.fromkeys(("ce_loss_clean", "ce_loss_sae", "ce_loss_zero", "ce_loss_recovered",
+                              "kl_div", "kl_div_score"))
+    if downstream and ctx is not None:
+        mean_D = (stats_in or stats_out).every.mean_D
+        out = downstream_metrics(sae, lm, hook, ctx.contexts[:ce_contexts], batch_size=model_batch_size,
+                                 exclude=exclude, mean_D=mean_D, progress=progress)
+        metrics |= out | {"downstream_source": _describe_ctx(ctx, ce_contexts),
+                          "mean_ablation_source": "in-sample rows" if stats_in is not None else "held-out rows"}
+    density_stats = stats_in or stats_out
+    return metrics, density_stats.feature_density if density_stats is not None else None
+
+
+def _context_size(cache, context_size) -> int:
+    return context_size or (cache.meta.get("context_size") if cache is not None else None) or 128
+
+
+def _eval_contexts(lm, cache, dataset, context_size, n_ctx) -> EvalContexts:
+    """Contexts after the cache's (held out) when they come from the cache's corpus and size."""
+    meta = cache.meta if cache is not None else {}
     corpus = dataset or meta.get("corpus") or "builtin:pydocs"
-    S = context_size or meta.get("context_size") or 128
-    # Hold out the contexts the cache (and so, usually, the SAE's training) used: the writer
-    # records the (context, position) of its last row.
-    skip = 0
-    if corpus == meta.get("corpus") and S == meta.get("context_size") and last_committed:
-        skip = int(last_committed[0]) + 1
-    contexts = eval_contexts(lm.tokenizer, corpus, S, ce_contexts, skip=skip,
-                             text_column=meta.get("text_column", "text"))
-    out = downstream_metrics(sae, lm, hook, contexts, batch_size=model_batch_size, exclude=exclude,
-                             progress=progress)
-    return {"model": lm.name, "dataset": corpus, "exclude": exclude} | out
+    S = _context_size(cache, context_size)
+    last = cache.manifest.get("last_committed") if cache is not None else None
+    same = corpus == meta.get("corpus") and S == meta.get("context_size")
+    skip = int(last[0]) + 1 if same and last else 0
+    ctx = heldout_contexts(lm.tokenizer, corpus, S, max(n_ctx, 1), skip=skip,
+                           text_column=meta.get("text_column", "text"))
+    if cache is None:
+        ctx.heldout = None  # no cache: overlap with the SAE's training data is unknown
+    return ctx
+
+
+def _describe_ctx(ctx: EvalContexts, n: int | None = None) -> str:
+    if n is not None and n < len(ctx.contexts):
+        ctx = EvalContexts(ctx.contexts[:n], ctx.dataset, ctx.first, ctx.heldout)
+    if ctx.heldout is None:
+        return (f"contexts {ctx.first}-{ctx.first + len(ctx.contexts) - 1} of {ctx.dataset} "
+                "(no cache given: overlap with the training data unknown)")
+    return ctx.describe()
+
+
+def _cache_keep(cache, lm, exclude: str, n_tokens: int | None) -> np.ndarray | None:
+    """The token rule on the cache's stored ids (a cache written with a narrower rule still
+    gets the same rows left out as the held-out set)."""
+    if cache is None:
+        return None
+    tok = lm.tokenizer if lm is not None else cache.meta.get("tokenizer", {})
+    excluded = excluded_token_ids(tok, exclude)
+    ids = cache.token_ids
+    n = len(ids) if n_tokens is None else min(int(n_tokens), len(ids))
+    keep = keep_mask(np.asarray(ids[:n]), excluded)
+    return None if keep.all() else keep
+
+
+def _reconstruction_keys(stats_out, stats_in, ctx, cache, thresholds) -> dict:
+    if stats_out is not None:
+        split = {True: "held-out", False: "in-sample", None: "unknown"}[ctx.heldout]
+        out = {"reconstruction_split": split,
+               "reconstruction_source": f"{stats_out.n:,} tokens of {_describe_ctx(ctx)}"}
+        out |= stats_out.result(**thresholds)
+        if stats_in is not None:
+            out |= {f"in_sample_{k}": v for k, v in stats_in.result(**thresholds).items()}
+            out["in_sample_source"] = _in_sample_source(cache, stats_in.n)
+        return out
+    split = "in-sample" if cache is not None else "given rows"
+    return {"reconstruction_split": split, "reconstruction_source": _in_sample_source(cache, stats_in.n)} \
+        | stats_in.result(**thresholds)
+
+
+def _in_sample_source(cache, n: int) -> str:
+    if cache is None:
+        return f"{n:,} given rows (overlap with the training data unknown)"
+    return f"{n:,} rows of the activation cache {cache.path} (the training data of an SAE trained on it)"
 
 
 __all__ = ["evaluate", "format_summary", "write_report", "density_histogram", "ReconstructionStats",
-           "reconstruction_stats", "downstream_metrics", "eval_contexts"]
+           "reconstruction_stats", "downstream_metrics", "eval_contexts", "heldout_contexts", "heldout_rows",
+           "warn_if_other_hook"]

@@ -168,23 +168,30 @@ def iter_rows(data, n_tokens: int | None, batch_size: int):
 
 @torch.no_grad()
 def reconstruction_stats(sae, data, *, n_tokens: int | None = None, batch_size: int = 1024,
-                         device: str | torch.device = "cpu", progress: bool = True) -> ReconstructionStats:
-    """Stream ``data`` (N, D) through ``sae`` (anything with ``encode``/``decode``)."""
+                         keep_N: np.ndarray | None = None, device: str | torch.device = "cpu",
+                         progress: bool = True, desc: str = "eval: reconstruction") -> ReconstructionStats:
+    """Stream the first ``n_tokens`` rows of ``data`` (N, D) through ``sae`` (anything with
+    ``encode``/``decode``); with ``keep_N`` (bool, one per row) only the rows where it is True
+    count (the token rule of ``saelens_lite.tokens`` applied to a cache's token ids)."""
     from tqdm.auto import tqdm
 
     N = len(data) if n_tokens is None else min(int(n_tokens), len(data))
     d_in = data.shape[1]
     d_sae = int(sae.cfg.d_sae)
     stats = ReconstructionStats(d_in, d_sae)
-    bar = tqdm(total=N, unit="tok", unit_scale=True, desc="eval: reconstruction", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=N, unit="tok", unit_scale=True, desc=desc, disable=not progress, dynamic_ncols=True)
     try:
+        start = 0
         for x_BD in iter_rows(data, N, batch_size):
+            B = x_BD.shape[0]
+            if keep_N is not None:
+                x_BD = x_BD[torch.as_tensor(np.asarray(keep_N[start:start + B], dtype=bool))]
+            start += B
             x_BD = x_BD.to(device)
             acts_BF = sae.encode(x_BD)
             x_hat_BD = sae.decode(acts_BF)
             stats.update(x_BD, x_hat_BD, acts_BF)
-            bar.update(x_BD.shape[0])
+            bar.update(B)
     finally:
         bar.close()
     return stats

@@ -28,9 +28,11 @@ the same with zero-ablation, ``pooled_cos_recovered = (cos_sae - cos_zero) / (1 
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,30 +40,33 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saelens_lite.hooks import resolve_hooks, splice
+from saelens_lite.tokens import DEFAULT_EXCLUDE, EXCLUDE_CHOICES, excluded_token_ids, keep_mask
 
 log = logging.getLogger(__name__)
 
-EXCLUDE_CHOICES = ("special", "bos", "none")
+
+@dataclass
+class EvalContexts:
+    """Packed contexts for an evaluation, and where they come from."""
+
+    contexts: list[np.ndarray]
+    dataset: str
+    first: int
+    """Index of the first one among the corpus's full-length packed contexts."""
+    heldout: bool
+    """False when they overlap the contexts an activation cache holds (the corpus ran out)."""
+
+    def describe(self) -> str:
+        where = "held out: after the cache's contexts" if self.heldout else "IN-SAMPLE: the cache's own contexts"
+        return f"contexts {self.first}-{self.first + len(self.contexts) - 1} of {self.dataset} ({where})"
 
 
-def ignore_token_ids(tokenizer, exclude: str = "special") -> set[int]:
-    """Token ids whose positions keep their clean activation and are left out of the means."""
-    if exclude not in EXCLUDE_CHOICES:
-        raise ValueError(f"exclude={exclude!r}: choose one of {list(EXCLUDE_CHOICES)}")
-    if exclude == "none":
-        return set()
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-    ids = {bos}
-    if exclude == "special":
-        ids |= {tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.sep_token_id}
-    return {int(i) for i in ids if i is not None}
-
-
-def eval_contexts(tokenizer, dataset: str, context_size: int, n_contexts: int, *, skip: int = 0,
-                  text_column: str = "text") -> list[np.ndarray]:
-    """``n_contexts`` full-length packed contexts of ``dataset``, after the first ``skip`` (e.g. the
-    contexts an activation cache was harvested from, so the CE eval is held out). Falls back to
-    the start of the corpus, with a warning, when it is too short for that."""
+def heldout_contexts(tokenizer, dataset: str, context_size: int, n_contexts: int, *, skip: int = 0,
+                     text_column: str = "text") -> EvalContexts:
+    """Up to ``n_contexts`` full-length packed contexts of ``dataset`` after the first ``skip``
+    (the contexts an activation cache was harvested from, so the evaluation is held out). When
+    the corpus has fewer left, uses those with a warning; when it has none left, falls back to
+    its start and says (``heldout=False``) that these are the SAE's training contexts."""
     from saelens_lite.corpus import iter_documents, pack_contexts
 
     def full(start: int) -> list[np.ndarray]:
@@ -69,16 +74,25 @@ def eval_contexts(tokenizer, dataset: str, context_size: int, n_contexts: int, *
         ctxs = (c for c in ctxs if len(c) == context_size)
         return list(itertools.islice(ctxs, start, start + n_contexts))
 
-    out = full(skip)
-    if len(out) < n_contexts and skip:
-        log.warning("dataset %s has fewer than %d contexts after the %d cached ones; evaluating the "
-                    "downstream loss on contexts the SAE was trained on", dataset, n_contexts, skip)
-        out = full(0)
+    out, first, heldout = full(skip), skip, True
+    if not out and skip:
+        log.warning("dataset %s has no context left after the %d cached ones: evaluating on the "
+                    "cache's own contexts (in-sample); pass another dataset for a held-out figure",
+                    dataset, skip)
+        out, first, heldout = full(0), 0, False
     if not out:
         raise ValueError(f"dataset={dataset!r} gives no context of {context_size} tokens")
     if len(out) < n_contexts:
-        log.warning("dataset %s gives only %d contexts of %d tokens", dataset, len(out), context_size)
-    return out
+        log.warning("dataset %s gives only %d contexts of %d tokens%s (asked for %d)", dataset, len(out),
+                    context_size, f" after the {skip} cached ones" if heldout and skip else "", n_contexts)
+    return EvalContexts(out, dataset, first, heldout)
+
+
+def eval_contexts(tokenizer, dataset: str, context_size: int, n_contexts: int, *, skip: int = 0,
+                  text_column: str = "text") -> list[np.ndarray]:
+    """The contexts of :func:`heldout_contexts`, as a list."""
+    return heldout_contexts(tokenizer, dataset, context_size, n_contexts, skip=skip,
+                            text_column=text_column).contexts
 
 
 def is_causal_lm(model) -> bool:
@@ -87,10 +101,12 @@ def is_causal_lm(model) -> bool:
 
 
 class _Replace:
-    """The splice function: SAE reconstruction (or zeros) where ``keep_BS``, clean elsewhere."""
+    """The splice function. ``sae``: the SAE's reconstruction where ``keep_BS``, clean
+    elsewhere; ``mean``: the mean activation ``mean_D`` where ``keep_BS``; ``zero``: zeros at
+    every position (SAEBench)."""
 
-    def __init__(self, sae, mode: str):
-        self.sae, self.mode = sae, mode
+    def __init__(self, sae, mode: str, mean_D: Tensor | None = None):
+        self.sae, self.mode, self.mean_D = sae, mode, mean_D
         self.keep_BS: Tensor | None = None
 
     def __call__(self, act_BSD: Tensor) -> Tensor:
@@ -99,9 +115,12 @@ class _Replace:
         D = act_BSD.shape[-1]
         if D != self.sae.cfg.d_in:
             raise ValueError(f"the SAE reads width d_in={self.sae.cfg.d_in} but the hook gives {D}")
-        x_hat = self.sae.decode(self.sae.encode(act_BSD.reshape(-1, D).float()))
-        x_hat_BSD = x_hat.reshape(act_BSD.shape).to(act_BSD.dtype)
-        return torch.where(self.keep_BS[..., None], x_hat_BSD, act_BSD)
+        if self.mode == "mean":
+            new_BSD = self.mean_D.to(act_BSD).expand_as(act_BSD)
+        else:
+            x_hat = self.sae.decode(self.sae.encode(act_BSD.reshape(-1, D).float()))
+            new_BSD = x_hat.reshape(act_BSD.shape).to(act_BSD.dtype)
+        return torch.where(self.keep_BS[..., None], new_BSD, act_BSD)
 
 
 def _batches(contexts: list[np.ndarray], size: int) -> Iterator[Tensor]:
@@ -114,58 +133,82 @@ def _kl_BS(logp_clean: Tensor, logits_new: Tensor) -> Tensor:
     return (logp_clean.exp() * (logp_clean - logp_new)).sum(-1)
 
 
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else float("nan")
+
+
 @torch.no_grad()
 def downstream_metrics(sae, lm, hook: str, contexts: Iterable[np.ndarray], *, batch_size: int = 4,
-                       exclude: str = "special", progress: bool = True) -> dict[str, float]:
+                       exclude: str = DEFAULT_EXCLUDE, mean_D: Tensor | np.ndarray | None = None,
+                       progress: bool = True) -> dict[str, float]:
     """CE / KL (causal LMs) or pooled-embedding cosine (encoders) with ``sae`` spliced at ``hook``.
-    ``lm`` is a :class:`~saelens_lite.models.LoadedModel`. Every splice is removed on exit."""
+    ``lm`` is a :class:`~saelens_lite.models.LoadedModel`. With ``mean_D`` (the hook's mean
+    activation) the mean-ablated model is a second reference: ``*_mean`` keys. Every splice is
+    removed on exit."""
     from tqdm.auto import tqdm
 
     model = lm.model
     (point,) = resolve_hooks(model, [hook])
     device = next(model.parameters()).device
-    ignore = torch.tensor(sorted(ignore_token_ids(lm.tokenizer, exclude)), dtype=torch.long)
+    excluded = excluded_token_ids(lm.tokenizer, exclude)
     contexts = list(contexts)
     causal = is_causal_lm(model)
-    sae_fn, zero_fn = _Replace(sae, "sae"), _Replace(sae, "zero")
-    sums = dict.fromkeys(("ce_clean", "ce_sae", "ce_zero", "n_ce", "kl_sae", "kl_zero", "n_kl",
-                          "cos_sae", "cos_zero", "n_ctx"), 0.0)
+    fns = {"sae": _Replace(sae, "sae"), "zero": _Replace(sae, "zero")}
+    if mean_D is not None:
+        fns["mean"] = _Replace(sae, "mean", torch.as_tensor(np.asarray(mean_D), dtype=torch.float32).to(device))
+    sums: dict[str, float] = collections.defaultdict(float)
     bar = tqdm(total=len(contexts), unit="ctx", desc="eval: spliced model", disable=not progress,
                dynamic_ncols=True)
     try:
         for ids_BS in _batches(contexts, batch_size):
             ids_BS = ids_BS.to(device)
-            keep_BS = ~torch.isin(ids_BS, ignore.to(device))
-            sae_fn.keep_BS = keep_BS
+            keep_BS = keep_mask(ids_BS, excluded)
+            for fn in fns.values():
+                fn.keep_BS = keep_BS
             if causal:
-                _causal_batch(model, point, ids_BS, keep_BS, sae_fn, zero_fn, sums)
+                _causal_batch(model, point, ids_BS, keep_BS, fns, sums)
             else:
-                _encoder_batch(model, point, ids_BS, sae_fn, zero_fn, sums)
+                _encoder_batch(model, point, ids_BS, fns, sums)
             bar.update(ids_BS.shape[0])
     finally:
         bar.close()
-    if causal:
-        n_ce, n_kl = max(sums["n_ce"], 1), max(sums["n_kl"], 1)
-        ce_clean, ce_sae, ce_zero = sums["ce_clean"] / n_ce, sums["ce_sae"] / n_ce, sums["ce_zero"] / n_ce
-        kl_sae, kl_zero = sums["kl_sae"] / n_kl, sums["kl_zero"] / n_kl
-        return {
-            "ce_loss_clean": ce_clean, "ce_loss_sae": ce_sae, "ce_loss_zero": ce_zero,
-            "ce_loss_delta": ce_sae - ce_clean,
-            "ce_loss_recovered": (ce_zero - ce_sae) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan"),
-            "kl_div": kl_sae, "kl_div_zero": kl_zero,
-            "kl_div_score": (kl_zero - kl_sae) / kl_zero if kl_zero else float("nan"),
-            "downstream_tokens": int(sums["n_ce"]),
-        }
+    return _causal_result(sums, fns) if causal else _encoder_result(sums, fns)
+
+
+def _causal_result(sums: dict, fns: dict) -> dict[str, float]:
+    n_ce, n_kl = max(sums["n_ce"], 1), max(sums["n_kl"], 1)
+    ce = {name: sums[f"ce_{name}"] / n_ce for name in ("clean", *fns)}
+    kl = {name: sums[f"kl_{name}"] / n_kl for name in fns}
+    out = {
+        "ce_loss_clean": ce["clean"], "ce_loss_sae": ce["sae"], "ce_loss_zero": ce["zero"],
+        "ce_loss_delta": ce["sae"] - ce["clean"],
+        "ce_loss_recovered": _ratio(ce["zero"] - ce["sae"], ce["zero"] - ce["clean"]),
+        "kl_div": kl["sae"], "kl_div_zero": kl["zero"],
+        "kl_div_score": _ratio(kl["zero"] - kl["sae"], kl["zero"]),
+        "downstream_tokens": int(sums["n_ce"]),
+    }
+    if "mean" in fns:
+        out |= {"ce_loss_mean": ce["mean"], "kl_div_mean": kl["mean"],
+                "ce_loss_recovered_mean": _ratio(ce["mean"] - ce["sae"], ce["mean"] - ce["clean"]),
+                "kl_div_score_mean": _ratio(kl["mean"] - kl["sae"], kl["mean"])}
+    return out
+
+
+def _encoder_result(sums: dict, fns: dict) -> dict[str, float]:
     n = max(sums["n_ctx"], 1)
-    cos_sae, cos_zero = sums["cos_sae"] / n, sums["cos_zero"] / n
-    return {
-        "pooled_cos_sae": cos_sae, "pooled_cos_zero": cos_zero,
-        "pooled_cos_recovered": (cos_sae - cos_zero) / (1 - cos_zero) if cos_zero != 1 else float("nan"),
+    cos = {name: sums[f"cos_{name}"] / n for name in fns}
+    out = {
+        "pooled_cos_sae": cos["sae"], "pooled_cos_zero": cos["zero"],
+        "pooled_cos_recovered": _ratio(cos["sae"] - cos["zero"], 1 - cos["zero"]),
         "downstream_contexts": int(sums["n_ctx"]),
     }
+    if "mean" in fns:
+        out |= {"pooled_cos_mean": cos["mean"],
+                "pooled_cos_recovered_mean": _ratio(cos["sae"] - cos["mean"], 1 - cos["mean"])}
+    return out
 
 
-def _causal_batch(model, point, ids_BS, keep_BS, sae_fn, zero_fn, sums) -> None:
+def _causal_batch(model, point, ids_BS, keep_BS, fns, sums) -> None:
     targets = ids_BS[:, 1:].reshape(-1)
     ce_mask = keep_BS[:, :-1].reshape(-1)
 
@@ -177,7 +220,7 @@ def _causal_batch(model, point, ids_BS, keep_BS, sae_fn, zero_fn, sums) -> None:
     logits = model(input_ids=ids_BS).logits
     logp_clean = F.log_softmax(logits.double(), dim=-1)
     sums["ce_clean"] += ce(logits)
-    for name, fn in (("sae", sae_fn), ("zero", zero_fn)):
+    for name, fn in fns.items():
         with splice(model, point, fn):
             new = model(input_ids=ids_BS).logits
         sums[f"ce_{name}"] += ce(new)
@@ -186,7 +229,7 @@ def _causal_batch(model, point, ids_BS, keep_BS, sae_fn, zero_fn, sums) -> None:
     sums["n_kl"] += int(keep_BS.sum())
 
 
-def _encoder_batch(model, point, ids_BS, sae_fn, zero_fn, sums) -> None:
+def _encoder_batch(model, point, ids_BS, fns, sums) -> None:
     attn_BS = torch.ones_like(ids_BS)
 
     def pooled() -> Tensor:  # sentence-transformers mean pooling
@@ -195,11 +238,12 @@ def _encoder_batch(model, point, ids_BS, sae_fn, zero_fn, sums) -> None:
         return (h_BSD * m).sum(1) / m.sum(1).clamp_min(1e-9)
 
     clean_BD = pooled()
-    for name, fn in (("sae", sae_fn), ("zero", zero_fn)):
+    for name, fn in fns.items():
         with splice(model, point, fn):
             new_BD = pooled()
         sums[f"cos_{name}"] += float(F.cosine_similarity(clean_BD, new_BD, dim=-1).sum())
     sums["n_ctx"] += ids_BS.shape[0]
 
 
-__all__ = ["downstream_metrics", "eval_contexts", "ignore_token_ids", "is_causal_lm", "EXCLUDE_CHOICES"]
+__all__ = ["downstream_metrics", "eval_contexts", "heldout_contexts", "EvalContexts", "is_causal_lm",
+           "EXCLUDE_CHOICES"]

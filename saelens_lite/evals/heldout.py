@@ -1,0 +1,49 @@
+"""Held-out activations: the hook's activations on contexts no cache row came from.
+
+An SAE trained on an activation cache has seen its rows (the demo makes ~10 passes over them),
+so a reconstruction metric over the cache is an in-sample figure. The held-out rows come from
+the contexts of the same corpus *after* the cache's last one (``splice.heldout_contexts``), run
+through the model with the forward stopped at the hook (``hooks.capture``), with the token rule
+of ``saelens_lite.tokens`` (the one the cache was written with by default).
+
+Shapes: B contexts, S sequence, D hook width, N rows kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from saelens_lite.hooks import capture, resolve_hooks
+from saelens_lite.tokens import DEFAULT_EXCLUDE, excluded_token_ids, keep_mask
+
+
+def contexts_for_tokens(n_tokens: int, context_size: int) -> int:
+    """Contexts to read for ``n_tokens`` kept rows: BOS and a document separator or two per
+    context are left out, so ask for 10% more than (S - 1) rows per context."""
+    return int(np.ceil(1.1 * n_tokens / max(context_size - 1, 1))) + 1
+
+
+@torch.no_grad()
+def heldout_rows(lm, hook: str, contexts: list[np.ndarray], *, n_tokens: int | None = None,
+                 exclude: str = DEFAULT_EXCLUDE, batch_size: int = 8) -> Tensor:
+    """(N, D) float32 activations of ``hook`` over ``contexts`` at the kept positions, in
+    (context, position) order, the first ``n_tokens`` of them (None: all)."""
+    (point,) = resolve_hooks(lm.model, [hook])
+    excluded = excluded_token_ids(lm.tokenizer, exclude)
+    rows: list[Tensor] = []
+    n = 0
+    for i in range(0, len(contexts), batch_size):
+        if n_tokens is not None and n >= n_tokens:
+            break
+        ids_BS = torch.as_tensor(np.stack(contexts[i:i + batch_size]), dtype=torch.long)
+        act_BSD = capture(lm.model, {"input_ids": ids_BS}, [point])[hook]
+        kept_ND = act_BSD[keep_mask(ids_BS.to(act_BSD.device), excluded)].float().cpu()
+        rows.append(kept_ND)
+        n += kept_ND.shape[0]
+    out = torch.cat(rows) if rows else torch.zeros(0, 0)
+    return out if n_tokens is None else out[:n_tokens]
+
+
+__all__ = ["heldout_rows", "contexts_for_tokens"]
