@@ -373,6 +373,9 @@ def test_bad_inputs_name_the_value_and_the_choices(tiny_llama):
     with pytest.raises(ValueError, match="two SAEs for hook"):
         with spliced(lm, [sae, make_sae()]):
             pass
+    with pytest.raises(ValueError, match="record=True needs keep_error=True"):
+        with spliced(lm, sae, keep_error=False, record=True):
+            pass
     with pytest.raises(ValueError, match=r"'ab' is 2 tokens"):
         attribute(lm, PROMPT, sae, "ab")
     with pytest.raises(ValueError, match="position=99"):

@@ -155,6 +155,8 @@ def spliced(lm, saes, edits: Sequence[FeatureEdit] = (), *, stats=None, keep_err
     sae_map = as_sae_map(saes)
     if not sae_map:
         raise ValueError("spliced() needs at least one SAE")
+    if record and not keep_error:
+        raise ValueError("record=True needs keep_error=True: the error term is one of the nodes")
     check_saes(lm.model, sae_map)
     state = SAESplice(sae_map, bind_edits(edits, sae_map, stats), keep_error, record,
                       excluded_token_ids(lm.tokenizer, exclude))
