@@ -1,5 +1,7 @@
 """SAEs inside the running model: splicing with the error term, feature edits, generation with
-edits and attribution (one module per job).
+edits and attribution, per-token loss effects of edits, and the stats a dashboard site gives
+(one module per job). Every result has a ``to_dict()`` (JSON-ready, stable: the CLI's ``--json``
+and the server send it).
 
     from saelens_lite.interventions import spliced, ablate, add_direction, generate, attribute
 """
@@ -13,6 +15,7 @@ from saelens_lite.interventions.attribution import (
     attribute,
     spearman,
     token_id,
+    token_texts,
 )
 from saelens_lite.interventions.edits import (
     EDIT_KINDS,
@@ -26,12 +29,14 @@ from saelens_lite.interventions.edits import (
     max_activations,
     scale,
 )
+from saelens_lite.interventions.effects import TokenLossEffect, TokenLossEffects, token_loss_effects
 from saelens_lite.interventions.generation import (
     Continuation,
     GenerationResult,
     decode_loop,
     generate,
 )
+from saelens_lite.interventions.site_stats import SiteStats, load_site_stats
 from saelens_lite.interventions.splice import (
     SAESplice,
     SpliceNodes,
@@ -42,9 +47,11 @@ from saelens_lite.interventions.splice import (
 
 __all__ = [
     "AblationCheck", "Attribution", "ErrorAttribution", "FeatureAttribution", "ablation_check",
-    "attribute", "spearman", "token_id",
+    "attribute", "spearman", "token_id", "token_texts",
+    "TokenLossEffect", "TokenLossEffects", "token_loss_effects",
     "EDIT_KINDS", "BoundEdit", "FeatureEdit", "ablate", "add_direction", "apply_edits",
     "bind_edits", "clamp", "max_activations", "scale",
     "Continuation", "GenerationResult", "decode_loop", "generate",
+    "SiteStats", "load_site_stats",
     "SAESplice", "SpliceNodes", "as_sae_map", "check_saes", "spliced",
 ]

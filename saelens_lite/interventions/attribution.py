@@ -23,6 +23,7 @@ correlation between attributions and measured changes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -74,6 +75,10 @@ class Attribution:
     """Every hook's error node at every spliced position, ranked by |attribution|."""
     feature_attr: dict[str, Tensor]
     """hook -> (S, F) attributions (0 where the feature is inactive)."""
+    target_token: str | None = None
+    """The text of the target token (e.g. " Paris")."""
+    contrast_token: str | None = None
+    """The text of the contrast token, when there is one."""
 
     def error_totals(self) -> dict[str, float]:
         """Per hook, the summed attribution of its error nodes over positions."""
@@ -81,6 +86,29 @@ class Attribution:
         for e in self.errors:
             out[e.hook] = out.get(e.hook, 0.0) + e.attribution
         return out
+
+    def to_dict(self, top: int | None = None) -> dict:
+        """JSON-ready (a stable format; the CLI's ``--json`` and the server send it)::
+
+            {"prompt": str, "tokens": [str], "position": int,
+             "target": {"id": int, "token": str}, "contrast": {"id", "token"} | null,
+             "metric": float, "n_features": int,
+             "features": [{"hook", "position", "token", "feature", "activation", "attribution"}],
+             "errors": [{"hook", "position", "token", "attribution"}],
+             "error_totals": {hook: float}}
+
+        ``metric`` is m = logit[position, target] (- logit[position, contrast]); ``features``
+        are ranked by |attribution| and cut to the ``top`` first (None: all ``n_features``);
+        ``errors`` hold every error node (ranked the same way), ``error_totals`` their sum per
+        hook. Token texts are single tokens decoded alone (a leading space shows)."""
+        feats = self.features if top is None else self.features[:top]
+        return {"prompt": self.prompt, "tokens": list(self.tokens), "position": self.position,
+                "target": {"id": self.target, "token": self.target_token},
+                "contrast": None if self.contrast is None else
+                {"id": self.contrast, "token": self.contrast_token},
+                "metric": self.metric, "n_features": len(self.features),
+                "features": [a._asdict() for a in feats], "errors": [e._asdict() for e in self.errors],
+                "error_totals": self.error_totals()}
 
 
 def token_id(tokenizer, token: int | str) -> int:
@@ -95,6 +123,13 @@ def token_id(tokenizer, token: int | str) -> int:
         raise ValueError(f"target {token!r} is {len(ids)} tokens {pieces}, not one: give a single "
                          "token (mind the leading space) or its id")
     return ids[0]
+
+
+def token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
+    """Each id decoded alone, special tokens kept (a byte-level BPE token shows its leading
+    space), as the dashboard shows tokens."""
+    return tokenizer.batch_decode([[int(i)] for i in ids], skip_special_tokens=False,
+                                  clean_up_tokenization_spaces=False)
 
 
 def _prompt_ids(lm, prompt: str) -> Tensor:
@@ -133,7 +168,7 @@ def attribute(lm, prompt: str, saes, target: int | str, *, contrast: int | str |
         nodes = [state.nodes[h] for h in sae_map]
         leaves = [x for n in nodes for x in (n.code_BSF, n.error_BSD)]
         grads = torch.autograd.grad(m, leaves, allow_unused=True)
-    tokens = lm.tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    tokens = token_texts(lm.tokenizer, ids[0].tolist())
     features, errors, by_hook = [], [], {}
     for i, (hook, n) in enumerate(zip(sae_map, nodes)):
         g_code = grads[2 * i] if grads[2 * i] is not None else torch.zeros_like(n.code_BSF)
@@ -149,7 +184,9 @@ def attribute(lm, prompt: str, saes, target: int | str, *, contrast: int | str |
                    for s in keep_S.nonzero()[:, 0].tolist()]
     features.sort(key=lambda a: -abs(a.attribution))
     errors.sort(key=lambda a: -abs(a.attribution))
-    return Attribution(prompt, tokens, pos, t, c, float(m.detach()), features, errors, by_hook)
+    t_text, *c_text = token_texts(lm.tokenizer, [t] + ([] if c is None else [c]))
+    return Attribution(prompt, tokens, pos, t, c, float(m.detach()), features, errors, by_hook,
+                       t_text, c_text[0] if c_text else None)
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -172,7 +209,21 @@ class AblationCheck(NamedTuple):
     measured: list[float]
     """m(unedited) - m(that feature zero-ablated at that position), one forward each."""
     spearman: float
-    """Rank correlation of ``[n.attribution for n in nodes]`` with ``measured``."""
+    """Rank correlation of ``[n.attribution for n in nodes]`` with ``measured`` (NaN when either
+    is constant)."""
+
+    def to_dict(self) -> dict:
+        """JSON-ready (a stable format)::
+
+            {"spearman": float | null,
+             "nodes": [{"hook", "position", "token", "feature", "activation", "attribution",
+                        "measured"}]}
+
+        ``measured`` is m(unedited) - m(that node zero-ablated); ``spearman`` is null when it
+        is undefined (NaN: a constant list)."""
+        rho = None if math.isnan(self.spearman) else self.spearman
+        return {"spearman": rho,
+                "nodes": [{**n._asdict(), "measured": m} for n, m in zip(self.nodes, self.measured)]}
 
 
 @torch.no_grad()
@@ -203,4 +254,4 @@ def ablation_check(lm, prompt: str, saes, target: int | str, *, contrast: int | 
 
 
 __all__ = ["attribute", "ablation_check", "Attribution", "AblationCheck", "FeatureAttribution",
-           "ErrorAttribution", "token_id", "spearman"]
+           "ErrorAttribution", "token_id", "token_texts", "spearman"]

@@ -51,6 +51,22 @@ class GenerationResult:
     temperature: float
     seed: int | None
 
+    def to_dict(self) -> dict:
+        """JSON-ready (a stable format; the CLI's ``--json`` and the server send it)::
+
+            {"max_new_tokens": int, "temperature": float, "seed": int | null,
+             "edits": [{"kind", "hook", "feature", "value", "positions", "unit", "code_value"}],
+             "continuations": [{"prompt", "baseline", "edited", "baseline_ids", "edited_ids"}]}
+
+        ``edits[i]`` is :meth:`BoundEdit.describe`: ``value`` as given, in ``unit``
+        (``max_activation`` or ``unit_direction`` for add, ``code`` otherwise), and
+        ``code_value`` what was written to the code. ``baseline`` / ``baseline_ids`` are null
+        without a baseline run; texts are the generated tokens only, without the prompt.
+        """
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                "seed": self.seed, "edits": [b.describe() for b in self.edits],
+                "continuations": [c._asdict() for c in self.continuations]}
+
 
 def _check_args(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
