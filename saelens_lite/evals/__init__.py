@@ -169,7 +169,7 @@ def _all_metrics(sae, data, hook, cache, lm, *, dataset, heldout_tokens, n_token
     stats_out = None
     if ctx is not None and heldout_tokens:
         rows_ND = heldout_rows(lm, hook, ctx.contexts, n_tokens=heldout_tokens, exclude=exclude,
-                               batch_size=model_batch_size)
+                               batch_size=model_batch_size, progress=progress)
         stats_out = reconstruction_stats(sae, rows_ND, batch_size=batch_size, device=device, progress=progress,
                                          desc="eval: held-out rows")
     metrics |= _reconstruction_keys(stats_out, stats_in, ctx, cache, thresholds)

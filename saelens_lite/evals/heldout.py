@@ -27,13 +27,17 @@ def contexts_for_tokens(n_tokens: int, context_size: int) -> int:
 
 @torch.no_grad()
 def heldout_rows(lm, hook: str, contexts: list[np.ndarray], *, n_tokens: int | None = None,
-                 exclude: str = DEFAULT_EXCLUDE, batch_size: int = 8) -> Tensor:
+                 exclude: str = DEFAULT_EXCLUDE, batch_size: int = 8, progress: bool = True) -> Tensor:
     """(N, D) float32 activations of ``hook`` over ``contexts`` at the kept positions, in
     (context, position) order, the first ``n_tokens`` of them (None: all)."""
+    from tqdm.auto import tqdm
+
     (point,) = resolve_hooks(lm.model, [hook])
     excluded = excluded_token_ids(lm.tokenizer, exclude)
     rows: list[Tensor] = []
     n = 0
+    bar = tqdm(total=n_tokens, unit="tok", unit_scale=True, desc="eval: held-out activations",
+               disable=not progress, dynamic_ncols=True)
     for i in range(0, len(contexts), batch_size):
         if n_tokens is not None and n >= n_tokens:
             break
@@ -42,6 +46,8 @@ def heldout_rows(lm, hook: str, contexts: list[np.ndarray], *, n_tokens: int | N
         kept_ND = act_BSD[keep_mask(ids_BS.to(act_BSD.device), excluded)].float().cpu()
         rows.append(kept_ND)
         n += kept_ND.shape[0]
+        bar.update(kept_ND.shape[0] if n_tokens is None else min(kept_ND.shape[0], n_tokens - bar.n))
+    bar.close()
     out = torch.cat(rows) if rows else torch.zeros(0, 0)
     return out if n_tokens is None else out[:n_tokens]
 
