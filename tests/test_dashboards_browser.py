@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 
 import pytest
 import torch
@@ -21,7 +20,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from saelens_lite.dashboards import build_dashboard  # noqa: E402
-from saelens_lite.dashboards.server import LiveEncoder, make_server  # noqa: E402
+from saelens_lite.dashboards.live import LiveModel  # noqa: E402
+from saelens_lite.dashboards.server import make_server  # noqa: E402
 
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or shutil.which("chromium-browser") or "")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", shutil.which("chromedriver") or "")
@@ -147,10 +147,8 @@ def test_markup_in_token_text_shows_as_text(browser, parts, tmp_path):
 
 def test_live_box_when_served_with_a_model(browser, parts, site):
     lm, _, sae = parts
-    httpd = make_server(site, port=0, encoder=LiveEncoder(lm, sae))
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        browser.get(f"http://127.0.0.1:{httpd.server_address[1]}/")
+    with make_server(site, port=0, live=LiveModel(lm, sae)) as srv:
+        browser.get(srv.url)
         box = wait(browser, lambda d: d.find_elements(By.ID, "live-text"))[0]
         box.send_keys("hello <i>world</i>")
         browser.find_element(By.ID, "live-run").click()
@@ -166,9 +164,6 @@ def test_live_box_when_served_with_a_model(browser, parts, site):
         wait(browser, lambda d: d.find_element(By.ID, "feature-title").text == f"Feature #{shown + 1}")
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_training_curves_show_on_the_index_from_disk_and_served(browser, parts, tmp_path):
@@ -197,10 +192,5 @@ def test_training_curves_show_on_the_index_from_disk_and_served(browser, parts, 
         assert not errors, errors
 
     check(out.joinpath("index.html").as_uri())
-    httpd = make_server(out, port=0)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        check(f"http://127.0.0.1:{httpd.server_address[1]}/")
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with make_server(out, port=0) as srv:
+        check(srv.url)

@@ -1,18 +1,19 @@
-"""The local server: only files inside the site, no listings, many concurrent clients answered,
-and the live-encoding endpoint."""
+"""The local server (FastAPI on uvicorn): loopback only, only files inside the site, no listings,
+many concurrent clients answered, static pages answered while model work runs, and the
+live-encoding endpoint with 4xx JSON errors that name the field."""
 
 import http.client
 import json
 import os
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
-from saelens_lite.dashboards.server import LiveEncoder, make_server
+from saelens_lite.dashboards.live import LiveModel
+from saelens_lite.dashboards.server import make_server
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -33,25 +34,20 @@ def site(tmp_path_factory):
     return root
 
 
-def start(site, encoder=None):
-    httpd = make_server(site, port=0, encoder=encoder)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-    return httpd
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
 def server(site):
-    httpd = start(site)
-    yield httpd.server_address[1]
-    httpd.shutdown()
-    httpd.server_close()
+    with make_server(site, port=0) as srv:
+        yield srv.server_address[1]
 
 
 def get(port, path, method="GET", body=None, headers=None):
     """Raw request: the path goes on the wire exactly as written (no client-side normalising)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        c.putrequest(method, path, skip_accept_encoding=True)
+        c.putrequest(method, path, skip_host="Host" in (headers or {}), skip_accept_encoding=True)
         for k, v in (headers or {}).items():
             c.putheader(k, v)
         if body is not None:
@@ -100,39 +96,70 @@ def test_many_concurrent_clients_are_all_answered_quickly(server):
     assert elapsed < 15, f"200 requests took {elapsed:.1f} s"
 
 
-def test_security_headers_and_no_listing_of_api_without_encoder(server):
-    c = http.client.HTTPConnection("127.0.0.1", server, timeout=10)
-    c.request("GET", "/")
-    r = c.getresponse()
-    r.read()
-    assert r.getheader("X-Content-Type-Options") == "nosniff"
-    assert "script-src 'self'" in r.getheader("Content-Security-Policy")
-    c.close()
-    assert json.loads(get(server, "/api/info")[1]) == {"encode": False}
-    assert get(server, "/api/encode", "POST", b'{"text": "hi"}')[0] == 404
+def test_security_headers_on_pages_api_and_errors_and_no_model_endpoints_without_a_model(server):
+    for method, path, body in [("GET", "/", None), ("GET", "/api/info", None), ("GET", "/nope", None),
+                               ("POST", "/api/encode", b"{}")]:
+        c = http.client.HTTPConnection("127.0.0.1", server, timeout=10)
+        c.request(method, path, body, JSON)
+        r = c.getresponse()
+        r.read()
+        c.close()
+        assert r.getheader("X-Content-Type-Options") == "nosniff", path
+        csp = r.getheader("Content-Security-Policy")
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp, path
+    assert json.loads(get(server, "/api/info")[1]) == {"encode": False, "interventions": False}
+    status, body = get(server, "/api/encode", "POST", b'{"text": "hi"}', JSON)
+    assert status == 404 and "--model" in json.loads(body)["error"]
+
+
+def test_binds_loopback_by_default_and_answers_only_loopback_host_names(site, server):
+    from saelens_lite.cli import build_parser
+
+    with make_server(site, port=0) as srv:
+        assert srv.server_address[0] == "127.0.0.1"
+    assert build_parser().parse_args(["serve", str(site)]).host == "127.0.0.1"
+    for host in ("127.0.0.1", f"127.0.0.1:{server}", f"localhost:{server}", "[::1]:80"):
+        assert get(server, "/", headers={"Host": host})[0] == 200, host
+    # A page whose DNS name was rebound to 127.0.0.1 still sends its own name.
+    for host in ("evil.example", f"evil.example:{server}", "127.0.0.1.evil.example"):
+        status, body = get(server, "/api/info", headers={"Host": host})
+        assert status == 400 and json.loads(body)["field"] == "Host", host
+
+
+def test_head_requests_and_the_api_reference(server):
+    assert get(server, "/", "HEAD") == (200, b"")
+    status, body = get(server, "/openapi.json")
+    spec = json.loads(body)
+    assert status == 200 and "/api/encode" in spec["paths"] and "/api/info" in spec["paths"]
+    status, page = get(server, "/docs")
+    assert status == 200 and b"/api/encode" in page and b"<script" not in page
 
 
 @pytest.fixture(scope="module")
-def live_server(site):
+def parts():
     from saelens_lite.models import load_model
     from saelens_lite.saes import SAE, SAEConfig
 
     tiny_llama = load_model("tiny-llama")
     torch.manual_seed(0)
     sae = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=50, k=4, hook_name=HOOK))
-    httpd = start(site, LiveEncoder(tiny_llama, sae))
-    yield httpd.server_address[1], sae, tiny_llama
-    httpd.shutdown()
-    httpd.server_close()
+    return tiny_llama, sae
+
+
+@pytest.fixture(scope="module")
+def live_server(site, parts):
+    tiny_llama, sae = parts
+    with make_server(site, port=0, live=LiveModel(tiny_llama, sae)) as srv:
+        yield srv.server_address[1], sae, tiny_llama
 
 
 def test_encode_endpoint_returns_the_features_on_each_token(live_server):
     from saelens_lite.hooks import capture, resolve_hooks
 
     port, sae, lm = live_server
-    assert json.loads(get(port, "/api/info")[1]) == {"encode": True}
-    status, body = get(port, "/api/encode", "POST", json.dumps({"text": "def f(x): <b>"}).encode(),
-                       {"Content-Type": "application/json"})
+    info = json.loads(get(port, "/api/info")[1])
+    assert info["encode"] and info["n_features"] == 50 and info["hook"] == HOOK
+    status, body = get(port, "/api/encode", "POST", json.dumps({"text": "def f(x): <b>"}).encode(), JSON)
     assert status == 200
     out = json.loads(body)
     ids = lm.tokenizer("def f(x): <b>", return_tensors="pt")
@@ -147,13 +174,79 @@ def test_encode_endpoint_returns_the_features_on_each_token(live_server):
             assert v == pytest.approx(float(dense[s, f]), rel=1e-3, abs=1e-4)
 
 
-@pytest.mark.parametrize("body,status", [
-    (b"not json", 400), (b'{"txt": 1}', 400), (b'{"text": 5}', 400), (b"x" * 70_000, 413),
+@pytest.mark.parametrize("body,status,field", [
+    (b"not json", 400, None), (b"[1]", 400, None), (b'{"txt": 1}', 400, "text"),
+    (b'{"text": 5}', 400, "text"), (b'{"text": "a", "extra": 1}', 400, "extra"),
+    (json.dumps({"text": "a" * 20_001}).encode(), 400, "text"), (b"x" * 70_000, 413, "Content-Length"),
 ])
-def test_encode_endpoint_rejects_bad_requests(live_server, body, status):
+def test_encode_endpoint_rejects_bad_requests_naming_the_field(live_server, body, status, field):
     port = live_server[0]
-    assert get(port, "/api/encode", "POST", body)[0] == status
+    got, out = get(port, "/api/encode", "POST", body, JSON)
+    assert got == status
+    err = json.loads(out)
+    assert err["field"] == field and err["error"]
+    if field:
+        assert field in err["error"]
     assert get(port, "/")[0] == 200  # still serving
+
+
+def test_api_bodies_must_be_declared_json(live_server):
+    """A cross-site form post (text/plain, no CORS preflight) cannot start model work."""
+    port = live_server[0]
+    for headers in ({}, {"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"}):
+        status, body = get(port, "/api/encode", "POST", b'{"text": "hi"}', headers)
+        assert status == 415 and json.loads(body)["field"] == "Content-Type"
+    assert get(port, "/api/encode", "POST", b'{"text": "hi"}',
+               {"Content-Type": "application/json; charset=utf-8"})[0] == 200
+
+
+def test_concurrent_api_requests_each_get_their_own_answer(live_server):
+    """24 encodes from 8 threads at once equal the same encodes one by one."""
+    port = live_server[0]
+    texts = [f"text number {i} " * (1 + i % 4) for i in range(24)]
+
+    def post(t):
+        status, body = get(port, "/api/encode", "POST", json.dumps({"text": t}).encode(), JSON)
+        assert status == 200
+        return json.loads(body)
+
+    alone = [post(t) for t in texts]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(post, texts))
+    assert together == alone
+
+
+class SlowLive(LiveModel):
+    """A model whose work takes ``delay`` seconds (a long generation, without its cost)."""
+
+    delay = 1.0
+
+    def encode(self, text):
+        with self.lock:
+            time.sleep(self.delay)
+        return super().encode(text)
+
+
+def test_static_pages_answer_at_once_while_model_work_runs_and_excess_work_is_refused(site, parts):
+    """6 slow model requests at once (4 may wait: 2 get 503 at once) take 4 s; meanwhile every
+    static request is answered within 0.5 s."""
+    with make_server(site, port=0, live=SlowLive(*parts), max_pending=4) as srv:
+        port = srv.server_address[1]
+        with ThreadPoolExecutor(6) as pool:
+            t0 = time.perf_counter()
+            slow = [pool.submit(get, port, "/api/encode", "POST", b'{"text": "hi"}', JSON) for _ in range(6)]
+            time.sleep(0.3)
+            waits = []
+            while not all(f.done() for f in slow):
+                t = time.perf_counter()
+                assert get(port, "/data/f/00000.js")[0] == 200
+                waits.append(time.perf_counter() - t)
+                time.sleep(0.05)
+            took = time.perf_counter() - t0
+        statuses = sorted(f.result()[0] for f in slow)
+    assert statuses == [200] * 4 + [503] * 2
+    assert took >= 4 * SlowLive.delay
+    assert len(waits) > 10 and max(waits) < 0.5, f"static page waited {max(waits):.2f} s"
 
 
 def test_serve_refuses_a_folder_that_is_not_a_site(tmp_path):

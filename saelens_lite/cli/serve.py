@@ -11,12 +11,16 @@ def add(sub) -> None:
     p = sub.add_parser("serve", help="serve a dashboard site locally", formatter_class=Formatter,
                        description="Serve SITE_DIR (written by saelens-lite dashboard) over HTTP. With --model "
                                    "and --sae the index page gets a box where typed text shows the features "
-                                   "that fire on each token.")
+                                   "that fire on each token and an 'explain this output' section (attribution "
+                                   "of a next token to features), and each feature page gets a steer panel and "
+                                   "an 'ablate this feature' view; the JSON API behind them is described at "
+                                   "/docs.")
     p.add_argument("site", metavar="SITE_DIR", help="site folder")
     p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind; other than loopback exposes the site")
-    p.add_argument("--model", default=None, help=model_help() + " (live encoding)")
-    p.add_argument("--sae", default=None, help="SAE folder (live encoding)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; other than loopback exposes the site "
+                                                       "and the model endpoints to the network")
+    p.add_argument("--model", default=None, help=model_help() + " (live panels)")
+    p.add_argument("--sae", default=None, help="SAE folder (live panels)")
     p.set_defaults(func=run)
 
 

@@ -1,88 +1,81 @@
-"""Serve a dashboard site on loopback: ``serve(site_dir, port=8000)``.
+"""Serve a dashboard site on loopback: ``serve(site_dir, port=8000, model=..., sae=...)``.
 
-Only regular files inside ``site_dir`` are served: the decoded path may not hold ``..``, NUL or
-backslashes, and its real path (symlinks resolved) must lie inside the site's real path; no
-directory listings. A ThreadingHTTPServer with a deep accept queue and a per-connection timeout
-keeps it responsive with many clients (a slow client holds one thread, not the server).
+A FastAPI app on uvicorn (one asyncio event loop; model work in a worker thread of its own,
+:mod:`saelens_lite.dashboards.api`), so many clients are answered at once and a long
+generation never holds up a static page.
 
-With a model and an SAE, ``POST /api/encode {"text": ...}`` returns the tokens of the text and,
-per token, the features that fire on it: ``{"tokens": [str], "features": [[[f, act], ...], ...]}``
-(strongest first). ``GET /api/info`` says whether that endpoint is on.
+Guarantees, each tested in ``tests/test_dashboards_server.py``:
+
+* loopback by default, and on a loopback address only requests whose ``Host`` names loopback
+  are answered (a DNS-rebinding page cannot reach the API);
+* only regular files inside ``site_dir``: the raw URL path is percent-decoded once, may not
+  hold ``..``, NUL or backslashes, and its real path (symlinks resolved) must lie inside the
+  site's real path; no directory listings;
+* every response carries a Content-Security-Policy without inline scripts, and the page puts
+  token text into the DOM as text only (``dashboards/app.js``);
+* bad API requests get a 4xx JSON error that names the field (:mod:`.api`).
+
+The API is described at ``/docs`` (rendered here from ``/openapi.json``: the stock Swagger
+page loads scripts from a CDN, which this CSP and an offline machine refuse).
 """
 
 from __future__ import annotations
 
-import json
+import html
+import ipaddress
 import logging
 import os
+import socket
 import threading
+import time
 import urllib.parse
-from functools import partial
-from http import HTTPStatus
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import torch
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+
+from saelens_lite.dashboards.api import ModelWorker, api_router
+from saelens_lite.dashboards.live import LIMITS, LiveModel, RequestError
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
-"""Largest accepted POST body in bytes."""
+"""Largest accepted request body in bytes (413 beyond)."""
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'",
     "Referrer-Policy": "no-referrer",
 }
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "[::1]"}
 
 
-class LiveEncoder:
-    """Text -> tokens and the features active on each (one forward to the SAE's hook)."""
-
-    def __init__(self, lm, sae, hook: str | None = None, *, max_tokens: int = 512, top: int = 10):
-        from saelens_lite.hooks import resolve_hooks
-
-        self.lm, self.sae = lm, sae.eval()
-        self.hook = resolve_hooks(lm.model, [hook or sae.cfg.hook_name])[0]
-        self.max_tokens, self.top = max_tokens, top
-        self._lock = threading.Lock()  # one forward at a time: torch already uses every core
-
-    @torch.no_grad()
-    def encode(self, text: str) -> dict:
-        from saelens_lite.hooks import capture
-
-        tok = self.lm.tokenizer
-        enc = tok(text, return_tensors="pt", truncation=True, max_length=self.max_tokens)
-        ids = enc["input_ids"]
-        with self._lock:
-            acts = capture(self.lm.model, dict(enc), [self.hook], stop_early=True)[self.hook.name][0]
-            vals_SK, idx_SK = self.sae.encode_sparse(acts.to(self.sae.W_enc.dtype))
-        k = min(self.top, vals_SK.shape[-1])
-        vals_SK, order = vals_SK.topk(k, dim=-1)
-        idx_SK = idx_SK.gather(-1, order)
-        strings = tok.batch_decode([[int(i)] for i in ids[0]], skip_special_tokens=False,
-                                   clean_up_tokenization_spaces=False)
-        feats = [[[int(f), round(float(v), 4)] for f, v in zip(fi, vi) if v > 0]
-                 for fi, vi in zip(idx_SK.tolist(), vals_SK.tolist())]
-        return {"tokens": strings, "features": feats}
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
-class SiteHandler(SimpleHTTPRequestHandler):
-    """Static files of one site folder plus the small JSON API."""
+class Site:
+    """The files of one site folder, looked up safely (module docstring)."""
 
-    server_version = "saelens-lite"
-    sys_version = ""
-    timeout = 20  # seconds a connection may sit idle mid-request
+    def __init__(self, site_dir: str | os.PathLike):
+        self.root = os.path.realpath(site_dir)
+        if not os.path.isfile(os.path.join(self.root, "index.html")):
+            raise FileNotFoundError(f"{site_dir} is not a dashboard site (no index.html); build one "
+                                    "with saelens-lite dashboard")
 
-    def __init__(self, *args, root: str, encoder: LiveEncoder | None = None, **kwargs):
-        self.root = root  # real path of the site folder
-        self.encoder = encoder
-        super().__init__(*args, directory=root, **kwargs)
-
-    # -- path safety
-    def safe_path(self, url_path: str) -> str | None:
-        """The real file path for a URL path, or None if it is not a file inside the site."""
-        path = urllib.parse.unquote(urllib.parse.urlsplit(url_path).path, errors="strict")
+    def file_for(self, raw_path: bytes) -> str | None:
+        """The real path of the file a raw URL path names, or None if it is not a file inside."""
+        try:
+            path = urllib.parse.unquote(raw_path.decode("ascii"), errors="strict")
+        except (UnicodeDecodeError, ValueError):
+            return None
         if "\x00" in path or "\\" in path or not path.startswith("/"):
             return None
         parts = [p for p in path.split("/") if p]
@@ -95,129 +88,234 @@ class SiteHandler(SimpleHTTPRequestHandler):
             return None  # a symlink out of the site
         return full if os.path.isfile(full) else None
 
-    def send_head(self):
-        try:
-            full = self.safe_path(self.path)
-        except (UnicodeDecodeError, ValueError):
-            full = None
+
+class Guard:
+    """ASGI middleware around the whole app (so FastAPI's own 413 and 500 answers pass through
+    it too): the security headers on every response; on a loopback address, a
+    ``Host`` check (a page on another origin that rebinds its DNS name to 127.0.0.1 sends its
+    own name, and is refused); a JSON 413 for a declared body over ``MAX_BODY`` (FastAPI's
+    ``max_body_size`` still stops a chunked one, in plain text)."""
+
+    def __init__(self, app, allowed_hosts: set[str] | None):
+        self.app, self.allowed_hosts = app, allowed_hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_secured(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for k, v in SECURITY_HEADERS.items():
+                    headers[k] = v
+            await send(message)
+
+        headers = dict(scope["headers"])
+        resp = None
+        if self.allowed_hosts is not None:
+            host = headers.get(b"host", b"").decode("latin-1").lower()
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name not in self.allowed_hosts:
+                resp = error_response(400, f"Host {host!r} is not this loopback server's", "Host")
+        length = headers.get(b"content-length", b"0")
+        if resp is None and (not length.isdigit() or int(length) > MAX_BODY):
+            resp = error_response(413, f"Content-Length: the body is over {MAX_BODY} bytes", "Content-Length")
+        if resp is not None:
+            return await resp(scope, receive, send_secured)
+        await self.app(scope, receive, send_secured)
+
+
+def error_response(status: int, message: str, field: str | None = None,
+                   errors: list[dict] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field,
+                         "errors": errors or [{"field": field, "message": message}]},
+                        status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _validation_error(_request, exc: RequestValidationError) -> JSONResponse:
+    """400 naming each field (pydantic's message, never the input: it may be NaN or huge)."""
+    errors = []
+    for e in exc.errors():
+        if e.get("type") == "json_invalid":  # loc is (body, character offset)
+            errors.append({"field": None, "message": "not valid JSON "
+                                                     f"({e.get('ctx', {}).get('error', 'decode error')})"})
+            continue
+        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        errors.append({"field": ".".join(loc) or None, "message": e.get("msg", "invalid")})
+    first = errors[0] if errors else {"field": None, "message": "invalid request"}
+    where = f"{first['field']}: " if first["field"] else "body: "
+    return error_response(400, where + first["message"], first["field"], errors)
+
+
+def _request_error(_request, exc: RequestError) -> JSONResponse:
+    return error_response(exc.status, str(exc), exc.field or None)
+
+
+def _http_error(_request, exc: HTTPException) -> JSONResponse:
+    return error_response(exc.status_code, str(exc.detail))
+
+
+def make_app(site_dir: str | os.PathLike, live: LiveModel | None = None, *,
+             max_pending: int = LIMITS.max_pending) -> FastAPI:
+    """The app: ``/api/*`` (:mod:`.api`), ``/docs``, ``/openapi.json``, then the site's files.
+    :class:`SiteServer` serves it inside :class:`Guard`."""
+    site = Site(site_dir)
+    worker = ModelWorker(max_pending)
+    app = FastAPI(title="saelens-lite dashboard API", docs_url=None, redoc_url=None,
+                  max_body_size=MAX_BODY,
+                  description="Live encoding and interventions on the served dashboard's SAE.")
+    app.state.worker = worker
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RequestError, _request_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.include_router(api_router(live, worker))
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(docs_page(app.openapi()))
+
+    @app.api_route("/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
+    async def static(request: Request):
+        full = site.file_for(request.scope.get("raw_path") or request.url.path.encode())
         if full is None:
-            self.send_error(HTTPStatus.NOT_FOUND, "not found")
-            return None
+            return error_response(404, "not found")
+        return FileResponse(full, headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def docs_page(spec: dict) -> str:
+    """The API reference as static HTML (no script), every string escaped."""
+    e = html.escape
+    schemas = spec.get("components", {}).get("schemas", {})
+    out = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+           f"<title>{e(spec['info']['title'])}</title>",
+           "<link rel='stylesheet' href='/assets/style.css'></head><body><main class='apidocs'>",
+           f"<h1>{e(spec['info']['title'])}</h1><p class='muted'>{e(spec['info'].get('description', ''))} "
+           "Machine-readable: <a href='/openapi.json'>/openapi.json</a>.</p>"]
+    for path, ops in spec.get("paths", {}).items():
+        for method, op in ops.items():
+            out.append(f"<h3><code>{e(method.upper())} {e(path)}</code> {e(op.get('summary', ''))}</h3>")
+            out.append(f"<p>{e(op.get('description', ''))}</p>")
+            ref = (op.get("requestBody", {}).get("content", {}).get("application/json", {})
+                   .get("schema", {}).get("$ref", ""))
+            body = schemas.get(ref.rsplit("/", 1)[-1]) if ref else None
+            if body:
+                out.append("<table class='logits'><tr><th>field</th><th>type and bounds</th>"
+                           "<th>about</th></tr>")
+                for name, p in body.get("properties", {}).items():
+                    req = " (required)" if name in body.get("required", []) else ""
+                    out.append(f"<tr><td><code>{e(name)}</code>{req}</td><td>{e(_bounds(p))}</td>"
+                               f"<td>{e(p.get('description', ''))}</td></tr>")
+                out.append("</table>")
+    out.append("</main></body></html>")
+    return "\n".join(out)
+
+
+def _bounds(p: dict) -> str:
+    kinds = [a.get("type", "") for a in p.get("anyOf", [])] or [p.get("type", "")]
+    words = ["|".join(k for k in kinds if k)]
+    for key, sym in (("minimum", ">="), ("maximum", "<="), ("exclusiveMinimum", ">"),
+                     ("minLength", "chars >="), ("maxLength", "chars <=")):
+        if key in p:
+            words.append(f"{sym} {p[key]}")
+    if "default" in p:
+        words.append(f"default {p['default']}")
+    return ", ".join(w for w in words if w)
+
+
+class SiteServer:
+    """uvicorn serving an app on a socket bound at construction, so a busy port fails at once
+    and port 0 is resolved before anything is printed (``server_address``, ``url``). On a
+    loopback host only loopback ``Host`` names are answered (:class:`Guard`)."""
+
+    def __init__(self, app: FastAPI, host: str, port: int):
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        self.socket = socket.socket(family, kind, proto)
         try:
-            f = open(full, "rb")
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(addr)
+            self.socket.listen(2048)  # many clients connecting at once wait in the kernel
         except OSError:
-            self.send_error(HTTPStatus.NOT_FOUND, "not found")
-            return None
-        try:
-            size = os.fstat(f.fileno()).st_size
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", self.guess_type(full))
-            self.send_header("Content-Length", str(size))
-            self.send_header("Cache-Control", "no-cache")
-            self.end_headers()
-            return f
-        except BaseException:
-            f.close()
+            self.socket.close()
             raise
+        self.server_address = self.socket.getsockname()[:2]
+        self.app = app
+        allowed = (LOOPBACK_NAMES | {host.lower(), f"[{host.lower()}]"}) if is_loopback(host) else None
+        self.server = uvicorn.Server(uvicorn.Config(
+            Guard(app, allowed), lifespan="off", log_config=None, log_level="warning", access_log=False,
+            server_header=False, http="h11", ws="none", loop="asyncio", timeout_graceful_shutdown=5))
+        self._thread: threading.Thread | None = None
 
-    def list_directory(self, path):  # never list folders
-        self.send_error(HTTPStatus.NOT_FOUND, "not found")
-        return None
+    @property
+    def url(self) -> str:
+        h, p = self.server_address
+        return f"http://{f'[{h}]' if ':' in h else h}:{p}/"
 
-    def end_headers(self):
-        for k, v in SECURITY_HEADERS.items():
-            self.send_header(k, v)
-        super().end_headers()
-
-    # -- API
-    def _json(self, status: int, obj) -> None:
-        body = json.dumps(obj, ensure_ascii=True).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        if urllib.parse.urlsplit(self.path).path == "/api/info":
-            self._json(200, {"encode": self.encoder is not None})
-            return
-        super().do_GET()
-
-    def do_POST(self):
-        if urllib.parse.urlsplit(self.path).path != "/api/encode":
-            self._json(404, {"error": "not found"})
-            return
-        if self.encoder is None:
-            self._json(404, {"error": "live encoding is off: start the server with --model and --sae"})
-            return
+    def serve_forever(self) -> None:
+        """Serve in this thread until ``stop()`` or, in the main thread, Ctrl-C / SIGTERM."""
         try:
-            n = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self._json(411, {"error": "Content-Length required"})
-            return
-        if not 0 <= n <= MAX_BODY:
-            self._json(413, {"error": f"body over {MAX_BODY} bytes"})
-            return
-        try:
-            req = json.loads(self.rfile.read(n) or b"{}")
-            text = req["text"]
-            if not isinstance(text, str):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            self._json(400, {"error": 'expected JSON {"text": "..."}'})
-            return
-        if not text:
-            self._json(200, {"tokens": [], "features": []})
-            return
-        try:
-            self._json(200, self.encoder.encode(text))
-        except Exception as e:  # keep serving; report the failure to this client only
-            log.exception("encode failed")
-            self._json(500, {"error": f"encode failed: {type(e).__name__}"})
+            self.server.run(sockets=[self.socket])
+        finally:
+            self.app.state.worker.close()
+            self.socket.close()
 
-    def log_message(self, format, *args):
-        log.debug("%s - %s", self.address_string(), format % args)
+    def start(self, timeout: float = 30.0) -> SiteServer:
+        """Serve in a background thread; returns once the server accepts requests."""
+        self._thread = threading.Thread(target=self.serve_forever, name="saelens-serve", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        return self
 
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.socket.close()
 
-class SiteServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256  # many clients connecting at once wait in the kernel, not refused
+    def __enter__(self) -> SiteServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def make_server(site_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
-                encoder: LiveEncoder | None = None) -> SiteServer:
-    """A server bound to (host, port) (port 0: any free port; see ``server_address``)."""
-    root = os.path.realpath(site_dir)
-    if not os.path.isfile(os.path.join(root, "index.html")):
-        raise FileNotFoundError(f"{site_dir} is not a dashboard site (no index.html); build one with "
-                                "saelens-lite dashboard")
-    return SiteServer((host, port), partial(SiteHandler, root=root, encoder=encoder))
+                live: LiveModel | None = None, max_pending: int = LIMITS.max_pending) -> SiteServer:
+    """A server bound to (host, port) (port 0: any free port), not yet serving: ``start()``
+    (background) or ``serve_forever()``."""
+    return SiteServer(make_app(site_dir, live, max_pending=max_pending), host, port)
+
+
+def load_live(site_dir: str | os.PathLike, model, sae) -> LiveModel:
+    """A LiveModel for ``model`` (LoadedModel or name) and ``sae`` (SAE or folder), with the
+    site's max activations (steering strength's unit) when the site has statistics."""
+    from saelens_lite.models import LoadedModel, load_model
+    from saelens_lite.saes import SAE
+
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    sae = SAE.load(sae) if isinstance(sae, (str, os.PathLike)) else sae
+    return LiveModel(lm, sae)
 
 
 def serve(site_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
           model=None, sae=None) -> None:
-    """Serve forever (Ctrl-C stops). ``model`` (LoadedModel or name) and ``sae`` (SAE or folder)
-    together turn on the live-encoding box."""
-    encoder = None
+    """Serve until Ctrl-C. ``model`` (LoadedModel or name) and ``sae`` (SAE or folder) together
+    turn on the API's model endpoints and the pages' live panels."""
     if (model is None) != (sae is None):
-        raise ValueError("live encoding needs both --model and --sae")
-    if model is not None:
-        from saelens_lite.models import LoadedModel, load_model
-        from saelens_lite.saes import SAE
-
-        lm = model if isinstance(model, LoadedModel) else load_model(model)
-        encoder = LiveEncoder(lm, SAE.load(sae) if isinstance(sae, (str, os.PathLike)) else sae)
-    httpd = make_server(site_dir, host=host, port=port, encoder=encoder)
-    h, p = httpd.server_address[:2]
-    print(f"serving {Path(site_dir).resolve()} at http://{h}:{p}/  (Ctrl-C to stop)", flush=True)
+        raise ValueError("the live panels need both --model and --sae")
+    live = load_live(site_dir, model, sae) if model is not None else None
+    server = make_server(site_dir, host=host, port=port, live=live)
+    print(f"serving {Path(site_dir).resolve()} at {server.url}  (Ctrl-C to stop)"
+          + (f"; API reference at {server.url}docs" if live else ""), flush=True)
     try:
-        httpd.serve_forever()
+        server.serve_forever()
     except KeyboardInterrupt:
         pass
-    finally:
-        httpd.server_close()
 
 
-__all__ = ["serve", "make_server", "LiveEncoder", "SiteHandler", "SiteServer"]
+__all__ = ["serve", "make_server", "make_app", "load_live", "SiteServer", "Site", "docs_page"]
