@@ -5,7 +5,7 @@
   'use strict';
 
   var S = { meta: null, index: null, shards: {}, waiting: {}, sortKey: 'density', sortDir: -1,
-            query: '', shown: 300, live: false };
+            query: '', shown: 300, live: false, info: null, explain: null };
 
   window.saeMeta = function (m) { S.meta = m; };
   window.saeIndex = function (d) { S.index = d; };
@@ -149,6 +149,7 @@
            m.n_tokens.toLocaleString() + ' tokens · ' + dead + ' dead')),
       trainingBox(),
       liveBox(),
+      explainCard(),
       el('div', { cls: 'controls' }, search, count),
       el('table', { id: 'features', cls: 'features' }, el('thead', null, head), tbody),
       more].filter(Boolean));
@@ -262,7 +263,7 @@
         main.appendChild(sec);
       });
       app().replaceChildren(nav, el('h1', { id: 'feature-title', text: 'Feature #' + fi }), stats,
-        el('div', { cls: 'fgrid' }, main, side));
+        interventionsBox(fi, f, tok), el('div', { cls: 'fgrid' }, main, side));
       window.scrollTo(0, 0);
     });
   }
@@ -324,10 +325,182 @@
     return el('section', { cls: 'live' }, el('h3', { text: 'Try it' }), ta, btn, out, detail);
   }
 
+  // ---------------------------------------------------------------- model panels (served mode only)
+  // Shown when /api/info says a model and an SAE are loaded. Every string the server sends back
+  // (generated text, token text) goes into the page through textContent, as everywhere else.
+  function post(path, body) {
+    return fetch(path, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) })
+      .then(function (r) { return r.json().then(function (j) { if (!r.ok) throw new Error(j.error || r.statusText); return j; }); });
+  }
+  function numInput(id, value, min, max, step) {
+    return el('input', { id: id, type: 'number', value: String(value), min: String(min), max: String(max), step: String(step) });
+  }
+  function field(label, input) { return el('label', { cls: 'field' }, el('span', { cls: 'muted', text: label }), input); }
+  // Run `job` on click with the button disabled meanwhile; errors show in `out`.
+  function runner(btn, out, job) {
+    btn.addEventListener('click', function () {
+      btn.disabled = true;
+      out.replaceChildren(el('p', { cls: 'muted', text: 'Running…' }));
+      job().catch(function (e) { out.replaceChildren(el('p', { cls: 'error', text: String(e.message || e) })); })
+        .then(function () { btn.disabled = false; });
+    });
+  }
+  function isSpecial(t) { return /^<\|?[^<>\s]*\|?>$/.test(t || ''); }
+  // The text of a top example (special tokens at its ends dropped): a ready input for the panels.
+  function exampleText(f, tok) {
+    if (!f.top.length) return '';
+    var ts = f.top[0][0].map(function (id) { return tok[id] || ''; });
+    while (ts.length && isSpecial(ts[0])) ts.shift();
+    while (ts.length && isSpecial(ts[ts.length - 1])) ts.pop();
+    return ts.join('');
+  }
+
+  function interventionsBox(fi, f, tok) {
+    if (!S.live) return null;
+    return el('section', { id: 'interventions', cls: 'live interventions' },
+      steerPanel(fi, f), ablatePanel(fi, f, tok));
+  }
+
+  function steerPanel(fi, f) {
+    var L = S.info.limits, byMax = S.info.strength_unit === 'max_activation';
+    var prompt = el('textarea', { id: 'steer-prompt', rows: '2', placeholder: 'A prompt to continue, e.g. "The weather today"' });
+    var strength = numInput('steer-strength', 4, -L.max_strength, L.max_strength, 0.5);
+    var ntok = numInput('steer-tokens', 24, 1, L.max_new_tokens, 1);
+    var btn = el('button', { id: 'steer-run', text: 'Steer' });
+    var out = el('div', { id: 'steer-out', cls: 'steer-out' });
+    var unit = byMax ? '× max activation (' + fmt(f.max) + ')' : '× unit decoder direction';
+    runner(btn, out, function () {
+      return post('api/steer', { prompt: prompt.value, feature: fi, strength: parseFloat(strength.value),
+                                 max_new_tokens: parseInt(ntok.value, 10) }).then(function (j) {
+        function column(id, title, text) {
+          return el('div', { cls: 'steer-col' }, el('h4', { text: title }),
+            el('div', { id: id, cls: 'gen' }, el('span', { cls: 'muted', text: j.prompt }), text));
+        }
+        out.replaceChildren(
+          column('steer-baseline', 'Baseline', j.baseline),
+          column('steer-steered', 'Steered: +' + fmt(j.strength) + ' ' + (j.unit === 'max_activation' ? '× max activation' : '× unit direction'), j.steered));
+      });
+    });
+    return el('details', { id: 'steer', cls: 'panel' },
+      el('summary', { text: 'Steer with this feature: continue a prompt with it added at every token' }),
+      el('p', { cls: 'muted note', text: 'Greedy continuations of the clean model and of the model with strength ' + unit +
+        ' times this feature\'s decoder direction added to ' + S.info.hook + ' at every position (the SAE\'s error term kept).' }),
+      prompt,
+      el('div', { cls: 'row' }, field('Strength', strength), el('span', { cls: 'muted', text: unit }), field('Tokens', ntok), btn),
+      out);
+  }
+
+  // Loss change per token, coloured: red where ablating the feature makes the token harder to
+  // predict (it helped), blue where easier; tokens where the feature fires are underlined.
+  function deltaColour(d, max) {
+    if (d === null || !(max > 0) || d === 0) return '';
+    var t = Math.min(Math.abs(d) / max, 1);
+    return (d > 0 ? 'rgba(214, 39, 40, ' : 'rgba(31, 119, 180, ') + (0.1 + 0.75 * t).toFixed(3) + ')';
+  }
+  function ablatePanel(fi, f, tok) {
+    var L = S.info.limits;
+    var text = el('textarea', { id: 'ablate-text', rows: '3', placeholder: 'Text to score (2 to ' + L.text_tokens + ' tokens)' });
+    text.value = exampleText(f, tok);
+    var btn = el('button', { id: 'ablate-run', text: 'Ablate' });
+    var out = el('div', { id: 'ablate-out', cls: 'ablate-out' });
+    runner(btn, out, function () {
+      return post('api/ablate', { text: text.value, feature: fi }).then(function (j) {
+        var max = 0;
+        j.tokens.forEach(function (t) { if (t.delta !== null) max = Math.max(max, Math.abs(t.delta)); });
+        var line = el('div', { id: 'ablate-tokens', cls: 'ctx' });
+        j.tokens.forEach(function (t) {
+          var act = t.activations[0];
+          var tip = JSON.stringify(t.token) + '\n' + (t.delta === null ? 'first token: no prediction' :
+            'Δloss ' + (t.delta > 0 ? '+' : '') + fmt(t.delta) + ' nats (' + fmt(t.loss_clean) + ' → ' + fmt(t.loss_edited) + ')') +
+            '\nact of #' + fi + ' here: ' + fmt(act);
+          var s = el('span', { cls: 'tok' + (act > 0 ? ' fires' : ''), text: showTok(t.token), title: tip, 'data-delta': String(t.delta) });
+          var bg = deltaColour(t.delta, max);
+          if (bg) s.style.background = bg;
+          line.appendChild(s);
+        });
+        var tot = j.totals;
+        out.replaceChildren(line, el('p', { cls: 'muted legend' },
+          el('span', { cls: 'key up', text: 'harder to predict' }), ' ', el('span', { cls: 'key down', text: 'easier' }),
+          ' without #' + fi + ' · underlined: #' + fi + ' fires · mean Δloss over ' + tot.n_scored + ' scored tokens: ' +
+          (tot.delta === null ? '–' : (tot.delta > 0 ? '+' : '') + fmt(tot.delta)) + ' nats · hover a token for its numbers'));
+      });
+    });
+    return el('details', { id: 'ablate', cls: 'panel' },
+      el('summary', { text: 'Ablate this feature: how much each token of a text relied on it' }),
+      el('p', { cls: 'muted note', text: 'Next-token loss of each token with feature #' + fi + ' set to 0 at every position, ' +
+        'minus the loss without the edit (the SAE spliced in with its error term, so the unedited run is the clean model).' }),
+      text, el('div', { cls: 'row' }, btn), out);
+  }
+
+  // ---------------------------------------------------------------- explain this output
+  function explainCard() {
+    if (!S.live) return null;
+    return el('section', { id: 'explain-card', cls: 'live' },
+      el('h3', null, el('a', { id: 'explain-link', href: '#explain', text: 'Explain this output →' })),
+      el('p', { cls: 'muted', text: 'Give a prompt; see which features make the model predict its next token ' +
+        '(attribution: activation × gradient), each linked to its page.' }));
+  }
+  function renderExplain() {
+    var L = S.info.limits, last = S.explain;
+    var prompt = el('textarea', { id: 'explain-prompt', rows: '3', placeholder: 'e.g. The Eiffel Tower is in the city of' });
+    var target = el('input', { id: 'explain-target', type: 'text', maxlength: String(L.token_chars), placeholder: "the model's own next token" });
+    var contrast = el('input', { id: 'explain-contrast', type: 'text', maxlength: String(L.token_chars), placeholder: 'optional, e.g. " Rome"' });
+    var btn = el('button', { id: 'explain-run', text: 'Explain' });
+    var out = el('div', { id: 'explain-out' });
+    if (last) { prompt.value = last.req.prompt; target.value = last.req.target || ''; contrast.value = last.req.contrast || ''; }
+    runner(btn, out, function () {
+      var req = { prompt: prompt.value, target: target.value || null, contrast: contrast.value || null, top: 30 };
+      return post('api/attribute', req).then(function (j) { S.explain = { req: req, res: j }; showExplain(out, j); });
+    });
+    app().replaceChildren(
+      el('nav', { cls: 'fnav' }, el('a', { href: '#', text: '← all features' })),
+      el('h1', { text: 'Explain this output' }),
+      el('p', { cls: 'muted', text: 'Attribution patching: for each active (token, feature) of ' + S.info.hook +
+        ', activation × gradient of the target\'s logit at the last token, the first-order change if the feature were ' +
+        'zeroed there. Summed over tokens per feature below; tokens must be single tokens (mind a leading space).' }),
+      el('section', { cls: 'live' }, prompt,
+        el('div', { cls: 'row' }, field('Target token', target), field('Contrast token', contrast), btn)),
+      out);
+    if (last) showExplain(out, last.res);
+  }
+  function attrBar(a, max) {
+    var bar = el('span', { cls: 'bar ' + (a >= 0 ? 'pos' : 'neg') });
+    bar.style.width = (max > 0 ? Math.max(1, 80 * Math.abs(a) / max) : 0).toFixed(1) + 'px';
+    return el('td', { cls: 'num attr' }, bar, (a > 0 ? '+' : '') + fmt(a));
+  }
+  function showExplain(out, j) {
+    var what = 'logit of ' + JSON.stringify(j.target.token) + (j.contrast ? ' minus logit of ' + JSON.stringify(j.contrast.token) : '') +
+      (j.target_is_prediction ? ' (the model\'s most likely next token)' : '');
+    var errs = Object.keys(j.error_totals).map(function (h) { return fmt(j.error_totals[h]); }).join(', ');
+    var max = 0;
+    j.by_feature.forEach(function (r) { max = Math.max(max, Math.abs(r.attribution)); });
+    var t = el('table', { id: 'explain-features', cls: 'features' }, el('thead', null, el('tr', null,
+      el('th', { text: '#' }), el('th', { text: 'Feature' }), el('th', { text: 'Attribution' }),
+      el('th', { text: 'Strongest at token' }), el('th', { text: 'Top tokens' }))));
+    var tb = el('tbody');
+    j.by_feature.forEach(function (r, k) {
+      var toks = el('td', { cls: 'toks' });
+      (S.index.top[r.feature] || []).forEach(function (x) { toks.appendChild(el('span', { cls: 'chip', text: chipText(x) })); });
+      tb.appendChild(el('tr', { 'data-id': String(r.feature) }, el('td', { cls: 'num muted', text: String(k + 1) }),
+        el('td', null, el('a', { href: '#f' + r.feature, text: '#' + r.feature })), attrBar(r.attribution, max),
+        el('td', null, el('span', { cls: 'chip', text: chipText(r.top_token) }),
+          el('span', { cls: 'muted', text: ' pos ' + r.top_position + (r.n_positions > 1 ? ' (+' + (r.n_positions - 1) + ' more)' : '') })),
+        toks));
+    });
+    t.appendChild(tb);
+    var prompt = el('div', { id: 'explain-tokens', cls: 'ctx' });
+    j.tokens.forEach(function (x, i) { prompt.appendChild(el('span', { cls: 'tok' + (i === j.position ? ' centre' : ''), text: showTok(x) })); });
+    out.replaceChildren(
+      el('p', null, 'Explaining the ', el('b', { text: what }), ' after the last token: ', el('b', { text: fmt(j.metric) }),
+        el('span', { cls: 'muted', text: ' · SAE error term: ' + errs + ' · ' + j.n_features + ' active (token, feature) pairs' })),
+      prompt, t);
+  }
+
   // ---------------------------------------------------------------- routing
   function route() {
     var m = /^#f(\d+)$/.exec(location.hash);
     if (m) renderFeature(parseInt(m[1], 10));
+    else if (location.hash === '#explain' && S.live) renderExplain();
     else renderIndex();
   }
   function boot() {
@@ -346,7 +519,7 @@
     });
     if (location.protocol === 'http:' || location.protocol === 'https:') {
       fetch('api/info').then(function (r) { return r.ok ? r.json() : {}; }).then(function (j) {
-        if (j.encode) { S.live = true; if (!/^#f\d+$/.test(location.hash)) renderIndex(); }
+        if (j.encode) { S.live = true; S.info = j; route(); }
       }).catch(function () {});
     }
     route();

@@ -1,6 +1,7 @@
 """A real browser (headless Chromium through Selenium) uses the site: from disk (file://) it
 searches the index, opens a feature and sees highlighted tokens and the histogram; served, it
-runs the live box; and token text made of markup stays text.
+runs the live box, a feature page's steer and ablate panels and the "explain this output" page;
+and token text made of markup stays text.
 
 Needs ``make browser-deps`` (Debian chromium + chromium-driver, pip selenium); skips otherwise.
 """
@@ -21,7 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from saelens_lite.dashboards import build_dashboard  # noqa: E402
 from saelens_lite.dashboards.live import LiveModel  # noqa: E402
-from saelens_lite.dashboards.server import make_server  # noqa: E402
+from saelens_lite.dashboards.server import load_live, make_server  # noqa: E402
 
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or shutil.which("chromium-browser") or "")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", shutil.which("chromedriver") or "")
@@ -104,6 +105,7 @@ def test_index_search_and_feature_page_from_disk(browser, site):
     assert centre, "no highlighted activating tokens"
     assert "act = " in centre[0].get_attribute("title")
     assert centre[0].value_of_css_property("background-color") not in ("rgba(0, 0, 0, 0)", "transparent")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#interventions, #steer, #ablate")  # no server: no panels
     bars = browser.find_elements(By.CSS_SELECTOR, "#hist rect.bar")
     assert len(bars) == 40 and any(float(b.get_attribute("height")) > 0 for b in bars)
     assert browser.find_elements(By.CSS_SELECTOR, "table.logits.pos tr")
@@ -194,3 +196,81 @@ def test_training_curves_show_on_the_index_from_disk_and_served(browser, parts, 
     check(out.joinpath("index.html").as_uri())
     with make_server(out, port=0) as srv:
         check(srv.url)
+        assert not browser.find_elements(By.CSS_SELECTOR, "#explain-card, section.live")  # no model: no panels
+
+
+def _post(url, body):
+    import urllib.request
+
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def test_steer_and_ablate_panels_on_a_feature_page_through_the_server(browser, parts, site):
+    from saelens_lite.interventions import load_site_stats
+
+    lm, _, sae = parts
+    f = int(load_site_stats(site).max_F.argmax())
+    prompt = "hello <b>x</b>"
+    with make_server(site, port=0, live=load_live(site, lm, sae)) as srv:
+        browser.get(srv.url + f"#f{f}")
+        wait(browser, lambda d: d.find_elements(By.ID, "steer"))[0].find_element(By.TAG_NAME, "summary").click()
+        browser.find_element(By.ID, "steer-prompt").send_keys(prompt)
+        strength = browser.find_element(By.ID, "steer-strength")
+        strength.clear()
+        strength.send_keys("6")
+        tokens = browser.find_element(By.ID, "steer-tokens")
+        tokens.clear()
+        tokens.send_keys("8")
+        browser.find_element(By.ID, "steer-run").click()
+        steered = wait(browser, lambda d: d.find_elements(By.ID, "steer-steered"))[0]
+        want = _post(srv.url + "api/steer", {"prompt": prompt, "feature": f, "strength": 6.0, "max_new_tokens": 8})
+        base = browser.find_element(By.ID, "steer-baseline")
+        assert base.get_attribute("textContent") == prompt + want["baseline"]
+        assert steered.get_attribute("textContent") == prompt + want["steered"]
+        assert want["baseline"] != want["steered"]
+        assert "max activation" in browser.find_element(By.ID, "steer-out").text
+
+        browser.find_element(By.CSS_SELECTOR, "#ablate summary").click()
+        text = browser.find_element(By.ID, "ablate-text").get_attribute("value")
+        assert text, "the ablate box starts with the feature's top example"
+        browser.find_element(By.ID, "ablate-run").click()
+        toks = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#ablate-tokens .tok"))
+        want = _post(srv.url + "api/ablate", {"text": text, "feature": f})
+        shown = {ord("\n"): "\u21b5", ord("\t"): "\u2192", ord("\r"): "\u240d"}  # as app.js showTok
+        assert [t.get_attribute("textContent") for t in toks] == [w["token"].translate(shown)
+                                                                   for w in want["tokens"]]
+        assert "no prediction" in toks[0].get_attribute("title")
+        assert all("Δloss" in t.get_attribute("title") for t in toks[1:])
+        moved = [t for t, w in zip(toks, want["tokens"]) if w["delta"]]
+        assert moved and all(t.value_of_css_property("background-color") != "rgba(0, 0, 0, 0)" for t in moved)
+        fires = [w["activations"][0] > 0 for w in want["tokens"]]
+        assert ["fires" in t.get_attribute("class") for t in toks] == fires and any(fires)
+
+        assert browser.find_elements(By.CSS_SELECTOR, "#app b") == []  # markup in the prompt stayed text
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+
+
+def test_explain_this_output_links_each_top_feature_to_its_page(browser, parts, site, tmp_path):
+    lm, _, sae = parts
+    prompt = "def f(x): return"
+    with make_server(site, port=0, live=load_live(site, lm, sae)) as srv:
+        browser.get(srv.url)
+        wait(browser, lambda d: d.find_elements(By.ID, "explain-link"))[0].click()
+        wait(browser, lambda d: d.find_elements(By.ID, "explain-prompt"))[0].send_keys(prompt)
+        browser.find_element(By.ID, "explain-run").click()
+        rows = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#explain-features tbody tr"))
+        want = _post(srv.url + "api/attribute", {"prompt": prompt, "top": 30})
+        assert [int(r.get_attribute("data-id")) for r in rows] == [b["feature"] for b in want["by_feature"]]
+        assert "most likely next token" in browser.find_element(By.ID, "explain-out").text
+        browser.save_screenshot(str(tmp_path / "explain.png"))
+        top = want["by_feature"][0]["feature"]
+        rows[0].find_element(By.CSS_SELECTOR, "a").click()
+        wait(browser, lambda d: d.find_element(By.ID, "feature-title").text == f"Feature #{top}")
+        browser.back()  # the explanation is still there
+        rows = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#explain-features tbody tr"))
+        assert int(rows[0].get_attribute("data-id")) == top
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors

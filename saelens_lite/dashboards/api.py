@@ -32,6 +32,40 @@ class EncodeRequest(Body):
                                            f"{LIMITS.encode_tokens} are dropped.")]
 
 
+class SteerRequest(Body):
+    prompt: Annotated[str, Field(min_length=1, max_length=LIMITS.prompt_chars,
+                                 description=f"Text to continue (at most {LIMITS.prompt_tokens} tokens).")]
+    feature: Annotated[int, Field(ge=0, description="Feature index, below the SAE's feature count.")]
+    strength: Annotated[float, Field(ge=-LIMITS.max_strength, le=LIMITS.max_strength, allow_inf_nan=False,
+                                     description="alpha of add_direction: in units of the feature's max "
+                                                 "activation (/api/info strength_unit says which).")] = 4.0
+    max_new_tokens: Annotated[int, Field(ge=1, le=LIMITS.max_new_tokens,
+                                         description="Tokens to generate, in each run.")] = 24
+    seed: Annotated[int, Field(ge=0, le=LIMITS.max_seed, description="Sampling seed (both runs "
+                                                                      "draw the same stream).")] = 0
+    temperature: Annotated[float, Field(ge=0, le=LIMITS.max_temperature, allow_inf_nan=False,
+                                        description="0: greedy; else sampling.")] = 0.0
+
+
+class AblateRequest(Body):
+    text: Annotated[str, Field(min_length=1, max_length=LIMITS.prompt_chars,
+                               description=f"Text to score (2 to {LIMITS.text_tokens} tokens).")]
+    feature: Annotated[int, Field(ge=0, description="Feature to zero-ablate at every token.")]
+
+
+class AttributeRequest(Body):
+    prompt: Annotated[str, Field(min_length=1, max_length=LIMITS.prompt_chars,
+                                 description=f"Text whose next token is explained (at most "
+                                             f"{LIMITS.prompt_tokens} tokens).")]
+    target: Annotated[str | None, Field(min_length=1, max_length=LIMITS.token_chars,
+                                        description="One token (mind a leading space); null: the "
+                                                    "model's own most likely next token.")] = None
+    contrast: Annotated[str | None, Field(min_length=1, max_length=LIMITS.token_chars,
+                                          description="One token: explain logit(target) - "
+                                                      "logit(contrast).")] = None
+    top: Annotated[int, Field(ge=1, le=LIMITS.max_top, description="Features returned.")] = 20
+
+
 class ErrorBody(BaseModel):
     error: str = Field(description="What is wrong, naming the field and what is allowed.")
     field: str | None = Field(None, description="The request field at fault (None: the request "
@@ -98,7 +132,30 @@ def api_router(live: LiveModel | None, worker: ModelWorker) -> APIRouter:
         strongest first; one forward of the model to the SAE's hook."""
         return await worker.run(model().encode, req.text)
 
+    @router.post("/steer", summary="Baseline and steered continuations", **post)
+    async def steer(req: SteerRequest) -> dict:
+        """The prompt continued by the clean model (``baseline``) and with
+        ``strength * max_activation`` times the feature's decoder direction added at every
+        position (``steered``); ``generation`` holds both runs' tokens and the bound edit."""
+        return await worker.run(model().steer, req.prompt, req.feature, req.strength,
+                                req.max_new_tokens, req.seed, req.temperature)
+
+    @router.post("/ablate", summary="Per-token loss change with a feature ablated", **post)
+    async def ablate(req: AblateRequest) -> dict:
+        """Per token: next-token loss with the SAE spliced in (error term kept), with the feature
+        zero-ablated, their ``delta`` (> 0: the feature helped predict that token) and the
+        feature's activation there; ``totals`` over the scored tokens."""
+        return await worker.run(model().ablate, req.text, req.feature)
+
+    @router.post("/attribute", summary="Which features drive the next token", **post)
+    async def attribute(req: AttributeRequest) -> dict:
+        """Attribution patching (activation x gradient) of the target's next-token logit at the
+        prompt's last token to every (position, feature) and to the SAE's error term; ranked
+        ``features``, ``by_feature`` (summed over positions) and ``error_totals``."""
+        return await worker.run(model().attribute, req.prompt, req.target, req.contrast, req.top)
+
     return router
 
 
-__all__ = ["api_router", "ModelWorker", "EncodeRequest", "ErrorBody", "require_json"]
+__all__ = ["api_router", "ModelWorker", "EncodeRequest", "SteerRequest", "AblateRequest",
+           "AttributeRequest", "ErrorBody", "require_json"]

@@ -10,14 +10,33 @@ pages never waits for a model.
 
 Inputs beyond :data:`LIMITS` raise :class:`RequestError`, which names the field; the server
 answers it with a 4xx JSON error.
+
+The endpoints are thin wrappers of :mod:`saelens_lite.interventions`, sending their results'
+``to_dict()``: steer = :func:`generate` with ``add_direction(feature, strength)`` (strength in
+units of the feature's max activation from the site's statistics), ablate =
+:func:`token_loss_effects` with ``ablate(feature)``, attribute = :func:`attribute`.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 from dataclasses import dataclass
 
 import torch
+
+from saelens_lite.interventions import (
+    ablate,
+    add_direction,
+    attribute,
+    generate,
+    token_id,
+    token_loss_effects,
+    token_texts,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +64,8 @@ class Limits:
     max_seed: int = 2**31 - 1
     max_top: int = 100
     """Features an attribution returns."""
+    token_chars: int = 64
+    """An attribution's target or contrast token, in characters."""
     max_pending: int = 16
     """Model requests queued or running at once; more are answered 503 at once."""
 
@@ -72,9 +93,12 @@ class LiveModel:
 
         self.lm, self.sae = lm, sae.eval()
         self.hook = resolve_hooks(lm.model, [hook or sae.cfg.hook_name])[0]
+        if max_F is not None and len(max_F) != sae.cfg.d_sae:
+            raise ValueError(f"max_F has {len(max_F)} features; the SAE has d_sae={sae.cfg.d_sae}")
         self.max_F = max_F
         self.top = top
         self.lock = threading.Lock()
+        self.saes = {self.hook.name: self.sae}
 
     @property
     def n_features(self) -> int:
@@ -105,8 +129,7 @@ class LiveModel:
 
     def token_strings(self, ids) -> list[str]:
         """Each id decoded alone (a byte-level BPE token shows its leading space)."""
-        return self.lm.tokenizer.batch_decode([[int(i)] for i in ids], skip_special_tokens=False,
-                                              clean_up_tokenization_spaces=False)
+        return token_texts(self.lm.tokenizer, ids.tolist())
 
     # -- endpoints
     @torch.no_grad()
@@ -128,5 +151,83 @@ class LiveModel:
                  for fi, vi in zip(idx_SK.tolist(), vals_SK.tolist())]
         return {"tokens": self.token_strings(enc["input_ids"][0]), "features": feats}
 
+    def steer(self, prompt: str, feature: int, strength: float, max_new_tokens: int,
+              seed: int, temperature: float) -> dict:
+        """Baseline and steered continuations of ``prompt``: the steered run adds
+        ``strength * max_f * W_dec[f]`` to the hook's activation at every position
+        (:func:`~saelens_lite.interventions.add_direction`; ``max_f`` the feature's max
+        activation, or ``1 / ||W_dec[f]||`` without site statistics). ``generation`` is
+        :meth:`GenerationResult.to_dict`; ``baseline`` and ``steered`` its two texts."""
+        self.check_feature(feature)
+        self.tokenize(prompt, "prompt", LIMITS.prompt_tokens)
+        max_f = None if self.max_F is None else float(self.max_F[feature])
+        if max_f is not None and not max_f > 0:
+            raise RequestError("feature", f"feature={feature} never fired on the dashboard's cache "
+                                          "(max activation 0): strength, in units of it, means nothing")
+        with self.lock:
+            gen = generate(self.lm, prompt, self.saes, [add_direction(feature, strength)],
+                           max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                           stats=None if self.max_F is None else {self.hook.name: self.max_F})
+        out = gen.to_dict()
+        cont = out["continuations"][0]
+        return {"prompt": prompt, "feature": feature, "strength": strength,
+                "unit": out["edits"][0]["unit"], "max_activation": max_f,
+                "baseline": cont["baseline"], "steered": cont["edited"], "generation": out}
 
-__all__ = ["LiveModel", "Limits", "LIMITS", "RequestError"]
+    def ablate(self, text: str, feature: int) -> dict:
+        """Per token of ``text``, the next-token loss change when ``feature`` is zero-ablated at
+        every position (:meth:`TokenLossEffects.to_dict`, ``activations`` holding the feature's
+        activation on each token)."""
+        self.check_feature(feature)
+        enc = self.tokenize(text, "text", LIMITS.text_tokens)
+        if enc["input_ids"].shape[1] < 2:
+            raise RequestError("text", "text is 1 token: the next-token loss needs at least 2")
+        with self.lock:
+            effects = token_loss_effects(self.lm, text, self.saes, [ablate(feature)])
+        return {"feature": feature, **effects.to_dict()}
+
+    def attribute(self, prompt: str, target: str | None, contrast: str | None, top: int) -> dict:
+        """Attribution of the next-token logit of ``target`` (minus that of ``contrast``) at the
+        prompt's last token to every active feature (:meth:`Attribution.to_dict`, cut to the
+        ``top`` (position, feature) nodes) and ``by_feature``: the same summed over positions,
+        ranked by magnitude. ``target`` None: the model's own most likely next token."""
+        enc = self.tokenize(prompt, "prompt", LIMITS.prompt_tokens)
+        tok = self.lm.tokenizer
+        ids = {}
+        for field, text in (("target", target), ("contrast", contrast)):
+            try:
+                ids[field] = None if text is None else token_id(tok, text)
+            except ValueError:
+                n = len(tok.encode(text, add_special_tokens=False))
+                raise RequestError(field, f"{field}={text!r} is {n} tokens: give one token (mind a "
+                                          "leading space, as in ' Paris')") from None
+        if ids["contrast"] is not None and ids["contrast"] == ids["target"]:
+            raise RequestError("contrast", "contrast is the target token: their logit difference is 0")
+        with self.lock:
+            if ids["target"] is None:
+                with torch.no_grad():
+                    ids_1S = enc["input_ids"].to(next(self.lm.model.parameters()).device)
+                    logits = self.lm.model(input_ids=ids_1S).logits[0, -1]
+                ids["target"] = int(logits.argmax())
+            att = attribute(self.lm, prompt, self.saes, ids["target"], contrast=ids["contrast"])
+        out = att.to_dict(top=top)
+        out["by_feature"] = by_feature(att.features, top)
+        out["target_is_prediction"] = target is None
+        return out
+
+
+def by_feature(nodes, top: int) -> list[dict]:
+    """(position, feature) attributions summed per feature, ranked by |sum|: ``[{"feature",
+    "attribution", "n_positions", "top_position", "top_token"}]`` (the position where its
+    attribution is largest in magnitude)."""
+    acc: dict[int, dict] = {}
+    for n in nodes:  # ranked by |attribution|: a feature's first node is its top position
+        a = acc.setdefault(n.feature, {"feature": n.feature, "attribution": 0.0, "n_positions": 0,
+                                       "top_position": n.position, "top_token": n.token})
+        a["attribution"] += n.attribution
+        a["n_positions"] += 1
+    ranked = sorted(acc.values(), key=lambda a: -abs(a["attribution"]))
+    return [a for a in ranked[:top] if math.isfinite(a["attribution"])]
+
+
+__all__ = ["LiveModel", "Limits", "LIMITS", "RequestError", "by_feature"]

@@ -25,6 +25,7 @@ import html
 import ipaddress
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -40,6 +41,7 @@ from starlette.exceptions import HTTPException
 
 from saelens_lite.dashboards.api import ModelWorker, api_router
 from saelens_lite.dashboards.live import LIMITS, LiveModel, RequestError
+from saelens_lite.interventions import load_site_stats
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,12 @@ def _http_error(_request, exc: HTTPException) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail))
 
 
+def _internal_error(_request, exc: Exception) -> JSONResponse:
+    """Report a failure to its client only (the name of the error, not its text); keep serving."""
+    log.error("request failed", exc_info=exc)
+    return error_response(500, f"the server failed: {type(exc).__name__} (details in its log)")
+
+
 def make_app(site_dir: str | os.PathLike, live: LiveModel | None = None, *,
              max_pending: int = LIMITS.max_pending) -> FastAPI:
     """The app: ``/api/*`` (:mod:`.api`), ``/docs``, ``/openapi.json``, then the site's files.
@@ -168,6 +176,7 @@ def make_app(site_dir: str | os.PathLike, live: LiveModel | None = None, *,
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
     app.include_router(api_router(live, worker))
 
     @app.get("/docs", include_in_schema=False)
@@ -185,11 +194,14 @@ def make_app(site_dir: str | os.PathLike, live: LiveModel | None = None, *,
 
 
 def docs_page(spec: dict) -> str:
-    """The API reference as static HTML (no script), every string escaped."""
-    e = html.escape
+    """The API reference as static HTML (no script), every string escaped; double-backquoted
+    words of the docstrings set as code."""
+    def e(text) -> str:
+        return re.sub(r"``(.+?)``", r"<code>\1</code>", html.escape(str(text)))
+
     schemas = spec.get("components", {}).get("schemas", {})
     out = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-           f"<title>{e(spec['info']['title'])}</title>",
+           f"<title>{e(spec['info']['title'])}</title><link rel='icon' href='data:,'>",
            "<link rel='stylesheet' href='/assets/style.css'></head><body><main class='apidocs'>",
            f"<h1>{e(spec['info']['title'])}</h1><p class='muted'>{e(spec['info'].get('description', ''))} "
            "Machine-readable: <a href='/openapi.json'>/openapi.json</a>.</p>"]
@@ -218,7 +230,8 @@ def _bounds(p: dict) -> str:
     for key, sym in (("minimum", ">="), ("maximum", "<="), ("exclusiveMinimum", ">"),
                      ("minLength", "chars >="), ("maxLength", "chars <=")):
         if key in p:
-            words.append(f"{sym} {p[key]}")
+            v = p[key]
+            words.append(f"{sym} {int(v) if isinstance(v, float) and v.is_integer() else v}")
     if "default" in p:
         words.append(f"default {p['default']}")
     return ", ".join(w for w in words if w)
@@ -297,9 +310,20 @@ def load_live(site_dir: str | os.PathLike, model, sae) -> LiveModel:
     from saelens_lite.models import LoadedModel, load_model
     from saelens_lite.saes import SAE
 
-    lm = model if isinstance(model, LoadedModel) else load_model(model)
     sae = SAE.load(sae) if isinstance(sae, (str, os.PathLike)) else sae
-    return LiveModel(lm, sae)
+    try:
+        stats = load_site_stats(site_dir)
+    except FileNotFoundError:
+        log.warning("%s has no feature statistics: steering strength is in units of the unit-norm "
+                    "decoder direction", site_dir)
+        stats = None
+    if stats is not None and len(stats.max_F) != sae.cfg.d_sae:
+        raise ValueError(f"the site {site_dir} describes {len(stats.max_F)} features but the SAE has "
+                         f"d_sae={sae.cfg.d_sae}: serve the site with the SAE it was built from")
+    if stats is not None and stats.hook != sae.cfg.hook_name:
+        log.warning("the site was built at %s, the SAE reads %s", stats.hook, sae.cfg.hook_name)
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    return LiveModel(lm, sae, max_F=None if stats is None else stats.max_F)
 
 
 def serve(site_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
