@@ -34,6 +34,9 @@ _EXPORTS = {
     "generate": "saelens_lite.interventions",
     "attribute": "saelens_lite.interventions",
     "ablation_check": "saelens_lite.interventions",
+    "token_loss_effects": "saelens_lite.interventions",
+    "load_site_stats": "saelens_lite.interventions",
+    "evaluate": "saelens_lite.evals",
 }
 
 

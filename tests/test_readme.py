@@ -33,6 +33,8 @@ SMALL = (  # (README text, what the test runs instead)
     ("--tokens 2000000", "--tokens 16384"),
     ("--images digits --out", "--images digits --tokens 4096 --max-eval 512 --out"),
     ("bench synthetic", "bench synthetic --d 16 --features 32 --mean-active 2 --n-train 4000 --train-tokens 8192"),
+    # the tiny model's tokenizer is byte-level: " Paris" is 6 tokens there, a target must be one
+    ('--target " Paris" --contrast " Rome"', '--target " " --contrast "e"'),
 )
 
 
