@@ -1,0 +1,163 @@
+"""Chat models that explain and judge: a local transformers model or an OpenAI-compatible server.
+
+Both give ``complete(messages) -> str`` (greedy) and ``p_yes(list of messages) -> list[float]``,
+the judge's probability of answering "yes" rather than "no":
+``P(yes) = sum_{t in YES} p(t) / (sum_{t in YES} p(t) + sum_{t in NO} p(t))`` over the first
+answer token, YES / NO being the single-token spellings of yes / no ("yes", " Yes", ...).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import urllib.error
+import urllib.request
+
+import torch
+
+from saelens_lite.explain.prompts import Messages
+
+log = logging.getLogger(__name__)
+
+YES_WORDS = ("yes", "Yes", " yes", " Yes", "YES")
+NO_WORDS = ("no", "No", " no", " No", "NO")
+
+
+class EndpointError(ConnectionError):
+    """An OpenAI-compatible endpoint could not be reached or answered badly (an OSError, so the
+    CLI reports it in one line)."""
+
+
+class HFChat:
+    """A chat model that ``saelens_lite.models.load_model`` loads (alias, folder or HF id)."""
+
+    def __init__(self, name: str, *, max_new_tokens: int = 48, batch_size: int = 8):
+        from saelens_lite.models import load_model
+
+        self.name, self.max_new_tokens, self.batch_size = name, max_new_tokens, batch_size
+        self.lm = load_model(name)
+        tok = self.lm.tokenizer
+        self.yes_ids = _single_token_ids(tok, YES_WORDS)
+        self.no_ids = _single_token_ids(tok, NO_WORDS)
+        if not self.yes_ids or not self.no_ids:
+            raise ValueError(f"hf:{name}: its tokenizer has no single token for yes/no, so it "
+                             "cannot judge; choose another model")
+
+    def _ids(self, messages: Messages) -> list[int]:
+        tok = self.lm.tokenizer
+        if getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:  # a base model: a plain transcript ending where the answer goes
+            text = "".join(f"{m['role']}: {m['content']}\n\n" for m in messages) + "assistant:"
+        return tok(text, add_special_tokens=False).input_ids
+
+    @torch.no_grad()
+    def complete(self, messages: Messages) -> str:
+        tok = self.lm.tokenizer
+        ids = torch.tensor([self._ids(messages)])
+        out = self.lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                     max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+    @torch.no_grad()
+    def p_yes(self, batch: list[Messages]) -> list[float]:
+        out: list[float] = []
+        for a in range(0, len(batch), self.batch_size):
+            seqs = [self._ids(m) for m in batch[a:a + self.batch_size]]
+            L = max(map(len, seqs))
+            # Left padding so every answer position is the last; positions counted from each
+            # sequence's own start, so a sequence's result does not depend on its batch-mates.
+            ids_BL = torch.tensor([[self.lm.tokenizer.pad_token_id] * (L - len(s)) + s for s in seqs])
+            mask_BL = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs])
+            pos_BL = (mask_BL.cumsum(1) - 1).clamp_min(0)
+            logits_BV = self.lm.model(input_ids=ids_BL, attention_mask=mask_BL,
+                                      position_ids=pos_BL).logits[:, -1].float()
+            logp_BV = logits_BV.log_softmax(-1)
+            ly = logp_BV[:, self.yes_ids].logsumexp(-1)
+            ln = logp_BV[:, self.no_ids].logsumexp(-1)
+            out += torch.sigmoid(ly - ln).tolist()
+        return out
+
+
+def _single_token_ids(tok, words) -> list[int]:
+    ids = {tuple(tok(w, add_special_tokens=False).input_ids) for w in words}
+    return sorted({i[0] for i in ids if len(i) == 1})
+
+
+class OpenAIChat:
+    """An OpenAI-compatible chat endpoint (vLLM, llama.cpp server, Ollama, ...). ``url`` is the
+    API root, e.g. ``http://localhost:8000/v1``; requests go to ``url/chat/completions``. A failed
+    request (connection error, timeout, HTTP 429 or 5xx) is retried ``retries`` times with
+    exponential back-off; the key, if any, comes from ``$OPENAI_API_KEY``."""
+
+    def __init__(self, url: str, model: str, *, timeout: float = 60.0, retries: int = 3,
+                 max_tokens: int = 64):
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"openai:{url}: the URL must start with http:// or https://")
+        self.url = url.rstrip("/").removesuffix("/chat/completions")
+        self.model, self.timeout, self.retries, self.max_tokens = model, timeout, retries, max_tokens
+        self.name = f"{self.url} ({model})"
+
+    def _request(self, path: str, body: dict | None = None) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if os.environ.get("OPENAI_API_KEY"):
+            headers["Authorization"] = f"Bearer {os.environ['OPENAI_API_KEY']}"
+        data = None if body is None else json.dumps(body).encode()
+        last = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
+            req = urllib.request.Request(self.url + path, data=data, headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    return json.loads(resp.read().decode())
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code} {e.reason}"
+                if e.code != 429 and e.code < 500:
+                    break  # a client error does not go away on retry
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                last = str(getattr(e, "reason", e))
+            except json.JSONDecodeError as e:
+                last = f"the answer is not JSON ({e})"
+            log.debug("request to %s failed (%s), attempt %d", self.url + path, last, attempt + 1)
+        raise EndpointError(f"openai endpoint {self.url + path} failed after {attempt + 1} "
+                            f"attempt(s): {last}")
+
+    def check(self) -> None:
+        """Fail early (before anything is written) when the endpoint does not answer a chat."""
+        self.complete([{"role": "user", "content": "Say ok."}], max_tokens=1)
+
+    def complete(self, messages: Messages, *, max_tokens: int | None = None) -> str:
+        body = {"model": self.model, "messages": messages, "temperature": 0,
+                "max_tokens": max_tokens or self.max_tokens}
+        reply = self._request("/chat/completions", body)
+        try:
+            return reply["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise EndpointError(f"openai endpoint {self.url}: unexpected answer {str(reply)[:200]}") from None
+
+    def p_yes(self, batch: list[Messages]) -> list[float]:
+        return [self._p_yes(m) for m in batch]
+
+    def _p_yes(self, messages: Messages) -> float:
+        body = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": 1,
+                "logprobs": True, "top_logprobs": 20}
+        reply = self._request("/chat/completions", body)
+        choice = (reply.get("choices") or [{}])[0]
+        top = (((choice.get("logprobs") or {}).get("content") or [{}])[0].get("top_logprobs")) or []
+        p = {"yes": 0.0, "no": 0.0}
+        for t in top:
+            word = str(t.get("token", "")).strip().lower()
+            if word in p:
+                p[word] += math.exp(float(t["logprob"]))
+        if p["yes"] + p["no"] > 0:
+            return p["yes"] / (p["yes"] + p["no"])
+        # No log-probabilities (some servers omit them): the greedy answer, as 1 or 0.
+        text = ((choice.get("message") or {}).get("content") or "").strip().lower()
+        return 1.0 if text.startswith("yes") else 0.0
+
+
+__all__ = ["HFChat", "OpenAIChat", "EndpointError"]
