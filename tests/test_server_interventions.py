@@ -85,6 +85,22 @@ def test_info_says_what_the_server_can_do(server):
     assert info["limits"]["max_new_tokens"] == LIMITS.max_new_tokens
 
 
+def test_the_api_reference_lists_every_endpoint_with_its_bounds(server):
+    c = http.client.HTTPConnection("127.0.0.1", server, timeout=10)
+    c.request("GET", "/openapi.json")
+    spec = json.loads(c.getresponse().read())
+    c.request("GET", "/docs")
+    page = c.getresponse().read().decode()
+    c.close()
+    assert {"/api/info", "/api/encode", "/api/steer", "/api/ablate", "/api/attribute"} <= set(spec["paths"])
+    steer = spec["components"]["schemas"]["SteerRequest"]["properties"]
+    assert steer["max_new_tokens"]["maximum"] == LIMITS.max_new_tokens
+    assert steer["strength"]["maximum"] == LIMITS.max_strength
+    assert f"integer, &gt;= 1, &lt;= {LIMITS.max_new_tokens}, default 24" in page
+    assert "<code>target</code></td><td>string|null, chars &gt;= 1, chars &lt;= 64<" in page  # optional
+    assert "<script" not in page
+
+
 def test_steer_answers_the_python_api_with_strength_in_max_activation_units(server, parts):
     lm, sae, site = parts
     max_F = load_site_stats(site).max_F

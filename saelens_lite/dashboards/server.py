@@ -4,7 +4,8 @@ A FastAPI app on uvicorn (one asyncio event loop; model work in a worker thread 
 :mod:`saelens_lite.dashboards.api`), so many clients are answered at once and a long
 generation never holds up a static page.
 
-Guarantees, each tested in ``tests/test_dashboards_server.py``:
+Guarantees, each tested in ``tests/test_dashboards_server.py`` (the intervention endpoints in
+``tests/test_server_interventions.py``, the pages in ``tests/test_dashboards_browser.py``):
 
 * loopback by default, and on a loopback address only requests whose ``Host`` names loopback
   are answered (a DNS-rebinding page cannot reach the API);
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import html
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -225,7 +227,9 @@ def docs_page(spec: dict) -> str:
 
 
 def _bounds(p: dict) -> str:
-    kinds = [a.get("type", "") for a in p.get("anyOf", [])] or [p.get("type", "")]
+    alts = p.get("anyOf", [p])
+    kinds = [a.get("type", "") for a in alts]
+    p = {**{k: v for a in alts for k, v in a.items()}, **p}  # an optional field's bounds sit in anyOf
     words = ["|".join(k for k in kinds if k)]
     for key, sym in (("minimum", ">="), ("maximum", "<="), ("exclusiveMinimum", ">"),
                      ("minLength", "chars >="), ("maxLength", "chars <=")):
@@ -233,7 +237,7 @@ def _bounds(p: dict) -> str:
             v = p[key]
             words.append(f"{sym} {int(v) if isinstance(v, float) and v.is_integer() else v}")
     if "default" in p:
-        words.append(f"default {p['default']}")
+        words.append(f"default {json.dumps(p['default'])}")
     return ", ".join(w for w in words if w)
 
 
