@@ -29,8 +29,8 @@ SMALL = (  # (README text, what the test runs instead)
     ("smollm2-135m", "tiny-llama"),
     ("blocks.9.hook_resid_post", "blocks.1.hook_resid_post"),
     ("blocks.14.hook_resid_post", "blocks.2.hook_resid_post"),
+    ("--tokens 2000000", "--tokens 16384"),  # before its prefix below
     ("--tokens 200000", "--tokens 3000"),
-    ("--tokens 2000000", "--tokens 16384"),
     ("--images digits --out", "--images digits --tokens 4096 --max-eval 512 --out"),
     ("bench synthetic", "bench synthetic --d 16 --features 32 --mean-active 2 --n-train 4000 --train-tokens 8192"),
     # the tiny model's tokenizer is byte-level: " Paris" is 6 tokens there, a target must be one
