@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from saelens_lite.baselines import VAE, ConvAE, corrupt
 from saelens_lite.compare import train_sequences
 from saelens_lite.saes import REGISTRY, SAE, SAEConfig
+from saelens_lite.saes.baselines import VAE, ConvAE, corrupt
 from saelens_lite.training import TrainConfig, train
 
-BASELINES = sorted(n for n, c in REGISTRY.items() if c.__module__.startswith("saelens_lite.baselines"))
+BASELINES = sorted(n for n, c in REGISTRY.items() if c.__module__.startswith("saelens_lite.saes.baselines"))
 D, F = 16, 24
 
 

@@ -1,4 +1,5 @@
-"""SAE architectures, one module each, all registered in `REGISTRY` (see registry.py)."""
+"""SAE architectures, one module each, all registered in `REGISTRY` (see registry.py); the
+non-sparse baselines of the comparison (dense, denoising, vae, conv) in `saes.baselines`."""
 
 from saelens_lite.saes import batchtopk, jumprelu, relu, topk  # noqa: E402,F401  (registration)
 from saelens_lite.saes.base import SAE, SAEConfig, TrainOutput, geometric_median  # noqa: E402
@@ -23,4 +24,5 @@ __all__ = [
     "JumpReLUSAE",
 ]
 
-import saelens_lite.baselines  # noqa: E402,F401  (registers dense, denoising, vae, conv)
+# after the SAEs, so REGISTRY keeps its order: registers dense, denoising, vae, conv
+from saelens_lite.saes import baselines  # noqa: E402,F401

@@ -129,7 +129,7 @@ class SAEConfig:
     """topk/batchtopk: dtype of the no-grad matmul that only chooses the active latents (None:
     the parameter dtype). "bfloat16" is ~6x faster on CPUs with AMX and on GPUs; the kept values
     and all gradients stay in the parameter dtype, so only near-ties at the k-th place differ."""
-    # -- baselines (saelens_lite.baselines); the sparse architectures ignore these fields
+    # -- baselines (saelens_lite.saes.baselines); the sparse architectures ignore these fields
     noise_std: float = 0.2
     """denoising: std of the Gaussian noise added to each input coordinate, in the units the
     model sees (the trainer scales inputs so E||x|| = sqrt(D): a coordinate's RMS is ~1)."""

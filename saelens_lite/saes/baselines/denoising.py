@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from saelens_lite.baselines.dense import DenseAE
+from saelens_lite.saes.baselines.dense import DenseAE
 from saelens_lite.saes.registry import register
 
 
