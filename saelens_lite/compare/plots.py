@@ -1,5 +1,9 @@
 """PNG plots of a comparison (``saelens_lite.compare``): the L0-FVU frontier, and for images
-reconstructions of clean and corrupted inputs, VAE samples and anomaly-detection ROC curves."""
+reconstructions of clean and corrupted inputs, VAE samples and anomaly-detection ROC curves.
+
+Models are told apart by their class, not their row names: the k sweep of the frontier is the
+models whose class uses ``cfg.k`` (``SAE.uses_k``) trained at a k other than the comparison's.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from saelens_lite.evals.probes import auroc, roc_curve
+from saelens_lite.saes.baselines import VAE, corrupt
 
 
 def _plt():
@@ -18,13 +25,23 @@ def _plt():
     return plt
 
 
-def frontier(rows: dict, path: Path) -> Path:
-    """L0 (log scale) against FVU, one point per model; the TopK runs joined as the frontier."""
+def k_sweep(models: dict, cfg) -> set[str]:
+    """Row names of the extra runs at another k (``CompareConfig.frontier_ks``): models whose class
+    uses k, trained at a k other than their architecture's main run (``cfg.k`` or its option)."""
+    def main_k(m) -> int:
+        return cfg.options.get(m.architecture, {}).get("k", cfg.k)
+
+    return {n for n, (m, _) in models.items() if type(m).uses_k and m.cfg.k != main_k(m)}
+
+
+def frontier(rows: dict, path: Path, line: list[str] = (), label: str = "") -> Path:
+    """L0 (log scale) against FVU, one point per model; the rows in ``line`` (the k sweep and its
+    architecture's main run) joined as the frontier."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    topk = sorted((r["l0"], r["fvu"]) for n, r in rows.items() if n.startswith("topk"))
+    topk = sorted((rows[n]["l0"], rows[n]["fvu"]) for n in line)
     if len(topk) > 1:
-        ax.plot(*zip(*topk), "-", color="0.7", zorder=0, label="topk, k sweep")
+        ax.plot(*zip(*topk), "-", color="0.7", zorder=0, label=label)
     for name, r in rows.items():
         ax.scatter(r["l0"], r["fvu"], s=30)
         ax.annotate(name, (r["l0"], r["fvu"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -43,18 +60,17 @@ def frontier(rows: dict, path: Path) -> Path:
 
 @torch.no_grad()
 def reconstructions(models: dict, x_NP: torch.Tensor, side: int, path: Path, *, n: int = 8,
-                    noise_std: float = 0.2, mask_prob: float = 0.25, seed: int = 0) -> Path:
+                    noise_std: float = 0.2, mask_prob: float = 0.25, seed: int = 0,
+                    skip: set[str] = frozenset()) -> Path:
     """Rows: clean images, corrupted ones (Gaussian noise + masking), then per model its
-    reconstruction of the clean and of the corrupted images."""
-    from saelens_lite.baselines import corrupt
-
+    reconstruction of the clean and of the corrupted images (except the rows in ``skip``)."""
     plt = _plt()
     g = torch.Generator().manual_seed(seed)
     x = x_NP[:n]
     xc = corrupt(x, noise_std=noise_std, mask_prob=mask_prob, generator=g).clamp(0, 1)
     grid = [("clean", x), ("corrupted", xc)]
     for name, (m, _) in models.items():
-        if name.startswith("topk k="):
+        if name in skip:
             continue
         grid += [(f"{name}: clean", m(x).reshape(x.shape)), (f"{name}: corrupted", m(xc).reshape(x.shape))]
     fig, axes = plt.subplots(len(grid), n, figsize=(n * 0.8, len(grid) * 0.85))
@@ -89,16 +105,14 @@ def vae_samples(vae, side: int, path: Path, *, n: int = 64, seed: int = 0) -> Pa
 
 
 @torch.no_grad()
-def roc_curves(models: dict, data, path: Path, *, seed: int = 0) -> Path:
-    """Anomaly detection of the held-out class: score = reconstruction error (VAE also -ELBO)."""
-    from saelens_lite.baselines import VAE
-    from saelens_lite.compare import auroc, roc_curve
-
+def roc_curves(models: dict, data, path: Path, *, seed: int = 0, skip: set[str] = frozenset()) -> Path:
+    """Anomaly detection of the held-out class: score = reconstruction error (VAE also -ELBO);
+    one curve per model except the rows in ``skip``."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     x, xa = data.x_test, data.x_anomaly
     for name, (m, _) in models.items():
-        if name.startswith("topk k="):
+        if name in skip:
             continue
         scores = [(name, (m(xa).reshape(xa.shape) - xa).pow(2).sum(-1).numpy(),
                    (m(x).reshape(x.shape) - x).pow(2).sum(-1).numpy())]
@@ -121,14 +135,16 @@ def roc_curves(models: dict, data, path: Path, *, seed: int = 0) -> Path:
 
 def write_plots(models: dict, data, rows: dict, out: Path, cfg) -> list[str]:
     """Every plot that applies to the data kind; returns the file names."""
-    from saelens_lite.baselines import VAE
-
-    paths = [frontier(rows, out / "frontier.png")]
+    sweep = k_sweep(models, cfg)
+    classes = {type(models[n][0]) for n in sweep}
+    line = [n for n, (m, _) in models.items() if type(m) in classes]
+    label = ", ".join(c.architecture for c in classes) + ", k sweep"
+    paths = [frontier(rows, out / "frontier.png", line, label)]
     if data.kind == "images":
         paths.append(reconstructions(models, data.x_test, data.image_side, out / "reconstructions.png",
-                                     seed=cfg.seed))
+                                     seed=cfg.seed, skip=sweep))
         vaes = [m for m, _ in models.values() if isinstance(m, VAE)]
         if vaes:
             paths.append(vae_samples(vaes[0], data.image_side, out / "vae_samples.png", seed=cfg.seed))
-        paths.append(roc_curves(models, data, out / "roc.png", seed=cfg.seed))
+        paths.append(roc_curves(models, data, out / "roc.png", seed=cfg.seed, skip=sweep))
     return [p.name for p in paths]
