@@ -103,7 +103,8 @@ def plot_frontiers(rows: list[dict], path: Path, *, title: str = "") -> None:
         axes[0].plot(l0, [r["fvu"] for r in pts], "o-", label=arch)
         ce = [r["ce_loss_recovered"] if r["ce_loss_recovered"] is not None else float("nan") for r in pts]
         axes[1].plot(l0, ce, "o-", label=arch)
-    for ax, ylabel in zip(axes, ("FVU (lower is better)", "CE loss recovered (higher is better)")):
+    for ax, ylabel in zip(axes, ("FVU, held-out (lower is better)",
+                                       "CE loss recovered vs zero ablation, held-out (higher is better)")):
         ax.set_xscale("log")
         ax.set_xlabel("L0 (active latents per token)")
         ax.set_ylabel(ylabel)
