@@ -7,7 +7,7 @@ import argparse
 import json
 
 from saelens_lite.cli._common import Formatter
-from saelens_lite.cli.steer import (
+from saelens_lite.cli._interventions_common import (
     add_feature_args,
     add_generation_args,
     add_splice_args,

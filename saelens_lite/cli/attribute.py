@@ -7,7 +7,7 @@ import argparse
 import json
 
 from saelens_lite.cli._common import Formatter
-from saelens_lite.cli.steer import add_splice_args, load_model_and_saes, quoted
+from saelens_lite.cli._interventions_common import add_splice_args, load_model_and_saes, quoted
 
 
 def add(sub) -> None:

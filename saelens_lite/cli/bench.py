@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from saelens_lite.cli._common import Formatter
+from saelens_lite.cli._common import Formatter, parse_arch_options
 
 
 def add(sub) -> None:
@@ -53,7 +53,6 @@ def add(sub) -> None:
 def run_synthetic(args: argparse.Namespace) -> int:
     import json
 
-    from saelens_lite.cli.train import _parse_arch_options
     from saelens_lite.evals.synthetic import SyntheticConfig, format_table, run_benchmark
 
     cfg = SyntheticConfig(d=args.d, n_features=args.features, mean_active=args.mean_active,
@@ -63,7 +62,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
     train_options = {} if args.train_tokens is None else {"tokens": args.train_tokens}
     rows = run_benchmark(args.arch, cfg=cfg, n_train=args.n_train, k=args.k, latents=args.latents,
                          sparsity_coeff=args.sparsity_coeff, train_options=train_options,
-                         sae_options=_parse_arch_options(args.option), n_eval=args.eval_tokens)
+                         sae_options=parse_arch_options(args.option), n_eval=args.eval_tokens)
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from saelens_lite.cli._common import Formatter
+from saelens_lite.cli._common import Formatter, parse_arch_options
 
 
 def add(sub) -> None:
@@ -32,10 +32,9 @@ def add(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from saelens_lite._dataclass_args import dataclass_from_args
-    from saelens_lite.cli.train import _parse_arch_options
     from saelens_lite.compare import CompareConfig, compare, format_table
 
-    cfg = dataclass_from_args(CompareConfig, args, options=_parse_arch_options(args.option))
+    cfg = dataclass_from_args(CompareConfig, args, options=parse_arch_options(args.option))
     result = compare(args.out, activations=args.activations, hook=args.hook, images=args.images, config=cfg)
     print(format_table(result["rows"]), end="")
     print(f"wrote results.md, results.json and {', '.join(result['plots'])} to {args.out}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from saelens_lite._dataclass_args import add_dataclass_args, dataclass_from_args
-from saelens_lite.cli._common import Formatter
+from saelens_lite.cli._common import Formatter, parse_options
 
 
 def add(sub) -> None:
@@ -33,36 +33,10 @@ def add(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_options(pairs: list[str]) -> dict:
-    import json
-
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option {pair!r}: expected KEY=VALUE")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
-
-
-def _parse_arch_options(pairs: list[str]) -> dict[str, dict]:
-    """``ARCH.KEY=VALUE`` pairs -> {arch: {key: value}} (values parsed as in _parse_options)."""
-    options: dict[str, dict] = {}
-    for key, value in _parse_options(pairs).items():
-        arch, dot, field = key.partition(".")
-        if not dot or not field:
-            raise ValueError(f"--option {key}: expected ARCH.KEY=VALUE")
-        options.setdefault(arch, {})[field] = value
-    return options
-
-
 def run(args: argparse.Namespace) -> int:
     from saelens_lite.training import TrainConfig, train
 
-    cfg = dataclass_from_args(TrainConfig, args, sae_options=_parse_options(args.option))
+    cfg = dataclass_from_args(TrainConfig, args, sae_options=parse_options(args.option))
     result = train(cfg)
     saes = result if isinstance(result, dict) else {cfg.hooks[0] if cfg.hooks else "activations": result}
     for hook, sae in saes.items():
