@@ -114,7 +114,7 @@ def _check_sizes(root: Path, shards: list[dict]) -> None:
 def _to_storage(x, dtype: str) -> np.ndarray:
     """(n, D) tensor or array -> numpy in the storage dtype (bfloat16 as uint16 bits)."""
     if dtype == "bfloat16":
-        return _as_numpy(torch.as_tensor(x).detach().to("cpu", torch.bfloat16).contiguous())
+        return as_numpy(torch.as_tensor(x).detach().to("cpu", torch.bfloat16).contiguous())
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", getattr(torch, dtype)).numpy()
     return np.asarray(x, dtype=DTYPES[dtype])
@@ -127,7 +127,7 @@ def _decode_np(raw: np.ndarray, dtype: str) -> np.ndarray:
     return raw
 
 
-def _as_numpy(t: torch.Tensor) -> np.ndarray:
+def as_numpy(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a CPU tensor; bfloat16 as its uint16 bits (the cache's storage)."""
     return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
 
@@ -145,7 +145,7 @@ def _gather_rows(win_ND: np.ndarray, rows: np.ndarray | range, dtype: torch.dtyp
         view = torch.from_numpy(win_ND[rows.start:rows.stop])
         return out.copy_(view.view(torch.bfloat16) if store == torch.bfloat16 else view)
     if store == dtype:
-        _take(win_ND, rows, _as_numpy(out))
+        take_rows(win_ND, rows, as_numpy(out))
         return out
     if scratch is None or not scratch or scratch[0].shape[0] < len(rows):
         buf = torch.empty(len(rows), win_ND.shape[1], dtype=store)
@@ -153,7 +153,7 @@ def _gather_rows(win_ND: np.ndarray, rows: np.ndarray | range, dtype: torch.dtyp
             scratch[:] = [buf]
     else:
         buf = scratch[0][:len(rows)]
-    _take(win_ND, rows, _as_numpy(buf))
+    take_rows(win_ND, rows, as_numpy(buf))
     return out.copy_(buf)
 
 
@@ -161,7 +161,7 @@ _POOL: list = []  # [ThreadPoolExecutor], made on first use
 _PAR_MIN = 1 << 22  # elements below which one thread gathers
 
 
-def _take(src: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+def take_rows(src: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
     """out[:] = src[rows] (rows in range), split over up to 4 threads for big gathers
     (np.take releases the GIL)."""
     n = min(4, os.cpu_count() or 1, max(1, rows.size * src.shape[1] // _PAR_MIN))

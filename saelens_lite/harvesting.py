@@ -53,8 +53,7 @@ from saelens_lite.tokens import (
     DEFAULT_EXCLUDE,
     EXCLUDE_CHOICES,
     check_exclude,
-    excluded_token_ids,
-    keep_mask,
+    written_mask,
 )
 
 log = logging.getLogger(__name__)
@@ -120,11 +119,6 @@ def _batches(contexts: Iterator[tuple[int, np.ndarray]], size: int) -> Iterator[
         yield batch
 
 
-def _keep_mask(ids_BS: torch.Tensor, attn_BS: torch.Tensor, exclude: str, tokenizer) -> torch.Tensor:
-    """Boolean (B, S): positions whose activations are written."""
-    return attn_BS.bool() & keep_mask(ids_BS, excluded_token_ids(tokenizer, exclude))
-
-
 def _cache_meta(cfg: HarvestConfig, lm: LoadedModel) -> dict:
     """The settings that define the cache's content (compared on resume)."""
     tok = lm.tokenizer
@@ -188,7 +182,7 @@ class _Owned:
             if self.total >= self.tokens:
                 return
             ids_1S = torch.as_tensor(ids, dtype=torch.long)[None]
-            n = int(_keep_mask(ids_1S, torch.ones_like(ids_1S), self.exclude, self.tokenizer).sum())
+            n = int(written_mask(ids_1S, torch.ones_like(ids_1S), self.exclude, self.tokenizer).sum())
             limit = min(n, self.tokens - self.total)
             self.total += n
             if i % self.world == self.rank:
@@ -278,7 +272,7 @@ def _harvest_rank(cfg: HarvestConfig, writer: CacheWriter, lm: LoadedModel, hook
             ctx_B = torch.tensor([i for i, _, _ in batch], dtype=torch.long)
             limit_B = torch.tensor([n for _, _, n in batch], dtype=torch.long)
             pos_BS = torch.arange(S).expand(len(batch), S)
-            keep_BS = _keep_mask(ids_BS, attn_BS, cfg.exclude, lm.tokenizer)
+            keep_BS = written_mask(ids_BS, attn_BS, cfg.exclude, lm.tokenizer)
             keep_BS &= keep_BS.long().cumsum(1) <= limit_B[:, None]  # the global token cut
             keep_BS &= (ctx_B[:, None] > last_ctx) | ((ctx_B[:, None] == last_ctx) & (pos_BS > last_pos))
             n = int(keep_BS.sum())

@@ -65,4 +65,11 @@ def keep_mask(ids, excluded: set[int]):
     return ~np.isin(ids, np.array(sorted(excluded), dtype=ids.dtype if ids.size else np.int64))
 
 
-__all__ = ["EXCLUDE_CHOICES", "DEFAULT_EXCLUDE", "check_exclude", "excluded_token_ids", "keep_mask"]
+
+def written_mask(ids_BS, attn_BS, exclude: str, tokenizer):
+    """Boolean (B, S): positions whose activations are written (attended and not excluded)."""
+    return attn_BS.bool() & keep_mask(ids_BS, excluded_token_ids(tokenizer, exclude))
+
+
+__all__ = ["EXCLUDE_CHOICES", "DEFAULT_EXCLUDE", "check_exclude", "excluded_token_ids", "keep_mask",
+           "written_mask"]

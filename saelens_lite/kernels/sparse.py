@@ -64,6 +64,10 @@ def _use_triton(t: Tensor) -> bool:
     return t.device.type == "cuda" and _cuda_mode() == "triton"
 
 
+def use_triton(t: Tensor) -> bool:  # for the fast step; tests patch _use_triton, read here per call
+    return _use_triton(t)
+
+
 def _use_sparse_lib(t: Tensor) -> bool:
     return t.dtype in _SPARSE_LIB_DTYPES and (t.device.type == "cpu" or _cuda_mode() == "cusparse")
 

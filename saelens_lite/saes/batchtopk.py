@@ -40,7 +40,7 @@ class BatchTopKSAE(SAE):
         super().__init__(cfg)
         self.register_buffer("threshold", torch.tensor(-1.0, dtype=torch.float32))
 
-    def _rms(self, x_BD: Tensor) -> Tensor | None:
+    def input_rms(self, x_BD: Tensor) -> Tensor | None:
         """(B,) r(x) = ||x - b_dec|| / sqrt(D) in the parameter dtype (floored so that a token
         at b_dec gets a finite score); None when the threshold is absolute."""
         if not self.cfg.relative_threshold:
@@ -76,7 +76,7 @@ class BatchTopKSAE(SAE):
         n_keep, m = min(B * cfg.k, B * F_), min(2 * cfg.k, F_)
         with torch.autocast(dev, enabled=False):
             x_BD = x_BD.to(W.dtype)
-            r_B = self._rms(x_BD)
+            r_B = self.input_rms(x_BD)
             xc_BD = (x_BD - self.b_dec).to(dt or W.dtype)
             W_DF, b_F = W.to(xc_BD.dtype), self.b_enc.to(xc_BD.dtype)
             # the scores are compared in one dtype everywhere, so steps 1 and 2 agree exactly
@@ -129,7 +129,7 @@ class BatchTopKSAE(SAE):
             return acts_BF.view(*x_BD.shape[:-1], -1)
         pre_BF = self.pre_acts(x_BD)
         theta = self.threshold.to(pre_BF.dtype)
-        r_B = self._rms(x_BD)
+        r_B = self.input_rms(x_BD)
         if r_B is None:
             return pre_BF * (pre_BF > theta)
         return pre_BF * (pre_BF / r_B.to(pre_BF.dtype)[..., None] > theta)
@@ -148,7 +148,7 @@ class BatchTopKSAE(SAE):
         x_BD = x_ND[:n].to(self.W_enc.device, self.W_enc.dtype)
         rows_N, _, pre_N, _ = self._batch_topk(x_BD)
         if pre_N.numel():
-            r_B = self._rms(x_BD)
+            r_B = self.input_rms(x_BD)
             self.threshold.fill_(float((pre_N if r_B is None else pre_N / r_B[rows_N]).min()))
 
     @torch.no_grad()
@@ -167,7 +167,7 @@ class BatchTopKSAE(SAE):
         rows_N, cols_N, pre_N, aux = self._batch_topk(x_BD, dead_mask_F, k_aux)
         with torch.no_grad():
             if pre_N.numel():
-                r_B = self._rms(x_BD)
+                r_B = self.input_rms(x_BD)
                 m = (pre_N if r_B is None else pre_N / r_B[rows_N]).min().float()
                 first = self.threshold < 0
                 self.threshold.copy_(

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saelens_lite.cache import _as_numpy, _take
+from saelens_lite.cache import as_numpy, take_rows
 from saelens_lite.devices import resolve_device
 
 log = logging.getLogger(__name__)
@@ -130,13 +130,13 @@ class ArraySource(DataSource):
                 x = a.detach()[torch.from_numpy(idx).to(a.device)]
                 out[hook] = x if x.dtype in _KEPT else x.to(torch.float32)
                 continue
-            src = _as_numpy(a.detach()) if isinstance(a, torch.Tensor) else a
+            src = as_numpy(a.detach()) if isinstance(a, torch.Tensor) else a
             dt = _host_dtype(a)
             if dt not in _KEPT:  # float64, ints...: one conversion after the gather
                 out[hook] = torch.from_numpy(np.asarray(src[idx])).to(torch.float32)
                 continue
             buf = outs[hook] if outs is not None else torch.empty(len(idx), src.shape[1], dtype=dt)
-            _take(src, idx, _as_numpy(buf))
+            take_rows(src, idx, as_numpy(buf))
             out[hook] = buf
         return out
 
@@ -293,9 +293,9 @@ class StreamSource(DataSource):
             yield from self._contexts_once()
 
     def _keep(self, ids_BS: torch.Tensor, attn_BS: torch.Tensor) -> torch.Tensor:
-        from saelens_lite.harvesting import _keep_mask
+        from saelens_lite.tokens import written_mask
 
-        return _keep_mask(ids_BS, attn_BS, self.exclude, self.lm.tokenizer)
+        return written_mask(ids_BS, attn_BS, self.exclude, self.lm.tokenizer)
 
     def _pad(self, contexts: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.lm.tokenizer

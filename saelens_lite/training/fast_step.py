@@ -119,7 +119,7 @@ def _fused_ok(mode: str, xc_lp_BD: Tensor, F_: int, k: int) -> bool:
 
     B = xc_lp_BD.shape[0]
     kt = triton_topk.pruned_kt(B, F_, k) if mode == "pruned" else k
-    ok = _sparse._use_triton(xc_lp_BD) and triton_topk.supports(xc_lp_BD.dtype, F_, kt)
+    ok = _sparse.use_triton(xc_lp_BD) and triton_topk.supports(xc_lp_BD.dtype, F_, kt)
     ok = ok and not (_FUSED_FAILED and mode == "auto")
     if mode in ("fused", "pruned") and not ok:
         kmax = "k" if mode == "fused" else "the pruned candidates per tile"
@@ -287,7 +287,7 @@ def sparse_loss_and_grads(
     lowp = compute_dtype if use_lowp else None
     xc_lp_BD = xc_BD.to(lowp) if lowp is not None else xc_BD
     # low-precision gathered rows only where the kernels take mixed dtypes (Triton)
-    gather_lp = lowp is not None and _sparse._use_triton(W_dec)
+    gather_lp = lowp is not None and _sparse.use_triton(W_dec)
     W_dec_c = W_dec.to(lowp) if gather_lp else W_dec
     xc_c = xc_lp_BD if gather_lp else xc_BD
 
@@ -302,7 +302,7 @@ def sparse_loss_and_grads(
                            aux_candidates)  # fmt: skip
     pre_N, idx_BK = sel.pre_BK.reshape(-1), sel.idx_BK
     score_N = pre_N  # BatchTopK ranks (and thresholds) pre / r(x) with cfg.relative_threshold
-    if batch and (r_B := sae._rms(x_BD)) is not None:
+    if batch and (r_B := sae.input_rms(x_BD)) is not None:
         score_N = (sel.pre_BK / r_B[:, None]).reshape(-1)  # r > 0: a row's candidates keep order
     keep_N = _batch_keep(score_N, B * cfg.k) if batch else pre_N > 0
     p = _pattern(idx_BK, keep_N, F_, gather_lp)
