@@ -5,13 +5,20 @@ from saelens_lite.saes import batchtopk, jumprelu, relu, topk  # noqa: E402,F401
 from saelens_lite.saes.base import SAE, SAEConfig, TrainOutput, geometric_median  # noqa: E402
 from saelens_lite.saes.batchtopk import BatchTopKSAE  # noqa: E402
 from saelens_lite.saes.jumprelu import JumpReLUSAE  # noqa: E402
-from saelens_lite.saes.registry import REGISTRY, architectures, get_sae_class, register
+from saelens_lite.saes.registry import (  # noqa: E402
+    REGISTRY,
+    architectures,
+    fast_step_architectures,
+    get_sae_class,
+    register,
+)
 from saelens_lite.saes.relu import ReLUSAE  # noqa: E402
 from saelens_lite.saes.topk import TopKSAE  # noqa: E402
 
 __all__ = [
     "REGISTRY",
     "architectures",
+    "fast_step_architectures",
     "get_sae_class",
     "register",
     "SAE",

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import pathlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -350,10 +351,21 @@ class SAE(nn.Module):
     # False for models that are not one (D, F) linear map per token (the conv baseline: its
     # (B, S, D) input is a sequence); tests of the token-wise SAE contract skip them.
     tokenwise: bool = True
+    # Whether training/fast_step.py's closed-form sparse gradients cover this architecture (for
+    # the SAEConfig fields that `fast_step_supports` accepts); the trainer and TrainConfig read it.
+    supports_fast_step: bool = False
+    # Whether top-k selection runs over the whole batch (B*K codes per batch, not K per token)
+    # with a threshold for inference (BatchTopK); the fast step selects accordingly.
+    batch_selection: bool = False
     # Data-parallel training: the mean over ranks of a per-rank batch statistic, without grad
     # (the trainer sets saelens_lite.distributed.batch_mean under torchrun). None: one process,
     # the local batch is the whole batch. Terms non-linear in a batch mean read it (jumprelu).
     batch_mean = None
+
+    @classmethod
+    def fast_step_supports(cls, options: Mapping[str, object]) -> bool:
+        """Whether the fast step trains this architecture with these SAEConfig fields."""
+        return cls.supports_fast_step
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()

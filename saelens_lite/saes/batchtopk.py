@@ -35,6 +35,8 @@ from saelens_lite.saes.registry import register
 class BatchTopKSAE(SAE):
     uses_k = True
     short_run_lr = True
+    supports_fast_step = True
+    batch_selection = True
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)

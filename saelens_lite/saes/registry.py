@@ -35,6 +35,11 @@ def architectures() -> list[str]:
     return sorted(REGISTRY)
 
 
+def fast_step_architectures() -> list[str]:
+    """Architectures whose class says the fast step covers it (``SAE.supports_fast_step``)."""
+    return sorted(n for n, c in REGISTRY.items() if c.supports_fast_step)
+
+
 def get_sae_class(name: str) -> type[SAE]:
     if name not in REGISTRY:
         raise ValueError(f"unknown architecture {name!r}; allowed: {architectures()}")

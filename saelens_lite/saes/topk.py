@@ -21,6 +21,12 @@ from saelens_lite.saes.registry import register
 class TopKSAE(SAE):
     uses_k = True
     short_run_lr = True
+    supports_fast_step = True
+
+    @classmethod
+    def fast_step_supports(cls, options) -> bool:
+        """The fast step has no Multi-TopK term."""
+        return not options.get("multi_topk", False)
 
     def _select(self, x_BD: Tensor, k: int, **kw) -> kernels.TopKSelection:
         return kernels.topk_select(

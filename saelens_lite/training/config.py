@@ -20,8 +20,6 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 FAST_STEP_MODES = ("auto", "on", "off")
 # The fast step's top-k on CUDA (training/fast_step.py, kernels/triton_topk.py).
 TOPK_SELECT_MODES = ("auto", "fused", "pruned", "torch")
-# Architectures the explicit-gradient step (training/fast_step.py) implements.
-FAST_STEP_ARCHITECTURES = ("topk", "batchtopk")
 
 # Fields that may change between an interrupted run and its resumption: they change where
 # things are written or how they are reported, never the weights.
@@ -259,8 +257,11 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be true or false")
         if self.fast_step == "on" and not self.fast_step_supported:
-            raise ValueError(f"fast_step='on': needs architecture in {list(FAST_STEP_ARCHITECTURES)} "
-                             f"without multi_topk; got architecture={self.architecture!r}, multi_topk="
+            from saelens_lite.saes import fast_step_architectures
+
+            raise ValueError(f"fast_step='on': needs architecture in {fast_step_architectures()} "
+                             f"with options its class's fast step supports (not multi_topk); got "
+                             f"architecture={self.architecture!r}, multi_topk="
                              f"{bool(self.sae_options.get('multi_topk', False))} (use 'auto' or 'off')")
         if self.wandb_mode not in WANDB_MODES:
             raise ValueError(f"wandb_mode={self.wandb_mode!r}: choose one of {list(WANDB_MODES)}")
@@ -286,11 +287,13 @@ class TrainConfig:
 
     @property
     def fast_step_supported(self) -> bool:
-        """Whether the fast step implements this architecture (topk without multi_topk,
-        batchtopk)."""
-        multi = isinstance(self.sae_options, dict) and bool(self.sae_options.get("multi_topk", False))
-        return self.architecture in FAST_STEP_ARCHITECTURES and not (
-            self.architecture == "topk" and multi)
+        """Whether the fast step implements this architecture with these options
+        (``SAE.supports_fast_step`` and ``SAE.fast_step_supports``, read through the registry)."""
+        from saelens_lite.saes import REGISTRY  # here, not at the top: --help stays torch-free
+
+        cls = REGISTRY.get(self.architecture)
+        options = self.sae_options if isinstance(self.sae_options, dict) else {}
+        return cls is not None and cls.supports_fast_step and cls.fast_step_supports(options)
 
     def use_fast_step(self, device_type: str) -> bool:
         """``fast_step`` resolved for a device type ("cuda", "cpu", ...)."""

@@ -54,6 +54,7 @@ from torch import Tensor
 from saelens_lite import kernels
 from saelens_lite.kernels import sparse as _sparse
 from saelens_lite.saes.base import SAE, aux_weight
+from saelens_lite.saes.registry import fast_step_architectures
 from saelens_lite.training.config import TOPK_SELECT_MODES
 
 log = logging.getLogger(__name__)
@@ -273,11 +274,11 @@ def sparse_loss_and_grads(
     rows are wide (D = 2304, K / F = 1/256); AuxK stays sparse. Same values up to rounding."""
     _check_backward(backward)
     cfg = sae.cfg
-    batch = cfg.architecture == "batchtopk"
-    if not (batch or cfg.architecture == "topk") or (not batch and cfg.multi_topk):
+    batch = type(sae).batch_selection
+    if not (type(sae).supports_fast_step and type(sae).fast_step_supports(vars(cfg))):
         raise ValueError(
-            f"fast step supports architecture 'topk' (without multi_topk) or 'batchtopk'; got "
-            f"architecture={cfg.architecture!r}, multi_topk={cfg.multi_topk}"
+            f"fast step supports architectures {fast_step_architectures()} (SAE.fast_step_supports); "
+            f"got architecture={cfg.architecture!r}, multi_topk={cfg.multi_topk}"
         )
     W_enc, W_dec, b_dec = sae.W_enc.detach(), sae.W_dec.detach(), sae.b_dec.detach()
     B, F_ = x_BD.shape[0], cfg.d_sae
