@@ -92,6 +92,8 @@ def test_highlight_marks_runs_and_parse_reads_the_last_tag(source):
     assert parse_explanation("thinking...\n[EXPLANATION]: x\n[EXPLANATION]:  The token \"er\". ") \
         == 'The token "er".'
     assert parse_explanation("\n  cats and dogs\nmore") == "cats and dogs"
+    assert parse_explanation("[EXPLANATION]: The pattern is:\n\n- Python keywords\n") == "Python keywords"
+    assert parse_explanation("Answer:") == "Answer:"
 
 
 def test_auroc_matches_sklearn():

@@ -46,21 +46,23 @@ class HFChat:
             raise ValueError(f"hf:{name}: its tokenizer has no single token for yes/no, so it "
                              "cannot judge; choose another model")
 
-    def _ids(self, messages: Messages) -> list[int]:
+    def _ids(self, messages: Messages, prefix: str = "") -> list[int]:
         tok = self.lm.tokenizer
         if getattr(tok, "chat_template", None):
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:  # a base model: a plain transcript ending where the answer goes
             text = "".join(f"{m['role']}: {m['content']}\n\n" for m in messages) + "assistant:"
-        return tok(text, add_special_tokens=False).input_ids
+        return tok(text + prefix, add_special_tokens=False).input_ids
 
     @torch.no_grad()
-    def complete(self, messages: Messages) -> str:
+    def complete(self, messages: Messages, *, prefix: str = "") -> str:
+        """Greedy answer; ``prefix`` is written as the start of the answer (and returned with
+        it), which keeps a small model to the asked format."""
         tok = self.lm.tokenizer
-        ids = torch.tensor([self._ids(messages)])
+        ids = torch.tensor([self._ids(messages, prefix)])
         out = self.lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                      max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id)
-        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return prefix + tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
     @torch.no_grad()
     def p_yes(self, batch: list[Messages]) -> list[float]:
@@ -130,7 +132,9 @@ class OpenAIChat:
         """Fail early (before anything is written) when the endpoint does not answer a chat."""
         self.complete([{"role": "user", "content": "Say ok."}], max_tokens=1)
 
-    def complete(self, messages: Messages, *, max_tokens: int | None = None) -> str:
+    def complete(self, messages: Messages, *, prefix: str = "", max_tokens: int | None = None) -> str:
+        """Greedy answer. ``prefix`` is ignored: the chat API has no standard way to start the
+        answer, and the models behind such servers follow the format asked for."""
         body = {"model": self.model, "messages": messages, "temperature": 0,
                 "max_tokens": max_tokens or self.max_tokens}
         reply = self._request("/chat/completions", body)

@@ -90,10 +90,14 @@ class ExampleSource:
         self.context_N = np.asarray(cache.context_ids)
         self.strings = TokenStrings(lm.tokenizer)
         self.boosted_FL = None
-        if cfg.n_logits:
-            effects = logit_effects(sae.W_dec.detach(), lm, cfg.n_logits)
-            if not isinstance(effects, str):  # a str says why there are none (no LM head)
-                self.boosted_FL = effects[1]
+        try:
+            if cfg.n_logits:
+                effects = logit_effects(sae.W_dec.detach(), lm, cfg.n_logits)
+                if not isinstance(effects, str):  # a str says why there are none (no LM head)
+                    self.boosted_FL = effects[1]
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> ExampleSource:
         return self

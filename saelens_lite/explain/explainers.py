@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from saelens_lite.explain.chat import EndpointError, HFChat, OpenAIChat
 from saelens_lite.explain.examples import FeatureExamples
-from saelens_lite.explain.prompts import explainer_messages, parse_explanation
+from saelens_lite.explain.prompts import EXPLANATION_TAG, explainer_messages, parse_explanation
 
 DEFAULT_HF_MODEL = "smollm2-135m"
 
@@ -74,7 +74,7 @@ class ModelExplainer:
     def explain(self, ex: FeatureExamples) -> str:
         if not ex.explain:
             return self._fallback.explain(ex)
-        text = parse_explanation(self.chat.complete(explainer_messages(ex)))
+        text = parse_explanation(self.chat.complete(explainer_messages(ex), prefix=EXPLANATION_TAG))
         return text or self._fallback.explain(ex)
 
 

@@ -5,8 +5,9 @@ Follows the shape of EleutherAI delphi's default explainer and its detection / f
 arXiv:2410.13928; github.com/EleutherAI/delphi, ``delphi/explainers/default/prompts.py`` and
 ``delphi/scorers/classifier/``): activating tokens between ``<<`` and ``>>``, a run of consecutive
 activating tokens inside one pair, the answer on a last line after ``[EXPLANATION]:``. The wording
-here is shorter than delphi's so that a 135M-parameter model keeps it in view; docs/explanations.md
-prints every prompt in full.
+here is shorter than delphi's so that a 135M-parameter model keeps it in view, and a local model's
+answer starts with that tag already written (see :class:`~saelens_lite.explain.chat.HFChat`);
+docs/explanations.md prints every prompt in full.
 """
 
 from __future__ import annotations
@@ -26,13 +27,6 @@ EXPLAINER_SYSTEM = (
     "- Do not mention the << >> markers. Do not list alternatives.\n"
     "- The last line of your answer must be: [EXPLANATION]: <your phrase>"
 )
-
-FEW_SHOT_USER = (
-    "Example 1: the ocean is wid<<er>> than the river\n"
-    "Example 2: every year you get tall<<er>>, she said\n"
-    "Example 3: the hole was small<<er>> but deep<<er>> than"
-)
-FEW_SHOT_ASSISTANT = '[EXPLANATION]: The suffix "er" of comparative adjectives.'
 
 JUDGE_SYSTEM = ("You check descriptions of a language model's features against text. "
                 "Answer with one word: yes or no.")
@@ -66,12 +60,11 @@ def highlight(ctx: Context, positions: Sequence[int] | None = None) -> str:
 
 
 def explainer_messages(ex: FeatureExamples) -> Messages:
-    """Few-shot chat for the model explainer: one worked example, then the feature's contexts."""
+    """The explainer's chat: the instructions, then the feature's highlighted contexts. delphi
+    also shows worked examples; SmolLM2-135M copied the worked example's answer for all of 40
+    demo features (docs/explanations.md), so there are none here."""
     shown = "\n".join(f"Example {i + 1}: {highlight(c).strip()}" for i, c in enumerate(ex.explain))
-    return [{"role": "system", "content": EXPLAINER_SYSTEM},
-            {"role": "user", "content": FEW_SHOT_USER},
-            {"role": "assistant", "content": FEW_SHOT_ASSISTANT},
-            {"role": "user", "content": shown}]
+    return [{"role": "system", "content": EXPLAINER_SYSTEM}, {"role": "user", "content": shown}]
 
 
 def judge_messages(template: str, explanation: str, text: str) -> Messages:
@@ -80,12 +73,14 @@ def judge_messages(template: str, explanation: str, text: str) -> Messages:
 
 
 def parse_explanation(reply: str, max_chars: int = 200) -> str:
-    """The text after the last ``[EXPLANATION]:``, else the reply's first non-empty line."""
+    """The first non-empty line after the last ``[EXPLANATION]:`` (else in the reply) that is
+    not a lead-in ending in ":" ("The pattern is:", which small models write before the answer);
+    whitespace collapsed, a list marker and quotes around it stripped, cut at ``max_chars``."""
     if EXPLANATION_TAG in reply:
-        text = reply.rsplit(EXPLANATION_TAG, 1)[1]
-    else:
-        text = next((line for line in reply.splitlines() if line.strip()), "")
-    text = " ".join(text.split()).strip(" \"'")
+        reply = reply.rsplit(EXPLANATION_TAG, 1)[1]
+    lines = [line for line in reply.splitlines() if line.strip()]
+    text = next((line for line in lines if not line.rstrip().endswith(":")), lines[0] if lines else "")
+    text = " ".join(text.split()).lstrip("-*• ").strip(" \"'")  # list markers, quotes
     return text[:max_chars]
 
 

@@ -110,7 +110,7 @@ def explain(sae, cache, out, *, explainer="template", scorers="embedding", featu
     opts = {"openai_model": openai_model, "timeout": timeout, "retries": retries}
     expl = make_explainer(explainer, **opts) if isinstance(explainer, str) else explainer
     judge_chat = _judge_for(judge, expl, names, opts)
-    sae_path = str(sae) if isinstance(sae, (str, os.PathLike)) else None
+    sae_path = str(Path(sae).resolve()) if isinstance(sae, (str, os.PathLike)) else None
     cache = ActivationCache(cache) if isinstance(cache, (str, os.PathLike)) else cache
     sae = (SAE.load(sae) if sae_path else sae).eval()
     if not isinstance(model, LoadedModel):
@@ -119,7 +119,7 @@ def explain(sae, cache, out, *, explainer="template", scorers="embedding", featu
             raise ValueError("the cache's meta names no model; pass model=")
         model = load_model(name)
     scorer_objs = _build_scorers(names, judge_chat, cfg.seed)
-    settings = {"sae": sae_path, "cache": str(cache.path), "hook": hook, "explainer": expl.spec,
+    settings = {"sae": sae_path, "cache": str(cache.path.resolve()), "hook": hook, "explainer": expl.spec,
                 "judge": getattr(judge_chat, "name", None), "scorers": names,
                 "features": features if features is None or isinstance(features, str) else list(features),
                 "config": dataclasses.asdict(cfg)}
