@@ -5,7 +5,6 @@ import dataclasses
 import http.client
 import json
 import re
-import threading
 
 import numpy as np
 import pytest
@@ -206,17 +205,12 @@ def test_the_run_folders_training_curves_are_copied_into_the_site_and_served(tmp
     assert meta["training_curves"] == f"data/{CURVES_NAME}"  # relative to index.html
     assert (out / meta["training_curves"]).read_bytes() == (run / CURVES_NAME).read_bytes()
     assert "meta.training_curves" in (out / "assets" / "app.js").read_text()  # the index shows it
-    httpd = make_server(out, port=0)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+    with make_server(out, port=0) as httpd:
         conn = http.client.HTTPConnection("127.0.0.1", httpd.server_address[1], timeout=10)
         conn.request("GET", "/" + meta["training_curves"])
         resp = conn.getresponse()
         assert resp.status == 200 and resp.getheader("Content-Type") == "image/png"
         assert resp.read() == (run / CURVES_NAME).read_bytes()
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     # rebuilt from an SAE object (no folder to look in): no curves, and no stale copy
     build_dashboard(sae, cache, out, model=lm, progress=False, n_neighbours=0, n_logits=0)
     assert read_jsonp(out / "data" / "meta.js", "saeMeta")["training_curves"] is None
