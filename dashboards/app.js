@@ -81,9 +81,19 @@
   var COLS = [
     ['id', 'Feature'], ['density', 'Density'], ['max', 'Max act'], ['mean', 'Mean act'], ['top', 'Top tokens']
   ];
+  // With explanations (saelens-lite dashboard --explanations): their text, then each scorer's AUROC.
+  function columns() {
+    if (!S.index.expl) return COLS;
+    return COLS.concat([['expl', 'Explanation']], Object.keys(S.index.scores).sort().map(function (n) {
+      return ['s:' + n, n + ' AUROC'];
+    }));
+  }
+  function isText(k) { return k === 'id' || k === 'top' || k === 'expl'; }
   function keyOf(k, i) {
     if (k === 'id') return i;
     if (k === 'top') return (S.index.top[i] || []).join(' ');
+    if (k === 'expl') return S.index.expl[i];
+    if (k.indexOf('s:') === 0) return S.index.scores[k.slice(2)][i];
     return S.index[k][i];
   }
   function matches(i, q) {
@@ -91,20 +101,24 @@
     if (/^\d+$/.test(q)) return String(i).indexOf(q) === 0;
     var toks = S.index.top[i] || [];
     for (var j = 0; j < toks.length; j++) if (toks[j].toLowerCase().indexOf(q) >= 0) return true;
-    return false;
+    var e = S.index.expl && S.index.expl[i];
+    return !!e && e.toLowerCase().indexOf(q) >= 0;
   }
   function renderIndex() {
     var root = app();
-    var search = el('input', { id: 'search', type: 'search', placeholder: 'Search: feature id or token text',
+    var search = el('input', { id: 'search', type: 'search',
+                               placeholder: S.index.expl ? 'Search: feature id, token or explanation text'
+                                                         : 'Search: feature id or token text',
                                value: S.query, autocomplete: 'off' });
     var count = el('span', { id: 'count', cls: 'muted' });
     var tbody = el('tbody');
     var more = el('button', { id: 'more', cls: 'more', text: 'Show more' });
     var head = el('tr');
-    COLS.forEach(function (c) {
+    var cols = columns();
+    cols.forEach(function (c) {
       var arrow = S.sortKey === c[0] ? (S.sortDir < 0 ? ' ▼' : ' ▲') : '';
       head.appendChild(el('th', { 'data-key': c[0], tabindex: '0', on: { click: function () {
-        if (S.sortKey === c[0]) S.sortDir = -S.sortDir; else { S.sortKey = c[0]; S.sortDir = c[0] === 'id' || c[0] === 'top' ? 1 : -1; }
+        if (S.sortKey === c[0]) S.sortDir = -S.sortDir; else { S.sortKey = c[0]; S.sortDir = isText(c[0]) ? 1 : -1; }
         renderIndex();
       } } }, c[1] + arrow));
     });
@@ -115,6 +129,8 @@
       var k = S.sortKey, d = S.sortDir;
       ids.sort(function (a, b) {
         var x = keyOf(k, a), y = keyOf(k, b);
+        var nx = x === null || x === undefined, ny = y === null || y === undefined;
+        if (nx || ny) return nx && ny ? a - b : nx ? 1 : -1;  // features without a value last, either way
         return (x < y ? -1 : x > y ? 1 : a - b) * d;
       });
       count.textContent = ids.length + ' of ' + nFeatures() + ' features';
@@ -123,12 +139,12 @@
         var dead = S.index.density[i] === 0;
         var toks = el('td', { cls: 'toks' });
         (S.index.top[i] || []).forEach(function (t) { toks.appendChild(el('span', { cls: 'chip', text: chipText(t) })); });
-        rows.push(el('tr', { cls: dead ? 'dead' : null, 'data-id': String(i) },
+        rows.push(el.apply(null, ['tr', { cls: dead ? 'dead' : null, 'data-id': String(i) },
           el('td', null, el('a', { href: '#f' + i, text: '#' + i })),
           el('td', { cls: 'num' }, pct(S.index.density[i])),
           el('td', { cls: 'num' }, fmt(S.index.max[i])),
           el('td', { cls: 'num' }, fmt(S.index.mean[i])),
-          toks));
+          toks].concat(explCells(i))));
       });
       tbody.replaceChildren.apply(tbody, rows);
       more.style.display = ids.length > S.shown ? '' : 'none';
@@ -155,6 +171,13 @@
       more].filter(Boolean));
     fill();
     search.focus();
+  }
+
+  function explCells(i) {
+    if (!S.index.expl) return [];
+    return [el('td', { cls: 'expl', text: S.index.expl[i] || '' })].concat(Object.keys(S.index.scores).sort().map(function (n) {
+      return el('td', { cls: 'num' }, fmt(S.index.scores[n][i]));
+    }));
   }
 
   // ---------------------------------------------------------------- feature view
@@ -263,9 +286,36 @@
         main.appendChild(sec);
       });
       app().replaceChildren(nav, el('h1', { id: 'feature-title', text: 'Feature #' + fi }), stats,
-        interventionsBox(fi, f, tok), el('div', { cls: 'fgrid' }, main, side));
+        explanationBox(d.expl && d.expl[fi]), interventionsBox(fi, f, tok), el('div', { cls: 'fgrid' }, main, side));
       window.scrollTo(0, 0);
     });
+  }
+  // The explanation, its explainer and every score beside the same score of a shuffled explanation
+  // (another feature's): a score no better than its shuffled one measures the judge, not the text.
+  function explanationBox(x) {
+    if (!S.meta.explanations) return null;
+    if (!x) return el('section', { id: 'explanation', cls: 'explanation' },
+                      el('p', { cls: 'muted', text: 'No explanation for this feature.' }));
+    var rows = [];
+    Object.keys(x.scores || {}).sort().forEach(function (n) {
+      var sc = x.scores[n];
+      Object.keys(sc).sort().forEach(function (m) {
+        if (m.indexOf('shuffled_') === 0 || m === 'n_pos' || m === 'n_neg') return;
+        rows.push(el('tr', null, el('td', { text: n }), el('td', { text: m.replace(/_/g, ' ') }),
+          el('td', { cls: 'num', text: fmt(sc[m]) }), el('td', { cls: 'num muted', text: fmt(sc['shuffled_' + m]) })));
+      });
+    });
+    var sh = x.shuffled || {};
+    return el('section', { id: 'explanation', cls: 'explanation' },
+      el('h3', { text: 'Explanation' }),
+      el('p', { id: 'explanation-text', cls: 'expl-text', text: x.text || '' }),
+      el('p', { cls: 'muted', text: 'by ' + (x.explainer || '?') }),
+      rows.length ? el('table', { id: 'explanation-scores', cls: 'scores' },
+        el('thead', null, el('tr', null, el('th', { text: 'Scorer' }), el('th', { text: 'Metric' }),
+                             el('th', { text: 'Score' }), el('th', { text: 'Shuffled' }))),
+        el.apply(null, ['tbody', null].concat(rows))) : null,
+      sh.explanation ? el('p', { cls: 'muted note' }, 'Shuffled: the explanation of ',
+                          el('a', { href: '#f' + sh.feature, text: '#' + sh.feature }), ': ' + sh.explanation) : null);
   }
   function stat(label, value) { return el('div', { cls: 'stat' }, el('div', { cls: 'label', text: label }), el('div', { cls: 'value', text: value })); }
 

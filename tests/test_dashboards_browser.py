@@ -274,3 +274,41 @@ def test_explain_this_output_links_each_top_feature_to_its_page(browser, parts, 
         assert int(rows[0].get_attribute("data-id")) == top
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
+
+
+def test_explanations_column_search_sort_and_feature_page(browser, parts, tmp_path):
+    lm, cache, sae = parts
+    scores = {5: 0.6, 17: 0.95, 250: 0.8}
+    texts = {5: "zebra crossings", 17: "Zebra stripes", 250: '<img src=x onerror="window.__xss=1">'}
+    expl = {f: {"feature": f, "explanation": texts[f], "explainer": "template",
+                "scores": {"embedding": {"auroc": scores[f], "shuffled_auroc": 0.5}},
+                "shuffled": {"feature": 0, "explanation": "other"}} for f in texts}
+    out = tmp_path / "site"
+    build_dashboard(sae, cache, out, model=lm, progress=False, shard_features=64, n_neighbours=0, explanations=expl)
+    browser.get((out / "index.html").as_uri())
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#features tbody tr"))
+    assert browser.find_element(By.CSS_SELECTOR, 'th[data-key="expl"]').text.startswith("Explanation")
+    browser.find_element(By.ID, "search").send_keys("zebra")  # explanation text, any case
+    wait(browser, lambda d: d.find_element(By.ID, "count").text.startswith("2 of 300"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#features tbody tr")
+    assert sorted(r.get_attribute("data-id") for r in rows) == ["17", "5"]
+    assert {r.find_element(By.CSS_SELECTOR, "td.expl").text for r in rows} == {texts[5], texts[17]}
+
+    browser.find_element(By.ID, "search").clear()
+    browser.find_element(By.ID, "search").send_keys(" ")
+    wait(browser, lambda d: d.find_element(By.ID, "count").text.startswith("300 of"))
+    browser.find_element(By.CSS_SELECTOR, 'th[data-key="s:embedding"]').click()  # best score first
+    ids = [r.get_attribute("data-id") for r in
+           wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#features tbody tr"))[:3]]
+    assert ids == ["17", "250", "5"]
+    assert browser.find_element(By.CSS_SELECTOR, '#features tr[data-id="250"] td.expl').text == texts[250]
+
+    browser.find_element(By.CSS_SELECTOR, '#features tr[data-id="17"] a').click()
+    text = wait(browser, lambda d: d.find_elements(By.ID, "explanation-text"))
+    assert text[0].text == texts[17]
+    cells = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#explanation-scores tbody td")]
+    assert cells == ["embedding", "auroc", "0.95", "0.5"]  # beside the shuffled explanation's
+    assert "template" in browser.find_element(By.ID, "explanation").text
+    assert browser.execute_script("return window.__xss") is None
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors

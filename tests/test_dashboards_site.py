@@ -252,3 +252,82 @@ def test_a_hook_other_than_the_saes_is_read_with_a_warning_naming_both(tmp_path,
     with caplog.at_level("WARNING", logger="saelens_lite.dashboards"):  # the SAE's own hook
         build_dashboard(sae, cache, tmp_path / "c", model=lm, progress=False, hook=HOOK, n_neighbours=0)
     assert hook_warnings(caplog) == []
+
+
+# --- explanations (saelens-lite explain's JSONL) -------------------------------------------------
+
+
+def expl_record(f: int, text: str, density: float | None = None) -> dict:
+    """A record as saelens_lite.explain writes it (docs/explanations.md)."""
+    return {"feature": f, "explanation": text, "explainer": "template",
+            "scores": {"embedding": {"auroc": 0.9, "shuffled_auroc": 0.5, "n_pos": 10, "n_neg": 10}},
+            "shuffled": {"feature": f + 1, "explanation": "other"}, "density": density, "max_act": 1.0,
+            "examples": {}}
+
+
+def write_explanations(folder, records: list[dict], settings: dict):
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps(settings))
+    (folder / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder / "explanations.jsonl"
+
+
+def test_explanations_from_a_jsonl_reach_the_index_and_the_feature_shards(tmp_path, sae, cache, lm):
+    sae_dir = sae.save(tmp_path / "sae")
+    path = write_explanations(tmp_path / "expl", [expl_record(3, EVIL[1]), expl_record(40, "the word the")],
+                              {"sae": str(sae_dir.resolve()), "cache": str(cache.path.resolve())})
+    out = tmp_path / "site"
+    build_dashboard(sae_dir, cache, out, model=lm, progress=False, shard_features=32, n_neighbours=0,
+                    explanations=path)
+    index = read_jsonp(out / "data" / "index.js", "saeIndex")
+    assert index["expl"][3] == EVIL[1] and index["expl"][40] == "the word the" and index["expl"][0] is None
+    assert index["scores"] == {"embedding": [0.9 if f in (3, 40) else None for f in range(80)]}
+    meta = read_jsonp(out / "data" / "meta.js", "saeMeta")
+    assert meta["explanations"] == {"source": "explanations.jsonl", "n": 2, "explainers": ["template"],
+                                    "scorers": ["embedding"]}
+    shard = read_jsonp(out / "data" / "f" / "00001.js", "saeShard")
+    assert shard["expl"] == {"40": {"text": "the word the", "explainer": "template",
+                                    "scores": expl_record(40, "")["scores"],
+                                    "shuffled": {"feature": 41, "explanation": "other"}}}
+    assert "</script>" not in (out / "data" / "f" / "00000.js").read_text()  # free text is escaped
+
+
+def test_without_explanations_the_site_data_is_unchanged(site):
+    assert "expl" not in read_jsonp(site / "data" / "index.js", "saeIndex")
+    assert "explanations" not in read_jsonp(site / "data" / "meta.js", "saeMeta")
+    assert "expl" not in read_jsonp(site / "data" / "f" / "00000.js", "saeShard")
+
+
+def test_explanations_beyond_the_saes_width_fail_naming_the_feature(tmp_path, sae, cache, lm):
+    path = write_explanations(tmp_path / "expl", [expl_record(3, "a"), expl_record(200, "b")], {"sae": None})
+    with pytest.raises(ValueError, match=r"feature 200 is outside this SAE's 80 features \(0..79\)"):
+        build_dashboard(sae, cache, tmp_path / "site", model=lm, progress=False, explanations=path)
+    with pytest.raises(ValueError, match="feature 80 is outside"):
+        build_dashboard(sae, cache, tmp_path / "site", model=lm, progress=False,
+                        explanations={80: expl_record(80, "a")})
+    assert not (tmp_path / "site").exists()  # checked before any work
+
+
+def test_explanations_of_another_sae_fail_naming_it(tmp_path, sae, cache, lm):
+    sae_dir = sae.save(tmp_path / "sae")
+    path = write_explanations(tmp_path / "expl", [expl_record(3, "a")], {"sae": "/elsewhere/sae"})
+    with pytest.raises(ValueError, match="written for the SAE '/elsewhere/sae', not .*sae'"):
+        build_dashboard(sae_dir, cache, tmp_path / "site", model=lm, progress=False, explanations=path)
+    # the same folder, retrained: the records' densities on the same cache give it away
+    path = write_explanations(tmp_path / "expl2", [expl_record(3, "a", density=0.123)],
+                              {"sae": str(sae_dir.resolve()), "cache": str(cache.path.resolve())})
+    with pytest.raises(ValueError, match="feature 3 has density 0.123 there but"):
+        build_dashboard(sae_dir, cache, tmp_path / "site", model=lm, progress=False, n_neighbours=0,
+                        explanations=path)
+    build_dashboard(sae_dir, cache, tmp_path / "site", model=lm, progress=False, n_neighbours=0)  # rebuildable
+
+
+def test_cli_dashboard_takes_explanations(tmp_path, sae, cache):
+    from saelens_lite.cli import main
+
+    sae_dir = sae.save(tmp_path / "sae")
+    path = write_explanations(tmp_path / "expl", [expl_record(7, "seven")], {"sae": str(sae_dir)})
+    rc = main(["dashboard", "--sae", str(sae_dir), "--activations", str(cache.path), "--out",
+               str(tmp_path / "site"), "--n-neighbours", "0", "--no-progress", "--explanations", str(path)])
+    assert rc == 0
+    assert read_jsonp(tmp_path / "site" / "data" / "index.js", "saeIndex")["expl"][7] == "seven"

@@ -22,6 +22,10 @@ def add(sub) -> None:
     p.add_argument("--activations", required=True, help="activation cache folder")
     p.add_argument("--out", required=True, help="site folder to write (an earlier site there is replaced)")
     p.add_argument("--model", default=None, help=model_help() + "; default: the cache's model")
+    p.add_argument("--explanations", default=None, metavar="FILE",
+                   help="explanations.jsonl of saelens-lite explain (or its folder) for this SAE: the index gets "
+                        "an explanation column (searchable) and score columns (sortable), each feature page "
+                        "its explanation and scores beside the shuffled baseline")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_dataclass_args(p, DashboardConfig)
     p.set_defaults(func=run)
@@ -32,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = dataclass_from_args(DashboardConfig, args)
     index = build_dashboard(args.sae, args.activations, args.out, model=args.model, config=cfg,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, explanations=args.explanations)
     print(f"dashboard written: open file://{index.resolve()}\n"
           f"or serve it: saelens-lite serve {args.out}")
     return 0

@@ -11,6 +11,11 @@ Layout of ``out``::
     data/training_curves.png   the SAE's training curves, when its folder or run folder has them
                                (see saelens_lite.training.curves); the index shows them
 
+With ``explanations=`` (saelens-lite explain's JSONL), the index also has ``expl`` (the text per
+feature) and ``scores`` (each scorer's AUROC per feature), each shard ``expl`` (feature ->
+explanation, explainer, scores beside the shuffled baseline) and meta ``explanations`` (the
+source, the explainers and the scorers); without them the files are as before.
+
 Data files are JSON-P (a function call around JSON) so the site works from ``file://``, where
 ``fetch`` is blocked, and when served. Token text is untrusted: the JSON is ASCII-only with
 ``<``, ``>``, ``&`` and U+2028/2029 escaped, so no token can close the script, and the page puts
@@ -31,6 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
+from saelens_lite.dashboards.explanations import (
+    Explanations,
+    check_densities,
+    index_columns,
+    load_explanations,
+    meta_entry,
+    shard_entry,
+)
 from saelens_lite.dashboards.features import (
     DashboardConfig,
     FeatureStats,
@@ -120,8 +133,11 @@ def _examples(windows: tuple, j: int, sl: slice, before: int) -> list:
 
 
 def prepare_site(out: Path) -> None:
-    """Create ``out`` or clear an earlier site there; refuse to clobber other folders."""
-    if out.exists() and any(out.iterdir()) and not (out / "data" / "meta.js").is_file():
+    """Create ``out`` or clear an earlier site there (a finished one, or one whose build failed
+    after this step: index.html and assets/app.js); refuse to clobber other folders."""
+    is_site = (out / "data" / "meta.js").is_file() or ((out / "index.html").is_file()
+                                                        and (out / "assets" / "app.js").is_file())
+    if out.exists() and any(out.iterdir()) and not is_site:
         raise FileExistsError(f"{out} exists, is not empty and is not a dashboard site; choose a new folder")
     for sub in ("data", "assets"):
         shutil.rmtree(out / sub, ignore_errors=True)
@@ -155,7 +171,7 @@ def copy_training_curves(png: str | os.PathLike, out: Path) -> str:
 
 
 def write_site(out: Path, stats: FeatureStats, table, cache, tokenizer, cfg: DashboardConfig, *,
-               meta: dict, logits=None, neighbours=None) -> None:
+               meta: dict, logits=None, neighbours=None, explanations: Explanations | None = None) -> None:
     """Write meta, index and feature shards. Windows are looked up shard by shard, so memory
     stays bounded by one shard's examples; numbers are rounded once per shard."""
     F_ = len(stats.count_F)
@@ -201,10 +217,17 @@ def write_site(out: Path, stats: FeatureStats, table, cache, tokenizer, cfg: Das
             if neighbours is not None:
                 feat["near"] = [near[0][j], near[1][j]]
             feats.append(feat)
+        expl = ""
+        if explanations is not None:  # free text: through js_json, never _features_json
+            here = {str(f): shard_entry(r) for f, r in explanations.records.items() if a <= f < b}
+            expl = f',"expl":{js_json(here)}'
         text = (f'saeShard({s},{{"tok":{js_json({str(k): v for k, v in strings.items()})},'
-                f'"features":{_features_json(feats)}}});\n')
+                f'"features":{_features_json(feats)}{expl}}});\n')
         _write(out / "data" / "f" / f"{s:05d}.js", text)
     index = {"density": _round_sig(stats.density_F).tolist(), "max": maxr, "mean": meanr, "top": top_tok_F}
+    if explanations is not None:
+        index.update(index_columns(explanations, F_))
+        meta = {**meta, "explanations": meta_entry(explanations)}
     _write(out / "data" / "index.js", f"saeIndex({js_json(index)});\n")
     meta = {**meta, "format": SITE_FORMAT, "n_features": F_, "n_tokens": stats.n_tokens,
             "shard_features": cfg.shard_features, "n_shards": n_shards, "window_before": before,
@@ -215,7 +238,8 @@ def write_site(out: Path, stats: FeatureStats, table, cache, tokenizer, cfg: Das
 
 def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | None = None,
                     progress: bool = True, timings: dict | None = None,
-                    training_curves: str | os.PathLike | None = None, **overrides) -> Path:
+                    training_curves: str | os.PathLike | None = None, explanations=None,
+                    **overrides) -> Path:
     """Compute every feature's statistics and write the static site to ``out``; returns the path
     of its ``index.html`` (open it from disk, or ``saelens-lite serve out``).
 
@@ -224,6 +248,9 @@ def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | No
     and logit effects); ``timings``: a dict that receives the seconds of each stage;
     ``training_curves``: a PNG shown in the index's Training section (default: the one
     :func:`find_training_curves` finds beside an SAE folder; none for an SAE object);
+    ``explanations``: the ``explanations.jsonl`` of ``saelens-lite explain`` (or a dict feature ->
+    record), shown in the index and on the feature pages; a ValueError names the feature or the
+    SAE when it was written for another SAE;
     ``overrides``: DashboardConfig fields (``n_top=10``...)."""
     from saelens_lite.cache import ActivationCache
     from saelens_lite.models import LoadedModel, load_model
@@ -234,8 +261,11 @@ def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | No
         cfg = DashboardConfig(**{**cfg.__dict__, **overrides})
     if training_curves is None and isinstance(sae, (str, os.PathLike)):
         training_curves = find_training_curves(sae)
-    sae = SAE.load(sae) if isinstance(sae, (str, os.PathLike)) else sae
+    sae_path = sae if isinstance(sae, (str, os.PathLike)) else None
+    sae = SAE.load(sae) if sae_path is not None else sae
     sae = sae.eval()
+    if explanations is not None:  # before any work, so a wrong file fails at once
+        explanations = load_explanations(explanations, sae.cfg.d_sae, sae_path)
     cache = ActivationCache(cache) if isinstance(cache, (str, os.PathLike)) else cache
     if not isinstance(model, LoadedModel):
         name = model or cache.meta.get("model") or sae.cfg.model_name
@@ -248,6 +278,8 @@ def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | No
     t0 = time.perf_counter()
     stats, table = compute_feature_stats(sae, cache, cfg, workdir=out, progress=progress)
     try:
+        if explanations is not None:
+            check_densities(explanations, stats.density_F, cache.path)
         timings["stats_s"] = time.perf_counter() - t0
         t = time.perf_counter()
         W_dec = sae.W_dec.detach()
@@ -262,7 +294,7 @@ def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | No
                 "context_size": cache.meta.get("context_size"),
                 "training_curves": copy_training_curves(training_curves, out) if training_curves else None}
         write_site(out, stats, table, cache, model.tokenizer, cfg, meta=meta, logits=logits,
-                   neighbours=neighbours)
+                   neighbours=neighbours, explanations=explanations)
         timings["write_s"] = time.perf_counter() - t
     finally:
         cleanup(table)

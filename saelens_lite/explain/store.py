@@ -14,21 +14,9 @@ import os
 from pathlib import Path
 
 from saelens_lite._atomic import fsync_dir, write_json
+from saelens_lite._records import RECORDS, SETTINGS, read_records
 
 log = logging.getLogger(__name__)
-
-RECORDS = "explanations.jsonl"
-SETTINGS = "run.json"
-
-
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """Complete records of an explanations file (a torn last line is skipped)."""
-    out = []
-    with open(path, "rb") as fh:
-        for line in fh:
-            if line.endswith(b"\n"):
-                out.append(json.loads(line))
-    return out
 
 
 class RecordStore:
