@@ -18,6 +18,7 @@ Any module path from ``model.named_modules()`` is also a hook point (its output)
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 UNIFORM_SUFFIXES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 
@@ -235,3 +238,12 @@ def splice(
         yield
     finally:
         handle.remove()
+
+
+def warn_if_other_hook(sae, hook: str, use: str = "read") -> None:
+    """Log a warning when ``hook`` is not the one ``sae`` was trained on (``cfg.hook_name``):
+    the widths can match by chance, and the features may then mean nothing there."""
+    trained = getattr(sae.cfg, "hook_name", "") or ""
+    if trained and hook != trained:
+        log.warning("the SAE was trained on %s but is %s on %s: the widths match, the features may "
+                    "mean nothing there", trained, use, hook)

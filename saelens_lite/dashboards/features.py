@@ -35,6 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saelens_lite._validate import check_ints
+from saelens_lite.hooks import warn_if_other_hook
 
 log = logging.getLogger(__name__)
 
@@ -294,10 +295,7 @@ def compute_feature_stats(sae, cache, cfg: DashboardConfig, *, workdir: str | Pa
     hook = resolve_hook(sae, cache, cfg.hook)
     if cache.d(hook) != sae.cfg.d_in:
         raise ValueError(f"cache hook {hook!r} has width {cache.d(hook)}, the SAE reads d_in={sae.cfg.d_in}")
-    trained_on = getattr(sae.cfg, "hook_name", "")
-    if trained_on and hook != trained_on:
-        log.warning("dashboard of cache hook %r, but the SAE was trained on %r (its cfg.hook_name): "
-                    "the widths match, the features may mean nothing there", hook, trained_on)
+    warn_if_other_hook(sae, hook, "shown")
     root = Path(tempfile.mkdtemp(prefix="dashboard-codes-", dir=workdir))
     table = CodeTable(root, sae.cfg.d_sae)
     try:

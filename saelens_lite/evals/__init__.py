@@ -22,6 +22,7 @@ from saelens_lite.evals.splice import (
     eval_contexts,
     heldout_contexts,
 )
+from saelens_lite.hooks import warn_if_other_hook
 from saelens_lite.tokens import DEFAULT_EXCLUDE, check_exclude, excluded_token_ids, keep_mask
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def evaluate(
     data, hook, cache = _open_data(cache_or_path, hook, sae)
     if data.shape[1] != sae.cfg.d_in:
         raise ValueError(f"hook {hook!r} has width {data.shape[1]} but the SAE reads d_in={sae.cfg.d_in}")
-    warn_if_other_hook(sae, hook)
+    warn_if_other_hook(sae, hook, "evaluated")
     meta = cache.meta if cache is not None else {}
     model = model if model is not None else meta.get("model")
     lm = _load_lm(model, device) if model is not None and (downstream or heldout_tokens) else None
@@ -134,13 +135,6 @@ def evaluate(
     if out_dir is not None:
         write_report(metrics, out_dir, density)
     return metrics
-
-
-def warn_if_other_hook(sae, hook: str) -> None:
-    """Log a warning when ``hook`` is not the one ``sae`` was trained on (widths can match)."""
-    trained = getattr(sae.cfg, "hook_name", "") or ""
-    if trained and hook != trained:
-        log.warning("the SAE was trained on %s but is evaluated on %s", trained, hook)
 
 
 def _load_lm(model, device):
@@ -179,7 +173,7 @@ def _all_metrics(sae, data, hook, cache, lm, *, dataset, heldout_tokens, n_token
         mean_D = (stats_in or stats_out).every.mean_D
         out = downstream_metrics(sae, lm, hook, ctx.contexts[:ce_contexts], batch_size=model_batch_size,
                                  exclude=exclude, mean_D=mean_D, progress=progress)
-        metrics |= out | {"downstream_source": _describe_ctx(ctx, ce_contexts),
+        metrics |= out | {"downstream_source": ctx.describe(ce_contexts),
                           "mean_ablation_source": "in-sample rows" if stats_in is not None else "held-out rows"}
     density_stats = stats_in or stats_out
     return metrics, density_stats.feature_density if density_stats is not None else None
@@ -204,15 +198,6 @@ def _eval_contexts(lm, cache, dataset, context_size, n_ctx) -> EvalContexts:
     return ctx
 
 
-def _describe_ctx(ctx: EvalContexts, n: int | None = None) -> str:
-    if n is not None and n < len(ctx.contexts):
-        ctx = EvalContexts(ctx.contexts[:n], ctx.dataset, ctx.first, ctx.heldout)
-    if ctx.heldout is None:
-        return (f"contexts {ctx.first}-{ctx.first + len(ctx.contexts) - 1} of {ctx.dataset} "
-                "(no cache given: overlap with the training data unknown)")
-    return ctx.describe()
-
-
 def _cache_keep(cache, lm, exclude: str, n_tokens: int | None) -> np.ndarray | None:
     """The token rule on the cache's stored ids (a cache written with a narrower rule still
     gets the same rows left out as the held-out set)."""
@@ -228,9 +213,8 @@ def _cache_keep(cache, lm, exclude: str, n_tokens: int | None) -> np.ndarray | N
 
 def _reconstruction_keys(stats_out, stats_in, ctx, cache, thresholds) -> dict:
     if stats_out is not None:
-        split = {True: "held-out", False: "in-sample", None: "unknown"}[ctx.heldout]
-        out = {"reconstruction_split": split,
-               "reconstruction_source": f"{stats_out.n:,} tokens of {_describe_ctx(ctx)}"}
+        out = {"reconstruction_split": ctx.split,
+               "reconstruction_source": f"{stats_out.n:,} tokens of {ctx.describe()}"}
         out |= stats_out.result(**thresholds)
         if stats_in is not None:
             out |= {f"in_sample_{k}": v for k, v in stats_in.result(**thresholds).items()}
@@ -248,5 +232,4 @@ def _in_sample_source(cache, n: int) -> str:
 
 
 __all__ = ["evaluate", "format_summary", "write_report", "density_histogram", "ReconstructionStats",
-           "reconstruction_stats", "downstream_metrics", "eval_contexts", "heldout_contexts", "heldout_rows",
-           "warn_if_other_hook"]
+           "reconstruction_stats", "downstream_metrics", "eval_contexts", "heldout_contexts", "heldout_rows"]

@@ -53,12 +53,20 @@ class EvalContexts:
     dataset: str
     first: int
     """Index of the first one among the corpus's full-length packed contexts."""
-    heldout: bool
-    """False when they overlap the contexts an activation cache holds (the corpus ran out)."""
+    heldout: bool | None
+    """False when they overlap the contexts an activation cache holds (the corpus ran out);
+    None when no cache was given, so the overlap with the SAE's training data is unknown."""
 
-    def describe(self) -> str:
-        where = "held out: after the cache's contexts" if self.heldout else "IN-SAMPLE: the cache's own contexts"
-        return f"contexts {self.first}-{self.first + len(self.contexts) - 1} of {self.dataset} ({where})"
+    @property
+    def split(self) -> str:
+        return {True: "held-out", False: "in-sample", None: "unknown"}[self.heldout]
+
+    def describe(self, n: int | None = None) -> str:
+        """Where the first ``n`` (None: all) of these contexts come from."""
+        n = len(self.contexts) if n is None else min(n, len(self.contexts))
+        where = {True: "held out: after the cache's contexts", False: "IN-SAMPLE: the cache's own contexts",
+                 None: "no cache given: overlap with the training data unknown"}[self.heldout]
+        return f"contexts {self.first}-{self.first + n - 1} of {self.dataset} ({where})"
 
 
 def heldout_contexts(tokenizer, dataset: str, context_size: int, n_contexts: int, *, skip: int = 0,
