@@ -286,16 +286,17 @@
         main.appendChild(sec);
       });
       app().replaceChildren(nav, el('h1', { id: 'feature-title', text: 'Feature #' + fi }), stats,
-        explanationBox(d.expl && d.expl[fi]), interventionsBox(fi, f, tok), el('div', { cls: 'fgrid' }, main, side));
+        explanationBox(d.expl && d.expl[fi], fi), interventionsBox(fi, f, tok), el('div', { cls: 'fgrid' }, main, side));
       window.scrollTo(0, 0);
     });
   }
   // The explanation, its explainer and every score beside the same score of a shuffled explanation
   // (another feature's): a score no better than its shuffled one measures the judge, not the text.
-  function explanationBox(x) {
-    if (!S.meta.explanations) return null;
+  function explanationBox(x, fi) {
+    var ask = explainButton(fi);
+    if (!S.meta.explanations && !x) return ask ? el('section', { id: 'explanation', cls: 'explanation' }, ask) : null;
     if (!x) return el('section', { id: 'explanation', cls: 'explanation' },
-                      el('p', { cls: 'muted', text: 'No explanation for this feature.' }));
+                      el('p', { cls: 'muted', text: 'No explanation for this feature.' }), ask);
     var rows = [];
     Object.keys(x.scores || {}).sort().forEach(function (n) {
       var sc = x.scores[n];
@@ -307,7 +308,7 @@
     });
     var sh = x.shuffled || {};
     return el('section', { id: 'explanation', cls: 'explanation' },
-      el('h3', { text: 'Explanation' }),
+      el('h3', { text: x.live ? 'Explanation (made now)' : 'Explanation' }),
       el('p', { id: 'explanation-text', cls: 'expl-text', text: x.text || '' }),
       el('p', { cls: 'muted', text: 'by ' + (x.explainer || '?') }),
       rows.length ? el('table', { id: 'explanation-scores', cls: 'scores' },
@@ -316,6 +317,22 @@
         el.apply(null, ['tbody', null].concat(rows))) : null,
       sh.explanation ? el('p', { cls: 'muted note' }, 'Shuffled: the explanation of ',
                           el('a', { href: '#f' + sh.feature, text: '#' + sh.feature }), ': ' + sh.explanation) : null);
+  }
+  // Served with --activations: explain this feature now (POST /api/explain); the answer replaces
+  // the box, in the same form as a saelens-lite explain record.
+  function explainButton(fi) {
+    if (fi === undefined || !S.live || !S.info.explain) return null;
+    var btn = el('button', { id: 'explain-run', text: 'Explain this feature' });
+    var out = el('div', { id: 'explain-out' });
+    runner(btn, out, function () {
+      return post('api/explain', { feature: fi }).then(function (j) {
+        var box = document.getElementById('explanation');
+        if (box) box.replaceWith(explanationBox(Object.assign({ live: true }, j)));
+      });
+    });
+    return el('div', { cls: 'explain-ask' }, btn,
+      el('span', { cls: 'muted', text: ' by ' + S.info.explain.explainer + ', scored by ' +
+                                        (S.info.explain.scorers.join(', ') || 'nothing') }), out);
   }
   function stat(label, value) { return el('div', { cls: 'stat' }, el('div', { cls: 'label', text: label }), el('div', { cls: 'value', text: value })); }
 

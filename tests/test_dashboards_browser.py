@@ -312,3 +312,28 @@ def test_explanations_column_search_sort_and_feature_page(browser, parts, tmp_pa
     assert browser.execute_script("return window.__xss") is None
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
+
+
+def test_explain_this_feature_button_through_the_server(browser, parts, site, tmp_path):
+    """Served with --activations: the feature page's button asks /api/explain and shows the
+    record (text, explainer, scores beside the shuffled ones); a site without explanations."""
+    from saelens_lite.dashboards.server import load_explainer
+    from saelens_lite.interventions import load_site_stats
+
+    lm, cache, sae = parts
+    f = int(load_site_stats(site).max_F.argmax())
+    live = load_live(site, lm, sae)
+    expl = load_explainer(site, live, cache.path, out=tmp_path / "live")
+    with make_server(site, port=0, live=live, explainer=expl) as srv:
+        browser.get(srv.url + f"#f{f}")
+        btn = wait(browser, lambda d: d.find_elements(By.ID, "explain-run"))[0]
+        assert "by template, scored by embedding" in browser.find_element(By.ID, "explanation").text
+        btn.click()
+        text = wait(browser, lambda d: d.find_elements(By.ID, "explanation-text"), timeout=120)[0]
+        want = _post(srv.url + "api/explain", {"feature": f})  # the kept record
+        assert text.get_attribute("textContent") == want["text"] and want["text"].startswith("Fires on")
+        assert "Explanation (made now)" in browser.find_element(By.ID, "explanation").text
+        rows = browser.find_elements(By.CSS_SELECTOR, "#explanation-scores tbody tr")
+        assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows] == ["embedding"]
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors

@@ -107,7 +107,7 @@ def test_security_headers_on_pages_api_and_errors_and_no_model_endpoints_without
         assert r.getheader("X-Content-Type-Options") == "nosniff", path
         csp = r.getheader("Content-Security-Policy")
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp, path
-    assert json.loads(get(server, "/api/info")[1]) == {"encode": False, "interventions": False}
+    assert json.loads(get(server, "/api/info")[1]) == {"encode": False, "interventions": False, "explain": False}
     status, body = get(server, "/api/encode", "POST", b'{"text": "hi"}', JSON)
     assert status == 404 and "--model" in json.loads(body)["error"]
 

@@ -21,6 +21,18 @@ def add(sub) -> None:
                                                        "and the model endpoints to the network")
     p.add_argument("--model", default=None, help=model_help() + " (live panels)")
     p.add_argument("--sae", default=None, help="SAE folder (live panels)")
+    p.add_argument("--activations", default=None, metavar="CACHE",
+                   help="activation cache the SAE was read on: turns on the feature pages' 'Explain this "
+                        "feature' button (needs --model and --sae; the first request runs one SAE pass over it)")
+    p.add_argument("--explainer", default="template",
+                   help="explainer of the button, as for saelens-lite explain: template, hf:NAME_OR_PATH "
+                        "or openai:URL (with --openai-model)")
+    p.add_argument("--scorers", default="embedding", help="scorers of the button's explanations "
+                                                          "(comma-separated: embedding, detection, fuzzing; none)")
+    p.add_argument("--openai-model", default=None, help="model name for --explainer openai:URL")
+    p.add_argument("--explain-out", default=None, metavar="DIR",
+                   help="where the button's explanations are kept (default SITE_DIR/live-explanations; "
+                        "a feature explained once is answered from there)")
     p.set_defaults(func=run)
 
 
@@ -28,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from saelens_lite.dashboards.server import serve
 
     try:
-        serve(args.site, host=args.host, port=args.port, model=args.model, sae=args.sae)
+        serve(args.site, host=args.host, port=args.port, model=args.model, sae=args.sae,
+              activations=args.activations, explain_out=args.explain_out, explainer=args.explainer,
+              scorers=args.scorers, openai_model=args.openai_model)
     except OSError as e:
         if isinstance(e, FileNotFoundError):
             raise

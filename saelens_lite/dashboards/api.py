@@ -19,6 +19,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from saelens_lite.dashboards.explanations import shard_entry
 from saelens_lite.dashboards.live import LIMITS, LiveModel, RequestError
 
 
@@ -66,6 +67,11 @@ class AttributeRequest(Body):
     top: Annotated[int, Field(ge=1, le=LIMITS.max_top, description="Features returned.")] = 20
 
 
+class ExplainRequest(Body):
+    feature: Annotated[int, Field(ge=0, description="Feature to explain and score (the answer is "
+                                                    "kept: asking again returns the same record).")]
+
+
 class ErrorBody(BaseModel):
     error: str = Field(description="What is wrong, naming the field and what is allowed.")
     field: str | None = Field(None, description="The request field at fault (None: the request "
@@ -107,8 +113,10 @@ def require_json(request: Request) -> None:
                                            f"application/json (got {ctype or 'none'!r})", 415)
 
 
-def api_router(live: LiveModel | None, worker: ModelWorker) -> APIRouter:
-    """The /api routes; without ``live`` only /api/info answers (the model endpoints say 404)."""
+def api_router(live: LiveModel | None, worker: ModelWorker, explainer=None) -> APIRouter:
+    """The /api routes; without ``live`` only /api/info answers (the model endpoints say 404);
+    /api/explain answers with an ``explainer``
+    (:class:`~saelens_lite.explain.on_demand.FeatureExplainer`)."""
     router = APIRouter(prefix="/api", responses=ERRORS)
     post = dict(dependencies=[Depends(require_json)])
 
@@ -122,8 +130,9 @@ def api_router(live: LiveModel | None, worker: ModelWorker) -> APIRouter:
         """``encode`` and ``interventions``: whether the model endpoints answer; with a model,
         its name, hook, the SAE's feature count, the unit of steering strength and the bounds."""
         if live is None:
-            return {"encode": False, "interventions": False}
+            return {"encode": False, "interventions": False, "explain": False}
         return {"encode": True, "interventions": True, **live.info(),
+                "explain": explainer.info() if explainer is not None else False,
                 "limits": {k: v for k, v in vars(LIMITS).items() if k != "max_pending"}}
 
     @router.post("/encode", summary="Features on each token of a text", **post)
@@ -154,8 +163,23 @@ def api_router(live: LiveModel | None, worker: ModelWorker) -> APIRouter:
         ``features``, ``by_feature`` (summed over positions) and ``error_totals``."""
         return await worker.run(model().attribute, req.prompt, req.target, req.contrast, req.top)
 
+    @router.post("/explain", summary="Explain a feature now and score the explanation", **post)
+    async def explain(req: ExplainRequest) -> dict:
+        """The record ``saelens-lite explain`` writes (docs/explanations.md), as a feature page
+        shows it: ``text``, ``explainer``, ``scores`` (each beside the same score of a shuffled
+        explanation, another alive feature's made by the same explainer) and ``shuffled``. The
+        first request also runs the statistics pass over the cache (seconds to minutes)."""
+        if explainer is None:
+            raise RequestError("", "explanations on demand are off: start the server with "
+                                   "--activations CACHE (and --model, --sae)", 404)
+        if req.feature >= model().n_features:
+            raise RequestError("feature", f"feature {req.feature} is out of range: the SAE has "
+                                          f"{model().n_features} features (0..{model().n_features - 1})")
+        record = await worker.run(explainer.explain, req.feature)
+        return {"feature": record["feature"], **shard_entry(record)}
+
     return router
 
 
-__all__ = ["api_router", "ModelWorker", "EncodeRequest", "SteerRequest", "AblateRequest",
+__all__ = ["api_router", "ModelWorker", "EncodeRequest", "SteerRequest", "AblateRequest", "ExplainRequest",
            "AttributeRequest", "ErrorBody", "require_json"]

@@ -166,7 +166,7 @@ def _internal_error(_request, exc: Exception) -> JSONResponse:
 
 
 def make_app(site_dir: str | os.PathLike, live: LiveModel | None = None, *,
-             max_pending: int = LIMITS.max_pending) -> FastAPI:
+             max_pending: int = LIMITS.max_pending, explainer=None) -> FastAPI:
     """The app: ``/api/*`` (:mod:`.api`), ``/docs``, ``/openapi.json``, then the site's files.
     :class:`SiteServer` serves it inside :class:`Guard`."""
     site = Site(site_dir)
@@ -175,11 +175,12 @@ def make_app(site_dir: str | os.PathLike, live: LiveModel | None = None, *,
                   max_body_size=MAX_BODY,
                   description="Live encoding and interventions on the served dashboard's SAE.")
     app.state.worker = worker
+    app.state.explainer = explainer
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
-    app.include_router(api_router(live, worker))
+    app.include_router(api_router(live, worker, explainer))
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
@@ -275,6 +276,8 @@ class SiteServer:
             self.server.run(sockets=[self.socket])
         finally:
             self.app.state.worker.close()
+            if self.app.state.explainer is not None:
+                self.app.state.explainer.close()  # its temporary code table
             self.socket.close()
 
     def start(self, timeout: float = 30.0) -> SiteServer:
@@ -302,10 +305,27 @@ class SiteServer:
 
 
 def make_server(site_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
-                live: LiveModel | None = None, max_pending: int = LIMITS.max_pending) -> SiteServer:
+                live: LiveModel | None = None, max_pending: int = LIMITS.max_pending,
+                explainer=None) -> SiteServer:
     """A server bound to (host, port) (port 0: any free port), not yet serving: ``start()``
-    (background) or ``serve_forever()``."""
-    return SiteServer(make_app(site_dir, live, max_pending=max_pending), host, port)
+    (background) or ``serve_forever()``. ``explainer`` (a FeatureExplainer, with ``live``)
+    turns on /api/explain."""
+    if explainer is not None and live is None:
+        raise ValueError("explanations on demand need the live model (--model and --sae)")
+    return SiteServer(make_app(site_dir, live, max_pending=max_pending, explainer=explainer), host, port)
+
+
+def load_explainer(site_dir: str | os.PathLike, live: LiveModel, activations, *, out=None,
+                   explainer: str = "template", scorers: str = "embedding", sae_path=None, **opts):
+    """A FeatureExplainer on the live model's SAE over ``activations`` (a cache folder), its
+    records kept in ``out`` (default ``SITE_DIR/live-explanations``)."""
+    from saelens_lite.cache import ActivationCache
+    from saelens_lite.explain.on_demand import FeatureExplainer
+
+    cache = ActivationCache(activations)
+    out = Path(site_dir) / "live-explanations" if out is None else out
+    return FeatureExplainer(live.sae, cache, live.lm, explainer=explainer, scorers=scorers, out=out,
+                            sae_path=sae_path, **opts)
 
 
 def load_live(site_dir: str | os.PathLike, model, sae) -> LiveModel:
@@ -331,13 +351,23 @@ def load_live(site_dir: str | os.PathLike, model, sae) -> LiveModel:
 
 
 def serve(site_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
-          model=None, sae=None) -> None:
+          model=None, sae=None, activations=None, explain_out=None, explainer: str = "template",
+          scorers: str = "embedding", **explain_opts) -> None:
     """Serve until Ctrl-C. ``model`` (LoadedModel or name) and ``sae`` (SAE or folder) together
-    turn on the API's model endpoints and the pages' live panels."""
+    turn on the API's model endpoints and the pages' live panels; ``activations`` (a cache
+    folder) also the "Explain this feature" button (``explainer``, ``scorers``: as for
+    ``saelens-lite explain``; ``explain_opts``: ``openai_model``, ``judge``, ...)."""
     if (model is None) != (sae is None):
         raise ValueError("the live panels need both --model and --sae")
+    if activations is not None and model is None:
+        raise ValueError("--activations (explanations on demand) needs --model and --sae too")
     live = load_live(site_dir, model, sae) if model is not None else None
-    server = make_server(site_dir, host=host, port=port, live=live)
+    expl = None
+    if activations is not None:
+        sae_path = str(Path(sae).resolve()) if isinstance(sae, (str, os.PathLike)) else None
+        expl = load_explainer(site_dir, live, activations, out=explain_out, explainer=explainer,
+                              scorers=scorers, sae_path=sae_path, **explain_opts)
+    server = make_server(site_dir, host=host, port=port, live=live, explainer=expl)
     print(f"serving {Path(site_dir).resolve()} at {server.url}  (Ctrl-C to stop)"
           + (f"; API reference at {server.url}docs" if live else ""), flush=True)
     try:
@@ -346,4 +376,4 @@ def serve(site_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8
         pass
 
 
-__all__ = ["serve", "make_server", "make_app", "load_live", "SiteServer", "Site", "docs_page"]
+__all__ = ["serve", "make_server", "make_app", "load_live", "load_explainer", "SiteServer", "Site", "docs_page"]

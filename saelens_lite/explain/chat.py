@@ -1,6 +1,8 @@
 """Chat models that explain and judge: a local transformers model or an OpenAI-compatible server.
 
-Both give ``complete(messages) -> str`` (greedy) and ``p_yes(list of messages) -> list[float]``,
+Both give ``complete(messages) -> str`` (greedy), ``complete_many(list of messages) -> list[str]``
+(the same answers, batched: left-padded generation for a local model, concurrent requests for a
+server) and ``p_yes(list of messages) -> list[float]``,
 the judge's probability of answering "yes" rather than "no":
 ``P(yes) = sum_{t in YES} p(t) / (sum_{t in YES} p(t) + sum_{t in NO} p(t))`` over the first
 answer token, YES / NO being the single-token spellings of yes / no ("yes", " Yes", ...).
@@ -15,6 +17,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -64,23 +67,53 @@ class HFChat:
                                      max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id)
         return prefix + tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
+    @property
+    def _pad_id(self) -> int:
+        tok = self.lm.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def _left_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left padding, so every sequence's next token is the last position; the model counts
+        positions from each sequence's own start (from the mask), so a sequence's answer does not
+        depend on its batch-mates (up to float rounding)."""
+        L = max(map(len, seqs))
+        ids_BL = torch.tensor([[self._pad_id] * (L - len(s)) + s for s in seqs])
+        mask_BL = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs])
+        return ids_BL, mask_BL
+
+    def _by_length(self, seqs: list[list[int]]):
+        """Batches of ``batch_size`` indices, similar lengths together (less padding)."""
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        return [order[a:a + self.batch_size] for a in range(0, len(order), self.batch_size)]
+
+    @torch.no_grad()
+    def complete_many(self, batch: list[Messages], *, prefix: str = "") -> list[str]:
+        """``[complete(m, prefix=prefix) for m in batch]``, generated ``batch_size`` at a time."""
+        tok = self.lm.tokenizer
+        seqs = [self._ids(m, prefix) for m in batch]
+        out: list[str] = [""] * len(seqs)
+        for idx in self._by_length(seqs):
+            ids_BL, mask_BL = self._left_padded([seqs[i] for i in idx])
+            gen = self.lm.model.generate(ids_BL, attention_mask=mask_BL, do_sample=False,
+                                         max_new_tokens=self.max_new_tokens, pad_token_id=self._pad_id)
+            for row, i in enumerate(idx):
+                out[i] = prefix + tok.decode(gen[row, ids_BL.shape[1]:], skip_special_tokens=True)
+        return out
+
     @torch.no_grad()
     def p_yes(self, batch: list[Messages]) -> list[float]:
-        out: list[float] = []
-        for a in range(0, len(batch), self.batch_size):
-            seqs = [self._ids(m) for m in batch[a:a + self.batch_size]]
-            L = max(map(len, seqs))
-            # Left padding so every answer position is the last; positions counted from each
-            # sequence's own start, so a sequence's result does not depend on its batch-mates.
-            ids_BL = torch.tensor([[self.lm.tokenizer.pad_token_id] * (L - len(s)) + s for s in seqs])
-            mask_BL = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs])
+        seqs = [self._ids(m) for m in batch]
+        out: list[float] = [0.0] * len(seqs)
+        for idx in self._by_length(seqs):
+            ids_BL, mask_BL = self._left_padded([seqs[i] for i in idx])
             pos_BL = (mask_BL.cumsum(1) - 1).clamp_min(0)
             logits_BV = self.lm.model(input_ids=ids_BL, attention_mask=mask_BL,
                                       position_ids=pos_BL).logits[:, -1].float()
             logp_BV = logits_BV.log_softmax(-1)
             ly = logp_BV[:, self.yes_ids].logsumexp(-1)
             ln = logp_BV[:, self.no_ids].logsumexp(-1)
-            out += torch.sigmoid(ly - ln).tolist()
+            for i, p in zip(idx, torch.sigmoid(ly - ln).tolist()):
+                out[i] = p
         return out
 
 
@@ -93,14 +126,16 @@ class OpenAIChat:
     """An OpenAI-compatible chat endpoint (vLLM, llama.cpp server, Ollama, ...). ``url`` is the
     API root, e.g. ``http://localhost:8000/v1``; requests go to ``url/chat/completions``. A failed
     request (connection error, timeout, HTTP 429 or 5xx) is retried ``retries`` times with
-    exponential back-off; the key, if any, comes from ``$OPENAI_API_KEY``."""
+    exponential back-off; the key, if any, comes from ``$OPENAI_API_KEY``. ``complete_many`` and
+    ``p_yes`` keep up to ``concurrency`` requests in flight."""
 
     def __init__(self, url: str, model: str, *, timeout: float = 60.0, retries: int = 3,
-                 max_tokens: int = 64):
+                 max_tokens: int = 64, concurrency: int = 4):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"openai:{url}: the URL must start with http:// or https://")
         self.url = url.rstrip("/").removesuffix("/chat/completions")
         self.model, self.timeout, self.retries, self.max_tokens = model, timeout, retries, max_tokens
+        self.concurrency = concurrency
         self.name = f"{self.url} ({model})"
 
     def _request(self, path: str, body: dict | None = None) -> dict:
@@ -143,8 +178,19 @@ class OpenAIChat:
         except (KeyError, IndexError, TypeError):
             raise EndpointError(f"openai endpoint {self.url}: unexpected answer {str(reply)[:200]}") from None
 
+    def _map(self, fn, items: list) -> list:
+        """``[fn(x) for x in items]`` with up to ``concurrency`` requests in flight (a server
+        such as vLLM batches concurrent requests itself)."""
+        if self.concurrency <= 1 or len(items) <= 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(min(self.concurrency, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    def complete_many(self, batch: list[Messages], *, prefix: str = "") -> list[str]:
+        return self._map(lambda m: self.complete(m, prefix=prefix), batch)
+
     def p_yes(self, batch: list[Messages]) -> list[float]:
-        return [self._p_yes(m) for m in batch]
+        return self._map(self._p_yes, batch)
 
     def _p_yes(self, messages: Messages) -> float:
         body = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": 1,

@@ -63,6 +63,9 @@ class TemplateExplainer:
         parts.append(f"strongest in: {' '.join(snippet.split())}")
         return "; ".join(parts) + "."
 
+    def explain_many(self, examples: list[FeatureExamples]) -> list[str]:
+        return [self.explain(ex) for ex in examples]
+
 
 class ModelExplainer:
     """A chat model reads the highlighted top contexts and answers delphi-style."""
@@ -72,10 +75,18 @@ class ModelExplainer:
         self._fallback = TemplateExplainer()
 
     def explain(self, ex: FeatureExamples) -> str:
-        if not ex.explain:
-            return self._fallback.explain(ex)
-        text = parse_explanation(self.chat.complete(explainer_messages(ex), prefix=EXPLANATION_TAG))
-        return text or self._fallback.explain(ex)
+        return self.explain_many([ex])[0]
+
+    def explain_many(self, examples: list[FeatureExamples]) -> list[str]:
+        """One batched call of the chat model for the features that fired (the others, and
+        empty answers, get the template's sentence)."""
+        asked = [i for i, ex in enumerate(examples) if ex.explain]
+        replies = self.chat.complete_many([explainer_messages(examples[i]) for i in asked],
+                                          prefix=EXPLANATION_TAG) if asked else []
+        out = [self._fallback.explain(ex) for ex in examples]
+        for i, reply in zip(asked, replies):
+            out[i] = parse_explanation(reply) or out[i]
+        return out
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from saelens_lite.explain.store import RecordStore
 log = logging.getLogger(__name__)
 
 
-def _judge_for(judge, explainer, names: list[str], opts: dict):
+def judge_for(judge, explainer, names: list[str], opts: dict):
     """The chat model of the detection / fuzzing scorers: ``judge`` (a spec or a chat object),
     else the explainer's model, else the built-in default; None when no scorer needs one."""
     if not any(SCORERS[n].needs_judge for n in names):
@@ -47,7 +47,7 @@ def _judge_for(judge, explainer, names: list[str], opts: dict):
     return judge
 
 
-def _build_scorers(names: list[str], judge, seed: int) -> list:
+def build_scorers(names: list[str], judge, seed: int) -> list:
     out = []
     for n in names:
         cls = SCORERS[n]
@@ -55,35 +55,48 @@ def _build_scorers(names: list[str], judge, seed: int) -> list:
     return out
 
 
-def _score(scorers, explanation: str, shuffled: str | None, ex: FeatureExamples) -> dict:
-    scores = {}
+def explain_batch(explainer, examples: list[FeatureExamples]) -> list[str]:
+    """The explainer's texts for a batch (one batched model call when it has ``explain_many``)."""
+    many = getattr(explainer, "explain_many", None)
+    return many(examples) if many is not None else [explainer.explain(ex) for ex in examples]
+
+
+def score_batch(scorers, items: list[tuple[str, str | None, FeatureExamples]]) -> list[dict]:
+    """Per (explanation, shuffled explanation or None, examples): ``{scorer: {metric, shuffled_
+    metric, n_pos, n_neg}}``; each scorer scores the whole batch in one call."""
+    out: list[dict] = [{} for _ in items]
     for sc in scorers:
-        texts = [explanation] + ([shuffled] if shuffled is not None else [])
-        got = sc.score(texts, ex)
-        entry = dict(got[0])
-        for k, v in (got[1] if len(got) > 1 else dict.fromkeys(got[0])).items():
-            entry[f"shuffled_{k}"] = v
-        entry.update(n_pos=len(ex.heldout), n_neg=len(ex.nonactivating))
-        scores[sc.name] = entry
-    return scores
+        got = sc.score_many([([t] + ([o] if o is not None else []), ex) for t, o, ex in items])
+        for scores, g, (_, _, ex) in zip(out, got, items):
+            entry = dict(g[0])
+            for k, v in (g[1] if len(g) > 1 else dict.fromkeys(g[0])).items():
+                entry[f"shuffled_{k}"] = v
+            entry.update(n_pos=len(ex.heldout), n_neg=len(ex.nonactivating))
+            scores[sc.name] = entry
+    return out
+
+
+def make_record(ex: FeatureExamples, text: str, spec: str, scores: dict, other: str | None,
+                other_f: int | None) -> dict:
+    """One line of ``explanations.jsonl`` (the record: docs/explanations.md)."""
+    return {"feature": ex.feature, "explanation": text, "explainer": spec, "scores": scores,
+            "shuffled": {"feature": other_f, "explanation": other},
+            "density": round(ex.density, 8), "max_act": round(ex.max_act, 4), "examples": ex.rows()}
 
 
 def _batch_records(src, explainer, scorers, feats: list[int], prev: dict | None) -> list[dict]:
     examples = [src.examples(f) for f in feats]
-    texts = [explainer.explain(ex) for ex in examples]
-    records = []
-    for i, ex in enumerate(examples):
+    texts = explain_batch(explainer, examples)
+    shuffled = []
+    for i in range(len(feats)):
         if len(feats) > 1:
             j = (i + 1) % len(feats)
-            other, other_f = texts[j], feats[j]
+            shuffled.append((texts[j], feats[j]))
         else:
-            other, other_f = (prev["explanation"], prev["feature"]) if prev else (None, None)
-        records.append({"feature": ex.feature, "explanation": texts[i], "explainer": explainer.spec,
-                        "scores": _score(scorers, texts[i], other, ex),
-                        "shuffled": {"feature": other_f, "explanation": other},
-                        "density": round(ex.density, 8), "max_act": round(ex.max_act, 4),
-                        "examples": ex.rows()})
-    return records
+            shuffled.append((prev["explanation"], prev["feature"]) if prev else (None, None))
+    scores = score_batch(scorers, [(t, o, ex) for t, (o, _), ex in zip(texts, shuffled, examples)])
+    return [make_record(ex, t, explainer.spec, sc, o, of)
+            for ex, t, sc, (o, of) in zip(examples, texts, scores, shuffled)]
 
 
 def explain(sae, cache, out, *, explainer="template", scorers="embedding", features=None,
@@ -109,7 +122,7 @@ def explain(sae, cache, out, *, explainer="template", scorers="embedding", featu
     pick = parse_features(features)
     opts = {"openai_model": openai_model, "timeout": timeout, "retries": retries}
     expl = make_explainer(explainer, **opts) if isinstance(explainer, str) else explainer
-    judge_chat = _judge_for(judge, expl, names, opts)
+    judge_chat = judge_for(judge, expl, names, opts)
     sae_path = str(Path(sae).resolve()) if isinstance(sae, (str, os.PathLike)) else None
     cache = ActivationCache(cache) if isinstance(cache, (str, os.PathLike)) else cache
     sae = (SAE.load(sae) if sae_path else sae).eval()
@@ -118,7 +131,7 @@ def explain(sae, cache, out, *, explainer="template", scorers="embedding", featu
         if not name:
             raise ValueError("the cache's meta names no model; pass model=")
         model = load_model(name)
-    scorer_objs = _build_scorers(names, judge_chat, cfg.seed)
+    scorer_objs = build_scorers(names, judge_chat, cfg.seed)
     settings = {"sae": sae_path, "cache": str(cache.path.resolve()), "hook": hook, "explainer": expl.spec,
                 "judge": getattr(judge_chat, "name", None), "scorers": names,
                 "features": features if features is None or isinstance(features, str) else list(features),
@@ -160,4 +173,5 @@ def summarize(records: list[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
-__all__ = ["explain", "summarize"]
+__all__ = ["explain", "summarize", "judge_for", "build_scorers", "explain_batch", "score_batch",
+           "make_record"]

@@ -15,7 +15,8 @@ explainer's.
   says whether the marks are right. AUROC and balanced accuracy as for detection.
 
 Each scorer scores several explanations on the same examples in one call, so an explanation and
-its shuffled baseline see identical contexts.
+its shuffled baseline see identical contexts; ``score_many`` scores a batch of features with one
+encoder call (embedding) or one batched judge call (detection, fuzzing), with the same results.
 """
 
 from __future__ import annotations
@@ -58,11 +59,21 @@ class EmbeddingScorer:
         self.encoder = encoder
 
     def score(self, explanations: list[str], ex: FeatureExamples) -> list[dict]:
-        pos, neg = [c.text for c in ex.heldout], [c.text for c in ex.nonactivating]
-        e_ND = self.encoder.encode(list(explanations) + pos + neg)
-        q_ED, docs_CD = e_ND[:len(explanations)], e_ND[len(explanations):]
-        sim_EC = q_ED @ docs_CD.T
-        return [{"auroc": _r(auroc(s[:len(pos)], s[len(pos):]))} for s in sim_EC]
+        return self.score_many([(explanations, ex)])[0]
+
+    def score_many(self, items: list[tuple[list[str], FeatureExamples]]) -> list[list[dict]]:
+        texts, spans = [], []
+        for explanations, ex in items:
+            pos, neg = [c.text for c in ex.heldout], [c.text for c in ex.nonactivating]
+            spans.append((len(texts), len(explanations), len(pos), len(neg)))
+            texts += list(explanations) + pos + neg
+        e_ND = self.encoder.encode(texts)
+        out = []
+        for a, n_e, n_pos, n_neg in spans:
+            q_ED, docs_CD = e_ND[a:a + n_e], e_ND[a + n_e:a + n_e + n_pos + n_neg]
+            sim_EC = q_ED @ docs_CD.T
+            out.append([{"auroc": _r(auroc(s[:n_pos], s[n_pos:]))} for s in sim_EC])
+        return out
 
 
 class JudgeScorer:
@@ -78,13 +89,24 @@ class JudgeScorer:
         raise NotImplementedError
 
     def score(self, explanations: list[str], ex: FeatureExamples) -> list[dict]:
-        pos, neg = self.items(ex)
+        return self.score_many([(explanations, ex)])[0]
+
+    def score_many(self, items: list[tuple[list[str], FeatureExamples]]) -> list[list[dict]]:
+        prompts, spans = [], []
+        for explanations, ex in items:
+            pos, neg = self.items(ex)
+            spans.append([])
+            for e in explanations:
+                spans[-1].append((len(prompts), len(pos), len(neg)))
+                prompts += [judge_messages(self.template, e, t) for t in pos + neg]
+        p = self.judge.p_yes(prompts)
         out = []
-        for e in explanations:
-            p = self.judge.p_yes([judge_messages(self.template, e, t) for t in pos + neg])
-            p_pos, p_neg = p[:len(pos)], p[len(pos):]
-            out.append({"auroc": _r(auroc(p_pos, p_neg)),
-                        "balanced_accuracy": _r(balanced_accuracy(p_pos, p_neg))})
+        for feature_spans in spans:
+            out.append([])
+            for a, n_pos, n_neg in feature_spans:
+                p_pos, p_neg = p[a:a + n_pos], p[a + n_pos:a + n_pos + n_neg]
+                out[-1].append({"auroc": _r(auroc(p_pos, p_neg)),
+                                "balanced_accuracy": _r(balanced_accuracy(p_pos, p_neg))})
         return out
 
 
