@@ -24,6 +24,16 @@ from torch import Tensor, nn
 
 from saelens_lite import kernels
 from saelens_lite.saes.registry import REGISTRY, architectures, get_sae_class
+from saelens_lite.saes.terms import (  # noqa: F401  (re-exported: saes.base was their home)
+    aux_k,
+    aux_k_full,
+    aux_weight,
+    auxk_loss,
+    fvu,
+    geometric_median,
+    remove_parallel_grad_,
+    unit_norm_rows_,
+)
 
 FORMAT_VERSION = 1
 _DTYPES = {
@@ -264,92 +274,20 @@ class TrainOutput(NamedTuple):
     losses: dict[str, Tensor]
     """Named loss terms before weighting (mse, l1, l0, auxk, multi_topk_mse) and training
     statistics (JumpReLU's l0_multiplier), for logging."""
+    inexact_rows: Tensor | None = None
+    """The fast step with select="pruned": 0-dim int64, rows whose top-k may be inexact
+    (saturated rows past the repair capacity, see kernels.triton_topk); None otherwise."""
 
+    @property
+    def mse(self) -> Tensor:
+        """sum ||y - x_hat||^2 / B (y the target)."""
+        return self.losses["mse"]
 
-# ---------------------------------------------------------------- shared pieces
-def geometric_median(x_ND: Tensor, *, n_iter: int = 100, tol: float = 1e-7) -> Tensor:
-    """argmin_y sum_n ||x_n - y|| by Weiszfeld iterations (in float64, starting at the mean)."""
-    x = x_ND.detach().to(torch.float64)
-    y = x.mean(0)
-    for _ in range(n_iter):
-        w_N = 1.0 / (x - y).norm(dim=1).clamp_min(1e-12)
-        y_new = (w_N[:, None] * x).sum(0) / w_N.sum()
-        done = (y_new - y).norm() <= tol * (y.norm() + 1e-12)
-        y = y_new
-        if done:
-            break
-    return y.to(x_ND.dtype)
+    @property
+    def auxk(self) -> Tensor | None:
+        """The unweighted AuxK term; None when the step had none (no dead mask)."""
+        return self.losses.get("auxk")
 
-
-@torch.no_grad()
-def unit_norm_rows_(W_FD: Tensor) -> None:
-    W_FD.div_(torch.linalg.vector_norm(W_FD, dim=1, keepdim=True).clamp_min(1e-12))
-
-
-@torch.no_grad()
-def remove_parallel_grad_(W_FD: Tensor) -> None:
-    """grad_f -= <grad_f, w_f> w_f / ||w_f||^2, so a step keeps ||w_f|| to first order.
-    (vecdot/vector_norm/addcmul_: three passes over (F, D), no temporaries of that size.)"""
-    if W_FD.grad is None:
-        return
-    coef_F = torch.linalg.vecdot(W_FD, W_FD.grad) / torch.linalg.vector_norm(
-        W_FD, dim=1
-    ).square().clamp_min(1e-24)
-    W_FD.grad.addcmul_(W_FD, coef_F[:, None], value=-1)
-
-
-def fvu(x_BD: Tensor, x_hat_BD: Tensor, mse: Tensor | None = None) -> Tensor:
-    """sum ||x - x_hat||^2 / sum ||x - mean(x)||^2, x the reconstruction target; `mse` (per-token
-    mean of the summed squared error) saves recomputing the numerator."""
-    num = (x_hat_BD - x_BD).pow(2).sum() if mse is None else mse * x_BD.shape[0]
-    return (num / (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)).detach()
-
-
-def aux_k(sae: SAE, dead_mask_F: Tensor | None) -> tuple[int, float]:
-    """(k_aux, scale) for AuxK: k_aux = min(cfg.aux_k or D/2, n_dead),
-    scale = min(n_dead / (cfg.aux_k or D/2), 1)
-    (fewer dead latents than k_aux give a proportionally smaller term); (0, 0) when none is dead."""
-    n_dead = 0 if dead_mask_F is None else int(dead_mask_F.sum())
-    if n_dead == 0:
-        return 0, 0.0
-    k_full = sae.cfg.aux_k or max(sae.cfg.d_in // 2, 1)
-    return min(k_full, n_dead), min(n_dead / k_full, 1.0)
-
-
-def aux_weight(x_BD: Tensor) -> Tensor:
-    """Weight that puts the normalised AuxK term in the units of the main loss.
-
-    Gao et al. 2024 (and sparsify) minimise FVU + aux_coeff * L_aux, both terms normalised.
-    Our main loss is the per-token squared error ||x - x_hat||^2 (summed over D), which is
-    FVU * v with v = ||x - mean(x)||^2 / B the batch's total variance per token. Adding
-    aux_coeff * v * L_aux therefore keeps the paper's balance between the two terms at any
-    width D and input scale. Without v the AuxK term would be about D times weaker."""
-    return (x_BD - x_BD.mean(0)).pow(2).sum().detach() / x_BD.shape[0]
-
-
-def auxk_loss(
-    sae: SAE,
-    x_BD: Tensor,
-    x_hat_BD: Tensor,
-    aux_pre_BK: Tensor,
-    aux_idx_BK: Tensor,
-    scale: float,
-    target_BD: Tensor | None = None,
-) -> Tensor:
-    """AuxK (Gao et al. 2024, App. B.1): the top k_aux pre-activations among dead latents
-    reconstruct the residual e = y - x_hat (detached; y the target, x for an SAE), normalised by
-    the residual's variance:
-        L_aux = scale * ||e_hat - e||^2 / ||e - mean(e)||^2,
-        e_hat = ReLU(TopK_aux(pre_dead)) @ W_dec.
-    Gradients reach only the dead latents' encoder columns and decoder rows (sparse kernels)."""
-    vals_BK = torch.relu(
-        kernels.select_preacts(x_BD, sae.W_enc, sae.b_enc, sae.b_pre, aux_idx_BK, aux_pre_BK)
-    )
-    e_hat_BD = kernels.sparse_decode(aux_idx_BK, vals_BK, sae.W_dec)
-    e_BD = ((x_BD if target_BD is None else target_BD) - x_hat_BD).detach()
-    return (
-        scale * (e_hat_BD - e_BD).pow(2).sum() / (e_BD - e_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
-    )
 
 
 # ---------------------------------------------------------------- the base class
@@ -375,11 +313,9 @@ class SAE(nn.Module):
     # architectures, whose training_forward takes target_BD.
     supports_transcoder: bool = False
     # Whether training/fast_step.py's closed-form sparse gradients cover this architecture (for
-    # the SAEConfig fields that `fast_step_supports` accepts); the trainer and TrainConfig read it.
+    # the SAEConfig fields that `fast_step_supports` accepts); the trainer and TrainConfig read
+    # it. Such a class defines the fast step's three per-architecture methods (`sparse_*`).
     supports_fast_step: bool = False
-    # Whether top-k selection runs over the whole batch (B*K codes per batch, not K per token)
-    # with a threshold for inference (BatchTopK); the fast step selects accordingly.
-    batch_selection: bool = False
     # Data-parallel training: the mean over ranks of a per-rank batch statistic, without grad
     # (the trainer sets saelens_lite.distributed.batch_mean under torchrun). None: one process,
     # the local batch is the whole batch. Terms non-linear in a batch mean read it (jumprelu).
@@ -479,6 +415,20 @@ class SAE(nn.Module):
             fvu(y_BD, x_hat_BD, losses.get("mse")),
             losses,
         )
+
+    # -- the fast step's per-architecture parts (training/fast_step.py; supports_fast_step)
+    def sparse_candidates(self) -> int:
+        """K: latents per token the fast step selects by pre-activation, its candidates."""
+        raise NotImplementedError(f"{self.architecture!r} has no fast step (supports_fast_step)")
+
+    def sparse_keep(self, x_BD: Tensor, pre_BK: Tensor) -> tuple[Tensor, Tensor]:
+        """(keep_N, score_N), N = B*K: which candidates (pre_BK, each row's top K in any order)
+        are active, and the scores they were ranked by. No host sync (CUDA graphs)."""
+        raise NotImplementedError(f"{self.architecture!r} has no fast step (supports_fast_step)")
+
+    def sparse_selected_(self, score_N: Tensor, keep_N: Tensor) -> None:
+        """Called once a fast step has its gradients, with its selection: what the architecture
+        tracks from it (BatchTopK: its threshold). Nothing here."""
 
     def lr_scales(self) -> dict[str, float]:
         """Learning rate multipliers of named parameters (the others get 1); the trainer gives

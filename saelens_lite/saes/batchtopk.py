@@ -36,7 +36,6 @@ class BatchTopKSAE(SAE):
     uses_k = True
     short_run_lr = True
     supports_fast_step = True
-    batch_selection = True
     supports_transcoder = True
 
     def __init__(self, cfg: SAEConfig):
@@ -124,6 +123,37 @@ class BatchTopKSAE(SAE):
                 pre_N = kernels.select_preacts(x_BD, W, self.b_enc, self.b_pre, pattern)
         return rows_N, cols_N, pre_N, aux
 
+    def sparse_candidates(self) -> int:
+        """Each row's top 2k: the fast step caps a row at 2k latents (where `_batch_topk`
+        widens its candidates instead, with a host sync)."""
+        return min(2 * self.cfg.k, self.cfg.d_sae)
+
+    def sparse_keep(self, x_BD: Tensor, pre_BK: Tensor) -> tuple[Tensor, Tensor]:
+        """The B*k candidates of the batch with the highest positive scores pre / r(x) (r > 0,
+        so a row's candidates keep their order)."""
+        r_B = self.input_rms(x_BD)
+        score_N = (pre_BK if r_B is None else pre_BK / r_B[:, None]).reshape(-1)
+        n_keep = min(x_BD.shape[0] * self.cfg.k, score_N.numel())
+        top_N = score_N.topk(n_keep, sorted=False).indices
+        keep_N = torch.zeros_like(score_N, dtype=torch.bool).index_fill_(0, top_N, True)
+        return keep_N & (score_N > 0), score_N
+
+    def sparse_selected_(self, score_N: Tensor, keep_N: Tensor) -> None:
+        self.update_threshold_(score_N, keep_N)
+
+    @torch.no_grad()
+    def update_threshold_(self, score_N: Tensor, keep_N: Tensor | None = None) -> None:
+        """theta <- EMA (cfg.threshold_momentum) of the smallest kept score of a training batch
+        (all of score_N, or where keep_N); the first batch sets it, a batch that kept nothing
+        leaves it. No host sync."""
+        if score_N.numel() == 0:
+            return
+        thr, mom = self.threshold, self.cfg.threshold_momentum
+        m = (score_N if keep_N is None else torch.where(keep_N, score_N, float("inf"))).min()
+        m = m.float()
+        new = torch.where(thr < 0, m, mom * thr + (1 - mom) * m)
+        thr.copy_(new if keep_N is None else torch.where(keep_N.any(), new, thr))
+
     def encode(self, x_BD: Tensor) -> Tensor:
         if float(self.threshold) < 0:
             x2_BD = x_BD.reshape(-1, x_BD.shape[-1]).to(self.W_enc.dtype)
@@ -172,17 +202,8 @@ class BatchTopKSAE(SAE):
         k_aux, aux_scale = aux_k(self, dead_mask_F)
         rows_N, cols_N, pre_N, aux = self._batch_topk(x_BD, dead_mask_F, k_aux)
         with torch.no_grad():
-            if pre_N.numel():
-                r_B = self.input_rms(x_BD)
-                m = (pre_N if r_B is None else pre_N / r_B[rows_N]).min().float()
-                first = self.threshold < 0
-                self.threshold.copy_(
-                    torch.where(
-                        first,
-                        m,
-                        cfg.threshold_momentum * self.threshold + (1 - cfg.threshold_momentum) * m,
-                    )
-                )
+            r_B = self.input_rms(x_BD)
+            self.update_threshold_(pre_N if r_B is None else pre_N / r_B[rows_N])
         pattern = kernels.SparsePattern.from_coo(rows_N, cols_N, B, cfg.d_sae)
         vals_N = torch.relu(
             kernels.select_preacts(x_BD, self.W_enc, self.b_enc, self.b_pre, pattern, pre_N)

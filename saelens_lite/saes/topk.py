@@ -29,6 +29,14 @@ class TopKSAE(SAE):
         """The fast step has no Multi-TopK term."""
         return super().fast_step_supports(options) and not options.get("multi_topk", False)
 
+    def sparse_candidates(self) -> int:
+        return self.cfg.k
+
+    def sparse_keep(self, x_BD: Tensor, pre_BK: Tensor) -> tuple[Tensor, Tensor]:
+        """Every candidate with pre > 0 (the ReLU); ranked by pre."""
+        pre_N = pre_BK.reshape(-1)
+        return pre_N > 0, pre_N
+
     def _select(self, x_BD: Tensor, k: int, **kw) -> kernels.TopKSelection:
         return kernels.topk_select(
             x_BD.to(self.W_enc.dtype),

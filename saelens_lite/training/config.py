@@ -168,8 +168,9 @@ class TrainConfig:
     fast_step: str = "auto"
     """The training step: ``on`` uses ``training.fast_step.FastTrainStep`` (closed-form sparse
     gradients, fused Adam; on CUDA 2-3x the tokens/s of autograd), ``off`` autograd through
-    ``training_forward``, ``auto`` = on for topk (without ``multi_topk``) and batchtopk on CUDA,
-    off on CPU (where it gains little). ``on`` needs such an architecture; on a CPU it runs the
+    ``training_forward``, ``auto`` = on on CUDA where the architecture's class supports these
+    options (``SAE.supports_fast_step`` and ``fast_step_supports``, e.g. not transcoders), off
+    on CPU (where it gains little). ``on`` needs such an architecture; on a CPU it runs the
     same math eagerly (equal to autograd up to float rounding). Differences from autograd:
     BatchTopK caps a row at 2k latents, and on CUDA the sparse gathers run in bf16."""
     topk_select: str = "auto"
@@ -259,10 +260,11 @@ class TrainConfig:
         if self.fast_step == "on" and not self.fast_step_supported:
             from saelens_lite.saes import fast_step_architectures
 
+            opts = ", ".join(f"{k}={v!r}" for k, v in self.sae_options.items()) or "none"
             raise ValueError(f"fast_step='on': needs architecture in {fast_step_architectures()} "
-                             f"with options its class's fast step supports (not multi_topk); got "
-                             f"architecture={self.architecture!r}, multi_topk="
-                             f"{bool(self.sae_options.get('multi_topk', False))} (use 'auto' or 'off')")
+                             f"with options its class's fast step supports (SAE.fast_step_supports);"
+                             f" got architecture={self.architecture!r} with sae_options {opts} "
+                             f"(use 'auto' or 'off')")
         if self.wandb_mode not in WANDB_MODES:
             raise ValueError(f"wandb_mode={self.wandb_mode!r}: choose one of {list(WANDB_MODES)}")
         if self.tokens < self.batch_size:
