@@ -23,8 +23,6 @@ TOO_LONG = {
                 "format module",
     "training/trainer.py": "train() and its phases (set-up, loop, finish) and the hook state; "
                            "split the phases into their own module",
-    "saes/base.py": "SAEConfig holds every architecture's fields; issue 16 section 2 gives each "
-                    "architecture its own config",
     "corpus.py": "the corpus readers (builtin, local files, Hugging Face datasets) in one module",
     "kernels/sparse.py": "the CPU / cuSPARSE / Triton dispatch of every sparse primitive",
 }

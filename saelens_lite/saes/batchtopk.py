@@ -12,7 +12,8 @@ Why the score: interference in pre = w_f . (x - b_dec) grows with ||x - b_dec||,
 pre-activations a batch-wide threshold hands high-norm tokens most of the B*k slots as false
 positives, and a latent still learning its feature never reaches the threshold (it gets no
 gradient). Dividing by r(x) gives every token the same false-positive rate; it is the batch
-threshold of Bussmann et al.'s experiments, which standardise each token (SAEConfig docs).
+threshold of Bussmann et al.'s experiments, which standardise each token
+(BatchTopKConfig.relative_threshold; docs/benchmarks.md, "BatchTopK score rule").
 
 Folding the input scale c leaves pre unchanged and divides r by c, so a relative theta is
 multiplied by c.
@@ -23,22 +24,56 @@ per row.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
 from saelens_lite import kernels
-from saelens_lite.saes.base import SAE, SAEConfig, TrainOutput, aux_k, aux_weight, auxk_loss
+from saelens_lite.saes.base import SAE, TrainOutput
+from saelens_lite.saes.config import check_bools, invalid
 from saelens_lite.saes.registry import register
+from saelens_lite.saes.terms import AuxKConfig, aux_k, aux_weight, auxk_loss
+
+
+@dataclass
+class BatchTopKConfig(AuxKConfig):
+    """BatchTopKSAE's config: the shared and AuxK fields, and the inference threshold's."""
+
+    # saved before relative_threshold existed: those SAEs threshold raw pre-activations
+    legacy_defaults: ClassVar[dict] = {"relative_threshold": False}
+    architecture: str = "batchtopk"
+    """As SAEConfig.architecture."""
+    threshold_momentum: float = 0.99
+    """EMA momentum of the inference threshold (min positive kept activation)."""
+    relative_threshold: bool = True
+    """Rank pre-activations, and threshold them at inference, in units of each token's RMS
+    r(x) = ||x - b_dec|| / sqrt(D): keep the batch's top B*k of pre / r, infer
+    pre * (pre > theta * r). Bussmann et al. 2024 trained BatchTopK on activations standardised
+    token by token (bartbussmann/BatchTopK main.py, input_unit_norm=True), where a batch-wide
+    threshold is this rule. On raw pre-activations interference grows with ||x||, so
+    high-norm tokens take most of the B*k slots with false positives and latents that are
+    still learning never reach the threshold (ground-truth benchmark: docs/benchmarks.md,
+    "BatchTopK score rule"). False: the threshold on raw pre-activations, a plain JumpReLU
+    (what configs saved without this field load as)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.threshold_momentum < 1.0:
+            raise invalid("threshold_momentum", self.threshold_momentum, "a number in [0, 1)")
+        check_bools(self, ("relative_threshold",))
 
 
 @register("batchtopk")
 class BatchTopKSAE(SAE):
+    config_class = BatchTopKConfig
     uses_k = True
     short_run_lr = True
     supports_fast_step = True
     supports_transcoder = True
 
-    def __init__(self, cfg: SAEConfig):
+    def __init__(self, cfg: BatchTopKConfig):
         super().__init__(cfg)
         self.register_buffer("threshold", torch.tensor(-1.0, dtype=torch.float32))
 

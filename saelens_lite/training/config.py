@@ -271,11 +271,25 @@ class TrainConfig:
             raise ValueError(f"tokens={self.tokens}: must be at least batch_size={self.batch_size}")
         if not isinstance(self.sae_options, dict):
             raise ValueError(f"sae_options={self.sae_options!r}: must be a dict of SAEConfig fields")
+        self.check_sae_options()
         if len(set(self.hooks)) != len(self.hooks):
             raise ValueError(f"hooks={self.hooks!r}: names must be unique")
         if self.latents is not None and self.k > self.latents:
             # With ``expansion`` the width is known only once the data is (trainer.build_sae).
             raise ValueError(f"k={self.k}: must be at most latents={self.latents}")
+
+    def check_sae_options(self) -> None:
+        """Each key of ``sae_options`` is a field of the architecture's config class
+        (``saes.config``); a field of other architectures only is an error that names them."""
+        from saelens_lite.saes.config import config_class, foreign_fields
+
+        foreign = foreign_fields(self.architecture, self.sae_options)
+        if foreign:
+            name, owners = next(iter(foreign.items()))
+            where = f"an option of {owners} only" if owners else "no architecture's option"
+            raise ValueError(f"sae_options.{name}={self.sae_options[name]!r}: {where}, not of "
+                             f"architecture={self.architecture!r}; its options: "
+                             f"{sorted(f.name for f in dataclasses.fields(config_class(self.architecture)))}")
 
     @property
     def steps(self) -> int:

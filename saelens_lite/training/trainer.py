@@ -70,7 +70,6 @@ Shapes: B batch, D width, F latents.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
 import logging
 import math
@@ -189,7 +188,8 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
 
 def build_sae(config: TrainConfig, d_in: int, hook: str = ""):
     """An untrained SAE of the configured architecture for inputs of width ``d_in``."""
-    from saelens_lite.saes import SAE, SAEConfig
+    from saelens_lite.saes import SAE
+    from saelens_lite.saes.config import config_class
 
     d_sae = config.d_sae(d_in)
     if config.k > d_sae:
@@ -197,23 +197,14 @@ def build_sae(config: TrainConfig, d_in: int, hook: str = ""):
                          f"(hook {hook!r} has width {d_in})")
     if "d_in" in config.sae_options and config.sae_options["d_in"] != d_in:
         raise ValueError(f"sae_options.d_in={config.sae_options['d_in']}: hook {hook!r} has width {d_in}")
-    names = {f.name for f in dataclasses.fields(SAEConfig)}
-    unknown = sorted(set(config.sae_options) - names)
-    if unknown:
-        raise ValueError(f"sae_options={config.sae_options!r}: unknown SAEConfig fields {unknown}; "
-                         f"known: {sorted(names)}")
+    config.check_sae_options()
+    cls = config_class(config.architecture)
     kwargs = {"architecture": config.architecture, "d_in": d_in, "d_sae": d_sae, "k": config.k,
               "b_dec_init": config.b_dec_init, "hook_name": hook, "model_name": config.model or ""}
-    if config.sparsity_coeff is not None:
-        # Each architecture reads the one coefficient that applies to it (relu: l1, jumprelu:
-        # l0) and ignores the others, so setting all of them is safe.
-        kwargs.update({n: config.sparsity_coeff for n in SPARSITY_FIELDS if n in names})
+    if config.sparsity_coeff is not None and cls.sparsity_field is not None:
+        kwargs[cls.sparsity_field] = config.sparsity_coeff  # relu: l1_coeff, jumprelu: l0_coeff
     kwargs.update(config.sae_options)
-    return SAE.from_config(SAEConfig(**kwargs))
-
-
-# SAEConfig's sparsity coefficients; ``TrainConfig.sparsity_coeff`` sets whichever exist.
-SPARSITY_FIELDS = ("l1_coeff", "l0_coeff")
+    return SAE.from_config(cls(**kwargs))
 
 
 def normalization_scale(x_ND: torch.Tensor) -> float:
