@@ -1,10 +1,11 @@
 """SAE architectures, one module each, all registered in `REGISTRY` (see registry.py); the
 non-sparse baselines of the comparison (dense, denoising, vae, conv) in `saes.baselines`."""
 
-from saelens_lite.saes import batchtopk, jumprelu, relu, topk  # noqa: E402,F401  (registration)
+from saelens_lite.saes import batchtopk, jumprelu, matryoshka, relu, topk  # noqa: E402,F401  (registration)
 from saelens_lite.saes.base import SAE, SAEConfig, TrainOutput, geometric_median  # noqa: E402
 from saelens_lite.saes.batchtopk import BatchTopKSAE  # noqa: E402
 from saelens_lite.saes.jumprelu import JumpReLUSAE  # noqa: E402
+from saelens_lite.saes.matryoshka import MatryoshkaSAE  # noqa: E402
 from saelens_lite.saes.registry import (  # noqa: E402
     REGISTRY,
     architectures,
@@ -29,6 +30,7 @@ __all__ = [
     "TopKSAE",
     "BatchTopKSAE",
     "JumpReLUSAE",
+    "MatryoshkaSAE",
 ]
 
 # after the SAEs, so REGISTRY keeps its order: registers dense, denoising, vae, conv

@@ -11,6 +11,7 @@ acts_BF = activation(pre_BF),  x_hat_BD = acts_BF @ W_dec + b_dec.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import pathlib
@@ -130,6 +131,17 @@ class SAEConfig:
     """topk/batchtopk: dtype of the no-grad matmul that only chooses the active latents (None:
     the parameter dtype). "bfloat16" is ~6x faster on CPUs with AMX and on GPUs; the kept values
     and all gradients stay in the parameter dtype, so only near-ties at the k-th place differ."""
+    # -- matryoshka (saelens_lite.saes.matryoshka); the other architectures ignore these fields
+    matryoshka_groups: list[float] | None = None
+    """matryoshka: sizes of the nested groups of latents, in dictionary order; prefix m is
+    groups 1..m and reconstructs the input on its own (Bussmann et al. 2025). Integers summing
+    to d_sae, or fractions summing to 1 (prefix widths round(d_sae * cumulative fraction), as
+    dictionary_learning's group_fractions). None: prefixes of width d_sae / 16, / 8, / 4, / 2
+    and d_sae (each prefix doubles; fewer when d_sae < 16)."""
+    matryoshka_weights: list[float] | None = None
+    """matryoshka: weight w_m of prefix m's squared error in the loss sum_m w_m ||x - x_hat_m||^2,
+    one per group, each >= 0 (used as given, not renormalised). None: 1 / (number of groups)
+    each, so the loss is the mean over prefixes and stays in BatchTopK's units."""
     # -- baselines (saelens_lite.saes.baselines); the sparse architectures ignore these fields
     noise_std: float = 0.2
     """denoising: std of the Gaussian noise added to each input coordinate, in the units the
@@ -207,6 +219,10 @@ class SAEConfig:
             raise _invalid("conv_channels", self.conv_channels, "an integer >= 0")
         if not isinstance(self.conv_kernel, int) or self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             raise _invalid("conv_kernel", self.conv_kernel, "an odd integer >= 1")
+        self.matryoshka_groups, self.matryoshka_weights = (
+            None if v is None else list(v) for v in (self.matryoshka_groups, self.matryoshka_weights)
+        )
+        matryoshka_prefixes(self)  # validates both matryoshka fields
         if (
             not isinstance(self.format_version, int)
             or not 1 <= self.format_version <= FORMAT_VERSION
@@ -234,6 +250,44 @@ class SAEConfig:
             raise ValueError(f"SAEConfig got unknown fields {unknown}; allowed: {sorted(known)}")
         # saved before relative_threshold existed: those SAEs threshold raw pre-activations
         return cls(**({"relative_threshold": False} | d))
+
+
+def matryoshka_prefixes(cfg: SAEConfig) -> tuple[list[int], list[float]]:
+    """(widths, weights): the prefix widths n_1 < ... < n_M = d_sae and the weights w_m of
+    cfg.matryoshka_groups / matryoshka_weights (see their docs); ValueError naming the field
+    otherwise."""
+    F_, groups, field = cfg.d_sae, cfg.matryoshka_groups, "matryoshka_groups"
+    if groups is None:
+        widths = sorted({F_ >> j for j in range(5)} - {0})
+    elif not groups or not all(_is_number(g) and g > 0 for g in groups):
+        raise _invalid(field, groups, "None or a non-empty list of numbers > 0")
+    elif all(isinstance(g, int) for g in groups):
+        if sum(groups) != F_:
+            raise _invalid(field, groups, f"integers summing to d_sae={F_} or fractions summing to 1")
+        widths = [int(w) for w in itertools.accumulate(groups)]
+    else:
+        if not math.isclose(sum(groups), 1.0, rel_tol=0, abs_tol=1e-6):
+            raise _invalid(field, groups, f"integers summing to d_sae={F_} or fractions summing to 1")
+        widths = [round(F_ * c) for c in itertools.accumulate(groups)][:-1] + [F_]
+        if any(a >= b for a, b in zip([0, *widths], widths)):
+            raise _invalid(field, groups, f"fractions giving every group >= 1 of d_sae={F_} latents")
+    weights = cfg.matryoshka_weights
+    if weights is None:
+        return widths, [1.0 / len(widths)] * len(widths)
+    if (
+        len(weights) != len(widths)
+        or not all(_is_number(w) and w >= 0 and math.isfinite(w) for w in weights)
+        or not sum(weights) > 0
+    ):
+        raise _invalid(
+            "matryoshka_weights", weights, f"None or {len(widths)} numbers >= 0 (one per group of "
+            f"widths {widths}), not all 0"
+        )
+    return widths, [float(w) for w in weights]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 class TrainOutput(NamedTuple):
