@@ -93,3 +93,17 @@ def test_benchmark_rows_carry_the_absorption_columns():
     assert {"absorption", "absorption_control", "parents_recovered", "children_recovered"} <= set(rows[0])
     table = format_table(rows, cfg.build().columns)
     assert "absorption_control" in table.splitlines()[0] and "topk" in table
+
+
+def test_cli_bench_hierarchical_prints_absorption(tmp_path, capsys):
+    import json
+
+    from saelens_lite.cli import main
+
+    code = main(["bench", "synthetic", "--setting", "hierarchical", "--arch", "matryoshka", "--d", "16",
+                 "--parents", "3", "--children", "2", "--latents", "24", "--k", "2", "--n-train", "2000",
+                 "--train-tokens", "8192", "--eval-tokens", "1000", "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    assert "absorption" in capsys.readouterr().out.splitlines()[0]
+    row = json.loads((tmp_path / "r.json").read_text())["rows"][0]
+    assert row["architecture"] == "matryoshka" and 0 <= row["absorption"] <= 1

@@ -19,7 +19,9 @@ def add(sub) -> None:
                              description="Generate tokens from more sparse features than dimensions (toy "
                                          "models of superposition), train one SAE per architecture with "
                                          "saelens_lite.training.train and score it against the true "
-                                         "dictionary: MMCS, fraction recovered at cos > 0.9, firing F1. "
+                                         "dictionary: MMCS, fraction recovered at cos > 0.9, firing F1 "
+                                         "(--setting hierarchical: parent and child features instead, plus "
+                                         "exact absorption rates). "
                                          "An architecture without one decoder direction per latent (the "
                                          "conv baseline) gets a row saying why it is not scored.")
     defaults = SyntheticConfig()
