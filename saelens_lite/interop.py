@@ -47,7 +47,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from saelens_lite.saes import REGISTRY, SAE, SAEConfig
+from saelens_lite.saes import REGISTRY, SAE, BatchTopKSAE, SAEConfig
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,8 @@ def _load_saelens(path: pathlib.Path) -> SAE:
         # SAELens computes ReLU(pre) * (pre > threshold): a negative threshold acts as 0.
         theta_F = raw["threshold"].to(torch.float64).clamp_min(0)
         trained_as = REGISTRY.get(meta.get("training_architecture", ""))
-        if trained_as is not None and trained_as.batch_selection and bool((theta_F == theta_F[0]).all()):
+        if (trained_as is not None and issubclass(trained_as, BatchTopKSAE)
+                and bool((theta_F == theta_F[0]).all())):
             ours = trained_as.architecture
             details = dict(meta.get("training_architecture_details") or {})
             k_avg = cfg.get("k") or details.pop("k", 32)
@@ -290,7 +291,7 @@ def _write_saelens(sae: SAE, out: pathlib.Path) -> None:
         cfg |= {"k": c.k, "rescale_acts_by_decoder_norm": False}
     elif sae.architecture == "jumprelu":
         tensors["threshold"] = sae.threshold
-    elif type(sae).batch_selection:
+    elif isinstance(sae, BatchTopKSAE):  # Matryoshka too: the same function at inference
         theta = float(sae.threshold)
         if c.relative_threshold:
             raise UnsupportedConversion(
@@ -329,6 +330,10 @@ def _check_exportable(sae: SAE, to: str) -> None:
         raise UnsupportedConversion(
             f"architecture {sae.architecture!r} cannot be written in the {to} format; formats "
             f"that support it: {formats_supporting(sae.architecture)}")
+    if to != "native" and sae.is_transcoder:  # (the peers' SAE folders apply b_dec to the input)
+        raise UnsupportedConversion(
+            f"a transcoder ({sae.cfg.hook_name!r} -> {sae.cfg.target_hook!r}) cannot be written "
+            f"in the {to} format yet; formats that support it: ['native']")
 
 
 def export(sae: SAE, dst: str | pathlib.Path, *, to: str = "native",

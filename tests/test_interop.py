@@ -28,7 +28,7 @@ from saelens_lite.interop import (
     export,
     load_any,
 )
-from saelens_lite.saes import REGISTRY, SAE, SAEConfig
+from saelens_lite.saes import REGISTRY, SAE, BatchTopKSAE, SAEConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "_peer_roundtrip.py"
@@ -54,7 +54,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def make(arch: str, **kw) -> SAE:
     """A small SAE with random non-trivial weights (biases, thresholds) in every slot."""
     torch.manual_seed(0)
-    if REGISTRY[arch].batch_selection:  # the peers' BatchTopK: a threshold on raw pre-activations
+    if issubclass(REGISTRY[arch], BatchTopKSAE):  # the peers' BatchTopK: a threshold on raw pre-activations
         kw.setdefault("relative_threshold", False)
     sae = SAE.from_config(SAEConfig(architecture=arch, d_in=D, d_sae=F, k=K,
                                     hook_name="blocks.1.hook_resid_post", model_name="tiny", **kw))
@@ -67,7 +67,7 @@ def make(arch: str, **kw) -> SAE:
         sae.W_dec.copy_(torch.randn(F, D) * 0.3)
         if arch == "jumprelu":
             sae.log_threshold.copy_((torch.rand(F) * 0.5 + 0.01).log())
-        if REGISTRY[arch].batch_selection:
+        if issubclass(REGISTRY[arch], BatchTopKSAE):
             sae.threshold.fill_(0.2)
     return sae
 
