@@ -31,6 +31,12 @@ def data(n=B, seed=1, dtype=torch.float64):
     return torch.randn(n, D, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 2 + 0.5
 
 
+def batchtopk_config(cfg) -> SAEConfig:
+    """The same SAE's config as a plain BatchTopK one (without the Matryoshka fields)."""
+    own = {k: v for k, v in cfg.to_dict().items() if not k.startswith("matryoshka_")}
+    return SAEConfig(**(own | {"architecture": "batchtopk"}))
+
+
 def reference_loss(sae, x_BD, dead_F):
     """Dense float64 reference: flat batch top-(B*k) of pre / r(x) among positive pre, then
     sum_m w_m mean_b ||x - x_hat_m||^2 with x_hat_m decoding the latents f < n_m through a mask,
@@ -78,7 +84,7 @@ def test_loss_and_gradients_equal_a_dense_float64_reference(groups, weights):
 
 def test_one_group_of_weight_one_is_batchtopk_exactly():
     sae = make(matryoshka_groups=[F], matryoshka_weights=[1.0])
-    btk = BatchTopKSAE(SAEConfig(**(sae.cfg.to_dict() | {"architecture": "batchtopk"})))
+    btk = BatchTopKSAE(batchtopk_config(sae.cfg))
     btk.load_state_dict(sae.state_dict())
     x = data()
     a, b = sae.training_forward(x), btk.training_forward(x)
@@ -167,7 +173,7 @@ def test_inference_is_batchtopk_with_the_threshold():
     x = data()
     sae.training_forward(x)
     sae.finish_training_(x)
-    btk = BatchTopKSAE(SAEConfig(**(sae.cfg.to_dict() | {"architecture": "batchtopk"})))
+    btk = BatchTopKSAE(batchtopk_config(sae.cfg))
     btk.load_state_dict(sae.state_dict())
     assert torch.equal(sae.encode(x), btk.encode(x)) and torch.equal(sae(x), btk(x))
     # the calibrated threshold is the smallest kept score and inference keeps scores above it
