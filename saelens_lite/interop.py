@@ -17,10 +17,12 @@ Formats (each a folder; the format is detected from the files it holds):
 Architecture mapping (ours -> theirs):
     relu -> saelens "standard";  topk -> saelens "topk", sparsify "topk";
     jumprelu -> saelens "jumprelu" (threshold = exp(log_threshold));
-    batchtopk -> saelens "jumprelu" with a constant threshold, as SAELens itself saves BatchTopK
-    SAEs for inference (metadata.training_architecture = "batchtopk" lets the import restore
-    batchtopk); only with relative_threshold=False (a threshold relative to each token's RMS
-    has no SAELens form).
+    batchtopk, matryoshka -> saelens "jumprelu" with a constant threshold, as SAELens itself saves
+    BatchTopK and Matryoshka BatchTopK SAEs for inference (at inference Matryoshka is BatchTopK's
+    function; metadata.training_architecture and training_architecture_details (k and the
+    architecture's own SAEConfig fields, e.g. matryoshka_groups) let the import restore it);
+    only with relative_threshold=False (a threshold relative to each token's RMS has no SAELens
+    form).
 Imports fold what SAELens keeps as config into the weights, so the imported SAE computes the same
 function: ``rescale_acts_by_decoder_norm`` (decoder norms into the encoder),
 ``apply_b_dec_to_input=False`` (b_enc += b_dec @ W_enc) and a stored
@@ -45,7 +47,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from saelens_lite.saes import SAE, SAEConfig
+from saelens_lite.saes import REGISTRY, SAE, BatchTopKSAE, SAEConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ NATIVE_WEIGHTS = "sae.safetensors"
 # an architecture's entry cannot represent it.
 EXPORT_NAMES: dict[str, dict[str, str]] = {
     "saelens": {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu",
-                "batchtopk": "jumprelu"},
+                "batchtopk": "jumprelu", "matryoshka": "jumprelu"},
     "sparsify": {"topk": "topk"},
 }
 _SAELENS_IMPORT = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
@@ -212,11 +214,14 @@ def _load_saelens(path: pathlib.Path) -> SAE:
             raise ValueError(f"{path / SAELENS_WEIGHTS}: jumprelu SAE without 'threshold'")
         # SAELens computes ReLU(pre) * (pre > threshold): a negative threshold acts as 0.
         theta_F = raw["threshold"].to(torch.float64).clamp_min(0)
-        batch_k = meta.get("training_architecture") == "batchtopk"
-        if batch_k and bool((theta_F == theta_F[0]).all()):
-            ours = "batchtopk"
-            k_avg = cfg.get("k") or (meta.get("training_architecture_details") or {}).get("k", 32)
+        trained_as = REGISTRY.get(meta.get("training_architecture", ""))
+        if (trained_as is not None and issubclass(trained_as, BatchTopKSAE)
+                and bool((theta_F == theta_F[0]).all())):
+            ours = trained_as.architecture
+            details = dict(meta.get("training_architecture_details") or {})
+            k_avg = cfg.get("k") or details.pop("k", 32)
             kw["k"] = max(1, min(round(k_avg), d_sae))
+            kw |= {f: v for f, v in details.items() if f.startswith(ours + "_")}
             kw["relative_threshold"] = False  # SAELens thresholds raw pre-activations
             t["threshold"] = theta_F[0].to(torch.float32)
         else:
@@ -286,20 +291,22 @@ def _write_saelens(sae: SAE, out: pathlib.Path) -> None:
         cfg |= {"k": c.k, "rescale_acts_by_decoder_norm": False}
     elif sae.architecture == "jumprelu":
         tensors["threshold"] = sae.threshold
-    elif sae.architecture == "batchtopk":
+    elif isinstance(sae, BatchTopKSAE):  # Matryoshka too: the same function at inference
         theta = float(sae.threshold)
         if c.relative_threshold:
             raise UnsupportedConversion(
-                "this batchtopk SAE thresholds pre / r(x), relative to each token's RMS "
+                f"this {sae.architecture} SAE thresholds pre / r(x), relative to each token's RMS "
                 "(SAEConfig.relative_threshold, the default); SAELens' JumpReLU has a fixed "
                 "threshold per latent, which cannot express that. Train with "
                 "--option relative_threshold=false (SAEConfig(relative_threshold=False)) to export to SAELens")
         if theta < 0:
             raise UnsupportedConversion(
-                "batchtopk SAE has no inference threshold yet (threshold < 0: never trained); "
-                "SAELens stores BatchTopK as JumpReLU and needs one")
+                f"{sae.architecture} SAE has no inference threshold yet (threshold < 0: never "
+                "trained); SAELens stores BatchTopK as JumpReLU and needs one")
         tensors["threshold"] = torch.full((c.d_sae,), theta, dtype=sae.W_enc.dtype)
-        meta["training_architecture_details"] = {"k": c.k}
+        # the architecture's own fields (matryoshka_groups, ...): inference ignores them
+        own = {f: v for f, v in c.to_dict().items() if f.startswith(sae.architecture + "_")}
+        meta["training_architecture_details"] = {"k": c.k} | own
     save_file({n: _cpu(v) for n, v in tensors.items()}, str(out / SAELENS_WEIGHTS))
     (out / "cfg.json").write_text(json.dumps(cfg, indent=2))
 

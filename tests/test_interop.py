@@ -28,7 +28,7 @@ from saelens_lite.interop import (
     export,
     load_any,
 )
-from saelens_lite.saes import REGISTRY, SAE, SAEConfig
+from saelens_lite.saes import REGISTRY, SAE, BatchTopKSAE, SAEConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "_peer_roundtrip.py"
@@ -54,7 +54,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def make(arch: str, **kw) -> SAE:
     """A small SAE with random non-trivial weights (biases, thresholds) in every slot."""
     torch.manual_seed(0)
-    if arch == "batchtopk":  # the peers' BatchTopK: a threshold on raw pre-activations
+    if issubclass(REGISTRY[arch], BatchTopKSAE):  # the peers' BatchTopK: a threshold on raw pre-activations
         kw.setdefault("relative_threshold", False)
     sae = SAE.from_config(SAEConfig(architecture=arch, d_in=D, d_sae=F, k=K,
                                     hook_name="blocks.1.hook_resid_post", model_name="tiny", **kw))
@@ -67,7 +67,7 @@ def make(arch: str, **kw) -> SAE:
         sae.W_dec.copy_(torch.randn(F, D) * 0.3)
         if arch == "jumprelu":
             sae.log_threshold.copy_((torch.rand(F) * 0.5 + 0.01).log())
-        if arch == "batchtopk":
+        if issubclass(REGISTRY[arch], BatchTopKSAE):
             sae.threshold.fill_(0.2)
     return sae
 
@@ -135,6 +135,20 @@ def test_relative_threshold_batchtopk_refuses_saelens_naming_the_fix(tmp_path):
     assert not any(tmp_path.iterdir())
     sae = load_any(export(make("batchtopk"), tmp_path / "raw", to="saelens"))
     assert sae.architecture == "batchtopk" and not sae.cfg.relative_threshold
+
+
+def test_matryoshka_goes_to_saelens_as_jumprelu_and_comes_back_with_its_groups(tmp_path):
+    sae, x = make("matryoshka", matryoshka_groups=[0.25, 0.75], matryoshka_weights=[2.0, 1.0]), inputs()
+    out = export(sae, tmp_path / "o", to="saelens")
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu" and cfg["metadata"]["training_architecture"] == "matryoshka"
+    back = load_any(out)
+    assert back.architecture == "matryoshka" and back.cfg.k == K
+    assert (back.widths, back.weights) == ([16, 64], [2.0, 1.0])
+    for ours, theirs in zip(outputs(sae, x), outputs(back, x)):
+        np.testing.assert_allclose(theirs, ours, atol=ATOL)
+    with pytest.raises(UnsupportedConversion, match="matryoshka SAE thresholds"):
+        export(make("matryoshka", relative_threshold=True), tmp_path / "rel", to="saelens")
 
 
 def test_a_failed_write_leaves_no_folder(tmp_path, monkeypatch):

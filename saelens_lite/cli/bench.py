@@ -8,6 +8,7 @@ from saelens_lite.cli._common import Formatter, parse_arch_options
 
 
 def add(sub) -> None:
+    from saelens_lite.evals.hierarchy import HierarchyConfig
     from saelens_lite.evals.synthetic import SyntheticConfig
     from saelens_lite.saes import architectures
 
@@ -18,7 +19,9 @@ def add(sub) -> None:
                              description="Generate tokens from more sparse features than dimensions (toy "
                                          "models of superposition), train one SAE per architecture with "
                                          "saelens_lite.training.train and score it against the true "
-                                         "dictionary: MMCS, fraction recovered at cos > 0.9, firing F1. "
+                                         "dictionary: MMCS, fraction recovered at cos > 0.9, firing F1 "
+                                         "(--setting hierarchical: parent and child features instead, plus "
+                                         "exact absorption rates). "
                                          "An architecture without one decoder direction per latent (the "
                                          "conv baseline) gets a row saying why it is not scored.")
     defaults = SyntheticConfig()
@@ -35,6 +38,17 @@ def add(sub) -> None:
     s.add_argument("--scale-spread", type=float, default=defaults.scale_spread,
                    help="per-feature scale exp(s N(0,1))")
     s.add_argument("--noise-std", type=float, default=defaults.noise_std, help="additive Gaussian noise")
+    s.add_argument("--setting", choices=("superposition", "hierarchical"), default="superposition",
+                   help="superposition: independent features (--features, --mean-active, ...); hierarchical: "
+                        "parents whose mutually exclusive children fire only with them (--parents, --children, "
+                        "--parent-rate, --child-rate), adding exact absorption scores (evals.hierarchy)")
+    hdefaults = HierarchyConfig()
+    s.add_argument("--parents", type=int, default=hdefaults.n_parents, help="hierarchical: parent features P")
+    s.add_argument("--children", type=int, default=hdefaults.children, help="hierarchical: children per parent")
+    s.add_argument("--parent-rate", type=float, default=hdefaults.parent_rate,
+                   help="hierarchical: probability that a parent fires")
+    s.add_argument("--child-rate", type=float, default=hdefaults.child_rate,
+                   help="hierarchical: probability that one child fires with its parent")
     s.add_argument("--latents", type=int, default=None, help="SAE latents (default: 2 x features)")
     s.add_argument("--k", type=int, default=None, help="k of topk / batchtopk (default: round(mean-active))")
     s.add_argument("--sparsity-coeff", type=float, default=None,
@@ -53,17 +67,23 @@ def add(sub) -> None:
 def run_synthetic(args: argparse.Namespace) -> int:
     import json
 
+    from saelens_lite.evals.hierarchy import HierarchyConfig
     from saelens_lite.evals.synthetic import SyntheticConfig, format_table, run_benchmark
 
-    cfg = SyntheticConfig(d=args.d, n_features=args.features, mean_active=args.mean_active,
-                          correlation=args.correlation, frequency_decay=args.frequency_decay,
-                          magnitude_spread=args.magnitude_spread, scale_spread=args.scale_spread,
-                          noise_std=args.noise_std, seed=args.seed)
+    if args.setting == "hierarchical":
+        cfg = HierarchyConfig(d=args.d, n_parents=args.parents, children=args.children,
+                              parent_rate=args.parent_rate, child_rate=args.child_rate,
+                              magnitude_spread=args.magnitude_spread, noise_std=args.noise_std, seed=args.seed)
+    else:
+        cfg = SyntheticConfig(d=args.d, n_features=args.features, mean_active=args.mean_active,
+                              correlation=args.correlation, frequency_decay=args.frequency_decay,
+                              magnitude_spread=args.magnitude_spread, scale_spread=args.scale_spread,
+                              noise_std=args.noise_std, seed=args.seed)
     train_options = {} if args.train_tokens is None else {"tokens": args.train_tokens}
     rows = run_benchmark(args.arch, cfg=cfg, n_train=args.n_train, k=args.k, latents=args.latents,
                          sparsity_coeff=args.sparsity_coeff, train_options=train_options,
                          sae_options=parse_arch_options(args.option), n_eval=args.eval_tokens)
-    print(format_table(rows))
+    print(format_table(rows, cfg.build().columns))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"config": vars(args) | {"func": None}, "rows": rows}, f, indent=2)

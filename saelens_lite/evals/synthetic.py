@@ -80,9 +80,15 @@ class SyntheticConfig:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 0")
 
+    def build(self) -> SyntheticData:
+        return SyntheticData(self)
+
 
 class SyntheticData:
     """The fixed parts of a toy model (dictionary, rates, scales) and a token sampler."""
+
+    columns: tuple[tuple[str, str], ...] = ()
+    """Scores beyond the generic ones (none here; evals.hierarchy adds absorption)."""
 
     def __init__(self, cfg: SyntheticConfig):
         self.cfg = cfg
@@ -123,6 +129,10 @@ class SyntheticData:
             if cfg.noise_std:
                 x_BD = x_BD + cfg.noise_std * torch.randn(B, cfg.d, generator=g)
             yield x_BD, c_BG
+
+    def extra_scores(self, sae, x_ND: Tensor, c_NG: Tensor) -> dict[str, float]:
+        """Scores beyond score_sae's generic ones (named in ``columns``): none here."""
+        return {}
 
 
 # --------------------------------------------------------------------------------- scoring
@@ -174,7 +184,7 @@ def score_sae(sae, data: SyntheticData, *, n_eval: int = 20_000, seed: int = 123
         "recovered": float((cos_G > threshold).double().mean()),
         "firing_f1": float(firing_f1(c_NG != 0, torch.cat(fired)).mean()),
         "l0": r["l0"], "fvu": r["fvu"], "dead_fraction": r["dead_fraction"],
-    }
+    } | data.extra_scores(sae, x_ND, c_NG)
 
 
 # --------------------------------------------------------------------------------- benchmark
@@ -196,13 +206,13 @@ def skip_reason(architecture: str) -> str | None:
     return None
 
 
-def run_benchmark(architectures: list[str] | None = None, *, cfg: SyntheticConfig | None = None,
+def run_benchmark(architectures: list[str] | None = None, *, cfg=None,
                   n_train: int = 400_000, k: int | None = None, latents: int | None = None,
                   sparsity_coeff: float | None = None, train_options: dict | None = None,
                   sae_options: dict[str, dict] | None = None, n_eval: int = 20_000,
                   progress: bool = False) -> list[dict]:
     """Train one SAE per architecture (default: every registered one) on ``n_train`` synthetic
-    tokens with ``saelens_lite.training.train`` and score each against the true dictionary.
+    tokens of ``cfg`` (a SyntheticConfig, the default, or evals.hierarchy's HierarchyConfig) with ``saelens_lite.training.train`` and score each against the true dictionary.
     ``latents`` defaults to 2 G: with exactly G latents a TopK SAE plateaus near 90% recovered
     (a dead or duplicated latent costs a feature), with 2 G it finds ~all of them.
     ``sae_options``: {architecture: {SAEConfig field: value}}, on top of
@@ -221,7 +231,7 @@ def run_benchmark(architectures: list[str] | None = None, *, cfg: SyntheticConfi
         raise ValueError(f"sae_options for {extra}, which this run does not train; it runs "
                          f"{architectures}")  # fmt: skip
     cfg = cfg or SyntheticConfig()
-    data = SyntheticData(cfg)
+    data = cfg.build()
     x_train, _ = data.sample(n_train, seed=0)
     rows = []
     for arch in architectures:
@@ -247,10 +257,11 @@ def run_benchmark(architectures: list[str] | None = None, *, cfg: SyntheticConfi
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    """Markdown table of benchmark rows; a skipped row gives its reason in the first score column."""
+def format_table(rows: list[dict], extra: tuple[tuple[str, str], ...] = ()) -> str:
+    """Markdown table of benchmark rows (``extra``: further (column, format) pairs, e.g. the data's
+    ``columns``); a skipped row gives its reason in the first score column."""
     cols = [("architecture", "{}"), ("mmcs", "{:.3f}"), ("recovered", "{:.1%}"), ("firing_f1", "{:.3f}"),
-            ("l0", "{:.2f}"), ("fvu", "{:.4f}"), ("dead_fraction", "{:.1%}"), ("seconds", "{:.1f}")]
+            ("l0", "{:.2f}"), ("fvu", "{:.4f}"), ("dead_fraction", "{:.1%}"), ("seconds", "{:.1f}"), *extra]
     lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = ([r["architecture"], f"skipped: {r['skipped']}"] + [""] * (len(cols) - 2) if "skipped" in r

@@ -1,11 +1,12 @@
 """SAE architectures, one module each, all registered in `REGISTRY` (see registry.py); the
 non-sparse baselines of the comparison (dense, denoising, vae, conv) in `saes.baselines`."""
 
-from saelens_lite.saes import batchtopk, jumprelu, relu, topk  # noqa: E402,F401  (registration)
+from saelens_lite.saes import batchtopk, jumprelu, matryoshka, relu, topk  # noqa: E402,F401  (registration)
 from saelens_lite.saes.base import SAE, TrainOutput  # noqa: E402
 from saelens_lite.saes.batchtopk import BatchTopKConfig, BatchTopKSAE  # noqa: E402
 from saelens_lite.saes.config import SAEConfig  # noqa: E402
 from saelens_lite.saes.jumprelu import JumpReLUConfig, JumpReLUSAE  # noqa: E402
+from saelens_lite.saes.matryoshka import MatryoshkaConfig, MatryoshkaSAE  # noqa: E402
 from saelens_lite.saes.registry import (  # noqa: E402
     REGISTRY,
     architectures,
@@ -31,11 +32,13 @@ __all__ = [
     "TopKSAE",
     "BatchTopKSAE",
     "JumpReLUSAE",
+    "MatryoshkaSAE",
     "AuxKConfig",
     "ReLUConfig",
     "TopKConfig",
     "BatchTopKConfig",
     "JumpReLUConfig",
+    "MatryoshkaConfig",
 ]
 
 # after the SAEs, so REGISTRY keeps its order: registers dense, denoising, vae, conv

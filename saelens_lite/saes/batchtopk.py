@@ -227,6 +227,17 @@ class BatchTopKSAE(SAE):
         if self.cfg.relative_threshold and float(self.threshold) >= 0:
             self.threshold.mul_(scale)
 
+    def reconstruction_terms(
+        self, x_BD: Tensor, y_BD: Tensor, pattern: kernels.SparsePattern, vals_N: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """(x_hat_BD, loss, losses) of the kept codes: x_hat = z @ W_dec + b_dec (+ the skip
+        term) and the reconstruction loss ||y - x_hat||^2 (per token, mean over the batch; y the
+        input x, or a transcoder's target), logged as "mse"."""
+        x_hat_BD = kernels.sparse_decode(pattern, vals_N, self.W_dec) + self.b_dec
+        x_hat_BD = self.add_skip(x_BD, x_hat_BD)
+        mse = (x_hat_BD - y_BD).pow(2).sum(-1).mean()
+        return x_hat_BD, mse, {"mse": mse}
+
     def training_forward(
         self, x_BD, *, target_BD=None, sparsity_scale=1.0, dead_mask_F=None
     ) -> TrainOutput:
@@ -243,11 +254,7 @@ class BatchTopKSAE(SAE):
         vals_N = torch.relu(
             kernels.select_preacts(x_BD, self.W_enc, self.b_enc, self.b_pre, pattern, pre_N)
         )
-        x_hat_BD = kernels.sparse_decode(pattern, vals_N, self.W_dec) + self.b_dec
-        x_hat_BD = self.add_skip(x_BD, x_hat_BD)
-        mse = (x_hat_BD - y_BD).pow(2).sum(-1).mean()
-        losses = {"mse": mse}
-        loss = mse
+        x_hat_BD, loss, losses = self.reconstruction_terms(x_BD, y_BD, pattern, vals_N)
         if k_aux:
             losses["auxk"] = auxk_loss(self, x_BD, x_hat_BD, *aux, aux_scale, y_BD)
             loss = loss + cfg.aux_coeff * aux_weight(y_BD) * losses["auxk"]

@@ -1,0 +1,147 @@
+"""Matryoshka BatchTopK SAE (Bussmann et al. 2025, "Learning Multi-Level Features with
+Matryoshka Sparse Autoencoders"; Nabeshima 2024, "Matryoshka Sparse Autoencoders").
+
+The dictionary is cut into nested prefixes of widths n_1 < ... < n_M = F
+(cfg.matryoshka_groups), and every prefix must reconstruct the input on its own:
+
+    z = BatchTopK(pre)  over the whole dictionary (saes.batchtopk: selection, threshold,
+                        relative score, AuxK and the inference threshold are BatchTopK's),
+    x_hat_m = sum_{f < n_m} z_f W_dec_f + b_dec,
+    L = sum_m w_m ||x - x_hat_m||^2  (per token, mean over the batch)
+        + aux_coeff * v * L_aux(x - x_hat_M)                    (w_m: cfg.matryoshka_weights)
+
+so the first latents are pushed to carry the broad features (a parent direction cannot be
+absorbed into a child latent that lives in a later group: the earlier prefix would lose it).
+AuxK reads the residual of the full reconstruction, as dictionary_learning's
+MatryoshkaBatchTopKTrainer and SAELens' default do. Inference is BatchTopK's: the whole
+dictionary with the calibrated threshold, acts = pre * (pre / r(x) > theta), so a saved
+Matryoshka SAE is a BatchTopK SAE (and exports as JumpReLU where BatchTopK does).
+
+Gradient of the reconstruction terms (the fast path's closed form): with
+g_m = 2 w_m (x_hat_m - x) / B, latent f of group j (n_{j-1} <= f < n_j) sees
+    dL/dz_bf = <G_j[b], W_dec_f>,   G_j = sum_{m >= j} g_m,
+    dL/dW_dec_f = sum_b z_bf G_j[b],  dL/db_dec = sum_m sum_b g_m[b] - W_enc @ dL/db_enc,
+a reverse cumulative sum over the groups of one decode per group.
+
+Shape legend: B batch, D width, F latents, N kept (row, latent) pairs, M prefixes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saelens_lite import kernels
+from saelens_lite.saes.batchtopk import BatchTopKConfig, BatchTopKSAE
+from saelens_lite.saes.config import invalid
+from saelens_lite.saes.registry import register
+
+
+@dataclass
+class MatryoshkaConfig(BatchTopKConfig):
+    """MatryoshkaSAE's config: BatchTopK's fields and the nested groups with their weights."""
+
+    architecture: str = "matryoshka"
+    """As SAEConfig.architecture."""
+    matryoshka_groups: list[float] | None = None
+    """Sizes of the nested groups of latents, in dictionary order; prefix m is groups 1..m and
+    reconstructs the input on its own (Bussmann et al. 2025). Integers summing to d_sae, or
+    fractions summing to 1 (prefix widths round(d_sae * cumulative fraction), as
+    dictionary_learning's group_fractions). None: prefixes of width d_sae / 16, / 8, / 4, / 2
+    and d_sae (each prefix doubles; fewer when d_sae < 16)."""
+    matryoshka_weights: list[float] | None = None
+    """Weight w_m of prefix m's squared error in the loss sum_m w_m ||x - x_hat_m||^2, one per
+    group, each >= 0 (used as given, not renormalised). None: 1 / (number of groups) each, so
+    the loss is the mean over prefixes and stays in BatchTopK's units."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.matryoshka_groups, self.matryoshka_weights = (
+            None if v is None else list(v) for v in (self.matryoshka_groups, self.matryoshka_weights)
+        )
+        matryoshka_prefixes(self)  # validates both fields
+
+
+def matryoshka_prefixes(cfg: MatryoshkaConfig) -> tuple[list[int], list[float]]:
+    """(widths, weights): the prefix widths n_1 < ... < n_M = d_sae and the weights w_m of
+    cfg.matryoshka_groups / matryoshka_weights (see their docs); ValueError naming the field
+    otherwise."""
+    F_, groups, field = cfg.d_sae, cfg.matryoshka_groups, "matryoshka_groups"
+    sums = f"integers summing to d_sae={F_} or fractions summing to 1"
+    if groups is None:
+        widths = sorted({F_ >> j for j in range(5)} - {0})
+    elif not groups or not all(_is_number(g) and g > 0 for g in groups):
+        raise invalid(field, groups, "None or a non-empty list of numbers > 0")
+    elif all(isinstance(g, int) for g in groups):
+        if sum(groups) != F_:
+            raise invalid(field, groups, sums)
+        widths = [int(w) for w in itertools.accumulate(groups)]
+    else:
+        if not math.isclose(sum(groups), 1.0, rel_tol=0, abs_tol=1e-6):
+            raise invalid(field, groups, sums)
+        widths = [round(F_ * c) for c in itertools.accumulate(groups)][:-1] + [F_]
+        if any(a >= b for a, b in zip([0, *widths], widths)):
+            raise invalid(field, groups, f"fractions giving every group >= 1 of d_sae={F_} latents")
+    weights = cfg.matryoshka_weights
+    if weights is None:
+        return widths, [1.0 / len(widths)] * len(widths)
+    if (
+        len(weights) != len(widths)
+        or not all(_is_number(w) and w >= 0 and math.isfinite(w) for w in weights)
+        or not sum(weights) > 0
+    ):
+        raise invalid("matryoshka_weights", weights, f"None or {len(widths)} numbers >= 0 (one "
+                      f"per group of widths {widths}), not all 0")  # fmt: skip
+    return widths, [float(w) for w in weights]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@register("matryoshka")
+class MatryoshkaSAE(BatchTopKSAE):
+    config_class = MatryoshkaConfig
+    # the fast step's closed-form gradients are BatchTopK's single reconstruction; not this loss
+    supports_fast_step = False
+    # reconstruction_terms reads a target and the skip term, but no float64 oracle covers a
+    # Matryoshka transcoder yet (tests/test_saes_transcoder.py's reference has no prefixes)
+    supports_transcoder = False
+
+    def __init__(self, cfg: MatryoshkaConfig):
+        super().__init__(cfg)
+        self.widths, self.weights = matryoshka_prefixes(cfg)
+
+    def group_decodes(self, pattern: kernels.SparsePattern, vals_N: Tensor) -> list[Tensor]:
+        """[d_1, ..., d_M]: d_j = sum over the kept codes of group j (n_{j-1} <= f < n_j) of
+        z_f W_dec_f, (B, D) each, one sparse decode per group; x_hat_m = b_dec + d_1 + ... + d_m."""
+        bounds_M = torch.tensor(self.widths, device=pattern.cols_N.device)
+        group_N = torch.bucketize(pattern.cols_N, bounds_M, right=True)
+        out = []
+        for j in range(len(self.widths)):
+            keep_N = group_N == j
+            sub = kernels.SparsePattern.from_coo(
+                pattern.rows_N[keep_N], pattern.cols_N[keep_N], pattern.n_rows, pattern.n_cols
+            )
+            out.append(kernels.sparse_decode(sub, vals_N[keep_N], self.W_dec))
+        return out
+
+    def reconstruction_terms(
+        self, x_BD: Tensor, y_BD: Tensor, pattern: kernels.SparsePattern, vals_N: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """(x_hat_M, sum_m w_m ||y - x_hat_m||^2, losses): "mse" is the full dictionary's error
+        (FVU and logs), "prefix_mse_<n_m>" each prefix's before weighting. Every prefix keeps
+        b_dec and a transcoder's skip term (y: the input x, or a transcoder's target)."""
+        x_hat_BD = self.add_skip(x_BD, self.b_dec.expand_as(y_BD))
+        loss = y_BD.new_zeros(())
+        losses: dict[str, Tensor] = {}
+        for width, w, d_BD in zip(self.widths, self.weights, self.group_decodes(pattern, vals_N)):
+            x_hat_BD = x_hat_BD + d_BD
+            mse = (x_hat_BD - y_BD).pow(2).sum(-1).mean()
+            losses[f"prefix_mse_{width}"] = mse
+            loss = loss + w * mse
+        return x_hat_BD, loss, {"mse": mse} | losses
