@@ -21,6 +21,7 @@ Any module path from ``model.named_modules()`` is also a hook point (its output)
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import re
@@ -255,26 +256,47 @@ def splice(
 
 
 @contextmanager
-def replace_mlp(
-    model: nn.Module, layer: int, fn: Callable[[Tensor], Tensor]
+def splice_from(
+    model: nn.Module, source: HookPoint | str, hook: HookPoint | str,
+    fn: Callable[[Tensor, Tensor], Tensor],
 ) -> Iterator[None]:
-    """Within the block, block ``layer``'s MLP output becomes ``fn(mlp_in)``: the MLP is
-    replaced by ``fn`` applied to its own input (a transcoder splice, Dunefsky et al. 2024).
-    The MLP itself still runs (its output is discarded); for BERT the MLP spans two modules
-    (``intermediate`` -> ``output.dense``), so the input is taken by a pre-hook on the first
-    and the output replaced by a hook on the second."""
-    by_name = {p.name: p for p in resolve_hooks(
-        model, [f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out"])}
-    p_in, p_out = by_name[f"blocks.{layer}.hook_mlp_in"], by_name[f"blocks.{layer}.hook_mlp_out"]
+    """Within the block, the activation at ``hook`` becomes ``fn(src, act)``: ``src`` the
+    activation at ``source`` in the same forward (which must fire before ``hook``), ``act``
+    the clean one at ``hook``. A transcoder from ``source`` to ``hook`` is spliced this way."""
+    p_src, p_out = _as_points(model, [source, hook])
     modules = dict(model.named_modules())
     seen: list[Tensor] = []
-    handles = [_register(modules[p_in.module_path], p_in, lambda x: seen.append(x)),
-               _register(modules[p_out.module_path], p_out, lambda _out: fn(seen.pop()))]
+
+    def output(act: Tensor) -> Tensor:
+        if not seen:
+            raise RuntimeError(f"splice_from: {p_out.name} fired before {p_src.name}; the source "
+                               "hook must come earlier in the forward")
+        return fn(seen.pop(), act)
+
+    handles = [_register(modules[p_src.module_path], p_src, seen.append),
+               _register(modules[p_out.module_path], p_out, output)]
     try:
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+def replace_mlp(
+    model: nn.Module, layer: int, fn: Callable[[Tensor, Tensor], Tensor]
+) -> contextlib.AbstractContextManager:
+    """Within the block, block ``layer``'s MLP output becomes ``fn(mlp_in, mlp_out)``: the MLP
+    replaced by a function of its own input (a transcoder, Dunefsky et al. 2024). The MLP
+    itself still runs (``mlp_out`` is its clean output, for positions left unchanged); for
+    BERT the MLP spans two modules (``intermediate`` -> ``output.dense``)."""
+    return splice_from(model, f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out", fn)
+
+
+def is_mlp_pair(source: str, hook: str) -> bool:
+    """Whether ``source -> hook`` is one block's MLP input -> output (a transcoder that
+    replaces the MLP)."""
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_mlp_in", source)
+    return m is not None and hook == f"blocks.{m.group(1)}.hook_mlp_out"
 
 
 def warn_if_other_hook(sae, hook: str, use: str = "read") -> None:

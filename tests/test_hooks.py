@@ -9,10 +9,12 @@ from saelens_lite.hooks import (
     UnknownHookError,
     capture,
     hook_widths,
+    is_mlp_pair,
     list_hook_points,
     replace_mlp,
     resolve_hooks,
     splice,
+    splice_from,
 )
 from saelens_lite.models import load_model
 
@@ -198,9 +200,9 @@ def test_replace_mlp_by_itself_keeps_logits_and_by_zero_equals_zeroing_mlp_out(f
     out = (lambda o: o.last_hidden_state) if family == "bert" else (lambda o: o.logits)
     with torch.no_grad():
         base = out(model(**inputs))
-        with replace_mlp(model, 1, mlp):
+        with replace_mlp(model, 1, lambda x, _clean: mlp(x)):
             same = out(model(**inputs))
-        with replace_mlp(model, 1, lambda x: torch.zeros_like(x)):
+        with replace_mlp(model, 1, lambda _x, clean: torch.zeros_like(clean)):
             zeroed = out(model(**inputs))
         with splice(model, "blocks.1.hook_mlp_out", torch.zeros_like):
             zeroed_ref = out(model(**inputs))
@@ -208,6 +210,25 @@ def test_replace_mlp_by_itself_keeps_logits_and_by_zero_equals_zeroing_mlp_out(f
     assert not torch.allclose(zeroed, base)
     torch.testing.assert_close(zeroed, zeroed_ref)
     assert n_hooks(model) == n_hooks(model_and_inputs(family)[0])
+
+
+def test_splice_from_sees_the_source_activation_and_refuses_a_later_source(tiny_llama):
+    model = tiny_llama.model
+    inputs = dict(tiny_llama.tokenizer(["abc def"], return_tensors="pt"))
+    ref = capture(model, inputs, ["blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre"])
+    seen = []
+    with torch.no_grad(), splice_from(model, "blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre",
+                                      lambda src, act: seen.append((src, act)) or act):
+        model(**inputs)
+    torch.testing.assert_close(seen[0][0], ref["blocks.1.hook_resid_pre"])
+    torch.testing.assert_close(seen[0][1], ref["blocks.2.hook_resid_pre"])
+    with pytest.raises(RuntimeError, match="blocks.2.hook_mlp_out fired before blocks.3.hook_mlp_in"):
+        with torch.no_grad(), splice_from(model, "blocks.3.hook_mlp_in", "blocks.2.hook_mlp_out",
+                                          lambda src, act: act):
+            model(**inputs)
+    assert n_hooks(model) == 0
+    assert is_mlp_pair("blocks.9.hook_mlp_in", "blocks.9.hook_mlp_out")
+    assert not is_mlp_pair("blocks.9.hook_mlp_in", "blocks.10.hook_mlp_out")
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
