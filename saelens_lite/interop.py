@@ -323,6 +323,10 @@ def _check_exportable(sae: SAE, to: str) -> None:
         raise UnsupportedConversion(
             f"architecture {sae.architecture!r} cannot be written in the {to} format; formats "
             f"that support it: {formats_supporting(sae.architecture)}")
+    if to != "native" and sae.is_transcoder:  # (the peers' SAE folders apply b_dec to the input)
+        raise UnsupportedConversion(
+            f"a transcoder ({sae.cfg.hook_name!r} -> {sae.cfg.target_hook!r}) cannot be written "
+            f"in the {to} format yet; formats that support it: ['native']")
 
 
 def export(sae: SAE, dst: str | pathlib.Path, *, to: str = "native",

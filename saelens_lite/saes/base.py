@@ -121,7 +121,16 @@ class SAEConfig:
     b_dec_init: str = "geometric_median"
     """How init_from_data_ sets b_dec: geometric_median (Weiszfeld), mean or zeros."""
     hook_name: str = ""
-    """Hook point the SAE was trained on (informational)."""
+    """Hook point the SAE was trained on (informational); a transcoder's input."""
+    target_hook: str = ""
+    """Empty: an SAE (it reconstructs its input). Set: a transcoder, which reads hook_name and
+    reconstructs the activations at this hook (Dunefsky et al. 2024, "Transcoders find
+    interpretable LLM feature circuits"); its encoder does not subtract b_dec, which lives in
+    the target space. Only for the sparse architectures."""
+    skip: bool = False
+    """Transcoders only: a learned linear skip connection, x_hat = decode(acts) + x @ W_skip with
+    W_skip (D, D) initialised to zero (Paulo et al. 2025, "Transcoders beat sparse autoencoders
+    for interpretability")."""
     model_name: str = ""
     """Model the activations came from (informational)."""
     dtype: str = "float32"
@@ -189,6 +198,10 @@ class SAEConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not v > 0 or math.isinf(v):
                 raise _invalid(name, v, "a finite number > 0")
+        if not isinstance(self.target_hook, str):
+            raise _invalid("target_hook", self.target_hook, "a hook name, or '' for an SAE")
+        if not isinstance(self.skip, bool) or (self.skip and not self.target_hook):
+            raise _invalid("skip", self.skip, "True or False; True only with target_hook set")
         if self.b_dec_init not in _B_DEC_INITS:
             raise _invalid("b_dec_init", self.b_dec_init, str(list(_B_DEC_INITS)))
         if self.dtype not in _DTYPES:
@@ -286,8 +299,8 @@ def remove_parallel_grad_(W_FD: Tensor) -> None:
 
 
 def fvu(x_BD: Tensor, x_hat_BD: Tensor, mse: Tensor | None = None) -> Tensor:
-    """sum ||x - x_hat||^2 / sum ||x - mean(x)||^2; `mse` (per-token mean of the summed squared
-    error) saves recomputing the numerator."""
+    """sum ||x - x_hat||^2 / sum ||x - mean(x)||^2, x the reconstruction target; `mse` (per-token
+    mean of the summed squared error) saves recomputing the numerator."""
     num = (x_hat_BD - x_BD).pow(2).sum() if mse is None else mse * x_BD.shape[0]
     return (num / (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)).detach()
 
@@ -315,18 +328,25 @@ def aux_weight(x_BD: Tensor) -> Tensor:
 
 
 def auxk_loss(
-    sae: SAE, x_BD: Tensor, x_hat_BD: Tensor, aux_pre_BK: Tensor, aux_idx_BK: Tensor, scale: float
+    sae: SAE,
+    x_BD: Tensor,
+    x_hat_BD: Tensor,
+    aux_pre_BK: Tensor,
+    aux_idx_BK: Tensor,
+    scale: float,
+    target_BD: Tensor | None = None,
 ) -> Tensor:
     """AuxK (Gao et al. 2024, App. B.1): the top k_aux pre-activations among dead latents
-    reconstruct the residual e = x - x_hat (detached), normalised by the residual's variance:
+    reconstruct the residual e = y - x_hat (detached; y the target, x for an SAE), normalised by
+    the residual's variance:
         L_aux = scale * ||e_hat - e||^2 / ||e - mean(e)||^2,
         e_hat = ReLU(TopK_aux(pre_dead)) @ W_dec.
     Gradients reach only the dead latents' encoder columns and decoder rows (sparse kernels)."""
     vals_BK = torch.relu(
-        kernels.select_preacts(x_BD, sae.W_enc, sae.b_enc, sae.b_dec, aux_idx_BK, aux_pre_BK)
+        kernels.select_preacts(x_BD, sae.W_enc, sae.b_enc, sae.b_pre, aux_idx_BK, aux_pre_BK)
     )
     e_hat_BD = kernels.sparse_decode(aux_idx_BK, vals_BK, sae.W_dec)
-    e_BD = (x_BD - x_hat_BD).detach()
+    e_BD = ((x_BD if target_BD is None else target_BD) - x_hat_BD).detach()
     return (
         scale * (e_hat_BD - e_BD).pow(2).sum() / (e_BD - e_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
     )
@@ -351,6 +371,9 @@ class SAE(nn.Module):
     # False for models that are not one (D, F) linear map per token (the conv baseline: its
     # (B, S, D) input is a sequence); tests of the token-wise SAE contract skip them.
     tokenwise: bool = True
+    # Whether cfg.target_hook may be set (a transcoder: input and target differ); the sparse
+    # architectures, whose training_forward takes target_BD.
+    supports_transcoder: bool = False
     # Whether training/fast_step.py's closed-form sparse gradients cover this architecture (for
     # the SAEConfig fields that `fast_step_supports` accepts); the trainer and TrainConfig read it.
     supports_fast_step: bool = False
@@ -364,8 +387,9 @@ class SAE(nn.Module):
 
     @classmethod
     def fast_step_supports(cls, options: Mapping[str, object]) -> bool:
-        """Whether the fast step trains this architecture with these SAEConfig fields."""
-        return cls.supports_fast_step
+        """Whether the fast step trains this architecture with these SAEConfig fields (not a
+        transcoder: the fast step reconstructs the input)."""
+        return cls.supports_fast_step and not options.get("target_hook")
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -380,12 +404,35 @@ class SAE(nn.Module):
         self.W_enc = nn.Parameter(W_dec.clone().to(dt).T)
         self.b_enc = nn.Parameter(torch.zeros(F_, dtype=dt))
         self.b_dec = nn.Parameter(torch.zeros(D, dtype=dt))
+        if cfg.target_hook and not self.supports_transcoder:
+            raise ValueError(f"SAEConfig.target_hook={cfg.target_hook!r} is invalid for "
+                             f"architecture {cfg.architecture!r}; allowed: '' (transcoders: "
+                             f"{sorted(n for n, c in REGISTRY.items() if c.supports_transcoder)})")
+        if cfg.skip:
+            self.W_skip = nn.Parameter(torch.zeros(D, D, dtype=dt))
+
+    @property
+    def is_transcoder(self) -> bool:
+        """Whether the target is another hook's activations (cfg.target_hook), not the input."""
+        return bool(self.cfg.target_hook)
+
+    @property
+    def b_pre(self) -> Tensor:
+        """What the encoder subtracts from its input: b_dec for an SAE, zero for a transcoder
+        (whose b_dec is in the target space)."""
+        return torch.zeros_like(self.b_dec) if self.is_transcoder else self.b_dec
+
+    def add_skip(self, x_BD: Tensor, dec_BD: Tensor) -> Tensor:
+        """dec + x @ W_skip with cfg.skip (a transcoder's linear skip connection), else dec."""
+        if not self.cfg.skip:
+            return dec_BD
+        return dec_BD + x_BD.to(self.W_skip.dtype) @ self.W_skip
 
     # -- inference
     def pre_acts(self, x_BD: Tensor) -> Tensor:
-        """(x - b_dec) @ W_enc + b_enc for any leading shape (..., D) -> (..., F)."""
+        """(x - b_pre) @ W_enc + b_enc for any leading shape (..., D) -> (..., F)."""
         x2_BD = x_BD.reshape(-1, x_BD.shape[-1]).to(self.W_enc.dtype)
-        return kernels.dense_preacts(x2_BD, self.W_enc, self.b_enc, self.b_dec).view(
+        return kernels.dense_preacts(x2_BD, self.W_enc, self.b_enc, self.b_pre).view(
             *x_BD.shape[:-1], -1
         )
 
@@ -399,26 +446,37 @@ class SAE(nn.Module):
         return acts_BF.topk(k, dim=-1)
 
     def decode(self, acts_BF: Tensor) -> Tensor:
+        """acts @ W_dec + b_dec. A transcoder with cfg.skip adds x @ W_skip, which needs the
+        input: `forward(x)` (or `add_skip(x, decode(acts))`) is its full reconstruction."""
         return acts_BF @ self.W_dec + self.b_dec
 
     def forward(self, x_BD: Tensor) -> Tensor:
-        return self.decode(self.encode(x_BD))
+        """The reconstruction of the target (the input for an SAE), skip term included."""
+        return self.add_skip(x_BD, self.decode(self.encode(x_BD)))
 
     # -- training
     def training_forward(
-        self, x_BD: Tensor, *, sparsity_scale: float = 1.0, dead_mask_F: Tensor | None = None
+        self,
+        x_BD: Tensor,
+        *,
+        target_BD: Tensor | None = None,
+        sparsity_scale: float = 1.0,
+        dead_mask_F: Tensor | None = None,
     ) -> TrainOutput:
+        """Loss and statistics of a batch; the loss reconstructs target_BD (default x_BD; a
+        transcoder's target hook) and FVU and mse are against it."""
         raise NotImplementedError
 
     def _output(
-        self, x_BD, x_hat_BD, fired_F, l0, losses: dict[str, Tensor], loss: Tensor
+        self, y_BD, x_hat_BD, fired_F, l0, losses: dict[str, Tensor], loss: Tensor
     ) -> TrainOutput:
+        """y_BD: the reconstruction target."""
         return TrainOutput(
             loss,
             x_hat_BD,
             fired_F,
             torch.as_tensor(l0, dtype=torch.float32).detach(),
-            fvu(x_BD, x_hat_BD, losses.get("mse")),
+            fvu(y_BD, x_hat_BD, losses.get("mse")),
             losses,
         )
 
@@ -450,9 +508,10 @@ class SAE(nn.Module):
             mine[name].copy_(t)
 
     @torch.no_grad()
-    def init_from_data_(self, x_ND: Tensor) -> None:
-        """Set b_dec from a data sample per cfg.b_dec_init (geometric median: Gao et al. 2024)."""
-        x = x_ND.to(self.b_dec.device, torch.float32)
+    def init_from_data_(self, x_ND: Tensor, target_ND: Tensor | None = None) -> None:
+        """Set b_dec from a data sample per cfg.b_dec_init (geometric median: Gao et al. 2024):
+        a sample of the target (target_ND; x_ND when None, as for an SAE)."""
+        x = (x_ND if target_ND is None else target_ND).to(self.b_dec.device, torch.float32)
         if self.cfg.b_dec_init == "geometric_median":
             self.b_dec.copy_(geometric_median(x))
         elif self.cfg.b_dec_init == "mean":
@@ -465,14 +524,23 @@ class SAE(nn.Module):
         Nothing here; BatchTopK calibrates its threshold."""
 
     @torch.no_grad()
-    def fold_input_scale_(self, scale: float) -> None:
+    def fold_input_scale_(self, scale: float, target_scale: float | None = None) -> None:
         """Make an SAE trained on c*x work on raw x: pre-activations (and so activations and
         thresholds) stay the same, the reconstruction is divided by c:
             (x - b_dec/c) @ (c W_enc) = (c x - b_dec) @ W_enc,
-            x_hat' = acts (W_dec / c) + b_dec / c = x_hat(c x) / c."""
+            x_hat' = acts (W_dec / c) + b_dec / c = x_hat(c x) / c.
+        A transcoder trained on (c_in x, c_out y) (scale, target_scale): x @ (c_in W_enc) =
+        (c_in x) @ W_enc, and W_dec / c_out, b_dec / c_out, W_skip c_in / c_out give
+        x_hat' = x_hat(c_in x) / c_out. An SAE has one scale (b_dec is also its pre-bias)."""
+        c_out = scale if target_scale is None else target_scale
+        if c_out != scale and not self.is_transcoder:
+            raise ValueError(f"fold_input_scale_: target_scale={target_scale!r} is invalid for an "
+                             f"SAE (no cfg.target_hook); allowed: None or scale={scale!r}")
         self.W_enc.mul_(scale)
-        self.W_dec.div_(scale)
-        self.b_dec.div_(scale)
+        self.W_dec.div_(c_out)
+        self.b_dec.div_(c_out)
+        if self.cfg.skip:
+            self.W_skip.mul_(scale / c_out)
 
     # -- persistence
     def save(self, path: str | pathlib.Path) -> pathlib.Path:

@@ -37,17 +37,18 @@ class BatchTopKSAE(SAE):
     short_run_lr = True
     supports_fast_step = True
     batch_selection = True
+    supports_transcoder = True
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)
         self.register_buffer("threshold", torch.tensor(-1.0, dtype=torch.float32))
 
     def input_rms(self, x_BD: Tensor) -> Tensor | None:
-        """(B,) r(x) = ||x - b_dec|| / sqrt(D) in the parameter dtype (floored so that a token
+        """(B,) r(x) = ||x - b_pre|| / sqrt(D) (b_pre: b_dec, 0 for a transcoder) in the parameter dtype (floored so that a token
         at b_dec gets a finite score); None when the threshold is absolute."""
         if not self.cfg.relative_threshold:
             return None
-        xc_BD = x_BD.to(self.W_enc.dtype) - self.b_dec.detach()
+        xc_BD = x_BD.to(self.W_enc.dtype) - self.b_pre.detach()
         r_B = torch.linalg.vector_norm(xc_BD, dim=-1) / xc_BD.shape[-1] ** 0.5
         return r_B.clamp_min(torch.finfo(r_B.dtype).tiny ** 0.5)
 
@@ -79,7 +80,7 @@ class BatchTopKSAE(SAE):
         with torch.autocast(dev, enabled=False):
             x_BD = x_BD.to(W.dtype)
             r_B = self.input_rms(x_BD)
-            xc_BD = (x_BD - self.b_dec).to(dt or W.dtype)
+            xc_BD = (x_BD - self.b_pre).to(dt or W.dtype)
             W_DF, b_F = W.to(xc_BD.dtype), self.b_enc.to(xc_BD.dtype)
             # the scores are compared in one dtype everywhere, so steps 1 and 2 agree exactly
             r_B1 = None if r_B is None else r_B.to(xc_BD.dtype)[:, None]
@@ -116,11 +117,11 @@ class BatchTopKSAE(SAE):
                     k_aux, dim=-1, sorted=False
                 )
                 if not exact:
-                    aux_pre_BK = kernels.select_preacts(x_BD, W, self.b_enc, self.b_dec, aux_idx_BK)
+                    aux_pre_BK = kernels.select_preacts(x_BD, W, self.b_enc, self.b_pre, aux_idx_BK)
                 aux = (aux_pre_BK, aux_idx_BK)
             if not exact:  # chosen in low precision; the kept values are recomputed exactly
                 pattern = kernels.SparsePattern.from_coo(rows_N, cols_N, B, F_)
-                pre_N = kernels.select_preacts(x_BD, W, self.b_enc, self.b_dec, pattern)
+                pre_N = kernels.select_preacts(x_BD, W, self.b_enc, self.b_pre, pattern)
         return rows_N, cols_N, pre_N, aux
 
     def encode(self, x_BD: Tensor) -> Tensor:
@@ -154,16 +155,19 @@ class BatchTopKSAE(SAE):
             self.threshold.fill_(float((pre_N if r_B is None else pre_N / r_B[rows_N]).min()))
 
     @torch.no_grad()
-    def fold_input_scale_(self, scale: float) -> None:
-        """As SAE.fold_input_scale_; r(x) becomes r(c x) / c, so a relative theta becomes
-        c theta (an unset threshold stays -1)."""
-        super().fold_input_scale_(scale)
+    def fold_input_scale_(self, scale: float, target_scale: float | None = None) -> None:
+        """As SAE.fold_input_scale_; r(x) becomes r(c x) / c (c the input scale), so a relative
+        theta becomes c theta (an unset threshold stays -1)."""
+        super().fold_input_scale_(scale, target_scale)
         if self.cfg.relative_threshold and float(self.threshold) >= 0:
             self.threshold.mul_(scale)
 
-    def training_forward(self, x_BD, *, sparsity_scale=1.0, dead_mask_F=None) -> TrainOutput:
+    def training_forward(
+        self, x_BD, *, target_BD=None, sparsity_scale=1.0, dead_mask_F=None
+    ) -> TrainOutput:
         cfg = self.cfg
         x_BD = x_BD.to(self.W_enc.dtype)
+        y_BD = x_BD if target_BD is None else target_BD.to(x_BD.dtype)
         B = x_BD.shape[0]
         k_aux, aux_scale = aux_k(self, dead_mask_F)
         rows_N, cols_N, pre_N, aux = self._batch_topk(x_BD, dead_mask_F, k_aux)
@@ -181,15 +185,16 @@ class BatchTopKSAE(SAE):
                 )
         pattern = kernels.SparsePattern.from_coo(rows_N, cols_N, B, cfg.d_sae)
         vals_N = torch.relu(
-            kernels.select_preacts(x_BD, self.W_enc, self.b_enc, self.b_dec, pattern, pre_N)
+            kernels.select_preacts(x_BD, self.W_enc, self.b_enc, self.b_pre, pattern, pre_N)
         )
         x_hat_BD = kernels.sparse_decode(pattern, vals_N, self.W_dec) + self.b_dec
-        mse = (x_hat_BD - x_BD).pow(2).sum(-1).mean()
+        x_hat_BD = self.add_skip(x_BD, x_hat_BD)
+        mse = (x_hat_BD - y_BD).pow(2).sum(-1).mean()
         losses = {"mse": mse}
         loss = mse
         if k_aux:
-            losses["auxk"] = auxk_loss(self, x_BD, x_hat_BD, *aux, aux_scale)
-            loss = loss + cfg.aux_coeff * aux_weight(x_BD) * losses["auxk"]
+            losses["auxk"] = auxk_loss(self, x_BD, x_hat_BD, *aux, aux_scale, y_BD)
+            loss = loss + cfg.aux_coeff * aux_weight(y_BD) * losses["auxk"]
         fired_F = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x_BD.device)
         fired_F[cols_N] = True
-        return self._output(x_BD, x_hat_BD, fired_F, torch.tensor(cols_N.numel() / B), losses, loss)
+        return self._output(y_BD, x_hat_BD, fired_F, torch.tensor(cols_N.numel() / B), losses, loss)

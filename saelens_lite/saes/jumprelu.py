@@ -125,6 +125,7 @@ def heaviside_step(pre_BF: Tensor, theta_F: Tensor, eps: float, pre_grad: bool =
 @register("jumprelu")
 class JumpReLUSAE(SAE):
     short_run_lr = True
+    supports_transcoder = True
     # k is the target L0 (and the L0 the data-based init starts at), used as min(k, F); it is
     # not validated against d_sae (uses_k) so that imported inference-only SAEs need no k.
 
@@ -161,35 +162,40 @@ class JumpReLUSAE(SAE):
         return self.log_threshold.exp()
 
     @torch.no_grad()
-    def init_from_data_(self, x_ND: Tensor, *, max_tokens: int = 4096) -> None:
+    def init_from_data_(
+        self, x_ND: Tensor, target_ND: Tensor | None = None, *, max_tokens: int = 4096
+    ) -> None:
         """b_dec as the base class does, then theta_i = the (1 - k/F) quantile of latent i's
         pre-activations on (at most max_tokens of) the sample, floored at
         cfg.jumprelu_init_threshold: every latent fires on a fraction k/F of tokens, L0 ~ k.
         Then W_enc, b_enc and theta are scaled by the least-squares
             c = <x - b_dec, a W_dec> / ||a W_dec||^2,   a = the activations at init,
         which keeps which latents fire and makes c a W_dec + b_dec the best reconstruction
-        along them (the module docstring says why). The sums defining c leave out tokens
+        along them (the module docstring says why); for a transcoder x - b_dec there is its
+        target y - b_dec (W_skip starts at 0). The sums defining c leave out tokens
         whose norm exceeds INIT_OUTLIER_NORM times the sample's median norm."""
-        super().init_from_data_(x_ND)
+        super().init_from_data_(x_ND, target_ND)
         x_ND = x_ND[:max_tokens].to(self.W_enc.device, self.W_enc.dtype)
+        y_ND = x_ND if target_ND is None else target_ND[:max_tokens].to(x_ND)
         N, F_ = x_ND.shape[0], self.cfg.d_sae
         rank = N - min(max(round(N * self._target_l0 / F_), 1), N - 1)  # kthvalue's rank
         theta_F = torch.empty(F_, dtype=self.W_enc.dtype, device=self.W_enc.device)
         step = max(1, (1 << 24) // N)  # columns per chunk: (N, step) pre-activations at a time
-        xc_ND = x_ND - self.b_dec
-        y_ND = torch.zeros_like(xc_ND)
+        xc_ND = x_ND - self.b_pre
+        res_ND = y_ND - self.b_dec  # the part of the target the latents reconstruct
+        dec_ND = torch.zeros_like(res_ND)
         for s in range(0, F_, step):
             pre_Nc = torch.addmm(self.b_enc[s : s + step], xc_ND, self.W_enc[:, s : s + step])
             theta_c = pre_Nc.kthvalue(rank, dim=0).values.clamp_min(
                 self.cfg.jumprelu_init_threshold
             )
             theta_F[s : s + step] = theta_c
-            y_ND.addmm_(pre_Nc * (pre_Nc > theta_c), self.W_dec[s : s + step])
+            dec_ND.addmm_(pre_Nc * (pre_Nc > theta_c), self.W_dec[s : s + step])
         norm_N = x_ND.norm(dim=1)
         typical = norm_N <= INIT_OUTLIER_NORM * norm_N.median()  # outliers (BOS) left out of c
-        xc_ND, y_ND = xc_ND[typical], y_ND[typical]
-        yy = y_ND.pow(2).sum()
-        c = float((xc_ND * y_ND).sum() / yy) if yy > 0 else 1.0
+        res_ND, dec_ND = res_ND[typical], dec_ND[typical]
+        yy = dec_ND.pow(2).sum()
+        c = float((res_ND * dec_ND).sum() / yy) if yy > 0 else 1.0
         if c > 0:
             self.W_enc.mul_(c)
             self.b_enc.mul_(c)
@@ -200,15 +206,18 @@ class JumpReLUSAE(SAE):
         pre_BF = self.pre_acts(x_BD)
         return pre_BF * (pre_BF > self.threshold)
 
-    def training_forward(self, x_BD, *, sparsity_scale=1.0, dead_mask_F=None) -> TrainOutput:
+    def training_forward(
+        self, x_BD, *, target_BD=None, sparsity_scale=1.0, dead_mask_F=None
+    ) -> TrainOutput:
         cfg = self.cfg
         eps = cfg.jumprelu_bandwidth
         x_BD = x_BD.to(self.W_enc.dtype)
+        y_BD = x_BD if target_BD is None else target_BD.to(x_BD.dtype)
         pre_BF = self.pre_acts(x_BD)
         theta_F = self.threshold
         acts_BF = jumprelu(pre_BF, theta_F, eps, cfg.jumprelu_pre_grad)
-        x_hat_BD = self.decode(acts_BF)
-        mse = (x_hat_BD - x_BD).pow(2).sum(-1).mean()
+        x_hat_BD = self.add_skip(x_BD, self.decode(acts_BF))
+        mse = (x_hat_BD - y_BD).pow(2).sum(-1).mean()
         l0 = heaviside_step(pre_BF, theta_F, eps, cfg.jumprelu_pre_grad).sum(-1).mean()
         losses = {"mse": mse, "l0": l0}
         if cfg.jumprelu_target_l0:
@@ -228,4 +237,4 @@ class JumpReLUSAE(SAE):
             # A per-token mean, so it needs no global statistic under data parallelism.
             losses["pre_act"] = ((theta_F - pre_BF).relu() * dead_mask_F).sum(-1).mean()
             loss = loss + cfg.jumprelu_pre_act_coeff * losses["pre_act"]
-        return self._output(x_BD, x_hat_BD, (acts_BF > 0).any(0), l0.detach(), losses, loss)
+        return self._output(y_BD, x_hat_BD, (acts_BF > 0).any(0), l0.detach(), losses, loss)

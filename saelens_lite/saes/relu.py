@@ -18,19 +18,23 @@ from saelens_lite.saes.registry import register
 @register("relu")
 class ReLUSAE(SAE):
     unit_norm_decoder = False
+    supports_transcoder = True
 
     def encode(self, x_BD: Tensor) -> Tensor:
         return torch.relu(self.pre_acts(x_BD))
 
-    def training_forward(self, x_BD, *, sparsity_scale=1.0, dead_mask_F=None) -> TrainOutput:
+    def training_forward(
+        self, x_BD, *, target_BD=None, sparsity_scale=1.0, dead_mask_F=None
+    ) -> TrainOutput:
+        y_BD = x_BD if target_BD is None else target_BD
         acts_BF = self.encode(x_BD)
-        x_hat_BD = self.decode(acts_BF)
-        mse = (x_hat_BD - x_BD).pow(2).sum(-1).mean()
+        x_hat_BD = self.add_skip(x_BD, self.decode(acts_BF))
+        mse = (x_hat_BD - y_BD).pow(2).sum(-1).mean()
         l1 = (acts_BF * self.W_dec.norm(dim=1)).sum(-1).mean()
         loss = mse + sparsity_scale * self.cfg.l1_coeff * l1
         active_BF = acts_BF > 0
         return self._output(
-            x_BD,
+            y_BD,
             x_hat_BD,
             active_BF.any(0),
             active_BF.sum(-1).float().mean(),

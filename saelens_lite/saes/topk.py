@@ -22,18 +22,19 @@ class TopKSAE(SAE):
     uses_k = True
     short_run_lr = True
     supports_fast_step = True
+    supports_transcoder = True
 
     @classmethod
     def fast_step_supports(cls, options) -> bool:
         """The fast step has no Multi-TopK term."""
-        return not options.get("multi_topk", False)
+        return super().fast_step_supports(options) and not options.get("multi_topk", False)
 
     def _select(self, x_BD: Tensor, k: int, **kw) -> kernels.TopKSelection:
         return kernels.topk_select(
             x_BD.to(self.W_enc.dtype),
             self.W_enc,
             self.b_enc,
-            self.b_dec,
+            self.b_pre,
             k,
             compute_dtype=self.cfg.torch_select_dtype,
             **kw,
@@ -51,33 +52,37 @@ class TopKSAE(SAE):
 
     def _reconstruct(self, x_BD, pre_BK, idx_BK) -> tuple[Tensor, Tensor]:
         vals_BK = torch.relu(
-            kernels.select_preacts(x_BD, self.W_enc, self.b_enc, self.b_dec, idx_BK, pre_BK)
+            kernels.select_preacts(x_BD, self.W_enc, self.b_enc, self.b_pre, idx_BK, pre_BK)
         )
-        return kernels.sparse_decode(idx_BK, vals_BK, self.W_dec) + self.b_dec, vals_BK
+        dec_BD = kernels.sparse_decode(idx_BK, vals_BK, self.W_dec) + self.b_dec
+        return self.add_skip(x_BD, dec_BD), vals_BK
 
-    def training_forward(self, x_BD, *, sparsity_scale=1.0, dead_mask_F=None) -> TrainOutput:
+    def training_forward(
+        self, x_BD, *, target_BD=None, sparsity_scale=1.0, dead_mask_F=None
+    ) -> TrainOutput:
         cfg = self.cfg
         x_BD = x_BD.to(self.W_enc.dtype)
+        y_BD = x_BD if target_BD is None else target_BD.to(x_BD.dtype)
         k_sel = min(4 * cfg.k, cfg.d_sae) if cfg.multi_topk else cfg.k
         k_aux, aux_scale = aux_k(self, dead_mask_F)
         sel = self._select(x_BD, k_sel, sorted=cfg.multi_topk, dead_mask_F=dead_mask_F, k_aux=k_aux)
         pre_BK, idx_BK = sel.pre_BK[:, : cfg.k], sel.idx_BK[:, : cfg.k]
         x_hat_BD, vals_BK = self._reconstruct(x_BD, pre_BK, idx_BK)
-        mse = (x_hat_BD - x_BD).pow(2).sum(-1).mean()
+        mse = (x_hat_BD - y_BD).pow(2).sum(-1).mean()
         losses = {"mse": mse}
         loss = mse
         if cfg.multi_topk:
             x_hat4_BD, _ = self._reconstruct(x_BD, sel.pre_BK, sel.idx_BK)
-            losses["multi_topk_mse"] = (x_hat4_BD - x_BD).pow(2).sum(-1).mean()
+            losses["multi_topk_mse"] = (x_hat4_BD - y_BD).pow(2).sum(-1).mean()
             loss = loss + cfg.multi_topk_coeff * losses["multi_topk_mse"]
         if k_aux:
             losses["auxk"] = auxk_loss(
-                self, x_BD, x_hat_BD, sel.aux_pre_BK, sel.aux_idx_BK, aux_scale
+                self, x_BD, x_hat_BD, sel.aux_pre_BK, sel.aux_idx_BK, aux_scale, y_BD
             )
-            loss = loss + cfg.aux_coeff * aux_weight(x_BD) * losses["auxk"]
+            loss = loss + cfg.aux_coeff * aux_weight(y_BD) * losses["auxk"]
         with torch.no_grad():
             pos_BK = vals_BK > 0
             fired_F = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x_BD.device)
             fired_F[idx_BK[pos_BK]] = True
             l0 = pos_BK.sum(-1).float().mean()
-        return self._output(x_BD, x_hat_BD, fired_F, l0, losses, loss)
+        return self._output(y_BD, x_hat_BD, fired_F, l0, losses, loss)
