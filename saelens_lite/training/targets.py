@@ -61,6 +61,16 @@ def check_config(config) -> None:
     if config.target_hook == config.hooks[0]:
         raise ValueError(f"target_hook={config.target_hook!r}: is the input hook itself; leave it "
                          "empty to train an SAE, or name another hook")
+    from saelens_lite.saes import REGISTRY  # here, not at the top: --help stays torch-free
+
+    cls = REGISTRY.get(config.architecture)
+    if cls is not None and not cls.supports_transcoder:
+        raise ValueError(f"target_hook={config.target_hook!r}: architecture={config.architecture!r} "
+                         "cannot be a transcoder; choose one of "
+                         f"{sorted(n for n, c in REGISTRY.items() if c.supports_transcoder)}")
+    if cls is not None and config.fast_step == "on" and not cls.fast_step_supports(_fast_step_options(config)):
+        raise ValueError(f"fast_step='on': the fast step does not train transcoders "
+                         f"(target_hook={config.target_hook!r}); use 'auto' or 'off'")
 
 
 def check_widths(config, widths: Mapping[str, int]) -> None:
@@ -89,11 +99,16 @@ def check_row_counts(config, counts: Mapping[str, int]) -> None:
                          "same tokens")
 
 
+def _fast_step_options(config) -> dict:
+    """The SAEConfig fields the fast step is asked about (``SAE.fast_step_supports``)."""
+    return {**config.sae_options, "target_hook": config.target_hook, "skip": config.skip}
+
+
 def fast_step_applies(config, sae) -> bool:
-    """Whether the fast step may train ``sae``: SAEs yes; transcoders only where the
-    architecture's class says its fast step reads a target (``fast_step_transcodes``); the
-    others fall back to the autograd step (the same loss, only slower on CUDA)."""
-    return not config.target_hook or bool(getattr(type(sae), "fast_step_transcodes", False))
+    """Whether the fast step may train ``sae``: the class decides from its SAEConfig fields,
+    target included (transcoders are declined today and fall back to the autograd step: the
+    same loss, only slower on CUDA)."""
+    return not config.target_hook or type(sae).fast_step_supports(_fast_step_options(config))
 
 
 def describe(config) -> str:

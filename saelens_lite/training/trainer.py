@@ -551,7 +551,8 @@ def _resume_point(config: TrainConfig, run_dir: Path, source: DataSource,
         log.warning("resume=True but %s holds no checkpoint; starting from scratch", run_dir)
         return None
     ckpt = load_checkpoint(path)
-    error = _check_checkpoint(config, ckpt, path, world_size, source.hooks, source.widths)
+    error = _check_checkpoint(config, ckpt, path, world_size, targets.input_hooks(config, source.hooks),
+                              source.widths)
     if error:
         raise ValueError(error)
     return ckpt
@@ -591,7 +592,8 @@ def _resume_point_by_hook(config: TrainConfig, run_dir: Path, source: DataSource
                  "same number of processes")
     else:
         ckpt = load_checkpoint(path)
-        error = _check_checkpoint(config, ckpt, path, W, source.hooks, source.widths)
+        error = _check_checkpoint(config, ckpt, path, W, targets.input_hooks(config, source.hooks),
+                                  source.widths)
         if error is None and list(ckpt.get("all_hooks", all_hooks)) != list(all_hooks):
             error = f"resume: hooks {all_hooks} differ from the checkpoint's {ckpt['all_hooks']}"
         if error is None and step is None:
