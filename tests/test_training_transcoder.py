@@ -155,7 +155,7 @@ def test_cache_batches_pair_the_same_rows_and_the_coder_learns_their_map(tmp_pat
 
 
 def test_a_cache_without_the_target_or_of_another_width_fails_naming_both_hooks(tmp_path, pair_cache):
-    with pytest.raises(ValueError, match=r"transcoder x -> nope: the data lacks \['nope'\].*x,nope"):
+    with pytest.raises(ValueError, match=r"transcoder x -> nope: the data lacks \[.nope.\].*--hooks x nope"):
         train(cfg(tmp_path, target_hook="nope"), str(pair_cache))
     with pytest.raises(ValueError, match="transcoder x -> w: widths 16 and 8 differ"):
         train(cfg(tmp_path, target_hook="w"), str(pair_cache))

@@ -177,7 +177,8 @@ def _all_metrics(sae, data, hook, cache, lm, *, target, dataset, heldout_tokens,
                "k": getattr(sae.cfg, "k", None), "exclude": exclude}
     t_hook, t_data = target if target is not None else (None, None)
     if t_hook:
-        metrics |= {"target_hook": t_hook, "transcoder": transcoder_label(hook, t_hook)}
+        skip = " with a linear skip connection" if getattr(sae.cfg, "skip", False) else ""
+        metrics |= {"target_hook": t_hook, "transcoder": transcoder_label(hook, t_hook) + skip}
     ctx = None
     if lm is not None:
         n_ctx = max(ce_contexts if downstream else 0,

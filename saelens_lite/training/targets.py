@@ -82,7 +82,7 @@ def check_widths(config, widths: Mapping[str, int]) -> None:
     if missing:
         raise ValueError(f"transcoder {x_hook} -> {y_hook}: the data lacks {missing} (it holds "
                          f"{sorted(widths)}); harvest both hooks into the same cache, e.g. "
-                         f"--hooks {x_hook},{y_hook}")
+                         f"--hooks {x_hook} {y_hook}")
     if widths[x_hook] != widths[y_hook]:
         raise ValueError(f"transcoder {x_hook} -> {y_hook}: widths {widths[x_hook]} and "
                          f"{widths[y_hook]} differ; the transcoder maps D to the same D")
