@@ -118,6 +118,9 @@ def two_rank_runs(tmp_path_factory):
         {"config": train_config(tmp / f"ddp_{a}", a, **PER_RANK_ARCHS.get(a, {})), "data": str(tmp / "x.npy")}
         for a in (*ARCHS, *PER_RANK_ARCHS)
     ]
+    np.save(tmp / "y.npy", transcoder_target(x_ND).numpy())
+    jobs.append({"config": train_config(tmp / "ddp_transcoder", "topk", **TRANSCODER),
+                 "data": {"x": str(tmp / "x.npy"), "y": str(tmp / "y.npy")}})
     (tmp / "jobs.json").write_text(json.dumps(jobs))
     torchrun("_dist_train.py", str(tmp / "jobs.json"))
     return tmp, x_ND
@@ -141,6 +144,30 @@ def test_two_rank_training_equals_one_process_on_the_same_global_batches(two_ran
     for a, b in zip(m_ddp, m_single):  # metrics are reduced over ranks; only rank 0 wrote them
         for key in ("loss", "mse", "l0", "lr", "dead_fraction"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (arch, a["step"], key)
+
+
+# A transcoder x -> y with a skip connection (AuxK's per-rank normaliser is BatchTopK's test).
+TRANSCODER = dict(hooks=["x"], target_hook="y", skip=True)
+
+
+def transcoder_target(x_ND: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.relu(x_ND - 3.0) @ torch.randn(D, D, generator=g) + 0.5
+
+
+def test_two_rank_transcoder_equals_one_process(two_rank_runs):
+    tmp, x_ND = two_rank_runs
+    data = {"x": x_ND, "y": transcoder_target(x_ND)}
+    train(TrainConfig(**train_config(tmp / "single_transcoder", "topk", **TRANSCODER)), data)
+    ddp, single = weights(tmp / "ddp_transcoder", "x"), weights(tmp / "single_transcoder", "x")
+    assert "W_skip" in single
+    for name, w in single.items():
+        torch.testing.assert_close(ddp[name], w, rtol=1e-4, atol=1e-5, msg=f"transcoder {name}")
+    m_ddp, m_single = metrics(tmp / "ddp_transcoder"), metrics(tmp / "single_transcoder")
+    assert [r["step"] for r in m_ddp] == [r["step"] for r in m_single]
+    for a, b in zip(m_ddp, m_single):
+        for key in ("loss", "mse", "fvu", "l0", "dead_fraction"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
 
 
 def per_rank_slices(monkeypatch, sae_cls: type[SAE], world: int = WORLD) -> None:

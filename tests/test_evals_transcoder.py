@@ -3,6 +3,7 @@ KL 0, FVU 0), a zero one none of it; the mean ablation is the mean MLP output; t
 FVU of the MLP output equals a float64 recomputation; the summary says what replaced what."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -124,3 +125,23 @@ def test_a_cache_without_the_target_fails_naming_both_hooks(tmp_path, tiny_llama
                     tmp_path / "c", model=tiny_llama, progress=False)
     with pytest.raises(ValueError, match=r"blocks.1.hook_mlp_in -> blocks.1.hook_mlp_out.*lacks the target"):
         evaluate(MLPTranscoder(tiny_llama), cache, model=tiny_llama, progress=False)
+
+
+def test_cli_harvest_train_eval_a_transcoder_end_to_end(tmp_path, capsys):
+    from saelens_lite.cli import main
+
+    hooks = ["blocks.2.hook_mlp_in", "blocks.2.hook_mlp_out"]
+    assert main(["harvest", "--model", "tiny-gpt2", "--hooks", *hooks, "--tokens", "600", "--context-size", "24",
+                 "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    assert main(["train", "--activations", str(tmp_path / "c"), "--hooks", hooks[0], "--target-hook", hooks[1],
+                 "--skip", "--latents", "128", "--k", "4", "--tokens", "2048", "--batch-size", "256",
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    saved = json.loads((tmp_path / "run" / hooks[0] / "cfg.json").read_text())
+    assert (saved["hook_name"], saved["target_hook"], saved["skip"]) == (hooks[0], hooks[1], True)
+    assert main(["eval", "--sae", str(tmp_path / "run" / hooks[0]), "--activations", str(tmp_path / "c"),
+                 "--out", str(tmp_path / "ev"), "--ce-contexts", "2", "--heldout-tokens", "200",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "transcoder blocks.2.hook_mlp_in -> blocks.2.hook_mlp_out (replaces the MLP)" in out
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["target_hook"] == hooks[1] and m["ce_loss_recovered"] is not None
