@@ -86,6 +86,7 @@ import torch
 
 from saelens_lite import distributed
 from saelens_lite._atomic import write_json
+from saelens_lite.training import targets
 from saelens_lite.training.checkpoint import (
     checkpoint_dir,
     checkpoint_ranks,
@@ -100,7 +101,6 @@ from saelens_lite.training.checkpoint import (
 )
 from saelens_lite.training.config import TrainConfig, width_rule_lr
 from saelens_lite.training.curves import refresh_training_curves
-from saelens_lite.training import targets
 from saelens_lite.training.data import DataSource, open_source
 from saelens_lite.training.logging import RunLogger
 
