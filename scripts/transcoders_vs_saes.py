@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--heldout-tokens", type=int, default=16_384)
     ap.add_argument("--ce-contexts", type=int, default=16)
     ap.add_argument("--context-size", type=int, default=128)
+    ap.add_argument("--only", nargs="+", default=None, help="train / evaluate only these coders (e.g. to run "
+                    "them in several processes), then write the table of every finished one")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -65,11 +67,10 @@ def main() -> None:
     cache = harvest(HarvestConfig(model=args.model, hooks=hooks, tokens=args.tokens, context_size=args.context_size,
                                   batch_size=16, device="cpu"), out / "activations", model=lm)
     print(f"harvest: {time.perf_counter() - t0:.0f} s", flush=True)
-    results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     for name, fields in runs(args.layer).items():
-        if name in results:
-            continue
         run = out / name
+        if (run / "result.json").exists() or (args.only and name not in args.only):
+            continue
         sae_dir = run / fields["hooks"][0]
         t = time.perf_counter()
         if (sae_dir / "cfg.json").exists():
@@ -83,12 +84,14 @@ def main() -> None:
         t_train = time.perf_counter() - t
         m = evaluate(sae, cache, model=lm, heldout_tokens=args.heldout_tokens, ce_contexts=args.ce_contexts,
                      out_dir=run / "eval", progress=False)
-        results[name] = {k: m.get(k) for k in KEYS} | {
+        result = {k: m.get(k) for k in KEYS} | {
             "what": m.get("transcoder") or f"SAE on {m['hook']}", "train_s": round(t_train),
             "reconstruction_source": m["reconstruction_source"], "downstream_source": m.get("downstream_source")}
-        (out / "results.json").write_text(json.dumps(results, indent=1))
-        print(name, {k: results[name][k] for k in ("fvu", "ce_loss_sae", "ce_loss_recovered", "kl_div")},
-              flush=True)
+        (run / "result.json").write_text(json.dumps(result, indent=1))
+        print(name, {k: result[k] for k in ("fvu", "ce_loss_sae", "ce_loss_recovered", "kl_div")}, flush=True)
+    results = {name: json.loads((out / name / "result.json").read_text()) for name in runs(args.layer)
+               if (out / name / "result.json").exists()}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "table.md").write_text(table(results, args))
     print(table(results, args))
 

@@ -6,6 +6,9 @@ Per step ``s`` (0-based) and hook::
     out   = sae.training_forward(x_BD, sparsity_scale=sparsity_scale_at(s), dead_mask_F)
     out.loss.backward(); sae.before_optimizer_step_(); clip; Adam(lr_at(s)); sae.after_optimizer_step_()
 
+A transcoder (``config.target_hook``, :mod:`saelens_lite.training.targets`) also gets
+``target_BD = c_y * batch[target_hook]``, the same rows with the target's own scale ``c_y``.
+
 The SAE is known only through the registry interface (``saelens_lite.saes``). Dead latents:
 a latent that has not fired for more than ``dead_window_tokens`` tokens is dead; the mask is
 passed to ``training_forward`` (AuxK, Gao et al. 2024 Sec. A.2) and its mean is reported.
