@@ -245,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", nargs=4, type=int, action="append", metavar=("D", "F", "K", "B"),
                     help="repeatable; default the issue's 768 24576 32 16384 and "
                          "2304 16384 64 8192")  # fmt: skip
-    ap.add_argument("--archs", nargs="+", default=["topk", "batchtopk"],
-                    choices=["topk", "batchtopk"])  # fmt: skip
+    from saelens_lite.saes import fast_step_architectures
+
+    ap.add_argument("--archs", nargs="+", default=fast_step_architectures(),
+                    choices=fast_step_architectures())  # fmt: skip
     ap.add_argument("--topk-blocks", nargs="+", type=_parse_blocks, default=[(None, None, None)],
                     help="fused-kernel tiles to compile, BLOCK_B,BLOCK_F,BLOCK_D[,warps"
                          "[,stages]] each (default: the module's)")  # fmt: skip

@@ -21,12 +21,8 @@ MAX_LINES = 450
 TOO_LONG = {
     "cache.py": "the cache writer and reader share the on-disk format helpers; split with a "
                 "format module",
-    "training/trainer.py": "train() and its phases; the fast step / trainer merge of issue 16 "
-                           "section 1 moves the step out",
-    "training/fast_step.py": "re-derives AuxK / FVU / the BatchTopK threshold; issue 16 section 1 "
-                             "moves that math into the architectures",
-    "saes/base.py": "SAEConfig holds every architecture's fields; issue 16 section 2 gives each "
-                    "architecture its own config",
+    "training/trainer.py": "train() and its phases (set-up, loop, finish) and the hook state; "
+                           "split the phases into their own module",
     "corpus.py": "the corpus readers (builtin, local files, Hugging Face datasets) in one module",
     "kernels/sparse.py": "the CPU / cuSPARSE / Triton dispatch of every sparse primitive",
 }

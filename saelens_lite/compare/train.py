@@ -17,6 +17,7 @@ from saelens_lite.compare.config import CompareConfig
 from saelens_lite.compare.data import Dataset
 from saelens_lite.saes import REGISTRY, get_sae_class
 from saelens_lite.training import TrainConfig, train
+from saelens_lite.training.step import AutogradStep
 from saelens_lite.training.trainer import build_sae, lr_at, make_adam, normalization_scale
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ def train_config(cfg: CompareConfig, opts: dict, out: Path) -> TrainConfig:
 def train_sequences(config, seq_NSD: torch.Tensor):
     """The trainer's loop (trainer.py) for models that need whole contexts: each step takes
     ``batch_size // S`` random contexts (B, S, D), with the same normalisation scale, b_dec init,
-    Adam, ``lr_at`` schedule, gradient clipping and save format. Returns the trained model (input
-    scale folded in) and saves it to ``config.out_dir/model``."""
+    Adam, ``lr_at`` schedule, training step (``training.step.AutogradStep``, gradient clipping
+    included) and save format. Returns the trained model (input scale folded in) and saves it
+    to ``config.out_dir/model``."""
     torch.manual_seed(config.seed)
     N, S, D = seq_NSD.shape
     g = torch.Generator().manual_seed(config.seed)
@@ -76,20 +78,14 @@ def train_sequences(config, seq_NSD: torch.Tensor):
     base_lr = config.lr_for(sae.cfg.d_sae)
     # as train() makes it for the other models (equal footing)
     opt = make_adam(sae.parameters(), base_lr, tuple(config.betas), torch.device("cpu"))
+    train_step = AutogradStep(sae, opt, grad_clip=config.grad_clip)
     per_step = max(1, config.batch_size // S)
     sae.train()
     for step in range(config.steps):
         idx = torch.randint(0, N, (per_step,), generator=g)
-        out = sae.training_forward(seq_NSD[idx] * scale)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        sae.before_optimizer_step_()
-        if config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, config, base_lr)
-        opt.step()
-        sae.after_optimizer_step_()
+        train_step(seq_NSD[idx] * scale)
     sae.eval()
     sae.fold_input_scale_(scale)
     sae.save(Path(config.out_dir) / "model")

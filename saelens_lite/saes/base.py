@@ -1,5 +1,5 @@
-"""Shared SAE base: config, train output, parameters, save/load, and the pieces every
-architecture uses once (decoder normalisation, geometric median, AuxK loss).
+"""Shared SAE base: the train output, parameters, save/load; the config is in saes/config.py,
+the pieces every architecture uses once (decoder normalisation, AuxK, ...) in saes/terms.py.
 
 Shape legend: B batch, D model width (d_in), F features (d_sae), K active features per token,
 N tokens used for initialisation.
@@ -10,12 +10,9 @@ acts_BF = activation(pre_BF),  x_hat_BD = acts_BF @ W_dec + b_dec.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import pathlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -23,230 +20,18 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from saelens_lite import kernels
-from saelens_lite.saes.registry import REGISTRY, architectures, get_sae_class
-
-FORMAT_VERSION = 1
-_DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-_B_DEC_INITS = ("geometric_median", "mean", "zeros")
-
-
-def _invalid(field: str, value, allowed: str) -> ValueError:
-    return ValueError(f"SAEConfig.{field}={value!r} is invalid; allowed: {allowed}")
-
-
-@dataclass
-class SAEConfig:
-    architecture: str = "topk"
-    """Registered architecture name (see saelens_lite.saes.REGISTRY)."""
-    d_in: int = 768
-    """Model width D: size of the activations the SAE reads."""
-    d_sae: int = 24576
-    """Number of latents F."""
-    k: int = 32
-    """Active latents per token for topk (exact) and batchtopk (on average over the batch);
-    the target L0 of jumprelu."""
-    l1_coeff: float = 5.0
-    """relu: weight of sum_i |f_i| ||W_dec_i|| (Anthropic, April 2024 update, lambda=5 with
-    inputs scaled so E||x|| = sqrt(D))."""
-    l0_coeff: float = 20.0
-    """jumprelu: weight lambda of the sparsity term: lambda * (e^2 + nu e), e = L0 / k - 1, with
-    jumprelu_target_l0 (nu: see jumprelu_l0_adapt), else lambda * L0 (Rajamanoharan et al.
-    2024)."""
-    jumprelu_target_l0: bool = True
-    """jumprelu: penalise (L0 / k - 1)^2, so k is the target L0 (dictionary_learning's
-    JumpReluTrainer, target_l0), instead of the paper's lambda * L0, whose L0 depends on lambda,
-    the data and the run length. Thresholds start where each latent fires on a fraction k / F
-    of the init sample (init_from_data_), so training starts near L0 = k either way."""
-    jumprelu_l0_adapt: float = 0.05
-    """jumprelu with jumprelu_target_l0: step size of the multiplier that makes L0 settle at k.
-    The quadratic penalty alone balances the reconstruction's pull above k (L0 ~ 1.5 k in short
-    runs on real activations); with a rate > 0 the sparsity term is the augmented Lagrangian
-    of the constraint e = L0 / k - 1 = 0 (method of multipliers, Hestenes 1969, Powell 1969):
-        lambda * (e^2 + nu_t e),   nu_{t+1} = nu_t + rate * 2 s_t e_t   (nu_0 = 0)
-    after each optimizer step (s_t: the sparsity warm-up scale, 1 after it), so nu grows until
-    the pull is cancelled at e = 0."""
-    aux_coeff: float = 1 / 32
-    """topk/batchtopk: weight of the AuxK dead-latent loss (Gao et al. 2024, App. B.1)."""
-    aux_k: int | None = None
-    """Dead latents used by AuxK; None means d_in // 2 (Gao et al. use 512 for D=768... ~D/2)."""
-    multi_topk: bool = False
-    """topk: add the Multi-TopK term L(4k) / 8 (Gao et al. 2024) so the SAE works at other k."""
-    multi_topk_coeff: float = 1 / 8
-    """Weight of the 4k reconstruction term when multi_topk is on."""
-    threshold_momentum: float = 0.99
-    """batchtopk: EMA momentum of the inference threshold (min positive kept activation)."""
-    relative_threshold: bool = True
-    """batchtopk: rank pre-activations, and threshold them at inference, in units of each
-    token's RMS r(x) = ||x - b_dec|| / sqrt(D): keep the batch's top B*k of pre / r, infer
-    pre * (pre > theta * r). Bussmann et al. 2024 trained BatchTopK on activations standardised
-    token by token (bartbussmann/BatchTopK main.py, input_unit_norm=True), where a batch-wide
-    threshold is this rule. On raw pre-activations interference grows with ||x||, so
-    high-norm tokens take most of the B*k slots with false positives and latents that are
-    still learning never reach the threshold (ground-truth benchmark: 47% of the features
-    recovered, against 97% with this rule and 99% for TopK). False: the threshold on raw
-    pre-activations, a plain JumpReLU (what SAEConfigs saved without this field load as)."""
-    jumprelu_bandwidth: float = 1.0
-    """jumprelu: width epsilon of the rectangle kernel in the straight-through estimator.
-    With inputs scaled to E||x|| = sqrt(D) pre-activations are O(1), so eps of that order
-    (SAELens' settings after Anthropic's JumpReLU recipe use 2) puts a few percent in the window:
-    0.05 (SAELens' default) gave ~0.05% there on the synthetic benchmark, too few threshold
-    gradients for a short run (12.5% of the features recovered there, 35% with eps = 2)."""
-    jumprelu_init_threshold: float = 0.001
-    """jumprelu: initial threshold theta (stored as log theta) before init_from_data_, and the
-    floor of the data-based thresholds it sets."""
-    jumprelu_threshold_lr_scale: float = 10.0
-    """jumprelu: learning rate of log theta relative to the other parameters. Adam moves each
-    parameter by ~lr a step: an encoder weight of size ~1/sqrt(D) by ~lr sqrt(D) relative,
-    log theta by only lr relative, so with one lr the thresholds lag the pre-activation scale
-    by ~sqrt(D) (a short run then ends with L0 far from its target)."""
-    jumprelu_pre_act_coeff: float = 1e-3
-    """jumprelu: weight of the pre-activation loss sum_i dead_i ReLU(theta_i - pre_i) that
-    pulls latents that have stopped firing back to their thresholds (Anthropic's
-    pre-activation loss, restricted to dead latents as SAELens' calculate_pre_act_loss does);
-    0 turns it off. Adam normalises the dead latents' gradients, so its size matters little."""
-    jumprelu_pre_grad: bool = True
-    """jumprelu: the straight-through estimators also give pre-activations a gradient, the
-    kernel-smoothed derivative in pre that mirrors the one in theta (H depends on pre - theta):
-    d JumpReLU / d pre := H + (theta / eps) K, d H / d pre := (1 / eps) K. Anthropic's January
-    2025 update lets the STE's gradient reach all parameters, not only the thresholds. Latents
-    just below threshold then learn from the reconstruction (and the L0 penalty) instead of
-    only from the pre-activation loss; on the synthetic benchmark (3 seeds) recovery rose from
-    64% to 93% and FVU fell from 0.32 to 0.26 at the same L0. False: Rajamanoharan et al.
-    2024 (no such gradient; pre-activations learn only where the latent fires)."""
-    b_dec_init: str = "geometric_median"
-    """How init_from_data_ sets b_dec: geometric_median (Weiszfeld), mean or zeros."""
-    hook_name: str = ""
-    """Hook point the SAE was trained on (informational); a transcoder's input."""
-    target_hook: str = ""
-    """Empty: an SAE (it reconstructs its input). Set: a transcoder, which reads hook_name and
-    reconstructs the activations at this hook (Dunefsky et al. 2024, "Transcoders find
-    interpretable LLM feature circuits"); its encoder does not subtract b_dec, which lives in
-    the target space. Only for the sparse architectures."""
-    skip: bool = False
-    """Transcoders only: a learned linear skip connection, x_hat = decode(acts) + x @ W_skip with
-    W_skip (D, D) initialised to zero (Paulo et al. 2025, "Transcoders beat sparse autoencoders
-    for interpretability")."""
-    model_name: str = ""
-    """Model the activations came from (informational)."""
-    dtype: str = "float32"
-    """Parameter dtype: float32, float64, bfloat16 or float16."""
-    select_dtype: str | None = None
-    """topk/batchtopk: dtype of the no-grad matmul that only chooses the active latents (None:
-    the parameter dtype). "bfloat16" is ~6x faster on CPUs with AMX and on GPUs; the kept values
-    and all gradients stay in the parameter dtype, so only near-ties at the k-th place differ."""
-    # -- baselines (saelens_lite.saes.baselines); the sparse architectures ignore these fields
-    noise_std: float = 0.2
-    """denoising: std of the Gaussian noise added to each input coordinate, in the units the
-    model sees (the trainer scales inputs so E||x|| = sqrt(D): a coordinate's RMS is ~1)."""
-    mask_prob: float = 0.0
-    """denoising: probability that an input coordinate is zeroed (masking noise, Vincent et
-    al. 2008)."""
-    vae_beta: float = 1.0
-    """vae: weight of the KL term (beta-VAE, Higgins et al. 2017); 1 gives the ELBO."""
-    conv_kind: str = "1d"
-    """conv: "1d" (causal convolutions over the token sequence, input (B, S, D)) or "2d"
-    (images, input (B, 1, H, W) or flattened (B, H*W) with H = W = sqrt(d_in))."""
-    conv_channels: int = 32
-    """conv: channels of the hidden layer between input and latents (0: no hidden layer)."""
-    conv_kernel: int = 3
-    """conv: kernel size (odd)."""
-    format_version: int = FORMAT_VERSION
-    """Version of the saved folder format (cfg.json + sae.safetensors)."""
-
-    def __post_init__(self) -> None:
-        if self.architecture not in REGISTRY:
-            raise _invalid("architecture", self.architecture, str(architectures()))
-        for name in ("d_in", "d_sae"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise _invalid(name, v, "an integer >= 1")
-        if (
-            not isinstance(self.k, int)
-            or self.k < 1
-            or (REGISTRY[self.architecture].uses_k and self.k > self.d_sae)
-        ):
-            raise _invalid("k", self.k, f"an integer in [1, d_sae={self.d_sae}]")
-        for name in (
-            "l1_coeff",
-            "l0_coeff",
-            "aux_coeff",
-            "multi_topk_coeff",
-            "jumprelu_pre_act_coeff",
-            "jumprelu_l0_adapt",
-        ):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v):
-                raise _invalid(name, v, "a finite number >= 0")
-        if self.aux_k is not None and (not isinstance(self.aux_k, int) or self.aux_k < 1):
-            raise _invalid("aux_k", self.aux_k, "None or an integer >= 1")
-        if not 0.0 <= self.threshold_momentum < 1.0:
-            raise _invalid("threshold_momentum", self.threshold_momentum, "a number in [0, 1)")
-        if not isinstance(self.relative_threshold, bool):
-            raise _invalid("relative_threshold", self.relative_threshold, "True or False")
-        if not isinstance(self.jumprelu_pre_grad, bool):
-            raise _invalid("jumprelu_pre_grad", self.jumprelu_pre_grad, "True or False")
-        for name in (
-            "jumprelu_bandwidth",
-            "jumprelu_init_threshold",
-            "jumprelu_threshold_lr_scale",
-        ):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not v > 0 or math.isinf(v):
-                raise _invalid(name, v, "a finite number > 0")
-        if not isinstance(self.target_hook, str):
-            raise _invalid("target_hook", self.target_hook, "a hook name, or '' for an SAE")
-        if not isinstance(self.skip, bool) or (self.skip and not self.target_hook):
-            raise _invalid("skip", self.skip, "True or False; True only with target_hook set")
-        if self.b_dec_init not in _B_DEC_INITS:
-            raise _invalid("b_dec_init", self.b_dec_init, str(list(_B_DEC_INITS)))
-        if self.dtype not in _DTYPES:
-            raise _invalid("dtype", self.dtype, str(list(_DTYPES)))
-        if self.select_dtype is not None and self.select_dtype not in _DTYPES:
-            raise _invalid("select_dtype", self.select_dtype, f"None or one of {list(_DTYPES)}")
-        for name in ("noise_std", "vae_beta"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v):
-                raise _invalid(name, v, "a finite number >= 0")
-        if not isinstance(self.mask_prob, (int, float)) or not 0.0 <= self.mask_prob < 1.0:
-            raise _invalid("mask_prob", self.mask_prob, "a number in [0, 1)")
-        if self.conv_kind not in ("1d", "2d"):
-            raise _invalid("conv_kind", self.conv_kind, "'1d' or '2d'")
-        if not isinstance(self.conv_channels, int) or self.conv_channels < 0:
-            raise _invalid("conv_channels", self.conv_channels, "an integer >= 0")
-        if not isinstance(self.conv_kernel, int) or self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
-            raise _invalid("conv_kernel", self.conv_kernel, "an odd integer >= 1")
-        if (
-            not isinstance(self.format_version, int)
-            or not 1 <= self.format_version <= FORMAT_VERSION
-        ):
-            raise _invalid(
-                "format_version", self.format_version, f"an integer in [1, {FORMAT_VERSION}]"
-            )
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return _DTYPES[self.dtype]
-
-    @property
-    def torch_select_dtype(self) -> torch.dtype | None:
-        return None if self.select_dtype is None else _DTYPES[self.select_dtype]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SAEConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"SAEConfig got unknown fields {unknown}; allowed: {sorted(known)}")
-        # saved before relative_threshold existed: those SAEs threshold raw pre-activations
-        return cls(**({"relative_threshold": False} | d))
+from saelens_lite.saes.config import FORMAT_VERSION, SAEConfig
+from saelens_lite.saes.registry import REGISTRY, get_sae_class
+from saelens_lite.saes.terms import (  # noqa: F401  (re-exported: saes.base was their home)
+    aux_k,
+    aux_k_full,
+    aux_weight,
+    auxk_loss,
+    fvu,
+    geometric_median,
+    remove_parallel_grad_,
+    unit_norm_rows_,
+)
 
 
 class TrainOutput(NamedTuple):
@@ -264,92 +49,20 @@ class TrainOutput(NamedTuple):
     losses: dict[str, Tensor]
     """Named loss terms before weighting (mse, l1, l0, auxk, multi_topk_mse) and training
     statistics (JumpReLU's l0_multiplier), for logging."""
+    inexact_rows: Tensor | None = None
+    """The fast step with select="pruned": 0-dim int64, rows whose top-k may be inexact
+    (saturated rows past the repair capacity, see kernels.triton_topk); None otherwise."""
 
+    @property
+    def mse(self) -> Tensor:
+        """sum ||y - x_hat||^2 / B (y the target)."""
+        return self.losses["mse"]
 
-# ---------------------------------------------------------------- shared pieces
-def geometric_median(x_ND: Tensor, *, n_iter: int = 100, tol: float = 1e-7) -> Tensor:
-    """argmin_y sum_n ||x_n - y|| by Weiszfeld iterations (in float64, starting at the mean)."""
-    x = x_ND.detach().to(torch.float64)
-    y = x.mean(0)
-    for _ in range(n_iter):
-        w_N = 1.0 / (x - y).norm(dim=1).clamp_min(1e-12)
-        y_new = (w_N[:, None] * x).sum(0) / w_N.sum()
-        done = (y_new - y).norm() <= tol * (y.norm() + 1e-12)
-        y = y_new
-        if done:
-            break
-    return y.to(x_ND.dtype)
+    @property
+    def auxk(self) -> Tensor | None:
+        """The unweighted AuxK term; None when the step had none (no dead mask)."""
+        return self.losses.get("auxk")
 
-
-@torch.no_grad()
-def unit_norm_rows_(W_FD: Tensor) -> None:
-    W_FD.div_(torch.linalg.vector_norm(W_FD, dim=1, keepdim=True).clamp_min(1e-12))
-
-
-@torch.no_grad()
-def remove_parallel_grad_(W_FD: Tensor) -> None:
-    """grad_f -= <grad_f, w_f> w_f / ||w_f||^2, so a step keeps ||w_f|| to first order.
-    (vecdot/vector_norm/addcmul_: three passes over (F, D), no temporaries of that size.)"""
-    if W_FD.grad is None:
-        return
-    coef_F = torch.linalg.vecdot(W_FD, W_FD.grad) / torch.linalg.vector_norm(
-        W_FD, dim=1
-    ).square().clamp_min(1e-24)
-    W_FD.grad.addcmul_(W_FD, coef_F[:, None], value=-1)
-
-
-def fvu(x_BD: Tensor, x_hat_BD: Tensor, mse: Tensor | None = None) -> Tensor:
-    """sum ||x - x_hat||^2 / sum ||x - mean(x)||^2, x the reconstruction target; `mse` (per-token
-    mean of the summed squared error) saves recomputing the numerator."""
-    num = (x_hat_BD - x_BD).pow(2).sum() if mse is None else mse * x_BD.shape[0]
-    return (num / (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)).detach()
-
-
-def aux_k(sae: SAE, dead_mask_F: Tensor | None) -> tuple[int, float]:
-    """(k_aux, scale) for AuxK: k_aux = min(cfg.aux_k or D/2, n_dead),
-    scale = min(n_dead / (cfg.aux_k or D/2), 1)
-    (fewer dead latents than k_aux give a proportionally smaller term); (0, 0) when none is dead."""
-    n_dead = 0 if dead_mask_F is None else int(dead_mask_F.sum())
-    if n_dead == 0:
-        return 0, 0.0
-    k_full = sae.cfg.aux_k or max(sae.cfg.d_in // 2, 1)
-    return min(k_full, n_dead), min(n_dead / k_full, 1.0)
-
-
-def aux_weight(x_BD: Tensor) -> Tensor:
-    """Weight that puts the normalised AuxK term in the units of the main loss.
-
-    Gao et al. 2024 (and sparsify) minimise FVU + aux_coeff * L_aux, both terms normalised.
-    Our main loss is the per-token squared error ||x - x_hat||^2 (summed over D), which is
-    FVU * v with v = ||x - mean(x)||^2 / B the batch's total variance per token. Adding
-    aux_coeff * v * L_aux therefore keeps the paper's balance between the two terms at any
-    width D and input scale. Without v the AuxK term would be about D times weaker."""
-    return (x_BD - x_BD.mean(0)).pow(2).sum().detach() / x_BD.shape[0]
-
-
-def auxk_loss(
-    sae: SAE,
-    x_BD: Tensor,
-    x_hat_BD: Tensor,
-    aux_pre_BK: Tensor,
-    aux_idx_BK: Tensor,
-    scale: float,
-    target_BD: Tensor | None = None,
-) -> Tensor:
-    """AuxK (Gao et al. 2024, App. B.1): the top k_aux pre-activations among dead latents
-    reconstruct the residual e = y - x_hat (detached; y the target, x for an SAE), normalised by
-    the residual's variance:
-        L_aux = scale * ||e_hat - e||^2 / ||e - mean(e)||^2,
-        e_hat = ReLU(TopK_aux(pre_dead)) @ W_dec.
-    Gradients reach only the dead latents' encoder columns and decoder rows (sparse kernels)."""
-    vals_BK = torch.relu(
-        kernels.select_preacts(x_BD, sae.W_enc, sae.b_enc, sae.b_pre, aux_idx_BK, aux_pre_BK)
-    )
-    e_hat_BD = kernels.sparse_decode(aux_idx_BK, vals_BK, sae.W_dec)
-    e_BD = ((x_BD if target_BD is None else target_BD) - x_hat_BD).detach()
-    return (
-        scale * (e_hat_BD - e_BD).pow(2).sum() / (e_BD - e_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
-    )
 
 
 # ---------------------------------------------------------------- the base class
@@ -363,6 +76,9 @@ class SAE(nn.Module):
     """
 
     architecture: str = ""
+    # The dataclass of this architecture's config (saes/config.py: SAEConfig or a subclass
+    # beside the class); SAEConfig(architecture=name, ...) and SAE.load build it.
+    config_class: type[SAEConfig] = SAEConfig
     unit_norm_decoder: bool = True
     uses_k: bool = False  # whether cfg.k matters (then it must be <= d_sae)
     # whether the trainer's default lr takes the short-run factor (training.config.default_lr);
@@ -375,11 +91,9 @@ class SAE(nn.Module):
     # architectures, whose training_forward takes target_BD.
     supports_transcoder: bool = False
     # Whether training/fast_step.py's closed-form sparse gradients cover this architecture (for
-    # the SAEConfig fields that `fast_step_supports` accepts); the trainer and TrainConfig read it.
+    # the SAEConfig fields that `fast_step_supports` accepts); the trainer and TrainConfig read
+    # it. Such a class defines the fast step's three per-architecture methods (`sparse_*`).
     supports_fast_step: bool = False
-    # Whether top-k selection runs over the whole batch (B*K codes per batch, not K per token)
-    # with a threshold for inference (BatchTopK); the fast step selects accordingly.
-    batch_selection: bool = False
     # Data-parallel training: the mean over ranks of a per-rank batch statistic, without grad
     # (the trainer sets saelens_lite.distributed.batch_mean under torchrun). None: one process,
     # the local batch is the whole batch. Terms non-linear in a batch mean read it (jumprelu).
@@ -393,6 +107,10 @@ class SAE(nn.Module):
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
+        if not isinstance(cfg, self.config_class):
+            raise ValueError(f"{type(self).__name__} needs a {self.config_class.__name__} "
+                             f"(SAEConfig(architecture={self.architecture!r}, ...)); got "
+                             f"{type(cfg).__name__}(architecture={cfg.architecture!r})")
         self.cfg = cfg
         D, F_, dt = cfg.d_in, cfg.d_sae, cfg.torch_dtype
         W_dec = torch.randn(F_, D, dtype=torch.float32)
@@ -479,6 +197,20 @@ class SAE(nn.Module):
             fvu(y_BD, x_hat_BD, losses.get("mse")),
             losses,
         )
+
+    # -- the fast step's per-architecture parts (training/fast_step.py; supports_fast_step)
+    def sparse_candidates(self) -> int:
+        """K: latents per token the fast step selects by pre-activation, its candidates."""
+        raise NotImplementedError(f"{self.architecture!r} has no fast step (supports_fast_step)")
+
+    def sparse_keep(self, x_BD: Tensor, pre_BK: Tensor) -> tuple[Tensor, Tensor]:
+        """(keep_N, score_N), N = B*K: which candidates (pre_BK, each row's top K in any order)
+        are active, and the scores they were ranked by. No host sync (CUDA graphs)."""
+        raise NotImplementedError(f"{self.architecture!r} has no fast step (supports_fast_step)")
+
+    def sparse_selected_(self, score_N: Tensor, keep_N: Tensor) -> None:
+        """Called once a fast step has its gradients, with its selection: what the architecture
+        tracks from it (BatchTopK: its threshold). Nothing here."""
 
     def lr_scales(self) -> dict[str, float]:
         """Learning rate multipliers of named parameters (the others get 1); the trainer gives

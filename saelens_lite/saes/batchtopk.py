@@ -12,7 +12,8 @@ Why the score: interference in pre = w_f . (x - b_dec) grows with ||x - b_dec||,
 pre-activations a batch-wide threshold hands high-norm tokens most of the B*k slots as false
 positives, and a latent still learning its feature never reaches the threshold (it gets no
 gradient). Dividing by r(x) gives every token the same false-positive rate; it is the batch
-threshold of Bussmann et al.'s experiments, which standardise each token (SAEConfig docs).
+threshold of Bussmann et al.'s experiments, which standardise each token
+(BatchTopKConfig.relative_threshold; docs/benchmarks.md, "BatchTopK score rule").
 
 Folding the input scale c leaves pre unchanged and divides r by c, so a relative theta is
 multiplied by c.
@@ -23,23 +24,56 @@ per row.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
 from saelens_lite import kernels
-from saelens_lite.saes.base import SAE, SAEConfig, TrainOutput, aux_k, aux_weight, auxk_loss
+from saelens_lite.saes.base import SAE, TrainOutput
+from saelens_lite.saes.config import check_bools, invalid
 from saelens_lite.saes.registry import register
+from saelens_lite.saes.terms import AuxKConfig, aux_k, aux_weight, auxk_loss
+
+
+@dataclass
+class BatchTopKConfig(AuxKConfig):
+    """BatchTopKSAE's config: the shared and AuxK fields, and the inference threshold's."""
+
+    # saved before relative_threshold existed: those SAEs threshold raw pre-activations
+    legacy_defaults: ClassVar[dict] = {"relative_threshold": False}
+    architecture: str = "batchtopk"
+    """As SAEConfig.architecture."""
+    threshold_momentum: float = 0.99
+    """EMA momentum of the inference threshold (min positive kept activation)."""
+    relative_threshold: bool = True
+    """Rank pre-activations, and threshold them at inference, in units of each token's RMS
+    r(x) = ||x - b_dec|| / sqrt(D): keep the batch's top B*k of pre / r, infer
+    pre * (pre > theta * r). Bussmann et al. 2024 trained BatchTopK on activations standardised
+    token by token (bartbussmann/BatchTopK main.py, input_unit_norm=True), where a batch-wide
+    threshold is this rule. On raw pre-activations interference grows with ||x||, so
+    high-norm tokens take most of the B*k slots with false positives and latents that are
+    still learning never reach the threshold (ground-truth benchmark: docs/benchmarks.md,
+    "BatchTopK score rule"). False: the threshold on raw pre-activations, a plain JumpReLU
+    (what configs saved without this field load as)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.threshold_momentum < 1.0:
+            raise invalid("threshold_momentum", self.threshold_momentum, "a number in [0, 1)")
+        check_bools(self, ("relative_threshold",))
 
 
 @register("batchtopk")
 class BatchTopKSAE(SAE):
+    config_class = BatchTopKConfig
     uses_k = True
     short_run_lr = True
     supports_fast_step = True
-    batch_selection = True
     supports_transcoder = True
 
-    def __init__(self, cfg: SAEConfig):
+    def __init__(self, cfg: BatchTopKConfig):
         super().__init__(cfg)
         self.register_buffer("threshold", torch.tensor(-1.0, dtype=torch.float32))
 
@@ -124,6 +158,37 @@ class BatchTopKSAE(SAE):
                 pre_N = kernels.select_preacts(x_BD, W, self.b_enc, self.b_pre, pattern)
         return rows_N, cols_N, pre_N, aux
 
+    def sparse_candidates(self) -> int:
+        """Each row's top 2k: the fast step caps a row at 2k latents (where `_batch_topk`
+        widens its candidates instead, with a host sync)."""
+        return min(2 * self.cfg.k, self.cfg.d_sae)
+
+    def sparse_keep(self, x_BD: Tensor, pre_BK: Tensor) -> tuple[Tensor, Tensor]:
+        """The B*k candidates of the batch with the highest positive scores pre / r(x) (r > 0,
+        so a row's candidates keep their order)."""
+        r_B = self.input_rms(x_BD)
+        score_N = (pre_BK if r_B is None else pre_BK / r_B[:, None]).reshape(-1)
+        n_keep = min(x_BD.shape[0] * self.cfg.k, score_N.numel())
+        top_N = score_N.topk(n_keep, sorted=False).indices
+        keep_N = torch.zeros_like(score_N, dtype=torch.bool).index_fill_(0, top_N, True)
+        return keep_N & (score_N > 0), score_N
+
+    def sparse_selected_(self, score_N: Tensor, keep_N: Tensor) -> None:
+        self.update_threshold_(score_N, keep_N)
+
+    @torch.no_grad()
+    def update_threshold_(self, score_N: Tensor, keep_N: Tensor | None = None) -> None:
+        """theta <- EMA (cfg.threshold_momentum) of the smallest kept score of a training batch
+        (all of score_N, or where keep_N); the first batch sets it, a batch that kept nothing
+        leaves it. No host sync."""
+        if score_N.numel() == 0:
+            return
+        thr, mom = self.threshold, self.cfg.threshold_momentum
+        m = (score_N if keep_N is None else torch.where(keep_N, score_N, float("inf"))).min()
+        m = m.float()
+        new = torch.where(thr < 0, m, mom * thr + (1 - mom) * m)
+        thr.copy_(new if keep_N is None else torch.where(keep_N.any(), new, thr))
+
     def encode(self, x_BD: Tensor) -> Tensor:
         if float(self.threshold) < 0:
             x2_BD = x_BD.reshape(-1, x_BD.shape[-1]).to(self.W_enc.dtype)
@@ -172,17 +237,8 @@ class BatchTopKSAE(SAE):
         k_aux, aux_scale = aux_k(self, dead_mask_F)
         rows_N, cols_N, pre_N, aux = self._batch_topk(x_BD, dead_mask_F, k_aux)
         with torch.no_grad():
-            if pre_N.numel():
-                r_B = self.input_rms(x_BD)
-                m = (pre_N if r_B is None else pre_N / r_B[rows_N]).min().float()
-                first = self.threshold < 0
-                self.threshold.copy_(
-                    torch.where(
-                        first,
-                        m,
-                        cfg.threshold_momentum * self.threshold + (1 - cfg.threshold_momentum) * m,
-                    )
-                )
+            r_B = self.input_rms(x_BD)
+            self.update_threshold_(pre_N if r_B is None else pre_N / r_B[rows_N])
         pattern = kernels.SparsePattern.from_coo(rows_N, cols_N, B, cfg.d_sae)
         vals_N = torch.relu(
             kernels.select_preacts(x_BD, self.W_enc, self.b_enc, self.b_pre, pattern, pre_N)

@@ -55,11 +55,14 @@ process batch_mean is None and nothing changes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from saelens_lite.saes.base import SAE, SAEConfig, TrainOutput
+from saelens_lite.saes.base import SAE, TrainOutput
+from saelens_lite.saes.config import SAEConfig, check_bools, check_numbers
 from saelens_lite.saes.registry import register
 
 L0_ASCENT_CLIP = 0.25
@@ -79,6 +82,68 @@ sample dominated both sums of c and shrank it from ~0.58 to ~0.22, and those run
 latents: held-out dead 33% / 6.4% / 0.2% over seeds 0 / 1 / 2 (SmolLM2, 8x, k = 32, 200k
 tokens), with them left out 0.13% / 0.11% / 0.24% at FVU 0.119 / 0.117 / 0.119 (0.123 /
 0.111 / 0.119 before); docs/benchmarks.md."""
+
+
+@dataclass
+class JumpReLUConfig(SAEConfig):
+    """JumpReLUSAE's config: the shared fields (k: the target L0) and the sparsity penalty's,
+    the straight-through estimators' and the thresholds' settings."""
+
+    sparsity_field: ClassVar[str | None] = "l0_coeff"
+    architecture: str = "jumprelu"
+    """As SAEConfig.architecture."""
+    l0_coeff: float = 20.0
+    """Weight lambda of the sparsity term: lambda * (e^2 + nu e), e = L0 / k - 1, with
+    jumprelu_target_l0 (nu: see jumprelu_l0_adapt), else lambda * L0 (Rajamanoharan et al.
+    2024)."""
+    jumprelu_target_l0: bool = True
+    """Penalise (L0 / k - 1)^2, so k is the target L0 (dictionary_learning's JumpReluTrainer,
+    target_l0), instead of the paper's lambda * L0, whose L0 depends on lambda, the data and the
+    run length. Thresholds start where each latent fires on a fraction k / F of the init
+    sample (init_from_data_), so training starts near L0 = k either way."""
+    jumprelu_l0_adapt: float = 0.05
+    """With jumprelu_target_l0: step size of the multiplier that makes L0 settle at k.
+    The quadratic penalty alone balances the reconstruction's pull above k (L0 ~ 1.5 k in short
+    runs on real activations); with a rate > 0 the sparsity term is the augmented Lagrangian
+    of the constraint e = L0 / k - 1 = 0 (method of multipliers, Hestenes 1969, Powell 1969):
+        lambda * (e^2 + nu_t e),   nu_{t+1} = nu_t + rate * 2 s_t e_t   (nu_0 = 0)
+    after each optimizer step (s_t: the sparsity warm-up scale, 1 after it), so nu grows until
+    the pull is cancelled at e = 0."""
+    jumprelu_bandwidth: float = 1.0
+    """Width epsilon of the rectangle kernel in the straight-through estimator. With inputs
+    scaled to E||x|| = sqrt(D) pre-activations are O(1), so eps of that order (SAELens'
+    settings after Anthropic's JumpReLU recipe use 2) puts a few percent in the window; SAELens'
+    default 0.05 put too few there for a short run (docs/benchmarks.md, "JumpReLU
+    straight-through settings")."""
+    jumprelu_init_threshold: float = 0.001
+    """Initial threshold theta (stored as log theta) before init_from_data_, and the floor of
+    the data-based thresholds it sets."""
+    jumprelu_threshold_lr_scale: float = 10.0
+    """Learning rate of log theta relative to the other parameters. Adam moves each parameter
+    by ~lr a step: an encoder weight of size ~1/sqrt(D) by ~lr sqrt(D) relative, log theta by
+    only lr relative, so with one lr the thresholds lag the pre-activation scale by ~sqrt(D)
+    (a short run then ends with L0 far from its target)."""
+    jumprelu_pre_act_coeff: float = 1e-3
+    """Weight of the pre-activation loss sum_i dead_i ReLU(theta_i - pre_i) that pulls latents
+    that have stopped firing back to their thresholds (Anthropic's pre-activation loss,
+    restricted to dead latents as SAELens' calculate_pre_act_loss does); 0 turns it off. Adam
+    normalises the dead latents' gradients, so its size matters little."""
+    jumprelu_pre_grad: bool = True
+    """The straight-through estimators also give pre-activations a gradient, the
+    kernel-smoothed derivative in pre that mirrors the one in theta (H depends on pre - theta):
+    d JumpReLU / d pre := H + (theta / eps) K, d H / d pre := (1 / eps) K. Anthropic's January
+    2025 update lets the STE's gradient reach all parameters, not only the thresholds. Latents
+    just below threshold then learn from the reconstruction (and the L0 penalty) instead of
+    only from the pre-activation loss (recovery and FVU on the synthetic benchmark:
+    docs/benchmarks.md, "JumpReLU straight-through settings"). False: Rajamanoharan et al.
+    2024 (no such gradient; pre-activations learn only where the latent fires)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_numbers(self, ("l0_coeff", "jumprelu_pre_act_coeff", "jumprelu_l0_adapt"))
+        check_bools(self, ("jumprelu_target_l0", "jumprelu_pre_grad"))
+        check_numbers(self, ("jumprelu_bandwidth", "jumprelu_init_threshold",
+                             "jumprelu_threshold_lr_scale"), positive=True)  # fmt: skip
 
 
 def _rect(u: Tensor) -> Tensor:
@@ -124,12 +189,13 @@ def heaviside_step(pre_BF: Tensor, theta_F: Tensor, eps: float, pre_grad: bool =
 
 @register("jumprelu")
 class JumpReLUSAE(SAE):
+    config_class = JumpReLUConfig
     short_run_lr = True
     supports_transcoder = True
     # k is the target L0 (and the L0 the data-based init starts at), used as min(k, F); it is
     # not validated against d_sae (uses_k) so that imported inference-only SAEs need no k.
 
-    def __init__(self, cfg: SAEConfig):
+    def __init__(self, cfg: JumpReLUConfig):
         super().__init__(cfg)
         self.log_threshold = nn.Parameter(
             torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold), dtype=cfg.torch_dtype)

@@ -2,6 +2,26 @@
 
 CLI choices, `SAE.load`, config validation and the test parametrisation all read `REGISTRY`;
 no list of architecture names is written anywhere else.
+
+Adding an architecture is one module (e.g. saes/matryoshka.py), imported in saes/__init__.py:
+
+    @dataclass
+    class MatryoshkaConfig(BatchTopKConfig):     # SAEConfig, or the config of the parent class
+        architecture: str = "matryoshka"         # its registered name is the default
+        group_sizes: list[int] = ...             # its own fields, a docstring under each
+        def __post_init__(self):                 # validates its own fields (saes.config.invalid
+            super().__post_init__()              # names field, value and what is allowed)
+            ...
+
+    @register("matryoshka")
+    class MatryoshkaSAE(BatchTopKSAE):
+        config_class = MatryoshkaConfig          # read by SAEConfig(architecture=...), SAE.load
+        supports_fast_step = False               # capabilities: class attributes (saes.base.SAE)
+
+`SAEConfig(architecture="matryoshka", ...)`, `SAEConfig.from_dict`, cfg.json, `SAE.load` and
+`TrainConfig.sae_options` (the CLI's ``--option``) then know its fields. The fast step covers a
+class with `supports_fast_step = True` (and `fast_step_supports(options)` for option-dependent
+cases) that defines `sparse_candidates`, `sparse_keep` and `sparse_selected_` (see SAE).
 """
 
 from __future__ import annotations

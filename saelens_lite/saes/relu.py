@@ -8,15 +8,36 @@ The pre-bias form is a reparametrisation of the update's W_e x + b_e (b_e' = b_e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
 from saelens_lite.saes.base import SAE, TrainOutput
+from saelens_lite.saes.config import SAEConfig, check_numbers
 from saelens_lite.saes.registry import register
+
+
+@dataclass
+class ReLUConfig(SAEConfig):
+    """ReLUSAE's config: the shared fields and the L1 weight."""
+
+    sparsity_field: ClassVar[str | None] = "l1_coeff"
+    architecture: str = "relu"
+    """As SAEConfig.architecture."""
+    l1_coeff: float = 5.0
+    """Weight of sum_i |f_i| ||W_dec_i|| (Anthropic, April 2024 update, lambda=5 with inputs
+    scaled so E||x|| = sqrt(D))."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_numbers(self, ("l1_coeff",))
 
 
 @register("relu")
 class ReLUSAE(SAE):
+    config_class = ReLUConfig
     unit_norm_decoder = False
     supports_transcoder = True
 

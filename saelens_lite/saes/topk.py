@@ -9,16 +9,38 @@ that touch only the K selected latents per token (saelens_lite.kernels).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from saelens_lite import kernels
-from saelens_lite.saes.base import SAE, TrainOutput, aux_k, aux_weight, auxk_loss
+from saelens_lite.saes.base import SAE, TrainOutput
+from saelens_lite.saes.config import check_bools, check_numbers
 from saelens_lite.saes.registry import register
+from saelens_lite.saes.terms import AuxKConfig, aux_k, aux_weight, auxk_loss
+
+
+@dataclass
+class TopKConfig(AuxKConfig):
+    """TopKSAE's config: the shared and AuxK fields, and Multi-TopK."""
+
+    architecture: str = "topk"
+    """As SAEConfig.architecture."""
+    multi_topk: bool = False
+    """Add the Multi-TopK term L(4k) / 8 (Gao et al. 2024) so the SAE works at other k."""
+    multi_topk_coeff: float = 1 / 8
+    """Weight of the 4k reconstruction term when multi_topk is on."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bools(self, ("multi_topk",))
+        check_numbers(self, ("multi_topk_coeff",))
 
 
 @register("topk")
 class TopKSAE(SAE):
+    config_class = TopKConfig
     uses_k = True
     short_run_lr = True
     supports_fast_step = True
@@ -28,6 +50,14 @@ class TopKSAE(SAE):
     def fast_step_supports(cls, options) -> bool:
         """The fast step has no Multi-TopK term."""
         return super().fast_step_supports(options) and not options.get("multi_topk", False)
+
+    def sparse_candidates(self) -> int:
+        return self.cfg.k
+
+    def sparse_keep(self, x_BD: Tensor, pre_BK: Tensor) -> tuple[Tensor, Tensor]:
+        """Every candidate with pre > 0 (the ReLU); ranked by pre."""
+        pre_N = pre_BK.reshape(-1)
+        return pre_N > 0, pre_N
 
     def _select(self, x_BD: Tensor, k: int, **kw) -> kernels.TopKSelection:
         return kernels.topk_select(

@@ -176,8 +176,9 @@ class TrainConfig:
     fast_step: str = "auto"
     """The training step: ``on`` uses ``training.fast_step.FastTrainStep`` (closed-form sparse
     gradients, fused Adam; on CUDA 2-3x the tokens/s of autograd), ``off`` autograd through
-    ``training_forward``, ``auto`` = on for topk (without ``multi_topk``) and batchtopk on CUDA,
-    off on CPU (where it gains little). ``on`` needs such an architecture; on a CPU it runs the
+    ``training_forward``, ``auto`` = on on CUDA where the architecture's class supports these
+    options (``SAE.supports_fast_step`` and ``fast_step_supports``, e.g. not transcoders), off
+    on CPU (where it gains little). ``on`` needs such an architecture; on a CPU it runs the
     same math eagerly (equal to autograd up to float rounding). Differences from autograd:
     BatchTopK caps a row at 2k latents, and on CUDA the sparse gathers run in bf16."""
     topk_select: str = "auto"
@@ -267,22 +268,37 @@ class TrainConfig:
         if self.fast_step == "on" and not self.fast_step_supported:
             from saelens_lite.saes import fast_step_architectures
 
+            opts = ", ".join(f"{k}={v!r}" for k, v in self.sae_options.items()) or "none"
             raise ValueError(f"fast_step='on': needs architecture in {fast_step_architectures()} "
-                             f"with options its class's fast step supports (not multi_topk); got "
-                             f"architecture={self.architecture!r}, multi_topk="
-                             f"{bool(self.sae_options.get('multi_topk', False))} (use 'auto' or 'off')")
+                             f"with options its class's fast step supports (SAE.fast_step_supports);"
+                             f" got architecture={self.architecture!r} with sae_options {opts} "
+                             f"(use 'auto' or 'off')")
         if self.wandb_mode not in WANDB_MODES:
             raise ValueError(f"wandb_mode={self.wandb_mode!r}: choose one of {list(WANDB_MODES)}")
         if self.tokens < self.batch_size:
             raise ValueError(f"tokens={self.tokens}: must be at least batch_size={self.batch_size}")
         if not isinstance(self.sae_options, dict):
             raise ValueError(f"sae_options={self.sae_options!r}: must be a dict of SAEConfig fields")
+        self.check_sae_options()
         if len(set(self.hooks)) != len(self.hooks):
             raise ValueError(f"hooks={self.hooks!r}: names must be unique")
         check_target_fields(self)
         if self.latents is not None and self.k > self.latents:
             # With ``expansion`` the width is known only once the data is (trainer.build_sae).
             raise ValueError(f"k={self.k}: must be at most latents={self.latents}")
+
+    def check_sae_options(self) -> None:
+        """Each key of ``sae_options`` is a field of the architecture's config class
+        (``saes.config``); a field of other architectures only is an error that names them."""
+        from saelens_lite.saes.config import config_class, foreign_fields
+
+        foreign = foreign_fields(self.architecture, self.sae_options)
+        if foreign:
+            name, owners = next(iter(foreign.items()))
+            where = f"an option of {owners} only" if owners else "no architecture's option"
+            raise ValueError(f"sae_options.{name}={self.sae_options[name]!r}: {where}, not of "
+                             f"architecture={self.architecture!r}; its options: "
+                             f"{sorted(f.name for f in dataclasses.fields(config_class(self.architecture)))}")
 
     @property
     def steps(self) -> int:

@@ -1,4 +1,10 @@
-"""A fast TopK / BatchTopK SAE training step: explicit sparse gradients, optional CUDA graph.
+"""A fast training step for top-k style SAEs: explicit sparse gradients, optional CUDA graph.
+
+This module owns the optimiser step, graph capture and the kernels' dispatch; the architecture
+owns its math: which latents are candidates and which are kept (`SAE.sparse_candidates`,
+`SAE.sparse_keep`), what it tracks from the selection (`SAE.sparse_selected_`, BatchTopK's
+threshold), and the shared terms (AuxK, FVU) come from `saes.terms`. Which classes it covers is
+`SAE.supports_fast_step` / `SAE.fast_step_supports`, read through the registry.
 
 Shape legend: B batch, D model width, F features, K active features per token,
 N = B*K selected (token, feature) pairs.
@@ -33,13 +39,11 @@ with few dead latents the AuxK term (k_aux = D/2 slots per token, 12x the main p
 D=768, K=32) costs index loads instead of B * k_aux row gathers of width D.
 
 BatchTopK (Bussmann et al. 2024) uses the same kernels on a fixed-width pattern: each row's top
-m = 2k candidates (the model's first m), with every candidate outside the batch's top B*k by
-score (pre / r(x) with cfg.relative_threshold, see saes.batchtopk), or not positive, given
-value 0 and no gradient. The model doubles m (a host sync) when a row has
-all m candidates kept; here such a row is capped at 2k latents (the only difference).
+m = 2k candidates, with every candidate outside the batch's top B*k by score, or not positive,
+given value 0 and no gradient (BatchTopKSAE.sparse_keep).
 
 Oracle: `sparse_loss_and_grads` equals autograd through the model's `training_forward`
-(float64 tests). Unsupported (ValueError): other architectures, topk with multi_topk.
+(float64 tests). Unsupported (ValueError): what the class's `fast_step_supports` declines.
 """
 
 from __future__ import annotations
@@ -53,35 +57,19 @@ from torch import Tensor
 
 from saelens_lite import kernels
 from saelens_lite.kernels import sparse as _sparse
-from saelens_lite.saes.base import SAE, aux_weight
+from saelens_lite.saes.base import SAE, TrainOutput
 from saelens_lite.saes.registry import fast_step_architectures
+from saelens_lite.saes.terms import aux_k_full, aux_scale, aux_weight, auxk_error_and_grad, fvu
 from saelens_lite.training.config import TOPK_SELECT_MODES
+from saelens_lite.training.step import optimizer_step_
 
 log = logging.getLogger(__name__)
 
 
-class StepOutput(NamedTuple):
-    loss: Tensor
-    """0-dim detached: the loss minimised, mse [+ aux_coeff * auxk]."""
-    mse: Tensor
-    """0-dim detached: sum ||x - x_hat||^2 / B."""
-    fired_F: Tensor
-    """bool (F,): latents with a positive activation in this batch."""
-    l0: Tensor
-    """0-dim float: mean number of positive activations per token."""
-    fvu: Tensor
-    """0-dim: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2."""
-    auxk: Tensor | None = None
-    """0-dim detached: the unweighted AuxK term (0 when no latent is dead); None without a
-    dead mask."""
-    inexact_rows: Tensor | None = None
-    """0-dim int64 with select="pruned": rows whose top-k may be inexact (saturated rows past
-    the repair capacity, see kernels.triton_topk); None otherwise."""
-
-
 class LossAndGrads(NamedTuple):
-    out: StepOutput
-    """Loss and statistics of the batch."""
+    out: TrainOutput
+    """Loss (detached) and statistics of the batch: losses "mse" and, with a dead mask,
+    "auxk" (0 when no latent is dead); inexact_rows with select="pruned"."""
     grads: dict[str, Tensor]
     """Gradient per parameter name (W_enc, b_enc, W_dec, b_dec), each in its parameter's
     dtype and layout."""
@@ -231,22 +219,6 @@ def _pattern(idx_BK: Tensor, active_N: Tensor, F_: int, sentinel: bool):
     return kernels.SparsePattern.from_topk(idx_BK, F_)
 
 
-def _batch_keep(pre_N: Tensor, n_keep: int) -> Tensor:
-    """bool (N,): the n_keep largest candidates of the batch that are positive."""
-    top_N = pre_N.topk(min(n_keep, pre_N.numel()), sorted=False).indices
-    return torch.zeros_like(pre_N, dtype=torch.bool).index_fill_(0, top_N, True) & (pre_N > 0)
-
-
-@torch.no_grad()
-def _update_threshold_(sae: SAE, pre_N: Tensor, keep_N: Tensor) -> None:
-    """BatchTopK's theta <- EMA of the smallest kept activation (the first batch sets it),
-    unchanged when nothing was kept; as the model's training_forward, without a host sync."""
-    thr, mom = sae.threshold, sae.cfg.threshold_momentum
-    m = torch.where(keep_N, pre_N, float("inf")).min().float()
-    new = torch.where(thr < 0, m, mom * thr + (1 - mom) * m)
-    thr.copy_(torch.where(keep_N.any(), new, thr))
-
-
 def sparse_loss_and_grads(
     sae: SAE,
     x_BD: Tensor,
@@ -257,8 +229,9 @@ def sparse_loss_and_grads(
     aux_candidates: int | None = None,
     backward: str = "sparse",
 ) -> LossAndGrads:
-    """Loss, statistics and parameter gradients of one TopK or BatchTopK training step (no
-    autograd, no host sync; BatchTopK also updates `sae.threshold`). With `dead_mask_F` the
+    """Loss, statistics and parameter gradients of one training step of an architecture the
+    fast step supports (no autograd, no host sync; `sae.sparse_selected_` then sees the
+    selection: BatchTopK updates its threshold). With `dead_mask_F` the
     AuxK term uses a fixed k_aux = min(aux_k or D/2, F) and masks non-dead picks to -inf
     (ReLU zero), which equals the model's min(k_aux, n_dead) selection without reading n_dead
     on the host. `compute_dtype` applies on CUDA only; there `select` picks the main top-k's
@@ -274,11 +247,11 @@ def sparse_loss_and_grads(
     rows are wide (D = 2304, K / F = 1/256); AuxK stays sparse. Same values up to rounding."""
     _check_backward(backward)
     cfg = sae.cfg
-    batch = type(sae).batch_selection
     if not (type(sae).supports_fast_step and type(sae).fast_step_supports(vars(cfg))):
         raise ValueError(
-            f"fast step supports architectures {fast_step_architectures()} (SAE.fast_step_supports); "
-            f"got architecture={cfg.architecture!r}, multi_topk={cfg.multi_topk}"
+            f"fast step supports architectures {fast_step_architectures()} with the options "
+            f"their class's fast_step_supports accepts; got architecture={cfg.architecture!r} "
+            f"with SAEConfig {cfg}"
         )
     W_enc, W_dec, b_dec = sae.W_enc.detach(), sae.W_dec.detach(), sae.b_dec.detach()
     B, F_ = x_BD.shape[0], cfg.d_sae
@@ -295,17 +268,11 @@ def sparse_loss_and_grads(
     def c(t: Tensor) -> Tensor:
         return t.to(lowp) if gather_lp else t
 
-    k_full = cfg.aux_k or max(cfg.d_in // 2, 1)
-    k_aux = min(k_full, F_) if dead_mask_F is not None else 0
-
-    k_sel = min(2 * cfg.k, F_) if batch else cfg.k
-    sel, inexact = _select(sae, x_BD, xc_lp_BD, k_sel, dead_mask_F, k_aux, lowp, select,
-                           aux_candidates)  # fmt: skip
+    k_aux = min(aux_k_full(cfg), F_) if dead_mask_F is not None else 0
+    sel, inexact = _select(sae, x_BD, xc_lp_BD, sae.sparse_candidates(), dead_mask_F, k_aux,
+                           lowp, select, aux_candidates)  # fmt: skip
     pre_N, idx_BK = sel.pre_BK.reshape(-1), sel.idx_BK
-    score_N = pre_N  # BatchTopK ranks (and thresholds) pre / r(x) with cfg.relative_threshold
-    if batch and (r_B := sae.input_rms(x_BD)) is not None:
-        score_N = (sel.pre_BK / r_B[:, None]).reshape(-1)  # r > 0: a row's candidates keep order
-    keep_N = _batch_keep(score_N, B * cfg.k) if batch else pre_N > 0
+    keep_N, score_N = sae.sparse_keep(x_BD, sel.pre_BK)
     p = _pattern(idx_BK, keep_N, F_, gather_lp)
     vals_N = torch.where(keep_N, pre_N, 0.0)
     if backward == "dense":  # the code matrix Z (B, F): zeros but for the kept values
@@ -316,7 +283,8 @@ def sparse_loss_and_grads(
         x_hat_BD = _mm32(Z_BF, W_dec_d).to(W_enc.dtype)
     else:
         x_hat_BD = _decode(p, vals_N, W_dec_c)
-    err_BD = x_hat_BD + b_dec - x_BD
+    x_hat_BD = x_hat_BD + b_dec
+    err_BD = x_hat_BD - x_BD
     mse = err_BD.pow(2).sum() / B
     g_BD = err_BD * (2.0 / B)
     if backward == "dense":
@@ -333,21 +301,19 @@ def sparse_loss_and_grads(
         gW_enc_FD, gW_dec = p.transposed_matmul_pair(gpre_N, xc_c, vals_N, g_c, W_enc.dtype)
     gb_enc1 = sae.b_enc.new_zeros(F_ + 1).index_add_(0, p.cols_N, gpre_N)  # [F]: sentinels
     loss = mse
-    auxk = None
+    losses = {"mse": mse.detach()}
     if k_aux:
-        scale = (dead_mask_F.sum() / k_full).clamp(max=1.0).to(W_enc.dtype)
         aux_pre_N = sel.aux_pre_BK.masked_fill(~dead_mask_F[sel.aux_idx_BK], -float("inf"))
         aux_pre_N = aux_pre_N.reshape(-1)
         pa = _pattern(sel.aux_idx_BK, aux_pre_N > 0, F_, gather_lp)
         va_N = torch.relu(aux_pre_N)
-        e_BD = -err_BD
-        diff_BD = _decode(pa, va_N, W_dec_c) - e_BD
-        denom = (e_BD - e_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
-        auxk = scale * diff_BD.pow(2).sum() / denom
-        weight = cfg.aux_coeff * aux_weight(x_BD)  # see saes.base.aux_weight
+        auxk, g_aux_BD = auxk_error_and_grad(  # AuxK on the residual e = x - x_hat
+            _decode(pa, va_N, W_dec_c), -err_BD, aux_scale(cfg, dead_mask_F, W_enc.dtype)
+        )
+        weight = cfg.aux_coeff * aux_weight(x_BD)  # see saes.terms.aux_weight
         loss = loss + weight * auxk
-        ga_BD = diff_BD * (2 * weight * scale / denom)
-        ga_c = c(ga_BD)
+        losses["auxk"] = auxk.detach()
+        ga_c = c(g_aux_BD * weight)
         gpa_N = pa.sampled_dot(ga_c, W_dec_c).to(pre_N.dtype) * (aux_pre_N > 0)
         ge, gd = pa.transposed_matmul_pair(gpa_N, xc_c, va_N, ga_c, W_enc.dtype)
         gW_enc_FD += ge
@@ -357,29 +323,20 @@ def sparse_loss_and_grads(
     gb_dec = g_BD.sum(0) - W_enc @ gb_enc
     gW_enc = gW_enc_FD.t() if W_enc.t().is_contiguous() else gW_enc_FD.t().contiguous()
     with torch.no_grad():
-        if batch:
-            _update_threshold_(sae, score_N, keep_N)
+        sae.sparse_selected_(score_N, keep_N)
         pos_N = keep_N.to(W_enc.dtype)
         fired_F = (sae.b_enc.new_zeros(F_ + 1).index_add_(0, p.cols_N, pos_N) > 0)[:F_]
         l0 = pos_N.sum() / B
-        fvu = mse * B / (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
     grads = {"W_enc": gW_enc, "b_enc": gb_enc, "W_dec": gW_dec, "b_dec": gb_dec}
-    out = StepOutput(
-        loss.detach(),
-        mse.detach(),
-        fired_F,
-        l0.float(),
-        fvu.detach(),
-        None if auxk is None else auxk.detach(),
-        inexact,
-    )
+    out = TrainOutput(loss.detach(), x_hat_BD.detach(), fired_F, l0.float(),
+                      fvu(x_BD, x_hat_BD, mse), losses, inexact)  # fmt: skip
     return LossAndGrads(out, grads, idx_BK, keep_N)
 
 
 class FastTrainStep:
-    """`step(x_BD, dead_mask_F=None) -> StepOutput`: one TopK/BatchTopK training step (sparse
-    gradients, `grad_hook`, decoder hooks, global-norm clip, `opt.step()`), on CUDA captured in
-    a CUDA graph.
+    """`step(x_BD, dead_mask_F=None) -> TrainOutput`: one training step (sparse gradients, then
+    `training.step.optimizer_step_`: `grad_hook`, decoder hooks, global-norm clip,
+    `opt.step()`), on CUDA captured in a CUDA graph; the call of `training.step.AutogradStep`.
 
     Graph use: per input signature (x shape/dtype, dead mask given or not) the first `warmup`
     calls run eagerly on a side stream (real steps: they also compile kernels and create the
@@ -430,7 +387,7 @@ class FastTrainStep:
         # signature -> (graph, static inputs, outputs)
         self._graphs: dict = {}
 
-    def _body(self, x_BD: Tensor, dead_mask_F: Tensor | None) -> StepOutput:
+    def _body(self, x_BD: Tensor, dead_mask_F: Tensor | None) -> TrainOutput:
         res = sparse_loss_and_grads(
             self.sae, x_BD, dead_mask_F=dead_mask_F, compute_dtype=self.compute_dtype,
             select=self.select, aux_candidates=self.aux_candidates, backward=self.backward,
@@ -439,16 +396,24 @@ class FastTrainStep:
             self.inexact_rows_total += res.out.inexact_rows
         for name, q in self.params.items():
             q.grad = res.grads[name]
-        if self.grad_hook is not None:
-            self.grad_hook()
-        self.sae.before_optimizer_step_()
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params.values(), self.grad_clip)
-        self.opt.step()
-        self.sae.after_optimizer_step_()
+        optimizer_step_(self.sae, self.opt, self.params.values(), grad_clip=self.grad_clip,
+                        grad_hook=self.grad_hook)  # fmt: skip
         return res.out
 
-    def __call__(self, x_BD: Tensor, dead_mask_F: Tensor | None = None) -> StepOutput:
+    def __call__(
+        self,
+        x_BD: Tensor,
+        dead_mask_F: Tensor | None = None,
+        *,
+        sparsity_scale: float = 1.0,
+        target_BD: Tensor | None = None,
+    ) -> TrainOutput:
+        """As `training.step.AutogradStep`; `sparsity_scale` has no term to scale here (the
+        architectures the fast step covers have no sparsity penalty) and a target other than
+        the input is not supported (fast_step_supports declines transcoders)."""
+        if target_BD is not None:
+            raise ValueError("FastTrainStep: target_BD is not supported (transcoders train "
+                             "with training.step.AutogradStep)")
         if not self.use_graph:
             return self._body(x_BD, dead_mask_F)
         key = (tuple(x_BD.shape), x_BD.dtype, dead_mask_F is None)

@@ -73,7 +73,6 @@ Shapes: B batch, D width, F latents.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
 import logging
 import math
@@ -81,7 +80,6 @@ import queue
 import random
 import shutil
 import threading
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +104,7 @@ from saelens_lite.training.config import TrainConfig, width_rule_lr
 from saelens_lite.training.curves import refresh_training_curves
 from saelens_lite.training.data import DataSource, open_source
 from saelens_lite.training.logging import RunLogger
+from saelens_lite.training.step import AutogradStep
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +192,8 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
 
 def build_sae(config: TrainConfig, d_in: int, hook: str = ""):
     """An untrained SAE of the configured architecture for inputs of width ``d_in``."""
-    from saelens_lite.saes import SAE, SAEConfig
+    from saelens_lite.saes import SAE
+    from saelens_lite.saes.config import config_class
 
     d_sae = config.d_sae(d_in)
     if config.k > d_sae:
@@ -201,25 +201,16 @@ def build_sae(config: TrainConfig, d_in: int, hook: str = ""):
                          f"(hook {hook!r} has width {d_in})")
     if "d_in" in config.sae_options and config.sae_options["d_in"] != d_in:
         raise ValueError(f"sae_options.d_in={config.sae_options['d_in']}: hook {hook!r} has width {d_in}")
-    names = {f.name for f in dataclasses.fields(SAEConfig)}
-    unknown = sorted(set(config.sae_options) - names)
-    if unknown:
-        raise ValueError(f"sae_options={config.sae_options!r}: unknown SAEConfig fields {unknown}; "
-                         f"known: {sorted(names)}")
+    config.check_sae_options()
+    cls = config_class(config.architecture)
     kwargs = {"architecture": config.architecture, "d_in": d_in, "d_sae": d_sae, "k": config.k,
               "b_dec_init": config.b_dec_init, "hook_name": hook, "model_name": config.model or ""}
     if config.target_hook:  # a transcoder (training.targets)
         kwargs.update(target_hook=config.target_hook, skip=config.skip)
-    if config.sparsity_coeff is not None:
-        # Each architecture reads the one coefficient that applies to it (relu: l1, jumprelu:
-        # l0) and ignores the others, so setting all of them is safe.
-        kwargs.update({n: config.sparsity_coeff for n in SPARSITY_FIELDS if n in names})
+    if config.sparsity_coeff is not None and cls.sparsity_field is not None:
+        kwargs[cls.sparsity_field] = config.sparsity_coeff  # relu: l1_coeff, jumprelu: l0_coeff
     kwargs.update(config.sae_options)
-    return SAE.from_config(SAEConfig(**kwargs))
-
-
-# SAEConfig's sparsity coefficients; ``TrainConfig.sparsity_coeff`` sets whichever exist.
-SPARSITY_FIELDS = ("l1_coeff", "l0_coeff")
+    return SAE.from_config(cls(**kwargs))
 
 
 def normalization_scale(x_ND: torch.Tensor) -> float:
@@ -263,8 +254,9 @@ def make_adam(params, lr, betas, device: torch.device, *, capturable: bool = Fal
 
 
 class _HookState:
-    """Everything trained for one hook. ``fast``: the FastTrainStep that replaces the autograd
-    step (None: autograd). ``data_parallel``: ranks share this hook's batches, so gradients,
+    """Everything trained for one hook. ``step``: its training step (training.step), the
+    ``fast`` FastTrainStep where the config and architecture allow it (else None), or
+    AutogradStep. ``data_parallel``: ranks share this hook's batches, so gradients,
     buffers, fired masks and metrics are reduced over them (False in one process and for
     distributed hooks, where this rank alone trains the hook on whole batches)."""
 
@@ -291,8 +283,13 @@ class _HookState:
             self.fast = FastTrainStep(self.sae, self.opt, compute_dtype=amp, cuda_graph=graph,
                                       grad_clip=config.grad_clip, grad_hook=hook,
                                       select=config.topk_select)
+            self.step = self.fast
         else:
             self.opt = make_adam(_param_groups(self.sae), self.base_lr, betas, device)
+            # data parallel: the mean over ranks is the gradient of the global batch
+            hook = (lambda: distributed.all_reduce_grads_(self.sae.parameters())) if data_parallel else None
+            self.step = AutogradStep(self.sae, self.opt, grad_clip=config.grad_clip, grad_hook=hook,
+                                     autocast_dtype=amp)
         self.dead = DeadLatentTracker(self.sae.W_dec.shape[0], config.dead_window_tokens, device)
         self.scale = 1.0
         self.target_scale = 1.0  # a transcoder's target (training.targets); 1 for SAEs
@@ -428,7 +425,7 @@ def train(config: TrainConfig, data=None):
         for step in range(start, total):
             batch = next(batches)
             y = batch[config.target_hook][rows] if config.target_hook else None
-            records = [_train_step(h, st, batch[h][rows], step, config, device, amp, B, y)
+            records = [_train_step(h, st, batch[h][rows], step, config, device, B, y)
                        for h, st in states.items()]
             logger.step()
             done = step + 1
@@ -651,8 +648,7 @@ class _Prefetcher:
 
 
 def _train_step(hook: str, st: _HookState, x_BD: torch.Tensor, step: int, config: TrainConfig,
-                device: torch.device, amp: torch.dtype | None, global_batch: int,
-                y_BD: torch.Tensor | None = None):
+                device: torch.device, global_batch: int, y_BD: torch.Tensor | None = None):
     """One step on inputs ``x_BD``; ``y_BD``: a transcoder's targets (None: reconstruct x)."""
     sae = st.sae
     sae.train()
@@ -663,28 +659,11 @@ def _train_step(hook: str, st: _HookState, x_BD: torch.Tensor, step: int, config
         target["target_BD"] = y_BD.to(device, non_blocking=True).to(torch.float32) * st.target_scale
     lr = lr_at(step, config, st.base_lr)
     sp = sparsity_scale_at(step, config)
-    if st.fast is not None:
-        # TopK / BatchTopK have no sparsity penalty, so ``sp`` does not enter the step. No
-        # latent can be dead before the window has passed: no mask then (no AuxK selection).
-        st.set_lr(lr)
-        dead = st.dead.dead_mask() if step * global_batch > st.dead.window else None
-        out = st.fast(x_BD, dead)
-        _reduce_step(st, out)
-        st.dead.update(out.fired_F, global_batch)
-        return out, lr, sp
-    ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
-    with ctx:
-        out = sae.training_forward(x_BD, sparsity_scale=sp, dead_mask_F=st.dead.dead_mask(), **target)
-    st.opt.zero_grad(set_to_none=True)
-    out.loss.backward()
-    if st.data_parallel:  # mean over ranks = gradient of the global batch
-        distributed.all_reduce_grads_(sae.parameters())
-    sae.before_optimizer_step_()
-    if config.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
-    st.set_lr(lr)
-    st.opt.step()
-    sae.after_optimizer_step_()
+    st.set_lr(lr)  # in place for the fast step: a captured graph reads the tensor
+    dead = st.dead.dead_mask()
+    if st.fast is not None and step * global_batch <= st.dead.window:
+        dead = None  # no latent can be dead yet: no mask, so the fast step skips AuxK selection
+    out = st.step(x_BD, dead, sparsity_scale=sp, **target)
     _reduce_step(st, out)
     st.dead.update(out.fired_F, global_batch)
     return out, lr, sp
@@ -703,10 +682,8 @@ def _record(hook: str, r, st: _HookState, done: int, B: int) -> dict:
     of equal-sized slices, so loss, mse and l0 equal their global-batch values; fvu is the ranks'
     mean)."""
     out, lr, sp = r
-    losses = getattr(out, "losses", None)
-    if losses is None:  # a fast-step StepOutput
-        losses = {"mse": out.mse} if out.auxk is None else {"mse": out.mse, "auxk": out.auxk}
-    names = list(losses or {})
+    losses = out.losses
+    names = list(losses)
     vals = torch.stack([torch.as_tensor(v).detach().float().reshape(()).to(out.loss.device)
                         for v in [out.loss, out.l0, out.fvu, *(losses[n] for n in names)]])
     if st.data_parallel:

@@ -22,16 +22,45 @@ channels, F latent channels, H, W image height and width.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from saelens_lite.saes.base import SAE, TrainOutput, fvu
+from saelens_lite.saes.base import SAE, TrainOutput
+from saelens_lite.saes.config import SAEConfig, invalid
 from saelens_lite.saes.registry import register
+from saelens_lite.saes.terms import fvu
+
+
+@dataclass
+class ConvConfig(SAEConfig):
+    """ConvAE's config: the shared fields and the convolutions'."""
+
+    architecture: str = "conv"
+    """As SAEConfig.architecture."""
+    conv_kind: str = "1d"
+    """"1d" (causal convolutions over the token sequence, input (B, S, D)) or "2d" (images,
+    input (B, 1, H, W) or flattened (B, H*W) with H = W = sqrt(d_in))."""
+    conv_channels: int = 32
+    """Channels of the hidden layer between input and latents (0: no hidden layer)."""
+    conv_kernel: int = 3
+    """Kernel size (odd)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.conv_kind not in ("1d", "2d"):
+            raise invalid("conv_kind", self.conv_kind, "'1d' or '2d'")
+        if not isinstance(self.conv_channels, int) or self.conv_channels < 0:
+            raise invalid("conv_channels", self.conv_channels, "an integer >= 0")
+        k = self.conv_kernel
+        if not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise invalid("conv_kernel", k, "an odd integer >= 1")
 
 
 @register("conv")
 class ConvAE(SAE):
+    config_class = ConvConfig
     unit_norm_decoder = False
     tokenwise = False
 

@@ -11,11 +11,33 @@ batch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from saelens_lite.saes.baselines.dense import DenseAE
+from saelens_lite.saes.config import SAEConfig, check_numbers, invalid
 from saelens_lite.saes.registry import register
+
+
+@dataclass
+class DenoisingConfig(SAEConfig):
+    """DenoisingAE's config: the shared fields and the corruption's."""
+
+    architecture: str = "denoising"
+    """As SAEConfig.architecture."""
+    noise_std: float = 0.2
+    """Std of the Gaussian noise added to each input coordinate, in the units the model sees
+    (the trainer scales inputs so E||x|| = sqrt(D): a coordinate's RMS is ~1)."""
+    mask_prob: float = 0.0
+    """Probability that an input coordinate is zeroed (masking noise, Vincent et al. 2008)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_numbers(self, ("noise_std",))
+        if not isinstance(self.mask_prob, (int, float)) or not 0.0 <= self.mask_prob < 1.0:
+            raise invalid("mask_prob", self.mask_prob, "a number in [0, 1)")
 
 
 def corrupt(x: Tensor, *, noise_std: float = 0.0, mask_prob: float = 0.0,
@@ -35,5 +57,7 @@ def corrupt(x: Tensor, *, noise_std: float = 0.0, mask_prob: float = 0.0,
 
 @register("denoising")
 class DenoisingAE(DenseAE):
+    config_class = DenoisingConfig
+
     def _input(self, x_BD: Tensor) -> Tensor:
         return corrupt(x_BD, noise_std=self.cfg.noise_std, mask_prob=self.cfg.mask_prob)

@@ -18,18 +18,35 @@ Shape legend: B batch, D d_in, F d_sae (latent dimensions), N samples.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from saelens_lite.saes.base import SAE, TrainOutput
+from saelens_lite.saes.config import SAEConfig, check_numbers
 from saelens_lite.saes.registry import register
+
+
+@dataclass
+class VAEConfig(SAEConfig):
+    """VAE's config: the shared fields and the KL weight."""
+
+    architecture: str = "vae"
+    """As SAEConfig.architecture."""
+    vae_beta: float = 1.0
+    """Weight of the KL term (beta-VAE, Higgins et al. 2017); 1 gives the ELBO."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_numbers(self, ("vae_beta",))
 
 _LOG_2PI = math.log(2 * math.pi)
 
 
 @register("vae")
 class VAE(SAE):
+    config_class = VAEConfig
     unit_norm_decoder = False
 
     def __init__(self, cfg):

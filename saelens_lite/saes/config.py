@@ -1,0 +1,222 @@
+"""SAE configs: `SAEConfig`, the fields every architecture shares, and one subclass per
+architecture beside its class (TopKConfig in saes/topk.py, ...), each registered as the SAE
+class's `config_class` (see saes/registry.py). `cfg.json` is the flat `to_dict()`.
+
+`SAEConfig(architecture=..., **fields)` builds the architecture's own config class, so code
+written when one SAEConfig held every architecture's fields keeps working: fields of other
+architectures are validated by their owner and then ignored (as they always were). A config
+class called directly (`TopKConfig(...)`) and `TrainConfig.sae_options` accept only their own
+fields. `SAEConfig.from_dict` reads every cfg.json written before the split (see there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from saelens_lite.saes.registry import REGISTRY, architectures
+
+FORMAT_VERSION = 1
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+B_DEC_INITS = ("geometric_median", "mean", "zeros")
+
+
+def invalid(field: str, value, allowed: str) -> ValueError:
+    """The error of a config field: its name, the bad value and what is allowed."""
+    return ValueError(f"SAEConfig.{field}={value!r} is invalid; allowed: {allowed}")
+
+
+def check_numbers(cfg, names: tuple[str, ...], *, positive: bool = False) -> None:
+    """Each field is a finite number, >= 0 (> 0 with `positive`)."""
+    for name in names:
+        v = getattr(cfg, name)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(v)
+        if not (ok and (v > 0 if positive else v >= 0)):
+            raise invalid(name, v, f"a finite number {'>' if positive else '>='} 0")
+
+
+def check_bools(cfg, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not isinstance(getattr(cfg, name), bool):
+            raise invalid(name, getattr(cfg, name), "True or False")
+
+
+def config_class(architecture: str) -> type[SAEConfig]:
+    """The config class registered with an architecture's SAE class."""
+    if architecture not in REGISTRY:
+        raise invalid("architecture", architecture, str(architectures()))
+    return REGISTRY[architecture].config_class
+
+
+def field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def field_owners() -> dict[str, list[str]]:
+    """Every registered config field -> the architectures whose config has it."""
+    owners: dict[str, list[str]] = {}
+    for name in architectures():
+        for f in field_names(config_class(name)):
+            owners.setdefault(f, []).append(name)
+    return owners
+
+
+def foreign_fields(architecture: str, names) -> dict[str, list[str]]:
+    """The names that are not fields of `architecture`'s config -> the architectures that have
+    them ([] for a field no architecture has)."""
+    own, owners = field_names(config_class(architecture)), field_owners()
+    return {n: owners.get(n, []) for n in sorted(set(names) - own)}
+
+
+class _ConfigType(type):
+    """Metaclass of the configs. `SAEConfig(architecture=a, ...)` builds a's config class;
+    `SAEConfig.<field>` also reads the default of a field declared by one architecture's
+    config (as when SAEConfig held them all)."""
+
+    def __call__(cls, *args, **kwargs):
+        if args:
+            raise TypeError(f"{cls.__name__} takes keyword arguments only")
+        if cls is SAEConfig:
+            target = config_class(kwargs.get("architecture", SAEConfig.architecture))
+            kwargs.setdefault("architecture", SAEConfig.architecture)
+            foreign = foreign_fields(kwargs["architecture"], kwargs)
+            for owner_arch in sorted({o[0] for o in foreign.values() if o}):
+                owner = config_class(owner_arch)  # validates its fields' values
+                mine = {k: v for k, v in kwargs.items() if k in foreign and k in field_names(owner)}
+                type.__call__(owner, architecture=owner_arch, k=1, **mine)
+            kwargs = {k: v for k, v in kwargs.items() if k not in foreign or not foreign[k]}
+            if target is not SAEConfig:
+                return target(**kwargs)
+        unknown = foreign_fields(kwargs.get("architecture", cls.architecture), kwargs)
+        if unknown:
+            name, owners = next(iter(unknown.items()))
+            raise ValueError(
+                f"SAEConfig.{name}={kwargs[name]!r} is invalid for architecture "
+                f"{kwargs.get('architecture', cls.architecture)!r}"
+                + (f" (a field of {owners})" if owners else " (no architecture has it)")
+                + f"; allowed: {sorted(field_names(cls))}"
+            )
+        return type.__call__(cls, **kwargs)
+
+    def __getattr__(cls, name: str):
+        if cls is globals().get("SAEConfig") and not name.startswith("_"):
+            for arch in architectures():
+                owner = config_class(arch)
+                if name in owner.__dict__.get("__dataclass_fields__", {}):
+                    return getattr(owner, name)
+        raise AttributeError(f"type object {cls.__name__!r} has no attribute {name!r}")
+
+
+@dataclass
+class SAEConfig(metaclass=_ConfigType):
+    """The fields every architecture shares; each architecture's config subclasses it."""
+
+    sparsity_field: ClassVar[str | None] = None
+    """The field TrainConfig.sparsity_coeff sets (relu: l1_coeff, jumprelu: l0_coeff)."""
+    legacy_defaults: ClassVar[dict] = {}
+    """Values of fields missing from a saved cfg.json that predates them, where those differ
+    from today's defaults (batchtopk: relative_threshold=False)."""
+
+    architecture: str = "topk"
+    """Registered architecture name (see saelens_lite.saes.REGISTRY)."""
+    d_in: int = 768
+    """Model width D: size of the activations the SAE reads."""
+    d_sae: int = 24576
+    """Number of latents F."""
+    k: int = 32
+    """Active latents per token for topk (exact) and batchtopk (on average over the batch);
+    the target L0 of jumprelu."""
+    b_dec_init: str = "geometric_median"
+    """How init_from_data_ sets b_dec: geometric_median (Weiszfeld), mean or zeros."""
+    hook_name: str = ""
+    """Hook point the SAE was trained on (informational); a transcoder's input."""
+    target_hook: str = ""
+    """Empty: an SAE (it reconstructs its input). Set: a transcoder, which reads hook_name and
+    reconstructs the activations at this hook (Dunefsky et al. 2024, "Transcoders find
+    interpretable LLM feature circuits"); its encoder does not subtract b_dec, which lives in
+    the target space. Only for the sparse architectures."""
+    skip: bool = False
+    """Transcoders only: a learned linear skip connection, x_hat = decode(acts) + x @ W_skip with
+    W_skip (D, D) initialised to zero (Paulo et al. 2025, "Transcoders beat sparse autoencoders
+    for interpretability")."""
+    model_name: str = ""
+    """Model the activations came from (informational)."""
+    dtype: str = "float32"
+    """Parameter dtype: float32, float64, bfloat16 or float16."""
+    format_version: int = FORMAT_VERSION
+    """Version of the saved folder format (cfg.json + sae.safetensors)."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in REGISTRY:
+            raise invalid("architecture", self.architecture, str(architectures()))
+        if config_class(self.architecture) is not type(self):
+            mine = [a for a in architectures() if config_class(a) is type(self)]
+            raise invalid("architecture", self.architecture, f"{mine} for {type(self).__name__}")
+        for name in ("d_in", "d_sae"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise invalid(name, v, "an integer >= 1")
+        if (
+            not isinstance(self.k, int)
+            or self.k < 1
+            or (REGISTRY[self.architecture].uses_k and self.k > self.d_sae)
+        ):
+            raise invalid("k", self.k, f"an integer in [1, d_sae={self.d_sae}]")
+        if not isinstance(self.target_hook, str):
+            raise invalid("target_hook", self.target_hook, "a hook name, or '' for an SAE")
+        if not isinstance(self.skip, bool) or (self.skip and not self.target_hook):
+            raise invalid("skip", self.skip, "True or False; True only with target_hook set")
+        if self.b_dec_init not in B_DEC_INITS:
+            raise invalid("b_dec_init", self.b_dec_init, str(list(B_DEC_INITS)))
+        if self.dtype not in DTYPES:
+            raise invalid("dtype", self.dtype, str(list(DTYPES)))
+        if (
+            not isinstance(self.format_version, int)
+            or not 1 <= self.format_version <= FORMAT_VERSION
+        ):
+            raise invalid(
+                "format_version", self.format_version, f"an integer in [1, {FORMAT_VERSION}]"
+            )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def to_dict(self) -> dict:
+        """The flat dict saved as cfg.json: this architecture's fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SAEConfig:
+        """The config of a saved cfg.json, including those written when one SAEConfig held
+        every architecture's fields: a field of other architectures is dropped when it holds
+        its default (or is a `sparsity_field`, which the trainer then set on every
+        architecture), else it is an error naming it. Fields the cfg.json predates take
+        `legacy_defaults`."""
+        arch = d.get("architecture", SAEConfig.architecture)
+        target = config_class(arch)
+        owners = foreign_fields(arch, d)
+        unknown = sorted(n for n, o in owners.items() if not o)
+        if unknown:
+            raise ValueError(f"SAEConfig got unknown fields {unknown}; allowed: "
+                             f"{sorted(field_owners())}")  # fmt: skip
+        lenient = {config_class(a).sparsity_field for a in architectures()}
+        for name, archs in owners.items():
+            default = getattr(config_class(archs[0]), name)
+            if d[name] != default and name not in lenient:
+                raise ValueError(
+                    f"SAEConfig.{name}={d[name]!r} is invalid for architecture {arch!r}: a field "
+                    f"of {archs}; allowed: its default {default!r} (a cfg.json written when "
+                    "SAEConfig held every architecture's fields)"
+                )
+        own = {k: v for k, v in d.items() if k not in owners}
+        return target(**(target.legacy_defaults | own))
