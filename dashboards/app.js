@@ -255,6 +255,10 @@
       var side = el('div', { cls: 'side' });
       if (f.pos) {
         side.appendChild(el('h3', { text: 'Logit effects' }));
+        if (m.target_hook) {
+          side.appendChild(el('p', { cls: 'muted note', text: 'Through the decoder direction, written to ' +
+            m.target_hook + '; the activations are read at ' + m.hook + '.' }));
+        }
         side.appendChild(el('div', { cls: 'logit-pair' },
           tokenTable('Boosts', f.pos[0], f.pos[1], tok, 'pos'), tokenTable('Suppresses', f.neg[0], f.neg[1], tok, 'neg')));
       } else if (m.logits_note) {
@@ -575,7 +579,8 @@
       app().replaceChildren(el('p', { cls: 'error', text: 'Dashboard data not found (data/meta.js, data/index.js).' }));
       return;
     }
-    document.getElementById('subtitle').textContent = S.meta.model + ' · ' + S.meta.hook;
+    document.getElementById('subtitle').textContent = S.meta.model + ' · ' + S.meta.hook +
+      (S.meta.target_hook ? ' → ' + S.meta.target_hook + ' (transcoder)' : '');
     window.addEventListener('hashchange', route);
     // Arrow keys step through features (not while typing).
     document.addEventListener('keydown', function (e) {

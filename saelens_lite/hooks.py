@@ -4,6 +4,10 @@ Uniform names, per block ``i`` (B batch, S sequence, D model width):
 
 * ``blocks.{i}.hook_resid_pre``  (B,S,D): the residual stream entering block i (its input).
 * ``blocks.{i}.hook_attn_out``   (B,S,D): the attention sub-layer output.
+* ``blocks.{i}.hook_mlp_in``     (B,S,D): the MLP sub-layer input, after its norm (llama/qwen2/
+  mistral ``post_attention_layernorm``, gpt2 ``ln_2``, gpt_neox ``post_attention_layernorm``;
+  BERT: the input of ``intermediate``, i.e. the LayerNorm-ed attention block output). It is
+  what a transcoder reads (Dunefsky et al. 2024): ``mlp_out = MLP(mlp_in)``.
 * ``blocks.{i}.hook_mlp_out``    (B,S,D): the MLP sub-layer output.
 * ``blocks.{i}.hook_resid_post`` (B,S,D): block i's output (= resid_pre of block i+1).
 
@@ -17,6 +21,7 @@ Any module path from ``model.named_modules()`` is also a hook point (its output)
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import re
@@ -29,7 +34,8 @@ from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
-UNIFORM_SUFFIXES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
+UNIFORM_SUFFIXES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_in", "hook_mlp_out",
+                    "hook_resid_post")
 
 # Where the block list lives, for LM-head models and their base models.
 _BLOCK_LIST_PATHS = (
@@ -47,6 +53,9 @@ _BLOCK_LIST_PATHS = (
 # `attention` is a wrapper whose output already includes the residual and LayerNorm.
 _ATTN_PATHS = ("attention.output.dense", "self_attn", "attn", "attention", "self_attention")
 _MLP_PATHS = ("output.dense", "mlp", "feed_forward", "ffn")
+# The module whose *input* is the MLP's input, keyed by the mlp_out path found above; the MLP
+# is one module except in BERT, where it is ``intermediate`` (dense + act) then ``output.dense``.
+_MLP_IN_OF = {"output.dense": "intermediate"}
 
 
 @dataclass(frozen=True)
@@ -88,16 +97,22 @@ def _find_sub(block: nn.Module, candidates: Sequence[str]) -> str | None:
 
 
 def list_hook_points(model: nn.Module) -> list[HookPoint]:
-    """Uniform hook points in depth order: per block resid_pre, attn_out, mlp_out, resid_post."""
+    """Uniform hook points in depth order: per block resid_pre, attn_out, mlp_in, mlp_out,
+    resid_post."""
     prefix, blocks = _block_list(model)
     points = []
     for i, block in enumerate(blocks):
         path = f"{prefix}.{i}"
         points.append(HookPoint(f"blocks.{i}.hook_resid_pre", path, "pre", i))
-        for suffix, candidates in (("hook_attn_out", _ATTN_PATHS), ("hook_mlp_out", _MLP_PATHS)):
-            sub = _find_sub(block, candidates)
-            if sub is not None:
-                points.append(HookPoint(f"blocks.{i}.{suffix}", f"{path}.{sub}", "post", i))
+        attn = _find_sub(block, _ATTN_PATHS)
+        if attn is not None:
+            points.append(HookPoint(f"blocks.{i}.hook_attn_out", f"{path}.{attn}", "post", i))
+        mlp = _find_sub(block, _MLP_PATHS)
+        if mlp is not None:
+            mlp_in = _MLP_IN_OF.get(mlp, mlp)
+            if mlp_in in dict(block.named_modules()):
+                points.append(HookPoint(f"blocks.{i}.hook_mlp_in", f"{path}.{mlp_in}", "pre", i))
+            points.append(HookPoint(f"blocks.{i}.hook_mlp_out", f"{path}.{mlp}", "post", i))
         points.append(HookPoint(f"blocks.{i}.hook_resid_post", path, "post", i))
     return points
 
@@ -238,6 +253,50 @@ def splice(
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def splice_from(
+    model: nn.Module, source: HookPoint | str, hook: HookPoint | str,
+    fn: Callable[[Tensor, Tensor], Tensor],
+) -> Iterator[None]:
+    """Within the block, the activation at ``hook`` becomes ``fn(src, act)``: ``src`` the
+    activation at ``source`` in the same forward (which must fire before ``hook``), ``act``
+    the clean one at ``hook``. A transcoder from ``source`` to ``hook`` is spliced this way."""
+    p_src, p_out = _as_points(model, [source, hook])
+    modules = dict(model.named_modules())
+    seen: list[Tensor] = []
+
+    def output(act: Tensor) -> Tensor:
+        if not seen:
+            raise RuntimeError(f"splice_from: {p_out.name} fired before {p_src.name}; the source "
+                               "hook must come earlier in the forward")
+        return fn(seen.pop(), act)
+
+    handles = [_register(modules[p_src.module_path], p_src, seen.append),
+               _register(modules[p_out.module_path], p_out, output)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def replace_mlp(
+    model: nn.Module, layer: int, fn: Callable[[Tensor, Tensor], Tensor]
+) -> contextlib.AbstractContextManager:
+    """Within the block, block ``layer``'s MLP output becomes ``fn(mlp_in, mlp_out)``: the MLP
+    replaced by a function of its own input (a transcoder, Dunefsky et al. 2024). The MLP
+    itself still runs (``mlp_out`` is its clean output, for positions left unchanged); for
+    BERT the MLP spans two modules (``intermediate`` -> ``output.dense``)."""
+    return splice_from(model, f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out", fn)
+
+
+def is_mlp_pair(source: str, hook: str) -> bool:
+    """Whether ``source -> hook`` is one block's MLP input -> output (a transcoder that
+    replaces the MLP)."""
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_mlp_in", source)
+    return m is not None and hook == f"blocks.{m.group(1)}.hook_mlp_out"
 
 
 def warn_if_other_hook(sae, hook: str, use: str = "read") -> None:

@@ -27,6 +27,7 @@ def test_hooks_lists_uniform_names_with_widths(capsys):
     assert main(["hooks", "--model", "tiny-gpt2"]) == 0
     out = capsys.readouterr().out
     assert "blocks.0.hook_resid_pre" in out and "blocks.3.hook_mlp_out" in out
+    assert "blocks.3.hook_mlp_in" in out and "pre  transformer.h.3.mlp" in out
 
 
 def test_harvest_then_info(tmp_path, capsys):

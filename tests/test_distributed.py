@@ -118,6 +118,9 @@ def two_rank_runs(tmp_path_factory):
         {"config": train_config(tmp / f"ddp_{a}", a, **PER_RANK_ARCHS.get(a, {})), "data": str(tmp / "x.npy")}
         for a in (*ARCHS, *PER_RANK_ARCHS)
     ]
+    np.save(tmp / "y.npy", transcoder_target(x_ND).numpy())
+    jobs.append({"config": train_config(tmp / "ddp_transcoder", "topk", **TRANSCODER),
+                 "data": {"x": str(tmp / "x.npy"), "y": str(tmp / "y.npy")}})
     (tmp / "jobs.json").write_text(json.dumps(jobs))
     torchrun("_dist_train.py", str(tmp / "jobs.json"))
     return tmp, x_ND
@@ -143,6 +146,34 @@ def test_two_rank_training_equals_one_process_on_the_same_global_batches(two_ran
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (arch, a["step"], key)
 
 
+# A transcoder x -> y with a skip connection; its zero-init decoder leaves latents dead early,
+# so AuxK (with its per-rank normaliser) is in the loss: the oracle is `per_rank_slices`.
+TRANSCODER = dict(hooks=["x"], target_hook="y", skip=True, dead_window_tokens=128)
+
+
+def transcoder_target(x_ND: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.relu(x_ND - 3.0) @ torch.randn(D, D, generator=g) + 0.5
+
+
+def test_two_rank_transcoder_equals_one_process_running_each_ranks_slice(two_rank_runs, monkeypatch):
+    tmp, x_ND = two_rank_runs
+    data = {"x": x_ND, "y": transcoder_target(x_ND)}
+    with monkeypatch.context() as m:
+        per_rank_slices(m, REGISTRY["topk"])
+        train(TrainConfig(**train_config(tmp / "sliced_transcoder", "topk", **TRANSCODER)), data)
+    ddp, sliced = weights(tmp / "ddp_transcoder", "x"), weights(tmp / "sliced_transcoder", "x")
+    assert "W_skip" in sliced
+    for name, w in sliced.items():
+        torch.testing.assert_close(ddp[name], w, rtol=1e-4, atol=1e-5, msg=f"transcoder {name}")
+    m_ddp, m_sliced = metrics(tmp / "ddp_transcoder"), metrics(tmp / "sliced_transcoder")
+    assert [r["step"] for r in m_ddp] == [r["step"] for r in m_sliced]
+    for a, b in zip(m_ddp, m_sliced):
+        for key in ("loss", "mse", "auxk", "fvu", "l0", "dead_fraction"):
+            assert a.get(key) == pytest.approx(b.get(key), rel=1e-4, abs=1e-6), (a["step"], key)
+    assert max(r.get("auxk", 0) for r in m_ddp) > 0
+
+
 def per_rank_slices(monkeypatch, sae_cls: type[SAE], world: int = WORLD) -> None:
     """Make one process train ``sae_cls`` as ``world`` data-parallel ranks do: the forward runs
     on each rank's contiguous slice of the batch (distributed.rank_slice) from the same state;
@@ -151,15 +182,16 @@ def per_rank_slices(monkeypatch, sae_cls: type[SAE], world: int = WORLD) -> None
     masks OR-ed, the logged terms averaged as the trainer's _record does."""
     real = sae_cls.training_forward
 
-    def forward(self, x_BD, **kw):
+    def forward(self, x_BD, *, target_BD=None, **kw):
         start = {n: b.clone() for n, b in self.named_buffers() if b.is_floating_point()}
         outs, ends = [], []
-        for x_rows in x_BD.chunk(world):
+        targets = target_BD.chunk(world) if target_BD is not None else [None] * world
+        for x_rows, y_rows in zip(x_BD.chunk(world), targets):
             with torch.no_grad():
                 for n, b in self.named_buffers():
                     if n in start:
                         b.copy_(start[n])
-            outs.append(real(self, x_rows, **kw))
+            outs.append(real(self, x_rows, target_BD=y_rows, **kw))
             ends.append({n: b.clone() for n, b in self.named_buffers() if n in start})
         with torch.no_grad():
             for n, b in self.named_buffers():

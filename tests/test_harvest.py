@@ -72,6 +72,19 @@ def test_harvest_rows_equal_plain_forward_hidden_states(tmp_path, corpus):
         np.testing.assert_allclose(acts2[rows], hs[3][0, pos].numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_mlp_in_and_mlp_out_harvested_in_one_forward_are_an_mlp_input_output_pair(tmp_path, corpus):
+    lm = load_model("tiny-gpt2")
+    hooks = ["blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]
+    cfg = HarvestConfig(model="tiny-gpt2", hooks=hooks, dataset=corpus, context_size=16, tokens=90,
+                        batch_size=3, device="cpu")
+    cache = harvest(cfg, tmp_path / "c", model=lm, progress=False)
+    x = torch.from_numpy(np.asarray(cache.activations(hooks[0])[:]))
+    y = torch.from_numpy(np.asarray(cache.activations(hooks[1])[:]))
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model.transformer.h[1].mlp(x), y, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(x, torch.from_numpy(np.asarray(cache.activations(hooks[2])[:])))
+
+
 def test_exclude_none_keeps_bos_and_exact_token_count(tmp_path, corpus):
     cfg = HarvestConfig(model="tiny-gpt2", hooks=["blocks.1.hook_resid_post"], dataset=corpus, context_size=16,
                         tokens=101, batch_size=3, exclude="none", device="cpu")

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import transformers
@@ -7,9 +9,12 @@ from saelens_lite.hooks import (
     UnknownHookError,
     capture,
     hook_widths,
+    is_mlp_pair,
     list_hook_points,
+    replace_mlp,
     resolve_hooks,
     splice,
+    splice_from,
 )
 from saelens_lite.models import load_model
 
@@ -21,6 +26,14 @@ SUBLAYERS = {
     "gpt2": ("transformer.h.0.attn", "transformer.h.0.mlp"),
     "gpt_neox": ("gpt_neox.layers.0.attention", "gpt_neox.layers.0.mlp"),
     "bert": ("encoder.layer.0.attention.output.dense", "encoder.layer.0.output.dense"),
+}
+
+# the module whose input is block 0's MLP input
+MLP_IN = {
+    "llama": "model.layers.0.mlp",
+    "gpt2": "transformer.h.0.mlp",
+    "gpt_neox": "gpt_neox.layers.0.mlp",
+    "bert": "encoder.layer.0.intermediate",
 }
 
 
@@ -57,12 +70,14 @@ def test_uniform_hook_names_are_listed_in_depth_order_with_widths(family):
     points = list_hook_points(model)
     assert [p.name for p in points] == [
         f"blocks.{i}.{s}" for i in range(N_LAYERS) for s in
-        ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
+        ("hook_resid_pre", "hook_attn_out", "hook_mlp_in", "hook_mlp_out", "hook_resid_post")
     ]
     assert {s for s in UNIFORM_SUFFIXES} == {p.name.split(".")[-1] for p in points}
     by_name = {p.name: p for p in points}
     assert (by_name["blocks.0.hook_attn_out"].module_path,
             by_name["blocks.0.hook_mlp_out"].module_path) == SUBLAYERS[family]
+    assert by_name["blocks.0.hook_mlp_in"].module_path == MLP_IN[family]
+    assert by_name["blocks.0.hook_mlp_in"].kind == "pre"
     assert by_name["blocks.2.hook_resid_pre"].kind == "pre"
     assert by_name["blocks.2.hook_resid_post"].layer == 2
     assert set(hook_widths(model, points).values()) == {D}
@@ -132,6 +147,88 @@ def test_early_stop_skips_later_blocks(tiny_llama):
     assert early.keys() == full.keys()
     assert all(torch.equal(early[k], full[k]) for k in early)
     assert n_hooks(model) == 0
+
+
+def block_mlp(model, family, layer):
+    """Block ``layer``'s MLP as a function of its input, read from the HF modules directly."""
+    if family == "bert":
+        blk = model.encoder.layer[layer]
+        return lambda x: blk.output.dense(blk.intermediate(x))
+    return {"llama": lambda: model.model.layers[layer].mlp,
+            "gpt2": lambda: model.transformer.h[layer].mlp,
+            "gpt_neox": lambda: model.gpt_neox.layers[layer].mlp}[family]()
+
+
+def block_norm(model, family, layer):
+    """The norm that feeds block ``layer``'s MLP in the pre-LN families."""
+    return {"llama": lambda: model.model.layers[layer].post_attention_layernorm,
+            "gpt2": lambda: model.transformer.h[layer].ln_2,
+            "gpt_neox": lambda: model.gpt_neox.layers[layer].post_attention_layernorm}[family]()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mlp_in_fed_through_the_mlp_gives_mlp_out(family):
+    model, inputs = model_and_inputs(family)
+    names = ["blocks.2.hook_mlp_in", "blocks.2.hook_mlp_out", "blocks.1.hook_resid_post"]
+    acts = capture(model, inputs, names)
+    with torch.no_grad():
+        torch.testing.assert_close(block_mlp(model, family, 2)(acts["blocks.2.hook_mlp_in"]),
+                                   acts["blocks.2.hook_mlp_out"])
+        if family == "llama":  # sequential pre-LN: the norm of resid_pre + attn_out
+            r = capture(model, inputs, ["blocks.2.hook_resid_pre", "blocks.2.hook_attn_out"])
+            normed = block_norm(model, family, 2)(r["blocks.2.hook_resid_pre"] + r["blocks.2.hook_attn_out"])
+            torch.testing.assert_close(normed, acts["blocks.2.hook_mlp_in"])
+    assert not torch.allclose(acts["blocks.2.hook_mlp_in"], acts["blocks.1.hook_resid_post"])
+
+
+def test_mlp_in_alone_stops_before_the_mlp_runs(tiny_llama):
+    model = tiny_llama.model
+    inputs = dict(tiny_llama.tokenizer(["hello there"], return_tensors="pt"))
+    calls = []
+    handle = model.model.layers[1].mlp.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        acts = capture(model, inputs, ["blocks.1.hook_mlp_in"])
+    finally:
+        handle.remove()
+    assert calls == [] and acts["blocks.1.hook_mlp_in"].shape[-1] == D
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_replace_mlp_by_itself_keeps_logits_and_by_zero_equals_zeroing_mlp_out(family):
+    model, inputs = model_and_inputs(family)
+    mlp = block_mlp(copy.deepcopy(model), family, 1)  # a copy: the hooked modules would recurse
+    out = (lambda o: o.last_hidden_state) if family == "bert" else (lambda o: o.logits)
+    with torch.no_grad():
+        base = out(model(**inputs))
+        with replace_mlp(model, 1, lambda x, _clean: mlp(x)):
+            same = out(model(**inputs))
+        with replace_mlp(model, 1, lambda _x, clean: torch.zeros_like(clean)):
+            zeroed = out(model(**inputs))
+        with splice(model, "blocks.1.hook_mlp_out", torch.zeros_like):
+            zeroed_ref = out(model(**inputs))
+    torch.testing.assert_close(same, base)
+    assert not torch.allclose(zeroed, base)
+    torch.testing.assert_close(zeroed, zeroed_ref)
+    assert n_hooks(model) == n_hooks(model_and_inputs(family)[0])
+
+
+def test_splice_from_sees_the_source_activation_and_refuses_a_later_source(tiny_llama):
+    model = tiny_llama.model
+    inputs = dict(tiny_llama.tokenizer(["abc def"], return_tensors="pt"))
+    ref = capture(model, inputs, ["blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre"])
+    seen = []
+    with torch.no_grad(), splice_from(model, "blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre",
+                                      lambda src, act: seen.append((src, act)) or act):
+        model(**inputs)
+    torch.testing.assert_close(seen[0][0], ref["blocks.1.hook_resid_pre"])
+    torch.testing.assert_close(seen[0][1], ref["blocks.2.hook_resid_pre"])
+    with pytest.raises(RuntimeError, match="blocks.2.hook_mlp_out fired before blocks.3.hook_mlp_in"):
+        with torch.no_grad(), splice_from(model, "blocks.3.hook_mlp_in", "blocks.2.hook_mlp_out",
+                                          lambda src, act: act):
+            model(**inputs)
+    assert n_hooks(model) == 0
+    assert is_mlp_pair("blocks.9.hook_mlp_in", "blocks.9.hook_mlp_out")
+    assert not is_mlp_pair("blocks.9.hook_mlp_in", "blocks.10.hook_mlp_out")
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])

@@ -373,6 +373,11 @@ def test_bad_inputs_name_the_value_and_the_choices(tiny_llama):
     with pytest.raises(ValueError, match="two SAEs for hook"):
         with spliced(lm, [sae, make_sae()]):
             pass
+    tc = SAE.from_config(SAEConfig(architecture="topk", d_in=D, d_sae=F, k=8, hook_name="blocks.1.hook_mlp_in",
+                                   target_hook="blocks.1.hook_mlp_out"))
+    with pytest.raises(ValueError, match=r"is a transcoder \(blocks.1.hook_mlp_in -> blocks.1.hook_mlp_out\)"):
+        with spliced(lm, tc):
+            pass
     with pytest.raises(ValueError, match="record=True needs keep_error=True"):
         with spliced(lm, sae, keep_error=False, record=True):
             pass

@@ -70,6 +70,10 @@ def test_the_title_names_architecture_k_hooks_and_says_the_fvu_is_in_sample(run_
     (run_dir / "config.json").write_text(json.dumps({"architecture": "relu", "k": 7}))
     title = plot_training_curves(run_dir).get_suptitle()
     assert "relu SAE" in title and "k=" not in title  # relu does not read k (REGISTRY's uses_k)
+    (run_dir / "config.json").write_text(json.dumps({"architecture": "topk", "k": 7, "skip": True,
+                                                     "target_hook": "blocks.1.hook_mlp_out"}))
+    title = plot_training_curves(run_dir).get_suptitle()
+    assert "topk transcoder with skip, k=7" in title and "-> blocks.1.hook_mlp_out" in title
 
 
 def test_a_loss_not_positive_or_within_a_4x_range_is_drawn_on_a_linear_axis(run_dir):

@@ -291,6 +291,9 @@ def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | No
         meta = {"model": model.name, "family": model.family, "hook": resolve_hook(sae, cache, cfg.hook),
                 "architecture": sae.architecture, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
                 "k": getattr(sae.cfg, "k", None), "cache": cache.path.name,
+                # a transcoder: activations from its input hook (above), logit effects through
+                # its decoder, which writes the target hook (the MLP output) into the residual
+                "target_hook": getattr(sae.cfg, "target_hook", "") or None,
                 "context_size": cache.meta.get("context_size"),
                 "training_curves": copy_training_curves(training_curves, out) if training_curves else None}
         write_site(out, stats, table, cache, model.tokenizer, cfg, meta=meta, logits=logits,

@@ -1,6 +1,10 @@
 """Evaluate SAEs: reconstruction / sparsity metrics over an activation cache, the spliced-model
 loss (CE loss recovered, KL), and a ground-truth benchmark on synthetic superposition data.
 
+A transcoder (``sae.cfg.target_hook`` set, e.g. ``blocks.9.hook_mlp_in -> blocks.9.hook_mlp_out``)
+is scored on its target: FVU etc. of the MLP output from the input rows of the same tokens, and
+the spliced model has the MLP replaced by the transcoder (``splice``).
+
 ``evaluate(sae, cache)`` -> a flat dict of metrics (see ``metrics`` and ``splice`` for the exact
 definitions); ``format_summary(metrics)`` -> markdown; ``write_report`` -> JSON + markdown + PNG.
 """
@@ -13,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saelens_lite.evals.heldout import contexts_for_tokens, heldout_rows
+from saelens_lite.evals.heldout import contexts_for_tokens, heldout_rows, heldout_rows_of
 from saelens_lite.evals.metrics import ReconstructionStats, reconstruction_stats
 from saelens_lite.evals.report import density_histogram, format_summary, write_report
 from saelens_lite.evals.splice import (
@@ -22,7 +26,7 @@ from saelens_lite.evals.splice import (
     eval_contexts,
     heldout_contexts,
 )
-from saelens_lite.hooks import warn_if_other_hook
+from saelens_lite.hooks import is_mlp_pair, warn_if_other_hook
 from saelens_lite.tokens import DEFAULT_EXCLUDE, check_exclude, excluded_token_ids, keep_mask
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,27 @@ def _open_data(cache_or_path, hook: str | None, sae):
         return cache_or_path, hook or getattr(sae.cfg, "hook_name", "") or "activations", None
     raise TypeError(f"cache_or_path: expected an ActivationCache, a folder or an (N, D) array, "
                     f"got {type(cache_or_path).__name__}")
+
+
+def _target_data(sae, hook: str, cache):
+    """A transcoder's (target hook, its rows in the cache) or None for an SAE; both hooks of
+    the same cache, so row n of each is the same token."""
+    target = getattr(sae.cfg, "target_hook", "") or ""
+    if not target:
+        return None
+    if cache is None:
+        raise ValueError(f"transcoder {hook} -> {target}: evaluate it on an activation cache that holds "
+                         "both hooks (harvest --hooks with both), not on a bare array")
+    if target not in cache.hook_names:
+        raise ValueError(f"transcoder {hook} -> {target}: the cache {cache.path} lacks the target hook "
+                         f"{target!r} (it holds {cache.hook_names}); harvest both into one cache")
+    return target, cache.activations(target)
+
+
+def transcoder_label(hook: str, target: str) -> str:
+    """``transcoder A -> B (replaces the MLP)`` when A, B are one block's MLP input and output."""
+    how = "replaces the MLP" if is_mlp_pair(hook, target) else f"output spliced at {target}"
+    return f"transcoder {hook} -> {target} ({how})"
 
 
 def evaluate(
@@ -113,6 +138,7 @@ def evaluate(
     if data.shape[1] != sae.cfg.d_in:
         raise ValueError(f"hook {hook!r} has width {data.shape[1]} but the SAE reads d_in={sae.cfg.d_in}")
     warn_if_other_hook(sae, hook, "evaluated")
+    target = _target_data(sae, hook, cache)
     meta = cache.meta if cache is not None else {}
     model = model if model is not None else meta.get("model")
     lm = _load_lm(model, device) if model is not None and (downstream or heldout_tokens) else None
@@ -124,7 +150,7 @@ def evaluate(
         sae.eval()
     try:
         metrics, density = _all_metrics(
-            sae, data, hook, cache, lm, dataset=dataset, heldout_tokens=heldout_tokens, n_tokens=n_tokens,
+            sae, data, hook, cache, lm, target=target, dataset=dataset, heldout_tokens=heldout_tokens, n_tokens=n_tokens,
             in_sample=in_sample, batch_size=batch_size, downstream=downstream, ce_contexts=ce_contexts,
             context_size=context_size, model_batch_size=model_batch_size, exclude=exclude,
             thresholds={"dead_threshold": dead_threshold, "dense_threshold": dense_threshold},
@@ -143,12 +169,16 @@ def _load_lm(model, device):
     return model if isinstance(model, LoadedModel) else load_model(model, device=device)
 
 
-def _all_metrics(sae, data, hook, cache, lm, *, dataset, heldout_tokens, n_tokens, in_sample, batch_size,
+def _all_metrics(sae, data, hook, cache, lm, *, target, dataset, heldout_tokens, n_tokens, in_sample, batch_size,
                  downstream, ce_contexts, context_size, model_batch_size, exclude, thresholds, device,
                  progress) -> tuple[dict, np.ndarray | None]:
     metrics = {"architecture": getattr(sae, "architecture", "") or getattr(sae.cfg, "architecture", ""),
                "hook": hook, "d_in": int(sae.cfg.d_in), "d_sae": int(sae.cfg.d_sae),
                "k": getattr(sae.cfg, "k", None), "exclude": exclude}
+    t_hook, t_data = target if target is not None else (None, None)
+    if t_hook:
+        skip = " with a linear skip connection" if getattr(sae.cfg, "skip", False) else ""
+        metrics |= {"target_hook": t_hook, "transcoder": transcoder_label(hook, t_hook) + skip}
     ctx = None
     if lm is not None:
         n_ctx = max(ce_contexts if downstream else 0,
@@ -159,20 +189,22 @@ def _all_metrics(sae, data, hook, cache, lm, *, dataset, heldout_tokens, n_token
     if in_sample or ctx is None or not heldout_tokens:
         keep_N = _cache_keep(cache, lm, exclude, n_tokens)
         stats_in = reconstruction_stats(sae, data, n_tokens=n_tokens, keep_N=keep_N, batch_size=batch_size,
-                                        device=device, progress=progress, desc="eval: in-sample rows")
+                                        device=device, progress=progress, desc="eval: in-sample rows",
+                                        targets=t_data)
     stats_out = None
     if ctx is not None and heldout_tokens:
-        rows_ND = heldout_rows(lm, hook, ctx.contexts, n_tokens=heldout_tokens, exclude=exclude,
-                               batch_size=model_batch_size, progress=progress)
-        stats_out = reconstruction_stats(sae, rows_ND, batch_size=batch_size, device=device, progress=progress,
-                                         desc="eval: held-out rows")
+        rows = heldout_rows_of(lm, [hook] + ([t_hook] if t_hook else []), ctx.contexts, n_tokens=heldout_tokens,
+                               exclude=exclude, batch_size=model_batch_size, progress=progress)
+        stats_out = reconstruction_stats(sae, rows[hook], batch_size=batch_size, device=device, progress=progress,
+                                         desc="eval: held-out rows", targets=rows.get(t_hook))
     metrics |= _reconstruction_keys(stats_out, stats_in, ctx, cache, thresholds)
     metrics |= dict.fromkeys(("ce_loss_clean", "ce_loss_sae", "ce_loss_zero", "ce_loss_recovered",
                               "kl_div", "kl_div_score"))
     if downstream and ctx is not None:
         mean_D = (stats_in or stats_out).every.mean_D
-        out = downstream_metrics(sae, lm, hook, ctx.contexts[:ce_contexts], batch_size=model_batch_size,
-                                 exclude=exclude, mean_D=mean_D, progress=progress)
+        out = downstream_metrics(sae, lm, t_hook or hook, ctx.contexts[:ce_contexts], batch_size=model_batch_size,
+                                 exclude=exclude, mean_D=mean_D, source_hook=hook if t_hook else None,
+                                 progress=progress)
         metrics |= out | {"downstream_source": ctx.describe(ce_contexts),
                           "mean_ablation_source": "in-sample rows" if stats_in is not None else "held-out rows"}
     density_stats = stats_in or stats_out

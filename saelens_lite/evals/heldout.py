@@ -25,16 +25,25 @@ def contexts_for_tokens(n_tokens: int, context_size: int) -> int:
     return int(np.ceil(1.1 * n_tokens / max(context_size - 1, 1))) + 1
 
 
-@torch.no_grad()
 def heldout_rows(lm, hook: str, contexts: list[np.ndarray], *, n_tokens: int | None = None,
                  exclude: str = DEFAULT_EXCLUDE, batch_size: int = 8, progress: bool = True) -> Tensor:
     """(N, D) float32 activations of ``hook`` over ``contexts`` at the kept positions, in
     (context, position) order, the first ``n_tokens`` of them (None: all)."""
+    return heldout_rows_of(lm, [hook], contexts, n_tokens=n_tokens, exclude=exclude,
+                           batch_size=batch_size, progress=progress)[hook]
+
+
+@torch.no_grad()
+def heldout_rows_of(lm, hooks: list[str], contexts: list[np.ndarray], *, n_tokens: int | None = None,
+                    exclude: str = DEFAULT_EXCLUDE, batch_size: int = 8,
+                    progress: bool = True) -> dict[str, Tensor]:
+    """:func:`heldout_rows` for several hooks captured in the same forwards: {hook: (N, D)},
+    row n of every hook from the same token (a transcoder's input and target)."""
     from tqdm.auto import tqdm
 
-    (point,) = resolve_hooks(lm.model, [hook])
+    points = resolve_hooks(lm.model, hooks)
     excluded = excluded_token_ids(lm.tokenizer, exclude)
-    rows: list[Tensor] = []
+    rows: dict[str, list[Tensor]] = {h: [] for h in hooks}
     n = 0
     bar = tqdm(total=n_tokens, unit="tok", unit_scale=True, desc="eval: held-out activations",
                disable=not progress, dynamic_ncols=True)
@@ -42,14 +51,16 @@ def heldout_rows(lm, hook: str, contexts: list[np.ndarray], *, n_tokens: int | N
         if n_tokens is not None and n >= n_tokens:
             break
         ids_BS = torch.as_tensor(np.stack(contexts[i:i + batch_size]), dtype=torch.long)
-        act_BSD = capture(lm.model, {"input_ids": ids_BS}, [point])[hook]
-        kept_ND = act_BSD[keep_mask(ids_BS.to(act_BSD.device), excluded)].float().cpu()
-        rows.append(kept_ND)
-        n += kept_ND.shape[0]
-        bar.update(kept_ND.shape[0] if n_tokens is None else min(kept_ND.shape[0], n_tokens - bar.n))
+        acts = capture(lm.model, {"input_ids": ids_BS}, points)
+        for h in hooks:
+            act_BSD = acts[h]
+            rows[h].append(act_BSD[keep_mask(ids_BS.to(act_BSD.device), excluded)].float().cpu())
+        kept = rows[hooks[0]][-1].shape[0]
+        n += kept
+        bar.update(kept if n_tokens is None else min(kept, n_tokens - bar.n))
     bar.close()
-    out = torch.cat(rows) if rows else torch.zeros(0, 0)
-    return out if n_tokens is None else out[:n_tokens]
+    out = {h: torch.cat(r) if r else torch.zeros(0, 0) for h, r in rows.items()}
+    return out if n_tokens is None else {h: x[:n_tokens] for h, x in out.items()}
 
 
-__all__ = ["heldout_rows", "contexts_for_tokens"]
+__all__ = ["heldout_rows", "heldout_rows_of", "contexts_for_tokens"]

@@ -27,6 +27,10 @@ means are over all N tokens, i.e. token-weighted across batches, as SAEBench cor
 * feature density p_f = #{n : acts_nf != 0} / N; ``dead_fraction`` = mean_f [p_f <= dead_threshold]
   (default 0: never fired on the evaluated tokens), ``dense_fraction`` = mean_f [p_f > dense_threshold]
   (default 0.1, the "dense latent" cut used by SAEBench / Anthropic's feature-density plots).
+
+Transcoders (``targets`` given): ``x`` in every definition above is the *target* y (the MLP
+output), ``x_hat`` the transcoder's output ``sae(x_in)`` from the input rows, so ``fvu`` is the
+fraction of the MLP output's variance the transcoder misses (Dunefsky et al. 2024).
 """
 
 from __future__ import annotations
@@ -169,28 +173,38 @@ def iter_rows(data, n_tokens: int | None, batch_size: int):
 @torch.no_grad()
 def reconstruction_stats(sae, data, *, n_tokens: int | None = None, batch_size: int = 1024,
                          keep_N: np.ndarray | None = None, device: str | torch.device = "cpu",
-                         progress: bool = True, desc: str = "eval: reconstruction") -> ReconstructionStats:
+                         progress: bool = True, desc: str = "eval: reconstruction",
+                         targets=None) -> ReconstructionStats:
     """Stream the first ``n_tokens`` rows of ``data`` (N, D) through ``sae`` (anything with
     ``encode``/``decode``); with ``keep_N`` (bool, one per row) only the rows where it is True
-    count (the token rule of ``saelens_lite.tokens`` applied to a cache's token ids)."""
+    count (the token rule of ``saelens_lite.tokens`` applied to a cache's token ids). With
+    ``targets`` (N, D), rows of the same tokens, ``sae`` is a transcoder scored on them."""
     from tqdm.auto import tqdm
 
     N = len(data) if n_tokens is None else min(int(n_tokens), len(data))
-    d_in = data.shape[1]
+    if targets is not None and len(targets) < N:
+        raise ValueError(f"targets: {len(targets)} rows for {N} input rows; they must be the same tokens")
+    d_in = data.shape[1] if targets is None else targets.shape[1]
     d_sae = int(sae.cfg.d_sae)
     stats = ReconstructionStats(d_in, d_sae)
     bar = tqdm(total=N, unit="tok", unit_scale=True, desc=desc, disable=not progress, dynamic_ncols=True)
+    y_rows = iter_rows(targets, N, batch_size) if targets is not None else None
     try:
         start = 0
         for x_BD in iter_rows(data, N, batch_size):
             B = x_BD.shape[0]
+            y_BD = next(y_rows) if y_rows is not None else None
             if keep_N is not None:
-                x_BD = x_BD[torch.as_tensor(np.asarray(keep_N[start:start + B], dtype=bool))]
+                keep_B = torch.as_tensor(np.asarray(keep_N[start:start + B], dtype=bool))
+                x_BD = x_BD[keep_B]
+                y_BD = y_BD[keep_B] if y_BD is not None else None
             start += B
             x_BD = x_BD.to(device)
             acts_BF = sae.encode(x_BD)
-            x_hat_BD = sae.decode(acts_BF)
-            stats.update(x_BD, x_hat_BD, acts_BF)
+            if y_BD is None:
+                stats.update(x_BD, sae.decode(acts_BF), acts_BF)
+            else:  # the forward holds a transcoder's skip connection
+                stats.update(y_BD.to(device), sae(x_BD), acts_BF)
             bar.update(B)
     finally:
         bar.close()

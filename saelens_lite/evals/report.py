@@ -49,7 +49,9 @@ def _fmt(fmt: str, v) -> str:
 def format_summary(metrics: dict) -> str:
     """Markdown: what was evaluated and where each number was measured, the reconstruction
     table (held-out beside in-sample when both exist) and the spliced-model table."""
-    head = [f"SAE {metrics.get('architecture', '?')} d_in={metrics.get('d_in', '?')} "
+    what = f"SAE {metrics.get('architecture', '?')}" + (
+        f", {metrics['transcoder']}," if metrics.get("transcoder") else "")
+    head = [f"{what} d_in={metrics.get('d_in', '?')} "
             f"d_sae={metrics.get('d_sae', '?')} at `{metrics.get('hook', '?')}`"
             + (f" of {metrics['model']}" if metrics.get("model") else "")
             + f"; tokens left out: {metrics.get('exclude', '?')}"]

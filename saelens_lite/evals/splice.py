@@ -20,6 +20,12 @@ Causal LMs (definitions of SAEBench core ``get_downstream_reconstruction_metrics
 
 All means are token-weighted over every evaluated context (float64 sums).
 
+Transcoders (``source_hook`` given, e.g. ``blocks.9.hook_mlp_in`` for a coder of
+``blocks.9.hook_mlp_out``): the spliced activation at ``hook`` is the transcoder's output
+``sae(x_src)`` of the source activation in the same forward (``hooks.splice_from``), i.e. the
+MLP is replaced by the transcoder; zero-ablation zeroes the MLP output, mean-ablation puts the
+mean MLP output. Excluded positions keep the clean MLP output, as for SAEs.
+
 Encoder models (BERT / MiniLM) have no LM head; the analogue is the sentence embedding that
 sentence-transformers builds, the attention-masked mean of the last hidden state:
 ``pooled_cos_sae`` = mean over contexts of cos(pool_clean, pool_spliced), ``pooled_cos_zero``
@@ -29,6 +35,7 @@ the same with zero-ablation, ``pooled_cos_recovered = (cos_sae - cos_zero) / (1 
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 from collections.abc import Iterable, Iterator
@@ -39,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saelens_lite.hooks import resolve_hooks, splice
+from saelens_lite.hooks import resolve_hooks, splice, splice_from
 from saelens_lite.tokens import DEFAULT_EXCLUDE, EXCLUDE_CHOICES, excluded_token_ids, keep_mask
 
 log = logging.getLogger(__name__)
@@ -110,24 +117,27 @@ def is_causal_lm(model) -> bool:
 
 class _Replace:
     """The splice function. ``sae``: the SAE's reconstruction where ``keep_BS``, clean
-    elsewhere; ``mean``: the mean activation ``mean_D`` where ``keep_BS``; ``zero``: zeros at
-    every position (SAEBench)."""
+    elsewhere (a transcoder: its output from the source activation ``src_BSD``); ``mean``: the
+    mean activation ``mean_D`` where ``keep_BS``; ``zero``: zeros at every position (SAEBench)."""
 
     def __init__(self, sae, mode: str, mean_D: Tensor | None = None):
         self.sae, self.mode, self.mean_D = sae, mode, mean_D
         self.keep_BS: Tensor | None = None
 
-    def __call__(self, act_BSD: Tensor) -> Tensor:
+    def __call__(self, act_BSD: Tensor, src_BSD: Tensor | None = None) -> Tensor:
         if self.mode == "zero":
             return torch.zeros_like(act_BSD)
-        D = act_BSD.shape[-1]
+        read_BSD = act_BSD if src_BSD is None else src_BSD
+        D = read_BSD.shape[-1]
         if D != self.sae.cfg.d_in:
             raise ValueError(f"the SAE reads width d_in={self.sae.cfg.d_in} but the hook gives {D}")
         if self.mode == "mean":
             new_BSD = self.mean_D.to(act_BSD).expand_as(act_BSD)
-        else:
+        elif src_BSD is None:
             x_hat = self.sae.decode(self.sae.encode(act_BSD.reshape(-1, D).float()))
             new_BSD = x_hat.reshape(act_BSD.shape).to(act_BSD.dtype)
+        else:  # a transcoder's forward (with its skip connection, if any)
+            new_BSD = self.sae(src_BSD.reshape(-1, D).float()).reshape(act_BSD.shape).to(act_BSD.dtype)
         return torch.where(self.keep_BS[..., None], new_BSD, act_BSD)
 
 
@@ -148,15 +158,16 @@ def _ratio(num: float, den: float) -> float:
 @torch.no_grad()
 def downstream_metrics(sae, lm, hook: str, contexts: Iterable[np.ndarray], *, batch_size: int = 4,
                        exclude: str = DEFAULT_EXCLUDE, mean_D: Tensor | np.ndarray | None = None,
-                       progress: bool = True) -> dict[str, float]:
+                       source_hook: str | None = None, progress: bool = True) -> dict[str, float]:
     """CE / KL (causal LMs) or pooled-embedding cosine (encoders) with ``sae`` spliced at ``hook``.
     ``lm`` is a :class:`~saelens_lite.models.LoadedModel`. With ``mean_D`` (the hook's mean
-    activation) the mean-ablated model is a second reference: ``*_mean`` keys. Every splice is
-    removed on exit."""
+    activation) the mean-ablated model is a second reference: ``*_mean`` keys. With
+    ``source_hook`` ``sae`` is a transcoder reading that hook (module docstring). Every splice
+    is removed on exit."""
     from tqdm.auto import tqdm
 
     model = lm.model
-    (point,) = resolve_hooks(model, [hook])
+    spliced = _splicer(model, hook, source_hook)
     device = next(model.parameters()).device
     excluded = excluded_token_ids(lm.tokenizer, exclude)
     contexts = list(contexts)
@@ -174,13 +185,23 @@ def downstream_metrics(sae, lm, hook: str, contexts: Iterable[np.ndarray], *, ba
             for fn in fns.values():
                 fn.keep_BS = keep_BS
             if causal:
-                _causal_batch(model, point, ids_BS, keep_BS, fns, sums)
+                _causal_batch(model, spliced, ids_BS, keep_BS, fns, sums)
             else:
-                _encoder_batch(model, point, ids_BS, fns, sums)
+                _encoder_batch(model, spliced, ids_BS, fns, sums)
             bar.update(ids_BS.shape[0])
     finally:
         bar.close()
     return _causal_result(sums, fns) if causal else _encoder_result(sums, fns)
+
+
+def _splicer(model, hook: str, source_hook: str | None):
+    """fn -> the context manager splicing ``fn`` at ``hook`` (a transcoder: ``fn(act, src)``
+    with the activation ``src`` of ``source_hook``)."""
+    (point,) = resolve_hooks(model, [hook])
+    if source_hook is None:
+        return functools.partial(splice, model, point)
+    (src,) = resolve_hooks(model, [source_hook])
+    return lambda fn: splice_from(model, src, point, lambda src_BSD, act_BSD: fn(act_BSD, src_BSD))
 
 
 def _causal_result(sums: dict, fns: dict) -> dict[str, float]:
@@ -216,7 +237,7 @@ def _encoder_result(sums: dict, fns: dict) -> dict[str, float]:
     return out
 
 
-def _causal_batch(model, point, ids_BS, keep_BS, fns, sums) -> None:
+def _causal_batch(model, spliced, ids_BS, keep_BS, fns, sums) -> None:
     targets = ids_BS[:, 1:].reshape(-1)
     ce_mask = keep_BS[:, :-1].reshape(-1)
 
@@ -229,7 +250,7 @@ def _causal_batch(model, point, ids_BS, keep_BS, fns, sums) -> None:
     logp_clean = F.log_softmax(logits.double(), dim=-1)
     sums["ce_clean"] += ce(logits)
     for name, fn in fns.items():
-        with splice(model, point, fn):
+        with spliced(fn):
             new = model(input_ids=ids_BS).logits
         sums[f"ce_{name}"] += ce(new)
         sums[f"kl_{name}"] += float(_kl_BS(logp_clean, new)[keep_BS].sum())
@@ -237,7 +258,7 @@ def _causal_batch(model, point, ids_BS, keep_BS, fns, sums) -> None:
     sums["n_kl"] += int(keep_BS.sum())
 
 
-def _encoder_batch(model, point, ids_BS, fns, sums) -> None:
+def _encoder_batch(model, spliced, ids_BS, fns, sums) -> None:
     attn_BS = torch.ones_like(ids_BS)
 
     def pooled() -> Tensor:  # sentence-transformers mean pooling
@@ -247,7 +268,7 @@ def _encoder_batch(model, point, ids_BS, fns, sums) -> None:
 
     clean_BD = pooled()
     for name, fn in fns.items():
-        with splice(model, point, fn):
+        with spliced(fn):
             new_BD = pooled()
         sums[f"cos_{name}"] += float(F.cosine_similarity(clean_BD, new_BD, dim=-1).sum())
     sums["n_ctx"] += ids_BS.shape[0]

@@ -74,6 +74,11 @@ def check_saes(model, saes: Mapping[str, object]) -> None:
     resolve_hooks(model, list(saes))
     widths = hook_widths(model, list(saes))
     for hook, sae in saes.items():
+        target = getattr(sae.cfg, "target_hook", "")
+        if target:  # its reconstruction belongs at another hook than the one it reads
+            raise ValueError(f"the SAE for {hook!r} is a transcoder ({sae.cfg.hook_name} -> {target}); "
+                             "interventions splice SAEs that reconstruct their own hook, not "
+                             "transcoders (not supported yet)")
         if sae.cfg.d_in != widths[hook]:
             raise ValueError(f"the SAE for {hook!r} reads d_in={sae.cfg.d_in} but the hook gives "
                              f"width {widths[hook]}: use an SAE trained on this model's {hook}")

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from saelens_lite._validate import check_ints
+from saelens_lite.training.targets import check_config as check_target_fields
 
 DECAYS = ("linear", "cosine", "none")
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
@@ -104,6 +105,13 @@ class TrainConfig:
     of JumpReLU); None keeps the architecture's default."""
     sae_options: dict = field(default_factory=dict)
     """Further ``SAEConfig`` fields for the architecture (e.g. ``{"aux_coeff": 0.05}``)."""
+    target_hook: str = ""
+    """Train a transcoder: the coder reads the one hook in ``hooks`` and reconstructs this hook's
+    activations of the same tokens (e.g. ``blocks.9.hook_mlp_in`` -> ``blocks.9.hook_mlp_out``,
+    Dunefsky et al. 2024; ``training.targets``). Empty: an SAE (the target is the input)."""
+    skip: bool = False
+    """With ``target_hook``: add a learned linear skip connection ``x @ W_skip`` (D, D),
+    zero-initialised, to the transcoder's output (Paulo et al. 2025)."""
 
     # --- optimisation ---------------------------------------------------------------------
     lr: float | None = None
@@ -274,6 +282,7 @@ class TrainConfig:
         self.check_sae_options()
         if len(set(self.hooks)) != len(self.hooks):
             raise ValueError(f"hooks={self.hooks!r}: names must be unique")
+        check_target_fields(self)
         if self.latents is not None and self.k > self.latents:
             # With ``expansion`` the width is known only once the data is (trainer.build_sae).
             raise ValueError(f"k={self.k}: must be at most latents={self.latents}")

@@ -61,6 +61,9 @@ def _title(config: dict, hooks: list[str]) -> str:
     if arch in REGISTRY and REGISTRY[arch].uses_k and "k" in config:
         head += f", k={config['k']}"
     where = ", ".join(hooks) if len(hooks) <= 3 else f"{len(hooks)} hooks"
+    if config.get("target_hook"):  # a transcoder: what it reads -> what it reconstructs
+        head = head.replace("SAE", "transcoder" + (" with skip" if config.get("skip") else ""), 1)
+        where += f" -> {config['target_hook']}"
     model = f" of {config['model']}" if config.get("model") else ""
     return f"{head} · {where}{model}"
 

@@ -36,6 +36,7 @@ import torch
 
 from saelens_lite.cache import as_numpy, take_rows
 from saelens_lite.devices import resolve_device
+from saelens_lite.training.targets import check_row_counts, check_widths, data_hooks
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +100,16 @@ class ArraySource(DataSource):
         if not arrays:
             raise ValueError("data: no arrays given")
         self.arrays = dict(arrays)
-        ns = set()
+        ns = {}
         self.widths = {}
         for hook, a in self.arrays.items():
             if a.ndim != 2:
                 raise ValueError(f"data[{hook!r}]: expected shape (N, D), got {tuple(a.shape)}")
-            ns.add(int(a.shape[0]))
+            ns[hook] = int(a.shape[0])
             self.widths[hook] = int(a.shape[1])
-        if len(ns) != 1:
-            raise ValueError(f"data: hooks hold different token counts {sorted(ns)}")
-        self.n_tokens = ns.pop()
+        if len(set(ns.values())) != 1:
+            raise ValueError(f"data: hooks hold different token counts {ns}")
+        self.n_tokens = next(iter(ns.values()))
         if self.n_tokens == 0:
             raise ValueError("data: holds no tokens")
 
@@ -364,8 +365,9 @@ class StreamSource(DataSource):
 
 def open_source(data, config) -> DataSource:
     """Turn what the user passed to ``train`` into a :class:`DataSource`, restricted to
-    ``config.hooks`` (all hooks of the data when empty). Fails naming the missing hook."""
-    hooks = list(config.hooks)
+    ``config.hooks`` (all hooks of the data when empty) and a transcoder's ``target_hook``
+    (``training.targets``). Fails naming the missing hook."""
+    hooks = data_hooks(config)
     if data is None:
         if config.activations is not None:
             data = config.activations
@@ -381,6 +383,7 @@ def open_source(data, config) -> DataSource:
     elif isinstance(data, (torch.Tensor, np.ndarray)):
         source = ArraySource({hooks[0] if len(hooks) == 1 else DEFAULT_HOOK: data})
     elif isinstance(data, Mapping):
+        check_row_counts(config, {h: len(a) for h, a in data.items()})
         source = ArraySource(data)
     elif isinstance(data, (str, Path)):
         path = Path(data)
@@ -395,6 +398,7 @@ def open_source(data, config) -> DataSource:
     else:
         raise TypeError(f"data: cannot train on a {type(data).__name__}; pass an ActivationCache, a path, "
                         "a tensor / array, a {hook: tensor} dict or a DataSource")
+    check_widths(config, source.widths)
     source.select(hooks or source.hooks)
     return source
 

@@ -6,6 +6,9 @@ Per step ``s`` (0-based) and hook::
     out   = sae.training_forward(x_BD, sparsity_scale=sparsity_scale_at(s), dead_mask_F)
     out.loss.backward(); sae.before_optimizer_step_(); clip; Adam(lr_at(s)); sae.after_optimizer_step_()
 
+A transcoder (``config.target_hook``, :mod:`saelens_lite.training.targets`) also gets
+``target_BD = c_y * batch[target_hook]``, the same rows with the target's own scale ``c_y``.
+
 The SAE is known only through the registry interface (``saelens_lite.saes``). Dead latents:
 a latent that has not fired for more than ``dead_window_tokens`` tokens is dead; the mask is
 passed to ``training_forward`` (AuxK, Gao et al. 2024 Sec. A.2) and its mean is reported.
@@ -84,6 +87,7 @@ import torch
 
 from saelens_lite import distributed
 from saelens_lite._atomic import write_json
+from saelens_lite.training import targets
 from saelens_lite.training.checkpoint import (
     checkpoint_dir,
     checkpoint_ranks,
@@ -201,6 +205,8 @@ def build_sae(config: TrainConfig, d_in: int, hook: str = ""):
     cls = config_class(config.architecture)
     kwargs = {"architecture": config.architecture, "d_in": d_in, "d_sae": d_sae, "k": config.k,
               "b_dec_init": config.b_dec_init, "hook_name": hook, "model_name": config.model or ""}
+    if config.target_hook:  # a transcoder (training.targets)
+        kwargs.update(target_hook=config.target_hook, skip=config.skip)
     if config.sparsity_coeff is not None and cls.sparsity_field is not None:
         kwargs[cls.sparsity_field] = config.sparsity_coeff  # relu: l1_coeff, jumprelu: l0_coeff
     kwargs.update(config.sae_options)
@@ -264,7 +270,7 @@ class _HookState:
         self.lr_is_default = config.lr is None
         self.fast = None
         betas = tuple(config.betas)
-        if config.use_fast_step(device.type):
+        if config.use_fast_step(device.type) and targets.fast_step_applies(config, sae):
             from saelens_lite.training.fast_step import FastTrainStep
 
             cuda = device.type == "cuda"
@@ -286,6 +292,7 @@ class _HookState:
                                      autocast_dtype=amp)
         self.dead = DeadLatentTracker(self.sae.W_dec.shape[0], config.dead_window_tokens, device)
         self.scale = 1.0
+        self.target_scale = 1.0  # a transcoder's target (training.targets); 1 for SAEs
 
     def set_lr(self, lr: float) -> None:
         for g in self.opt.param_groups:
@@ -298,7 +305,8 @@ class _HookState:
         return {"sae": self.sae.state_dict(), "opt": self.opt.state_dict(),
                 "sae_training": {k: v.cpu() for k, v in self.sae.training_state().items()},
                 "tokens_since_fired": self.dead.tokens_since_fired_F.cpu(),
-                "tokens_seen": self.dead.tokens_seen, "scale": self.scale, "base_lr": self.base_lr}
+                "tokens_seen": self.dead.tokens_seen, "scale": self.scale, "base_lr": self.base_lr,
+                "target_scale": self.target_scale}
 
     def load_state_dict(self, d: dict) -> None:
         self.sae.load_state_dict(d["sae"])
@@ -315,6 +323,7 @@ class _HookState:
         # the logged dead fraction's window)
         self.dead.tokens_seen = int(d.get("tokens_seen", d["tokens_since_fired"].max()))
         self.scale = d["scale"]
+        self.target_scale = d.get("target_scale", 1.0)
         if self.lr_is_default:
             # a run resumes at the lr it started with, even when a later version's default
             # differs; checkpoints without it predate the short-run factor (1x Gao et al.)
@@ -340,10 +349,10 @@ def train(config: TrainConfig, data=None):
     # this rank's rows of a global batch: all of them when hooks are distributed
     rows = distributed.rank_slice(config.batch_size, dinfo) if data_parallel else slice(None)
     source = open_source(data, config)
-    all_hooks, all_widths = source.hooks, dict(source.widths)
+    all_hooks, all_widths = targets.input_hooks(config, source.hooks), dict(source.widths)
     hooks = distributed.assign_hooks(all_hooks, dinfo) if by_hook else all_hooks
-    if by_hook:
-        source.select(hooks)  # read (a cache) or capture (a model) only this rank's hooks
+    if by_hook:  # read (a cache) or capture (a model) only this rank's hooks (and the target)
+        source.select(targets.with_target(config, hooks))
     amp = autocast_dtype(config, device)
     run_dir = Path(config.out_dir)
 
@@ -375,11 +384,16 @@ def train(config: TrainConfig, data=None):
         for h, st in states.items():
             x_ND = sample[h].to(device, torch.float32)
             st.scale = normalization_scale(x_ND) if config.normalize_activations else 1.0
-            st.sae.init_from_data_(x_ND * st.scale)  # b_dec per cfg.b_dec_init
+            if not config.target_hook:
+                st.sae.init_from_data_(x_ND * st.scale)  # b_dec per cfg.b_dec_init
+                continue
+            y_ND = sample[config.target_hook].to(device, torch.float32)
+            st.target_scale = normalization_scale(y_ND) if config.normalize_activations else 1.0
+            st.sae.init_from_data_(x_ND * st.scale, y_ND * st.target_scale)  # b_dec from targets
         if data_parallel:  # every rank computed the same init; make that exact
-            scales = distributed.broadcast_object({h: st.scale for h, st in states.items()})
+            scales = distributed.broadcast_object({h: (st.scale, st.target_scale) for h, st in states.items()})
             for h, st in states.items():
-                st.scale = scales[h]
+                st.scale, st.target_scale = scales[h]
                 distributed.broadcast_module_(st.sae)
         if by_hook:  # every rank writes files (out_dir need not be on a shared filesystem)
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -392,8 +406,9 @@ def train(config: TrainConfig, data=None):
     total = config.steps
     B = config.batch_size
     for h, st in states.items():
-        log.info("%s: d_in=%d d_sae=%d %s, lr=%.3g%s, scale=%.4g", h, source.widths[h], st.sae.cfg.d_sae,
-                 config.architecture, st.base_lr, _lr_note(config, st), st.scale)
+        log.info("%s: %s d_in=%d d_sae=%d %s, lr=%.3g%s, scale=%.4g", h, targets.describe(config),
+                 source.widths[h], st.sae.cfg.d_sae, config.architecture, st.base_lr, _lr_note(config, st),
+                 st.scale)
     fast = next(iter(states.values())).fast
     log.info("training %d steps x %d tokens on %s%s%s (%s)%s", total, B, device,
              " with bf16 autocast" if amp is not None else "",
@@ -409,7 +424,8 @@ def train(config: TrainConfig, data=None):
     try:
         for step in range(start, total):
             batch = next(batches)
-            records = [_train_step(h, st, batch[h][rows], step, config, device, B)
+            y = batch[config.target_hook][rows] if config.target_hook else None
+            records = [_train_step(h, st, batch[h][rows], step, config, device, B, y)
                        for h, st in states.items()]
             logger.step()
             done = step + 1
@@ -464,7 +480,9 @@ def train(config: TrainConfig, data=None):
         sae = copy.deepcopy(st.sae).eval()
         if h in finish:
             sae.finish_training_(tail[h].to(device, torch.float32) * st.scale)
-        if st.scale != 1.0:
+        if config.target_hook:  # raw x in, raw y out
+            sae.fold_input_scale_(st.scale, target_scale=st.target_scale)
+        elif st.scale != 1.0:
             sae.fold_input_scale_(st.scale)
         if dinfo.is_main or by_hook:  # distributed hooks: each rank saves its own
             out = run_dir / _safe_dirname(h)
@@ -533,7 +551,8 @@ def _resume_point(config: TrainConfig, run_dir: Path, source: DataSource,
         log.warning("resume=True but %s holds no checkpoint; starting from scratch", run_dir)
         return None
     ckpt = load_checkpoint(path)
-    error = _check_checkpoint(config, ckpt, path, world_size, source.hooks, source.widths)
+    error = _check_checkpoint(config, ckpt, path, world_size, targets.input_hooks(config, source.hooks),
+                              source.widths)
     if error:
         raise ValueError(error)
     return ckpt
@@ -573,7 +592,8 @@ def _resume_point_by_hook(config: TrainConfig, run_dir: Path, source: DataSource
                  "same number of processes")
     else:
         ckpt = load_checkpoint(path)
-        error = _check_checkpoint(config, ckpt, path, W, source.hooks, source.widths)
+        error = _check_checkpoint(config, ckpt, path, W, targets.input_hooks(config, source.hooks),
+                                  source.widths)
         if error is None and list(ckpt.get("all_hooks", all_hooks)) != list(all_hooks):
             error = f"resume: hooks {all_hooks} differ from the checkpoint's {ckpt['all_hooks']}"
         if error is None and step is None:
@@ -628,18 +648,22 @@ class _Prefetcher:
 
 
 def _train_step(hook: str, st: _HookState, x_BD: torch.Tensor, step: int, config: TrainConfig,
-                device: torch.device, global_batch: int):
+                device: torch.device, global_batch: int, y_BD: torch.Tensor | None = None):
+    """One step on inputs ``x_BD``; ``y_BD``: a transcoder's targets (None: reconstruct x)."""
     sae = st.sae
     sae.train()
     # in the source's dtype across (a 16-bit cache: half the bytes), then upcast on the device
     x_BD = x_BD.to(device, non_blocking=True).to(torch.float32) * st.scale
+    target = {}
+    if y_BD is not None:
+        target["target_BD"] = y_BD.to(device, non_blocking=True).to(torch.float32) * st.target_scale
     lr = lr_at(step, config, st.base_lr)
     sp = sparsity_scale_at(step, config)
     st.set_lr(lr)  # in place for the fast step: a captured graph reads the tensor
     dead = st.dead.dead_mask()
     if st.fast is not None and step * global_batch <= st.dead.window:
         dead = None  # no latent can be dead yet: no mask, so the fast step skips AuxK selection
-    out = st.step(x_BD, dead, sparsity_scale=sp)
+    out = st.step(x_BD, dead, sparsity_scale=sp, **target)
     _reduce_step(st, out)
     st.dead.update(out.fired_F, global_batch)
     return out, lr, sp
