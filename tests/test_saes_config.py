@@ -66,6 +66,14 @@ def test_the_generic_constructor_validates_other_architectures_fields_then_ignor
     assert SAEConfig.jumprelu_bandwidth == 1.0  # the default, as when SAEConfig held it
 
 
+def test_other_architectures_fields_are_checked_at_this_configs_sizes():
+    # matryoshka_groups must sum to d_sae: the d_sae given, not the default width
+    cfg = SAEConfig(architecture="batchtopk", d_in=8, d_sae=40, k=4, matryoshka_groups=[8, 32])
+    assert cfg == SAEConfig(architecture="batchtopk", d_in=8, d_sae=40, k=4)
+    with pytest.raises(ValueError, match=r"matryoshka_groups=\[8, 30\] is invalid.*d_sae=40"):
+        SAEConfig(architecture="batchtopk", d_in=8, d_sae=40, k=4, matryoshka_groups=[8, 30])
+
+
 def test_a_config_class_accepts_only_its_own_fields():
     with pytest.raises(ValueError, match=r"SAEConfig.jumprelu_bandwidth=0.5 is invalid for "
                                          r"architecture 'topk' \(a field of \['jumprelu'\]\)"):

@@ -92,7 +92,8 @@ class _ConfigType(type):
             for owner_arch in sorted({o[0] for o in foreign.values() if o}):
                 owner = config_class(owner_arch)  # validates its fields' values
                 mine = {k: v for k, v in kwargs.items() if k in foreign and k in field_names(owner)}
-                type.__call__(owner, architecture=owner_arch, k=1, **mine)
+                sizes = {k: kwargs[k] for k in ("d_in", "d_sae") if k in kwargs}  # fields sized by them
+                type.__call__(owner, architecture=owner_arch, k=1, **sizes, **mine)
             kwargs = {k: v for k, v in kwargs.items() if k not in foreign or not foreign[k]}
             if target is not SAEConfig:
                 return target(**kwargs)
