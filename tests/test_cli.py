@@ -23,6 +23,25 @@ def test_harvest_help_lists_every_config_field_with_default(capsys):
     assert "Tokens per packed context" in out  # the field docstring is the help text
 
 
+@pytest.mark.parametrize("command", [["train"], ["compare"], ["bench", "synthetic"]])
+def test_help_lists_every_architectures_own_options_with_default(command, capsys):
+    import dataclasses
+
+    from saelens_lite.saes.config import SAEConfig, architectures, config_class
+
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    epilog = out[out.index("architecture options"):]
+    shared = {f.name for f in dataclasses.fields(SAEConfig)}
+    for arch in architectures():
+        for f in dataclasses.fields(config_class(arch)):
+            if f.name not in shared:  # generated from the dataclass: name, JSON default
+                assert f"{f.name}=" in epilog, (arch, f.name)
+    assert "matryoshka_groups=null" in epilog and "l1_coeff=5.0" in epilog
+    assert "MatryoshkaConfig (matryoshka)" in epilog
+
+
 def test_hooks_lists_uniform_names_with_widths(capsys):
     assert main(["hooks", "--model", "tiny-gpt2"]) == 0
     out = capsys.readouterr().out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from saelens_lite.cli._common import Formatter, parse_arch_options
+from saelens_lite.cli._common import Formatter, arch_options_help, parse_arch_options
 
 
 def add(sub) -> None:
@@ -23,7 +23,8 @@ def add(sub) -> None:
                                          "(--setting hierarchical: parent and child features instead, plus "
                                          "exact absorption rates). "
                                          "An architecture without one decoder direction per latent (the "
-                                         "conv baseline) gets a row saying why it is not scored.")
+                                         "conv baseline) gets a row saying why it is not scored.",
+                             epilog=arch_options_help("ARCH.KEY=VALUE"))
     defaults = SyntheticConfig()
     s.add_argument("--arch", nargs="+", choices=architectures(), default=None,
                    help="architectures to run (default: every registered one)")

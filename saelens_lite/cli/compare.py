@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from saelens_lite.cli._common import Formatter, parse_arch_options
+from saelens_lite.cli._common import Formatter, arch_options_help, parse_arch_options
 
 
 def add(sub) -> None:
@@ -17,7 +17,8 @@ def add(sub) -> None:
                                    "latent and token budget on an activation cache (--activations DIR) or an "
                                    "image set (--images digits), and write results.md, results.json and PNG "
                                    "plots (L0-FVU frontier; for images reconstructions, VAE samples, ROC curves) "
-                                   "to --out.")
+                                   "to --out.",
+                       epilog=arch_options_help("ARCH.KEY=VALUE"))
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--activations", metavar="DIR", help="activation cache folder")
     src.add_argument("--images", choices=["digits", "mnist"],

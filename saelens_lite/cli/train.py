@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from saelens_lite._dataclass_args import add_dataclass_args, dataclass_from_args
-from saelens_lite.cli._common import Formatter, parse_options
+from saelens_lite.cli._common import Formatter, arch_options_help, parse_options
 
 
 def add(sub) -> None:
@@ -23,7 +23,8 @@ def add(sub) -> None:
                                    "model (--model M --dataset D). Each SAE is saved as RUN_DIR/<hook>/ with cfg.json "
                                    "and sae.safetensors. --resume continues an interrupted run. Under torchrun the ranks "
                                    "train data parallel, or with --distribute-hooks each rank trains its "
-                                   "share of the hooks on whole batches (each rank prints its own hooks).")
+                                   "share of the hooks on whole batches (each rank prints its own hooks).",
+                       epilog=arch_options_help())
     add_dataclass_args(p, TrainConfig, skip=("sae_options",),
                        choices={"architecture": architectures(), "decay": DECAYS, "dtype": DTYPES,
                                 "fast_step": FAST_STEP_MODES},
