@@ -103,6 +103,14 @@ def _serve(argv: list[str], cwd: Path) -> None:
             with urllib.request.urlopen(req, timeout=60) as r:
                 body = json.loads(r.read())
             assert body["tokens"], body
+        if "--activations" in argv:  # the "Explain this feature" button's request
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/api/explain", method="POST",
+                                         data=json.dumps({"feature": 0}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=300) as r:
+                body = json.loads(r.read())
+            assert body["feature"] == 0 and body["explainer"] == "template", body
+            assert "embedding" in body["scores"], body
     finally:
         proc.terminate()
         proc.wait(timeout=30)
