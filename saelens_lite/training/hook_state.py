@@ -62,7 +62,6 @@ def normalization_scale(x_ND: torch.Tensor) -> float:
     return math.sqrt(x_ND.shape[-1]) / mean_norm
 
 
-
 def param_groups(sae):
     """The SAE's parameters, or Adam parameter groups when ``sae.lr_scales()`` names any:
     the scaled parameters one group each (``lr_scale`` read by ``set_lr``), the rest one."""
