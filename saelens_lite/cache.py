@@ -1,135 +1,49 @@
 """On-disk activation cache: a resumable, crash-safe writer and a memory-mapped reader.
 
+This module holds the reader: :class:`ActivationCache` over a cache folder, :class:`ShardedArray`
+(one hook's (N, D) rows over memory-mapped shard files) and the row gathers its batches are made
+of. The writer (:class:`CacheWriter`, :func:`write_merged_manifest`) is in
+:mod:`saelens_lite.cache_writer`, the folder layout and the manifest in
+:mod:`saelens_lite.cache_format`; both are re-exported here.
+
+Only shards listed in the manifest exist for readers, so a cache whose writer was killed at any
+moment opens at its last committed shard; a cache harvested by W processes (format version 2)
+reads as one cache of all the ranks' rows, in rank-major order.
+
 Shapes: N tokens in the cache, n rows in one call or shard, D hook width, B batch.
-
-Folder layout (format version 1)::
-
-    manifest.json                      the commit point (see below)
-    tokens/shard_00000.npy             int32 (n, 3): token id, context index, position in context
-    acts/<hook>/shard_00000.npy        (n, D) float32 | float16 | uint16 (bfloat16 bit patterns)
-
-Every shard holds ``shard_tokens`` rows except possibly the last. ``manifest.json`` holds
-``format_version``, ``meta`` (free dict from the writer: model, corpus, harvest settings...),
-``hooks`` ``{name: {"width": D}}``, ``dtype`` ("float32" | "float16" | "bfloat16"),
-``shard_tokens``, ``shards`` (list of ``{index, n_tokens, files: {relpath: {"bytes", "crc32"
-or "blake2b"}}}``), ``n_tokens``, ``complete`` and ``last_committed`` ([context, position] of
-the last committed row, or null).
-
-A cache harvested by W processes (format version 2, see :func:`write_merged_manifest`) holds
-one version-1 cache per rank in ``rank_00000/`` ... ``rank_{W-1}/`` and a merged top-level
-``manifest.json`` whose shards carry ``"dir": "rank_0000r"`` (file paths are relative to the top
-folder) and ``layout`` ``{"world_size": W, "ranks": [...]}``. Rows are in rank-major order:
-all of rank 0's rows in (context, position) order, then rank 1's, ...; each rank's last shard
-may be short. Readers see one cache of all the rows.
-
-A shard's files are written to temp names, fsynced and renamed into place; then the manifest is
-replaced atomically. Only shards listed in the manifest exist for readers, so a ``kill -9`` at
-any moment leaves a cache that reopens at its last committed shard; reopening the writer sweeps
-away temp files and shard files the manifest does not list.
 """
+
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from saelens_lite._atomic import TMP_SUFFIX, file_checksum, write_json, write_npy
+from saelens_lite._atomic import file_checksum
+from saelens_lite.cache_format import (
+    DTYPES,
+    FORMAT_VERSION,
+    MANIFEST,
+    PLAIN_FORMAT_VERSION,
+    CacheCorruptError,
+    HookNotCachedError,
+    as_numpy,
+    check_sizes,
+    decode_np,
+    decode_torch,
+    read_manifest,
+    shard_path,
+)
+from saelens_lite.cache_writer import CacheWriter, write_merged_manifest
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # the newest layout this module reads
-PLAIN_FORMAT_VERSION = 1  # what CacheWriter writes: a single-writer cache (version-1 readers read it)
-MANIFEST = "manifest.json"
-DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # name -> storage
 VERIFY_MODES = ("none", "size", "full")
-
-
-class CacheCorruptError(OSError):
-    """A cache file is missing, truncated or fails its checksum; the message names the file."""
-
-
-class HookNotCachedError(KeyError):
-    """The requested hook is not in the cache; the message lists the cached ones."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0])
-
-
-def _shard_files(i: int, hooks: Sequence[str]) -> list[str]:
-    return [f"tokens/shard_{i:05d}.npy"] + [f"acts/{h}/shard_{i:05d}.npy" for h in hooks]
-
-
-def _shard_path(root: Path, shard: dict, kind: str) -> Path:
-    """File of ``shard`` for ``kind`` ("tokens" or "acts/<hook>"); merged caches keep each
-    rank's shards under their ``dir``."""
-    return root / shard.get("dir", "") / kind / f"shard_{shard['index']:05d}.npy"
-
-
-def write_merged_manifest(root: str | Path, subdirs: Sequence[str], *, extra_meta: dict | None = None) -> dict:
-    """Write ``root/manifest.json`` (format version 2) listing the shards of the caches in
-    ``root/<subdir>`` (one per rank, written by :class:`CacheWriter`) in the given order, so that
-    :class:`ActivationCache` reads them as one cache. The sub-caches must share hooks, dtype and
-    shard size; ``meta`` is the first one's without its ``shard`` key, updated by ``extra_meta``."""
-    root = Path(root)
-    subs = [_read_manifest(root / d) for d in subdirs]
-    first = subs[0]
-    for d, m in zip(subdirs, subs):
-        for key in ("hooks", "dtype", "shard_tokens"):
-            if m[key] != first[key]:
-                raise ValueError(f"cache {root / d} has {key}={m[key]!r}, {root / subdirs[0]} has "
-                                 f"{first[key]!r}; cannot merge")
-    shards = []
-    for d, m in zip(subdirs, subs):
-        for sh in m["shards"]:
-            files = {f"{d}/{rel}": info for rel, info in sh["files"].items()}
-            shards.append({"index": sh["index"], "dir": d, "n_tokens": sh["n_tokens"], "files": files})
-    meta = {k: v for k, v in first["meta"].items() if k != "shard"} | (extra_meta or {})
-    manifest = {"format_version": FORMAT_VERSION, "meta": meta, "hooks": first["hooks"],
-                "dtype": first["dtype"], "shard_tokens": first["shard_tokens"],
-                "layout": {"world_size": len(subdirs), "ranks": list(subdirs), "order": "rank-major"},
-                "shards": shards, "n_tokens": sum(m["n_tokens"] for m in subs),
-                "complete": all(m["complete"] for m in subs), "last_committed": None}
-    write_json(root / MANIFEST, manifest)
-    return manifest
-
-
-def _check_sizes(root: Path, shards: list[dict]) -> None:
-    for shard in shards:
-        for rel, info in shard["files"].items():
-            p = root / rel
-            if not p.is_file():
-                raise CacheCorruptError(f"cache file {p} is missing (committed in {root / MANIFEST})")
-            if (size := p.stat().st_size) != info["bytes"]:
-                raise CacheCorruptError(f"cache file {p} is truncated or altered: {size} bytes, "
-                                        f"manifest says {info['bytes']}")
-
-
-def _to_storage(x, dtype: str) -> np.ndarray:
-    """(n, D) tensor or array -> numpy in the storage dtype (bfloat16 as uint16 bits)."""
-    if dtype == "bfloat16":
-        return as_numpy(torch.as_tensor(x).detach().to("cpu", torch.bfloat16).contiguous())
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to("cpu", getattr(torch, dtype)).numpy()
-    return np.asarray(x, dtype=DTYPES[dtype])
-
-
-def _decode_np(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """Storage -> numpy values; bfloat16 is upcast exactly to float32."""
-    if dtype == "bfloat16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    return raw
-
-
-def as_numpy(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of a CPU tensor; bfloat16 as its uint16 bits (the cache's storage)."""
-    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
 
 
 def _gather_rows(win_ND: np.ndarray, rows: np.ndarray | range, dtype: torch.dtype,
@@ -173,207 +87,6 @@ def take_rows(src: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
     cuts = np.linspace(0, len(rows), n + 1).astype(int)
     list(_POOL[0].map(lambda i: np.take(src, rows[cuts[i]:cuts[i + 1]], axis=0,
                                         out=out[cuts[i]:cuts[i + 1]], mode="clip"), range(n)))
-
-
-def _decode_torch(raw: np.ndarray, dtype: str) -> torch.Tensor:
-    raw = np.ascontiguousarray(raw)
-    if dtype == "bfloat16":
-        return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(raw)
-
-
-class CacheWriter:
-    """Appends rows to a cache folder and commits every full shard atomically. Use
-    :meth:`open`. As a context manager it finalizes on a clean exit and, on an exception, leaves
-    the cache incomplete and resumable. One writer per folder at a time."""
-
-    def __init__(self, root: Path, manifest: dict):
-        self.root, self.manifest = root, manifest
-        self.hooks: dict[str, int] = {h: v["width"] for h, v in manifest["hooks"].items()}
-        self.dtype: str = manifest["dtype"]
-        self.shard_tokens: int = manifest["shard_tokens"]
-        self._fill = 0
-        self._tokens_buf: np.ndarray | None = None
-        self._act_bufs: dict[str, np.ndarray] = {}
-
-    @property
-    def complete(self) -> bool:
-        return self.manifest["complete"]
-
-    @property
-    def tokens_committed(self) -> int:
-        return self.manifest["n_tokens"]
-
-    @property
-    def last_committed(self) -> tuple[int, int] | None:
-        lc = self.manifest["last_committed"]
-        return None if lc is None else (int(lc[0]), int(lc[1]))
-
-    @classmethod
-    def open(cls, path: str | Path, *, meta: dict, hooks: dict[str, int], dtype: str,
-             shard_tokens: int, overwrite: bool = False) -> CacheWriter:
-        """Create the cache at ``path``, or resume it when it is an incomplete cache with exactly
-        these settings (a complete one gives a writer with ``complete == True``). Settings that
-        differ raise ValueError naming the key; ``overwrite=True`` discards any existing cache."""
-        root = Path(path)
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r}; expected one of {sorted(DTYPES)}")
-        if not isinstance(shard_tokens, int) or shard_tokens < 1:
-            raise ValueError(f"shard_tokens={shard_tokens!r}; expected a positive int")
-        if not hooks:
-            raise ValueError("hooks is empty; expected {hook name: width}")
-        for h, w in hooks.items():
-            if not h or "/" in h or "\\" in h or h in (".", "..") or h.endswith(TMP_SUFFIX):
-                raise ValueError(f"hook name {h!r} cannot be used as a folder name")
-            if not isinstance(w, (int, np.integer)) or w < 1:
-                raise ValueError(f"hooks[{h!r}]={w!r}; expected a positive int width")
-        try:  # normalise (tuples -> lists) so a resume compares like with like
-            meta = json.loads(json.dumps(meta))
-        except TypeError as e:
-            raise TypeError(f"meta must be JSON-serialisable: {e}") from None
-        want = {"meta": meta, "hooks": {h: {"width": int(w)} for h, w in sorted(hooks.items())},
-                "dtype": dtype, "shard_tokens": shard_tokens}
-        mpath = root / MANIFEST
-        if mpath.is_file():
-            old = _read_manifest(root)
-            if overwrite:
-                log.info("overwriting existing cache at %s", root)
-                _remove_cache(root)
-            else:
-                for key, val in want.items():
-                    if old.get(key) != val:
-                        raise ValueError(f"cache at {root} was written with different settings: "
-                                         f"{_diff_key(key, old.get(key), val)}; pass overwrite=True to "
-                                         "discard it, or choose another folder")
-                _check_sizes(root, old["shards"])
-                writer = cls(root, old)
-                writer._sweep()
-                if not writer.complete:
-                    log.info("resuming cache %s at %d tokens", root, writer.tokens_committed)
-                return writer
-        elif root.exists() and any(p.name not in ("tokens", "acts") and not p.name.endswith(TMP_SUFFIX)
-                                   for p in root.iterdir()):
-            raise FileExistsError(f"{root} exists and is not an activation cache (no {MANIFEST}); "
-                                  "choose an empty or new folder")
-        elif root.exists():
-            _remove_cache(root)  # leftovers of a cache whose manifest was never written
-        root.mkdir(parents=True, exist_ok=True)
-        manifest = {"format_version": PLAIN_FORMAT_VERSION, **want, "shards": [], "n_tokens": 0,
-                    "complete": False, "last_committed": None}
-        write_json(mpath, manifest)
-        return cls(root, manifest)
-
-    def _sweep(self) -> None:
-        """Delete temp files and shard files that no committed shard lists (a crash between a
-        shard's rename and the manifest update leaves those)."""
-        keep = {rel for s in self.manifest["shards"] for rel in s["files"]}
-        dirs = [self.root / "tokens"] + [self.root / "acts" / h for h in self.hooks]
-        stale = [p for d in dirs if d.is_dir() for p in d.iterdir()
-                 if p.is_file() and p.relative_to(self.root).as_posix() not in keep]
-        stale += [p for p in self.root.iterdir() if p.is_file() and p.name.endswith(TMP_SUFFIX)]
-        for p in stale:
-            log.info("removing uncommitted file %s", p)
-            p.unlink()
-
-    def append(self, acts: dict, token_ids, context_idx, position) -> None:
-        """Buffer n rows: ``acts`` {hook: (n, D) tensor or array} for every hook of the cache,
-        and (n,) token ids, context indices and positions. Each full shard is committed."""
-        if self.complete:
-            raise RuntimeError(f"cache {self.root} is complete; nothing more can be appended")
-        if set(acts) != set(self.hooks):
-            unknown, missing = sorted(set(acts) - set(self.hooks)), sorted(set(self.hooks) - set(acts))
-            raise ValueError(f"append got unknown hooks {unknown} and lacks hooks {missing}; "
-                             f"the cache holds {sorted(self.hooks)}")
-        rows = {h: _to_storage(a, self.dtype) for h, a in acts.items()}
-        cols = [np.asarray(c).reshape(-1) for c in (token_ids, context_idx, position)]
-        n = len(cols[0])
-        for name, c in zip(("token_ids", "context_idx", "position"), cols):
-            if len(c) != n:
-                raise ValueError(f"{name} has {len(c)} rows, token_ids has {n}")
-            if n and (c.min() < 0 or c.max() >= 2**31):
-                raise ValueError(f"{name} must lie in [0, 2**31) to be stored as int32")
-        for h, r in rows.items():
-            if r.ndim != 2 or r.shape[1] != self.hooks[h]:
-                raise ValueError(f"hook {h!r}: got shape {tuple(r.shape)}, expected (n, {self.hooks[h]}) "
-                                 f"(width {r.shape[-1] if r.ndim else None} vs cache width {self.hooks[h]})")
-            if r.shape[0] != n:
-                raise ValueError(f"hook {h!r} has {r.shape[0]} rows, token_ids has {n}")
-        if self._tokens_buf is None:  # preallocated once; rows are copied in, never concatenated
-            self._tokens_buf = np.empty((self.shard_tokens, 3), np.int32)
-            self._act_bufs = {h: np.empty((self.shard_tokens, w), DTYPES[self.dtype])
-                              for h, w in self.hooks.items()}
-        i = 0
-        while i < n:
-            k = min(n - i, self.shard_tokens - self._fill)
-            dst = slice(self._fill, self._fill + k)
-            for j, c in enumerate(cols):
-                self._tokens_buf[dst, j] = c[i:i + k]
-            for h, r in rows.items():
-                self._act_bufs[h][dst] = r[i:i + k]
-            self._fill += k
-            i += k
-            if self._fill == self.shard_tokens:
-                self._commit()
-
-    def _commit(self, complete: bool = False) -> None:
-        n, index = self._fill, len(self.manifest["shards"])
-        files = {}
-        if n:
-            arrays = [self._tokens_buf] + [self._act_bufs[h] for h in self.hooks]
-            for rel, arr in zip(_shard_files(index, list(self.hooks)), arrays):
-                (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
-                files[rel] = write_npy(self.root / rel, arr[:n])
-            last = self._tokens_buf[n - 1]
-            self.manifest["shards"].append({"index": index, "n_tokens": n, "files": files})
-            self.manifest["n_tokens"] += n
-            self.manifest["last_committed"] = [int(last[1]), int(last[2])]
-        self.manifest["complete"] = complete
-        write_json(self.root / MANIFEST, self.manifest)  # the commit point
-        self._fill = 0
-
-    def finalize(self) -> None:
-        """Commit the final partial shard and mark the cache complete (idempotent)."""
-        if not self.complete:
-            self._commit(complete=True)
-            log.info("cache %s complete: %d tokens in %d shards", self.root,
-                     self.tokens_committed, len(self.manifest["shards"]))
-
-    def __enter__(self) -> CacheWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.finalize()
-
-
-def _diff_key(key: str, old, new) -> str:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for k in sorted(set(old) | set(new), key=str):
-            if old.get(k) != new.get(k):
-                return f"{key}.{k}: existing {old.get(k)!r}, requested {new.get(k)!r}"
-    return f"{key}: existing {old!r}, requested {new!r}"
-
-
-def _remove_cache(root: Path) -> None:
-    # The manifest goes first: a crash midway leaves a folder that is no longer a cache.
-    (root / MANIFEST).unlink(missing_ok=True)
-    for name in ("tokens", "acts"):
-        shutil.rmtree(root / name, ignore_errors=True)
-    for p in root.glob("*" + TMP_SUFFIX):
-        p.unlink()
-
-
-def _read_manifest(root: Path) -> dict:
-    mpath = root / MANIFEST
-    if not mpath.is_file():
-        raise FileNotFoundError(f"no activation cache at {root}: {mpath} not found")
-    with open(mpath, encoding="utf-8") as f:
-        manifest = json.load(f)
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"{mpath} has format_version {version!r}, newer than the {FORMAT_VERSION} this "
-                         "saelens_lite reads; upgrade saelens_lite (pip install -U saelens_lite)")
-    return manifest
 
 
 class ShardedArray:
@@ -452,11 +165,11 @@ class ShardedArray:
         return out.reshape(idx.shape + (self.width,))
 
     def __getitem__(self, key) -> np.ndarray:
-        return _decode_np(self._raw(key), self.cache_dtype)
+        return decode_np(self._raw(key), self.cache_dtype)
 
     def torch(self, key=slice(None)) -> torch.Tensor:
         """Rows as a tensor in the stored dtype (all rows by default)."""
-        return _decode_torch(self._raw(key), self.cache_dtype)
+        return decode_torch(self._raw(key), self.cache_dtype)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self[:]
@@ -475,13 +188,13 @@ class ActivationCache:
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify={verify!r}; expected one of {VERIFY_MODES}")
         self.path = Path(path)
-        self.manifest = _read_manifest(self.path)
+        self.manifest = read_manifest(self.path)
         self._shards: list[dict] = self.manifest["shards"]
         if not self.complete:
             log.warning("cache %s is incomplete (%d tokens committed); reading the committed shards",
                         self.path, self.n_tokens)
         if verify != "none":
-            _check_sizes(self.path, self._shards)
+            check_sizes(self.path, self._shards)
         if verify == "full":
             self.verify()
         self._arrays: dict[str, ShardedArray] = {}
@@ -507,14 +220,14 @@ class ActivationCache:
         """(N, D) memory-mapped activations of ``hook``."""
         if hook not in self._arrays:
             self._check_hook(hook)
-            paths = [_shard_path(self.path, s, f"acts/{hook}") for s in self._shards]
+            paths = [shard_path(self.path, s, f"acts/{hook}") for s in self._shards]
             self._arrays[hook] = ShardedArray(paths, [s["n_tokens"] for s in self._shards],
                                               self.widths[hook], self.dtype)
         return self._arrays[hook]
 
     def _token_table(self) -> np.ndarray:
         if self._tokens is None:
-            paths = [_shard_path(self.path, s, "tokens") for s in self._shards]
+            paths = [shard_path(self.path, s, "tokens") for s in self._shards]
             table = ShardedArray(paths, [s["n_tokens"] for s in self._shards], 3, "int32")[:]
             self._tokens = np.ascontiguousarray(table.T)  # (3, N): contiguous columns
         return self._tokens
@@ -525,7 +238,7 @@ class ActivationCache:
 
     def verify(self) -> None:
         """Check every committed file's size and checksum; raises CacheCorruptError naming it."""
-        _check_sizes(self.path, self._shards)
+        check_sizes(self.path, self._shards)
         for shard in self._shards:
             for rel, info in shard["files"].items():
                 algo = "crc32" if "crc32" in info else "blake2b"
@@ -659,3 +372,8 @@ class ActivationCache:
 
     def __repr__(self) -> str:
         return f"ActivationCache({str(self.path)!r}, n_tokens={self.n_tokens}, hooks={self.hook_names})"
+
+
+__all__ = ["ActivationCache", "ShardedArray", "CacheWriter", "write_merged_manifest", "take_rows",
+           "as_numpy", "CacheCorruptError", "HookNotCachedError", "FORMAT_VERSION",
+           "PLAIN_FORMAT_VERSION", "MANIFEST", "DTYPES", "VERIFY_MODES"]

@@ -6,7 +6,7 @@ baselines; ``dense`` twice: an undercomplete bottleneck and one as wide as the S
 * the same latent budget F per token (per image): ``d_sae = F`` for token-level models; the 1d
   convolutional model has F channels per token, the 2d one F / (H W / 16) channels on an
   (H/4, W/4) grid, i.e. again F numbers per image;
-* the same token budget, batch size, Adam, lr schedule (``training.trainer.lr_at``) and input
+* the same token budget, batch size, Adam, lr schedule (``training.schedules.lr_at``) and input
   normalisation (E||c x|| = sqrt(D)).
 
 Token-level models go through ``training.train`` unchanged. The 1d convolutional model needs

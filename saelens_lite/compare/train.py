@@ -17,8 +17,9 @@ from saelens_lite.compare.config import CompareConfig
 from saelens_lite.compare.data import Dataset
 from saelens_lite.saes import REGISTRY, get_sae_class
 from saelens_lite.training import TrainConfig, train
+from saelens_lite.training.hook_state import build_sae, make_adam, normalization_scale
+from saelens_lite.training.schedules import lr_at
 from saelens_lite.training.step import AutogradStep
-from saelens_lite.training.trainer import build_sae, lr_at, make_adam, normalization_scale
 
 log = logging.getLogger(__name__)
 
