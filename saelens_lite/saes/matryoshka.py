@@ -108,9 +108,10 @@ class MatryoshkaSAE(BatchTopKSAE):
     config_class = MatryoshkaConfig
     # the fast step's closed-form gradients are BatchTopK's single reconstruction; not this loss
     supports_fast_step = False
-    # reconstruction_terms reads a target and the skip term, but no float64 oracle covers a
-    # Matryoshka transcoder yet (tests/test_saes_transcoder.py's reference has no prefixes)
-    supports_transcoder = False
+    # every prefix reconstructs the target y (the input for an SAE) and keeps b_dec and the skip
+    # term x @ W_skip (reconstruction_terms); oracle: tests/test_saes_transcoder.py's float64
+    # reference with prefixes
+    supports_transcoder = True
 
     def __init__(self, cfg: MatryoshkaConfig):
         super().__init__(cfg)
