@@ -18,7 +18,9 @@ Implementations, same shape, same data, same optimiser (torch.optim.Adam, defaul
                          candidates per tile than K, saturated rows recomputed:
                          kernels.triton_topk); batchtopk-graph-pruned: the same for BatchTopK,
                          whose 2K candidates per row exceed the unpruned kernel's K <= 64 at K = 64
-  saelens_lite batchtopk-graph   the fast step for BatchTopK
+  saelens_lite batchtopk-graph   the fast step for BatchTopK (-fast: without the CUDA graph)
+  saelens_lite matryoshka        Matryoshka BatchTopK (default prefixes F/16 ... F), autograd;
+                         matryoshka-fast / -graph: its fast step (MatryoshkaSAE.sparse_reconstruction)
   saelens_lite topk-graph-dense  the graph step with backward="dense": decode, sampled dot and
                          weight gradients as bf16 GEMMs over the (B, F) code matrix
                          (batchtopk-graph-dense, topk-fast-dense likewise)
@@ -65,7 +67,11 @@ IMPLS = [
     "saelens_lite-topk-graph-aux-full",
     "saelens_lite-topk-graph-pruned",
     "saelens_lite-batchtopk-graph",
+    "saelens_lite-batchtopk-fast",
     "saelens_lite-batchtopk-graph-pruned",
+    "saelens_lite-matryoshka",
+    "saelens_lite-matryoshka-fast",
+    "saelens_lite-matryoshka-graph",
     "sparsify",
     "saelens",
     "saelens-bf16",

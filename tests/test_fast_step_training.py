@@ -36,7 +36,7 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
 @pytest.mark.parametrize("extra", [
     {},  # schedule (warm-up + linear decay) and the default grad clip
     # a tight clip that binds, and a window short enough that latents die: AuxK with a mask
@@ -44,9 +44,9 @@ def metrics(run: Path) -> list[dict]:
 ], ids=["schedule", "clip+auxk"])
 def test_fast_step_on_cpu_trains_the_same_weights_as_autograd(tmp_path, arch, extra):
     x = synthetic()
-    # BatchTopK: the fast step caps a row at its first 2k candidates where the model keeps
+    # BatchTopK, Matryoshka: the fast step caps a row at its first 2k candidates where the model keeps
     # more; with 2k = F no row can exceed the cap, so the two paths are the same math.
-    extra = {**extra, "k": extra.get("latents", F) // 2} if arch == "batchtopk" else extra
+    extra = {**extra, "k": extra.get("latents", F) // 2} if arch != "topk" else extra
     slow = train(cfg(tmp_path / "off", architecture=arch, fast_step="off", **extra), x)
     fast = train(cfg(tmp_path / "on", architecture=arch, fast_step="on", **extra), x)
     for (name, p), q in zip(slow.state_dict().items(), fast.state_dict().values()):
@@ -88,6 +88,12 @@ def test_auto_picks_autograd_on_cpu_and_fast_on_cuda(tmp_path):
     assert _HookState(build_sae(on, D), on, torch.device("cpu")).fast is not None
     for kw in ({"architecture": "relu"}, {"sae_options": {"multi_topk": True}}):
         assert not cfg(tmp_path / "r", **kw).use_fast_step("cuda")  # auto falls back
+    for arch in ("batchtopk", "matryoshka"):  # as TopK: fast on CUDA, autograd on CPU
+        m = cfg(tmp_path / "r", architecture=arch)
+        assert m.use_fast_step("cuda") and not m.use_fast_step("cpu")
+        assert _HookState(build_sae(m, D), m, torch.device("cpu")).fast is None
+        on = cfg(tmp_path / "r", architecture=arch, fast_step="on")
+        assert _HookState(build_sae(on, D), on, torch.device("cpu")).fast is not None
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -202,3 +202,85 @@ def test_cli_trains_matryoshka_on_a_tiny_cache(tmp_path):
     assert float(sae.threshold) > 0
     rec = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rec and "prefix_mse_8" in json.dumps(rec[-1])
+
+
+# ---- the fast step (training/fast_step.py + MatryoshkaSAE.sparse_reconstruction)
+GROUPS = pytest.mark.parametrize("groups,weights", [
+    (None, None), ([7, 13, 20], None), ([0.25, 0.25, 0.5], [1.0, 0.5, 2.0]), ([F], [1.0]),
+], ids=["default", "int", "fractions+weights", "one-group"])
+
+
+def _dead(kind):
+    if kind == "none":
+        return None
+    dead = torch.zeros(F, dtype=torch.bool)
+    dead[::3 if kind == "many" else 13] = True  # "few": fewer dead latents than aux_k = 6
+    return dead
+
+
+@GROUPS
+@pytest.mark.parametrize("dead", ["none", "few", "many"])
+def test_fast_step_loss_and_grads_equal_autograd_float64(groups, weights, dead):
+    """The closed-form gradients (module docstring) equal autograd through training_forward,
+    and the step updates BatchTopK's threshold as the autograd step does."""
+    from saelens_lite.training.fast_step import sparse_loss_and_grads
+
+    fast, ref = (make(matryoshka_groups=groups, matryoshka_weights=weights) for _ in range(2))
+    x, dead_F = data(), _dead(dead)
+    assert int(torch.bincount(ref._batch_topk(x)[0]).max()) <= 2 * K  # within the fast step's cap
+    res = sparse_loss_and_grads(fast, x, dead_mask_F=dead_F)
+    out = ref.training_forward(x, dead_mask_F=dead_F)
+    out.loss.backward()
+    assert float(fast.threshold) >= 0  # the fast step set it from its selection
+    torch.testing.assert_close(fast.threshold, ref.threshold, rtol=1e-12, atol=0)
+    # "few": the fast step's AuxK scale n_dead / k_aux is a float32 quotient (saes.terms.aux_scale),
+    # the model's a Python float: ~3e-8 relative in the AuxK term
+    tol = dict(rtol=1e-7, atol=1e-9) if dead == "few" else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(res.out.loss, out.loss.detach(), **tol)
+    assert res.out.losses.keys() == out.losses.keys()
+    for name, v in out.losses.items():
+        torch.testing.assert_close(res.out.losses[name], v.detach(), **tol)
+    torch.testing.assert_close(res.out.x_hat_BD, out.x_hat_BD.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(res.out.fvu, out.fvu)
+    torch.testing.assert_close(res.out.l0, out.l0)
+    assert torch.equal(res.out.fired_F, out.fired_F)
+    for name, q in ref.named_parameters():
+        torch.testing.assert_close(res.grads[name], q.grad, **(tol | dict(rtol=max(tol["rtol"], 1e-10))), msg=name)
+        assert res.grads[name].stride() == q.stride(), name
+
+
+@GROUPS
+def test_fast_train_step_takes_the_same_adam_steps_as_autograd(groups, weights):
+    from saelens_lite.training.fast_step import FastTrainStep
+
+    # k = F / 2: the fast step caps a row at its top 2k candidates where the model keeps more
+    # (BatchTopKSAE.sparse_candidates); with 2k = F no row can exceed it
+    a, b = (make(matryoshka_groups=groups, matryoshka_weights=weights, k=F // 2) for _ in range(2))
+    oa, ob = (torch.optim.Adam(s.parameters(), lr=1e-2) for s in (a, b))
+    step = FastTrainStep(b, ob)
+    for i in range(4):
+        x, dead_F = data(seed=20 + i), _dead("many" if i % 2 else "none")
+        out = a.training_forward(x, dead_mask_F=dead_F)
+        oa.zero_grad()
+        out.loss.backward()
+        a.before_optimizer_step_()
+        oa.step()
+        a.after_optimizer_step_()
+        torch.testing.assert_close(step(x, dead_F).loss, out.loss.detach(), rtol=1e-10, atol=1e-12)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-11, msg=name)
+    torch.testing.assert_close(b.threshold, a.threshold, rtol=1e-10, atol=0)
+
+
+def test_fast_step_is_declared_and_refuses_the_dense_backward():
+    from saelens_lite.saes import REGISTRY, fast_step_architectures
+    from saelens_lite.training.fast_step import FastTrainStep, sparse_loss_and_grads
+
+    assert "matryoshka" in fast_step_architectures() and REGISTRY["matryoshka"].fast_step_supports({})
+    assert not REGISTRY["matryoshka"].fast_step_supports({"target_hook": "blocks.0.hook_mlp_out"})
+    sae = make()
+    with pytest.raises(ValueError, match="backward='dense' is invalid for architecture 'matryoshka'"):
+        sparse_loss_and_grads(sae, data(), backward="dense")
+    step = FastTrainStep(sae, torch.optim.Adam(sae.parameters()), backward="dense")
+    with pytest.raises(ValueError, match="backward='dense'"):
+        step(data())

@@ -32,7 +32,10 @@ def make(arch: str, skip: bool, **kw) -> SAE:
 
 
 def reference(sae: SAE, x, y, dead):
-    """(loss, x_hat, params) from plain torch ops on float64 leaf copies of the parameters."""
+    """(loss, x_hat, params) from plain torch ops on float64 leaf copies of the parameters.
+    Matryoshka (Bussmann et al. 2025): BatchTopK's codes, and every prefix m of the dictionary
+    reconstructs the target on its own, x_hat_m = acts[:, :n_m] @ W_dec[:n_m] + b_dec (+ x @ W_skip),
+    loss sum_m w_m ||y - x_hat_m||^2; x_hat is the full dictionary's, AuxK reads its residual."""
     cfg = sae.cfg
     P = {n: p.detach().clone().requires_grad_(True) for n, p in sae.named_parameters()}
     pre = x @ P["W_enc"] + P["b_enc"]  # a transcoder's encoder does not subtract b_dec
@@ -41,7 +44,7 @@ def reference(sae: SAE, x, y, dead):
     elif sae.architecture == "topk":
         vals, idx = pre.topk(cfg.k, dim=-1)
         acts = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
-    elif sae.architecture == "batchtopk":
+    elif sae.architecture in ("batchtopk", "matryoshka"):
         score = pre / (x.norm(dim=-1, keepdim=True) / math.sqrt(D))
         keep = torch.zeros(pre.numel(), dtype=torch.bool)
         keep[score.reshape(-1).topk(B * cfg.k).indices] = True
@@ -49,10 +52,13 @@ def reference(sae: SAE, x, y, dead):
     else:
         theta = P["log_threshold"].detach().exp()
         acts = pre * (pre > theta)
-    x_hat = acts @ P["W_dec"] + P["b_dec"]
-    if cfg.skip:
-        x_hat = x_hat + x @ P["W_skip"]
-    loss = (x_hat - y).pow(2).sum(-1).mean()
+    widths, weights = getattr(sae, "widths", [F_]), getattr(sae, "weights", [1.0])
+    loss = 0.0
+    for n, w in zip(widths, weights):  # one prefix of weight 1 but for Matryoshka
+        x_hat = acts[:, :n] @ P["W_dec"][:n] + P["b_dec"]
+        if cfg.skip:
+            x_hat = x_hat + x @ P["W_skip"]
+        loss = loss + w * (x_hat - y).pow(2).sum(-1).mean()
     if sae.architecture == "relu":
         loss = loss + cfg.l1_coeff * (acts * P["W_dec"].norm(dim=1)).sum(-1).mean()
     elif sae.architecture == "jumprelu":
@@ -92,14 +98,33 @@ def test_transcoder_loss_and_grads_equal_a_float64_reference(arch, skip):
         if name != "log_threshold":  # its gradient is the straight-through estimator's
             torch.testing.assert_close(p.grad, P[name].grad, msg=name)
     with torch.no_grad():  # inference is the same reconstruction (skip term included)
-        if arch != "batchtopk":  # (batchtopk infers with its threshold, trains with batch top-k)
+        if arch not in ("batchtopk", "matryoshka"):  # (batchtopk infers with its threshold, trains with batch top-k)
             torch.testing.assert_close(sae(x), x_hat)
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["plain", "skip"])
+def test_matryoshka_transcoder_with_fraction_groups_and_weights_equals_the_reference(skip):
+    sae = make("matryoshka", skip, matryoshka_groups=[0.25, 0.25, 0.5],
+               matryoshka_weights=[1.0, 0.5, 2.0])
+    assert sae.widths == [8, 16, 32]
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(B, D, generator=g, dtype=torch.float64)
+    y = torch.randn(B, D, generator=g, dtype=torch.float64) - 1
+    dead = torch.zeros(F_, dtype=torch.bool)
+    dead[1::3] = True
+    out = sae.training_forward(x, target_BD=y, dead_mask_F=dead)
+    out.loss.backward()
+    loss, x_hat, P = reference(sae, x, y, dead)
+    torch.testing.assert_close(out.loss.detach(), loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.x_hat_BD.detach(), x_hat, rtol=1e-12, atol=1e-12)
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(p.grad, P[name].grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
 @pytest.mark.parametrize("arch", SPARSE)
 def test_fold_input_scale_with_two_scales_gives_the_same_outputs_on_raw_data(arch):
     sae = make(arch, True)
-    if arch == "batchtopk":
+    if hasattr(sae, "threshold"):  # batchtopk, matryoshka
         sae.threshold.fill_(0.4)
     x = torch.randn(B, D, dtype=torch.float64) * 3
     c_in, c_out = 0.25, 4.0
@@ -147,4 +172,6 @@ def test_skip_needs_a_target_hook_and_baselines_are_not_transcoders():
 
 def test_the_fast_step_declines_transcoders():
     assert REGISTRY["topk"].fast_step_supports({})
-    assert not REGISTRY["topk"].fast_step_supports({"target_hook": "blocks.0.hook_mlp_out"})
+    for arch in ("topk", "batchtopk", "matryoshka"):
+        assert REGISTRY[arch].fast_step_supports({}) == REGISTRY[arch].supports_fast_step
+        assert not REGISTRY[arch].fast_step_supports({"target_hook": "blocks.0.hook_mlp_out"})

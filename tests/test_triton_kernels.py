@@ -17,7 +17,7 @@ from saelens_lite import kernels  # noqa: E402
 from saelens_lite.kernels import SparsePattern  # noqa: E402
 from saelens_lite.kernels import sparse as sparse_mod  # noqa: E402
 from saelens_lite.saes import SAE, SAEConfig  # noqa: E402
-from saelens_lite.training import fast_step  # noqa: E402
+from saelens_lite.training import fast_select, fast_step  # noqa: E402
 from saelens_lite.training.fast_step import FastTrainStep, sparse_loss_and_grads  # noqa: E402
 
 try:
@@ -170,9 +170,11 @@ def _sae(dtype="float64", device="cpu", seed=0, d=12, f=40, k=4, arch="topk"):
 
 
 @pytest.mark.parametrize("backward", ["sparse", "dense"])
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
 @pytest.mark.parametrize("dead", ["none", "few", "many"])
 def test_fast_step_grads_equal_autograd_through_training_forward(dead, arch, backward):
+    if arch == "matryoshka" and backward == "dense":
+        pytest.skip("matryoshka's fast step is sparse only (fast_step_dense_backward)")
     sae, ref = _sae(arch=arch), _sae(arch=arch)
     x = _rand(9, 12, seed=7)
     dead_mask = None if dead == "none" else torch.zeros(40, dtype=torch.bool)
@@ -183,7 +185,7 @@ def test_fast_step_grads_equal_autograd_through_training_forward(dead, arch, bac
     res = sparse_loss_and_grads(sae, x, dead_mask_F=dead_mask, backward=backward)
     out = ref.training_forward(x, dead_mask_F=dead_mask)
     out.loss.backward()
-    if arch == "batchtopk":  # (here no row keeps all 2k candidates: the model keeps m = 2k)
+    if arch != "topk":  # (here no row keeps all 2k candidates: the model keeps m = 2k)
         torch.testing.assert_close(sae.threshold, ref.threshold)
     torch.testing.assert_close(res.out.loss, out.loss.detach())
     torch.testing.assert_close(res.out.fvu, out.fvu)
@@ -194,7 +196,7 @@ def test_fast_step_grads_equal_autograd_through_training_forward(dead, arch, bac
         assert res.grads[name].stride() == q.stride(), name
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
 def test_fast_step_through_triton_kernels_equals_autograd(arch, triton_dispatch):
     sae, ref = _sae(device=DEV, arch=arch), _sae(device=DEV, arch=arch)
     x = _rand(9, 12, seed=7).to(DEV)
@@ -204,7 +206,7 @@ def test_fast_step_through_triton_kernels_equals_autograd(arch, triton_dispatch)
         torch.testing.assert_close(res.grads[name], q.grad, msg=name)
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
 def test_fast_train_step_takes_the_same_step_as_the_autograd_loop(arch):
     a, b = _sae(arch=arch), _sae(arch=arch)
     oa = torch.optim.Adam(a.parameters(), lr=1e-2)
@@ -432,7 +434,7 @@ def test_auto_select_falls_back_for_good_when_the_fused_kernel_fails(monkeypatch
         pytest.skip("triton is not installed")
     monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
     monkeypatch.setattr(sparse_mod, "_use_triton", lambda t: True)
-    monkeypatch.setattr(fast_step, "_FUSED_FAILED", [])
+    monkeypatch.setattr(fast_select, "_FUSED_FAILED", [])
     calls = []
 
     def broken(*a):
@@ -452,7 +454,7 @@ def test_auto_select_falls_back_for_good_when_the_fused_kernel_fails(monkeypatch
     assert "fused top-k kernel failed" in caplog.text
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
 @pytest.mark.parametrize("dead", ["few", "many"])
 def test_sentinel_patterns_through_triton_equal_autograd_with_auxk(arch, dead, triton_dispatch,
                                                                    monkeypatch):  # fmt: skip

@@ -130,15 +130,20 @@ class SparsePattern:
         return self._by_feature
 
     def transposed_matmul(
-        self, vals_N: Tensor, dense_BD: Tensor, *, out_DF: bool = False
+        self, vals_N: Tensor, dense_BD: Tensor, *, out_DF: bool = False,
+        out_dtype: torch.dtype | None = None,
     ) -> Tensor:
         """A^T @ dense -> (F, D), where A (B, F) holds vals_N at this pattern. With out_DF the
         result is written as the transpose of a contiguous (D, F) tensor, which is returned, so
-        that a (D, F) parameter's gradient needs no layout copy."""
+        that a (D, F) parameter's gradient needs no layout copy. `out_dtype` (without out_DF):
+        the result's dtype (Triton: mixed dtypes, float32 accumulation, as the pair's)."""
         if _use_triton(dense_BD):
             return _triton().transposed_matmul(
-                *self._by_feature_triton(), [(vals_N, dense_BD)], out_DF=out_DF
+                *self._by_feature_triton(), [(vals_N, dense_BD)], out_DF=out_DF,
+                out_dtype=out_dtype,
             )[0]
+        if out_dtype is not None and not out_DF:
+            return self.transposed_matmul(vals_N, dense_BD).to(out_dtype)
         if not _use_sparse_lib(dense_BD):  # half types, CUDA: chunked gather + index_add
             out_FD = dense_BD.new_zeros(self.n_cols, dense_BD.shape[1])
             for s in range(0, self.cols_N.numel(), _CHUNK):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
@@ -64,6 +64,37 @@ class TrainOutput(NamedTuple):
         return self.losses.get("auxk")
 
 
+class SparseOps(NamedTuple):
+    """The fast step's kernels as `SAE.sparse_reconstruction` sees them (training/fast_step.py
+    picks them per device: on CUDA with a compute dtype, 16-bit gathered rows)."""
+
+    W_dec: Tensor
+    """W_dec (detached) in the dtype of the rows the kernels gather."""
+    cast: Callable[[Tensor], Tensor]
+    """A dense operand of the kernels (an output gradient) to that dtype."""
+    decode: Callable[[kernels.SparsePattern, Tensor], Tensor]
+    """(pattern, vals_N) -> A(vals) @ W_dec in the values' dtype (the fast step's decode)."""
+    out_dtype: torch.dtype
+    """The parameters' dtype: the dtype of every gradient."""
+
+
+class SparseRecon(NamedTuple):
+    """The reconstruction terms of a fast step and their gradients (`SAE.sparse_reconstruction`)."""
+
+    x_hat_BD: Tensor
+    """The full reconstruction (FVU, AuxK's residual), detached."""
+    loss: Tensor
+    """The reconstruction terms of the loss (0-dim, detached)."""
+    losses: dict[str, Tensor]
+    """Named terms for logging, "mse" the full reconstruction's (detached)."""
+    grad_vals_N: Tensor
+    """dL/dz at each entry of the pattern (before the fast step's keep mask)."""
+    grad_out_BD: Tensor
+    """sum over the reconstructions of dL/dx_hat (B, D); its row sum is dL/db_dec's direct part."""
+    grad_W_dec: Tensor | None
+    """dL/dW_dec; None: A(z)^T grad_out_BD on the pattern, which the fast step computes in
+    one pass with the encoder's product (one reconstruction)."""
+
 
 # ---------------------------------------------------------------- the base class
 class SAE(nn.Module):
@@ -92,8 +123,11 @@ class SAE(nn.Module):
     supports_transcoder: bool = False
     # Whether training/fast_step.py's closed-form sparse gradients cover this architecture (for
     # the SAEConfig fields that `fast_step_supports` accepts); the trainer and TrainConfig read
-    # it. Such a class defines the fast step's three per-architecture methods (`sparse_*`).
+    # it. Such a class defines the fast step's per-architecture methods (`sparse_*`).
     supports_fast_step: bool = False
+    # Whether the fast step's backward="dense" (GEMMs over the code matrix) computes this
+    # class's reconstruction: it has the one reconstruction of `SAE.sparse_reconstruction`.
+    fast_step_dense_backward: bool = True
     # Data-parallel training: the mean over ranks of a per-rank batch statistic, without grad
     # (the trainer sets saelens_lite.distributed.batch_mean under torchrun). None: one process,
     # the local batch is the whole batch. Terms non-linear in a batch mean read it (jumprelu).
@@ -207,6 +241,23 @@ class SAE(nn.Module):
         """(keep_N, score_N), N = B*K: which candidates (pre_BK, each row's top K in any order)
         are active, and the scores they were ranked by. No host sync (CUDA graphs)."""
         raise NotImplementedError(f"{self.architecture!r} has no fast step (supports_fast_step)")
+
+    def sparse_reconstruction(
+        self, x_BD: Tensor, pattern: kernels.SparsePattern, vals_N: Tensor, ops: SparseOps
+    ) -> SparseRecon:
+        """The reconstruction terms of the fast step and their closed-form gradients in the codes
+        z (vals_N at `pattern`, the kept candidates; inactive entries hold 0) and in W_dec. Here
+        one reconstruction (TopK, BatchTopK; Gao et al. 2024):
+            x_hat = A(z) W_dec + b_dec,   L = ||x_hat - x||^2 / B,   g = 2 (x_hat - x) / B,
+            dL/dz_n = <g[b_n], W_dec[f_n]>,   dL/dW_dec = A(z)^T g  (grad_W_dec None: the fast
+        step pairs it with the encoder's product). No autograd, no host sync."""
+        B = x_BD.shape[0]
+        x_hat_BD = ops.decode(pattern, vals_N) + self.b_dec.detach()
+        err_BD = x_hat_BD - x_BD
+        mse = err_BD.pow(2).sum() / B
+        g_BD = err_BD * (2.0 / B)
+        gz_N = pattern.sampled_dot(ops.cast(g_BD), ops.W_dec)
+        return SparseRecon(x_hat_BD, mse, {"mse": mse}, gz_N, g_BD, None)
 
     def sparse_selected_(self, score_N: Tensor, keep_N: Tensor) -> None:
         """Called once a fast step has its gradients, with its selection: what the architecture

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from saelens_lite import kernels
+from saelens_lite.saes.base import SparseOps, SparseRecon
 from saelens_lite.saes.batchtopk import BatchTopKConfig, BatchTopKSAE
 from saelens_lite.saes.config import invalid
 from saelens_lite.saes.registry import register
@@ -106,11 +107,14 @@ def _is_number(v) -> bool:
 @register("matryoshka")
 class MatryoshkaSAE(BatchTopKSAE):
     config_class = MatryoshkaConfig
-    # the fast step's closed-form gradients are BatchTopK's single reconstruction; not this loss
-    supports_fast_step = False
-    # reconstruction_terms reads a target and the skip term, but no float64 oracle covers a
-    # Matryoshka transcoder yet (tests/test_saes_transcoder.py's reference has no prefixes)
-    supports_transcoder = False
+    # the fast step: BatchTopK's selection, this class's reconstruction terms in closed form
+    # (sparse_reconstruction); its backward="dense" has one decode, so not this loss
+    supports_fast_step = True
+    fast_step_dense_backward = False
+    # every prefix reconstructs the target y (the input for an SAE) and keeps b_dec and the skip
+    # term x @ W_skip (reconstruction_terms); oracle: tests/test_saes_transcoder.py's float64
+    # reference with prefixes
+    supports_transcoder = True
 
     def __init__(self, cfg: MatryoshkaConfig):
         super().__init__(cfg)
@@ -145,3 +149,43 @@ class MatryoshkaSAE(BatchTopKSAE):
             losses[f"prefix_mse_{width}"] = mse
             loss = loss + w * mse
         return x_hat_BD, loss, {"mse": mse} | losses
+
+    def sparse_reconstruction(
+        self, x_BD: Tensor, pattern: kernels.SparsePattern, vals_N: Tensor, ops: SparseOps
+    ) -> SparseRecon:
+        """The nested-prefix terms of the fast step in closed form (module docstring; Bussmann
+        et al. 2025): with d_j the decode of group j's codes,
+            x_hat_m = b_dec + d_1 + ... + d_m,   L = sum_m w_m ||x_hat_m - x||^2 / B,
+            g_m = 2 w_m (x_hat_m - x) / B,   G_j = g_j + ... + g_M,
+            dL/dz_n = <G_j(n)[b_n], W_dec[f_n]>,   dL/dW_dec = sum_n z_n e_{f_n} G_j(n)[b_n],
+        and dL/db_dec's direct part sum_b G_1[b]. The entries are regrouped once (a stable sort
+        by (group, row)) into a pattern of M*B rows, row j*B + b holding token b's codes of
+        group j, so each product is one kernel over the N entries: one decode (d_j for all j,
+        in the parameter dtype), one sampled dot and one transposed product against the
+        (M*B, D) stack of G_j. Inactive entries (value 0; on Triton the sentinel column F)
+        stay inert. No host sync. A transcoder's target and skip term are not read here (the
+        fast step declines transcoders: fast_step_supports)."""
+        B, F_, M = x_BD.shape[0], self.cfg.d_sae, len(self.widths)
+        cols_N = pattern.cols_N.clamp(max=F_ - 1)  # the sentinel F (value 0): any real row
+        group_N = sum((cols_N >= n).long() for n in self.widths[:-1])
+        key_N = pattern.rows_N + B * group_N if M > 1 else pattern.rows_N
+        order_N = torch.argsort(key_N, stable=True)
+        rows_N, vals_o = key_N[order_N], vals_N[order_N]
+        # the decode gathers real rows (embedding_bag); the kernels below skip the sentinel
+        dec = kernels.SparsePattern.from_coo(rows_N, cols_N[order_N], M * B, F_)
+        back = kernels.SparsePattern.from_coo(rows_N, pattern.cols_N[order_N], M * B, F_)
+        d_MBD = dec.gather_rows_sum(vals_o, self.W_dec.detach()).view(M, B, -1)
+        x_hat_MBD = d_MBD.cumsum(0) + self.b_dec.detach()
+        err_MBD = x_hat_MBD - x_BD
+        losses, loss, g = {}, x_BD.new_zeros(()), []
+        for width, w, err_BD in zip(self.widths, self.weights, err_MBD):
+            mse = err_BD.pow(2).sum() / B
+            losses[f"prefix_mse_{width}"] = mse
+            loss = loss + w * mse
+            g.append(err_BD * (2.0 * w / B))
+        G_MBD = torch.stack(g).flip(0).cumsum(0).flip(0)  # G_j = g_j + ... + g_M
+        G_c = ops.cast(G_MBD.view(M * B, -1))
+        gz_N = torch.empty_like(vals_N).index_copy_(
+            0, order_N, back.sampled_dot(G_c, ops.W_dec).to(vals_N.dtype))
+        gW_dec = back.transposed_matmul(vals_o, G_c, out_dtype=ops.out_dtype)
+        return SparseRecon(x_hat_MBD[-1], loss, {"mse": mse} | losses, gz_N, G_MBD[0], gW_dec)

@@ -180,7 +180,7 @@ class TrainConfig:
     options (``SAE.supports_fast_step`` and ``fast_step_supports``, e.g. not transcoders), off
     on CPU (where it gains little). ``on`` needs such an architecture; on a CPU it runs the
     same math eagerly (equal to autograd up to float rounding). Differences from autograd:
-    BatchTopK caps a row at 2k latents, and on CUDA the sparse gathers run in bf16."""
+    BatchTopK (and Matryoshka) caps a row at 2k latents, and on CUDA the sparse gathers run in bf16."""
     topk_select: str = "auto"
     """The fast step's top-k on CUDA: ``fused`` (the Triton matmul + top-k kernel; k <= 64),
     ``pruned`` (the same kernel keeping fewer candidates per tile than k, rare saturated rows

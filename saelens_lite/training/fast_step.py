@@ -1,9 +1,12 @@
 """A fast training step for top-k style SAEs: explicit sparse gradients, optional CUDA graph.
 
-This module owns the optimiser step, graph capture and the kernels' dispatch; the architecture
-owns its math: which latents are candidates and which are kept (`SAE.sparse_candidates`,
-`SAE.sparse_keep`), what it tracks from the selection (`SAE.sparse_selected_`, BatchTopK's
-threshold), and the shared terms (AuxK, FVU) come from `saes.terms`. Which classes it covers is
+This module owns the optimiser step, graph capture and the kernels' dispatch (the candidate
+selection is in training/fast_select.py); the architecture owns its math: which latents are
+candidates and which are kept (`SAE.sparse_candidates`, `SAE.sparse_keep`), its
+reconstruction terms and their gradients in the codes and W_dec (`SAE.sparse_reconstruction`:
+one reconstruction on the base class, Matryoshka's nested prefixes in saes/matryoshka.py), what
+it tracks from the selection (`SAE.sparse_selected_`, BatchTopK's threshold), and the shared
+terms (AuxK, FVU) come from `saes.terms`. Which classes it covers is
 `SAE.supports_fast_step` / `SAE.fast_step_supports`, read through the registry.
 
 Shape legend: B batch, D model width, F features, K active features per token,
@@ -40,7 +43,10 @@ D=768, K=32) costs index loads instead of B * k_aux row gathers of width D.
 
 BatchTopK (Bussmann et al. 2024) uses the same kernels on a fixed-width pattern: each row's top
 m = 2k candidates, with every candidate outside the batch's top B*k by score, or not positive,
-given value 0 and no gradient (BatchTopKSAE.sparse_keep).
+given value 0 and no gradient (BatchTopKSAE.sparse_keep). Matryoshka (Bussmann et al. 2025)
+keeps BatchTopK's selection and replaces the one decode / sampled dot / decoder product by the
+same three over its entries regrouped into M*B rows (one per token and group), against the
+reverse cumulative sums G_j of the prefixes' output gradients (MatryoshkaSAE.sparse_reconstruction).
 
 Oracle: `sparse_loss_and_grads` equals autograd through the model's `training_forward`
 (float64 tests). Unsupported (ValueError): what the class's `fast_step_supports` declines.
@@ -57,10 +63,14 @@ from torch import Tensor
 
 from saelens_lite import kernels
 from saelens_lite.kernels import sparse as _sparse
-from saelens_lite.saes.base import SAE, TrainOutput
+from saelens_lite.saes.base import SAE, SparseOps, SparseRecon, TrainOutput
 from saelens_lite.saes.registry import fast_step_architectures
 from saelens_lite.saes.terms import aux_k_full, aux_scale, aux_weight, auxk_error_and_grad, fvu
-from saelens_lite.training.config import TOPK_SELECT_MODES
+from saelens_lite.training.fast_select import (  # noqa: F401  (default_aux_candidates: API)
+    check_select,
+    default_aux_candidates,
+    select_candidates,
+)
 from saelens_lite.training.step import optimizer_step_
 
 log = logging.getLogger(__name__)
@@ -89,101 +99,6 @@ def _decode(p: kernels.SparsePattern, vals_N: Tensor, table_FD: Tensor) -> Tenso
     if table_FD.dtype == vals_N.dtype:
         return p.gather_rows_sum(vals_N, table_FD)
     return p.gather_rows_sum(vals_N, table_FD).to(vals_N.dtype)  # Triton: fp32 accumulation
-
-
-_FUSED_FAILED: list[str] = []  # why the fused kernel failed to compile or run ("auto" stops)
-
-
-def _check_select(mode: str) -> None:
-    if mode not in TOPK_SELECT_MODES:
-        raise ValueError(f"select={mode!r} is invalid; allowed: {TOPK_SELECT_MODES}")
-
-
-def _fused_ok(mode: str, xc_lp_BD: Tensor, F_: int, k: int) -> bool:
-    """Whether the low-precision selection uses the fused Triton matmul + top-k kernel."""
-    _check_select(mode)
-    if mode == "torch":
-        return False
-    from saelens_lite.kernels import triton_topk  # imported here: triton is optional
-
-    B = xc_lp_BD.shape[0]
-    kt = triton_topk.pruned_kt(B, F_, k) if mode == "pruned" else k
-    ok = _sparse.use_triton(xc_lp_BD) and triton_topk.supports(xc_lp_BD.dtype, F_, kt)
-    ok = ok and not (_FUSED_FAILED and mode == "auto")
-    if mode in ("fused", "pruned") and not ok:
-        kmax = "k" if mode == "fused" else "the pruned candidates per tile"
-        raise ValueError(
-            f"select={mode!r} needs Triton on CUDA, bfloat16 compute, F <= {triton_topk.MAX_F} "
-            f"and {kmax} <= {triton_topk.MAX_K}; got device {xc_lp_BD.device.type}, "
-            f"{xc_lp_BD.dtype}, F={F_}, k={k}" + (f" ({kt} per tile)" if mode == "pruned" else "")
-        )
-    return ok
-
-
-def _capturing(t: Tensor) -> bool:
-    return t.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
-def default_aux_candidates(F_: int, k_aux: int) -> int:
-    """Default M of the low-precision AuxK selection: max(2 k_aux, F/8), at most F."""
-    return min(F_, max(2 * k_aux, F_ // 8))
-
-
-def _select(sae: SAE, x_BD, xc_lp_BD, k: int, dead_mask_F, k_aux: int, lowp, select, n_aux):
-    """((pre_BK, idx_BK, aux_pre_BK, aux_idx_BK) in the parameter dtype, inexact rows or None).
-
-    Low precision (CUDA): the main top-k from one 16-bit matmul, fused with the selection when
-    `_fused_ok` (no (B, F) matrix is written); the AuxK top-k_aux among at most M = n_aux
-    candidate latents: every dead latent when at most M are dead (then exactly the full
-    masked selection), else a fresh uniformly random M of them each step, picked without a
-    host sync (dead latents get priority 2 + u, live ones u, u ~ U(0, 1)). Bounding M keeps
-    the AuxK selection (k_aux = D/2 is far wider than k) from costing a second full (B, F)
-    matmul and top-k."""
-    W_enc, b_enc = sae.W_enc.detach(), sae.b_enc.detach()
-    if lowp is None:  # CPU, or full precision: the model's own chunked select (exact values)
-        sel = kernels.topk_select(
-            x_BD, W_enc, b_enc, sae.b_dec.detach(), k, dead_mask_F=dead_mask_F,
-            k_aux=k_aux, compute_dtype=sae.cfg.torch_select_dtype,
-        )  # fmt: skip
-        return sel, None
-    # low-precision matmuls; their (fp32-accumulated, rounded) outputs are the values
-    F_ = W_enc.shape[1]
-    W_lp, b_lp = W_enc.to(lowp), b_enc.to(lowp)
-    pre_BF = pre_BK = inexact = None
-    if _fused_ok(select, xc_lp_BD, F_, k):
-        from saelens_lite.kernels import triton_topk
-
-        try:
-            if select == "pruned":
-                pre_BK, idx_BK, inexact = triton_topk.encode_topk_pruned(xc_lp_BD, W_lp, b_lp, k)
-            else:
-                pre_BK, idx_BK = triton_topk.encode_topk(xc_lp_BD, W_lp, b_lp, k)
-        except Exception as e:  # compile or resource failure: "auto" falls back for good
-            if select != "auto" or _capturing(xc_lp_BD):
-                raise
-            _FUSED_FAILED.append(f"{type(e).__name__}: {e}"[:300])
-            log.warning("fused top-k kernel failed, using matmul + torch.topk: %s", e)
-    if pre_BK is None:
-        pre_BF = torch.addmm(b_lp, xc_lp_BD, W_lp)
-        pre_BK, idx_BK = pre_BF.topk(k, dim=-1, sorted=False)
-    aux_pre = aux_idx = None
-    if k_aux:
-        M = max(n_aux or default_aux_candidates(F_, k_aux), k_aux)
-        if M < F_:
-            prio_F = torch.rand(F_, device=W_enc.device) + 2 * dead_mask_F
-            cand_M = prio_F.topk(M, sorted=False).indices
-            pre_BM = torch.addmm(b_lp[cand_M], xc_lp_BD, W_lp[:, cand_M])
-            pre_BM.masked_fill_(~dead_mask_F[cand_M], -float("inf"))
-            aux_pre, j_BK = pre_BM.topk(k_aux, dim=-1, sorted=False)
-            aux_idx = cand_M[j_BK]
-        else:
-            if pre_BF is None:
-                pre_BF = torch.addmm(b_lp, xc_lp_BD, W_lp)
-            aux_pre, aux_idx = pre_BF.masked_fill_(~dead_mask_F, -float("inf")).topk(
-                k_aux, dim=-1, sorted=False
-            )
-        aux_pre = aux_pre.to(W_enc.dtype)
-    return kernels.TopKSelection(pre_BK.to(W_enc.dtype), idx_BK, aux_pre, aux_idx), inexact
 
 
 BACKWARD_MODES = ("sparse", "dense")
@@ -238,7 +153,7 @@ def sparse_loss_and_grads(
     implementation ("auto": the fused Triton kernel where it applies, "fused": it or an error,
     "pruned": the fused kernel keeping fewer candidates per tile than k, saturated rows
     recomputed (kernels.triton_topk; untimed), "torch": matmul then torch.topk) and
-    `aux_candidates` bounds the AuxK selection (see `_select`; default
+    `aux_candidates` bounds the AuxK selection (see `select_candidates`; default
     `default_aux_candidates`). `backward="dense"` computes the main path's decode, sampled dot
     and weight gradients as four dense GEMMs over the (B, F) code matrix in `compute_dtype`
     (x_hat = Z W_dec, G = g W_dec^T gathered at the pattern, dW_dec = Z^T g, dW_enc^T =
@@ -253,6 +168,9 @@ def sparse_loss_and_grads(
             f"their class's fast_step_supports accepts; got architecture={cfg.architecture!r} "
             f"with SAEConfig {cfg}"
         )
+    if backward == "dense" and not type(sae).fast_step_dense_backward:
+        raise ValueError(f"backward='dense' is invalid for architecture {cfg.architecture!r} "
+                         f"(its reconstruction is not one decode); allowed: 'sparse'")
     W_enc, W_dec, b_dec = sae.W_enc.detach(), sae.W_dec.detach(), sae.b_dec.detach()
     B, F_ = x_BD.shape[0], cfg.d_sae
     x_BD = x_BD.to(W_enc.dtype)
@@ -269,8 +187,8 @@ def sparse_loss_and_grads(
         return t.to(lowp) if gather_lp else t
 
     k_aux = min(aux_k_full(cfg), F_) if dead_mask_F is not None else 0
-    sel, inexact = _select(sae, x_BD, xc_lp_BD, sae.sparse_candidates(), dead_mask_F, k_aux,
-                           lowp, select, aux_candidates)  # fmt: skip
+    sel, inexact = select_candidates(sae, x_BD, xc_lp_BD, sae.sparse_candidates(), dead_mask_F,
+                                     k_aux, lowp, select, aux_candidates)  # fmt: skip
     pre_N, idx_BK = sel.pre_BK.reshape(-1), sel.idx_BK
     keep_N, score_N = sae.sparse_keep(x_BD, sel.pre_BK)
     p = _pattern(idx_BK, keep_N, F_, gather_lp)
@@ -280,14 +198,9 @@ def sparse_loss_and_grads(
         W_dec_d = W_dec.to(cd)
         Z_BF = torch.zeros(B, F_, dtype=cd, device=x_BD.device)
         Z_BF.scatter_(1, idx_BK, vals_N.view(B, -1).to(cd))
-        x_hat_BD = _mm32(Z_BF, W_dec_d).to(W_enc.dtype)
-    else:
-        x_hat_BD = _decode(p, vals_N, W_dec_c)
-    x_hat_BD = x_hat_BD + b_dec
-    err_BD = x_hat_BD - x_BD
-    mse = err_BD.pow(2).sum() / B
-    g_BD = err_BD * (2.0 / B)
-    if backward == "dense":
+        x_hat_BD = _mm32(Z_BF, W_dec_d).to(W_enc.dtype) + b_dec
+        g_BD = (x_hat_BD - x_BD) * (2.0 / B)
+        mse = (x_hat_BD - x_BD).pow(2).sum() / B
         g_d = g_BD.to(cd)
         G_BF = _mm32(g_d, W_dec_d.t())  # <g_b, W_dec[f]> for every (b, f)
         gpre_N = G_BF.gather(1, idx_BK).reshape(-1).to(pre_N.dtype) * keep_N
@@ -295,20 +208,29 @@ def sparse_loss_and_grads(
         A_BF = torch.zeros_like(Z_BF).scatter_(1, idx_BK, gpre_N.view(B, -1).to(cd))
         gW_enc_FD = _mm32(A_BF.t(), xc_BD.to(cd)).to(W_enc.dtype)
         gW_dec = _mm32(Z_BF.t(), g_d).to(W_enc.dtype)
-    else:
-        g_c = c(g_BD)
-        gpre_N = p.sampled_dot(g_c, W_dec_c).to(pre_N.dtype) * keep_N
-        gW_enc_FD, gW_dec = p.transposed_matmul_pair(gpre_N, xc_c, vals_N, g_c, W_enc.dtype)
+        rec = SparseRecon(x_hat_BD, mse, {"mse": mse}, gpre_N, g_BD, gW_dec)
+    else:  # the architecture's reconstruction terms (SAE.sparse_reconstruction)
+        ops = SparseOps(W_dec_c, c, lambda q, v: _decode(q, v, W_dec_c), W_enc.dtype)
+        rec = sae.sparse_reconstruction(x_BD, p, vals_N, ops)
+        gpre_N = rec.grad_vals_N.to(pre_N.dtype) * keep_N
+        if rec.grad_W_dec is None:  # A(z)^T g on the same pattern: one paired pass
+            gW_enc_FD, gW_dec = p.transposed_matmul_pair(
+                gpre_N, xc_c, vals_N, c(rec.grad_out_BD), W_enc.dtype
+            )
+        else:
+            gW_enc_FD = p.transposed_matmul(gpre_N, xc_c, out_dtype=W_enc.dtype)
+            gW_dec = rec.grad_W_dec
+    x_hat_BD, mse = rec.x_hat_BD, rec.losses["mse"]
     gb_enc1 = sae.b_enc.new_zeros(F_ + 1).index_add_(0, p.cols_N, gpre_N)  # [F]: sentinels
-    loss = mse
-    losses = {"mse": mse.detach()}
+    loss = rec.loss
+    losses = {n: t.detach() for n, t in rec.losses.items()}
     if k_aux:
         aux_pre_N = sel.aux_pre_BK.masked_fill(~dead_mask_F[sel.aux_idx_BK], -float("inf"))
         aux_pre_N = aux_pre_N.reshape(-1)
         pa = _pattern(sel.aux_idx_BK, aux_pre_N > 0, F_, gather_lp)
         va_N = torch.relu(aux_pre_N)
         auxk, g_aux_BD = auxk_error_and_grad(  # AuxK on the residual e = x - x_hat
-            _decode(pa, va_N, W_dec_c), -err_BD, aux_scale(cfg, dead_mask_F, W_enc.dtype)
+            _decode(pa, va_N, W_dec_c), x_BD - x_hat_BD, aux_scale(cfg, dead_mask_F, W_enc.dtype)
         )
         weight = cfg.aux_coeff * aux_weight(x_BD)  # see saes.terms.aux_weight
         loss = loss + weight * auxk
@@ -320,7 +242,7 @@ def sparse_loss_and_grads(
         gW_dec += gd
         gb_enc1.index_add_(0, pa.cols_N, gpa_N)
     gb_enc = gb_enc1[:F_]
-    gb_dec = g_BD.sum(0) - W_enc @ gb_enc
+    gb_dec = rec.grad_out_BD.sum(0) - W_enc @ gb_enc
     gW_enc = gW_enc_FD.t() if W_enc.t().is_contiguous() else gW_enc_FD.t().contiguous()
     with torch.no_grad():
         sae.sparse_selected_(score_N, keep_N)
@@ -369,7 +291,7 @@ class FastTrainStep:
         backward: str = "sparse",
     ):
         self.sae, self.opt, self.compute_dtype, self.warmup = sae, opt, compute_dtype, warmup
-        _check_select(select)
+        check_select(select)
         _check_backward(backward)
         self.select, self.aux_candidates, self.backward = select, aux_candidates, backward
         self.grad_clip, self.grad_hook = grad_clip, grad_hook

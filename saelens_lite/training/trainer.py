@@ -49,8 +49,8 @@ one-process run's); each rank writes its own hooks' SAE folders and its own chec
 holds and refuses another world size or a switch between the two modes. ``train`` returns this
 rank's ``{hook: SAE}``. Without torchrun the flag changes nothing.
 
-Fast step (``config.fast_step``, :mod:`saelens_lite.training.fast_step`): for TopK / BatchTopK
-the step above runs as closed-form sparse gradients and fused Adam instead of autograd; on CUDA
+Fast step (``config.fast_step``, :mod:`saelens_lite.training.fast_step`): for TopK / BatchTopK /
+Matryoshka the step above runs as closed-form sparse gradients and fused Adam instead of autograd; on CUDA
 in one process it is captured once in a CUDA graph and replayed. The schedule then reaches the
 graph through tensors updated in place before each replay (the lr, a 0-dim tensor read by fused
 Adam; the dead mask, copied into the captured input), the clip runs inside the graph
