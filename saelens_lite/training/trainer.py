@@ -67,8 +67,10 @@ saes.batchtopk), then the normalisation scale is folded in and the SAE is saved.
 Rank 0 also redraws ``training_curves.png`` from ``metrics.jsonl`` at each checkpoint and when
 the loop ends (:mod:`saelens_lite.training.curves`; a plotting failure only logs a warning).
 
-This module holds the loop (:func:`train`) and the per-step glue (step, reductions, metrics
-record); the pieces it runs live beside it: the schedules in
+This module holds :func:`train` as a sequence of named phases (set-up, the loop, record,
+checkpoint, finish) and the per-step glue (step, reductions, metrics record); the pieces it runs
+live beside it: the set-up (the run, the hook states, a fresh run's init) in
+:mod:`~saelens_lite.training.run_setup`, the schedules in
 :mod:`~saelens_lite.training.schedules`, the dead-latent counter in
 :mod:`~saelens_lite.training.dead_latents`, a hook's SAE, Adam and step in
 :mod:`~saelens_lite.training.hook_state`, the choice of checkpoint to resume from in
@@ -84,11 +86,8 @@ import copy
 import inspect
 import logging
 import math
-import random
 import shutil
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from saelens_lite import distributed
@@ -97,7 +96,6 @@ from saelens_lite.training import targets
 from saelens_lite.training.checkpoint import prune_checkpoints, save_checkpoint, set_rng_state
 from saelens_lite.training.config import TrainConfig
 from saelens_lite.training.curves import refresh_training_curves
-from saelens_lite.training.data import open_source
 from saelens_lite.training.dead_latents import DeadLatentTracker
 from saelens_lite.training.hook_state import (
     HookState,
@@ -110,6 +108,7 @@ from saelens_lite.training.hook_state import (
 from saelens_lite.training.logging import RunLogger
 from saelens_lite.training.prefetch import Prefetcher
 from saelens_lite.training.resume import resume_point, resume_point_by_hook
+from saelens_lite.training.run_setup import TrainRun, build_states, init_from_data, open_run
 from saelens_lite.training.schedules import lr_at, sparsity_scale_at
 
 log = logging.getLogger(__name__)
@@ -131,160 +130,190 @@ def train(config: TrainConfig, data=None):
     ``config.distribute_hooks``, always a dict holding this rank's hooks only. Every check on
     the config and the data runs before the first step.
     """
-    dinfo, device = distributed.setup(config.device)
-    by_hook = config.distribute_hooks and dinfo.distributed  # else: data parallel (or 1 process)
-    data_parallel = dinfo.distributed and not by_hook
-    # this rank's rows of a global batch: all of them when hooks are distributed
-    rows = distributed.rank_slice(config.batch_size, dinfo) if data_parallel else slice(None)
-    source = open_source(data, config)
-    all_hooks, all_widths = targets.input_hooks(config, source.hooks), dict(source.widths)
-    hooks = distributed.assign_hooks(all_hooks, dinfo) if by_hook else all_hooks
-    if by_hook:  # read (a cache) or capture (a model) only this rank's hooks (and the target)
-        source.select(targets.with_target(config, hooks))
-    amp = autocast_dtype(config, device)
-    run_dir = Path(config.out_dir)
+    run = open_run(config, data)
+    states = build_states(run)
+    start = _start_step(run, states)
+    _log_plan(run, states)
+    _train_loop(run, states, start)
+    _warn_inexact_rows(states)
+    return _returned(run, _finish(run, states))
 
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    random.seed(config.seed)
-    # Every rank builds every hook's SAE in config order (on the CPU, keeping only its own), so
-    # each init draws from the global RNG exactly where a one-process run draws it.
-    states = {}
-    for h in all_hooks:
-        sae = build_sae(config, all_widths[h], h)
-        if h in hooks:
-            states[h] = HookState(sae, config, device, data_parallel, amp)
-        del sae
 
-    if by_hook:
-        ckpt = resume_point_by_hook(config, run_dir, source, all_hooks, dinfo)
+def _start_step(run: TrainRun, states: dict[str, HookState]) -> int:
+    """Set-up: the step to start at. Resume from the newest usable checkpoint, or initialise
+    from a data sample and write ``config.json`` (a fresh run starts at 0)."""
+    if run.by_hook:
+        ckpt = resume_point_by_hook(run.config, run.run_dir, run.source, run.all_hooks, run.dinfo)
     else:
-        ckpt = resume_point(config, run_dir, source, dinfo.world_size)
+        ckpt = resume_point(run.config, run.run_dir, run.source, run.dinfo.world_size)
     if ckpt is not None:
         for h, st in states.items():
             st.load_state_dict(ckpt["hooks"][h])
         set_rng_state(ckpt["rng"])
         start = ckpt["step"]
-        log.info("resuming %s at step %d (%d tokens)", run_dir, start, start * config.batch_size)
-    else:
-        start = 0
-        sample = source.sample(config.init_sample_tokens, seed=config.seed)
-        for h, st in states.items():
-            x_ND = sample[h].to(device, torch.float32)
-            st.scale = normalization_scale(x_ND) if config.normalize_activations else 1.0
-            if not config.target_hook:
-                st.sae.init_from_data_(x_ND * st.scale)  # b_dec per cfg.b_dec_init
-                continue
-            y_ND = sample[config.target_hook].to(device, torch.float32)
-            st.target_scale = normalization_scale(y_ND) if config.normalize_activations else 1.0
-            st.sae.init_from_data_(x_ND * st.scale, y_ND * st.target_scale)  # b_dec from targets
-        if data_parallel:  # every rank computed the same init; make that exact
-            scales = distributed.broadcast_object({h: (st.scale, st.target_scale) for h, st in states.items()})
-            for h, st in states.items():
-                st.scale, st.target_scale = scales[h]
-                distributed.broadcast_module_(st.sae)
-        if by_hook:  # every rank writes files (out_dir need not be on a shared filesystem)
-            run_dir.mkdir(parents=True, exist_ok=True)
-        if dinfo.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(run_dir / "config.json", {**config.to_dict(), "format_version": FORMAT_VERSION,
-                                                  "widths": all_widths, "n_tokens": source.n_tokens})
-        distributed.barrier()
+        log.info("resuming %s at step %d (%d tokens)", run.run_dir, start, start * run.config.batch_size)
+        return start
+    init_from_data(run, states)
+    _write_run_config(run)
+    return 0
 
-    total = config.steps
-    B = config.batch_size
+
+def _write_run_config(run: TrainRun) -> None:
+    """Create the run folder and (rank 0) write ``config.json``; every rank waits for it."""
+    if run.by_hook:  # every rank writes files (out_dir need not be on a shared filesystem)
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+    if run.dinfo.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run.run_dir / "config.json", {**run.config.to_dict(), "format_version": FORMAT_VERSION,
+                                                 "widths": run.all_widths, "n_tokens": run.source.n_tokens})
+    distributed.barrier()
+
+
+def _log_plan(run: TrainRun, states: dict[str, HookState]) -> None:
+    """Log what each hook trains and how long the run is."""
+    config, dinfo, source = run.config, run.dinfo, run.source
+    total, B = config.steps, config.batch_size
     for h, st in states.items():
         log.info("%s: %s d_in=%d d_sae=%d %s, lr=%.3g%s, scale=%.4g", h, targets.describe(config),
                  source.widths[h], st.sae.cfg.d_sae, config.architecture, st.base_lr, lr_note(config, st),
                  st.scale)
     fast = next(iter(states.values())).fast
-    log.info("training %d steps x %d tokens on %s%s%s (%s)%s", total, B, device,
-             " with bf16 autocast" if amp is not None else "",
+    log.info("training %d steps x %d tokens on %s%s%s (%s)%s", total, B, run.device,
+             " with bf16 autocast" if run.amp is not None else "",
              "" if fast is None else " with the fast step" + (" in a CUDA graph" if fast.use_graph else ""),
              f"{total * B / source.n_tokens:.2f} passes over the data" if source.n_tokens else "streaming",
              f", rank {dinfo.rank} of {dinfo.world_size}" if dinfo.distributed else "")
-    if by_hook:
-        log.info("rank %d of %d trains hooks %s of %d", dinfo.rank, dinfo.world_size, hooks, len(all_hooks))
-    logger = RunLogger(run_dir, config, total_steps=total, start_step=start, enabled=dinfo.is_main)
+    if run.by_hook:
+        log.info("rank %d of %d trains hooks %s of %d", dinfo.rank, dinfo.world_size, run.hooks,
+                 len(run.all_hooks))
+
+
+def _train_loop(run: TrainRun, states: dict[str, HookState], start: int) -> None:
+    """The loop: steps ``start`` to ``config.steps``, each a step per hook, a metrics record at
+    log steps and a checkpoint when due. The curves are redrawn at the end, also after a failure."""
+    config, source = run.config, run.source
+    total, B = config.steps, config.batch_size
+    logger = RunLogger(run.run_dir, config, total_steps=total, start_step=start, enabled=run.dinfo.is_main)
     # a source may recycle output buffers (see Prefetcher); user sources may lack the option
     reuse = {"reuse": Prefetcher.DEPTH + 4} if "reuse" in inspect.signature(source.batches).parameters else {}
     batches = Prefetcher(source.batches(B, seed=config.seed, start_batch=start, **reuse))
     try:
         for step in range(start, total):
             batch = next(batches)
-            y = batch[config.target_hook][rows] if config.target_hook else None
-            records = [_train_step(h, st, batch[h][rows], step, config, device, B, y)
+            y = batch[config.target_hook][run.rows] if config.target_hook else None
+            records = [_train_step(h, st, batch[h][run.rows], step, config, run.device, B, y)
                        for h, st in states.items()]
             logger.step()
             done = step + 1
             if done % config.log_every == 0 or done == total:
-                recs = [_record(h, r, states[h], done, B) for h, r in zip(hooks, records)]
-                if by_hook:  # every rank gets every hook's record, in config order
-                    order = {h: i for i, h in enumerate(all_hooks)}
-                    recs = sorted((r for part in distributed.all_gather_object(recs) for r in part),
-                                  key=lambda r: order[r["hook"]])
-                logger.log(recs)
-                bad = [r["hook"] for r in recs if not math.isfinite(r["loss"])]
-                if bad:
-                    raise FloatingPointError(f"loss of {bad} is not finite at step {done}; lower lr "
-                                             f"(now {config.lr}) or check the data")
-            if (config.checkpoint_every and done < total
-                    and (done * B) // config.checkpoint_every > (step * B) // config.checkpoint_every):
-                state = {"config": config.to_dict(), "hooks": {h: st.state_dict() for h, st in states.items()},
-                         "tokens": done * B, "data": source.state(), "format_version": FORMAT_VERSION,
-                         "world_size": dinfo.world_size, "distribute_hooks": by_hook}
-                if by_hook:
-                    # write, wait until every rank has step ``done``, then prune: some step is
-                    # always complete on every rank (see training.checkpoint)
-                    save_checkpoint(run_dir, done, {**state, "rank": dinfo.rank, "all_hooks": all_hooks},
-                                    keep=None, rank=dinfo.rank)
-                    distributed.barrier()
-                    prune_checkpoints(run_dir, config.keep_checkpoints, dinfo.rank)
-                elif dinfo.is_main:
-                    save_checkpoint(run_dir, done, state, keep=config.keep_checkpoints)
-                if dinfo.is_main:
-                    refresh_training_curves(run_dir)
+                _log_records(run, states, records, done, logger)
+            if _checkpoint_due(config, step):
+                _checkpoint(run, states, done)
     finally:
         batches.close()
         logger.close()
-        if dinfo.is_main:  # also after a failure (a loss gone NaN): the curves show how it went
-            refresh_training_curves(run_dir)
+        if run.dinfo.is_main:  # also after a failure (a loss gone NaN): the curves show how it went
+            refresh_training_curves(run.run_dir)
 
-    for h, st in states.items():  # select="pruned": rows past the repair capacity (rare)
+
+def _log_records(run: TrainRun, states: dict[str, HookState], records: list, done: int,
+                 logger: RunLogger) -> None:
+    """Write the metrics of step ``done``; stop the run if a loss is not finite."""
+    recs = [_record(h, r, states[h], done, run.config.batch_size) for h, r in zip(run.hooks, records)]
+    if run.by_hook:  # every rank gets every hook's record, in config order
+        order = {h: i for i, h in enumerate(run.all_hooks)}
+        recs = sorted((r for part in distributed.all_gather_object(recs) for r in part),
+                      key=lambda r: order[r["hook"]])
+    logger.log(recs)
+    bad = [r["hook"] for r in recs if not math.isfinite(r["loss"])]
+    if bad:
+        raise FloatingPointError(f"loss of {bad} is not finite at step {done}; lower lr "
+                                 f"(now {run.config.lr}) or check the data")
+
+
+def _checkpoint_due(config: TrainConfig, step: int) -> bool:
+    """Whether step ``step`` (0-based) crossed a multiple of ``checkpoint_every`` tokens before
+    the last step (the end of the run saves the SAEs instead)."""
+    done, B = step + 1, config.batch_size
+    return bool(config.checkpoint_every and done < config.steps
+                and (done * B) // config.checkpoint_every > (step * B) // config.checkpoint_every)
+
+
+def _checkpoint(run: TrainRun, states: dict[str, HookState], done: int) -> None:
+    """Checkpoint: save everything step ``done`` reads (see training.checkpoint), prune old
+    checkpoints and (rank 0) redraw the curves."""
+    config, dinfo = run.config, run.dinfo
+    state = {"config": config.to_dict(), "hooks": {h: st.state_dict() for h, st in states.items()},
+             "tokens": done * config.batch_size, "data": run.source.state(), "format_version": FORMAT_VERSION,
+             "world_size": dinfo.world_size, "distribute_hooks": run.by_hook}
+    if run.by_hook:
+        # write, wait until every rank has step ``done``, then prune: some step is
+        # always complete on every rank (see training.checkpoint)
+        save_checkpoint(run.run_dir, done, {**state, "rank": dinfo.rank, "all_hooks": run.all_hooks},
+                        keep=None, rank=dinfo.rank)
+        distributed.barrier()
+        prune_checkpoints(run.run_dir, config.keep_checkpoints, dinfo.rank)
+    elif dinfo.is_main:
+        save_checkpoint(run.run_dir, done, state, keep=config.keep_checkpoints)
+    if dinfo.is_main:
+        refresh_training_curves(run.run_dir)
+
+
+def _warn_inexact_rows(states: dict[str, HookState]) -> None:
+    """select="pruned": warn about rows past the repair capacity (rare)."""
+    for h, st in states.items():
         n = int(st.fast.inexact_rows_total) if st.fast is not None else 0
         if n:
             log.warning("%s: %d token rows of this run (since its start or resume) had a top-k "
                         "that may have missed a latent (topk_select='pruned', more saturated "
                         "rows in a batch than its repair capacity); topk_select='fused' or "
                         "'torch' is exact", h, n)  # fmt: skip
+
+
+def _finish(run: TrainRun, states: dict[str, HookState]) -> dict:
+    """Finish: each hook's inference SAE (data-dependent settings, scale folded in), saved to
+    ``out_dir/<hook>/``; every rank returns once the SAEs are on disk."""
     # data-dependent inference settings (the BatchTopK threshold) from a fixed sample, so a
     # resumed run ends the same; every data-parallel rank draws the same sample
     from saelens_lite.saes import SAE
 
+    config = run.config
     finish = [h for h, st in states.items() if type(st.sae).finish_training_ is not SAE.finish_training_]
-    tail = source.sample(config.init_sample_tokens, seed=config.seed + 1) if finish else {}
+    tail = run.source.sample(config.init_sample_tokens, seed=config.seed + 1) if finish else {}
     saes = {}
     for h, st in states.items():
-        sae = copy.deepcopy(st.sae).eval()
-        if h in finish:
-            sae.finish_training_(tail[h].to(device, torch.float32) * st.scale)
-        if config.target_hook:  # raw x in, raw y out
-            sae.fold_input_scale_(st.scale, target_scale=st.target_scale)
-        elif st.scale != 1.0:
-            sae.fold_input_scale_(st.scale)
-        if dinfo.is_main or by_hook:  # distributed hooks: each rank saves its own
-            out = run_dir / _safe_dirname(h)
+        sae = _inference_sae(config, run.device, st, tail[h] if h in finish else None)
+        if run.dinfo.is_main or run.by_hook:  # distributed hooks: each rank saves its own
+            out = run.run_dir / _safe_dirname(h)
             if out.exists():
                 shutil.rmtree(out)
             sae.save(out)
         saes[h] = sae
     distributed.barrier()  # every rank returns once the SAEs are on disk
-    if by_hook:
-        log.info("rank %d saved %s to %s", dinfo.rank, ", ".join(hooks), run_dir)
+    return saes
+
+
+def _inference_sae(config: TrainConfig, device: torch.device, st: HookState, tail_ND: torch.Tensor | None):
+    """A copy of the trained SAE in eval mode, finished on ``tail_ND`` (None: its class has no
+    ``finish_training_``) and taking raw activations (the normalisation scales folded in)."""
+    sae = copy.deepcopy(st.sae).eval()
+    if tail_ND is not None:
+        sae.finish_training_(tail_ND.to(device, torch.float32) * st.scale)
+    if config.target_hook:  # raw x in, raw y out
+        sae.fold_input_scale_(st.scale, target_scale=st.target_scale)
+    elif st.scale != 1.0:
+        sae.fold_input_scale_(st.scale)
+    return sae
+
+
+def _returned(run: TrainRun, saes: dict):
+    """What :func:`train` returns (see there), logging where the SAEs went."""
+    if run.by_hook:
+        log.info("rank %d saved %s to %s", run.dinfo.rank, ", ".join(run.hooks), run.run_dir)
         return saes
-    if dinfo.is_main:
-        log.info("saved %s to %s", ", ".join(hooks), run_dir)
-    return saes[hooks[0]] if len(hooks) == 1 else saes
+    if run.dinfo.is_main:
+        log.info("saved %s to %s", ", ".join(run.hooks), run.run_dir)
+    return saes[run.hooks[0]] if len(run.hooks) == 1 else saes
 
 
 def _safe_dirname(hook: str) -> str:
