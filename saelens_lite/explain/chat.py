@@ -6,10 +6,29 @@ server) and ``p_yes(list of messages) -> list[float]``,
 the judge's probability of answering "yes" rather than "no":
 ``P(yes) = sum_{t in YES} p(t) / (sum_{t in YES} p(t) + sum_{t in NO} p(t))`` over the first
 answer token, YES / NO being the single-token spellings of yes / no ("yes", " Yes", ...).
+
+A local judge computes that from the last prompt position's logits only (``logits_to_keep``,
+where the model's forward takes it: the LM head over every position is ~20% of SmolLM2's work),
+and scores prompts that share a token-id prefix (the detection / fuzzing scorers' ~20 prompts per
+explanation share everything up to the text window) by *prefix caching*: with causal attention
+the keys and values of positions ``< P`` depend on tokens ``< P`` only, so for prompts
+``x_i = p + s_i`` (``p`` the common prefix of their token ids, ``|p| = P``)
+
+    logits(x_i)[-1] = f(s_i | KV(p)),   positions P .. P + |s_i| - 1,
+
+one batch-1 forward gives ``KV(p)``, and the suffixes run batched against a copy of it repeated
+to the batch (right-padded: a pad after the last real token is never attended by a real token,
+so each row is read at its own last real token). The same identity is behind vLLM's automatic
+prefix caching, SGLang's RadixAttention (Zheng et al. 2023, arXiv:2312.07104) and the
+"prefill a cache" recipe of transformers' KV-cache guide (a prompt's cache, copied per use). The
+prefix is found on token ids, never text, so a tokenizer boundary cannot change an answer; the
+answers equal the plain padded forward's up to float rounding (tests/test_explain_judge.py).
+Which consecutive prompts share one cached prefix: :func:`prefix_groups`.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -101,20 +120,137 @@ class HFChat:
         return out
 
     @torch.no_grad()
-    def p_yes(self, batch: list[Messages]) -> list[float]:
+    def p_yes(self, batch: list[Messages], *, fast: bool = True) -> list[float]:
+        """P(yes) per chat. ``fast=False`` is the plain computation (length-sorted left-padded
+        batches, logits at every position), kept as the reference the fast path is tested
+        against: the same answers up to float rounding."""
         seqs = [self._ids(m) for m in batch]
         out: list[float] = [0.0] * len(seqs)
-        for idx in self._by_length(seqs):
+        rest: list[int] = []
+        groups = prefix_groups(seqs) if fast and self._cache_kw else [(0, len(seqs), 0)]
+        for a, b, P in groups:
+            if not (P and self._p_yes_prefixed(seqs, list(range(a, b)), P, out)):
+                rest += range(a, b)
+        for idx in self._by_length([seqs[i] for i in rest]):
+            idx = [rest[j] for j in idx]
             ids_BL, mask_BL = self._left_padded([seqs[i] for i in idx])
             pos_BL = (mask_BL.cumsum(1) - 1).clamp_min(0)
+            keep = {"logits_to_keep": 1} if fast and self._keeps_logits else {}
             logits_BV = self.lm.model(input_ids=ids_BL, attention_mask=mask_BL,
-                                      position_ids=pos_BL).logits[:, -1].float()
-            logp_BV = logits_BV.log_softmax(-1)
-            ly = logp_BV[:, self.yes_ids].logsumexp(-1)
-            ln = logp_BV[:, self.no_ids].logsumexp(-1)
-            for i, p in zip(idx, torch.sigmoid(ly - ln).tolist()):
-                out[i] = p
+                                      position_ids=pos_BL, **keep).logits[:, -1]
+            self._put(out, idx, logits_BV)
         return out
+
+    def _put(self, out: list[float], idx: list[int], logits_BV: torch.Tensor) -> None:
+        logp_BV = logits_BV.float().log_softmax(-1)
+        ly = logp_BV[:, self.yes_ids].logsumexp(-1)
+        ln = logp_BV[:, self.no_ids].logsumexp(-1)
+        for i, p in zip(idx, torch.sigmoid(ly - ln).tolist()):
+            out[i] = p
+
+    @property
+    def _forward_params(self) -> set[str]:
+        if "_params" not in self.__dict__:
+            self._params = set(inspect.signature(self.lm.model.forward).parameters)
+        return self._params
+
+    @property
+    def _keeps_logits(self) -> bool:
+        return "logits_to_keep" in self._forward_params
+
+    @property
+    def _cache_kw(self) -> str | None:
+        """The forward's cache argument (``cache`` in transformers 5, ``past_key_values``
+        before), or None: no prefix caching. Also None once a model returned a cache that is not
+        a plain DynamicCache (sliding windows, recurrent state): that model takes the plain path."""
+        if self.__dict__.get("_no_prefix_cache"):
+            return None
+        return next((k for k in ("cache", "past_key_values") if k in self._forward_params), None)
+
+    def _p_yes_prefixed(self, seqs: list[list[int]], idx: list[int], P: int,
+                        out: list[float]) -> bool:
+        """Chats ``idx``, which share their first ``P`` token ids (each has more), scored against
+        one cached prefix; False (nothing scored) when the model's cache cannot be reused."""
+        model, kw = self.lm.model, self._cache_kw
+        keep = {"logits_to_keep": 1} if self._keeps_logits else {}
+        res = model(input_ids=torch.tensor([seqs[idx[0]][:P]]), use_cache=True, **{kw: None}, **keep)
+        kv = _plain_kv(res["cache"] if "cache" in res else res.get("past_key_values"))
+        if kv is None:
+            self._no_prefix_cache = True
+            return False
+        from transformers import DynamicCache
+
+        order = sorted(idx, key=lambda i: len(seqs[i]))
+        for c in range(0, len(order), self.batch_size):
+            rows = order[c:c + self.batch_size]
+            B, sufs = len(rows), [seqs[i][P:] for i in rows]
+            L = max(map(len, sufs))
+            ids_BL = torch.tensor([s + [self._pad_id] * (L - len(s)) for s in sufs])  # right padding
+            mask_BL = torch.tensor([[1] * (P + len(s)) + [0] * (L - len(s)) for s in sufs])
+            pos_BL = (P + torch.arange(L)).expand(B, L)
+            # A fresh cache per batch: DynamicLayer.update concatenates into new tensors, so the
+            # prefix's own keys / values are never written.
+            cache = DynamicCache([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in kv])
+            last_B = torch.tensor([len(s) - 1 for s in sufs])
+            cols = last_B.unique()  # sorted; the LM head runs on these positions only
+            keep = {"logits_to_keep": cols} if self._keeps_logits else {}
+            logits = model(input_ids=ids_BL, attention_mask=mask_BL, position_ids=pos_BL,
+                           use_cache=True, **{kw: cache}, **keep).logits
+            col_B = torch.searchsorted(cols, last_B) if keep else last_B
+            self._put(out, rows, logits[torch.arange(B), col_B])
+        return True
+
+
+def prefix_groups(seqs: list[list[int]], overhead: int = 64,
+                  lookback: int = 256) -> list[tuple[int, int, int]]:
+    """Split ``seqs`` (in their order) into runs ``(a, b, P)``: ``seqs[a:b]`` share their first
+    ``P`` token ids, ``P`` the run's longest common prefix cut so that every member keeps at least
+    one token of its own (``P = 0``: no shared prefix, the plain path). The runs maximise the
+    tokens saved, ``sum over runs with P > 0 of (b - a - 1) * P - overhead``, by dynamic
+    programming over the split points (runs of up to ``lookback``); ``overhead`` (in tokens)
+    stands for the extra batch-1 forward and the cache copies, so a small run or a short common
+    prefix (a system prompt shared by everything) is not worth a cache. With the scorers' prompts
+    (one explanation on ~20 windows) the runs are the explanations."""
+    n = len(seqs)
+    lcp = [0] + [_common(seqs[j - 1], seqs[j]) for j in range(1, n)]  # lcp[j]: seqs[j-1], seqs[j]
+    best = [0] * (n + 1)
+    split: list[tuple[int, int]] = [(0, 0)] * (n + 1)  # (start of the last run, its P)
+    for b in range(1, n + 1):
+        best[b], split[b] = best[b - 1], (b - 1, 0)
+        P = len(seqs[b - 1]) - 1
+        for a in range(b - 2, max(-1, b - 1 - lookback), -1):  # the run seqs[a:b], 2 or more
+            P = min(P, lcp[a + 1], len(seqs[a]) - 1)
+            if P <= 0:
+                break
+            gain = best[a] + (b - a - 1) * P - overhead
+            if gain > best[b]:
+                best[b], split[b] = gain, (a, P)
+    runs, b = [], n
+    while b > 0:
+        a, P = split[b]
+        runs.append((a, b, P))
+        b = a
+    return runs[::-1]
+
+
+def _common(x: list[int], y: list[int]) -> int:
+    n = 0
+    for u, v in zip(x, y):
+        if u != v:
+            break
+        n += 1
+    return n
+
+
+def _plain_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Each layer's (keys, values) of a DynamicCache of plain full-attention layers, else None."""
+    try:
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+    except ImportError:
+        return None
+    if type(cache) is not DynamicCache or not all(type(la) is DynamicLayer for la in cache.layers):
+        return None
+    return [(la.keys, la.values) for la in cache.layers]
 
 
 def _single_token_ids(tok, words) -> list[int]:
