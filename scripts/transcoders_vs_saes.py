@@ -1,8 +1,9 @@
 """Transcoders against SAEs at one layer, equal L0 and token budget (docs/transcoders.md).
 
 1. harvest ``blocks.L.hook_mlp_in``, ``hook_mlp_out`` and ``hook_resid_post`` in one forward,
-2. train four TopK coders (same k, width, batch, tokens, seed): an SAE on ``hook_mlp_out``, an
-   SAE on ``hook_resid_post``, a transcoder ``mlp_in -> mlp_out`` without and with ``--skip``,
+2. train five TopK coders (same k, width, batch, tokens, seed): an SAE on ``hook_mlp_out``, an
+   SAE on ``hook_resid_post``, a transcoder ``mlp_in -> mlp_out`` without and with ``--skip``, and
+   the plain transcoder again with its encoder bias at zero (``b_enc_init=zeros``, the old init),
 3. evaluate each on held-out contexts (after the cache's): FVU of what it reconstructs and the
    spliced model's CE / KL (a transcoder replaces the MLP), and write ``OUT/table.md`` and
    ``OUT/results.json``.
@@ -28,18 +29,22 @@ from saelens_lite.training import TrainConfig, train
 
 
 def runs(layer: int) -> dict[str, dict]:
-    """name -> TrainConfig fields that differ between the four coders."""
+    """name -> TrainConfig fields that differ between the coders."""
     mlp_in, mlp_out, resid = (f"blocks.{layer}.hook_{s}" for s in ("mlp_in", "mlp_out", "resid_post"))
     return {
         "sae_mlp_out": {"hooks": [mlp_out]},
         "sae_resid_post": {"hooks": [resid]},
         "transcoder": {"hooks": [mlp_in], "target_hook": mlp_out},
         "transcoder_skip": {"hooks": [mlp_in], "target_hook": mlp_out, "skip": True},
+        # the encoder init before b_enc_init existed: b_enc = 0, pre-activations not centred
+        "transcoder_uncentred": {"hooks": [mlp_in], "target_hook": mlp_out,
+                                 "sae_options": {"b_enc_init": "zeros"}},
     }
 
 
 KEYS = ("l0", "fvu", "fvu_typical", "in_sample_fvu", "ce_loss_clean", "ce_loss_sae", "ce_loss_zero",
-        "ce_loss_recovered", "ce_loss_recovered_mean", "kl_div", "downstream_tokens", "n_tokens", "d_sae")
+        "ce_loss_recovered", "ce_loss_recovered_mean", "kl_div", "dead_fraction", "downstream_tokens", "n_tokens",
+        "d_sae")
 
 
 def main() -> None:
@@ -102,11 +107,13 @@ def _f(v, fmt="{:.3f}") -> str:
 
 def table(results: dict, args) -> str:
     rows = ["| coder | reconstructs | L0 | FVU held-out | FVU typical | FVU in-sample | CE spliced | "
-            "CE recovered (zero) | CE recovered (mean) | KL |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "CE recovered (zero) | CE recovered (mean) | KL | dead (held-out) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         rows.append(f"| {name} | {r['what']} | {_f(r['l0'], '{:.1f}')} | {_f(r['fvu'])} | {_f(r['fvu_typical'])} | "
                     f"{_f(r['in_sample_fvu'])} | {_f(r['ce_loss_sae'])} | {_f(r['ce_loss_recovered'])} | "
-                    f"{_f(r['ce_loss_recovered_mean'])} | {_f(r['kl_div'], '{:.4f}')} |")
+                    f"{_f(r['ce_loss_recovered_mean'])} | {_f(r['kl_div'], '{:.4f}')} | "
+                    f"{_f(r.get('dead_fraction'), '{:.1%}')} |")
     any_r = next(iter(results.values()))
     return ("\n".join(rows) + f"\n\nTopK, k={args.k}, d_sae={any_r['d_sae']}, {args.train_tokens:,} training tokens "
             f"(batch {args.batch_size}) from a {args.tokens:,}-token cache; FVU over {any_r['n_tokens']:,} "

@@ -163,6 +163,53 @@ def test_init_from_data_sets_b_dec_from_the_target_sample(arch):
     torch.testing.assert_close(sae.b_dec.detach(), y.mean(0))
 
 
+@pytest.mark.parametrize("arch", SPARSE)
+def test_init_from_data_centres_a_transcoders_pre_activations(arch):
+    """b_enc_init=auto centres a transcoder's encoder: over the sample, every latent's
+    pre-activation averages zero (float64, against the plain mean of x @ W_enc + b_enc), even with
+    an input far from the origin; zeros keeps b_enc; an SAE (auto) keeps b_enc; centre centres
+    an SAE's (x - b_dec) @ W_enc + b_enc too."""
+    x = torch.randn(512, D, dtype=torch.float64) * 0.5 + 3
+    y = torch.randn(512, D, dtype=torch.float64)
+    sae = make(arch, False)
+    sae.init_from_data_(x, y)
+    pre = x @ sae.W_enc.detach() + sae.b_enc.detach()
+    torch.testing.assert_close(pre.mean(0), torch.zeros(F_, dtype=torch.float64), atol=1e-9, rtol=0)
+    kept = make(arch, False, b_enc_init="zeros")
+    b0 = kept.b_enc.detach().clone()
+    SAE.init_from_data_(kept, x, y)  # the base init alone (jumprelu rescales b_enc after it)
+    assert torch.equal(kept.b_enc.detach(), b0)
+    for mode, centred in (("auto", False), ("centre", True)):
+        torch.manual_seed(0)
+        s = SAE.from_config(SAEConfig(architecture=arch, d_in=D, d_sae=F_, k=K, dtype="float64",
+                                      b_enc_init=mode))
+        SAE.init_from_data_(s, x)
+        pre = (x - s.b_dec.detach()) @ s.W_enc.detach() + s.b_enc.detach()
+        assert (pre.mean(0).abs().max() < 1e-9) == centred, mode
+
+
+def test_centring_lets_many_latents_win_at_init_where_an_offset_input_picks_the_same_few():
+    """The failure centring fixes: with an input offset m >> its spread (an RMSNorm's output has
+    a few large constant dimensions), x W_enc ~ m W_enc for every token, so an uncentred TopK
+    transcoder fires the same few latents everywhere; centred, tokens pick their own."""
+    x = torch.randn(2048, D, dtype=torch.float64) + 20 * torch.linspace(1, 2, D, dtype=torch.float64)
+    y = torch.randn(2048, D, dtype=torch.float64)
+    fired = {}
+    for mode in ("zeros", "auto"):
+        torch.manual_seed(0)
+        sae = SAE.from_config(SAEConfig(architecture="topk", d_in=D, d_sae=F_, k=K, dtype="float64",
+                                        hook_name="h.in", target_hook="h.out", b_enc_init=mode))
+        sae.init_from_data_(x, y)
+        with torch.no_grad():
+            fired[mode] = int((sae.encode(x) != 0).any(0).sum())
+    assert fired["zeros"] <= 2 * K and fired["auto"] >= 3 * F_ // 4, fired
+
+
+def test_b_enc_init_names_the_choices():
+    with pytest.raises(ValueError, match=r"b_enc_init='middle'.*\['auto', 'centre', 'zeros'\]"):
+        SAEConfig(architecture="topk", d_in=D, d_sae=F_, k=K, b_enc_init="middle")
+
+
 def test_skip_needs_a_target_hook_and_baselines_are_not_transcoders():
     with pytest.raises(ValueError, match=r"SAEConfig.skip=True is invalid.*only with target_hook"):
         SAEConfig(architecture="topk", d_in=D, d_sae=F_, k=K, skip=True)

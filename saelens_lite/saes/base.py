@@ -293,12 +293,18 @@ class SAE(nn.Module):
     @torch.no_grad()
     def init_from_data_(self, x_ND: Tensor, target_ND: Tensor | None = None) -> None:
         """Set b_dec from a data sample per cfg.b_dec_init (geometric median: Gao et al. 2024):
-        a sample of the target (target_ND; x_ND when None, as for an SAE)."""
+        a sample of the target (target_ND; x_ND when None, as for an SAE). Then b_enc per
+        cfg.b_enc_init: centre sets b_enc = -mean_n(x_n - b_pre) W_enc, which makes every
+        latent's pre-activation average zero over the sample (auto: for transcoders only)."""
         x = (x_ND if target_ND is None else target_ND).to(self.b_dec.device, torch.float32)
         if self.cfg.b_dec_init == "geometric_median":
             self.b_dec.copy_(geometric_median(x))
         elif self.cfg.b_dec_init == "mean":
             self.b_dec.copy_(x.mean(0))
+        mode = self.cfg.b_enc_init
+        if mode == "centre" or (mode == "auto" and self.is_transcoder):
+            mean_D = x_ND.to(self.W_enc.device, torch.float64).mean(0) - self.b_pre.double()
+            self.b_enc.copy_(-(mean_D @ self.W_enc.double()))
 
     @torch.no_grad()
     def finish_training_(self, x_ND: Tensor) -> None:

@@ -28,6 +28,7 @@ DTYPES = {
     "float16": torch.float16,
 }
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
+B_ENC_INITS = ("auto", "centre", "zeros")
 
 
 def invalid(field: str, value, allowed: str) -> ValueError:
@@ -138,6 +139,11 @@ class SAEConfig(metaclass=_ConfigType):
     the target L0 of jumprelu."""
     b_dec_init: str = "geometric_median"
     """How init_from_data_ sets b_dec: geometric_median (Weiszfeld), mean or zeros."""
+    b_enc_init: str = "auto"
+    """How init_from_data_ sets b_enc: centre (b_enc = -mean(x - b_pre) W_enc over the sample, so
+    every latent's pre-activation starts with mean zero), zeros, or auto: centre for a
+    transcoder, zeros for an SAE. A transcoder's encoder does not subtract b_dec, so without
+    it each pre-activation is offset by mean(x) W_enc and the same latents win every token."""
     hook_name: str = ""
     """Hook point the SAE was trained on (informational); a transcoder's input."""
     target_hook: str = ""
@@ -178,6 +184,8 @@ class SAEConfig(metaclass=_ConfigType):
             raise invalid("skip", self.skip, "True or False; True only with target_hook set")
         if self.b_dec_init not in B_DEC_INITS:
             raise invalid("b_dec_init", self.b_dec_init, str(list(B_DEC_INITS)))
+        if self.b_enc_init not in B_ENC_INITS:
+            raise invalid("b_enc_init", self.b_enc_init, str(list(B_ENC_INITS)))
         if self.dtype not in DTYPES:
             raise invalid("dtype", self.dtype, str(list(DTYPES)))
         if (
