@@ -233,9 +233,7 @@ def test_fast_step_loss_and_grads_equal_autograd_float64(groups, weights, dead):
     out.loss.backward()
     assert float(fast.threshold) >= 0  # the fast step set it from its selection
     torch.testing.assert_close(fast.threshold, ref.threshold, rtol=1e-12, atol=0)
-    # "few": the fast step's AuxK scale n_dead / k_aux is a float32 quotient (saes.terms.aux_scale),
-    # the model's a Python float: ~3e-8 relative in the AuxK term
-    tol = dict(rtol=1e-7, atol=1e-9) if dead == "few" else dict(rtol=1e-12, atol=1e-12)
+    tol = dict(rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(res.out.loss, out.loss.detach(), **tol)
     assert res.out.losses.keys() == out.losses.keys()
     for name, v in out.losses.items():

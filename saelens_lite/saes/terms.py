@@ -104,8 +104,11 @@ def aux_k(sae: SAE, dead_mask_F: Tensor | None) -> tuple[int, float]:
 
 
 def aux_scale(cfg, dead_mask_F: Tensor, dtype: torch.dtype) -> Tensor:
-    """0-dim min(n_dead / k_full, 1), as `aux_k`'s scale, without a host sync."""
-    return (dead_mask_F.sum() / aux_k_full(cfg)).clamp(max=1.0).to(dtype)
+    """0-dim min(n_dead / k_full, 1), as `aux_k`'s scale, without a host sync. The quotient is
+    taken in float64 for float64 parameters (then it equals `aux_k`'s Python float exactly),
+    else in float32 (MPS has no float64; bfloat16 could not hold n_dead exactly)."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    return (dead_mask_F.sum().to(acc) / aux_k_full(cfg)).clamp(max=1.0).to(dtype)
 
 
 def aux_weight(x_BD: Tensor) -> Tensor:
