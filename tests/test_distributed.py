@@ -146,9 +146,11 @@ def test_two_rank_training_equals_one_process_on_the_same_global_batches(two_ran
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (arch, a["step"], key)
 
 
-# A transcoder x -> y with a skip connection; its zero-init decoder leaves latents dead early,
-# so AuxK (with its per-rank normaliser) is in the loss: the oracle is `per_rank_slices`.
-TRANSCODER = dict(hooks=["x"], target_hook="y", skip=True, dead_window_tokens=128)
+# A transcoder x -> y with a skip connection; with its encoder bias at zero (b_enc_init=zeros,
+# not the centred default) latents are dead early, so AuxK (with its per-rank normaliser) is in
+# the loss: the oracle is `per_rank_slices`.
+TRANSCODER = dict(hooks=["x"], target_hook="y", skip=True, dead_window_tokens=128,
+                  sae_options={"b_enc_init": "zeros"})
 
 
 def transcoder_target(x_ND: torch.Tensor) -> torch.Tensor:
