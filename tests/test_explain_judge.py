@@ -38,11 +38,10 @@ def lm():
 def tiny_judge(lm):
     """HFChat around the byte-level tiny llama, which has no single-token "yes": it judges with
     the bytes "y" / "n" instead (the computation is the same)."""
-    chat = object.__new__(HFChat)
+    chat = HFChat("tiny-llama", lm=lm, batch_size=3, max_new_tokens=4, yes_words=("y",), no_words=("n",))
     tok = lm.tokenizer
-    chat.__dict__.update(name="tiny-llama", lm=lm, batch_size=3, max_new_tokens=4,
-                         yes_ids=tok("y", add_special_tokens=False).input_ids,
-                         no_ids=tok("n", add_special_tokens=False).input_ids)
+    assert chat.yes_ids == tok("y", add_special_tokens=False).input_ids
+    assert chat.no_ids == tok("n", add_special_tokens=False).input_ids
     assert not getattr(tok, "chat_template", None)  # _ids' plain-transcript fallback
     return chat
 
@@ -88,9 +87,9 @@ def test_a_model_whose_cache_cannot_be_reused_takes_the_plain_path(tiny_judge, m
     prompts = [[{"role": "user", "content": "Describe: " + "alpha " * 40 + t}] for t in "abcdef"]
     plain = tiny_judge.p_yes(prompts, fast=False)
     monkeypatch.setattr("saelens_lite.explain.chat._plain_kv", lambda cache: None)
-    monkeypatch.delitem(tiny_judge.__dict__, "_no_prefix_cache", raising=False)
+    monkeypatch.setattr(tiny_judge, "_no_prefix_cache", False)  # restored after the test
     assert tiny_judge.p_yes(prompts) == pytest.approx(plain, abs=1e-5)
-    assert tiny_judge.__dict__.pop("_no_prefix_cache") is True
+    assert tiny_judge._no_prefix_cache is True
 
 
 @pytest.mark.parametrize("scorer_cls", [DetectionScorer, FuzzingScorer])

@@ -54,19 +54,23 @@ class EndpointError(ConnectionError):
 
 
 class HFChat:
-    """A chat model that ``saelens_lite.models.load_model`` loads (alias, folder or HF id)."""
+    """A chat model that ``saelens_lite.models.load_model`` loads (alias, folder or HF id), or
+    ``lm``, an already loaded one; ``yes_words`` / ``no_words``: the answers P(yes) reads."""
 
-    def __init__(self, name: str, *, max_new_tokens: int = 48, batch_size: int = 8):
+    def __init__(self, name: str, *, max_new_tokens: int = 48, batch_size: int = 8, lm=None,
+                 yes_words: tuple[str, ...] = YES_WORDS, no_words: tuple[str, ...] = NO_WORDS):
         from saelens_lite.models import load_model
 
         self.name, self.max_new_tokens, self.batch_size = name, max_new_tokens, batch_size
-        self.lm = load_model(name)
+        self.lm = load_model(name) if lm is None else lm
         tok = self.lm.tokenizer
-        self.yes_ids = _single_token_ids(tok, YES_WORDS)
-        self.no_ids = _single_token_ids(tok, NO_WORDS)
+        self.yes_ids = _single_token_ids(tok, yes_words)
+        self.no_ids = _single_token_ids(tok, no_words)
         if not self.yes_ids or not self.no_ids:
             raise ValueError(f"hf:{name}: its tokenizer has no single token for yes/no, so it "
                              "cannot judge; choose another model")
+        self._forward_params = set(inspect.signature(self.lm.model.forward).parameters)
+        self._no_prefix_cache = False  # set once the model returned a cache p_yes cannot reuse
 
     def _ids(self, messages: Messages, prefix: str = "") -> list[int]:
         tok = self.lm.tokenizer
@@ -149,12 +153,6 @@ class HFChat:
             out[i] = p
 
     @property
-    def _forward_params(self) -> set[str]:
-        if "_params" not in self.__dict__:
-            self._params = set(inspect.signature(self.lm.model.forward).parameters)
-        return self._params
-
-    @property
     def _keeps_logits(self) -> bool:
         return "logits_to_keep" in self._forward_params
 
@@ -163,7 +161,7 @@ class HFChat:
         """The forward's cache argument (``cache`` in transformers 5, ``past_key_values``
         before), or None: no prefix caching. Also None once a model returned a cache that is not
         a plain DynamicCache (sliding windows, recurrent state): that model takes the plain path."""
-        if self.__dict__.get("_no_prefix_cache"):
+        if self._no_prefix_cache:
             return None
         return next((k for k in ("cache", "past_key_values") if k in self._forward_params), None)
 
@@ -180,9 +178,8 @@ class HFChat:
             return False
         from transformers import DynamicCache
 
-        order = sorted(idx, key=lambda i: len(seqs[i]))
-        for c in range(0, len(order), self.batch_size):
-            rows = order[c:c + self.batch_size]
+        for batch in self._by_length([seqs[i] for i in idx]):
+            rows = [idx[j] for j in batch]
             B, sufs = len(rows), [seqs[i][P:] for i in rows]
             L = max(map(len, sufs))
             ids_BL = torch.tensor([s + [self._pad_id] * (L - len(s)) for s in sufs])  # right padding
@@ -212,7 +209,7 @@ def prefix_groups(seqs: list[list[int]], overhead: int = 64,
     prefix (a system prompt shared by everything) is not worth a cache. With the scorers' prompts
     (one explanation on ~20 windows) the runs are the explanations."""
     n = len(seqs)
-    lcp = [0] + [_common(seqs[j - 1], seqs[j]) for j in range(1, n)]  # lcp[j]: seqs[j-1], seqs[j]
+    lcp = [0] + [len(os.path.commonprefix([seqs[j - 1], seqs[j]])) for j in range(1, n)]  # seqs[j-1], seqs[j]
     best = [0] * (n + 1)
     split: list[tuple[int, int]] = [(0, 0)] * (n + 1)  # (start of the last run, its P)
     for b in range(1, n + 1):
@@ -231,15 +228,6 @@ def prefix_groups(seqs: list[list[int]], overhead: int = 64,
         runs.append((a, b, P))
         b = a
     return runs[::-1]
-
-
-def _common(x: list[int], y: list[int]) -> int:
-    n = 0
-    for u, v in zip(x, y):
-        if u != v:
-            break
-        n += 1
-    return n
 
 
 def _plain_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
