@@ -40,14 +40,14 @@ bench: install
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
 
-# Headless Chromium for tests/test_dashboards_browser.py (skipped without it): Debian's chromium
+# Headless Chromium for tests/dashboards/test_dashboards_browser.py (skipped without it): Debian's chromium
 # and chromium-driver (needs root; skipped when both are already on PATH). Selenium is in the dev extra.
 .PHONY: browser-deps
 browser-deps: install
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
 
-# The peer libraries (SAELens, sparsify) in their own venv, for tests/test_interop.py and
+# The peer libraries (SAELens, sparsify) in their own venv, for tests/saes/test_interop.py and
 # scripts/quality_vs_peers.py. Idempotent: re-runs only when requirements-peers.txt changes.
 PEERS_VENV := .venv-peers
 PEERS_STAMP := $(PEERS_VENV)/.installed-$(shell cksum requirements-peers.txt | cut -d' ' -f1)

@@ -13,12 +13,12 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_model": "saelens_lite.models",
-    "LoadedModel": "saelens_lite.models",
-    "list_hook_points": "saelens_lite.hooks",
-    "capture": "saelens_lite.hooks",
-    "harvest": "saelens_lite.harvesting",
-    "HarvestConfig": "saelens_lite.harvesting",
+    "load_model": "saelens_lite.lm.load",
+    "LoadedModel": "saelens_lite.lm.load",
+    "list_hook_points": "saelens_lite.lm.hooks",
+    "capture": "saelens_lite.lm.hooks",
+    "harvest": "saelens_lite.cache.harvest",
+    "HarvestConfig": "saelens_lite.cache.harvest",
     "ActivationCache": "saelens_lite.cache",
     "CacheWriter": "saelens_lite.cache",
     "train": "saelens_lite.training",

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from saelens_lite.cache import ActivationCache
+from saelens_lite.cache.harvest import HarvestConfig, harvest
 from saelens_lite.dashboards import build_dashboard
-from saelens_lite.harvesting import HarvestConfig, harvest
-from saelens_lite.models import load_model
+from saelens_lite.lm.load import load_model
 from saelens_lite.saes import SAE, SAEConfig
 
 

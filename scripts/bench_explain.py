@@ -35,7 +35,7 @@ from saelens_lite.explain.embedding import SentenceEncoder
 from saelens_lite.explain.explainers import DEFAULT_HF_MODEL, ModelExplainer, TemplateExplainer
 from saelens_lite.explain.runner import explain_batch, score_batch
 from saelens_lite.explain.scorers import DetectionScorer, EmbeddingScorer
-from saelens_lite.models import load_model
+from saelens_lite.lm.load import load_model
 from saelens_lite.saes import SAE
 
 

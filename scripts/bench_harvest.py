@@ -4,7 +4,7 @@ Prints tokens/s of
   1. a full forward of the model (to the logits),
   2. a forward truncated right after the hooked block (a copy of the model whose block list is
      cut there, with no final norm or head): the floor for any harvester of that hook,
-  3. ``saelens_lite.harvesting`` writing the hook's activations to a fresh cache on disk
+  3. ``saelens_lite.cache.harvest`` writing the hook's activations to a fresh cache on disk
      (tokenisation, packing, forward with early stop, shard writes and checksums included),
 and the ratios harvest/truncated (target >= 0.9) and harvest/full (target >= 1.7 for
 blocks.14.hook_resid_post of SmolLM2, whose 30 blocks are cut after the 15th).
@@ -24,11 +24,11 @@ import time
 import numpy as np
 import torch
 
-from saelens_lite.corpus import iter_documents, pack_contexts
-from saelens_lite.devices import resolve_device
-from saelens_lite.harvesting import HarvestConfig, harvest
-from saelens_lite.hooks import resolve_hooks
-from saelens_lite.models import load_model
+from saelens_lite.cache.harvest import HarvestConfig, harvest
+from saelens_lite.corpus.text import iter_documents, pack_contexts
+from saelens_lite.lm.hooks import resolve_hooks
+from saelens_lite.lm.load import load_model
+from saelens_lite.util.devices import resolve_device
 
 
 def _sync(device: torch.device) -> None:

@@ -28,10 +28,10 @@ import time
 
 import torch
 
-from saelens_lite.corpus import iter_documents
-from saelens_lite.hooks import splice
+from saelens_lite.corpus.text import iter_documents
 from saelens_lite.interventions import add_direction, attribute, generate
-from saelens_lite.models import load_model
+from saelens_lite.lm.hooks import splice
+from saelens_lite.lm.load import load_model
 from saelens_lite.saes import SAE, SAEConfig
 
 

@@ -30,7 +30,7 @@ from saelens_lite.explain.chat import HFChat, prefix_groups
 from saelens_lite.explain.explainers import DEFAULT_HF_MODEL, TemplateExplainer
 from saelens_lite.explain.prompts import judge_messages
 from saelens_lite.explain.scorers import DetectionScorer, FuzzingScorer
-from saelens_lite.models import load_model
+from saelens_lite.lm.load import load_model
 from saelens_lite.saes import SAE
 
 

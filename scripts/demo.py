@@ -20,11 +20,11 @@ import logging
 import time
 from pathlib import Path
 
+from saelens_lite.cache.harvest import HarvestConfig, harvest
 from saelens_lite.dashboards import build_dashboard
 from saelens_lite.evals import evaluate, format_summary
 from saelens_lite.evals.report import headline
-from saelens_lite.harvesting import HarvestConfig, harvest
-from saelens_lite.models import load_model
+from saelens_lite.lm.load import load_model
 from saelens_lite.saes import SAE
 from saelens_lite.training import TrainConfig, train
 

@@ -114,14 +114,14 @@ for D, F, K, B in ((768, 24576, 32, 16384), (2304, 16384, 64, 8192)):
 EOF
 part "host data path (bf16 cache -> batches)" 35 $PY scripts/bench_data.py --batches 24
 part "cuda tests" 45 $PY -m pytest -q --maxfail=5 -p no:cacheprovider \
-    tests/test_triton_kernels.py tests/test_kernels.py tests/test_fast_step_training.py \
+    tests/kernels/test_triton_kernels.py tests/kernels/test_kernels.py tests/training/test_fast_step_training.py \
     -k "cuda or triton_kernels"
 part "harvest tiny-llama: overlapped vs plain" 30 $PY - <<'EOF'
 import shutil, time
 import torch
 import numpy as np
-from saelens_lite.harvesting import HarvestConfig, harvest
-from saelens_lite.models import load_model
+from saelens_lite.cache.harvest import HarvestConfig, harvest
+from saelens_lite.lm.load import load_model
 
 lm = load_model("tiny-llama", device="cuda", dtype=torch.bfloat16)  # as harvest does on CUDA
 cfg = HarvestConfig(model="tiny-llama", hooks=["blocks.1.hook_resid_post", "blocks.3.hook_resid_post"],

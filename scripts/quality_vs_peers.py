@@ -23,7 +23,7 @@ same batch size, width F = expansion * D and k. Everything else is each library'
 
 The peers run in a subprocess under the peers' interpreter (they are not in our venv); they read
 the cache's .npy shards directly and save with their own savers. All SAEs are then loaded with
-saelens_lite.interop.load_any and scored by the same code on the held-out rows: FVU
+saelens_lite.saes.interop.load_any and scored by the same code on the held-out rows: FVU
 (sum ||x - x_hat||^2 / sum ||x - mean x||^2), L0 (mean active latents per token), dead fraction
 (latents that never fire on the held-out rows) and training wall time (excluding imports and
 data loading). Results go to OUT/results.json and, with --md, a markdown table.
@@ -124,7 +124,7 @@ def _worker(job: dict) -> None:
 
 # ------------------------------------------------------------------ driver (our venv)
 def _peers_python(arg: str | None) -> str:
-    """The first interpreter that has sae_lens and sparsify (as tests/test_interop.py looks)."""
+    """The first interpreter that has sae_lens and sparsify (as tests/saes/test_interop.py looks)."""
     check = ("import importlib.util as u, sys; "
              "sys.exit(0 if u.find_spec('sae_lens') and u.find_spec('sparsify') else 1)")
     for cand in (arg, os.environ.get("SAELENS_LITE_PEERS_PYTHON"),
@@ -141,7 +141,7 @@ def _ensure_cache(args):
 
     path = pathlib.Path(args.cache)
     if not (path / "manifest.json").exists():
-        from saelens_lite.harvesting import HarvestConfig, harvest
+        from saelens_lite.cache.harvest import HarvestConfig, harvest
 
         log.info("harvesting %d tokens of %s at %s into %s", args.harvest_tokens, args.model,
                  args.hook, path)
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
 
-    from saelens_lite.interop import load_any
+    from saelens_lite.saes.interop import load_any
     from saelens_lite.training import TrainConfig, train
     from saelens_lite.training.data import DataSource
 

@@ -45,9 +45,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from saelens_lite.cache import ActivationCache
+    from saelens_lite.cache.harvest import HarvestConfig, harvest
     from saelens_lite.evals import evaluate
-    from saelens_lite.harvesting import HarvestConfig, harvest
-    from saelens_lite.models import load_model
+    from saelens_lite.lm.load import load_model
     from saelens_lite.training import TrainConfig, train
 
     out = Path(args.out)

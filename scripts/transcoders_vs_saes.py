@@ -21,9 +21,9 @@ import logging
 import time
 from pathlib import Path
 
+from saelens_lite.cache.harvest import HarvestConfig, harvest
 from saelens_lite.evals import evaluate
-from saelens_lite.harvesting import HarvestConfig, harvest
-from saelens_lite.models import load_model
+from saelens_lite.lm.load import load_model
 from saelens_lite.saes import SAE
 from saelens_lite.training import TrainConfig, train
 

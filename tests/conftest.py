@@ -21,21 +21,21 @@ def offline():
 
 @pytest.fixture
 def tiny_llama():
-    from saelens_lite.models import load_model
+    from saelens_lite.lm.load import load_model
 
     return load_model("tiny-llama")
 
 
 @pytest.fixture
 def tiny_gpt2():
-    from saelens_lite.models import load_model
+    from saelens_lite.lm.load import load_model
 
     return load_model("tiny-gpt2")
 
 
 @pytest.fixture
 def tiny_bert():
-    from saelens_lite.models import load_model
+    from saelens_lite.lm.load import load_model
 
     return load_model("tiny-bert")
 
@@ -43,7 +43,7 @@ def tiny_bert():
 @pytest.fixture(scope="session")
 def smollm2():
     """The real SmolLM2-135M-Instruct; the first run ever converts its GGUF (~25 s)."""
-    from saelens_lite.models import load_model
+    from saelens_lite.lm.load import load_model
 
     return load_model("smollm2-135m")
 

@@ -6,7 +6,6 @@ the test fails for any new one."""
 from __future__ import annotations
 
 import ast
-import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -148,11 +147,3 @@ def test_every_module_imports_in_a_fresh_interpreter(order):
     code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)"
     proc = subprocess.run([sys.executable, "-c", code, *mods], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-
-
-def test_old_import_paths_still_work():
-    assert importlib.import_module("saelens_lite.compare").compare.__module__ == "saelens_lite.compare.run"
-    from saelens_lite.baselines import VAE
-    from saelens_lite.saes.baselines import VAE as VAE2
-
-    assert VAE is VAE2

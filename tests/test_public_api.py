@@ -11,7 +11,7 @@ def test_every_export_is_the_object_of_its_module_even_after_importing_submodule
         importlib.import_module(module)  # binds submodules as package attributes
     from saelens_lite import HarvestConfig, harvest, train
 
-    assert callable(harvest) and harvest.__module__ == "saelens_lite.harvesting"
+    assert callable(harvest) and harvest.__module__ == "saelens_lite.cache.harvest"
     assert callable(train) and HarvestConfig.__name__ == "HarvestConfig"
     for name, module in saelens_lite._EXPORTS.items():
         assert getattr(saelens_lite, name) is getattr(importlib.import_module(module), name), name

@@ -152,7 +152,7 @@ def test_demo_runs_small_and_its_heldout_fvu_matches_a_float64_recomputation(tmp
     import torch
 
     from saelens_lite.cache import ActivationCache
-    from saelens_lite.harvesting import HarvestConfig, harvest
+    from saelens_lite.cache.harvest import HarvestConfig, harvest
     from saelens_lite.saes import SAE
 
     hook = "blocks.1.hook_resid_post"

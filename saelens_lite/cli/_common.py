@@ -11,7 +11,7 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
 
 
 def model_help() -> str:
-    from saelens_lite.models import ALIASES
+    from saelens_lite.lm.load import ALIASES
 
     return f"model alias ({', '.join(ALIASES)}), Hugging Face id, local folder or .gguf file"
 
@@ -50,8 +50,8 @@ def arch_options_help(form: str = "KEY=VALUE", width: int = 100) -> str:
     import re
     import textwrap
 
-    from saelens_lite._dataclass_args import field_docs
     from saelens_lite.saes.config import SAEConfig, architectures, config_class
+    from saelens_lite.util.dataclass_args import field_docs
 
     users: dict[type, list[str]] = {}
     for arch in architectures():

@@ -13,7 +13,7 @@ from saelens_lite.cli._common import model_help
 
 def add_splice_args(p: argparse.ArgumentParser) -> None:
     """--model, --sae (repeatable), --device, --exclude, --json."""
-    from saelens_lite.tokens import DEFAULT_EXCLUDE, EXCLUDE_CHOICES
+    from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, EXCLUDE_CHOICES
 
     p.add_argument("--model", required=True, help=model_help())
     p.add_argument("--sae", required=True, action="append", metavar="SAE_DIR",
@@ -53,7 +53,7 @@ def add_generation_args(p: argparse.ArgumentParser, *, prompt_required: bool) ->
 def load_model_and_saes(args: argparse.Namespace):
     """(LoadedModel, {hook: SAE}) from --model, --sae and --device."""
     from saelens_lite.interventions import as_sae_map
-    from saelens_lite.models import load_model
+    from saelens_lite.lm.load import load_model
     from saelens_lite.saes import SAE
 
     saes = [SAE.load(path, device=args.device).eval() for path in args.sae]

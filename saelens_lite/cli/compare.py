@@ -8,8 +8,8 @@ from saelens_lite.cli._common import Formatter, arch_options_help, parse_arch_op
 
 
 def add(sub) -> None:
-    from saelens_lite._dataclass_args import add_dataclass_args
     from saelens_lite.compare import CompareConfig
+    from saelens_lite.util.dataclass_args import add_dataclass_args
 
     p = sub.add_parser("compare", help="compare SAEs with dense, denoising, variational and conv autoencoders",
                        formatter_class=Formatter,
@@ -32,8 +32,8 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saelens_lite._dataclass_args import dataclass_from_args
     from saelens_lite.compare import CompareConfig, compare, format_table
+    from saelens_lite.util.dataclass_args import dataclass_from_args
 
     cfg = dataclass_from_args(CompareConfig, args, options=parse_arch_options(args.option))
     result = compare(args.out, activations=args.activations, hook=args.hook, images=args.images, config=cfg)

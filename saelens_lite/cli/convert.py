@@ -8,7 +8,7 @@ from saelens_lite.cli._common import Formatter
 
 
 def add(sub) -> None:
-    from saelens_lite.interop import FORMATS
+    from saelens_lite.saes.interop import FORMATS
 
     p = sub.add_parser(
         "convert", formatter_class=Formatter,
@@ -28,7 +28,7 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saelens_lite.interop import convert, resolve
+    from saelens_lite.saes.interop import convert, resolve
 
     fmt, folder = resolve(args.src, args.hook)
     try:

@@ -8,7 +8,7 @@ from saelens_lite.cli._common import Formatter, model_help
 
 
 def add(sub) -> None:
-    from saelens_lite.tokens import DEFAULT_EXCLUDE, EXCLUDE_CHOICES
+    from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, EXCLUDE_CHOICES
 
     p = sub.add_parser("eval", help="evaluate an SAE (L0, FVU, dead latents, CE loss recovered, KL)",
                        formatter_class=Formatter,

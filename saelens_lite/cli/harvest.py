@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from saelens_lite._dataclass_args import add_dataclass_args, dataclass_from_args
 from saelens_lite.cli._common import Formatter
+from saelens_lite.util.dataclass_args import add_dataclass_args, dataclass_from_args
 
 
 def add(sub) -> None:
-    from saelens_lite.harvesting import DTYPES, EXCLUDE_CHOICES, HarvestConfig
+    from saelens_lite.cache.harvest import DTYPES, EXCLUDE_CHOICES, HarvestConfig
 
     p = sub.add_parser("harvest", help="harvest hook activations into an on-disk cache", formatter_class=Formatter,
                        description="Run the model over a corpus and write the activations of every hook (one "
@@ -24,7 +24,7 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saelens_lite.harvesting import HarvestConfig, harvest
+    from saelens_lite.cache.harvest import HarvestConfig, harvest
 
     cfg = dataclass_from_args(HarvestConfig, args)
     cache = harvest(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)

@@ -17,8 +17,8 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saelens_lite.hooks import hook_widths, list_hook_points
-    from saelens_lite.models import load_model
+    from saelens_lite.lm.hooks import hook_widths, list_hook_points
+    from saelens_lite.lm.load import load_model
 
     lm = load_model(args.model)
     points = list_hook_points(lm.model)

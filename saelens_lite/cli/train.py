@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from saelens_lite._dataclass_args import add_dataclass_args, dataclass_from_args
 from saelens_lite.cli._common import Formatter, arch_options_help, parse_options
+from saelens_lite.util.dataclass_args import add_dataclass_args, dataclass_from_args
 
 
 def add(sub) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from saelens_lite._validate import check_ints
+from saelens_lite.util.validate import check_ints
 
 
 @dataclass

@@ -84,7 +84,7 @@ class SequenceAdapter:
 def ce_metrics(models: dict, data: Dataset, cfg: CompareConfig) -> dict:
     """{name: downstream metrics} with each model spliced at the cache's hook."""
     from saelens_lite.evals import downstream_metrics, eval_contexts
-    from saelens_lite.models import load_model
+    from saelens_lite.lm.load import load_model
 
     meta = data.cache.meta
     lm = load_model(meta["model"], device="cpu")

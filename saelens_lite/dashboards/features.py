@@ -34,8 +34,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saelens_lite._validate import check_ints
-from saelens_lite.hooks import warn_if_other_hook
+from saelens_lite.lm.hooks import warn_if_other_hook
+from saelens_lite.util.validate import check_ints
 
 log = logging.getLogger(__name__)
 

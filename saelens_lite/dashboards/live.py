@@ -89,7 +89,7 @@ class LiveModel:
     direction)."""
 
     def __init__(self, lm, sae, hook: str | None = None, *, max_F=None, top: int = 10):
-        from saelens_lite.hooks import resolve_hooks
+        from saelens_lite.lm.hooks import resolve_hooks
 
         self.lm, self.sae = lm, sae.eval()
         self.hook = resolve_hooks(lm.model, [hook or sae.cfg.hook_name])[0]
@@ -136,7 +136,7 @@ class LiveModel:
     def encode(self, text: str) -> dict:
         """``{"tokens": [str], "features": [[[f, act], ...] per token]}``: the features that fire
         on each token (strongest first, at most ``top``), from one forward to the SAE's hook."""
-        from saelens_lite.hooks import capture
+        from saelens_lite.lm.hooks import capture
 
         if not text:
             return {"tokens": [], "features": []}

@@ -4,8 +4,8 @@ A FastAPI app on uvicorn (one asyncio event loop; model work in a worker thread 
 :mod:`saelens_lite.dashboards.api`), so many clients are answered at once and a long
 generation never holds up a static page.
 
-Guarantees, each tested in ``tests/test_dashboards_server.py`` (the intervention endpoints in
-``tests/test_server_interventions.py``, the pages in ``tests/test_dashboards_browser.py``):
+Guarantees, each tested in ``tests/dashboards/test_dashboards_server.py`` (the intervention endpoints in
+``tests/dashboards/test_server_interventions.py``, the pages in ``tests/dashboards/test_dashboards_browser.py``):
 
 * loopback by default, and on a loopback address only requests whose ``Host`` names loopback
   are answered (a DNS-rebinding page cannot reach the API);
@@ -331,7 +331,7 @@ def load_explainer(site_dir: str | os.PathLike, live: LiveModel, activations, *,
 def load_live(site_dir: str | os.PathLike, model, sae) -> LiveModel:
     """A LiveModel for ``model`` (LoadedModel or name) and ``sae`` (SAE or folder), with the
     site's max activations (steering strength's unit) when the site has statistics."""
-    from saelens_lite.models import LoadedModel, load_model
+    from saelens_lite.lm.load import LoadedModel, load_model
     from saelens_lite.saes import SAE
 
     sae = SAE.load(sae) if isinstance(sae, (str, os.PathLike)) else sae

@@ -253,7 +253,7 @@ def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | No
     SAE when it was written for another SAE;
     ``overrides``: DashboardConfig fields (``n_top=10``...)."""
     from saelens_lite.cache import ActivationCache
-    from saelens_lite.models import LoadedModel, load_model
+    from saelens_lite.lm.load import LoadedModel, load_model
     from saelens_lite.saes import SAE
 
     cfg = config or DashboardConfig()

@@ -26,8 +26,8 @@ from saelens_lite.evals.splice import (
     eval_contexts,
     heldout_contexts,
 )
-from saelens_lite.hooks import is_mlp_pair, warn_if_other_hook
-from saelens_lite.tokens import DEFAULT_EXCLUDE, check_exclude, excluded_token_ids, keep_mask
+from saelens_lite.lm.hooks import is_mlp_pair, warn_if_other_hook
+from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, check_exclude, excluded_token_ids, keep_mask
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def evaluate(
       encoders (:mod:`saelens_lite.evals.splice`). The mean ablation uses the mean activation
       of the in-sample rows (else the held-out rows).
 
-    ``exclude`` is the one token rule (:mod:`saelens_lite.tokens`) for every metric: those
+    ``exclude`` is the one token rule (:mod:`saelens_lite.lm.tokens`) for every metric: those
     tokens are left out of the reconstruction rows, kept clean in the spliced model and out of
     its means. ``hook`` defaults to the SAE's; another one of the same width is evaluated with a
     warning. ``out_dir`` also writes metrics.json, summary.md and the density histogram.
@@ -164,7 +164,7 @@ def evaluate(
 
 
 def _load_lm(model, device):
-    from saelens_lite.models import LoadedModel, load_model
+    from saelens_lite.lm.load import LoadedModel, load_model
 
     return model if isinstance(model, LoadedModel) else load_model(model, device=device)
 

@@ -4,7 +4,7 @@ An SAE trained on an activation cache has seen its rows (the demo makes ~10 pass
 so a reconstruction metric over the cache is an in-sample figure. The held-out rows come from
 the contexts of the same corpus *after* the cache's last one (``splice.heldout_contexts``), run
 through the model with the forward stopped at the hook (``hooks.capture``), with the token rule
-of ``saelens_lite.tokens`` (the one the cache was written with by default).
+of ``saelens_lite.lm.tokens`` (the one the cache was written with by default).
 
 Shapes: B contexts, S sequence, D hook width, N rows kept.
 """
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saelens_lite.hooks import capture, resolve_hooks
-from saelens_lite.tokens import DEFAULT_EXCLUDE, excluded_token_ids, keep_mask
+from saelens_lite.lm.hooks import capture, resolve_hooks
+from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, excluded_token_ids, keep_mask
 
 
 def contexts_for_tokens(n_tokens: int, context_size: int) -> int:

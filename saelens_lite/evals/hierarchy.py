@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelens_lite._validate import check_ints
 from saelens_lite.evals.synthetic import max_cosine
+from saelens_lite.util.validate import check_ints
 
 
 @dataclass

@@ -177,7 +177,7 @@ def reconstruction_stats(sae, data, *, n_tokens: int | None = None, batch_size: 
                          targets=None) -> ReconstructionStats:
     """Stream the first ``n_tokens`` rows of ``data`` (N, D) through ``sae`` (anything with
     ``encode``/``decode``); with ``keep_N`` (bool, one per row) only the rows where it is True
-    count (the token rule of ``saelens_lite.tokens`` applied to a cache's token ids). With
+    count (the token rule of ``saelens_lite.lm.tokens`` applied to a cache's token ids). With
     ``targets`` (N, D), rows of the same tokens, ``sae`` is a transcoder scored on them."""
     from tqdm.auto import tqdm
 

@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saelens_lite.hooks import resolve_hooks, splice, splice_from
-from saelens_lite.tokens import DEFAULT_EXCLUDE, EXCLUDE_CHOICES, excluded_token_ids, keep_mask
+from saelens_lite.lm.hooks import resolve_hooks, splice, splice_from
+from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, EXCLUDE_CHOICES, excluded_token_ids, keep_mask
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def heldout_contexts(tokenizer, dataset: str, context_size: int, n_contexts: int
     (the contexts an activation cache was harvested from, so the evaluation is held out). When
     the corpus has fewer left, uses those with a warning; when it has none left, falls back to
     its start and says (``heldout=False``) that these are the SAE's training contexts."""
-    from saelens_lite.corpus import iter_documents, pack_contexts
+    from saelens_lite.corpus.text import iter_documents, pack_contexts
 
     def full(start: int) -> list[np.ndarray]:
         ctxs = pack_contexts(iter_documents(dataset, text_column=text_column), tokenizer, context_size)
@@ -160,7 +160,7 @@ def downstream_metrics(sae, lm, hook: str, contexts: Iterable[np.ndarray], *, ba
                        exclude: str = DEFAULT_EXCLUDE, mean_D: Tensor | np.ndarray | None = None,
                        source_hook: str | None = None, progress: bool = True) -> dict[str, float]:
     """CE / KL (causal LMs) or pooled-embedding cosine (encoders) with ``sae`` spliced at ``hook``.
-    ``lm`` is a :class:`~saelens_lite.models.LoadedModel`. With ``mean_D`` (the hook's mean
+    ``lm`` is a :class:`~saelens_lite.lm.load.LoadedModel`. With ``mean_D`` (the hook's mean
     activation) the mean-ablated model is a second reference: ``*_mean`` keys. With
     ``source_hook`` ``sae`` is a transcoder reading that hook (module docstring). Every splice
     is removed on exit."""

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelens_lite._validate import check_ints
+from saelens_lite.util.validate import check_ints
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ so each row is read at its own last real token). The same identity is behind vLL
 prefix caching, SGLang's RadixAttention (Zheng et al. 2023, arXiv:2312.07104) and the
 "prefill a cache" recipe of transformers' KV-cache guide (a prompt's cache, copied per use). The
 prefix is found on token ids, never text, so a tokenizer boundary cannot change an answer; the
-answers equal the plain padded forward's up to float rounding (tests/test_explain_judge.py).
+answers equal the plain padded forward's up to float rounding (tests/explain/test_explain_judge.py).
 Which consecutive prompts share one cached prefix: :func:`prefix_groups`.
 """
 
@@ -54,12 +54,12 @@ class EndpointError(ConnectionError):
 
 
 class HFChat:
-    """A chat model that ``saelens_lite.models.load_model`` loads (alias, folder or HF id), or
+    """A chat model that ``saelens_lite.lm.load.load_model`` loads (alias, folder or HF id), or
     ``lm``, an already loaded one; ``yes_words`` / ``no_words``: the answers P(yes) reads."""
 
     def __init__(self, name: str, *, max_new_tokens: int = 48, batch_size: int = 8, lm=None,
                  yes_words: tuple[str, ...] = YES_WORDS, no_words: tuple[str, ...] = NO_WORDS):
-        from saelens_lite.models import load_model
+        from saelens_lite.lm.load import load_model
 
         self.name, self.max_new_tokens, self.batch_size = name, max_new_tokens, batch_size
         self.lm = load_model(name) if lm is None else lm

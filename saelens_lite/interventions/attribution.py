@@ -34,7 +34,7 @@ from torch import Tensor
 
 from saelens_lite.interventions.edits import ablate
 from saelens_lite.interventions.splice import as_sae_map, spliced
-from saelens_lite.tokens import DEFAULT_EXCLUDE
+from saelens_lite.lm.tokens import DEFAULT_EXCLUDE
 
 
 class FeatureAttribution(NamedTuple):

@@ -18,7 +18,7 @@ tokens, where no SAE is spliced): an activation at ``s`` can change the losses o
 ``s + 1`` onwards (Neuronpedia's feature ablation view; Marks et al. 2024 ablate the same way).
 
 Totals follow ``evals.splice``: means over the *scored* tokens, those ``s >= 1`` whose preceding
-token is not excluded (``saelens_lite.tokens``; the loss predicted from BOS is dropped).
+token is not excluded (``saelens_lite.lm.tokens``; the loss predicted from BOS is dropped).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from torch import Tensor
 from saelens_lite.interventions.attribution import token_texts
 from saelens_lite.interventions.edits import BoundEdit, FeatureEdit
 from saelens_lite.interventions.splice import as_sae_map, spliced
-from saelens_lite.tokens import DEFAULT_EXCLUDE
+from saelens_lite.lm.tokens import DEFAULT_EXCLUDE
 
 
 class TokenLossEffect(NamedTuple):

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from saelens_lite.interventions.edits import BoundEdit, FeatureEdit
 from saelens_lite.interventions.splice import spliced
-from saelens_lite.tokens import DEFAULT_EXCLUDE
+from saelens_lite.lm.tokens import DEFAULT_EXCLUDE
 
 
 class Continuation(NamedTuple):

@@ -2,7 +2,7 @@
 
 Shape legend: B batch, S sequence (the positions of this forward), D model width, F features.
 
-At every spliced hook, for each position whose token is not excluded (``saelens_lite.tokens``:
+At every spliced hook, for each position whose token is not excluded (``saelens_lite.lm.tokens``:
 BOS / EOS / pad keep their clean activation, the rule of ``evals.splice``)::
 
     c  = encode(x),   c' = edits(c),   e = x - decode(c)        (the error node)
@@ -33,9 +33,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from saelens_lite.hooks import hook_widths, resolve_hooks, splice
 from saelens_lite.interventions.edits import BoundEdit, FeatureEdit, apply_edits, bind_edits
-from saelens_lite.tokens import DEFAULT_EXCLUDE, excluded_token_ids, keep_mask
+from saelens_lite.lm.hooks import hook_widths, resolve_hooks, splice
+from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, excluded_token_ids, keep_mask
 
 
 class SpliceNodes(NamedTuple):
@@ -150,11 +150,11 @@ def spliced(lm, saes, edits: Sequence[FeatureEdit] = (), *, stats=None, keep_err
     docstring): ``x' = decode(edits(encode(x))) + (x - decode(encode(x)))``, the error term kept
     unless ``keep_error=False``.
 
-    ``lm``: a :class:`~saelens_lite.models.LoadedModel`; ``saes``: an SAE, a list of SAEs (each
+    ``lm``: a :class:`~saelens_lite.lm.load.LoadedModel`; ``saes``: an SAE, a list of SAEs (each
     at its ``cfg.hook_name``) or ``{hook: sae}``; ``edits``: :class:`FeatureEdit` objects
     (ablate, clamp, scale, add_direction), bound to the SAEs by :func:`bind_edits`; ``stats``:
     max activations for ``add`` (a ``FeatureStats``, an (F,) array or ``{feature: max}``, or
-    ``{hook: ...}`` of those); ``exclude``: the special-token rule of ``saelens_lite.tokens``.
+    ``{hook: ...}`` of those); ``exclude``: the special-token rule of ``saelens_lite.lm.tokens``.
     Hooks are removed on exit, also after an exception.
     """
     sae_map = as_sae_map(saes)

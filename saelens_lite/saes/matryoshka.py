@@ -112,7 +112,7 @@ class MatryoshkaSAE(BatchTopKSAE):
     supports_fast_step = True
     fast_step_dense_backward = False
     # every prefix reconstructs the target y (the input for an SAE) and keeps b_dec and the skip
-    # term x @ W_skip (reconstruction_terms); oracle: tests/test_saes_transcoder.py's float64
+    # term x @ W_skip (reconstruction_terms); oracle: tests/saes/test_saes_transcoder.py's float64
     # reference with prefixes
     supports_transcoder = True
 

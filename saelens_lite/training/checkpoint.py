@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saelens_lite._atomic import TMP_SUFFIX, fsync_dir
+from saelens_lite.util.atomic import TMP_SUFFIX, fsync_dir
 
 log = logging.getLogger(__name__)
 

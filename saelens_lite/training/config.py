@@ -11,8 +11,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from saelens_lite._validate import check_ints
 from saelens_lite.training.targets import check_config as check_target_fields
+from saelens_lite.util.validate import check_ints
 
 DECAYS = ("linear", "cosine", "none")
 B_DEC_INITS = ("geometric_median", "mean", "zeros")

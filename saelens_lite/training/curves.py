@@ -28,9 +28,9 @@ import math
 import os
 from pathlib import Path
 
-from saelens_lite._atomic import TMP_SUFFIX, fsync_dir
 from saelens_lite.saes import REGISTRY
 from saelens_lite.training.logging import read_metrics
+from saelens_lite.util.atomic import TMP_SUFFIX, fsync_dir
 
 log = logging.getLogger(__name__)
 

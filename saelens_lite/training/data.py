@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from saelens_lite.cache import as_numpy, take_rows
-from saelens_lite.devices import resolve_device
 from saelens_lite.training.targets import check_row_counts, check_widths, data_hooks
+from saelens_lite.util.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -263,8 +263,8 @@ class StreamSource(DataSource):
     def __init__(self, model, hooks: list[str], *, dataset: str, text_column: str = "text",
                  context_size: int = 128, model_batch_size: int = 16, buffer_contexts: int = 256,
                  exclude: str = "bos", device: str | torch.device = "cpu"):
-        from saelens_lite.hooks import hook_widths, resolve_hooks
-        from saelens_lite.models import LoadedModel, load_model
+        from saelens_lite.lm.hooks import hook_widths, resolve_hooks
+        from saelens_lite.lm.load import LoadedModel, load_model
 
         if not hooks:
             raise ValueError("hooks=[]: name at least one hook point to stream from a model")
@@ -284,7 +284,7 @@ class StreamSource(DataSource):
         self.points = [p for p in self.points if p.name in self.widths]
 
     def _contexts_once(self) -> Iterator[np.ndarray]:
-        from saelens_lite.corpus import iter_documents, pack_contexts
+        from saelens_lite.corpus.text import iter_documents, pack_contexts
 
         docs = iter_documents(self.dataset, text_column=self.text_column)
         return pack_contexts(docs, self.lm.tokenizer, self.context_size)
@@ -294,7 +294,7 @@ class StreamSource(DataSource):
             yield from self._contexts_once()
 
     def _keep(self, ids_BS: torch.Tensor, attn_BS: torch.Tensor) -> torch.Tensor:
-        from saelens_lite.tokens import written_mask
+        from saelens_lite.lm.tokens import written_mask
 
         return written_mask(ids_BS, attn_BS, self.exclude, self.lm.tokenizer)
 
@@ -311,7 +311,7 @@ class StreamSource(DataSource):
 
     @torch.no_grad()
     def _chunk(self, contexts: list[np.ndarray], seed: int, c: int) -> dict[str, torch.Tensor]:
-        from saelens_lite.hooks import capture
+        from saelens_lite.lm.hooks import capture
 
         rows: dict[str, list[torch.Tensor]] = {h: [] for h in self.widths}
         for i in range(0, len(contexts), self.model_batch_size):

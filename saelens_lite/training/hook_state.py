@@ -17,11 +17,11 @@ import math
 
 import torch
 
-from saelens_lite import distributed
 from saelens_lite.training import targets
 from saelens_lite.training.config import TrainConfig, width_rule_lr
 from saelens_lite.training.dead_latents import DeadLatentTracker
 from saelens_lite.training.step import AutogradStep
+from saelens_lite.util import distributed
 
 
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from saelens_lite import distributed
 from saelens_lite.training import targets
 from saelens_lite.training.checkpoint import (
     checkpoint_dir,
@@ -31,6 +30,7 @@ from saelens_lite.training.checkpoint import (
 )
 from saelens_lite.training.config import TrainConfig
 from saelens_lite.training.data import DataSource
+from saelens_lite.util import distributed
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saelens_lite import distributed
 from saelens_lite.training import targets
 from saelens_lite.training.config import TrainConfig
 from saelens_lite.training.data import DataSource, open_source
@@ -25,6 +24,7 @@ from saelens_lite.training.hook_state import (
     build_sae,
     normalization_scale,
 )
+from saelens_lite.util import distributed
 
 
 @dataclass(frozen=True)

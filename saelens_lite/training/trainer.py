@@ -18,13 +18,13 @@ RNG states) and the data source restarts at batch ``s``, so a resumed run ends b
 an uninterrupted one wherever the kernels are deterministic (CPU: always; CUDA: relu/jumprelu yes,
 the sparse TopK kernels are not: there two uninterrupted runs already differ in the last bits).
 
-Data parallel (``torchrun``, see :mod:`saelens_lite.distributed`): the global batch is still
+Data parallel (``torchrun``, see :mod:`saelens_lite.util.distributed`): the global batch is still
 ``batch_size``; rank r of W trains on rows ``[r B/W, (r+1) B/W)`` of each global batch. After
 ``backward`` the gradients are averaged over ranks (an explicit all-reduce instead of DDP, which
 does not fit the custom kernels and decoder-norm hooks), the dead-latent "fired" masks are OR-ed,
 and after the step floating buffers (the BatchTopK threshold) are averaged; metrics are averaged
 at log steps. A loss non-linear in a batch mean (JumpReLU's target-L0 penalty) reads the global
-mean through ``sae.batch_mean`` (set to :func:`saelens_lite.distributed.batch_mean`), so its
+mean through ``sae.batch_mean`` (set to :func:`saelens_lite.util.distributed.batch_mean`), so its
 averaged gradient is the global one too. Every rank thus holds the same weights, and for
 losses that are means over tokens (MSE, L1, the JumpReLU L0) a step equals a single-process
 step on the same global batch up to float rounding. Terms computed over the batch as a whole are computed per rank slice: the
@@ -90,8 +90,6 @@ import shutil
 
 import torch
 
-from saelens_lite import distributed
-from saelens_lite._atomic import write_json
 from saelens_lite.training import targets
 from saelens_lite.training.checkpoint import prune_checkpoints, save_checkpoint, set_rng_state
 from saelens_lite.training.config import TrainConfig
@@ -110,6 +108,8 @@ from saelens_lite.training.prefetch import Prefetcher
 from saelens_lite.training.resume import resume_point, resume_point_by_hook
 from saelens_lite.training.run_setup import TrainRun, build_states, init_from_data, open_run
 from saelens_lite.training.schedules import lr_at, sparsity_scale_at
+from saelens_lite.util import distributed
+from saelens_lite.util.atomic import write_json
 
 log = logging.getLogger(__name__)
 

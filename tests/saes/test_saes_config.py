@@ -1,0 +1,97 @@
+"""One config per architecture (issue 16 section 2): `SAEConfig(architecture=...)` builds the
+registered config class, cfg.json stays flat, every cfg.json written when one SAEConfig held
+every architecture's fields still loads, and a field of another architecture is an error that
+names it wherever only the architecture's own fields make sense."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import pytest
+
+from saelens_lite.saes import REGISTRY, SAE, SAEConfig, TopKConfig
+from saelens_lite.saes.config import field_owners
+from saelens_lite.training import TrainConfig
+
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "saes"
+OLD_CFGS = sorted(FIXTURES.glob("*/cfg.json"))
+
+
+@pytest.mark.parametrize("arch", sorted(REGISTRY))
+def test_saeconfig_builds_the_config_class_registered_with_the_architecture(arch):
+    cfg = SAEConfig(architecture=arch, d_in=16, d_sae=32, k=2)
+    assert type(cfg) is REGISTRY[arch].config_class and isinstance(cfg, SAEConfig)
+    assert type(SAE.from_config(cfg)) is REGISTRY[arch]
+    d = json.loads(json.dumps(cfg.to_dict()))  # flat and JSON-safe
+    assert all(not isinstance(v, dict) for v in d.values())
+    assert SAEConfig.from_dict(d) == cfg
+    assert dataclasses.replace(cfg, k=3).k == 3
+
+
+@pytest.mark.parametrize("path", OLD_CFGS, ids=[p.parent.name for p in OLD_CFGS])
+def test_every_cfg_json_of_the_single_config_loads_as_its_architectures_config(path):
+    d = json.loads(path.read_text())
+    cfg = SAEConfig.from_dict(d)
+    assert type(cfg) is REGISTRY[d["architecture"]].config_class
+    assert {k: v for k, v in d.items() if hasattr(cfg, k)} == {
+        k: v for k, v in cfg.to_dict().items() if k in d}
+    assert set(d) > set(cfg.to_dict()) - {"target_hook", "skip", "b_enc_init"}  # the others' fields dropped
+
+
+def test_a_field_of_another_architecture_loads_only_at_its_default():
+    d = SAEConfig(architecture="topk", d_in=8, d_sae=16, k=2).to_dict()
+    assert SAEConfig.from_dict(d | {"jumprelu_bandwidth": 1.0, "vae_beta": 1.0}).architecture == "topk"
+    with pytest.raises(ValueError, match=r"SAEConfig.jumprelu_bandwidth=2.0 is invalid for "
+                                         r"architecture 'topk': a field of \['jumprelu'\]"):
+        SAEConfig.from_dict(d | {"jumprelu_bandwidth": 2.0})
+    # today's trainer set TrainConfig.sparsity_coeff on every architecture: any value loads
+    assert SAEConfig.from_dict(d | {"l1_coeff": 2.0, "l0_coeff": 2.0}) == SAEConfig.from_dict(d)
+    with pytest.raises(ValueError, match=r"unknown fields \['nope'\]"):
+        SAEConfig.from_dict(d | {"nope": 1})
+
+
+def test_batchtopk_configs_saved_before_relative_threshold_keep_the_raw_rule():
+    d = SAEConfig(architecture="batchtopk", d_in=8, d_sae=16, k=2).to_dict()
+    del d["relative_threshold"]
+    assert SAEConfig.from_dict(d).relative_threshold is False
+
+
+def test_the_generic_constructor_validates_other_architectures_fields_then_ignores_them():
+    cfg = SAEConfig(architecture="topk", d_in=8, d_sae=16, k=2, jumprelu_bandwidth=0.5)
+    assert cfg == SAEConfig(architecture="topk", d_in=8, d_sae=16, k=2)
+    with pytest.raises(ValueError, match=r"SAEConfig.jumprelu_bandwidth=0.0 is invalid"):
+        SAEConfig(architecture="topk", jumprelu_bandwidth=0.0)
+    assert SAEConfig.jumprelu_bandwidth == 1.0  # the default, as when SAEConfig held it
+
+
+def test_other_architectures_fields_are_checked_at_this_configs_sizes():
+    # matryoshka_groups must sum to d_sae: the d_sae given, not the default width
+    cfg = SAEConfig(architecture="batchtopk", d_in=8, d_sae=40, k=4, matryoshka_groups=[8, 32])
+    assert cfg == SAEConfig(architecture="batchtopk", d_in=8, d_sae=40, k=4)
+    with pytest.raises(ValueError, match=r"matryoshka_groups=\[8, 30\] is invalid.*d_sae=40"):
+        SAEConfig(architecture="batchtopk", d_in=8, d_sae=40, k=4, matryoshka_groups=[8, 30])
+
+
+def test_a_config_class_accepts_only_its_own_fields():
+    with pytest.raises(ValueError, match=r"SAEConfig.jumprelu_bandwidth=0.5 is invalid for "
+                                         r"architecture 'topk' \(a field of \['jumprelu'\]\)"):
+        TopKConfig(jumprelu_bandwidth=0.5)
+    with pytest.raises(ValueError, match=r"SAEConfig.architecture='relu' is invalid"):
+        TopKConfig(architecture="relu")
+
+
+def test_train_options_of_another_architecture_name_it():
+    with pytest.raises(ValueError, match=r"sae_options.multi_topk=True: an option of \['topk'\] "
+                                         r"only, not of architecture='batchtopk'"):
+        TrainConfig(architecture="batchtopk", sae_options={"multi_topk": True})
+    with pytest.raises(ValueError, match=r"sae_options.nope=1: no architecture's option"):
+        TrainConfig(architecture="topk", sae_options={"nope": 1})
+    TrainConfig(architecture="batchtopk", sae_options={"relative_threshold": False})
+
+
+def test_shared_fields_are_every_architectures():
+    owners = field_owners()
+    for f in dataclasses.fields(SAEConfig):
+        assert owners[f.name] == sorted(REGISTRY), f.name

@@ -1,0 +1,10 @@
+"""Worker for tests/training/test_distributed.py, run by ``torchrun``: harvest ``HarvestConfig(**json)``
+(argv[1]) into the folder argv[2]."""
+
+import json
+import sys
+
+from saelens_lite.cache.harvest import HarvestConfig, harvest
+
+if __name__ == "__main__":
+    harvest(HarvestConfig(**json.loads(open(sys.argv[1]).read())), sys.argv[2], progress=False)
