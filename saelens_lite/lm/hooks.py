@@ -32,31 +32,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from saelens_lite.lm.layout import ATTN_PATHS, MLP_IN_OF, MLP_PATHS, block_list, find_sub
+
 log = logging.getLogger(__name__)
 
 UNIFORM_SUFFIXES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_in", "hook_mlp_out",
                     "hook_resid_post")
-
-# Where the block list lives, for LM-head models and their base models.
-_BLOCK_LIST_PATHS = (
-    "model.layers",  # llama, mistral, qwen2, gemma, ...
-    "transformer.h",  # gpt2, gpt-j, bloom, falcon
-    "gpt_neox.layers",
-    "bert.encoder.layer",
-    "roberta.encoder.layer",
-    "encoder.layer",  # BertModel / RobertaModel
-    "model.decoder.layers",  # opt
-    "layers",  # LlamaModel, GPTNeoXModel
-    "h",  # GPT2Model
-)
-# Sub-layer paths inside a block, first match wins. BERT's come first because its
-# `attention` is a wrapper whose output already includes the residual and LayerNorm.
-_ATTN_PATHS = ("attention.output.dense", "self_attn", "attn", "attention", "self_attention")
-_MLP_PATHS = ("output.dense", "mlp", "feed_forward", "ffn")
-# The module whose *input* is the MLP's input, keyed by the mlp_out path found above; the MLP
-# is one module except in BERT, where it is ``intermediate`` (dense + act) then ``output.dense``.
-_MLP_IN_OF = {"output.dense": "intermediate"}
-
 
 @dataclass(frozen=True)
 class HookPoint:
@@ -78,38 +59,20 @@ class _StopForward(Exception):
     """Raised by a capture hook once every requested hook has fired, to skip later layers."""
 
 
-def _block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    modules = dict(model.named_modules())
-    for path in _BLOCK_LIST_PATHS:
-        if isinstance(modules.get(path), nn.ModuleList):
-            return path, modules[path]
-    # Unknown layout: the first ModuleList as long as the config's layer count.
-    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    for path, mod in modules.items():
-        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers:
-            return path, mod
-    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
-
-
-def _find_sub(block: nn.Module, candidates: Sequence[str]) -> str | None:
-    sub = dict(block.named_modules())
-    return next((c for c in candidates if c in sub), None)
-
-
 def list_hook_points(model: nn.Module) -> list[HookPoint]:
     """Uniform hook points in depth order: per block resid_pre, attn_out, mlp_in, mlp_out,
     resid_post."""
-    prefix, blocks = _block_list(model)
+    prefix, blocks = block_list(model)
     points = []
     for i, block in enumerate(blocks):
         path = f"{prefix}.{i}"
         points.append(HookPoint(f"blocks.{i}.hook_resid_pre", path, "pre", i))
-        attn = _find_sub(block, _ATTN_PATHS)
+        attn = find_sub(block, ATTN_PATHS)
         if attn is not None:
             points.append(HookPoint(f"blocks.{i}.hook_attn_out", f"{path}.{attn}", "post", i))
-        mlp = _find_sub(block, _MLP_PATHS)
+        mlp = find_sub(block, MLP_PATHS)
         if mlp is not None:
-            mlp_in = _MLP_IN_OF.get(mlp, mlp)
+            mlp_in = MLP_IN_OF.get(mlp, mlp)
             if mlp_in in dict(block.named_modules()):
                 points.append(HookPoint(f"blocks.{i}.hook_mlp_in", f"{path}.{mlp_in}", "pre", i))
             points.append(HookPoint(f"blocks.{i}.hook_mlp_out", f"{path}.{mlp}", "post", i))
@@ -121,7 +84,7 @@ def resolve_hooks(model: nn.Module, names: Sequence[str]) -> list[HookPoint]:
     """Map names (uniform or raw module paths) to hook points, in the order given."""
     uniform = {p.name: p for p in list_hook_points(model)}
     module_paths = [n for n, _ in model.named_modules() if n]
-    prefix, _ = _block_list(model)
+    prefix, _ = block_list(model)
     layer_re = re.compile(rf"^{re.escape(prefix)}\.(\d+)(\.|$)")
     points = []
     for name in names:
