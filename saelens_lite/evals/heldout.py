@@ -3,8 +3,8 @@
 An SAE trained on an activation cache has seen its rows (the demo makes ~10 passes over them),
 so a reconstruction metric over the cache is an in-sample figure. The held-out rows come from
 the contexts of the same corpus *after* the cache's last one (``splice.heldout_contexts``), run
-through the model with the forward stopped at the hook (``hooks.capture``), with the token rule
-of ``saelens_lite.lm.tokens`` (the one the cache was written with by default).
+through the model with the forward stopped at the hook (``lm.capture.capture_rows``), with the
+token rule of ``saelens_lite.lm.tokens`` (the one the cache was written with by default).
 
 Shapes: B contexts, S sequence, D hook width, N rows kept.
 """
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saelens_lite.lm.hooks import capture, resolve_hooks
-from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, excluded_token_ids, keep_mask
+from saelens_lite.lm.capture import capture_rows
+from saelens_lite.lm.tokens import DEFAULT_EXCLUDE
 
 
 def contexts_for_tokens(n_tokens: int, context_size: int) -> int:
@@ -41,23 +41,17 @@ def heldout_rows_of(lm, hooks: list[str], contexts: list[np.ndarray], *, n_token
     row n of every hook from the same token (a transcoder's input and target)."""
     from tqdm.auto import tqdm
 
-    points = resolve_hooks(lm.model, hooks)
-    excluded = excluded_token_ids(lm.tokenizer, exclude)
     rows: dict[str, list[Tensor]] = {h: [] for h in hooks}
     n = 0
     bar = tqdm(total=n_tokens, unit="tok", unit_scale=True, desc="eval: held-out activations",
                disable=not progress, dynamic_ncols=True)
-    for i in range(0, len(contexts), batch_size):
+    for batch in capture_rows(lm, hooks, contexts, exclude=exclude, batch_size=batch_size):
+        for h in hooks:
+            rows[h].append(batch.acts[h].float().cpu())
+        n += batch.n
+        bar.update(batch.n if n_tokens is None else min(batch.n, n_tokens - bar.n))
         if n_tokens is not None and n >= n_tokens:
             break
-        ids_BS = torch.as_tensor(np.stack(contexts[i:i + batch_size]), dtype=torch.long)
-        acts = capture(lm.model, {"input_ids": ids_BS}, points)
-        for h in hooks:
-            act_BSD = acts[h]
-            rows[h].append(act_BSD[keep_mask(ids_BS.to(act_BSD.device), excluded)].float().cpu())
-        kept = rows[hooks[0]][-1].shape[0]
-        n += kept
-        bar.update(kept if n_tokens is None else min(kept, n_tokens - bar.n))
     bar.close()
     out = {h: torch.cat(r) if r else torch.zeros(0, 0) for h, r in rows.items()}
     return out if n_tokens is None else {h: x[:n_tokens] for h, x in out.items()}
