@@ -1,4 +1,9 @@
-"""Named hook points on HF transformers, activation capture with early stop, and splicing.
+"""Named hook points on HF transformers: one forward's capture with early stop, and replacement.
+
+Names: ``capture`` (one forward, every position) and ``replace`` / ``replace_from`` /
+``replace_mlp`` (an activation replaced by a function) are the hook-level primitives; running
+the model over contexts for kept rows is ``lm.capture.capture_rows``, putting an SAE or a
+transcoder in the model is a *splice* (``lm.splice``).
 
 Uniform names, per block ``i`` (B batch, S sequence, D model width):
 
@@ -205,11 +210,11 @@ def hook_widths(model: nn.Module, hooks: Sequence[HookPoint | str]) -> dict[str,
 
 
 @contextmanager
-def splice(
+def replace(
     model: nn.Module, hook: HookPoint | str, fn: Callable[[Tensor], Tensor]
 ) -> Iterator[None]:
-    """Within the block, every forward replaces the activation at ``hook`` with fn(activation)
-    (e.g. an SAE reconstruction, for the spliced-model CE loss)."""
+    """Within the block, every forward replaces the activation at ``hook`` with fn(activation):
+    the primitive under a splice (``lm.splice``) and an ablation."""
     (point,) = _as_points(model, [hook])
     handle = _register(dict(model.named_modules())[point.module_path], point, fn)
     try:
@@ -219,7 +224,7 @@ def splice(
 
 
 @contextmanager
-def splice_from(
+def replace_from(
     model: nn.Module, source: HookPoint | str, hook: HookPoint | str,
     fn: Callable[[Tensor, Tensor], Tensor],
 ) -> Iterator[None]:
@@ -232,7 +237,7 @@ def splice_from(
 
     def output(act: Tensor) -> Tensor:
         if not seen:
-            raise RuntimeError(f"splice_from: {p_out.name} fired before {p_src.name}; the source "
+            raise RuntimeError(f"replace_from: {p_out.name} fired before {p_src.name}; the source "
                                "hook must come earlier in the forward")
         return fn(seen.pop(), act)
 
@@ -252,7 +257,7 @@ def replace_mlp(
     replaced by a function of its own input (a transcoder, Dunefsky et al. 2024). The MLP
     itself still runs (``mlp_out`` is its clean output, for positions left unchanged); for
     BERT the MLP spans two modules (``intermediate`` -> ``output.dense``)."""
-    return splice_from(model, f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out", fn)
+    return replace_from(model, f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out", fn)
 
 
 def is_mlp_pair(source: str, hook: str) -> bool:

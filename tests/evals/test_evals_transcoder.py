@@ -11,7 +11,8 @@ import torch
 
 from saelens_lite.cache.harvest import HarvestConfig, harvest
 from saelens_lite.evals import evaluate, format_summary
-from saelens_lite.evals.splice import downstream_metrics, eval_contexts
+from saelens_lite.evals.downstream import downstream_metrics
+from saelens_lite.evals.heldout import eval_contexts
 from saelens_lite.lm.hooks import replace_mlp
 from saelens_lite.lm.tokens import excluded_token_ids
 
