@@ -22,7 +22,7 @@ pre-activation ``(mlp_in - b_pre) . W_enc[:, f] + b_enc[f]`` (constant ``b_enc[f
 W_enc[:, f]``); a logit target's is the demeaned logit ``h . (W_U[t] - mean_v W_U[v])`` (h the
 final norm's output; the softmax ignores the mean). The identity ``adjacency.sum(1) + bias =
 inputs`` holds to float precision for models without attention or norm biases (llama, mistral);
-``AttributionGraph.reconstruction_error`` reports it. Each backward pass carries B targets, one
+``AttributionGraph.reconstruction_error`` reports it (relative to the summed terms). Each backward pass carries B targets, one
 per row of the batched forward (circuit-tracer's batching over rows of the adjacency).
 """
 
@@ -106,10 +106,13 @@ class AttributionGraph:
         return torch.cat([torch.arange(n_f), torch.arange(self.logit_index(0), self.n_nodes)])
 
     def reconstruction_error(self) -> float:
-        """max_t |sum_s A[t, s] + bias_t - input_t| over the target rows (0 up to float error)."""
+        """max_t |sum_s A[t, s] + bias_t - input_t| / (sum_s |A[t, s]| + |bias_t|) over the target
+        rows: 0 up to float rounding (relative to the terms summed, which may cancel)."""
         rows = self.target_rows()
-        resid = self.adjacency[rows].double().sum(1) + self.bias[rows] - self.inputs[rows]
-        return float(resid.abs().max()) if len(rows) else 0.0
+        A = self.adjacency[rows].double()
+        resid = A.sum(1) + self.bias[rows] - self.inputs[rows]
+        scale = (A.abs().sum(1) + self.bias[rows].abs()).clamp(min=1e-30)
+        return float((resid.abs() / scale).max()) if len(rows) else 0.0
 
 
 def salient_logits(logits_V: Tensor, *, max_n_logits: int = 10, desired_logit_prob: float = 0.95,
