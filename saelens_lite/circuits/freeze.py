@@ -44,20 +44,48 @@ def _eps(module: nn.Module) -> float:
     raise ValueError(f"cannot freeze {type(module).__name__}: no eps attribute (variance_epsilon, eps)")
 
 
-def frozen_norm(module: nn.Module, kind: str, x_BSD: Tensor) -> Tensor:
-    """The norm of ``x`` with its denominator detached (module docstring), computed in float32
-    as HF's norms are, or in float64 for a float64 input (so that the map is linear to float64
-    precision; the forward differs from HF's float32 norm by its rounding only)."""
-    x32 = x_BSD if x_BSD.dtype == torch.float64 else x_BSD.float()
+def norm_scale(module: nn.Module, kind: str, x_BSD: Tensor) -> Tensor:
+    """r(x) (B, S, 1), detached: the denominator that freezing holds fixed."""
+    x = _compute(x_BSD).detach()
     if kind == "layer":
-        x32 = x32 - x32.mean(-1, keepdim=True)
-    r0 = torch.rsqrt(x32.detach().pow(2).mean(-1, keepdim=True) + _eps(module))
-    y = (x32 * r0).to(x_BSD.dtype)
+        x = x - x.mean(-1, keepdim=True)
+    return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _eps(module))
+
+
+def _compute(x_BSD: Tensor) -> Tensor:
+    """In float32 as HF's norms are, or in float64 for a float64 input (so that the map is
+    linear to float64 precision; the forward then differs from HF's by float32 rounding)."""
+    return x_BSD if x_BSD.dtype == torch.float64 else x_BSD.float()
+
+
+def frozen_norm(module: nn.Module, kind: str, x_BSD: Tensor, r0: Tensor | None = None) -> Tensor:
+    """The norm of ``x`` with its denominator detached (module docstring), or held at ``r0``
+    (e.g. a clean run's, to freeze it in a forward pass with other inputs)."""
+    x = _compute(x_BSD)
+    if kind == "layer":
+        x = x - x.mean(-1, keepdim=True)
+    y = (x * (norm_scale(module, kind, x_BSD) if r0 is None else r0)).to(x_BSD.dtype)
     if getattr(module, "weight", None) is not None:
         y = module.weight * y
     if getattr(module, "bias", None) is not None:
         y = y + module.bias
     return y
+
+
+def norm_modules(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Path -> (module, kind) of every normalisation layer."""
+    return {path: (m, norm_kind(m)) for path, m in model.named_modules() if path and norm_kind(m)}
+
+
+def qk_paths(model: nn.Module) -> list[str]:
+    """The q_proj / k_proj modules (their outputs decide the attention patterns); an error naming
+    the family when there are none."""
+    qk = [p for p, _ in model.named_modules() if p.endswith((".q_proj", ".k_proj"))]
+    if not qk:
+        family = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise ValueError(f"cannot freeze the attention of model family {family!r}: no q_proj / "
+                         "k_proj modules; allowed: llama-style attention (llama, mistral, qwen2, ...)")
+    return qk
 
 
 def _check_same(path: str, module: nn.Module, new: Tensor, old: Tensor) -> None:
@@ -86,20 +114,13 @@ def frozen_attention_and_norms(model: nn.Module) -> Iterator[None]:
     """Within the block, every attention pattern and norm denominator of ``model`` is a constant
     for autograd (forward values unchanged). Refuses models whose attention has no separate
     ``q_proj`` / ``k_proj`` (e.g. GPT-2's fused ``c_attn``), naming the family."""
-    modules = dict(model.named_modules())
-    qk = [p for p in modules if p.endswith((".q_proj", ".k_proj"))]
-    if not qk:
-        family = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-        raise ValueError(f"cannot freeze the attention of model family {family!r}: no q_proj / "
-                         "k_proj modules; allowed: llama-style attention (llama, mistral, qwen2, ...)")
     with contextlib.ExitStack() as stack:
-        for path in qk:
+        for path in qk_paths(model):
             stack.enter_context(splice(model, HookPoint(path, path, "post", None), Tensor.detach))
-        for path, module in modules.items():
-            kind = norm_kind(module)
-            if kind is not None and path not in ("",):
-                _freeze_norm(stack, model, path, module, kind)
+        for path, (module, kind) in norm_modules(model).items():
+            _freeze_norm(stack, model, path, module, kind)
         yield
 
 
-__all__ = ["frozen_attention_and_norms", "frozen_norm", "norm_kind"]
+__all__ = ["frozen_attention_and_norms", "frozen_norm", "norm_kind", "norm_modules", "norm_scale",
+           "qk_paths"]
