@@ -29,6 +29,10 @@ def add(sub) -> None:
     p.add_argument("--prompt", required=True, help="the prompt")
     p.add_argument("--out", required=True, help="the graph's JSON file (its name without .json is the slug)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--check", type=int, default=0, metavar="N",
+                   help="check the N strongest feature->logit and N strongest feature->feature edges by "
+                        "ablating their source in the real spliced model (error terms held) and print the "
+                        "correlation of weight and measured change; stored in the JSON's metadata; 0: skip")
     add_dataclass_args(p, TraceConfig, choices={"exclude": EXCLUDE_CHOICES})
     p.set_defaults(func=run)
 
@@ -40,12 +44,20 @@ def run(args: argparse.Namespace) -> int:
     from saelens_lite.util.atomic import write_json
     from saelens_lite.util.dataclass_args import dataclass_from_args
 
+    if args.check < 0:
+        raise ValueError(f"--check {args.check} is invalid; allowed: 0 (skip) or an integer >= 1")
     config = dataclass_from_args(TraceConfig, args)
     out = pathlib.Path(args.out)
     lm = load_model(args.model, device=args.device)
     tcs = load_transcoders(args.transcoders, lm, require_all=not config.allow_missing_layers)
     result = trace(lm, tcs, args.prompt, config)
     doc = result.to_json(lm.tokenizer, slug=out.stem)
+    check = None
+    if args.check:
+        from saelens_lite.circuits.intervene import intervention_check
+
+        check = intervention_check(lm, tcs, result.graph, top=args.check, exclude=config.exclude).to_dict()
+        doc["metadata"]["intervention_check"] = check
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, doc)
     g = result.graph
@@ -55,5 +67,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"pruned to {len(doc['nodes'])} nodes and {len(doc['links'])} links (node threshold "
           f"{config.node_threshold}, edge threshold {config.edge_threshold}); replacement score "
           f"{result.scores.replacement:.3f}, completeness score {result.scores.completeness:.3f} (unpruned graph)")
+    if check is not None:
+        r = "undefined" if check["pearson"] is None else f"{check['pearson']:.3f}"
+        print(f"intervention check: Pearson r = {r} between edge weight and the change of the target when "
+              f"the source is ablated in the real spliced model, over {len(check['edges'])} edges")
     print(f"wrote {out}")
     return 0

@@ -76,13 +76,15 @@ def test_cli_trace_writes_the_graph(transcoders, tmp_path, capsys):
     root = saved(transcoders, tmp_path / "tcs")
     out = tmp_path / "graphs" / "abc.json"
     assert main(["trace", "--model", "tiny-llama", "--transcoders", str(root), "--prompt", "abc ab",
-                 "--target", "b", "--node-threshold", "0.9", "--out", str(out)]) == 0
+                 "--target", "b", "--node-threshold", "0.9", "--check", "3", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["metadata"]["slug"] == "abc" and doc["metadata"]["node_threshold"] == 0.9
     assert len(doc["metadata"]["transcoder_list"]) == 4
     assert [n["clerp"] for n in doc["nodes"] if n["feature_type"] == "logit"] == [
         next(n["clerp"] for n in doc["nodes"] if n["is_target_logit"])]
+    assert len(doc["metadata"]["intervention_check"]["edges"]) == 6
     text = capsys.readouterr().out
+    assert "intervention check: Pearson r" in text
     assert "replacement score" in text and "completeness score" in text and str(out) in text
 
 
