@@ -23,7 +23,8 @@ W_enc[:, f]``); a logit target's is the demeaned logit ``h . (W_U[t] - mean_v W_
 final norm's output; the softmax ignores the mean). The identity ``adjacency.sum(1) + bias =
 inputs`` holds to float precision for models without attention or norm biases (llama, mistral);
 ``AttributionGraph.reconstruction_error`` reports it (relative to the summed terms). Each backward pass carries B targets, one
-per row of the batched forward (circuit-tracer's batching over rows of the adjacency).
+at once, a batched vector-Jacobian product over the single forward (``is_grads_batched``; the
+batching over rows of the adjacency of circuit-tracer, which runs B copies of the prompt instead).
 """
 
 from __future__ import annotations
@@ -163,33 +164,36 @@ class _Sources:
         bias = grads_emb_BSD.new_zeros(B)
         for layer, g_BSD in enumerate(grads):
             if layer in self.per_layer:
-                cols, pos, dec, b_dec = self.per_layer[layer]
-                if dec is not None:
-                    rows[:, cols] = torch.einsum("bnd,nd->bn", g_BSD[:, pos], dec)
+                cols, pos, dec_ND, b_dec = self.per_layer[layer]
+                if dec_ND is not None:  # <g[b, pos_n], dec_n>: one GEMM, then each column's position
+                    proj_BSN = g_BSD @ dec_ND.T
+                    rows[:, cols] = proj_BSN[:, pos, torch.arange(len(pos))]
                 bias += g_BSD.sum(1) @ b_dec
             start = self.n_features + layer * S
-            rows[:, start:start + S] = torch.einsum("bsd,sd->bs", g_BSD, self.errors[layer])
+            rows[:, start:start + S] = (g_BSD * self.errors[layer]).sum(-1)
         tok = self.n_features + self.n_layers * S
-        rows[:, tok:tok + S] = torch.einsum("bsd,sd->bs", grads_emb_BSD, self.emb_SD)
+        rows[:, tok:tok + S] = (grads_emb_BSD * self.emb_SD).sum(-1)
         return rows, bias
 
 
 def _backward(run: ReplacementRun, n_layers: int, t_layer: Tensor, t_pos: Tensor,
               t_vec: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """Gradients at the embedding and at each MLP leaf of ``sum_b <u_b, target vector b>`` where
-    row b's target reads layer ``t_layer[b]`` (n_layers: the unembedding input) at ``t_pos[b]``."""
+    """Gradients (b, S, D) at the embedding and at each MLP leaf of ``<u, target vector b>`` for
+    each of the b targets at once (a batched vector-Jacobian product over the one forward):
+    target b reads layer ``t_layer[b]`` (n_layers: the unembedding input) at ``t_pos[b]``."""
     b = len(t_layer)
     outputs, grad_outputs = [], []
     for layer in t_layer.unique().tolist():
         out = run.unembed_in_BSD if layer == n_layers else run.mlp_in[layer]
         sel = (t_layer == layer).nonzero()[:, 0]
-        g = torch.zeros_like(out)
-        g[sel.to(g.device), t_pos[sel].to(g.device) % out.shape[1]] = t_vec[sel].to(g.dtype)
+        g = out.new_zeros(b, *out.shape)
+        g[sel.to(g.device), 0, t_pos[sel].to(g.device) % out.shape[1]] = t_vec[sel].to(g.dtype)
         outputs.append(out)
         grad_outputs.append(g)
     leaves = [run.emb_BSD] + [run.leaves[i] for i in range(n_layers)]
-    grads = torch.autograd.grad(outputs, leaves, grad_outputs, retain_graph=True, allow_unused=True)
-    grads = [torch.zeros_like(x[:b]) if g is None else g[:b] for g, x in zip(grads, leaves)]
+    grads = torch.autograd.grad(outputs, leaves, grad_outputs, retain_graph=True, allow_unused=True,
+                                is_grads_batched=True)
+    grads = [x.new_zeros(b, *x.shape[1:]) if g is None else g[:, 0] for g, x in zip(grads, leaves)]
     return grads[0], grads[1:]
 
 
@@ -197,11 +201,12 @@ def _targets(run, tcs, features, logit_ids, head) -> tuple[Tensor, Tensor, Tenso
     """Per target row (features, then logits): layer read, position (-1: the last one the
     unembedding reads), input vector, input value, constant."""
     vecs, values, consts = [], [], []
+    pre = {layer: tc.pre_acts(run.mlp_in[layer][0].detach()) for layer, tc in tcs.by_layer.items()}
     for layer, pos, f in features.tolist():
         tc = tcs.by_layer[layer]
         w = tc.W_enc[:, f]
         vecs.append(w)
-        values.append(tc.pre_acts(run.mlp_in[layer][0, pos].detach())[f])
+        values.append(pre[layer][pos, f])
         consts.append(tc.b_enc[f] - tc.b_pre @ w)
     W_U = head.weight.detach()
     logit_vecs = W_U[logit_ids.to(W_U.device)] - W_U.mean(0)
@@ -244,7 +249,7 @@ def attribute_graph(lm, tcs: TranscoderSet, prompt: str, *, target: int | str | 
         raise ValueError("--prompt is empty")
     t_id = None if target is None else token_id(lm.tokenizer, target)
     keep_S = keep_mask(ids_S, excluded_token_ids(lm.tokenizer, exclude)).to(run_device(lm.model))
-    run = replacement_forward(lm, tcs, ids_S, keep_S, batch_size)
+    run = replacement_forward(lm, tcs, ids_S, keep_S)
     features, acts = _active_features(run)
     logit_ids, logit_probs = salient_logits(run.logits_V, max_n_logits=max_n_logits,
                                             desired_logit_prob=desired_logit_prob, target=t_id)

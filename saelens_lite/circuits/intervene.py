@@ -22,6 +22,7 @@ and ``splice`` (raw module paths via ``HookPoint``).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +61,7 @@ class CleanState:
 def clean_state(lm, tcs: TranscoderSet, prompt: str, exclude: str = DEFAULT_EXCLUDE) -> CleanState:
     ids_S = lm.tokenizer(prompt, return_tensors="pt")["input_ids"][0].to(run_device(lm.model))
     keep_S = keep_mask(ids_S, excluded_token_ids(lm.tokenizer, exclude))
-    run = replacement_forward(lm, tcs, ids_S, keep_S, batch_size=1)
+    run = replacement_forward(lm, tcs, ids_S, keep_S)
     state = CleanState(ids_S, keep_S, {k: v.detach() for k, v in run.acts_SF.items()},
                        [e.detach() for e in run.errors_LSD], {}, {})
     model = lm.model
@@ -77,15 +78,16 @@ def clean_state(lm, tcs: TranscoderSet, prompt: str, exclude: str = DEFAULT_EXCL
     return state
 
 
-def _mlp_fn(tcs: TranscoderSet, state: CleanState, layer: int, ablate, freeze: bool, seen: dict):
+def _mlp_fn(tcs: TranscoderSet, state: CleanState, layer: int, control: dict, freeze: bool):
     tc = tcs.by_layer.get(layer)
 
     def fn(mlp_in_BSD: Tensor, mlp_out_BSD: Tensor) -> Tensor:
-        seen[layer] = mlp_in_BSD[0]
+        control["seen"][layer] = mlp_in_BSD[0]
         if tc is None:
             return state.errors_LSD[layer][None]
         acts_SF = (state.acts_SF[layer].clone() if freeze
                    else tc.encode(mlp_in_BSD[0]) * state.keep_S[:, None])
+        ablate = control["ablate"]
         if ablate is not None and ablate[0] == layer:
             acts_SF[ablate[1], ablate[2]] = 0
         out_SD = tc.add_skip(mlp_in_BSD[0], tc.decode(acts_SF)) + state.errors_LSD[layer]
@@ -94,35 +96,47 @@ def _mlp_fn(tcs: TranscoderSet, state: CleanState, layer: int, ablate, freeze: b
     return fn
 
 
-@torch.no_grad()
-def spliced_values(lm, tcs: TranscoderSet, state: CleanState, targets, *, ablate=None,
-                   freeze: bool = True) -> Tensor:
-    """The targets' values ((layer, pos, feature): pre-activation; ("logit", id): demeaned logit
-    at the last position) in one forward of the spliced model, ``ablate`` = (layer, pos, feature)
-    zeroed (module docstring for ``freeze``)."""
-    model, seen = lm.model, {}
+def _hold_clean(stack: contextlib.ExitStack, model, state: CleanState) -> None:
+    """Attention patterns (the clean q_proj / k_proj outputs) and norm denominators held."""
+    for path in qk_paths(model):
+        stack.enter_context(splice(model, HookPoint(path, path, "post", None),
+                                   lambda t, p=path: state.qk[p]))
+    for path, (module, kind) in norm_modules(model).items():
+        held: list[Tensor] = []
+        stack.enter_context(splice(model, HookPoint(f"{path}:in", path, "pre", None), held.append))
+        stack.enter_context(splice(model, HookPoint(path, path, "post", None),
+                                   lambda y, m=module, k=kind, p=path, h=held:
+                                   frozen_norm(m, k, h.pop(), state.r0[p])))
+
+
+@contextlib.contextmanager
+def spliced_model(lm, tcs: TranscoderSet, state: CleanState, *,
+                  freeze: bool = True) -> Iterator[Callable]:
+    """Within the block, ``values(targets, ablate=None)`` runs one forward of the spliced model
+    (module docstring for ``freeze``) with ``ablate`` = (layer, pos, feature) zeroed and returns
+    the targets' values: (layer, pos, feature) its pre-activation, ("logit", id) the demeaned
+    logit at the last position. The hooks are installed once for every forward."""
+    model, control = lm.model, {"ablate": None, "seen": {}}
+
+    @torch.no_grad()
+    def values(targets, ablate=None) -> Tensor:
+        control["ablate"], control["seen"] = ablate, {}
+        logits_V = model(input_ids=state.ids_S[None]).logits[0, -1].double()
+        out = []
+        for t in targets:
+            if t[0] == "logit":
+                out.append(logits_V[t[1]] - logits_V.mean())
+            else:
+                layer, pos, f = t
+                out.append(tcs.by_layer[layer].pre_acts(control["seen"][layer][pos])[f].double())
+        return torch.stack(out)
+
     with contextlib.ExitStack() as stack:
         for layer in range(tcs.n_layers):
-            stack.enter_context(replace_mlp(model, layer, _mlp_fn(tcs, state, layer, ablate, freeze, seen)))
+            stack.enter_context(replace_mlp(model, layer, _mlp_fn(tcs, state, layer, control, freeze)))
         if freeze:
-            for path in qk_paths(model):
-                stack.enter_context(splice(model, HookPoint(path, path, "post", None),
-                                           lambda t, p=path: state.qk[p]))
-            for path, (module, kind) in norm_modules(model).items():
-                held: list[Tensor] = []
-                stack.enter_context(splice(model, HookPoint(f"{path}:in", path, "pre", None), held.append))
-                stack.enter_context(splice(model, HookPoint(path, path, "post", None),
-                                           lambda y, m=module, k=kind, p=path, h=held:
-                                           frozen_norm(m, k, h.pop(), state.r0[p])))
-        logits_V = model(input_ids=state.ids_S[None]).logits[0, -1].double()
-    values = []
-    for t in targets:
-        if t[0] == "logit":
-            values.append(logits_V[t[1]] - logits_V.mean())
-        else:
-            layer, pos, f = t
-            values.append(tcs.by_layer[layer].pre_acts(seen[layer][pos])[f].double())
-    return torch.stack(values)
+            _hold_clean(stack, model, state)
+        yield values
 
 
 def _target_key(graph: AttributionGraph, row: int):
@@ -168,15 +182,15 @@ def intervention_check(lm, tcs: TranscoderSet, graph: AttributionGraph, *, top: 
         by_source.setdefault(s, []).append(t)
     keys = {t: _target_key(graph, t) for t, _ in edges}
     rows_all = sorted(keys)
-    base = dict(zip(rows_all, spliced_values(lm, tcs, state, [keys[t] for t in rows_all],
-                                             freeze=freeze).tolist()))
     records = []
-    for s, rows in by_source.items():
-        source = tuple(graph.features[s].tolist())
-        cut = spliced_values(lm, tcs, state, [keys[t] for t in rows], ablate=source, freeze=freeze)
-        for t, c in zip(rows, cut.tolist()):
-            records.append({"source": source, "target": keys[t], "weight": float(graph.adjacency[t, s]),
-                            "measured": base[t] - c})
+    with spliced_model(lm, tcs, state, freeze=freeze) as values:
+        base = dict(zip(rows_all, values([keys[t] for t in rows_all]).tolist()))
+        for s, rows in by_source.items():
+            source = tuple(graph.features[s].tolist())
+            cut = values([keys[t] for t in rows], ablate=source)
+            for t, c in zip(rows, cut.tolist()):
+                records.append({"source": source, "target": keys[t],
+                                "weight": float(graph.adjacency[t, s]), "measured": base[t] - c})
     w = np.array([r["weight"] for r in records])
     m = np.array([r["measured"] for r in records])
     pearson = float(np.corrcoef(w, m)[0, 1]) if len(w) > 1 and w.std() > 0 and m.std() > 0 else float("nan")
@@ -184,4 +198,4 @@ def intervention_check(lm, tcs: TranscoderSet, graph: AttributionGraph, *, top: 
 
 
 __all__ = ["CleanState", "InterventionCheck", "clean_state", "intervention_check",
-           "spliced_values", "strongest_edges"]
+           "spliced_model", "strongest_edges"]

@@ -1,8 +1,7 @@
-"""The local replacement model on one prompt: one forward of B identical rows in which every MLP
-output is a transcoder's reconstruction plus a constant error, with attention patterns and norm
+"""The local replacement model on one prompt: one forward in which every MLP output is a transcoder's reconstruction plus a constant error, with attention patterns and norm
 denominators frozen, so the residual stream is linear in the graph's sources.
 
-Shape legend: B batch (rows of the backward batch), S sequence, D model width, F features.
+Shape legend: B batch (1: the prompt), S sequence, D model width, F features.
 
 Per layer l and position s (Ameisen et al. 2025, "Circuit Tracing", "local replacement model"):
 
@@ -20,8 +19,8 @@ circuit-tracer). The token embeddings (``blocks.0.hook_resid_pre``) are a leaf t
 the final norm's output (the unembedding's input). Layers without a transcoder keep their whole
 MLP output as the error (``a_l = 0``, no ``b_dec``, no skip).
 
-The B rows are identical; the backward pass of row b carries the b-th target of a batch, so
-one backward gives B rows of the adjacency matrix.
+Backward passes for many targets at once are batched vector-Jacobian products over this one
+forward (``circuits.attribution``).
 
 Model-running functions used, all from ``saelens_lite.lm.hooks``: ``splice`` (the embedding
 leaf, the unembedding input, via ``HookPoint``), ``replace_mlp`` (the MLP outputs), and through
@@ -107,9 +106,8 @@ def _mlp_fn(run: ReplacementRun, tcs: TranscoderSet, layer: int, keep_S: Tensor)
     return fn
 
 
-def replacement_forward(lm, tcs: TranscoderSet, ids_S: Tensor, keep_S: Tensor,
-                        batch_size: int) -> ReplacementRun:
-    """Run the local replacement model on ``batch_size`` copies of ``ids_S`` (module docstring);
+def replacement_forward(lm, tcs: TranscoderSet, ids_S: Tensor, keep_S: Tensor) -> ReplacementRun:
+    """Run the local replacement model on ``ids_S`` (module docstring);
     the run's tensors hold the autograd graph for the backward passes."""
     model = lm.model
     head = model.get_output_embeddings()
@@ -134,7 +132,7 @@ def replacement_forward(lm, tcs: TranscoderSet, ids_S: Tensor, keep_S: Tensor,
         for layer in range(tcs.n_layers):
             stack.enter_context(replace_mlp(model, layer, _mlp_fn(run, tcs, layer, keep_S)))
         stack.enter_context(torch.enable_grad())
-        ids_BS = ids_S.to(run_device(model))[None].expand(batch_size, -1)
+        ids_BS = ids_S.to(run_device(model))[None]
         logits = model(input_ids=ids_BS, **kwargs).logits
         run.logits_V = logits[0, -1].detach().double()
     return run

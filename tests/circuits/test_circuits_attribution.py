@@ -129,7 +129,7 @@ def test_the_replacement_forward_reproduces_the_model(tiny64, transcoders):
     lm = tiny64
     tcs = check_transcoders(transcoders(dtype="float64", skip=True), lm)
     ids = lm.tokenizer(PROMPT, return_tensors="pt")["input_ids"][0]
-    run = replacement_forward(lm, tcs, ids, torch.ones(len(ids), dtype=torch.bool), batch_size=3)
+    run = replacement_forward(lm, tcs, ids, torch.ones(len(ids), dtype=torch.bool))
     clean = lm.model(input_ids=ids[None]).logits[0, -1]
     torch.testing.assert_close(run.logits_V, clean, rtol=1e-5, atol=1e-5)  # float32 norms in HF
     assert all(leaf.requires_grad and leaf.is_leaf for leaf in run.leaves.values())
