@@ -214,15 +214,13 @@ def _targets(run, tcs, features, logit_ids, head) -> tuple[Tensor, Tensor, Tenso
     b_U = getattr(head, "bias", None)
     for i, t in enumerate(logit_ids.tolist()):
         vecs.append(logit_vecs[i])
-        values.append(h @ logit_vecs[i] + (0 if b_U is None else b_U[t] - b_U.mean()))
-        consts.append(torch.zeros((), dtype=h.dtype, device=h.device) if b_U is None else
-                      b_U[t] - b_U.mean())
+        const = h.new_zeros(()) if b_U is None else b_U[t] - b_U.mean()
+        values.append(h @ logit_vecs[i] + const)
+        consts.append(const)
     t_layer = torch.cat([features[:, 0], torch.full((len(logit_ids),), tcs.n_layers)])
     t_pos = torch.cat([features[:, 1], torch.full((len(logit_ids),), -1)])
-    def stacked(xs):
-        return torch.stack(xs).detach().double().cpu()
-
-    return t_layer, t_pos, torch.stack(vecs).detach(), stacked(values), stacked(consts)
+    values_N, consts_N = (torch.stack(xs).detach().double().cpu() for xs in (values, consts))
+    return t_layer, t_pos, torch.stack(vecs).detach(), values_N, consts_N
 
 
 @torch.no_grad()
@@ -246,7 +244,7 @@ def attribute_graph(lm, tcs: TranscoderSet, prompt: str, *, target: int | str | 
     token rule of ``lm.tokens``) get no feature nodes: their MLP output is their error node."""
     ids_S = lm.tokenizer(prompt, return_tensors="pt")["input_ids"][0]
     if len(ids_S) == 0:
-        raise ValueError("--prompt is empty")
+        raise ValueError("prompt is empty: nothing to trace")
     t_id = None if target is None else token_id(lm.tokenizer, target)
     keep_S = keep_mask(ids_S, excluded_token_ids(lm.tokenizer, exclude)).to(run_device(lm.model))
     run = replacement_forward(lm, tcs, ids_S, keep_S)
