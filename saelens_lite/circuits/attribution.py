@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from saelens_lite.circuits.replacement import ReplacementRun, replacement_forward, run_device
+from saelens_lite.circuits.rows import Sources, fill, normalize_rows, targets
 from saelens_lite.circuits.transcoders import TranscoderSet
 from saelens_lite.interventions import token_id, token_texts
 from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, excluded_token_ids, keep_mask
@@ -140,108 +141,60 @@ def _active_features(run: ReplacementRun) -> tuple[Tensor, Tensor]:
     return torch.cat(feats).cpu(), torch.cat(acts)
 
 
-class _Sources:
-    """The source vectors v_s of every column, grouped by the leaf they sit on."""
-
-    def __init__(self, run: ReplacementRun, tcs: TranscoderSet, features: Tensor, acts: Tensor):
-        self.n_features, self.n_layers = len(features), tcs.n_layers
-        self.per_layer = {}  # layer -> (column slice, positions, a * W_dec rows, b_dec)
-        for layer, tc in tcs.by_layer.items():
-            sel = (features[:, 0] == layer).nonzero()[:, 0]
-            if len(sel):
-                cols = slice(int(sel[0]), int(sel[-1]) + 1)
-                dec = tc.W_dec[features[sel, 2].to(tc.W_dec.device)] * acts[sel, None]
-                self.per_layer[layer] = (cols, features[sel, 1], dec, tc.b_dec)
-            else:
-                self.per_layer[layer] = (slice(0, 0), features[sel, 1], None, tc.b_dec)
-        self.errors = run.errors_LSD
-        self.emb_SD = run.emb_SD
-
-    def rows(self, grads_emb_BSD: Tensor, grads: list[Tensor], n_nodes: int) -> tuple[Tensor, Tensor]:
-        """(rows (B, n_nodes), b_dec part (B,)) from the gradients at each leaf."""
-        B, S, _ = grads_emb_BSD.shape
-        rows = grads_emb_BSD.new_zeros(B, n_nodes)
-        bias = grads_emb_BSD.new_zeros(B)
-        for layer, g_BSD in enumerate(grads):
-            if layer in self.per_layer:
-                cols, pos, dec_ND, b_dec = self.per_layer[layer]
-                if dec_ND is not None:  # <g[b, pos_n], dec_n>: one GEMM, then each column's position
-                    proj_BSN = g_BSD @ dec_ND.T
-                    rows[:, cols] = proj_BSN[:, pos, torch.arange(len(pos))]
-                bias += g_BSD.sum(1) @ b_dec
-            start = self.n_features + layer * S
-            rows[:, start:start + S] = (g_BSD * self.errors[layer]).sum(-1)
-        tok = self.n_features + self.n_layers * S
-        rows[:, tok:tok + S] = (grads_emb_BSD * self.emb_SD).sum(-1)
-        return rows, bias
+def partial_influence(R_rN: Tensor, row_node: Tensor, n_logits: int, logit_probs: Tensor) -> Tensor:
+    """(N,) influence on the logits through the rows computed so far (``R_rN``, its first
+    ``n_logits`` rows the logits', row i the inputs of node ``row_node[i]``): ``prune.influence``
+    with the rows not yet computed taken as zero (circuit-tracer's ``compute_partial_influences``)."""
+    Ahat = normalize_rows(R_rN)
+    prod = torch.zeros(len(R_rN), dtype=torch.float64)
+    prod[:n_logits] = logit_probs.double()
+    total = torch.zeros(R_rN.shape[1], dtype=torch.float64)
+    while True:  # a DAG: at most n_layers + 2 steps
+        col = prod @ Ahat
+        if not col.any():
+            return total
+        total += col
+        prod = col[row_node]
 
 
-def _backward(run: ReplacementRun, n_layers: int, t_layer: Tensor, t_pos: Tensor,
-              t_vec: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """Gradients (b, S, D) at the embedding and at each MLP leaf of ``<u, target vector b>`` for
-    each of the b targets at once (a batched vector-Jacobian product over the one forward):
-    target b reads layer ``t_layer[b]`` (n_layers: the unembedding input) at ``t_pos[b]``."""
-    b = len(t_layer)
-    outputs, grad_outputs = [], []
-    for layer in t_layer.unique().tolist():
-        out = run.unembed_in_BSD if layer == n_layers else run.mlp_in[layer]
-        sel = (t_layer == layer).nonzero()[:, 0]
-        g = out.new_zeros(b, *out.shape)
-        g[sel.to(g.device), 0, t_pos[sel].to(g.device) % out.shape[1]] = t_vec[sel].to(g.dtype)
-        outputs.append(out)
-        grad_outputs.append(g)
-    leaves = [run.emb_BSD] + [run.leaves[i] for i in range(n_layers)]
-    grads = torch.autograd.grad(outputs, leaves, grad_outputs, retain_graph=True, allow_unused=True,
-                                is_grads_batched=True)
-    grads = [x.new_zeros(b, *x.shape[1:]) if g is None else g[:, 0] for g, x in zip(grads, leaves)]
-    return grads[0], grads[1:]
-
-
-def _targets(run, tcs, features, logit_ids, head) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Per target row (features, then logits): layer read, position (-1: the last one the
-    unembedding reads), input vector, input value, constant."""
-    vecs, values, consts = [], [], []
-    pre = {layer: tc.pre_acts(run.mlp_in[layer][0].detach()) for layer, tc in tcs.by_layer.items()}
-    for layer, pos, f in features.tolist():
-        tc = tcs.by_layer[layer]
-        w = tc.W_enc[:, f]
-        vecs.append(w)
-        values.append(pre[layer][pos, f])
-        consts.append(tc.b_enc[f] - tc.b_pre @ w)
-    W_U = head.weight.detach()
-    logit_vecs = W_U[logit_ids.to(W_U.device)] - W_U.mean(0)
-    h = run.unembed_in_BSD[0, -1].detach()
-    b_U = getattr(head, "bias", None)
-    for i, t in enumerate(logit_ids.tolist()):
-        vecs.append(logit_vecs[i])
-        const = h.new_zeros(()) if b_U is None else b_U[t] - b_U.mean()
-        values.append(h @ logit_vecs[i] + const)
-        consts.append(const)
-    t_layer = torch.cat([features[:, 0], torch.full((len(logit_ids),), tcs.n_layers)])
-    t_pos = torch.cat([features[:, 1], torch.full((len(logit_ids),), -1)])
-    values_N, consts_N = (torch.stack(xs).detach().double().cpu() for xs in (values, consts))
-    return t_layer, t_pos, torch.stack(vecs).detach(), values_N, consts_N
-
-
-@torch.no_grad()
-def _fill(graph_adj: Tensor, bias: Tensor, rows_idx: Tensor, run, sources, t_layer, t_pos, t_vec,
-          batch_size: int) -> None:
-    for start in range(0, len(rows_idx), batch_size):
-        sl = slice(start, start + batch_size)
-        with torch.enable_grad():
-            g_emb, grads = _backward(run, sources.n_layers, t_layer[sl], t_pos[sl], t_vec[sl])
-        rows, b = sources.rows(g_emb, grads, graph_adj.shape[1])
-        graph_adj[rows_idx[sl]] = rows.to(graph_adj.dtype).cpu()
-        bias[rows_idx[sl]] += b.double().cpu()
+def _rows_by_influence(run, sources, tgt, n_f, n_full, logit_probs, max_nodes, batch_size, dtype):
+    """Rows for the logits, then for ``max_nodes`` features in order of their influence
+    estimated from the rows so far (all features at once when max_nodes >= n_f): (rows, row
+    bias, row -> node index)."""
+    t_layer, t_pos, t_vec = tgt
+    n_l = len(logit_probs)
+    R = torch.zeros(max_nodes + n_l, n_full, dtype=dtype)
+    bias_R = torch.zeros(max_nodes + n_l, dtype=torch.float64)
+    row_node = torch.cat([torch.arange(n_full - n_l, n_full), torch.zeros(max_nodes, dtype=torch.long)])
+    logit_t = torch.arange(n_f, n_f + n_l)  # the logits' target indices
+    fill(R, bias_R, torch.arange(n_l), run, sources, t_layer[logit_t], t_pos[logit_t], t_vec[logit_t],
+         batch_size)
+    visited, r = torch.zeros(n_f, dtype=torch.bool), n_l
+    while r - n_l < max_nodes:
+        if max_nodes >= n_f:
+            pending = torch.arange(n_f)
+        else:
+            infl = partial_influence(R[:r], row_node[:r], n_l, logit_probs)[:n_f]
+            order = infl.argsort(descending=True)
+            pending = order[~visited[order]][:min(4 * batch_size, max_nodes - (r - n_l))]
+        fill(R, bias_R, torch.arange(r, r + len(pending)), run, sources, t_layer[pending],
+             t_pos[pending], t_vec[pending], batch_size)
+        row_node[r:r + len(pending)], visited[pending] = pending, True
+        r += len(pending)
+    return R, bias_R, row_node
 
 
 def attribute_graph(lm, tcs: TranscoderSet, prompt: str, *, target: int | str | None = None,
                     max_n_logits: int = 10, desired_logit_prob: float = 0.95,
-                    batch_size: int = 32, exclude: str = DEFAULT_EXCLUDE) -> AttributionGraph:
+                    batch_size: int = 32, exclude: str = DEFAULT_EXCLUDE,
+                    max_feature_nodes: int | None = None) -> AttributionGraph:
     """The attribution graph of ``prompt`` under the replacement model of ``tcs`` (module
     docstring). Logit nodes: the top tokens covering ``desired_logit_prob`` (at most
     ``max_n_logits``), or ``target`` alone (one token: text or id). ``exclude``d positions (the
-    token rule of ``lm.tokens``) get no feature nodes: their MLP output is their error node."""
+    token rule of ``lm.tokens``) get no feature nodes: their MLP output is their error node.
+    ``max_feature_nodes``: keep only that many features, visited in order of their influence on
+    the logits as estimated from the rows computed so far (circuit-tracer's); the direct effects
+    of the features left out go into ``bias``, so the identity still holds."""
     ids_S = lm.tokenizer(prompt, return_tensors="pt")["input_ids"][0]
     if len(ids_S) == 0:
         raise ValueError("prompt is empty: nothing to trace")
@@ -251,22 +204,36 @@ def attribute_graph(lm, tcs: TranscoderSet, prompt: str, *, target: int | str | 
     features, acts = _active_features(run)
     logit_ids, logit_probs = salient_logits(run.logits_V, max_n_logits=max_n_logits,
                                             desired_logit_prob=desired_logit_prob, target=t_id)
-    n_f, S, L = len(features), len(ids_S), tcs.n_layers
-    n_nodes = n_f + (L + 1) * S + len(logit_ids)
-    dtype = next(lm.model.parameters()).dtype
-    adj = torch.zeros(n_nodes, n_nodes, dtype=dtype)
+    n_f, S, L, n_l = len(features), len(ids_S), tcs.n_layers, len(logit_ids)
+    n_full = n_f + (L + 1) * S + n_l
+    m = n_f if max_feature_nodes is None else min(max_feature_nodes, n_f)
+    t_layer, t_pos, t_vec, values, consts = targets(run, tcs, features, logit_ids,
+                                                    lm.model.get_output_embeddings())
+    log.info("tracing %d tokens: %d of %d active features, %d logits, %d targets per backward pass",
+             S, m, n_f, n_l, batch_size)
+    R, bias_R, row_node = _rows_by_influence(
+        run, Sources(run, tcs, features, acts), (t_layer, t_pos, t_vec), n_f, n_full, logit_probs,
+        m, batch_size, next(lm.model.parameters()).dtype)
+    # the graph over the kept features: rows in node order, dropped features' columns -> bias
+    kept = torch.zeros(n_f, dtype=torch.bool)
+    kept[row_node[n_l:]] = True
+    chosen = kept.nonzero()[:, 0]
+    cols = torch.cat([chosen, torch.arange(n_f, n_full)])
+    row_of = torch.empty(n_full, dtype=torch.long)
+    row_of[row_node] = torch.arange(len(row_node))
+    n_nodes = m + (L + 1) * S + n_l
+    rows = torch.cat([torch.arange(m), torch.arange(n_nodes - n_l, n_nodes)])
+    src = row_of[torch.cat([chosen, torch.arange(n_full - n_l, n_full)])]
+    adj = torch.zeros(n_nodes, n_nodes, dtype=R.dtype)
+    adj[rows] = R[src][:, cols]
     inputs, bias = torch.zeros(n_nodes, dtype=torch.float64), torch.zeros(n_nodes, dtype=torch.float64)
-    head = lm.model.get_output_embeddings()
-    t_layer, t_pos, t_vec, values, consts = _targets(run, tcs, features, logit_ids, head)
-    rows_idx = torch.cat([torch.arange(n_f), torch.arange(n_nodes - len(logit_ids), n_nodes)])
-    inputs[rows_idx], bias[rows_idx] = values, consts
-    log.info("tracing %d tokens: %d active features, %d logits, %d backward passes of %d rows",
-             S, n_f, len(logit_ids), -(-len(rows_idx) // batch_size), batch_size)
-    _fill(adj, bias, rows_idx, run, _Sources(run, tcs, features, acts), t_layer, t_pos, t_vec,
-          batch_size)
+    t_idx = torch.cat([chosen, torch.arange(n_f, n_f + n_l)])
+    dropped = (~kept).nonzero()[:, 0]
+    inputs[rows] = values[t_idx]
+    bias[rows] = consts[t_idx] + bias_R[src] + R[src][:, dropped].double().sum(1)
     return AttributionGraph(prompt, ids_S.tolist(), token_texts(lm.tokenizer, ids_S.tolist()), L,
-                            features, acts.detach().cpu(), logit_ids.cpu(), logit_probs.cpu(), adj,
-                            inputs, bias, lm.name, dict(tcs.sources))
+                            features[chosen], acts.detach().cpu()[chosen], logit_ids.cpu(),
+                            logit_probs.cpu(), adj, inputs, bias, lm.name, dict(tcs.sources))
 
 
 __all__ = ["AttributionGraph", "attribute_graph", "salient_logits"]

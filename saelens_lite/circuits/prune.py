@@ -32,12 +32,7 @@ import torch
 from torch import Tensor
 
 from saelens_lite.circuits.attribution import AttributionGraph
-
-
-def normalize_rows(A_NN: Tensor) -> Tensor:
-    """|A| with each row divided by its sum (rows of zeros stay zero)."""
-    absA = A_NN.abs().double()
-    return absA / absA.sum(1, keepdim=True).clamp(min=1e-30)
+from saelens_lite.circuits.rows import normalize_rows
 
 
 def influence(Ahat_NN: Tensor, w_N: Tensor, max_steps: int = 10_000) -> Tensor:

@@ -39,6 +39,10 @@ class TraceConfig:
     exclude: str = DEFAULT_EXCLUDE
     """Positions without feature nodes, their MLP output an error node (special = bos, eos,
     pad, sep: the token rule of harvest and eval)."""
+    max_feature_nodes: int | None = None
+    """Keep at most this many feature nodes, visited in order of their influence on the logits
+    as estimated from the rows computed so far (the adjacency is dense: nodes x nodes); the
+    direct effects of the others go into each row's bias. Default: every active feature."""
     allow_missing_layers: bool = False
     """Layers without a transcoder keep their MLP output as one error node per position instead
     of being an error."""
@@ -52,6 +56,10 @@ class TraceConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"TraceConfig.{name}={v!r} is invalid; allowed: an integer >= 1")
+        v = self.max_feature_nodes
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"TraceConfig.max_feature_nodes={v!r} is invalid; allowed: None (all) or "
+                             "an integer >= 1")
         check_exclude(self.exclude)
 
 
@@ -82,7 +90,8 @@ def trace(lm, tcs, prompt: str, config: TraceConfig | None = None) -> TraceResul
     start = time.perf_counter()
     graph = attribute_graph(lm, tcs, prompt, target=config.target, max_n_logits=config.max_n_logits,
                             desired_logit_prob=config.desired_logit_prob,
-                            batch_size=config.batch_size, exclude=config.exclude)
+                            batch_size=config.batch_size, exclude=config.exclude,
+                            max_feature_nodes=config.max_feature_nodes)
     pruned = prune(graph, config.node_threshold, config.edge_threshold)
     scores = graph_scores(graph)
     return TraceResult(graph, pruned, scores, config, time.perf_counter() - start)

@@ -152,3 +152,28 @@ def test_layers_without_a_transcoder_are_error_nodes(tiny64, transcoders):
     assert set(graph.features[:, 0].tolist()) <= {1, 3}
     assert graph.reconstruction_error() < 1e-13
     assert graph.adjacency[:, graph.error_index(0, 2)].abs().sum() > 0
+
+
+def test_max_feature_nodes_keeps_the_most_influential_and_the_identity(tiny64, transcoders):
+    """With 10 of the active features kept (visited 8 at a time): the first 8 are those with the
+    largest influence through the logit rows alone; every kept entry equals the full graph's;
+    the features left out move into the bias, so the identity still holds."""
+    from saelens_lite.circuits.rows import normalize_rows
+
+    lm = tiny64
+    tcs = check_transcoders(transcoders(dtype="float64"), lm)
+    full = attribute_graph(lm, tcs, PROMPT)
+    sub = attribute_graph(lm, tcs, PROMPT, max_feature_nodes=10, batch_size=2)
+    assert sub.n_features == 10 < full.n_features
+    assert sub.reconstruction_error() < 1e-13
+    idx = [full.feature_index(*f) for f in sub.features.tolist()]
+    logit_rows = torch.arange(full.logit_index(0), full.n_nodes)
+    direct = full.logit_probs @ normalize_rows(full.adjacency[logit_rows])[:, :full.n_features]
+    assert set(direct.argsort(descending=True)[:8].tolist()) <= set(idx)
+    rest = torch.arange(full.n_features, full.n_nodes)
+    cols_full = torch.cat([torch.tensor(idx), rest])
+    rows_full = torch.cat([torch.tensor(idx), logit_rows])
+    rows_sub = sub.target_rows()
+    torch.testing.assert_close(sub.adjacency[rows_sub], full.adjacency[rows_full][:, cols_full],
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sub.inputs[rows_sub], full.inputs[rows_full])
