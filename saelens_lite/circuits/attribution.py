@@ -70,6 +70,8 @@ class AttributionGraph:
     model_name: str = ""
     transcoders: dict[int, str] = field(default_factory=dict)
     """Layer -> where its transcoder came from."""
+    n_active: int = -1
+    """Active features on the prompt (more than ``n_features`` with ``max_feature_nodes``)."""
 
     @property
     def n_features(self) -> int:
@@ -233,7 +235,7 @@ def attribute_graph(lm, tcs: TranscoderSet, prompt: str, *, target: int | str | 
     bias[rows] = consts[t_idx] + bias_R[src] + R[src][:, dropped].double().sum(1)
     return AttributionGraph(prompt, ids_S.tolist(), token_texts(lm.tokenizer, ids_S.tolist()), L,
                             features[chosen], acts.detach().cpu()[chosen], logit_ids.cpu(),
-                            logit_probs.cpu(), adj, inputs, bias, lm.name, dict(tcs.sources))
+                            logit_probs.cpu(), adj, inputs, bias, lm.name, dict(tcs.sources), n_f)
 
 
 __all__ = ["AttributionGraph", "attribute_graph", "salient_logits"]

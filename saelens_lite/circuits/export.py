@@ -89,6 +89,7 @@ def graph_json(graph: AttributionGraph, pruned: PruneResult, scores: GraphScores
         "model": graph.model_name, "edge_threshold": edge_threshold,
         "scores": {"replacement": scores.replacement, "completeness": scores.completeness},
         "n_nodes_unpruned": graph.n_nodes, "n_features_unpruned": graph.n_features,
+        "n_active_features": graph.n_active,
         "reconstruction_error": graph.reconstruction_error(),
         "generator": "saelens-lite trace",
     }

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(out, doc)
     g = result.graph
     print(f"traced {g.n_pos} tokens through {len(tcs.layers)} of {tcs.n_layers} layers' transcoders in "
-          f"{result.seconds:.1f} s: {g.n_features} active features, {g.n_logits} logit nodes "
+          f"{result.seconds:.1f} s: {g.n_features} of {g.n_active} active features as nodes, {g.n_logits} logit nodes "
           f"(p = {float(g.logit_probs.sum()):.3f}); reconstruction error {g.reconstruction_error():.2g}")
     print(f"pruned to {len(doc['nodes'])} nodes and {len(doc['links'])} links (node threshold "
           f"{config.node_threshold}, edge threshold {config.edge_threshold}); replacement score "

@@ -164,7 +164,7 @@ def test_max_feature_nodes_keeps_the_most_influential_and_the_identity(tiny64, t
     tcs = check_transcoders(transcoders(dtype="float64"), lm)
     full = attribute_graph(lm, tcs, PROMPT)
     sub = attribute_graph(lm, tcs, PROMPT, max_feature_nodes=10, batch_size=2)
-    assert sub.n_features == 10 < full.n_features
+    assert sub.n_features == 10 < full.n_features == sub.n_active == full.n_active
     assert sub.reconstruction_error() < 1e-13
     idx = [full.feature_index(*f) for f in sub.features.tolist()]
     logit_rows = torch.arange(full.logit_index(0), full.n_nodes)
