@@ -28,7 +28,7 @@ environment variable SAELENS_LITE_DEBUG=1 shows the full traceback instead."""
 
 # Order of appearance in --help; each name is a module of this package.
 SUBCOMMANDS = ["hooks", "harvest", "train", "eval", "bench", "info", "dashboard", "serve", "convert", "compare",
-               "steer", "ablate", "attribute", "explain"]
+               "steer", "ablate", "attribute", "trace", "explain"]
 
 
 def build_parser() -> argparse.ArgumentParser:

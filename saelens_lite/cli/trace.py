@@ -1,0 +1,75 @@
+"""``saelens-lite trace``: the attribution graph of a prompt, pruned, scored and written as the
+JSON that circuit-tracer's and Neuronpedia's graph viewer read."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+from saelens_lite.cli._common import Formatter, model_help
+
+
+def add(sub) -> None:
+    from saelens_lite.circuits.trace import TraceConfig
+    from saelens_lite.lm.tokens import EXCLUDE_CHOICES
+    from saelens_lite.util.dataclass_args import add_dataclass_args
+
+    p = sub.add_parser("trace", help="attribution graph of a prompt through per-layer transcoders (circuit tracing)",
+                       formatter_class=Formatter,
+                       description="Replace every MLP by its transcoder (the error term kept, so the model is "
+                                   "unchanged), freeze attention patterns and norm denominators, and compute the "
+                                   "direct effect of every active feature, error node and token embedding on every "
+                                   "feature and logit (Ameisen et al. 2025, 'Circuit Tracing'). The graph is pruned "
+                                   "by influence on the logits and written with its replacement and completeness "
+                                   "scores in the circuit-tracer / Neuronpedia graph JSON.")
+    p.add_argument("--model", required=True, help=model_help())
+    p.add_argument("--transcoders", required=True, metavar="DIR",
+                   help="folder holding one transcoder folder per layer (cfg.json + sae.safetensors, trained "
+                        "with --hooks blocks.i.hook_mlp_in --target-hook blocks.i.hook_mlp_out), at any depth")
+    p.add_argument("--prompt", required=True, help="the prompt")
+    p.add_argument("--out", required=True, help="the graph's JSON file (its name without .json is the slug)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--check", type=int, default=0, metavar="N",
+                   help="check the N strongest feature->logit and N strongest feature->feature edges by "
+                        "ablating their source in the real spliced model (error terms held) and print the "
+                        "correlation of weight and measured change; stored in the JSON's metadata; 0: skip")
+    add_dataclass_args(p, TraceConfig, choices={"exclude": EXCLUDE_CHOICES})
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from saelens_lite.circuits import load_transcoders
+    from saelens_lite.circuits.trace import TraceConfig, trace
+    from saelens_lite.lm.load import load_model
+    from saelens_lite.util.atomic import write_json
+    from saelens_lite.util.dataclass_args import dataclass_from_args
+
+    if args.check < 0:
+        raise ValueError(f"--check {args.check} is invalid; allowed: 0 (skip) or an integer >= 1")
+    config = dataclass_from_args(TraceConfig, args)
+    out = pathlib.Path(args.out)
+    lm = load_model(args.model, device=args.device)
+    tcs = load_transcoders(args.transcoders, lm, require_all=not config.allow_missing_layers)
+    result = trace(lm, tcs, args.prompt, config)
+    doc = result.to_json(lm.tokenizer, slug=out.stem)
+    check = None
+    if args.check:
+        from saelens_lite.circuits.intervene import intervention_check
+
+        check = intervention_check(lm, tcs, result.graph, top=args.check, exclude=config.exclude).to_dict()
+        doc["metadata"]["intervention_check"] = check
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, doc)
+    g = result.graph
+    print(f"traced {g.n_pos} tokens through {len(tcs.layers)} of {tcs.n_layers} layers' transcoders in "
+          f"{result.seconds:.1f} s: {g.n_features} of {g.n_active} active features as nodes, {g.n_logits} logit nodes "
+          f"(p = {float(g.logit_probs.sum()):.3f}); reconstruction error {g.reconstruction_error():.2g}")
+    print(f"pruned to {len(doc['nodes'])} nodes and {len(doc['links'])} links (node threshold "
+          f"{config.node_threshold}, edge threshold {config.edge_threshold}); replacement score "
+          f"{result.scores.replacement:.3f}, completeness score {result.scores.completeness:.3f} (unpruned graph)")
+    if check is not None:
+        r = "undefined" if check["pearson"] is None else f"{check['pearson']:.3f}"
+        print(f"intervention check: Pearson r = {r} between edge weight and the change of the target when "
+              f"the source is ablated in the real spliced model, over {len(check['edges'])} edges")
+    print(f"wrote {out}")
+    return 0
