@@ -108,8 +108,11 @@ def _load_saes(paths: list[str], hook: str, device: str) -> list[Probed]:
             raise ValueError(f"--sae {p}: its cfg.json names no hook_name; pass --hook")
         stat = (p / "sae.safetensors").stat()
         key = hashlib.sha1(f"{p.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:10]
-        name = p.name if p.name not in ("model", "") else p.parent.name
-        out.append(Probed(p, sae, h, f"{sae.architecture}-{sae.cfg.d_sae} ({name})", key))
+        # train writes RUN/<hook>/, compare RUN/models/<name>/model: name it by the run folder
+        name = p.parent.name if p.name in ("model", getattr(sae.cfg, "hook_name", "")) else p.name
+        label = f"{sae.architecture}-{sae.cfg.d_sae} ({name})"
+        taken = sum(o.label == label or o.label.startswith(f"{label} #") for o in out)
+        out.append(Probed(p, sae, h, label + (f" #{taken + 1}" if taken else ""), key))
     return out
 
 
@@ -169,6 +172,7 @@ def _score_row(score) -> dict:
 
 
 def _cached_json(path: Path, compute) -> dict:
+    """``path``'s JSON if a run already wrote it, else ``compute()`` written atomically."""
     if path.exists():
         return json.loads(path.read_text())
     result = compute()
@@ -177,42 +181,63 @@ def _cached_json(path: Path, compute) -> dict:
     return result
 
 
+@dataclass
+class _Split:
+    """One dataset's fixed split; its texts are ordered train first, then test."""
+
+    idx_N: np.ndarray
+    n_train: int
+    y_N: np.ndarray
+
+    def counts(self, name: str, classes: tuple[str, str]) -> dict:
+        y_tr, y_te = self.y_N[: self.n_train], self.y_N[self.n_train:]
+        return {"dataset": name, "n_train": self.n_train, "n_test": len(y_te), "n_train_pos": int(y_tr.sum()),
+                "n_test_pos": int(y_te.sum()), "classes": list(classes)}
+
+    def dense(self, x_ND: np.ndarray, probe_cfg: ProbeConfig, seed: int) -> dict:
+        n = self.n_train
+        return _score_row(fit_probe(x_ND[:n], self.y_N[:n], x_ND[n:], self.y_N[n:], probe_cfg, seed=seed))
+
+    def sparse(self, z_NF: np.ndarray, cfg: ProbingConfig, probe_cfg: ProbeConfig) -> dict:
+        n = self.n_train
+        res = sparse_probes(z_NF[:n], self.y_N[:n], z_NF[n:], self.y_N[n:], cfg.ks, probe_cfg, seed=cfg.seed,
+                            with_all=cfg.all_latents)
+        return {name: (v if name == "latents" else _score_row(v)) for name, v in res.items()}
+
+
+def _pooled_rows(cfg, probe_cfg, split: _Split, base: dict, tok: acts.TokenRows, probed, where: Path,
+                 rkey: str) -> list[dict]:
+    """The dense probe's row and each autoencoder's probe rows on one (hook, pooling)."""
+    how = base["pooling"]
+    x_ND = acts.pool(tok.rows_TD, tok.offsets, how)
+    dense = _cached_json(where / f"dense-{rkey}.json", lambda: split.dense(x_ND, probe_cfg, cfg.seed))
+    rows = [base | {"sae": "dense probe", "probe": "dense", "k": None} | dense]
+    for p in probed:
+        def compute(p=p):
+            return split.sparse(encode_pooled(p.sae, tok, how, device=cfg.device), cfg, probe_cfg)
+
+        res = _cached_json(where / f"sae-{p.key}-{rkey}.json", compute)
+        rows += [base | {"sae": p.label, "probe": name, "k": int(name[2:]) if name.startswith("k=") else None}
+                 | score for name, score in res.items() if name != "latents"]
+    return rows
+
+
 def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: Path) -> list[dict]:
-    idx_all = np.concatenate([idx_train, idx_test])
-    n_tr, n_te = len(idx_train), len(idx_test)
-    y_tr, y_te = ds.y_N[idx_train], ds.y_N[idx_test]
-    counts = {"dataset": ds.name, "n_train": n_tr, "n_test": n_te, "n_train_pos": int(y_tr.sum()),
-              "n_test_pos": int(y_te.sum()), "classes": list(ds.classes)}
+    split = _Split(np.concatenate([idx_train, idx_test]), len(idx_train),
+                   ds.y_N[np.concatenate([idx_train, idx_test])])
     # results of another split, k list or probe setting are other files, never reused
-    rkey = hashlib.sha1(json.dumps([acts.cache_key(idx_all, cfg.max_tokens, "special"), cfg.model, cfg.ks,
+    rkey = hashlib.sha1(json.dumps([acts.cache_key(split.idx_N, cfg.max_tokens, "special"), cfg.model, cfg.ks,
                                     cfg.all_latents, asdict(probe_cfg)]).encode()).hexdigest()[:10]
     rows = []
     for hook in sorted({p.hook for p in probed}):
-        pooled = acts.pooled_rows(get_lm, hook, ds.name, ds.texts, idx_all, poolings=cfg.poolings,
+        pooled = acts.pooled_rows(get_lm, hook, ds.name, ds.texts, split.idx_N, poolings=cfg.poolings,
                                   cache_dir=cfg.cache_dir or out / "activations", model_name=cfg.model,
                                   max_tokens=cfg.max_tokens, batch_tokens=cfg.batch_tokens)
         for how, tok in pooled.items():
+            base = split.counts(ds.name, ds.classes) | {"hook": hook, "pooling": how}
             where = out / "results" / acts.slug(ds.name) / acts.slug(hook) / how
-            x_ND = acts.pool(tok.rows_TD, tok.offsets, how)
-
-            def dense(x_ND=x_ND):
-                return _score_row(fit_probe(x_ND[:n_tr], y_tr, x_ND[n_tr:], y_te, probe_cfg, seed=cfg.seed))
-
-            base = counts | {"hook": hook, "pooling": how}
-            rows.append(base | {"sae": "dense probe", "probe": "dense", "k": None}
-                        | _cached_json(where / f"dense-{rkey}.json", dense))
-            for p in (p for p in probed if p.hook == hook):
-                def sparse(p=p, tok=tok, how=how):
-                    z_NF = encode_pooled(p.sae, tok, how, device=cfg.device)
-                    res = sparse_probes(z_NF[:n_tr], y_tr, z_NF[n_tr:], y_te, cfg.ks, probe_cfg,
-                                        seed=cfg.seed, with_all=cfg.all_latents)
-                    return {name: (v if name == "latents" else _score_row(v)) for name, v in res.items()}
-
-                res = _cached_json(where / f"sae-{p.key}-{rkey}.json", sparse)
-                for name, score in res.items():
-                    if name != "latents":
-                        k = int(name[2:]) if name.startswith("k=") else None
-                        rows.append(base | {"sae": p.label, "probe": name, "k": k} | score)
+            rows += _pooled_rows(cfg, probe_cfg, split, base, tok, [p for p in probed if p.hook == hook],
+                                 where, rkey)
     return rows
 
 
