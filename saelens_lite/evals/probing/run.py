@@ -40,9 +40,9 @@ class ProbingConfig:
     datasets: list[str] = field(default_factory=list)
     """Dataset file names (e.g. 113_movie_sent); empty: every binary dataset with at least
     min_per_class examples of each label."""
-    max_examples: int = 1000
-    """At most this many texts per dataset (half per label), split into train and test: about 25 s
-    per dataset for SmolLM2's layer 9 on one CPU core with short texts (docs/probing.md)."""
+    max_examples: int = 600
+    """At most this many texts per dataset (half per label), split into train and test (450 / 150
+    by default): sized for a shared CPU (docs/probing.md gives the times); the paper trains on 1024."""
     test_fraction: float = 0.25
     """Share of each label's texts held out for the test scores."""
     ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
