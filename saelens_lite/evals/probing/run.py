@@ -23,6 +23,7 @@ import torch
 
 from saelens_lite.evals.probing import acts, data
 from saelens_lite.evals.probing.probes import ProbeConfig, fit_probe, sparse_probes
+from saelens_lite.lm.hooks import warn_if_other_hook
 from saelens_lite.util.atomic import write_json
 from saelens_lite.util.validate import check_ints
 
@@ -106,6 +107,7 @@ def _load_saes(paths: list[str], hook: str, device: str) -> list[Probed]:
         h = hook or getattr(sae.cfg, "hook_name", "")
         if not h:
             raise ValueError(f"--sae {p}: its cfg.json names no hook_name; pass --hook")
+        warn_if_other_hook(sae, h, "probed")
         stat = (p / "sae.safetensors").stat()
         key = hashlib.sha1(f"{p.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:10]
         # train writes RUN/<hook>/, compare RUN/models/<name>/model: name it by the run folder
