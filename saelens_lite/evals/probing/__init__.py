@@ -1,0 +1,14 @@
+"""Sparse probing on the SAE-Probes datasets (Kantamneni et al. 2025, "Are Sparse Autoencoders
+Useful? A Case Study in Sparse Probing"): do logistic probes on k of an autoencoder's latents
+match a dense probe on the activations they encode?
+
+``data`` (the labelled datasets, the binary filter, the split), ``acts`` (pooled activations of a
+hook, cached), ``probes`` (dense, k-sparse and all-latent probes), ``run`` (the benchmark,
+resumable), ``report`` (tables, JSON, the AUC-vs-k plot). ``saelens-lite bench probing`` is the
+command line.
+"""
+
+from saelens_lite.evals.probing.probes import ProbeConfig, fit_probe, mean_diff_order, sparse_probes
+from saelens_lite.evals.probing.run import ProbingConfig, run_probing
+
+__all__ = ["ProbeConfig", "ProbingConfig", "fit_probe", "mean_diff_order", "run_probing", "sparse_probes"]

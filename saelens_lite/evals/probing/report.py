@@ -1,0 +1,162 @@
+"""The probing report: results.json (every row), results.md (per-dataset tables with counts, the
+means, and where SAE probes beat the dense probe) and auc_vs_k.png (mean test AUC against k, one
+line per autoencoder, the dense probe as a horizontal line), each written atomically.
+
+A row: {sae, hook, pooling, dataset, probe (``dense`` / ``k=K`` / ``all``), k, auc, accuracy, C,
+n_train, n_test, n_train_pos, n_test_pos, classes}; the dense probe's rows have sae
+``dense probe``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from saelens_lite.util.atomic import TMP_SUFFIX, fsync_dir, write_json
+
+DENSE = "dense probe"
+
+
+def _probe_names(rows: list[dict]) -> list[str]:
+    ks = sorted({r["k"] for r in rows if r["k"] is not None})
+    return [f"k={k}" for k in ks] + (["all"] if any(r["probe"] == "all" for r in rows) else [])
+
+
+def _index(rows: list[dict]) -> dict:
+    """{(sae, hook, pooling, dataset, probe): row}."""
+    return {(r["sae"], r["hook"], r["pooling"], r["dataset"], r["probe"]): r for r in rows}
+
+
+def _groups(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """(sae, hook, pooling) of the autoencoders, in first-seen order."""
+    seen: dict[tuple[str, str, str], None] = {}
+    for r in rows:
+        if r["sae"] != DENSE:
+            seen.setdefault((r["sae"], r["hook"], r["pooling"]), None)
+    return list(seen)
+
+
+def means(rows: list[dict]) -> dict[tuple[str, str, str, str], dict[str, float]]:
+    """{(sae, hook, pooling, probe): {"auc", "accuracy", "n"}} averaged over datasets; the dense
+    probe's entries have sae ``dense probe``."""
+    acc: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        acc[(r["sae"], r["hook"], r["pooling"], r["probe"])].append(r)
+    return {key: {"auc": float(np.mean([r["auc"] for r in rs])),
+                  "accuracy": float(np.mean([r["accuracy"] for r in rs])), "n": len(rs)}
+            for key, rs in acc.items()}
+
+
+def _cell(r: dict | None) -> str:
+    return "-" if r is None else f"{r['auc']:.3f} ({r['accuracy']:.2f})"
+
+
+def _dataset_table(rows: list[dict], sae: str, hook: str, pooling: str, probes: list[str]) -> list[str]:
+    idx = _index(rows)
+    names = list(dict.fromkeys(r["dataset"] for r in rows if r["sae"] == sae and r["pooling"] == pooling))
+    lines = ["| dataset | train (pos) | test (pos) | dense | " + " | ".join(probes) + " |",
+             "|---|---|---|---|" + "---|" * len(probes)]
+    for name in names:
+        d = idx.get((DENSE, hook, pooling, name, "dense"))
+        any_row = d or next(r for r in rows if r["dataset"] == name)
+        cells = [_cell(idx.get((sae, hook, pooling, name, p))) for p in probes]
+        lines.append(f"| {name} | {any_row['n_train']} ({any_row['n_train_pos']}) | "
+                     f"{any_row['n_test']} ({any_row['n_test_pos']}) | {_cell(d)} | " + " | ".join(cells) + " |")
+    m = means([r for r in rows if r["dataset"] in names])
+    mean_cells = [_cell(m.get((sae, hook, pooling, p))) for p in probes]
+    lines.append(f"| **mean of {len(names)}** | | | {_cell(m.get((DENSE, hook, pooling, 'dense')))} | "
+                 + " | ".join(mean_cells) + " |")
+    return lines
+
+
+def versus_dense(rows: list[dict], sae: str, hook: str, pooling: str, probe: str) -> dict[str, list[str]]:
+    """{"above": datasets where the probe's test AUC is above the dense probe's, "equal", "below"}."""
+    idx = _index(rows)
+    out: dict[str, list[str]] = {"above": [], "equal": [], "below": []}
+    for (s, h, pl, name, pr), r in idx.items():
+        d = idx.get((DENSE, h, pl, name, "dense"))
+        if (s, h, pl, pr) == (sae, hook, pooling, probe) and d is not None:
+            side = "above" if r["auc"] > d["auc"] else "equal" if r["auc"] == d["auc"] else "below"
+            out[side].append(name)
+    return out
+
+
+def format_markdown(result: dict) -> str:
+    rows = result["rows"]
+    probes = _probe_names(rows)
+    cfg = result["config"]
+    out = ["# Sparse probing", "",
+           f"Model {cfg['model']}; test AUC (accuracy) on each dataset's held-out split "
+           f"(at most {cfg['max_examples']} texts per dataset, {cfg['test_fraction']:.0%} of each label "
+           f"held out, seed {cfg['seed']}); C chosen by {result['probe_config']['folds']}-fold "
+           "cross-validation on the training split. k-sparse probes use the k latents with the largest "
+           "mean difference on the training split.", ""]
+    for sae, hook, pooling in _groups(rows):
+        out += [f"## {sae}: {hook}, {pooling}-token pooling", ""]
+        out += _dataset_table(rows, sae, hook, pooling, probes) + [""]
+        for probe in probes:
+            vs = versus_dense(rows, sae, hook, pooling, probe)
+            out.append(f"- {probe} against the dense probe's test AUC: above on {len(vs['above'])}, equal on "
+                       f"{len(vs['equal'])}, below on {len(vs['below'])} datasets"
+                       + (f" (above: {', '.join(vs['above'])})" if vs["above"] else ""))
+        out.append("")
+    return "\n".join(out)
+
+
+def plot_auc_vs_k(result: dict, path: str | Path) -> Path:
+    """Mean test AUC against k (log2 axis; the all-latent probe at the far right), one line per
+    autoencoder and one panel per pooling, the dense probe as a dashed horizontal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    m = means(rows)
+    poolings = list(dict.fromkeys(r["pooling"] for r in rows))
+    ks = sorted({r["k"] for r in rows if r["k"] is not None})
+    x_all = 2 * ks[-1] if ks else 1
+    fig, axes = plt.subplots(1, len(poolings), figsize=(5.5 * len(poolings), 4), squeeze=False)
+    for ax, pooling in zip(axes[0], poolings):
+        for sae, hook, pl in _groups(rows):
+            if pl != pooling:
+                continue
+            xs = [k for k in ks if (sae, hook, pl, f"k={k}") in m]
+            line = ax.plot(xs, [m[(sae, hook, pl, f"k={k}")]["auc"] for k in xs], "o-", label=sae)[0]
+            if (sae, hook, pl, "all") in m:
+                ax.plot([x_all], [m[(sae, hook, pl, "all")]["auc"]], "s", color=line.get_color())
+        for (s, hook, pl, _probe), v in m.items():
+            if s == DENSE and pl == pooling:
+                ax.axhline(v["auc"], ls="--", color="k", label=f"dense probe ({hook})")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks + [x_all], [str(k) for k in ks] + ["all"])
+        ax.set_xlabel("latents in the probe (k)")
+        ax.set_ylabel(f"mean test AUC over {len({r['dataset'] for r in rows})} datasets")
+        ax.set_title(f"{pooling}-token pooling")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path
+
+
+def write_report(result: dict, out: str | Path) -> dict[str, Path]:
+    """results.json, results.md and auc_vs_k.png in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", result)
+    md = out / "results.md"
+    tmp = md.with_name(md.name + TMP_SUFFIX)
+    tmp.write_text(format_markdown(result) + "\n")
+    os.replace(tmp, md)
+    return {"json": out / "results.json", "markdown": md, "plot": plot_auc_vs_k(result, out / "auc_vs_k.png")}
+
+
+__all__ = ["DENSE", "means", "versus_dense", "format_markdown", "plot_auc_vs_k", "write_report"]

@@ -1,0 +1,276 @@
+"""``run_probing``: every probe of :mod:`.probes` for every (autoencoder, dataset, pooling), with the
+dense probe once per (hook, dataset, pooling), resumable.
+
+Phases: check every input before anything is written (datasets known and binary, each
+autoencoder's hook and width, k <= width), then per dataset: split, pooled activations (cached,
+:mod:`.acts`), the dense probe and each autoencoder's probes, each result written atomically to
+``{out}/results/`` as soon as it is known; a re-run reads those back instead of refitting.
+Last, the report (:mod:`.report`).
+
+Shape legend: N examples, T token rows, D hook width, F latents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saelens_lite.evals.probing import acts, data
+from saelens_lite.evals.probing.probes import ProbeConfig, fit_probe, sparse_probes
+from saelens_lite.lm.hooks import warn_if_other_hook
+from saelens_lite.util.atomic import write_json
+from saelens_lite.util.validate import check_ints
+
+log = logging.getLogger(__name__)
+
+POOLING_CHOICES = ("last", "mean", "both")
+
+
+@dataclass
+class ProbingConfig:
+    """What ``saelens-lite bench probing`` probes and how."""
+
+    model: str = "smollm2-135m"
+    """Model alias, Hugging Face id or path whose hook the autoencoders read."""
+    datasets: list[str] = field(default_factory=list)
+    """Dataset file names (e.g. 113_movie_sent); empty: every binary dataset with at least
+    min_per_class examples of each label."""
+    max_examples: int = 600
+    """At most this many texts per dataset (half per label), split into train and test (450 / 150
+    by default): sized for a shared CPU (docs/probing.md gives the times); the paper trains on 1024."""
+    test_fraction: float = 0.25
+    """Share of each label's texts held out for the test scores."""
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    """Latents per sparse probe, chosen by mean difference on the training split."""
+    pooling: str = "last"
+    """last (the last text token, the paper's), mean (over the text tokens, SAEBench's), or both."""
+    hook: str = ""
+    """Hook to read (empty: each autoencoder's own cfg.hook_name)."""
+    max_tokens: int = 256
+    """Tokens per text, BOS included; a longer text keeps its last tokens."""
+    batch_tokens: int = 4096
+    """Padded tokens per model forward."""
+    min_per_class: int = 100
+    """Default dataset selection: at least this many examples of each label."""
+    all_latents: bool = True
+    """Also fit the probe on every latent."""
+    seed: int = 0
+    """Seed of the example draw, the split and the cross-validation folds."""
+    data_dir: str = ""
+    """Folder of NAME.csv(.zst) datasets (empty: the sae-probes wheel's cleaned_data)."""
+    cache_dir: str = ""
+    """Activation cache folder (empty: OUT/activations)."""
+    device: str = "cpu"
+    """Device of the model and the autoencoders."""
+
+    def __post_init__(self) -> None:
+        check_ints(self, ("max_examples", "max_tokens", "batch_tokens", "min_per_class"), minimum=2)
+        check_ints(self, ("seed",), minimum=0)
+        if not self.ks or any(not isinstance(k, int) or k < 1 for k in self.ks):
+            raise ValueError(f"ProbingConfig.ks={self.ks!r}: give one or more integers >= 1")
+        if self.pooling not in POOLING_CHOICES:
+            raise ValueError(f"ProbingConfig.pooling={self.pooling!r}: choose one of {list(POOLING_CHOICES)}")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"ProbingConfig.test_fraction={self.test_fraction!r}: must be in (0, 1)")
+
+    @property
+    def poolings(self) -> tuple[str, ...]:
+        return acts.POOLINGS if self.pooling == "both" else (self.pooling,)
+
+
+@dataclass
+class Probed:
+    """One autoencoder under test."""
+
+    path: Path
+    sae: object
+    hook: str
+    label: str
+    key: str
+    """Short hash of the folder and its weights' size and time: names its result files."""
+
+
+def _load_saes(paths: list[str], hook: str, device: str) -> list[Probed]:
+    from saelens_lite.saes import SAE
+
+    out = []
+    for p in map(Path, paths):
+        if not (p / "cfg.json").exists():
+            raise ValueError(f"--sae {p}: no cfg.json there (a folder written by SAE.save / saelens-lite train)")
+        sae = SAE.load(p, device=device).eval()
+        h = hook or getattr(sae.cfg, "hook_name", "")
+        if not h:
+            raise ValueError(f"--sae {p}: its cfg.json names no hook_name; pass --hook")
+        warn_if_other_hook(sae, h, "probed")
+        stat = (p / "sae.safetensors").stat()
+        key = hashlib.sha1(f"{p.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+        # train writes RUN/<hook>/, compare RUN/models/<name>/model: name it by the run folder
+        name = p.parent.name if p.name in ("model", getattr(sae.cfg, "hook_name", "")) else p.name
+        label = f"{sae.architecture}-{sae.cfg.d_sae} ({name})"
+        taken = sum(o.label == label or o.label.startswith(f"{label} #") for o in out)
+        out.append(Probed(p, sae, h, label + (f" #{taken + 1}" if taken else ""), key))
+    return out
+
+
+def _check_inputs(cfg: ProbingConfig, probed: list[Probed], names: list[str], lm_widths) -> None:
+    known = set(data.list_datasets(cfg.data_dir or None))
+    for name in names:
+        if name not in known:
+            data.read_table(name, cfg.data_dir or None)  # raises, naming the closest
+        if cfg.datasets and data.class_counts(name, cfg.data_dir or None) is None:
+            raise ValueError(f"dataset {name!r} is not binary (multiclass or numeric targets are skipped)")
+    widths = lm_widths(sorted({p.hook for p in probed}))
+    for p in probed:
+        if p.sae.cfg.d_in != widths[p.hook]:
+            raise ValueError(f"--sae {p.path}: d_in={p.sae.cfg.d_in} does not match the width {widths[p.hook]} "
+                             f"of {p.hook} in {cfg.model}")
+        if max(cfg.ks) > p.sae.cfg.d_sae:
+            raise ValueError(f"--k {max(cfg.ks)} is larger than the width d_sae={p.sae.cfg.d_sae} of --sae {p.path}")
+
+
+class _Model:
+    """Loads the model once, on first use (a run whose activations are all cached never does)."""
+
+    def __init__(self, cfg: ProbingConfig):
+        self.cfg, self.lm = cfg, None
+
+    def __call__(self):
+        if self.lm is None:
+            from saelens_lite.lm import load_model
+
+            self.lm = load_model(self.cfg.model, device=self.cfg.device)
+        return self.lm
+
+    def widths(self, hooks: list[str]) -> dict[str, int]:
+        from saelens_lite.lm import hook_widths
+
+        return hook_widths(self().model, hooks)
+
+
+@torch.no_grad()
+def encode_pooled(sae, rows: acts.TokenRows, how: str, *, device: str = "cpu", chunk_rows: int = 8192) -> np.ndarray:
+    """(N, F) float32: the SAE's latents of every token row, pooled per text (``acts.pool``), in
+    chunks of whole texts of about ``chunk_rows`` rows."""
+    out, n = [], rows.n
+    start = 0
+    while start < n:
+        stop = int(np.searchsorted(rows.offsets, rows.offsets[start] + chunk_rows, side="right")) - 1
+        stop = min(max(stop, start + 1), n)
+        lo, hi = rows.offsets[start], rows.offsets[stop]
+        z_TF = sae.encode(torch.as_tensor(rows.rows_TD[lo:hi], device=device))
+        out.append(acts.pool(z_TF.float(), rows.offsets[start:stop + 1] - lo, how).cpu().numpy())
+        start = stop
+    return np.concatenate(out)
+
+
+def _score_row(score) -> dict:
+    return {"auc": score.auc, "accuracy": score.accuracy, "C": score.c}
+
+
+def _cached_json(path: Path, compute) -> dict:
+    """``path``'s JSON if a run already wrote it, else ``compute()`` written atomically."""
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, result)
+    return result
+
+
+@dataclass
+class _Split:
+    """One dataset's fixed split; its texts are ordered train first, then test."""
+
+    idx_N: np.ndarray
+    n_train: int
+    y_N: np.ndarray
+
+    def counts(self, name: str, classes: tuple[str, str]) -> dict:
+        y_tr, y_te = self.y_N[: self.n_train], self.y_N[self.n_train:]
+        return {"dataset": name, "n_train": self.n_train, "n_test": len(y_te), "n_train_pos": int(y_tr.sum()),
+                "n_test_pos": int(y_te.sum()), "classes": list(classes)}
+
+    def dense(self, x_ND: np.ndarray, probe_cfg: ProbeConfig, seed: int) -> dict:
+        n = self.n_train
+        return _score_row(fit_probe(x_ND[:n], self.y_N[:n], x_ND[n:], self.y_N[n:], probe_cfg, seed=seed))
+
+    def sparse(self, z_NF: np.ndarray, cfg: ProbingConfig, probe_cfg: ProbeConfig) -> dict:
+        n = self.n_train
+        res = sparse_probes(z_NF[:n], self.y_N[:n], z_NF[n:], self.y_N[n:], cfg.ks, probe_cfg, seed=cfg.seed,
+                            with_all=cfg.all_latents)
+        return {name: (v if name == "latents" else _score_row(v)) for name, v in res.items()}
+
+
+def _pooled_rows(cfg, probe_cfg, split: _Split, base: dict, tok: acts.TokenRows, probed, where: Path,
+                 rkey: str) -> list[dict]:
+    """The dense probe's row and each autoencoder's probe rows on one (hook, pooling)."""
+    how = base["pooling"]
+    x_ND = acts.pool(tok.rows_TD, tok.offsets, how)
+    dense = _cached_json(where / f"dense-{rkey}.json", lambda: split.dense(x_ND, probe_cfg, cfg.seed))
+    rows = [base | {"sae": "dense probe", "probe": "dense", "k": None} | dense]
+    for p in probed:
+        def compute(p=p):
+            return split.sparse(encode_pooled(p.sae, tok, how, device=cfg.device), cfg, probe_cfg)
+
+        res = _cached_json(where / f"sae-{p.key}-{rkey}.json", compute)
+        rows += [base | {"sae": p.label, "probe": name, "k": int(name[2:]) if name.startswith("k=") else None}
+                 | score for name, score in res.items() if name != "latents"]
+    return rows
+
+
+def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: Path) -> list[dict]:
+    split = _Split(np.concatenate([idx_train, idx_test]), len(idx_train),
+                   ds.y_N[np.concatenate([idx_train, idx_test])])
+    # results of another split, k list or probe setting are other files, never reused
+    rkey = hashlib.sha1(json.dumps([acts.cache_key(split.idx_N, cfg.max_tokens, "special"), cfg.model, cfg.ks,
+                                    cfg.all_latents, asdict(probe_cfg)]).encode()).hexdigest()[:10]
+    rows = []
+    for hook in sorted({p.hook for p in probed}):
+        pooled = acts.pooled_rows(get_lm, hook, ds.name, ds.texts, split.idx_N, poolings=cfg.poolings,
+                                  cache_dir=cfg.cache_dir or out / "activations", model_name=cfg.model,
+                                  max_tokens=cfg.max_tokens, batch_tokens=cfg.batch_tokens)
+        for how, tok in pooled.items():
+            base = split.counts(ds.name, ds.classes) | {"hook": hook, "pooling": how}
+            where = out / "results" / acts.slug(ds.name) / acts.slug(hook) / how
+            rows += _pooled_rows(cfg, probe_cfg, split, base, tok, [p for p in probed if p.hook == hook],
+                                 where, rkey)
+    return rows
+
+
+def run_probing(saes: list[str], cfg: ProbingConfig, out: str | Path, *,
+                probe_cfg: ProbeConfig | None = None) -> dict:
+    """Probe every autoencoder folder in ``saes`` on ``cfg.datasets`` and write results.json,
+    results.md and auc_vs_k.png to ``out``. Returns the results dict (:mod:`.report`)."""
+    from saelens_lite.evals.probing import report
+
+    probe_cfg = probe_cfg or ProbeConfig()
+    if not saes:
+        raise ValueError("give one or more autoencoder folders (--sae DIR ...)")
+    probed = _load_saes(saes, cfg.hook, cfg.device)
+    names = list(cfg.datasets) or data.default_datasets(cfg.data_dir or None, min_per_class=cfg.min_per_class)
+    if not names:
+        raise ValueError(f"no binary dataset with >= {cfg.min_per_class} examples per class in "
+                         f"{cfg.data_dir or data.default_data_dir()}")
+    get_lm = _Model(cfg)
+    _check_inputs(cfg, probed, names, get_lm.widths)
+    out = Path(out)
+    rows = []
+    for name in names:
+        ds = data.load_dataset(name, cfg.data_dir or None)
+        idx_train, idx_test = data.split_indices(ds.y_N, max_examples=cfg.max_examples,
+                                                 test_fraction=cfg.test_fraction, seed=cfg.seed)
+        log.info("probing %s: %d train, %d test texts", name, len(idx_train), len(idx_test))
+        rows += _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out)
+    result = {"config": asdict(cfg), "probe_config": asdict(probe_cfg),
+              "saes": {p.label: str(p.path) for p in probed}, "rows": rows}
+    report.write_report(result, out)
+    return result
+
+
+__all__ = ["ProbingConfig", "POOLING_CHOICES", "run_probing", "encode_pooled"]

@@ -1,0 +1,250 @@
+"""Sparse probing (``saelens_lite.evals.probing``, ``saelens-lite bench probing``): the probe math on
+synthetic data with known answers, the split and pooling against loops, the harvested rows
+against one unpadded forward per text, the pipeline on two small CSV datasets with tiny-llama
+(resumed from its caches), one real shipped dataset, the CLI end to end and its bad inputs."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from saelens_lite.cli import main
+from saelens_lite.evals.probing import acts, data
+from saelens_lite.evals.probing.probes import ProbeConfig, fit_probe, mean_diff_order, sparse_probes
+from saelens_lite.evals.probing.run import ProbingConfig, encode_pooled, run_probing
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+# -- the probe math ------------------------------------------------------------------------------
+
+def _label_feature_data(seed=0, n=400, F=50, col=7):
+    rng = np.random.default_rng(seed)
+    y_N = rng.integers(0, 2, n)
+    z_NF = rng.exponential(1.0, (n, F)) * (rng.random((n, F)) < 0.3)
+    z_NF[:, col] = y_N * 3.0
+    return z_NF, y_N
+
+
+def test_mean_difference_picks_the_feature_that_is_the_label():
+    z_NF, y_N = _label_feature_data()
+    assert mean_diff_order(z_NF, y_N)[0] == 7
+
+
+def test_k1_probe_on_the_label_feature_has_auc_1():
+    z_NF, y_N = _label_feature_data()
+    res = sparse_probes(z_NF[:300], y_N[:300], z_NF[300:], y_N[300:], [1, 4], ProbeConfig())
+    assert res["latents"][0] == 7
+    assert res["k=1"].auc == 1.0 and res["k=1"].accuracy == 1.0
+    assert res["all"].auc > 0.99  # the label feature is among all the latents
+
+
+def test_mean_difference_ranks_by_absolute_difference():
+    # column 0: means 0 / 1 (diff 1); column 1: means 5 / 2 (|diff| 3); column 2: constant
+    z_NF = np.array([[0, 5, 1], [0, 5, 1], [1, 2, 1], [1, 2, 1]], float)
+    assert list(mean_diff_order(z_NF, np.array([0, 0, 1, 1]))) == [1, 0, 2]
+
+
+def test_probe_on_noise_is_at_chance():
+    rng = np.random.default_rng(1)
+    x_ND, y_N = rng.normal(size=(1200, 20)), rng.integers(0, 2, 1200)
+    s = fit_probe(x_ND[:800], y_N[:800], x_ND[800:], y_N[800:])
+    assert abs(s.auc - 0.5) < 0.1  # 400 test examples: the AUC's standard error is ~0.03
+
+
+def test_dense_probe_finds_a_separating_direction():
+    rng = np.random.default_rng(2)
+    x_ND = rng.normal(size=(800, 30))
+    y_N = (x_ND @ rng.normal(size=30) > 0).astype(int)
+    s = fit_probe(x_ND[:600], y_N[:600], x_ND[600:], y_N[600:])
+    assert s.auc > 0.97 and s.accuracy > 0.9
+
+
+def test_k_larger_than_the_latents_is_refused():
+    z_NF, y_N = _label_feature_data(F=8)
+    with pytest.raises(ValueError, match="k=16 is outside 1..8"):
+        sparse_probes(z_NF[:300], y_N[:300], z_NF[300:], y_N[300:], [1, 16])
+
+
+# -- split, pooling, reading ---------------------------------------------------------------------
+
+def test_split_is_balanced_disjoint_and_seeded():
+    y_N = np.array([0] * 700 + [1] * 300)
+    tr, te = data.split_indices(y_N, max_examples=400, test_fraction=0.25, seed=3)
+    assert len(tr) + len(te) == 400 and not set(tr) & set(te)
+    assert y_N[tr].sum() == 150 and y_N[te].sum() == 50  # half per label, split per label
+    tr2, te2 = data.split_indices(y_N, max_examples=400, test_fraction=0.25, seed=3)
+    assert (tr == tr2).all() and (te == te2).all()
+    # a small class gives up its share to the other
+    tr3, te3 = data.split_indices(np.array([0] * 50 + [1] * 10), max_examples=40, test_fraction=0.5, seed=0)
+    assert len(tr3) + len(te3) == 40 and np.concatenate([tr3, te3]).__ge__(50).sum() == 10
+
+
+def test_pool_matches_a_loop_in_numpy_and_torch():
+    rng = np.random.default_rng(4)
+    lengths = [3, 1, 5, 2]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    x_TF = rng.normal(size=(offsets[-1], 6)).astype(np.float32)
+    want_mean = np.stack([x_TF[a:b].mean(0) for a, b in zip(offsets[:-1], offsets[1:])])
+    want_last = np.stack([x_TF[b - 1] for b in offsets[1:]])
+    np.testing.assert_allclose(acts.pool(x_TF, offsets, "mean"), want_mean, rtol=1e-6)
+    np.testing.assert_allclose(acts.pool(torch.from_numpy(x_TF), offsets, "mean").numpy(), want_mean, rtol=1e-6)
+    np.testing.assert_array_equal(acts.pool(x_TF, offsets, "last"), want_last)
+    sub = acts.TokenRows(x_TF, offsets).select(np.array([2, 0]))
+    np.testing.assert_array_equal(sub.rows_TD, np.concatenate([x_TF[4:9], x_TF[0:3]]))
+    assert list(sub.offsets) == [0, 5, 8]
+
+
+def _write(path, rows):
+    pd.DataFrame(rows, columns=["prompt", "target"]).to_csv(path, index=False)
+
+
+def _datasets(folder, n=48):
+    """Two small binary datasets (string and 0/1 targets) and a numeric one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    animals, words = ["cat", "dog", "horse", "bird"], ["seven", "nine", "two", "four"]
+    _write(folder / "1_animals.csv", [(f"the {rng.choice(animals)} sat {rng.choice(['here', 'down'])}", 1)
+                                      for _ in range(n)] + [(f"count {rng.choice(words)} {rng.choice(words)}", 0)
+                                                            for _ in range(n)])
+    _write(folder / "2_letters.csv", [("ab " * int(rng.integers(1, 4)) + "zz", "yes") for _ in range(n)]
+           + [("cd " * int(rng.integers(1, 4)) + "qq", "no") for _ in range(n)])
+    _write(folder / "3_numeric.csv", [(f"town {i}", float(i) * 1.5) for i in range(n)])
+    return folder
+
+
+def test_load_dataset_labels_by_sorted_value_and_skips_numeric(tmp_path):
+    folder = _datasets(tmp_path / "d")
+    ds = data.load_dataset("2_letters", folder)
+    assert ds.classes == ("no", "yes") and ds.y_N[: 48].tolist() == [1] * 48
+    assert data.list_datasets(folder) == ["1_animals", "2_letters", "3_numeric"]
+    with pytest.raises(data.NotBinaryError, match="3_numeric"):
+        data.load_dataset("3_numeric", folder)
+    assert data.default_datasets(folder, min_per_class=40) == ["1_animals", "2_letters"]
+    assert data.default_datasets(folder, min_per_class=49) == []
+    with pytest.raises(ValueError, match="unknown dataset '1_animal'.*closest: 1_animals"):
+        data.load_dataset("1_animal", folder)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sae_probes") is None, reason="sae-probes wheel not installed")
+def test_a_real_shipped_dataset_reads_as_balanced_binary():
+    ds = data.load_dataset("113_movie_sent")
+    assert len(ds.texts) == len(ds.y_N) == 5000 and ds.y_N.sum() == 2500
+    assert ds.classes == ("0", "1") and all(isinstance(t, str) and t for t in ds.texts[:50])
+    with pytest.raises(data.NotBinaryError):
+        data.load_dataset("15_us_population")
+    assert "113_movie_sent" in data.list_datasets() and len(data.list_datasets()) == 155
+
+
+# -- activations ---------------------------------------------------------------------------------
+
+def test_harvested_rows_match_one_unpadded_forward_per_text(tiny_llama):
+    from saelens_lite.lm import capture
+
+    texts = ["a", "the cat sat on the mat", "hello there", "x" * 40]
+    got = acts.harvest_rows(tiny_llama, HOOK, texts, poolings=("last", "mean"), max_tokens=16, batch_tokens=64,
+                            progress=False)
+    for i, t in enumerate(texts):
+        ids = acts.tokenize(tiny_llama.tokenizer, [t], 16)[0]
+        assert len(ids) <= 16 and ids[0] == tiny_llama.tokenizer.bos_token_id
+        a_SD = capture(tiny_llama.model, {"input_ids": torch.tensor([ids])}, [HOOK])[HOOK][0, 1:].numpy()
+        np.testing.assert_allclose(got["last"].rows_TD[i], a_SD[-1], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(acts.pool(got["mean"].rows_TD, got["mean"].offsets, "mean")[i],
+                                   a_SD.mean(0), rtol=1e-4, atol=1e-5)
+    # a long text keeps its last tokens, so its last row is its own last token's
+    assert acts.tokenize(tiny_llama.tokenizer, ["abcdefghij"], 4)[0][1:] == \
+        acts.tokenize(tiny_llama.tokenizer, ["hij"], 4)[0][1:]
+
+
+def test_mean_pooled_latents_average_the_tokens_latents_in_any_chunking():
+    from saelens_lite.saes import SAE, SAEConfig
+
+    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=8, d_sae=32, k=3))
+    rng = np.random.default_rng(5)
+    offsets = np.array([0, 3, 4, 9, 11])
+    rows = acts.TokenRows(rng.normal(size=(11, 8)).astype(np.float32), offsets)
+    with torch.no_grad():
+        z_TF = sae.encode(torch.from_numpy(rows.rows_TD)).numpy()
+    want = np.stack([z_TF[a:b].mean(0) for a, b in zip(offsets[:-1], offsets[1:])])
+    for chunk in (1, 4, 100):
+        np.testing.assert_allclose(encode_pooled(sae, rows, "mean", chunk_rows=chunk), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(encode_pooled(sae, rows, "last", chunk_rows=4), z_TF[offsets[1:] - 1], atol=1e-6)
+
+
+# -- the pipeline and the CLI --------------------------------------------------------------------
+
+def _sae(path, d_in=64, d_sae=128, arch="topk"):
+    from saelens_lite.saes import SAE, SAEConfig
+
+    SAE.from_config(SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, k=4, hook_name=HOOK)).save(path)
+    return str(path)
+
+
+def _mtimes(folder):
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.suffix in (".npy", ".json")}
+
+
+def test_pipeline_on_two_datasets_then_resumes_from_its_caches(tmp_path):
+    folder = _datasets(tmp_path / "d")
+    saes = [_sae(tmp_path / "topk"), _sae(tmp_path / "dense", arch="dense")]
+    cfg = ProbingConfig(model="tiny-llama", data_dir=str(folder), min_per_class=40, ks=[1, 2], pooling="both",
+                        max_examples=80, seed=1)
+    probe_cfg = ProbeConfig(cs=[0.1, 1.0], folds=2)
+    res = run_probing(saes, cfg, tmp_path / "out", probe_cfg=probe_cfg)
+    rows = res["rows"]
+    # per dataset and pooling: one dense probe, and k=1, k=2, all for each autoencoder
+    assert len(rows) == 2 * 2 * (1 + 2 * 3)
+    assert {r["dataset"] for r in rows} == {"1_animals", "2_letters"}
+    r = next(r for r in rows if r["dataset"] == "1_animals")
+    assert (r["n_train"], r["n_test"], r["n_train_pos"], r["n_test_pos"]) == (60, 20, 30, 10)
+    assert all(0 <= r["auc"] <= 1 and 0 <= r["accuracy"] <= 1 for r in rows)
+    out = tmp_path / "out"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["rows"] == rows and (out / "auc_vs_k.png").stat().st_size > 0
+    md = (out / "results.md").read_text()
+    assert "| 1_animals | 60 (30) | 20 (10) |" in md and "mean of 2" in md
+    before = _mtimes(out / "activations") | _mtimes(out / "results")
+    again = run_probing(saes, cfg, out, probe_cfg=probe_cfg)
+    assert again["rows"] == rows and _mtimes(out / "activations") | _mtimes(out / "results") == before
+    # another k list is another result file (never a stale one), on the same cached activations
+    more = run_probing(saes, ProbingConfig(**{**cfg.__dict__, "ks": [1, 4]}), out, probe_cfg=probe_cfg)
+    assert {r["probe"] for r in more["rows"]} == {"dense", "k=1", "k=4", "all"}
+    assert _mtimes(out / "activations") == {p: t for p, t in before.items() if "activations" in str(p)}
+
+
+def test_cli_runs_end_to_end(tmp_path, capsys):
+    folder = _datasets(tmp_path / "d")
+    out = tmp_path / "out"
+    assert main(["bench", "probing", "--model", "tiny-llama", "--sae", _sae(tmp_path / "sae"), "--out", str(out),
+                 "--data-dir", str(folder), "--datasets", "2_letters", "--k", "1", "4", "--max-examples", "60",
+                 "--pooling", "last", "--seed", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "dense probe" in printed and "k=4" in printed and "wrote results.md" in printed
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["dataset"] for r in rows} == {"2_letters"} and {r["pooling"] for r in rows} == {"last"}
+    assert {r["probe"] for r in rows} == {"dense", "k=1", "k=4", "all"}
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("unknown dataset", "'9_nope'"),
+    ("not binary", "'3_numeric' is not binary"),
+    ("width", "d_in=32"),
+    ("k", "--k 200"),
+])
+def test_cli_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys, case, needle):
+    folder = _datasets(tmp_path / "d")
+    out = tmp_path / "out"
+    sae = _sae(tmp_path / "sae", d_in=32 if case == "width" else 64)
+    argv = ["bench", "probing", "--model", "tiny-llama", "--sae", sae, "--out", str(out),
+            "--data-dir", str(folder), "--min-per-class", "40"]
+    argv += {"unknown dataset": ["--datasets", "1_animals", "9_nope"], "not binary": ["--datasets", "3_numeric"],
+             "width": [], "k": ["--k", "1", "200"]}[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()
