@@ -14,7 +14,7 @@ with ``r0 = r(x)`` detached; LayerNorm ``y = w * (x - mean x) * r(x) + b`` keeps
 centring and freezes ``r0 = 1 / sqrt(var(x) + eps)``. The forward values are unchanged (checked:
 a norm whose output is not this formula, e.g. Gemma's ``(1 + w)``, is refused by name).
 
-Everything goes through ``saelens_lite.lm.hooks.splice`` on raw module paths.
+Everything goes through ``saelens_lite.lm.hooks.replace`` on raw module paths.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from saelens_lite.lm.hooks import HookPoint, splice
+from saelens_lite.lm.hooks import HookPoint, replace
 
 
 def norm_kind(module: nn.Module) -> str | None:
@@ -99,14 +99,14 @@ def _check_same(path: str, module: nn.Module, new: Tensor, old: Tensor) -> None:
 def _freeze_norm(stack: contextlib.ExitStack, model: nn.Module, path: str, module: nn.Module,
                  kind: str) -> None:
     seen: list[Tensor] = []
-    stack.enter_context(splice(model, HookPoint(f"{path}:in", path, "pre", None), seen.append))
+    stack.enter_context(replace(model, HookPoint(f"{path}:in", path, "pre", None), seen.append))
 
     def output(y: Tensor) -> Tensor:
         new = frozen_norm(module, kind, seen.pop())
         _check_same(path, module, new, y)
         return new
 
-    stack.enter_context(splice(model, HookPoint(path, path, "post", None), output))
+    stack.enter_context(replace(model, HookPoint(path, path, "post", None), output))
 
 
 @contextlib.contextmanager
@@ -116,7 +116,7 @@ def frozen_attention_and_norms(model: nn.Module) -> Iterator[None]:
     ``q_proj`` / ``k_proj`` (e.g. GPT-2's fused ``c_attn``), naming the family."""
     with contextlib.ExitStack() as stack:
         for path in qk_paths(model):
-            stack.enter_context(splice(model, HookPoint(path, path, "post", None), Tensor.detach))
+            stack.enter_context(replace(model, HookPoint(path, path, "post", None), Tensor.detach))
         for path, (module, kind) in norm_modules(model).items():
             _freeze_norm(stack, model, path, module, kind)
         yield

@@ -16,7 +16,7 @@ Two regimes:
 
 The change is ``value(clean) - value(source ablated)``: the source's contribution, the sign an
 edge weight has. Model-running functions used, from ``saelens_lite.lm.hooks``: ``replace_mlp``
-and ``splice`` (raw module paths via ``HookPoint``).
+and ``replace`` (raw module paths via ``HookPoint``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from saelens_lite.circuits.freeze import (
 )
 from saelens_lite.circuits.replacement import replacement_forward, run_device
 from saelens_lite.circuits.transcoders import TranscoderSet
-from saelens_lite.lm.hooks import HookPoint, replace_mlp, splice
+from saelens_lite.lm.hooks import HookPoint, replace, replace_mlp
 from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, excluded_token_ids, keep_mask
 
 
@@ -68,12 +68,12 @@ def clean_state(lm, tcs: TranscoderSet, prompt: str, exclude: str = DEFAULT_EXCL
     with contextlib.ExitStack() as stack:
         stack.enter_context(frozen_attention_and_norms(model))  # the graph's norms (float64 ones)
         for path in qk_paths(model):
-            stack.enter_context(splice(model, HookPoint(path, path, "post", None),
+            stack.enter_context(replace(model, HookPoint(path, path, "post", None),
                                        lambda t, p=path: state.qk.__setitem__(p, t.detach())))
         for path, (module, kind) in norm_modules(model).items():
             def record(x, p=path, m=module, k=kind):
                 state.r0[p] = norm_scale(m, k, x)
-            stack.enter_context(splice(model, HookPoint(f"{path}:in", path, "pre", None), record))
+            stack.enter_context(replace(model, HookPoint(f"{path}:in", path, "pre", None), record))
         model(input_ids=ids_S[None])
     return state
 
@@ -99,12 +99,12 @@ def _mlp_fn(tcs: TranscoderSet, state: CleanState, layer: int, control: dict, fr
 def _hold_clean(stack: contextlib.ExitStack, model, state: CleanState) -> None:
     """Attention patterns (the clean q_proj / k_proj outputs) and norm denominators held."""
     for path in qk_paths(model):
-        stack.enter_context(splice(model, HookPoint(path, path, "post", None),
+        stack.enter_context(replace(model, HookPoint(path, path, "post", None),
                                    lambda t, p=path: state.qk[p]))
     for path, (module, kind) in norm_modules(model).items():
         held: list[Tensor] = []
-        stack.enter_context(splice(model, HookPoint(f"{path}:in", path, "pre", None), held.append))
-        stack.enter_context(splice(model, HookPoint(path, path, "post", None),
+        stack.enter_context(replace(model, HookPoint(f"{path}:in", path, "pre", None), held.append))
+        stack.enter_context(replace(model, HookPoint(path, path, "post", None),
                                    lambda y, m=module, k=kind, p=path, h=held:
                                    frozen_norm(m, k, h.pop(), state.r0[p])))
 

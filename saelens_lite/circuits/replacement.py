@@ -22,9 +22,9 @@ MLP output as the error (``a_l = 0``, no ``b_dec``, no skip).
 Backward passes for many targets at once are batched vector-Jacobian products over this one
 forward (``circuits.attribution``).
 
-Model-running functions used, all from ``saelens_lite.lm.hooks``: ``splice`` (the embedding
+Model-running functions used, all from ``saelens_lite.lm.hooks``: ``replace`` (the embedding
 leaf, the unembedding input, via ``HookPoint``), ``replace_mlp`` (the MLP outputs), and through
-``circuits.freeze`` ``splice`` on raw module paths.
+``circuits.freeze`` ``replace`` on raw module paths.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from saelens_lite.circuits.freeze import frozen_attention_and_norms
 from saelens_lite.circuits.transcoders import TranscoderSet
-from saelens_lite.lm.hooks import HookPoint, replace_mlp, splice
+from saelens_lite.lm.hooks import HookPoint, replace, replace_mlp
 
 
 @dataclass
@@ -127,8 +127,8 @@ def replacement_forward(lm, tcs: TranscoderSet, ids_S: Tensor, keep_S: Tensor) -
     with contextlib.ExitStack() as stack:
         stack.enter_context(_no_param_grad(model))
         stack.enter_context(frozen_attention_and_norms(model))
-        stack.enter_context(splice(model, "blocks.0.hook_resid_pre", emb_fn))
-        stack.enter_context(splice(model, HookPoint("unembed_in", head_path, "pre", None), head_fn))
+        stack.enter_context(replace(model, "blocks.0.hook_resid_pre", emb_fn))
+        stack.enter_context(replace(model, HookPoint("unembed_in", head_path, "pre", None), head_fn))
         for layer in range(tcs.n_layers):
             stack.enter_context(replace_mlp(model, layer, _mlp_fn(run, tcs, layer, keep_S)))
         stack.enter_context(torch.enable_grad())
