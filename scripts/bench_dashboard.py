@@ -57,7 +57,7 @@ def main() -> None:
                                 tokens=args.train_tokens, warmup_steps=10, progress=False,
                                 out_dir=str(Path(args.out).parent / "sae")), cache)
     else:
-        sae = SAE.from_config(SAEConfig(architecture="topk", d_in=D, d_sae=args.expansion * D, k=args.k,
+        sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=D, d_sae=args.expansion * D, k=args.k,
                                         hook_name=args.hook, model_name=args.model))
         sae.init_from_data_(torch.from_numpy(np.asarray(cache.activations(args.hook)[:8192], np.float32)))
     sae.eval()

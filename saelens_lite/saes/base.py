@@ -108,7 +108,7 @@ class SAE(nn.Module):
 
     architecture: str = ""
     # The dataclass of this architecture's config (saes/config.py: SAEConfig or a subclass
-    # beside the class); SAEConfig(architecture=name, ...) and SAE.load build it.
+    # beside the class); SAEConfig.build(architecture=name, ...) and SAE.load build it.
     config_class: type[SAEConfig] = SAEConfig
     unit_norm_decoder: bool = True
     uses_k: bool = False  # whether cfg.k matters (then it must be <= d_sae)
@@ -143,8 +143,9 @@ class SAE(nn.Module):
         super().__init__()
         if not isinstance(cfg, self.config_class):
             raise ValueError(f"{type(self).__name__} needs a {self.config_class.__name__} "
-                             f"(SAEConfig(architecture={self.architecture!r}, ...)); got "
+                             f"(SAEConfig.build(architecture={self.architecture!r}, ...)); got "
                              f"{type(cfg).__name__}(architecture={cfg.architecture!r})")
+        require_sized(cfg)
         self.cfg = cfg
         D, F_, dt = cfg.d_in, cfg.d_sae, cfg.torch_dtype
         W_dec = torch.randn(F_, D, dtype=torch.float32)
@@ -358,4 +359,13 @@ class SAE(nn.Module):
 
     @staticmethod
     def from_config(cfg: SAEConfig) -> SAE:
+        """The registered class of cfg.architecture built from a sized config."""
+        require_sized(cfg)
         return get_sae_class(cfg.architecture)(cfg)
+
+
+def require_sized(cfg: SAEConfig) -> None:
+    """An SAE needs d_in and d_sae (0 is a template not sized yet: TrainConfig.sae)."""
+    if not cfg.sized:
+        raise ValueError(f"SAEConfig.d_in={cfg.d_in}, d_sae={cfg.d_sae} is invalid for an SAE; "
+                         "allowed: both >= 1 (0 is a config not sized yet)")

@@ -15,10 +15,10 @@ Adding an architecture is one module (e.g. saes/matryoshka.py), imported in saes
 
     @register("matryoshka")
     class MatryoshkaSAE(BatchTopKSAE):
-        config_class = MatryoshkaConfig          # read by SAEConfig(architecture=...), SAE.load
+        config_class = MatryoshkaConfig          # read by SAEConfig.build(architecture=...), SAE.load
         supports_fast_step = False               # capabilities: class attributes (saes.base.SAE)
 
-`SAEConfig(architecture="matryoshka", ...)`, `SAEConfig.from_dict`, cfg.json, `SAE.load` and
+`SAEConfig.build(architecture="matryoshka", ...)`, `SAEConfig.from_dict`, cfg.json, `SAE.load` and
 `TrainConfig.sae_options` (the CLI's ``--option``) then know its fields. The fast step covers a
 class with `supports_fast_step = True` (and `fast_step_supports(options)` for option-dependent
 cases) that defines `sparse_candidates`, `sparse_keep` and `sparse_selected_` (see SAE).

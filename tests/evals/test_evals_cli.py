@@ -14,7 +14,7 @@ def test_cli_eval_writes_json_and_markdown(tmp_path, capsys):
     hook = "blocks.1.hook_resid_post"
     harvest(HarvestConfig(model="tiny-gpt2", hooks=[hook], tokens=300, context_size=24, device="cpu"),
             tmp_path / "c", progress=False)
-    SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=128, k=4, hook_name=hook)).save(tmp_path / "sae")
+    SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=128, k=4, hook_name=hook)).save(tmp_path / "sae")
     assert main(["eval", "--sae", str(tmp_path / "sae"), "--activations", str(tmp_path / "c"),
                  "--out", str(tmp_path / "ev"), "--ce-contexts", "2", "--no-progress"]) == 0
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())

@@ -26,7 +26,7 @@ def cache_and_sae(tmp_path, tiny_llama):
     cache = harvest(HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=400, context_size=S, device="cpu"),
                     tmp_path / "c", model=tiny_llama, progress=False)
     torch.manual_seed(0)
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=256, k=8, hook_name=HOOK))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=256, k=8, hook_name=HOOK))
     return cache, sae
 
 
@@ -79,7 +79,7 @@ def test_exhausted_corpus_falls_back_and_says_in_sample(tmp_path, tiny_llama, ca
     corpus.write_text("a short corpus with a few words only. " * 40)
     cache = harvest(HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=10**6, context_size=S, device="cpu",
                                   dataset=str(corpus)), tmp_path / "c", model=tiny_llama, progress=False)
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=128, k=4, hook_name=HOOK))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=128, k=4, hook_name=HOOK))
     with caplog.at_level(logging.WARNING):
         m = evaluate(sae, cache, model=tiny_llama, heldout_tokens=100, ce_contexts=2, progress=False)
     assert m["reconstruction_split"] == "in-sample"
@@ -99,7 +99,7 @@ def test_cache_rows_follow_the_same_token_rule(tmp_path, tiny_llama):
     eos = tiny_llama.tokenizer.eos_token_id
     n_eos = int((cache.token_ids == eos).sum())
     assert n_eos > 0
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=128, k=4, hook_name=HOOK))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=128, k=4, hook_name=HOOK))
     special = evaluate(sae, cache, model=tiny_llama, heldout_tokens=0, downstream=False, progress=False)
     bos_only = evaluate(sae, cache, model=tiny_llama, heldout_tokens=0, downstream=False, exclude="bos",
                         progress=False)
@@ -110,7 +110,7 @@ def test_other_hook_than_trained_warns(tmp_path, tiny_llama, caplog):
     hooks = [HOOK, "blocks.0.hook_resid_post"]
     cache = harvest(HarvestConfig(model="tiny-llama", hooks=hooks, tokens=200, context_size=S, device="cpu"),
                     tmp_path / "c", model=tiny_llama, progress=False)
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=128, k=4, hook_name=HOOK))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=128, k=4, hook_name=HOOK))
     with caplog.at_level(logging.WARNING):
         evaluate(sae, cache, hook="blocks.0.hook_resid_post", downstream=False, heldout_tokens=0, progress=False)
     assert f"trained on {HOOK} but is evaluated on blocks.0.hook_resid_post" in caplog.text

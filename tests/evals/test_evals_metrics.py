@@ -36,7 +36,7 @@ def _oracle(x, acts, x_hat, dense_threshold=0.1, first_batch=None):
 
 def _sae(arch="topk", d=16, f=64, k=4, seed=0):
     torch.manual_seed(seed)
-    sae = SAE.from_config(SAEConfig(architecture=arch, d_in=d, d_sae=f, k=k, hook_name="h"))
+    sae = SAE.from_config(SAEConfig.build(architecture=arch, d_in=d, d_sae=f, k=k, hook_name="h"))
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.3)
         sae.b_dec.normal_(0, 0.5)

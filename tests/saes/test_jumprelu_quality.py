@@ -17,7 +17,7 @@ D, F, K = 16, 64, 4
 
 def make(**kw) -> SAE:
     torch.manual_seed(0)
-    sae = SAE.from_config(SAEConfig(architecture="jumprelu", d_in=D, d_sae=F, k=K, **kw))
+    sae = SAE.from_config(SAEConfig.build(architecture="jumprelu", d_in=D, d_sae=F, k=K, **kw))
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1)
         sae.b_dec.normal_(0, 0.1)
