@@ -112,9 +112,11 @@ class SAE(nn.Module):
     config_class: type[SAEConfig] = SAEConfig
     unit_norm_decoder: bool = True
     uses_k: bool = False  # whether cfg.k matters (then it must be <= d_sae)
-    # whether the trainer's default lr takes the short-run factor (training.config.default_lr);
-    # only where it was measured to help: TopK, BatchTopK, JumpReLU (not L1 ReLU: 74% dead)
-    short_run_lr: bool = False
+    # A sparse coder: latents that are sparse codes of the input, one direction each (W_dec's
+    # rows), which interventions, dashboards and explanations read. False for the baselines
+    # (dense, denoising, vae, conv): autoencoders of the comparison, not dictionaries; a call
+    # site that needs an SAE checks it (`require_sparse_coder`).
+    is_sparse_coder: bool = True
     # False for models that are not one (D, F) linear map per token (the conv baseline: its
     # (B, S, D) input is a sequence); tests of the token-wise SAE contract skip them.
     tokenwise: bool = True
@@ -362,6 +364,16 @@ class SAE(nn.Module):
         """The registered class of cfg.architecture built from a sized config."""
         require_sized(cfg)
         return get_sae_class(cfg.architecture)(cfg)
+
+
+def require_sparse_coder(model: nn.Module, what: str) -> None:
+    """A clear error where a baseline autoencoder is given to code that needs a sparse coder
+    (`SAE.is_sparse_coder`, read from the class)."""
+    if not getattr(type(model), "is_sparse_coder", False):
+        sparse = sorted(n for n, c in REGISTRY.items() if c.is_sparse_coder)
+        raise ValueError(f"{what} needs a sparse coder; got {type(model).__name__} (architecture "
+                         f"{getattr(model, 'architecture', '?')!r}, a baseline autoencoder); "
+                         f"allowed: {sparse}")
 
 
 def require_sized(cfg: SAEConfig) -> None:

@@ -190,7 +190,6 @@ def heaviside_step(pre_BF: Tensor, theta_F: Tensor, eps: float, pre_grad: bool =
 @register("jumprelu")
 class JumpReLUSAE(SAE):
     config_class = JumpReLUConfig
-    short_run_lr = True
     supports_transcoder = True
     # k is the target L0 (and the L0 the data-based init starts at), used as min(k, F); it is
     # not validated against d_sae (uses_k) so that imported inference-only SAEs need no k.

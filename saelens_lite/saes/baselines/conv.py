@@ -63,6 +63,7 @@ class ConvAE(SAE):
     config_class = ConvConfig
     unit_norm_decoder = False
     tokenwise = False
+    is_sparse_coder = False  # a baseline of the comparison (SAE.is_sparse_coder)
 
     def __init__(self, cfg):
         nn.Module.__init__(self)  # no dense W_enc / W_dec: the convolutions are the parameters
