@@ -11,7 +11,6 @@ import torch
 
 from saelens_lite.dashboards.features import logit_effects
 from saelens_lite.interventions import (
-    EDIT_KINDS,
     FeatureEdit,
     ablate,
     ablation_check,
@@ -20,9 +19,10 @@ from saelens_lite.interventions import (
     clamp,
     generate,
     scale,
-    spearman,
     spliced,
 )
+from saelens_lite.interventions.attribution import spearman
+from saelens_lite.interventions.edits import EDIT_KINDS
 from saelens_lite.lm.hooks import UnknownHookError, capture, splice
 from saelens_lite.saes import REGISTRY, SAE, SAEConfig
 
