@@ -53,7 +53,8 @@ def main() -> None:
     if args.train_tokens:
         from saelens_lite.training import TrainConfig, train
 
-        sae = train(TrainConfig(architecture="topk", hooks=[args.hook], expansion=args.expansion, k=args.k,
+        sae = train(TrainConfig(sae=SAEConfig.build(architecture="topk", k=args.k), hooks=[args.hook],
+                                expansion=args.expansion,
                                 tokens=args.train_tokens, warmup_steps=10, progress=False,
                                 out_dir=str(Path(args.out).parent / "sae")), cache)
     else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal, get_args
 
 import torch
 
@@ -30,8 +30,14 @@ PARAM_DTYPES = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-B_DEC_INITS = ("geometric_median", "mean", "zeros")
-B_ENC_INITS = ("auto", "centre", "zeros")
+ParamDtype = Literal["float32", "float64", "bfloat16", "float16"]
+"""An SAE's parameter dtype (`PARAM_DTYPES` maps each to torch)."""
+BDecInit = Literal["geometric_median", "mean", "zeros"]
+"""How init_from_data_ sets b_dec (SAEConfig.b_dec_init)."""
+BEncInit = Literal["auto", "centre", "zeros"]
+"""How init_from_data_ sets b_enc (SAEConfig.b_enc_init)."""
+B_DEC_INITS = get_args(BDecInit)
+B_ENC_INITS = get_args(BEncInit)
 
 
 def invalid(field: str, value, allowed: str) -> ValueError:
@@ -101,9 +107,9 @@ class SAEConfig:
     k: int = 32
     """Active latents per token for topk (exact) and batchtopk (on average over the batch);
     the target L0 of jumprelu."""
-    b_dec_init: str = "geometric_median"
+    b_dec_init: BDecInit = "geometric_median"
     """How init_from_data_ sets b_dec: geometric_median (Weiszfeld), mean or zeros."""
-    b_enc_init: str = "auto"
+    b_enc_init: BEncInit = "auto"
     """How init_from_data_ sets b_enc: centre (b_enc = -mean(x - b_pre) W_enc over the sample, so
     every latent's pre-activation starts with mean zero), zeros, or auto: centre for a
     transcoder, zeros for an SAE. A transcoder's encoder does not subtract b_dec, so without
@@ -121,7 +127,7 @@ class SAEConfig:
     for interpretability")."""
     model_name: str = ""
     """Model the activations came from (informational)."""
-    dtype: str = "float32"
+    dtype: ParamDtype = "float32"
     """Parameter dtype: float32, float64, bfloat16 or float16."""
     format_version: int = FORMAT_VERSION
     """Version of the saved folder format (cfg.json + sae.safetensors)."""
@@ -139,7 +145,7 @@ class SAEConfig:
         if (
             not isinstance(self.k, int)
             or self.k < 1
-            or (REGISTRY[self.architecture].uses_k and self.sized and self.k > self.d_sae)
+            or (REGISTRY[self.architecture].uses_k and self.d_sae > 0 and self.k > self.d_sae)
         ):
             raise invalid("k", self.k, f"an integer in [1, d_sae={self.d_sae}]")
         if not isinstance(self.target_hook, str):

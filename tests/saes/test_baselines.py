@@ -57,8 +57,9 @@ def test_trains_down_on_synthetic_data(arch, tmp_path):
     x = _low_rank()
     torch.manual_seed(0)
     before = _fvu(SAE.from_config(SAEConfig.build(architecture=arch, d_in=D, d_sae=F)), x)
-    cfg = TrainConfig(architecture=arch, latents=F, k=4, lr=3e-3, batch_size=128, tokens=128 * 300,
-                      warmup_steps=10, b_dec_init="mean", checkpoint_every=0, progress=False,
+    sae = SAEConfig.build(architecture=arch, d_sae=F, k=4, b_dec_init="mean")
+    cfg = TrainConfig(sae=sae, lr=3e-3, batch_size=128, tokens=128 * 300, warmup_steps=10,
+                      checkpoint_every=0, progress=False,
                       log_every=100, out_dir=str(tmp_path), device="cpu")
     m = train(cfg, x)
     after = _fvu(m, x)
@@ -201,8 +202,8 @@ def test_conv2d_trains_on_digits(tmp_path):
     from sklearn.datasets import load_digits
 
     x = torch.from_numpy(load_digits().data).float() / 16
-    cfg = TrainConfig(architecture="conv", latents=8, k=1, sae_options={"conv_kind": "2d"}, lr=3e-3,
-                      batch_size=64, tokens=64 * 250, warmup_steps=10, b_dec_init="mean",
+    sae = SAEConfig.build(architecture="conv", d_sae=8, k=1, conv_kind="2d", b_dec_init="mean")
+    cfg = TrainConfig(sae=sae, lr=3e-3, batch_size=64, tokens=64 * 250, warmup_steps=10,
                       checkpoint_every=0, progress=False, log_every=50, out_dir=str(tmp_path), device="cpu")
     m = train(cfg, x)
     assert _fvu(m, x) < 0.25
@@ -215,8 +216,8 @@ def test_conv1d_trains_on_sequences(tmp_path):
     seq = torch.randn(256, 9, 4, generator=g) @ torch.randn(4, D, generator=g)
     seq = seq + 0.5 * seq.roll(1, dims=1)  # depends on the previous token
     before = _fvu(ConvAE(SAEConfig.build(architecture="conv", d_in=D, d_sae=F, conv_kind="1d")), seq)
-    cfg = TrainConfig(architecture="conv", latents=F, k=1, sae_options={"conv_kind": "1d"}, lr=3e-3,
-                      batch_size=9 * 16, tokens=9 * 16 * 300, warmup_steps=10, b_dec_init="mean",
+    sae = SAEConfig.build(architecture="conv", d_sae=F, k=1, conv_kind="1d", b_dec_init="mean")
+    cfg = TrainConfig(sae=sae, lr=3e-3, batch_size=9 * 16, tokens=9 * 16 * 300, warmup_steps=10,
                       out_dir=str(tmp_path), progress=False, device="cpu")
     m = train_sequences(cfg, seq)
     assert _fvu(m, seq) < 0.3 * before

@@ -153,7 +153,7 @@ def test_trained_batchtopk_keeps_about_k_per_token_at_inference(tmp_path):
     dirs = torch.randn(64, D, generator=g)
     codes = torch.rand(6000, 64, generator=g) * (torch.rand(6000, 64, generator=g) < 0.08)
     x = codes @ dirs + 0.05 * torch.randn(6000, D, generator=g)
-    sae = train(TrainConfig(architecture="batchtopk", latents=F, k=K, tokens=256 * 40,
+    sae = train(TrainConfig(sae=SAEConfig.build(architecture="batchtopk", d_sae=F, k=K), tokens=256 * 40,
                             batch_size=256, out_dir=str(tmp_path / "r"), progress=False),
                 x[:5000])
     l0 = (sae.encode(x[5000:]) > 0).sum(-1).float().mean().item()

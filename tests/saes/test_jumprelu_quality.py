@@ -206,7 +206,7 @@ def test_pre_act_loss_pulls_only_dead_latents_to_their_thresholds():
 def test_trainer_gives_log_threshold_its_learning_rate_scale():
     sae = make(jumprelu_threshold_lr_scale=7.0)
     st = trainer._HookState(
-        sae, TrainConfig(architecture="jumprelu", lr=1e-3, k=K), torch.device("cpu")
+        sae, TrainConfig(sae=sae.cfg, lr=1e-3), torch.device("cpu")
     )
     st.set_lr(2e-3)
     lrs = {id(p): g["lr"] for g in st.opt.param_groups for p in g["params"]}

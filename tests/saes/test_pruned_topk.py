@@ -179,6 +179,7 @@ def test_trainer_reports_rows_the_pruned_selection_could_not_repair(capacity, mo
     import logging
 
     from saelens_lite.kernels import sparse as sparse_mod
+    from saelens_lite.saes import TopKConfig
     from saelens_lite.training import TrainConfig, fast_step, train
 
     monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
@@ -187,7 +188,7 @@ def test_trainer_reports_rows_the_pruned_selection_could_not_repair(capacity, mo
     monkeypatch.setattr(tt, "PRUNED_CAPACITY", capacity)
     monkeypatch.setattr(tt, "BLOCKS", (32, 64, 16))
     x = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
-    cfg = TrainConfig(architecture="topk", latents=256, k=8, batch_size=32, tokens=96,
+    cfg = TrainConfig(sae=TopKConfig(d_sae=256, k=8), batch_size=32, tokens=96,
                       fast_step="on", topk_select="pruned", dtype="bfloat16", device="cpu",
                       out_dir=str(tmp_path / "run"), progress=False, checkpoint_every=0)  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="saelens_lite.training.trainer"):

@@ -105,10 +105,11 @@ def test_a_config_class_accepts_only_its_own_fields():
 def test_train_options_of_another_architecture_name_it():
     with pytest.raises(ValueError, match=r"sae_options.multi_topk=True: an option of \['topk'\] "
                                          r"only, not of architecture='batchtopk'"):
-        TrainConfig(architecture="batchtopk", sae_options={"multi_topk": True})
+        TrainConfig.from_dict({"architecture": "batchtopk", "sae_options": {"multi_topk": True}})
     with pytest.raises(ValueError, match=r"sae_options.nope=1: no architecture's option"):
-        TrainConfig(architecture="topk", sae_options={"nope": 1})
-    TrainConfig(architecture="batchtopk", sae_options={"relative_threshold": False})
+        TrainConfig.from_dict({"architecture": "topk", "sae_options": {"nope": 1}})
+    cfg = TrainConfig.from_dict({"architecture": "batchtopk", "sae_options": {"relative_threshold": False}})
+    assert cfg.sae == SAEConfig.build(architecture="batchtopk", relative_threshold=False)
 
 
 def test_shared_fields_are_every_architectures():

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from saelens_lite.saes import REGISTRY, SAE
+from saelens_lite.saes import REGISTRY, SAE, SAEConfig
 from saelens_lite.training import ArraySource, TrainConfig, open_source, train
 from saelens_lite.training.checkpoint import list_checkpoints
 from saelens_lite.training.config import (
@@ -44,7 +44,7 @@ def cfg(tmp_path: Path, **kw) -> TrainConfig:
                 warmup_steps=5, log_every=5, checkpoint_every=0, init_sample_tokens=1024,
                 out_dir=str(tmp_path / "run"), progress=False)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 def fvu(sae, x_ND: torch.Tensor) -> float:
@@ -243,13 +243,15 @@ def test_default_lr_is_the_width_rule_times_a_short_run_factor_tapering_to_one()
     assert default_lr(4608, mid) == pytest.approx(math.sqrt(SHORT_RUN_LR_FACTOR) * rule, rel=1e-4)
     lrs = [default_lr(4608, s) for s in range(lo - 100, hi + 100, 97)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # never rises with the budget
-    assert TrainConfig(latents=4608, tokens=4096 * 244, batch_size=4096, lr=None).lr_for(4608) \
-        == default_lr(4608, 244)
+    short = dict(tokens=4096 * 244, batch_size=4096)
+    assert TrainConfig(lr=None, **short).lr_for(4608) == default_lr(4608, 244)
     assert TrainConfig(lr=1e-3).lr_for(4608) == 1e-3
-    short = dict(latents=4608, tokens=4096 * 244, batch_size=4096)
-    for arch in ("batchtopk", "jumprelu"):
-        assert TrainConfig(architecture=arch, **short).lr_for(4608) == default_lr(4608, 244)
-    assert TrainConfig(architecture="relu", **short).lr_for(4608) == pytest.approx(rule)
+    for arch in ("batchtopk", "jumprelu", "matryoshka"):
+        sae = SAEConfig.build(architecture=arch, d_sae=4608)
+        assert TrainConfig(sae=sae, **short).lr_for(4608) == default_lr(4608, 244)
+    for arch in ("relu", "dense", "vae"):  # an L1 penalty, and the unmeasured baselines
+        sae = SAEConfig.build(architecture=arch, d_sae=4608)
+        assert TrainConfig(sae=sae, **short).lr_for(4608) == pytest.approx(rule)
 
 
 @pytest.mark.parametrize("stored", [True, False], ids=["stored-lr", "checkpoint-without-lr"])

@@ -116,7 +116,7 @@ def tiny_config(tmp_path: Path, **kw) -> TrainConfig:
     base = dict(architecture="topk", latents=32, k=4, lr=3e-3, batch_size=64, tokens=64 * 30,
                 warmup_steps=2, log_every=5, checkpoint_every=64 * 10, init_sample_tokens=256,
                 out_dir=str(tmp_path / "run"), progress=False)
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.from_dict({**base, **kw})
 
 
 def test_training_writes_the_png_at_each_checkpoint_and_refreshes_it_at_the_end(tmp_path, monkeypatch):

@@ -35,7 +35,7 @@ def cfg(tmp_path, **kw) -> TrainConfig:
                 batch_size=128, tokens=128 * 40, warmup_steps=5, log_every=5, checkpoint_every=0,
                 init_sample_tokens=1024, b_dec_init="mean", out_dir=str(tmp_path / "run"), progress=False)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 def fvu(pred, y) -> float:
