@@ -21,7 +21,7 @@ from typing import ClassVar, Literal, get_args
 
 import torch
 
-from saelens_lite.saes.registry import REGISTRY, architectures
+from saelens_lite.saes.registry import REGISTRY, architectures, entry
 
 FORMAT_VERSION = 1
 PARAM_DTYPES = {
@@ -64,7 +64,7 @@ def config_class(architecture: str) -> type[SAEConfig]:
     """The config class registered with an architecture's SAE class."""
     if architecture not in REGISTRY:
         raise invalid("architecture", architecture, str(architectures()))
-    return REGISTRY[architecture].config_class
+    return entry(architecture).config_class
 
 
 def field_names(cls: type) -> set[str]:

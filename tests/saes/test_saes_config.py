@@ -14,6 +14,7 @@ import pytest
 
 from saelens_lite.saes import REGISTRY, SAE, SAEConfig, TopKConfig
 from saelens_lite.saes.config import field_owners
+from saelens_lite.saes.registry import entry
 from saelens_lite.training import TrainConfig
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "saes"
@@ -79,6 +80,7 @@ def test_an_unknown_architecture_names_the_valid_choices():
 @pytest.mark.parametrize("arch", sorted(REGISTRY))
 def test_from_dict_round_trips_every_registered_architecture(arch):
     cfg = SAEConfig.build(architecture=arch, d_in=16, d_sae=32, k=2, hook_name="h", dtype="float64")
+    assert entry(arch) == (REGISTRY[arch], type(cfg))
     assert SAEConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     template = cfg.to_template()
     assert (template.d_in, template.d_sae, template.sized) == (0, 0, False)
