@@ -130,10 +130,6 @@ class SAE(nn.Module):
     # Whether the fast step's backward="dense" (GEMMs over the code matrix) computes this
     # class's reconstruction: it has the one reconstruction of `SAE.sparse_reconstruction`.
     fast_step_dense_backward: bool = True
-    # Data-parallel training: the mean over ranks of a per-rank batch statistic, without grad
-    # (the trainer sets saelens_lite.util.distributed.batch_mean under torchrun). None: one process,
-    # the local batch is the whole batch. Terms non-linear in a batch mean read it (jumprelu).
-    batch_mean = None
 
     @classmethod
     def fast_step_supports(cls, options: Mapping[str, object]) -> bool:

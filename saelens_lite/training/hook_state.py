@@ -96,8 +96,6 @@ class HookState:
                  amp: torch.dtype | None = None):
         self.sae = sae.to(device)
         self.data_parallel = data_parallel
-        if data_parallel:  # global batch statistics for terms non-linear in them (JumpReLU)
-            self.sae.batch_mean = distributed.batch_mean
         self.base_lr = config.lr_for(sae.cfg.d_sae)
         self.lr_is_default = config.lr is None
         self.fast = None
@@ -120,8 +118,10 @@ class HookState:
             self.opt = make_adam(param_groups(self.sae), self.base_lr, betas, device)
             # data parallel: the mean over ranks is the gradient of the global batch
             hook = (lambda: distributed.all_reduce_grads_(self.sae.parameters())) if data_parallel else None
+            # data parallel: global batch statistics for terms non-linear in them (JumpReLU)
             self.step = AutogradStep(self.sae, self.opt, grad_clip=config.grad_clip, grad_hook=hook,
-                                     autocast_dtype=amp)
+                                     autocast_dtype=amp,
+                                     batch_mean=distributed.batch_mean if data_parallel else None)
         self.dead = DeadLatentTracker(self.sae.W_dec.shape[0], config.dead_window_tokens, device)
         self.scale = 1.0
         self.target_scale = 1.0  # a transcoder's target (training.targets); 1 for SAEs

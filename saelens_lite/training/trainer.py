@@ -24,7 +24,7 @@ Data parallel (``torchrun``, see :mod:`saelens_lite.util.distributed`): the glob
 does not fit the custom kernels and decoder-norm hooks), the dead-latent "fired" masks are OR-ed,
 and after the step floating buffers (the BatchTopK threshold) are averaged; metrics are averaged
 at log steps. A loss non-linear in a batch mean (JumpReLU's target-L0 penalty) reads the global
-mean through ``sae.batch_mean`` (set to :func:`saelens_lite.util.distributed.batch_mean`), so its
+mean through ``util.distributed.current_batch_mean`` (the step enters ``batch_statistics``), so its
 averaged gradient is the global one too. Every rank thus holds the same weights, and for
 losses that are means over tokens (MSE, L1, the JumpReLU L0) a step equals a single-process
 step on the same global batch up to float rounding. Terms computed over the batch as a whole are computed per rank slice: the

@@ -87,3 +87,4 @@ def test_the_short_run_lr_factor_is_trainer_policy_read_from_the_registry(arch):
     measured_to_help = {"topk", "batchtopk", "matryoshka", "jumprelu"}  # docs/quality_vs_peers.md
     assert takes_short_run_factor(sae) == (arch in measured_to_help)
     assert not hasattr(REGISTRY[arch], "short_run_lr")  # not a property of the SAE class
+    assert not hasattr(REGISTRY[arch], "batch_mean")  # the step's batch_statistics (training)
