@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from saelens_lite.saes import SAEConfig
 from saelens_lite.training import TrainConfig, curves, train
 from saelens_lite.training.curves import CURVES_NAME, plot_training_curves, write_training_curves
 
@@ -74,6 +75,10 @@ def test_the_title_names_architecture_k_hooks_and_says_the_fvu_is_in_sample(run_
                                                      "target_hook": "blocks.1.hook_mlp_out"}))
     title = plot_training_curves(run_dir).get_suptitle()
     assert "topk transcoder with skip, k=7" in title and "-> blocks.1.hook_mlp_out" in title
+    nested = TrainConfig(sae=SAEConfig.build(architecture="topk", k=7, skip=True,
+                                             target_hook="blocks.1.hook_mlp_out"), hooks=["h"])
+    (run_dir / "config.json").write_text(json.dumps(nested.to_dict()))  # today's config.json
+    assert plot_training_curves(run_dir).get_suptitle() == title
 
 
 def test_a_loss_not_positive_or_within_a_4x_range_is_drawn_on_a_linear_axis(run_dir):
