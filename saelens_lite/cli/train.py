@@ -9,6 +9,7 @@ from saelens_lite.util.dataclass_args import add_dataclass_args, dataclass_from_
 
 
 def add(sub) -> None:
+    from saelens_lite.saes.config import B_DEC_INITS
     from saelens_lite.training.config import TrainConfig
     from saelens_lite.training.sae_flags import SAEFlags, architectures
 
@@ -21,8 +22,8 @@ def add(sub) -> None:
                                    "share of the hooks on whole batches (each rank prints its own hooks).",
                        epilog=arch_options_help())
     # the flat SAE flags (SAEFlags) map onto TrainConfig.sae in `config_from_args`
-    add_dataclass_args(p, SAEFlags, skip=("sae_options",), choices={"architecture": architectures()},
-                       aliases={"architecture": ["--arch"]})
+    add_dataclass_args(p, SAEFlags, skip=("sae_options",), aliases={"architecture": ["--arch"]},
+                       choices={"architecture": architectures(), "b_dec_init": B_DEC_INITS})
     add_dataclass_args(p, TrainConfig, skip=("sae",), aliases={"hooks": ["--hook"], "out_dir": ["--out"]})
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="further SAEConfig field of the architecture (repeatable), e.g. --option aux_coeff=0.05 or --option select_dtype=bfloat16")

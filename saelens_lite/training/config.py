@@ -124,7 +124,8 @@ class TrainConfig:
     """Hook point names to train on, one SAE each. Empty: every hook of a cache, or the single
     column of a tensor / file (named ``activations``). Required when streaming from a model."""
     expansion: int = 8
-    """Latents per input dimension (d_sae = expansion * d_in), unless ``sae.d_sae`` is set."""
+    """Latents per input dimension (d_sae = expansion * d_in), unless ``sae.d_sae`` (``--latents``) is
+    set."""
 
     # --- optimisation ---------------------------------------------------------------------
     lr: float | None = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from saelens_lite.saes.config import SAEConfig
@@ -44,8 +44,9 @@ class SAEFlags:
     skip: bool = False
     """With ``target_hook``: add a learned linear skip connection ``x @ W_skip`` (D, D),
     zero-initialised, to the transcoder's output (Paulo et al. 2025)."""
-    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
+    b_dec_init: str = "geometric_median"
     """Decoder-bias init from a data sample: geometric_median, mean or zeros."""
+    # (str here: its choices are SAEConfig.b_dec_init's Literal, which the CLI reads)
 
     def sae_config(self) -> SAEConfig:
         """The nested config: the architecture's config class, not sized (d_in = 0; d_sae =
@@ -56,6 +57,8 @@ class SAEFlags:
         if self.skip and not self.target_hook:
             raise ValueError("skip=True: a skip connection belongs to a transcoder; set target_hook "
                              "(e.g. --hooks blocks.9.hook_mlp_in --target-hook blocks.9.hook_mlp_out)")
+        if self.latents is not None and (not isinstance(self.latents, int) or self.latents < 1):
+            raise ValueError(f"latents={self.latents!r}: must be None or an integer >= 1")
         if self.sparsity_coeff is not None and not (_finite_number(self.sparsity_coeff) and self.sparsity_coeff >= 0):
             raise ValueError(f"sparsity_coeff={self.sparsity_coeff!r}: must be a finite number >= 0")
         fields = {"k": self.k, "b_dec_init": self.b_dec_init, "d_sae": self.latents or 0,
