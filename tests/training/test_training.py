@@ -279,6 +279,24 @@ def test_a_default_lr_run_resumes_at_the_lr_it_started_with(tmp_path, stored):
         torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
 
 
+def test_a_checkpoint_with_the_flat_config_of_before_the_nesting_resumes_identically(tmp_path):
+    x = synthetic(n=500)
+    kw = dict(tokens=128 * 20, checkpoint_every=128 * 10, keep_checkpoints=5)
+    ref = train(cfg(tmp_path / "ref", **kw), x)
+    run = tmp_path / "resumed" / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ck = torch.load(tmp_path / "ref" / "run" / "checkpoints" / "step_000000010.pt", weights_only=False)
+    nested = ck["config"].pop("sae")
+    assert nested["architecture"] == ARCH and nested["d_sae"] == F
+    ck["config"] |= {"architecture": ARCH, "latents": F, "k": 4, "sparsity_coeff": None,
+                     "sae_options": {}, "target_hook": "", "skip": False,
+                     "b_dec_init": "geometric_median"}  # the keys TrainConfig had before issue 24
+    torch.save(ck, run / "checkpoints" / "step_000000010.pt")
+    resumed = train(cfg(tmp_path / "resumed", resume=True, **kw), x)
+    for (name, p), q in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
+
+
 def test_checkpoints_keep_only_the_newest_two(tmp_path):
     train(cfg(tmp_path, tokens=128 * 30, checkpoint_every=128 * 5), synthetic(n=500))
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_000000020.pt", "step_000000025.pt"]
