@@ -131,7 +131,7 @@ def build(impl: str, D: int, F: int, K: int, dev: str):
                 d_in=D,
                 d_sae=F,
                 k=K,
-                select_dtype="bfloat16" if parts[2:] == ["bf16select"] else None,
+                **({"select_dtype": "bfloat16"} if parts[2:] == ["bf16select"] else {}),
             )
         ).to(dev)
         opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
