@@ -70,7 +70,7 @@ def test_training_on_a_tensor_reduces_fvu_and_writes_the_run_folder(tmp_path):
         assert key in recs[0]
     assert recs[-1]["step"] == 60 and recs[-1]["tokens"] == 60 * 128
     run = tmp_path / "run"
-    assert json.loads((run / "config.json").read_text())["architecture"] == ARCH
+    assert json.loads((run / "config.json").read_text())["sae"]["architecture"] == ARCH  # nested (issue 24)
     assert (run / "activations" / "cfg.json").exists() and (run / "activations" / "sae.safetensors").exists()
 
 
