@@ -249,7 +249,7 @@ def test_fast_step_rejects_unsupported_configs():
     with pytest.raises(ValueError, match="multi_topk"):
         sparse_loss_and_grads(sae, torch.randn(4, 8))
     with pytest.raises(ValueError, match="relu"):
-        sparse_loss_and_grads(SAE.from_config(SAEConfig.build(architecture="relu")), torch.randn(4, 768))
+        sparse_loss_and_grads(SAE.from_config(SAEConfig.build(architecture="relu", d_in=768, d_sae=1536)), torch.randn(4, 768))
 
 
 @pytest.mark.parametrize("backward", ["sparse", "dense"])
