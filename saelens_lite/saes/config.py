@@ -92,7 +92,8 @@ class SAEConfig:
     """The fields every architecture shares; each architecture's config subclasses it."""
 
     sparsity_field: ClassVar[str | None] = None
-    """The field TrainConfig.sparsity_coeff sets (relu: l1_coeff, jumprelu: l0_coeff)."""
+    """The field the train command's --sparsity-coeff sets (training.sae_flags; relu: l1_coeff,
+    jumprelu: l0_coeff)."""
     legacy_defaults: ClassVar[dict] = {}
     """Values of fields missing from a saved cfg.json that predates them, where those differ
     from today's defaults (batchtopk: relative_threshold=False)."""
