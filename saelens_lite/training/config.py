@@ -243,6 +243,7 @@ class TrainConfig:
         except (TypeError, ValueError):
             raise ValueError(f"betas={self.betas!r}: must be two numbers in [0, 1)") from None
         self.check_sae()
+        check_target_fields(self)  # before fast_step: a transcoder's own error names it
         check_ints(self, ("expansion", "batch_size", "tokens", "init_sample_tokens",
                      "context_size", "model_batch_size", "buffer_contexts", "dead_window_tokens",
                      "keep_checkpoints", "log_every"), minimum=1)
@@ -281,7 +282,6 @@ class TrainConfig:
             raise ValueError(f"tokens={self.tokens}: must be at least batch_size={self.batch_size}")
         if len(set(self.hooks)) != len(self.hooks):
             raise ValueError(f"hooks={self.hooks!r}: names must be unique")
-        check_target_fields(self)
 
     def check_sae(self) -> None:
         """``sae`` is an SAE config (its own fields validated it); with ``expansion`` the width
