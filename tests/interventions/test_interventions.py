@@ -36,8 +36,8 @@ PROMPT = "the cat sat on the mat"
 
 def make_sae(arch="topk", hook=HOOK, seed=0, d_in=D) -> SAE:
     torch.manual_seed(seed)
-    sae = SAE.from_config(SAEConfig.build(architecture=arch, d_in=d_in, d_sae=F, k=8, hook_name=hook,
-                                    jumprelu_init_threshold=0.01))
+    own = {"jumprelu_init_threshold": 0.01} if arch == "jumprelu" else {}
+    sae = SAE.from_config(SAEConfig.build(architecture=arch, d_in=d_in, d_sae=F, k=8, hook_name=hook, **own))
     with torch.no_grad():  # non-trivial biases and decoder norms: every term of the math counts
         sae.b_enc.normal_(0, 0.05)
         sae.b_dec.normal_(0, 0.05)
