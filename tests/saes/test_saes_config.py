@@ -13,6 +13,7 @@ import re
 import pytest
 
 from saelens_lite.saes import REGISTRY, SAE, SAEConfig, TopKConfig
+from saelens_lite.saes.base import require_sparse_coder
 from saelens_lite.saes.config import field_owners
 from saelens_lite.saes.registry import entry
 from saelens_lite.training import TrainConfig
@@ -118,3 +119,17 @@ def test_shared_fields_are_every_architectures():
     owners = field_owners()
     for f in dataclasses.fields(SAEConfig):
         assert owners[f.name] == sorted(REGISTRY), f.name
+
+
+@pytest.mark.parametrize("arch", sorted(REGISTRY))
+def test_a_baseline_is_refused_where_a_sparse_coder_is_needed(arch):
+    sae = SAE.from_config(SAEConfig.build(architecture=arch, d_in=16, d_sae=32, k=2))
+    baseline = type(sae).__module__.startswith("saelens_lite.saes.baselines.")
+    assert REGISTRY[arch].is_sparse_coder is not baseline  # the capability, read from the class
+    if not baseline:
+        require_sparse_coder(sae, "a feature dashboard")
+        return
+    with pytest.raises(ValueError, match=rf"a feature dashboard needs a sparse coder; got "
+                                         rf"\w+ \(architecture '{arch}', a baseline autoencoder\); "
+                                         r"allowed: \[.*'topk'"):
+        require_sparse_coder(sae, "a feature dashboard")
