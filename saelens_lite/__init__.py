@@ -2,8 +2,8 @@
 
 Public API (imported lazily so that ``import saelens_lite`` and ``--help`` stay fast)::
 
-    from saelens_lite import load_model, harvest, HarvestConfig, ActivationCache
-    from saelens_lite import spliced, ablate, add_direction, generate, attribute
+    from saelens_lite import load_model, harvest, HarvestConfig, ActivationCache, train, TrainConfig
+    from saelens_lite import SAE, SAEConfig, evaluate, EvalConfig, spliced, generate, attribute
 """
 
 from __future__ import annotations
@@ -12,31 +12,21 @@ import importlib
 
 __version__ = "0.1.0"
 
+# The main verbs and their configs; everything else is imported from its package.
 _EXPORTS = {
     "load_model": "saelens_lite.lm.load",
-    "LoadedModel": "saelens_lite.lm.load",
-    "list_hook_points": "saelens_lite.lm.hooks",
-    "capture": "saelens_lite.lm.hooks",
     "harvest": "saelens_lite.cache.harvest",
     "HarvestConfig": "saelens_lite.cache.harvest",
     "ActivationCache": "saelens_lite.cache",
-    "CacheWriter": "saelens_lite.cache",
     "train": "saelens_lite.training",
     "TrainConfig": "saelens_lite.training",
     "SAE": "saelens_lite.saes",
     "SAEConfig": "saelens_lite.saes",
+    "evaluate": "saelens_lite.evals",
+    "EvalConfig": "saelens_lite.evals",
     "spliced": "saelens_lite.interventions",
-    "FeatureEdit": "saelens_lite.interventions",
-    "ablate": "saelens_lite.interventions",
-    "clamp": "saelens_lite.interventions",
-    "scale": "saelens_lite.interventions",
-    "add_direction": "saelens_lite.interventions",
     "generate": "saelens_lite.interventions",
     "attribute": "saelens_lite.interventions",
-    "ablation_check": "saelens_lite.interventions",
-    "token_loss_effects": "saelens_lite.interventions",
-    "load_site_stats": "saelens_lite.interventions",
-    "evaluate": "saelens_lite.evals",
 }
 
 

@@ -53,11 +53,12 @@ def main() -> None:
     if args.train_tokens:
         from saelens_lite.training import TrainConfig, train
 
-        sae = train(TrainConfig(architecture="topk", hooks=[args.hook], expansion=args.expansion, k=args.k,
+        sae = train(TrainConfig(sae=SAEConfig.build(architecture="topk", k=args.k), hooks=[args.hook],
+                                expansion=args.expansion,
                                 tokens=args.train_tokens, warmup_steps=10, progress=False,
                                 out_dir=str(Path(args.out).parent / "sae")), cache)
     else:
-        sae = SAE.from_config(SAEConfig(architecture="topk", d_in=D, d_sae=args.expansion * D, k=args.k,
+        sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=D, d_sae=args.expansion * D, k=args.k,
                                         hook_name=args.hook, model_name=args.model))
         sae.init_from_data_(torch.from_numpy(np.asarray(cache.activations(args.hook)[:8192], np.float32)))
     sae.eval()

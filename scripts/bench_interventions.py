@@ -40,7 +40,7 @@ def _sae(args, lm) -> SAE:
         return SAE.load(args.sae)
     torch.manual_seed(0)
     d = lm.model.config.hidden_size
-    return SAE.from_config(SAEConfig(architecture="topk", d_in=d, d_sae=args.expansion * d, k=32,
+    return SAE.from_config(SAEConfig.build(architecture="topk", d_in=d, d_sae=args.expansion * d, k=32,
                                      hook_name=args.hook)).eval()
 
 

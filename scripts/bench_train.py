@@ -106,7 +106,7 @@ def build(impl: str, D: int, F: int, K: int, dev: str):
         from saelens_lite.training.fast_step import FastTrainStep
 
         extra = parts[3:]
-        sae = SAE.from_config(SAEConfig(architecture=parts[1], d_in=D, d_sae=F, k=K)).to(dev)
+        sae = SAE.from_config(SAEConfig.build(architecture=parts[1], d_in=D, d_sae=F, k=K)).to(dev)
         cuda = dev == "cuda"
         opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=cuda, capturable=cuda)
         full = extra == ["aux", "full"]
@@ -126,12 +126,12 @@ def build(impl: str, D: int, F: int, K: int, dev: str):
         from saelens_lite.saes import SAE, SAEConfig
 
         sae = SAE.from_config(
-            SAEConfig(
+            SAEConfig.build(
                 architecture=parts[1],
                 d_in=D,
                 d_sae=F,
                 k=K,
-                select_dtype="bfloat16" if parts[2:] == ["bf16select"] else None,
+                **({"select_dtype": "bfloat16"} if parts[2:] == ["bf16select"] else {}),
             )
         ).to(dev)
         opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
@@ -287,7 +287,7 @@ def check_fast_step(dev: str, D: int = 64, F: int = 512, K: int = 8, B: int = 25
     from saelens_lite.training.fast_step import sparse_loss_and_grads
 
     torch.manual_seed(0)
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=D, d_sae=F, k=K)).to(dev)
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=D, d_sae=F, k=K)).to(dev)
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1)
         sae.b_dec.normal_()
@@ -296,7 +296,7 @@ def check_fast_step(dev: str, D: int = 64, F: int = 512, K: int = 8, B: int = 25
     ok = True
     for dead_mask in (None, dead):
         res = sparse_loss_and_grads(sae, x, dead_mask_F=dead_mask, compute_dtype=torch.bfloat16)
-        ref = SAE.from_config(SAEConfig(architecture="topk", d_in=D, d_sae=F, k=K, dtype="float64"))
+        ref = SAE.from_config(SAEConfig.build(architecture="topk", d_in=D, d_sae=F, k=K, dtype="float64"))
         ref.load_state_dict({k: v.double().cpu() for k, v in sae.state_dict().items()})
         xr, idx = x.double().cpu(), res.idx_BK.cpu()
         pre = kernels.dense_preacts(xr, ref.W_enc, ref.b_enc, ref.b_dec)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from saelens_lite.cache.harvest import HarvestConfig, harvest
 from saelens_lite.dashboards import build_dashboard
-from saelens_lite.evals import evaluate, format_summary
+from saelens_lite.evals import EvalConfig, evaluate, format_summary
 from saelens_lite.evals.report import headline
 from saelens_lite.lm.load import load_model
-from saelens_lite.saes import SAE
+from saelens_lite.saes import SAE, TopKConfig
 from saelens_lite.training import TrainConfig, train
 
 
@@ -68,7 +68,7 @@ def main() -> None:
         print(f"reusing the trained SAE in {sae_dir}")
     else:
         # the default lr of a 244-step run is 3x the long-run rule (TrainConfig.lr; README, "Training")
-        cfg = TrainConfig(architecture="topk", hooks=[args.train_hook], expansion=args.expansion, k=args.k,
+        cfg = TrainConfig(sae=TopKConfig(k=args.k), hooks=[args.train_hook], expansion=args.expansion,
                           tokens=args.train_tokens, batch_size=args.batch_size, warmup_steps=20, out_dir=str(run),
                           checkpoint_every=500_000, resume=(run / "checkpoints").exists(), device="cpu", log_every=20)
         sae = train(cfg, cache)
@@ -76,8 +76,10 @@ def main() -> None:
     print(f"{type(sae).__name__}: d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} k={sae.cfg.k} -> {sae_dir}")
 
     # the CLI's defaults (16 CE contexts, 16,384 held-out tokens): `saelens-lite eval` gives the same numbers
-    metrics = evaluate(sae, cache, model=lm, hook=args.train_hook, heldout_tokens=args.heldout_tokens,
-                       out_dir=out / "eval")
+    metrics = evaluate(sae, cache, EvalConfig(hook=args.train_hook,
+                                              heldout_tokens=args.heldout_tokens,
+                                              out_dir=out / "eval"),
+                        model=lm)
     t = _stage("3. evaluate (held out; the in-sample column is the training rows)", t)
     print(format_summary(metrics))
     print(headline(metrics))

@@ -229,7 +229,7 @@ def main(argv=None) -> int:
     results = {}
     if "ours" in args.only:
         overrides = {kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in args.ours_set}
-        cfg = TrainConfig(**{**dict(
+        cfg = TrainConfig.from_dict({**dict(
             architecture="topk", hooks=[args.hook], expansion=args.expansion, k=args.k,
             tokens=steps * args.batch_size, batch_size=args.batch_size, out_dir=str(out / "ours"),
             progress=False, device="cpu", seed=args.seed), **overrides})

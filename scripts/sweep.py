@@ -46,7 +46,7 @@ def main() -> None:
 
     from saelens_lite.cache import ActivationCache
     from saelens_lite.cache.harvest import HarvestConfig, harvest
-    from saelens_lite.evals import evaluate
+    from saelens_lite.evals import EvalConfig, evaluate
     from saelens_lite.lm.load import load_model
     from saelens_lite.training import TrainConfig, train
 
@@ -70,13 +70,15 @@ def main() -> None:
                 t = time.perf_counter()
                 run_dir = out / "runs" / f"{arch}_{value:g}"
                 knobs = {"k": value} if uses_k else {"sparsity_coeff": value}
-                cfg = TrainConfig(architecture=arch, hooks=[hook], expansion=args.expansion,
-                                  tokens=args.train_tokens, batch_size=args.batch_size,
-                                  warmup_steps=20, checkpoint_every=0, out_dir=str(run_dir),
-                                  progress=False, dead_window_tokens=args.train_tokens // 4, **knobs)
+                cfg = TrainConfig.from_dict(dict(  # knobs: the flat spelling (training.sae_flags)
+                    architecture=arch, hooks=[hook], expansion=args.expansion,
+                    tokens=args.train_tokens, batch_size=args.batch_size, warmup_steps=20,
+                    checkpoint_every=0, out_dir=str(run_dir), progress=False,
+                    dead_window_tokens=args.train_tokens // 4, **knobs))
                 sae = train(cfg, cache)
-                m = evaluate(sae, cache, hook=hook, model=lm, n_tokens=args.eval_tokens,
-                             ce_contexts=args.ce_contexts, progress=False)
+                m = evaluate(sae, cache, EvalConfig(hook=hook, n_tokens=args.eval_tokens,
+                                                    ce_contexts=args.ce_contexts, progress=False),
+                              model=lm)
                 row = {"architecture": arch, "knob": "k" if uses_k else "sparsity_coeff", "value": value,
                        "seconds": time.perf_counter() - t} | m
                 rows.append(row)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from saelens_lite.cache.harvest import HarvestConfig, harvest
-from saelens_lite.evals import evaluate
+from saelens_lite.evals import EvalConfig, evaluate
 from saelens_lite.lm.load import load_model
 from saelens_lite.saes import SAE
 from saelens_lite.training import TrainConfig, train
@@ -81,14 +81,17 @@ def main() -> None:
         if (sae_dir / "cfg.json").exists():
             sae = SAE.load(sae_dir)
         else:
-            cfg = TrainConfig(architecture="topk", expansion=args.expansion, k=args.k, tokens=args.train_tokens,
-                              batch_size=args.batch_size, warmup_steps=20, out_dir=str(run), seed=0,
-                              checkpoint_every=500_000, resume=(run / "checkpoints").exists(), device="cpu",
-                              log_every=20, progress=False, **fields)
+            cfg = TrainConfig.from_dict(dict(  # fields: the flat spelling (training.sae_flags)
+                architecture="topk", expansion=args.expansion, k=args.k, tokens=args.train_tokens,
+                batch_size=args.batch_size, warmup_steps=20, out_dir=str(run), seed=0,
+                checkpoint_every=500_000, resume=(run / "checkpoints").exists(), device="cpu",
+                log_every=20, progress=False, **fields))
             sae = train(cfg, cache)
         t_train = time.perf_counter() - t
-        m = evaluate(sae, cache, model=lm, heldout_tokens=args.heldout_tokens, ce_contexts=args.ce_contexts,
-                     out_dir=run / "eval", progress=False)
+        m = evaluate(sae, cache, EvalConfig(heldout_tokens=args.heldout_tokens,
+                                            ce_contexts=args.ce_contexts, out_dir=run / "eval",
+                                            progress=False),
+                      model=lm)
         result = {k: m.get(k) for k in KEYS} | {
             "what": m.get("transcoder") or f"SAE on {m['hook']}", "train_s": round(t_train),
             "reconstruction_source": m["reconstruction_source"], "downstream_source": m.get("downstream_source")}

@@ -208,7 +208,7 @@ def run_step(D: int, F: int, K: int, B: int, arch: str, dead: bool, select: str)
     fast_step._lowp_device = lambda t: True  # the CUDA path, on meta tensors
     sparse._use_triton = lambda t: True
     with torch.device("meta"):
-        sae = SAE.from_config(SAEConfig(d_in=D, d_sae=F, architecture=arch, k=K))
+        sae = SAE.from_config(SAEConfig.build(d_in=D, d_sae=F, architecture=arch, k=K))
         x_BD = torch.empty(B, D)
         dead_F = torch.empty(F, dtype=torch.bool) if dead else None
         fast_step.sparse_loss_and_grads(

@@ -18,7 +18,19 @@ def test_every_export_is_the_object_of_its_module_even_after_importing_submodule
 
 
 def test_interventions_are_exported_as_functions_not_their_modules():
-    from saelens_lite import ablate, ablation_check, add_direction, attribute, generate, spliced
+    from saelens_lite import attribute, generate, spliced
+    from saelens_lite.interventions import ablate, ablation_check, add_direction
 
     for fn in (ablate, ablation_check, add_direction, attribute, generate, spliced):
         assert callable(fn) and fn.__module__.startswith("saelens_lite.interventions."), fn
+
+
+def test_the_top_level_holds_the_main_verbs_and_their_configs_only():
+    import saelens_lite.interventions as interventions
+
+    verbs = {"load_model", "harvest", "train", "evaluate", "spliced", "generate", "attribute"}
+    configs = {"HarvestConfig", "TrainConfig", "SAEConfig", "EvalConfig"}
+    assert set(saelens_lite.__all__) == verbs | configs | {"SAE", "ActivationCache"}
+    assert "spearman" not in interventions.__all__ and "spliced" in interventions.__all__
+    for name in interventions.__all__:
+        assert getattr(interventions, name).__module__.startswith("saelens_lite."), name

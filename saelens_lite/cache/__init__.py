@@ -6,10 +6,10 @@ imported here (it loads transformers); import it from :mod:`saelens_lite.cache.h
 """
 
 from saelens_lite.cache.format import (
-    DTYPES,
     FORMAT_VERSION,
     MANIFEST,
     PLAIN_FORMAT_VERSION,
+    STORAGE_DTYPES,
     CacheCorruptError,
     HookNotCachedError,
     as_numpy,
@@ -19,4 +19,4 @@ from saelens_lite.cache.writer import CacheWriter, write_merged_manifest
 
 __all__ = ["ActivationCache", "ShardedArray", "CacheWriter", "write_merged_manifest", "take_rows",
            "as_numpy", "CacheCorruptError", "HookNotCachedError", "FORMAT_VERSION",
-           "PLAIN_FORMAT_VERSION", "MANIFEST", "DTYPES", "VERIFY_MODES"]
+           "PLAIN_FORMAT_VERSION", "MANIFEST", "STORAGE_DTYPES", "VERIFY_MODES"]

@@ -38,7 +38,7 @@ import torch
 FORMAT_VERSION = 2  # the newest layout this module reads
 PLAIN_FORMAT_VERSION = 1  # what CacheWriter writes: a single-writer cache (version-1 readers read it)
 MANIFEST = "manifest.json"
-DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # name -> storage
+STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # name -> storage
 
 
 class CacheCorruptError(OSError):
@@ -95,7 +95,7 @@ def to_storage(x, dtype: str) -> np.ndarray:
         return as_numpy(torch.as_tensor(x).detach().to("cpu", torch.bfloat16).contiguous())
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", getattr(torch, dtype)).numpy()
-    return np.asarray(x, dtype=DTYPES[dtype])
+    return np.asarray(x, dtype=STORAGE_DTYPES[dtype])
 
 
 def decode_np(raw: np.ndarray, dtype: str) -> np.ndarray:
@@ -118,6 +118,6 @@ def decode_torch(raw: np.ndarray, dtype: str) -> torch.Tensor:
     return torch.from_numpy(raw)
 
 
-__all__ = ["FORMAT_VERSION", "PLAIN_FORMAT_VERSION", "MANIFEST", "DTYPES", "CacheCorruptError",
+__all__ = ["FORMAT_VERSION", "PLAIN_FORMAT_VERSION", "MANIFEST", "STORAGE_DTYPES", "CacheCorruptError",
            "HookNotCachedError", "shard_files", "shard_path", "read_manifest", "check_sizes",
            "to_storage", "decode_np", "decode_torch", "as_numpy"]

@@ -61,7 +61,8 @@ from saelens_lite.util.validate import check_ints
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+HARVEST_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+"""Precisions of the harvested activations (HarvestConfig.dtype) and of the model (model_dtype)."""
 
 
 @dataclass
@@ -104,16 +105,16 @@ class HarvestConfig:
         check_ints(self, ("context_size", "tokens", "batch_size", "shard_tokens"), minimum=1)
         if self.context_size < 2:
             raise ValueError(f"context_size={self.context_size}: must be at least 2")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r}: choose one of {sorted(DTYPES)}")
-        if self.model_dtype != "auto" and self.model_dtype not in DTYPES:
-            raise ValueError(f"model_dtype={self.model_dtype!r}: choose auto or one of {sorted(DTYPES)}")
+        if self.dtype not in HARVEST_DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: choose one of {sorted(HARVEST_DTYPES)}")
+        if self.model_dtype != "auto" and self.model_dtype not in HARVEST_DTYPES:
+            raise ValueError(f"model_dtype={self.model_dtype!r}: choose auto or one of {sorted(HARVEST_DTYPES)}")
         check_exclude(self.exclude)
 
 
 def _model_dtype(cfg: HarvestConfig, device: torch.device) -> torch.dtype:
     if cfg.model_dtype != "auto":
-        return DTYPES[cfg.model_dtype]
+        return HARVEST_DTYPES[cfg.model_dtype]
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
@@ -249,7 +250,7 @@ def _harvest_rank(cfg: HarvestConfig, writer: CacheWriter, lm: LoadedModel, hook
         log.info("resuming %s at %d tokens (after context %d, position %d)", writer.root, done,
                  last_ctx, last_pos)
 
-    store_dtype = DTYPES[cfg.dtype]
+    store_dtype = HARVEST_DTYPES[cfg.dtype]
     owned = _Owned(enumerate(pack_contexts(docs, lm.tokenizer, cfg.context_size)), cfg.tokens,
                    cfg.exclude, lm.tokenizer, dinfo.rank, dinfo.world_size)
     # Contexts committed before a crash are only re-tokenised, not re-run. Restart at the start
@@ -343,4 +344,4 @@ class _OverlappedWriter:
             raise self._err
 
 
-__all__ = ["HarvestConfig", "harvest", "DTYPES", "EXCLUDE_CHOICES"]
+__all__ = ["HarvestConfig", "harvest", "HARVEST_DTYPES", "EXCLUDE_CHOICES"]

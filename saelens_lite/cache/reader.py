@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from saelens_lite.cache.format import (
-    DTYPES,
+    STORAGE_DTYPES,
     CacheCorruptError,
     HookNotCachedError,
     as_numpy,
@@ -96,7 +96,7 @@ class ShardedArray:
         self.paths, self.width, self.cache_dtype = paths, width, dtype
         self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
         self._maps: list[np.ndarray | None] = [None] * len(paths)
-        self._storage = np.dtype(DTYPES.get(dtype, dtype))  # "int32" is used for the token table
+        self._storage = np.dtype(STORAGE_DTYPES.get(dtype, dtype))  # "int32" is used for the token table
         self.dtype = np.dtype(np.float32) if dtype == "bfloat16" else self._storage  # of indexing results
 
     @property

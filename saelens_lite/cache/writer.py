@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from saelens_lite.cache.format import (
-    DTYPES,
     FORMAT_VERSION,
     MANIFEST,
     PLAIN_FORMAT_VERSION,
+    STORAGE_DTYPES,
     check_sizes,
     read_manifest,
     shard_files,
@@ -97,8 +97,8 @@ class CacheWriter:
         these settings (a complete one gives a writer with ``complete == True``). Settings that
         differ raise ValueError naming the key; ``overwrite=True`` discards any existing cache."""
         root = Path(path)
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r}; expected one of {sorted(DTYPES)}")
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"dtype={dtype!r}; expected one of {sorted(STORAGE_DTYPES)}")
         if not isinstance(shard_tokens, int) or shard_tokens < 1:
             raise ValueError(f"shard_tokens={shard_tokens!r}; expected a positive int")
         if not hooks:
@@ -181,7 +181,7 @@ class CacheWriter:
                 raise ValueError(f"hook {h!r} has {r.shape[0]} rows, token_ids has {n}")
         if self._tokens_buf is None:  # preallocated once; rows are copied in, never concatenated
             self._tokens_buf = np.empty((self.shard_tokens, 3), np.int32)
-            self._act_bufs = {h: np.empty((self.shard_tokens, w), DTYPES[self.dtype])
+            self._act_bufs = {h: np.empty((self.shard_tokens, w), STORAGE_DTYPES[self.dtype])
                               for h, w in self.hooks.items()}
         i = 0
         while i < n:

@@ -52,15 +52,14 @@ def add_generation_args(p: argparse.ArgumentParser, *, prompt_required: bool) ->
 
 def load_model_and_saes(args: argparse.Namespace):
     """(LoadedModel, {hook: SAE}) from --model, --sae and --device."""
-    from saelens_lite.interventions import as_sae_map
+    from saelens_lite.interventions.splice import as_sae_map
     from saelens_lite.lm.load import load_model
     from saelens_lite.saes import SAE
+    from saelens_lite.saes.base import require_sparse_coder
 
     saes = [SAE.load(path, device=args.device).eval() for path in args.sae]
     for path, sae in zip(args.sae, saes):
-        if not getattr(type(sae), "tokenwise", True):
-            raise ValueError(f"--sae {path}: a {sae.architecture} SAE does not encode token by token, so it "
-                             "cannot be spliced into a model")
+        require_sparse_coder(sae, f"--sae {path}: interventions")
     sae_map = as_sae_map(saes)
     return load_model(args.model, device=args.device), sae_map
 

@@ -43,17 +43,25 @@ def add(sub) -> None:
     p.set_defaults(func=run)
 
 
+def eval_config(args: argparse.Namespace):
+    """The EvalConfig of the parsed flags (``--no-*`` flags are its booleans negated, 0 tokens
+    means all rows)."""
+    from saelens_lite.evals import EvalConfig
+
+    return EvalConfig(dataset=args.dataset, hook=args.hook, heldout_tokens=args.heldout_tokens,
+                      n_tokens=args.n_tokens or None, in_sample=not args.no_in_sample,
+                      batch_size=args.batch_size, downstream=not args.no_downstream,
+                      ce_contexts=args.ce_contexts, context_size=args.context_size,
+                      model_batch_size=args.model_batch_size, exclude=args.exclude,
+                      dense_threshold=args.dense_threshold, device=args.device, out_dir=args.out,
+                      progress=not args.no_progress)
+
+
 def run(args: argparse.Namespace) -> int:
     from saelens_lite.evals import evaluate, format_summary
     from saelens_lite.evals.report import headline
 
-    metrics = evaluate(args.sae, args.activations, model=args.model, dataset=args.dataset, hook=args.hook,
-                       heldout_tokens=args.heldout_tokens, n_tokens=args.n_tokens or None,
-                       in_sample=not args.no_in_sample, batch_size=args.batch_size,
-                       downstream=not args.no_downstream, ce_contexts=args.ce_contexts,
-                       context_size=args.context_size, model_batch_size=args.model_batch_size,
-                       exclude=args.exclude, dense_threshold=args.dense_threshold, device=args.device,
-                       out_dir=args.out, progress=not args.no_progress)
+    metrics = evaluate(args.sae, args.activations, eval_config(args), model=args.model)
     print(format_summary(metrics))
     print(headline(metrics))
     print(f"wrote {args.out}/metrics.json, summary.md, feature_density.png")

@@ -9,7 +9,7 @@ from saelens_lite.util.dataclass_args import add_dataclass_args, dataclass_from_
 
 
 def add(sub) -> None:
-    from saelens_lite.cache.harvest import DTYPES, EXCLUDE_CHOICES, HarvestConfig
+    from saelens_lite.cache.harvest import EXCLUDE_CHOICES, HARVEST_DTYPES, HarvestConfig
 
     p = sub.add_parser("harvest", help="harvest hook activations into an on-disk cache", formatter_class=Formatter,
                        description="Run the model over a corpus and write the activations of every hook (one "
@@ -18,8 +18,8 @@ def add(sub) -> None:
     p.add_argument("--out", required=True, help="cache folder to write (resumed when it holds a partial run)")
     p.add_argument("--overwrite", action="store_true", help="replace a cache written with other settings")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_dataclass_args(p, HarvestConfig, choices={"dtype": list(DTYPES), "exclude": EXCLUDE_CHOICES,
-                                                 "model_dtype": ["auto", *DTYPES]})
+    add_dataclass_args(p, HarvestConfig, choices={"dtype": list(HARVEST_DTYPES), "exclude": EXCLUDE_CHOICES,
+                                                 "model_dtype": ["auto", *HARVEST_DTYPES]})
     p.set_defaults(func=run)
 
 

@@ -9,13 +9,9 @@ from saelens_lite.util.dataclass_args import add_dataclass_args, dataclass_from_
 
 
 def add(sub) -> None:
-    from saelens_lite.training.config import (
-        DECAYS,
-        DTYPES,
-        FAST_STEP_MODES,
-        TrainConfig,
-        architectures,
-    )
+    from saelens_lite.saes.config import B_DEC_INITS
+    from saelens_lite.training.config import TrainConfig
+    from saelens_lite.training.sae_flags import SAEFlags, architectures
 
     p = sub.add_parser("train", help="train sparse autoencoders", formatter_class=Formatter,
                        description="Train one SAE per hook from an activation cache (--activations DIR), an "
@@ -25,19 +21,28 @@ def add(sub) -> None:
                                    "train data parallel, or with --distribute-hooks each rank trains its "
                                    "share of the hooks on whole batches (each rank prints its own hooks).",
                        epilog=arch_options_help())
-    add_dataclass_args(p, TrainConfig, skip=("sae_options",),
-                       choices={"architecture": architectures(), "decay": DECAYS, "dtype": DTYPES,
-                                "fast_step": FAST_STEP_MODES},
-                       aliases={"architecture": ["--arch"], "hooks": ["--hook"], "out_dir": ["--out"]})
+    # the flat SAE flags (SAEFlags) map onto TrainConfig.sae in `config_from_args`
+    add_dataclass_args(p, SAEFlags, skip=("sae_options",), aliases={"architecture": ["--arch"]},
+                       choices={"architecture": architectures(), "b_dec_init": B_DEC_INITS})
+    add_dataclass_args(p, TrainConfig, skip=("sae",), aliases={"hooks": ["--hook"], "out_dir": ["--out"]})
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="further SAEConfig field of the architecture (repeatable), e.g. --option aux_coeff=0.05 or --option select_dtype=bfloat16")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from saelens_lite.training import TrainConfig, train
+def config_from_args(args: argparse.Namespace):
+    """The TrainConfig of the parsed flags: the SAE flags and ``--option`` nested as ``sae``."""
+    from saelens_lite.training import TrainConfig
+    from saelens_lite.training.sae_flags import SAEFlags
 
-    cfg = dataclass_from_args(TrainConfig, args, sae_options=parse_options(args.option))
+    flags = dataclass_from_args(SAEFlags, args, sae_options=parse_options(args.option))
+    return dataclass_from_args(TrainConfig, args, sae=flags.sae_config())
+
+
+def run(args: argparse.Namespace) -> int:
+    from saelens_lite.training import train
+
+    cfg = config_from_args(args)
     result = train(cfg)
     saes = result if isinstance(result, dict) else {cfg.hooks[0] if cfg.hooks else "activations": result}
     for hook, sae in saes.items():

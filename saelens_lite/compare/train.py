@@ -15,7 +15,7 @@ import torch
 
 from saelens_lite.compare.config import CompareConfig
 from saelens_lite.compare.data import Dataset
-from saelens_lite.saes import REGISTRY, get_sae_class
+from saelens_lite.saes import REGISTRY, SAEConfig, get_sae_class
 from saelens_lite.training import TrainConfig, train
 from saelens_lite.training.hook_state import build_sae, make_adam, normalization_scale
 from saelens_lite.training.schedules import lr_at
@@ -54,10 +54,11 @@ def train_config(cfg: CompareConfig, opts: dict, out: Path) -> TrainConfig:
     """The TrainConfig of one model under the comparison's budget and schedule."""
     steps = cfg.tokens // cfg.batch_size
     sae_options = {k: v for k, v in opts.items() if k not in ("architecture", "d_sae", "k")}
-    return TrainConfig(architecture=opts["architecture"], latents=opts["d_sae"], k=opts["k"],
-                       sae_options=sae_options, lr=cfg.lr, batch_size=cfg.batch_size, tokens=cfg.tokens,
+    sae = SAEConfig.build(architecture=opts["architecture"], d_sae=opts["d_sae"], k=opts["k"],
+                          **({"b_dec_init": "mean"} | sae_options))
+    return TrainConfig(sae=sae, lr=cfg.lr, batch_size=cfg.batch_size, tokens=cfg.tokens,
                        warmup_steps=max(1, steps // 20), decay="linear", decay_fraction=0.2,
-                       b_dec_init="mean", init_sample_tokens=min(16_384, cfg.tokens),
+                       init_sample_tokens=min(16_384, cfg.tokens),
                        dead_window_tokens=max(cfg.tokens // 10, cfg.batch_size), checkpoint_every=0,
                        log_every=max(1, steps // 10), progress=False, device="cpu", seed=cfg.seed,
                        out_dir=str(out))

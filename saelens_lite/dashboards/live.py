@@ -31,10 +31,9 @@ from saelens_lite.interventions import (
     add_direction,
     attribute,
     generate,
-    token_id,
     token_loss_effects,
-    token_texts,
 )
+from saelens_lite.interventions.attribution import token_id, token_texts
 
 log = logging.getLogger(__name__)
 

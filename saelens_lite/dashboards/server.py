@@ -333,8 +333,10 @@ def load_live(site_dir: str | os.PathLike, model, sae) -> LiveModel:
     site's max activations (steering strength's unit) when the site has statistics."""
     from saelens_lite.lm.load import LoadedModel, load_model
     from saelens_lite.saes import SAE
+    from saelens_lite.saes.base import require_sparse_coder
 
     sae = SAE.load(sae) if isinstance(sae, (str, os.PathLike)) else sae
+    require_sparse_coder(sae, "the live panels")
     try:
         stats = load_site_stats(site_dir)
     except FileNotFoundError:

@@ -255,6 +255,7 @@ def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | No
     from saelens_lite.cache import ActivationCache
     from saelens_lite.lm.load import LoadedModel, load_model
     from saelens_lite.saes import SAE
+    from saelens_lite.saes.base import require_sparse_coder
 
     cfg = config or DashboardConfig()
     if overrides:
@@ -263,6 +264,7 @@ def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | No
         training_curves = find_training_curves(sae)
     sae_path = sae if isinstance(sae, (str, os.PathLike)) else None
     sae = SAE.load(sae) if sae_path is not None else sae
+    require_sparse_coder(sae, "a feature dashboard")
     sae = sae.eval()
     if explanations is not None:  # before any work, so a wrong file fails at once
         explanations = load_explanations(explanations, sae.cfg.d_sae, sae_path)

@@ -5,7 +5,8 @@ A transcoder (``sae.cfg.target_hook`` set, e.g. ``blocks.9.hook_mlp_in -> blocks
 is scored on its target: FVU etc. of the MLP output from the input rows of the same tokens, and
 the spliced model has the MLP replaced by the transcoder (``downstream``, through ``lm.splice``).
 
-``evaluate(sae, cache)`` -> a flat dict of metrics (see ``metrics`` and ``downstream`` for the exact
+``evaluate(sae, cache, EvalConfig(...), model=...)`` -> a flat dict of metrics (see ``metrics``
+and ``downstream`` for the exact
 definitions); ``format_summary(metrics)`` -> markdown; ``write_report`` -> JSON + markdown + PNG.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from saelens_lite.evals.config import EvalConfig
 from saelens_lite.evals.downstream import downstream_metrics
 from saelens_lite.evals.heldout import (
     EvalContexts,
@@ -29,7 +31,7 @@ from saelens_lite.evals.heldout import (
 from saelens_lite.evals.metrics import ReconstructionStats, reconstruction_stats
 from saelens_lite.evals.report import density_histogram, format_summary, write_report
 from saelens_lite.lm.hooks import is_mlp_pair, warn_if_other_hook
-from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, check_exclude, excluded_token_ids, keep_mask
+from saelens_lite.lm.tokens import excluded_token_ids, keep_mask
 
 log = logging.getLogger(__name__)
 
@@ -82,86 +84,64 @@ def transcoder_label(hook: str, target: str) -> str:
     return f"transcoder {hook} -> {target} ({how})"
 
 
-def evaluate(
-    sae,
-    cache_or_path,
-    *,
-    model=None,
-    dataset: str | None = None,
-    hook: str | None = None,
-    heldout_tokens: int | None = 16_384,
-    n_tokens: int | None = 200_000,
-    in_sample: bool = True,
-    batch_size: int = 1024,
-    downstream: bool = True,
-    ce_contexts: int = 16,
-    context_size: int | None = None,
-    model_batch_size: int = 4,
-    exclude: str = DEFAULT_EXCLUDE,
-    dead_threshold: float = 0.0,
-    dense_threshold: float = 0.1,
-    device: str | torch.device = "cpu",
-    out_dir: str | Path | None = None,
-    progress: bool = True,
-) -> dict:
-    """Evaluate ``sae`` (an SAE, or its saved folder) and return a flat dict of metrics.
+def evaluate(sae, data, config: EvalConfig | None = None, *, model=None) -> dict:
+    """Evaluate ``sae`` (an SAE, or its saved folder) on ``data`` (an ActivationCache, its
+    folder, an (N, D) array or file) as ``config`` says (default: ``EvalConfig()``), with
+    ``model`` (a LoadedModel or a name; default: the cache's), and return a flat dict of metrics.
 
     Where each number is measured (``reconstruction_split`` / ``reconstruction_source`` say it):
 
     * Reconstruction metrics (``l0 mse fvu fvu_typical explained_variance cosine_sim l2_ratio
       dead_fraction dense_fraction``; :mod:`saelens_lite.evals.metrics`) are **held out** when a
       model is known (``model``, default: the cache's): the hook's activations on
-      ``heldout_tokens`` tokens of the contexts after the cache's last one (same corpus and
+      ``config.heldout_tokens`` tokens of the contexts after the cache's last one (same corpus and
       context size, so no cached row, and so no training row of an SAE trained on the cache).
       If the corpus has no context left they fall back to the cache's own contexts and say so
       (``reconstruction_split="in-sample"``).
-    * ``in_sample_*``: the same metrics over the first ``n_tokens`` rows (None: all) of
-      ``cache_or_path`` (an ActivationCache, its folder, an (N, D) array or file), the SAE's
+    * ``in_sample_*``: the same metrics over the first ``config.n_tokens`` rows (None: all) of
+      ``data``, the SAE's
       training data when it was trained on that cache. Without a model these are the only
       reconstruction metrics and take the unprefixed keys (split "in-sample", or "given rows"
       for an array, whose overlap with the training data is unknown).
-    * With ``downstream``, the model runs the first ``ce_contexts`` held-out contexts with the
+    * With ``config.downstream``, the model runs the first ``config.ce_contexts`` held-out contexts with the
       SAE spliced in at its hook: ``ce_loss_{clean,sae,zero,mean} ce_loss_recovered
       ce_loss_recovered_mean kl_div kl_div_score ...`` for causal LMs, ``pooled_cos_*`` for
       encoders (:mod:`saelens_lite.evals.downstream`). The mean ablation uses the mean activation
       of the in-sample rows (else the held-out rows).
 
-    ``exclude`` is the one token rule (:mod:`saelens_lite.lm.tokens`) for every metric: those
+    ``config.exclude`` is the one token rule (:mod:`saelens_lite.lm.tokens`) for every metric: those
     tokens are left out of the reconstruction rows, kept clean in the spliced model and out of
-    its means. ``hook`` defaults to the SAE's; another one of the same width is evaluated with a
-    warning. ``out_dir`` also writes metrics.json, summary.md and the density histogram.
+    its means. ``config.hook`` defaults to the SAE's; another one of the same width is evaluated
+    with a warning. ``config.out_dir`` also writes metrics.json, summary.md and the density
+    histogram.
     """
     from saelens_lite.saes import SAE
 
+    cfg = config if config is not None else EvalConfig()
     if isinstance(sae, (str, Path)):
-        sae = SAE.load(sae, device=device)
-    check_exclude(exclude)
-    data, hook, cache = _open_data(cache_or_path, hook, sae)
-    if data.shape[1] != sae.cfg.d_in:
-        raise ValueError(f"hook {hook!r} has width {data.shape[1]} but the SAE reads d_in={sae.cfg.d_in}")
+        sae = SAE.load(sae, device=cfg.device)
+    rows, hook, cache = _open_data(data, cfg.hook, sae)
+    if rows.shape[1] != sae.cfg.d_in:
+        raise ValueError(f"hook {hook!r} has width {rows.shape[1]} but the SAE reads d_in={sae.cfg.d_in}")
     warn_if_other_hook(sae, hook, "evaluated")
     target = _target_data(sae, hook, cache)
     meta = cache.meta if cache is not None else {}
     model = model if model is not None else meta.get("model")
-    lm = _load_lm(model, device) if model is not None and (downstream or heldout_tokens) else None
-    if lm is None and (downstream or heldout_tokens):
+    wants_lm = cfg.downstream or bool(cfg.heldout_tokens)
+    lm = _load_lm(model, cfg.device) if model is not None and wants_lm else None
+    if lm is None and wants_lm:
         log.warning("no model given and none recorded with the activations: the reconstruction "
                     "metrics are in-sample and the spliced-model metrics are skipped")
     was_training = getattr(sae, "training", False)
     if hasattr(sae, "eval"):
         sae.eval()
     try:
-        metrics, density = _all_metrics(
-            sae, data, hook, cache, lm, target=target, dataset=dataset, heldout_tokens=heldout_tokens, n_tokens=n_tokens,
-            in_sample=in_sample, batch_size=batch_size, downstream=downstream, ce_contexts=ce_contexts,
-            context_size=context_size, model_batch_size=model_batch_size, exclude=exclude,
-            thresholds={"dead_threshold": dead_threshold, "dense_threshold": dense_threshold},
-            device=device, progress=progress)
+        metrics, density = _all_metrics(sae, rows, hook, cache, lm, target, cfg)
     finally:
         if was_training:
             sae.train()
-    if out_dir is not None:
-        write_report(metrics, out_dir, density)
+    if cfg.out_dir is not None:
+        write_report(metrics, cfg.out_dir, density)
     return metrics
 
 
@@ -171,46 +151,53 @@ def _load_lm(model, device):
     return model if isinstance(model, LoadedModel) else load_model(model, device=device)
 
 
-def _all_metrics(sae, data, hook, cache, lm, *, target, dataset, heldout_tokens, n_tokens, in_sample, batch_size,
-                 downstream, ce_contexts, context_size, model_batch_size, exclude, thresholds, device,
-                 progress) -> tuple[dict, np.ndarray | None]:
+def _all_metrics(sae, data, hook, cache, lm, target, cfg: EvalConfig) -> tuple[dict, np.ndarray | None]:
+    """Every metric of `evaluate` (the header keys, in-sample and held-out reconstruction, the
+    spliced model) and the feature density of the rows they were measured on."""
     metrics = {"architecture": getattr(sae, "architecture", "") or getattr(sae.cfg, "architecture", ""),
                "hook": hook, "d_in": int(sae.cfg.d_in), "d_sae": int(sae.cfg.d_sae),
-               "k": getattr(sae.cfg, "k", None), "exclude": exclude}
+               "k": getattr(sae.cfg, "k", None), "exclude": cfg.exclude}
     t_hook, t_data = target if target is not None else (None, None)
     if t_hook:
         skip = " with a linear skip connection" if getattr(sae.cfg, "skip", False) else ""
         metrics |= {"target_hook": t_hook, "transcoder": transcoder_label(hook, t_hook) + skip}
     ctx = None
     if lm is not None:
-        n_ctx = max(ce_contexts if downstream else 0,
-                    contexts_for_tokens(heldout_tokens, _context_size(cache, context_size)) if heldout_tokens else 0)
-        ctx = _eval_contexts(lm, cache, dataset, context_size, n_ctx)
+        n_ctx = max(cfg.ce_contexts if cfg.downstream else 0,
+                    contexts_for_tokens(cfg.heldout_tokens, _context_size(cache, cfg.context_size))
+                    if cfg.heldout_tokens else 0)
+        ctx = _eval_contexts(lm, cache, cfg.dataset, cfg.context_size, n_ctx)
         metrics |= {"model": lm.name, "dataset": ctx.dataset}
     stats_in = None
-    if in_sample or ctx is None or not heldout_tokens:
-        keep_N = _cache_keep(cache, lm, exclude, n_tokens)
-        stats_in = reconstruction_stats(sae, data, n_tokens=n_tokens, keep_N=keep_N, batch_size=batch_size,
-                                        device=device, progress=progress, desc="eval: in-sample rows",
+    if cfg.in_sample or ctx is None or not cfg.heldout_tokens:
+        keep_N = _cache_keep(cache, lm, cfg.exclude, cfg.n_tokens)
+        stats_in = reconstruction_stats(sae, data, n_tokens=cfg.n_tokens, keep_N=keep_N, batch_size=cfg.batch_size,
+                                        device=cfg.device, progress=cfg.progress, desc="eval: in-sample rows",
                                         targets=t_data)
     stats_out = None
-    if ctx is not None and heldout_tokens:
-        rows = heldout_rows_of(lm, [hook] + ([t_hook] if t_hook else []), ctx.contexts, n_tokens=heldout_tokens,
-                               exclude=exclude, batch_size=model_batch_size, progress=progress)
-        stats_out = reconstruction_stats(sae, rows[hook], batch_size=batch_size, device=device, progress=progress,
-                                         desc="eval: held-out rows", targets=rows.get(t_hook))
-    metrics |= _reconstruction_keys(stats_out, stats_in, ctx, cache, thresholds)
+    if ctx is not None and cfg.heldout_tokens:
+        rows = heldout_rows_of(lm, [hook] + ([t_hook] if t_hook else []), ctx.contexts, n_tokens=cfg.heldout_tokens,
+                               exclude=cfg.exclude, batch_size=cfg.model_batch_size, progress=cfg.progress)
+        stats_out = reconstruction_stats(sae, rows[hook], batch_size=cfg.batch_size, device=cfg.device,
+                                         progress=cfg.progress, desc="eval: held-out rows", targets=rows.get(t_hook))
+    metrics |= _reconstruction_keys(stats_out, stats_in, ctx, cache, cfg.thresholds)
     metrics |= dict.fromkeys(("ce_loss_clean", "ce_loss_sae", "ce_loss_zero", "ce_loss_recovered",
                               "kl_div", "kl_div_score"))
-    if downstream and ctx is not None:
-        mean_D = (stats_in or stats_out).every.mean_D
-        out = downstream_metrics(sae, lm, t_hook or hook, ctx.contexts[:ce_contexts], batch_size=model_batch_size,
-                                 exclude=exclude, mean_D=mean_D, source_hook=hook if t_hook else None,
-                                 progress=progress)
-        metrics |= out | {"downstream_source": ctx.describe(ce_contexts),
-                          "mean_ablation_source": "in-sample rows" if stats_in is not None else "held-out rows"}
+    if cfg.downstream and ctx is not None:
+        metrics |= _downstream(sae, lm, hook, t_hook, ctx, stats_in or stats_out, cfg)
+        metrics["mean_ablation_source"] = "in-sample rows" if stats_in is not None else "held-out rows"
     density_stats = stats_in or stats_out
     return metrics, density_stats.feature_density if density_stats is not None else None
+
+
+def _downstream(sae, lm, hook, t_hook, ctx, mean_stats, cfg: EvalConfig) -> dict:
+    """The spliced-model metrics on the first ``ce_contexts`` held-out contexts (the mean
+    ablation uses ``mean_stats``' mean activation)."""
+    out = downstream_metrics(sae, lm, t_hook or hook, ctx.contexts[:cfg.ce_contexts],
+                             batch_size=cfg.model_batch_size, exclude=cfg.exclude,
+                             mean_D=mean_stats.every.mean_D, source_hook=hook if t_hook else None,
+                             progress=cfg.progress)
+    return out | {"downstream_source": ctx.describe(cfg.ce_contexts)}
 
 
 def _context_size(cache, context_size) -> int:
@@ -265,5 +252,5 @@ def _in_sample_source(cache, n: int) -> str:
     return f"{n:,} rows of the activation cache {cache.path} (the training data of an SAE trained on it)"
 
 
-__all__ = ["evaluate", "format_summary", "write_report", "density_histogram", "ReconstructionStats",
+__all__ = ["evaluate", "EvalConfig", "format_summary", "write_report", "density_histogram", "ReconstructionStats",
            "reconstruction_stats", "downstream_metrics", "eval_contexts", "heldout_contexts", "heldout_rows"]

@@ -245,10 +245,11 @@ def run_benchmark(architectures: list[str] | None = None, *, cfg=None,
             opts["sae_options"] = {**opts.get("sae_options", {}), **sae_options[arch]}
         t = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="saelens_bench_") as tmp:
-            tc = TrainConfig(architecture=arch, latents=latents or 2 * cfg.n_features,
-                             k=k or max(1, round(cfg.mean_active)), sparsity_coeff=sparsity_coeff,
-                             out_dir=tmp, progress=progress, checkpoint_every=0, seed=cfg.seed,
-                             log_every=10**9, **opts)
+            # the flat SAE fields (training.sae_flags), as the bench command's flags give them
+            tc = TrainConfig.from_dict(dict(
+                architecture=arch, latents=latents or 2 * cfg.n_features,
+                k=k or max(1, round(cfg.mean_active)), sparsity_coeff=sparsity_coeff, out_dir=tmp,
+                progress=progress, checkpoint_every=0, seed=cfg.seed, log_every=10**9, **opts))
             sae = train(tc, x_train)
         row = {"architecture": arch} | score_sae(sae, data, n_eval=n_eval)
         row["seconds"] = time.perf_counter() - t

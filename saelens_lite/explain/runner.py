@@ -116,6 +116,7 @@ def explain(sae, cache, out, *, explainer="template", scorers="embedding", featu
     from saelens_lite.cache import ActivationCache
     from saelens_lite.lm.load import LoadedModel, load_model
     from saelens_lite.saes import SAE
+    from saelens_lite.saes.base import require_sparse_coder
 
     cfg = config or ExplainConfig()
     names = parse_scorers(scorers)
@@ -126,6 +127,7 @@ def explain(sae, cache, out, *, explainer="template", scorers="embedding", featu
     sae_path = str(Path(sae).resolve()) if isinstance(sae, (str, os.PathLike)) else None
     cache = ActivationCache(cache) if isinstance(cache, (str, os.PathLike)) else cache
     sae = (SAE.load(sae) if sae_path else sae).eval()
+    require_sparse_coder(sae, "explaining features")
     if not isinstance(model, LoadedModel):
         name = model or cache.meta.get("model") or sae.cfg.model_name
         if not name:

@@ -6,52 +6,17 @@ and the server send it).
     from saelens_lite.interventions import spliced, ablate, add_direction, generate, attribute
 """
 
-from saelens_lite.interventions.attribution import (
-    AblationCheck,
-    Attribution,
-    ErrorAttribution,
-    FeatureAttribution,
-    ablation_check,
-    attribute,
-    spearman,
-    token_id,
-    token_texts,
-)
-from saelens_lite.interventions.edits import (
-    EDIT_KINDS,
-    BoundEdit,
-    FeatureEdit,
-    ablate,
-    add_direction,
-    apply_edits,
-    bind_edits,
-    clamp,
-    max_activations,
-    scale,
-)
-from saelens_lite.interventions.effects import TokenLossEffect, TokenLossEffects, token_loss_effects
-from saelens_lite.interventions.generation import (
-    Continuation,
-    GenerationResult,
-    decode_loop,
-    generate,
-)
+from saelens_lite.interventions.attribution import Attribution, ablation_check, attribute
+from saelens_lite.interventions.edits import FeatureEdit, ablate, add_direction, clamp, scale
+from saelens_lite.interventions.effects import TokenLossEffects, token_loss_effects
+from saelens_lite.interventions.generation import GenerationResult, generate
 from saelens_lite.interventions.site_stats import SiteStats, load_site_stats
-from saelens_lite.interventions.splice import (
-    SAESplice,
-    SpliceNodes,
-    as_sae_map,
-    check_saes,
-    spliced,
-)
+from saelens_lite.interventions.splice import spliced
 
+# The main verbs, the edits they take and the results they return; helpers (spearman,
+# token_id, bind_edits, ...) are imported from their modules.
 __all__ = [
-    "AblationCheck", "Attribution", "ErrorAttribution", "FeatureAttribution", "ablation_check",
-    "attribute", "spearman", "token_id", "token_texts",
-    "TokenLossEffect", "TokenLossEffects", "token_loss_effects",
-    "EDIT_KINDS", "BoundEdit", "FeatureEdit", "ablate", "add_direction", "apply_edits",
-    "bind_edits", "clamp", "max_activations", "scale",
-    "Continuation", "GenerationResult", "decode_loop", "generate",
-    "SiteStats", "load_site_stats",
-    "SAESplice", "SpliceNodes", "as_sae_map", "check_saes", "spliced",
+    "spliced", "generate", "attribute", "ablation_check", "token_loss_effects", "load_site_stats",
+    "FeatureEdit", "ablate", "add_direction", "clamp", "scale",
+    "Attribution", "GenerationResult", "TokenLossEffects", "SiteStats",
 ]

@@ -18,11 +18,14 @@ gives the same answer on a cache's stored token ids as on the model's input.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
-EXCLUDE_CHOICES = ("special", "bos", "none")
+Exclude = Literal["special", "bos", "none"]
+"""The token rule's choices (module docstring)."""
+EXCLUDE_CHOICES = get_args(Exclude)
 DEFAULT_EXCLUDE = "special"
 
 

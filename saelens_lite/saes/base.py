@@ -108,13 +108,15 @@ class SAE(nn.Module):
 
     architecture: str = ""
     # The dataclass of this architecture's config (saes/config.py: SAEConfig or a subclass
-    # beside the class); SAEConfig(architecture=name, ...) and SAE.load build it.
+    # beside the class); SAEConfig.build(architecture=name, ...) and SAE.load build it.
     config_class: type[SAEConfig] = SAEConfig
     unit_norm_decoder: bool = True
     uses_k: bool = False  # whether cfg.k matters (then it must be <= d_sae)
-    # whether the trainer's default lr takes the short-run factor (training.config.default_lr);
-    # only where it was measured to help: TopK, BatchTopK, JumpReLU (not L1 ReLU: 74% dead)
-    short_run_lr: bool = False
+    # A sparse coder: latents that are sparse codes of the input, one direction each (W_dec's
+    # rows), which interventions, dashboards and explanations read. False for the baselines
+    # (dense, denoising, vae, conv): autoencoders of the comparison, not dictionaries; a call
+    # site that needs an SAE checks it (`require_sparse_coder`).
+    is_sparse_coder: bool = True
     # False for models that are not one (D, F) linear map per token (the conv baseline: its
     # (B, S, D) input is a sequence); tests of the token-wise SAE contract skip them.
     tokenwise: bool = True
@@ -128,10 +130,6 @@ class SAE(nn.Module):
     # Whether the fast step's backward="dense" (GEMMs over the code matrix) computes this
     # class's reconstruction: it has the one reconstruction of `SAE.sparse_reconstruction`.
     fast_step_dense_backward: bool = True
-    # Data-parallel training: the mean over ranks of a per-rank batch statistic, without grad
-    # (the trainer sets saelens_lite.util.distributed.batch_mean under torchrun). None: one process,
-    # the local batch is the whole batch. Terms non-linear in a batch mean read it (jumprelu).
-    batch_mean = None
 
     @classmethod
     def fast_step_supports(cls, options: Mapping[str, object]) -> bool:
@@ -143,8 +141,9 @@ class SAE(nn.Module):
         super().__init__()
         if not isinstance(cfg, self.config_class):
             raise ValueError(f"{type(self).__name__} needs a {self.config_class.__name__} "
-                             f"(SAEConfig(architecture={self.architecture!r}, ...)); got "
+                             f"(SAEConfig.build(architecture={self.architecture!r}, ...)); got "
                              f"{type(cfg).__name__}(architecture={cfg.architecture!r})")
+        require_sized(cfg)
         self.cfg = cfg
         D, F_, dt = cfg.d_in, cfg.d_sae, cfg.torch_dtype
         W_dec = torch.randn(F_, D, dtype=torch.float32)
@@ -358,4 +357,23 @@ class SAE(nn.Module):
 
     @staticmethod
     def from_config(cfg: SAEConfig) -> SAE:
+        """The registered class of cfg.architecture built from a sized config."""
+        require_sized(cfg)
         return get_sae_class(cfg.architecture)(cfg)
+
+
+def require_sparse_coder(model: nn.Module, what: str) -> None:
+    """A clear error where a baseline autoencoder is given to code that needs a sparse coder
+    (`SAE.is_sparse_coder`, read from the class)."""
+    if not getattr(type(model), "is_sparse_coder", False):
+        sparse = sorted(n for n, c in REGISTRY.items() if c.is_sparse_coder)
+        raise ValueError(f"{what} needs a sparse coder; got {type(model).__name__} (architecture "
+                         f"{getattr(model, 'architecture', '?')!r}, a baseline autoencoder); "
+                         f"allowed: {sparse}")
+
+
+def require_sized(cfg: SAEConfig) -> None:
+    """An SAE needs d_in and d_sae (0 is a template not sized yet: TrainConfig.sae)."""
+    if not cfg.sized:
+        raise ValueError(f"SAEConfig.d_in={cfg.d_in}, d_sae={cfg.d_sae} is invalid for an SAE; "
+                         "allowed: both >= 1 (0 is a config not sized yet)")

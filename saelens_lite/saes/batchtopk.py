@@ -69,7 +69,6 @@ class BatchTopKConfig(AuxKConfig):
 class BatchTopKSAE(SAE):
     config_class = BatchTopKConfig
     uses_k = True
-    short_run_lr = True
     supports_fast_step = True
     supports_transcoder = True
 

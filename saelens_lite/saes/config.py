@@ -2,11 +2,14 @@
 architecture beside its class (TopKConfig in saes/topk.py, ...), each registered as the SAE
 class's `config_class` (see saes/registry.py). `cfg.json` is the flat `to_dict()`.
 
-`SAEConfig(architecture=..., **fields)` builds the architecture's own config class, so code
-written when one SAEConfig held every architecture's fields keeps working: fields of other
-architectures are validated by their owner and then ignored (as they always were). A config
-class called directly (`TopKConfig(...)`) and `TrainConfig.sae_options` accept only their own
-fields. `SAEConfig.from_dict` reads every cfg.json written before the split (see there).
+Plain dataclasses: `TopKConfig(...)` builds a TopK config; `SAEConfig.build(architecture=...,
+**fields)` looks the class up in the registry (an error names a field of another architecture
+and the valid fields); `SAEConfig.from_dict` reads every cfg.json, including those written when
+one SAEConfig held every architecture's fields (see there).
+
+`d_in = d_sae = 0` (the defaults) is a config not sized yet: `TrainConfig.sae` is one, and the
+trainer sets both per hook from the data. Checks that need the sizes run once they are set; an
+SAE is built only from a sized config.
 """
 
 from __future__ import annotations
@@ -14,21 +17,27 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal, get_args
 
 import torch
 
-from saelens_lite.saes.registry import REGISTRY, architectures
+from saelens_lite.saes.registry import REGISTRY, architectures, entry
 
 FORMAT_VERSION = 1
-DTYPES = {
+PARAM_DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-B_DEC_INITS = ("geometric_median", "mean", "zeros")
-B_ENC_INITS = ("auto", "centre", "zeros")
+ParamDtype = Literal["float32", "float64", "bfloat16", "float16"]
+"""An SAE's parameter dtype (`PARAM_DTYPES` maps each to torch)."""
+BDecInit = Literal["geometric_median", "mean", "zeros"]
+"""How init_from_data_ sets b_dec (SAEConfig.b_dec_init)."""
+BEncInit = Literal["auto", "centre", "zeros"]
+"""How init_from_data_ sets b_enc (SAEConfig.b_enc_init)."""
+B_DEC_INITS = get_args(BDecInit)
+B_ENC_INITS = get_args(BEncInit)
 
 
 def invalid(field: str, value, allowed: str) -> ValueError:
@@ -55,7 +64,7 @@ def config_class(architecture: str) -> type[SAEConfig]:
     """The config class registered with an architecture's SAE class."""
     if architecture not in REGISTRY:
         raise invalid("architecture", architecture, str(architectures()))
-    return REGISTRY[architecture].config_class
+    return entry(architecture).config_class
 
 
 def field_names(cls: type) -> set[str]:
@@ -78,68 +87,30 @@ def foreign_fields(architecture: str, names) -> dict[str, list[str]]:
     return {n: owners.get(n, []) for n in sorted(set(names) - own)}
 
 
-class _ConfigType(type):
-    """Metaclass of the configs. `SAEConfig(architecture=a, ...)` builds a's config class;
-    `SAEConfig.<field>` also reads the default of a field declared by one architecture's
-    config (as when SAEConfig held them all)."""
-
-    def __call__(cls, *args, **kwargs):
-        if args:
-            raise TypeError(f"{cls.__name__} takes keyword arguments only")
-        if cls is SAEConfig:
-            target = config_class(kwargs.get("architecture", SAEConfig.architecture))
-            kwargs.setdefault("architecture", SAEConfig.architecture)
-            foreign = foreign_fields(kwargs["architecture"], kwargs)
-            for owner_arch in sorted({o[0] for o in foreign.values() if o}):
-                owner = config_class(owner_arch)  # validates its fields' values
-                mine = {k: v for k, v in kwargs.items() if k in foreign and k in field_names(owner)}
-                sizes = {k: kwargs[k] for k in ("d_in", "d_sae") if k in kwargs}  # fields sized by them
-                type.__call__(owner, architecture=owner_arch, k=1, **sizes, **mine)
-            kwargs = {k: v for k, v in kwargs.items() if k not in foreign or not foreign[k]}
-            if target is not SAEConfig:
-                return target(**kwargs)
-        unknown = foreign_fields(kwargs.get("architecture", cls.architecture), kwargs)
-        if unknown:
-            name, owners = next(iter(unknown.items()))
-            raise ValueError(
-                f"SAEConfig.{name}={kwargs[name]!r} is invalid for architecture "
-                f"{kwargs.get('architecture', cls.architecture)!r}"
-                + (f" (a field of {owners})" if owners else " (no architecture has it)")
-                + f"; allowed: {sorted(field_names(cls))}"
-            )
-        return type.__call__(cls, **kwargs)
-
-    def __getattr__(cls, name: str):
-        if cls is globals().get("SAEConfig") and not name.startswith("_"):
-            for arch in architectures():
-                owner = config_class(arch)
-                if name in owner.__dict__.get("__dataclass_fields__", {}):
-                    return getattr(owner, name)
-        raise AttributeError(f"type object {cls.__name__!r} has no attribute {name!r}")
-
-
 @dataclass
-class SAEConfig(metaclass=_ConfigType):
+class SAEConfig:
     """The fields every architecture shares; each architecture's config subclasses it."""
 
     sparsity_field: ClassVar[str | None] = None
-    """The field TrainConfig.sparsity_coeff sets (relu: l1_coeff, jumprelu: l0_coeff)."""
+    """The field the train command's --sparsity-coeff sets (training.sae_flags; relu: l1_coeff,
+    jumprelu: l0_coeff)."""
     legacy_defaults: ClassVar[dict] = {}
     """Values of fields missing from a saved cfg.json that predates them, where those differ
     from today's defaults (batchtopk: relative_threshold=False)."""
 
     architecture: str = "topk"
     """Registered architecture name (see saelens_lite.saes.REGISTRY)."""
-    d_in: int = 768
-    """Model width D: size of the activations the SAE reads."""
-    d_sae: int = 24576
-    """Number of latents F."""
+    d_in: int = 0
+    """Model width D: size of the activations the SAE reads. 0: not sized yet (set by the
+    trainer from the data)."""
+    d_sae: int = 0
+    """Number of latents F. 0: not sized yet (the trainer sets `TrainConfig.expansion * d_in`)."""
     k: int = 32
     """Active latents per token for topk (exact) and batchtopk (on average over the batch);
     the target L0 of jumprelu."""
-    b_dec_init: str = "geometric_median"
+    b_dec_init: BDecInit = "geometric_median"
     """How init_from_data_ sets b_dec: geometric_median (Weiszfeld), mean or zeros."""
-    b_enc_init: str = "auto"
+    b_enc_init: BEncInit = "auto"
     """How init_from_data_ sets b_enc: centre (b_enc = -mean(x - b_pre) W_enc over the sample, so
     every latent's pre-activation starts with mean zero), zeros, or auto: centre for a
     transcoder, zeros for an SAE. A transcoder's encoder does not subtract b_dec, so without
@@ -157,7 +128,7 @@ class SAEConfig(metaclass=_ConfigType):
     for interpretability")."""
     model_name: str = ""
     """Model the activations came from (informational)."""
-    dtype: str = "float32"
+    dtype: ParamDtype = "float32"
     """Parameter dtype: float32, float64, bfloat16 or float16."""
     format_version: int = FORMAT_VERSION
     """Version of the saved folder format (cfg.json + sae.safetensors)."""
@@ -170,12 +141,12 @@ class SAEConfig(metaclass=_ConfigType):
             raise invalid("architecture", self.architecture, f"{mine} for {type(self).__name__}")
         for name in ("d_in", "d_sae"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise invalid(name, v, "an integer >= 1")
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise invalid(name, v, "an integer >= 1, or 0 for a config not sized yet")
         if (
             not isinstance(self.k, int)
             or self.k < 1
-            or (REGISTRY[self.architecture].uses_k and self.k > self.d_sae)
+            or (REGISTRY[self.architecture].uses_k and self.d_sae > 0 and self.k > self.d_sae)
         ):
             raise invalid("k", self.k, f"an integer in [1, d_sae={self.d_sae}]")
         if not isinstance(self.target_hook, str):
@@ -186,8 +157,8 @@ class SAEConfig(metaclass=_ConfigType):
             raise invalid("b_dec_init", self.b_dec_init, str(list(B_DEC_INITS)))
         if self.b_enc_init not in B_ENC_INITS:
             raise invalid("b_enc_init", self.b_enc_init, str(list(B_ENC_INITS)))
-        if self.dtype not in DTYPES:
-            raise invalid("dtype", self.dtype, str(list(DTYPES)))
+        if self.dtype not in PARAM_DTYPES:
+            raise invalid("dtype", self.dtype, str(list(PARAM_DTYPES)))
         if (
             not isinstance(self.format_version, int)
             or not 1 <= self.format_version <= FORMAT_VERSION
@@ -197,21 +168,39 @@ class SAEConfig(metaclass=_ConfigType):
             )
 
     @property
+    def sized(self) -> bool:
+        """Whether d_in and d_sae are set (a config not sized yet is TrainConfig.sae's template)."""
+        return self.d_in > 0 and self.d_sae > 0
+
+    @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        return PARAM_DTYPES[self.dtype]
 
     def to_dict(self) -> dict:
         """The flat dict saved as cfg.json: this architecture's fields."""
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> SAEConfig:
+    @staticmethod
+    def build(architecture: str = "topk", **fields) -> SAEConfig:
+        """The registered config class of `architecture` built from its own fields; a field of
+        other architectures (or of none) is an error that names it and the valid fields."""
+        target = config_class(architecture)
+        foreign = foreign_fields(architecture, fields)
+        if foreign:
+            name, owners = next(iter(foreign.items()))
+            where = f" (a field of {owners})" if owners else " (no architecture has it)"
+            raise ValueError(f"SAEConfig.{name}={fields[name]!r} is invalid for architecture "
+                             f"{architecture!r}{where}; allowed: {sorted(field_names(target))}")
+        return target(architecture=architecture, **fields)
+
+    @staticmethod
+    def from_dict(d: dict) -> SAEConfig:
         """The config of a saved cfg.json, including those written when one SAEConfig held
         every architecture's fields: a field of other architectures is dropped when it holds
         its default (or is a `sparsity_field`, which the trainer then set on every
         architecture), else it is an error naming it. Fields the cfg.json predates take
         `legacy_defaults`."""
-        arch = d.get("architecture", SAEConfig.architecture)
+        arch = d.get("architecture", "topk")
         target = config_class(arch)
         owners = foreign_fields(arch, d)
         unknown = sorted(n for n, o in owners.items() if not o)
@@ -229,3 +218,7 @@ class SAEConfig(metaclass=_ConfigType):
                 )
         own = {k: v for k, v in d.items() if k not in owners}
         return target(**(target.legacy_defaults | own))
+
+    def to_template(self) -> SAEConfig:
+        """This config not sized (d_in = d_sae = 0): what TrainConfig.sae holds."""
+        return dataclasses.replace(self, d_in=0, d_sae=0)

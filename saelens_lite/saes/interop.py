@@ -142,7 +142,7 @@ def _dtype_name(dtype: str | torch.dtype) -> str:
 def _build(arch: str, d_in: int, d_sae: int, tensors: dict[str, Tensor], dtype: str, **cfg_kw
            ) -> SAE:
     """An SAE of `arch` holding `tensors` (W_enc (D,F), b_enc, W_dec (F,D), b_dec [+ extra])."""
-    cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, dtype=dtype, **cfg_kw)
+    cfg = SAEConfig.build(architecture=arch, d_in=d_in, d_sae=d_sae, dtype=dtype, **cfg_kw)
     sae = SAE.from_config(cfg)
     state = sae.state_dict()
     want = {name: t.shape for name, t in state.items()}
@@ -298,7 +298,7 @@ def _write_saelens(sae: SAE, out: pathlib.Path) -> None:
                 f"this {sae.architecture} SAE thresholds pre / r(x), relative to each token's RMS "
                 "(SAEConfig.relative_threshold, the default); SAELens' JumpReLU has a fixed "
                 "threshold per latent, which cannot express that. Train with "
-                "--option relative_threshold=false (SAEConfig(relative_threshold=False)) to export to SAELens")
+                "--option relative_threshold=false (BatchTopKConfig(relative_threshold=False)) to export to SAELens")
         if theta < 0:
             raise UnsupportedConversion(
                 f"{sae.architecture} SAE has no inference threshold yet (threshold < 0: never "

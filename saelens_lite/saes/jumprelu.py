@@ -46,7 +46,7 @@ hundred steps, and three things decide whether latents survive long enough to le
   no latent dead but FVU 0.42: the window then covers most tokens).
 
 Data parallel: S is non-linear in the batch mean L0, so each rank differentiates S at the
-global L0 (self.batch_mean, set by the trainer): L0_eff = L0_local + (L0_global - L0_local)
+global L0 (util.distributed.current_batch_mean, set by the trainer): L0_eff = L0_local + (L0_global - L0_local)
 without grad has the global value and the local gradient, so the mean over ranks of
 S'(L0_global) dL0_local is the single-process gradient S'(L0_global) dL0_global. In one
 process batch_mean is None and nothing changes.
@@ -64,6 +64,7 @@ from torch import Tensor, nn
 from saelens_lite.saes.base import SAE, TrainOutput
 from saelens_lite.saes.config import SAEConfig, check_bools, check_numbers
 from saelens_lite.saes.registry import register
+from saelens_lite.util import distributed
 
 L0_ASCENT_CLIP = 0.25
 """Bound on |e| in the multiplier's ascent nu += 2 rate s clip(e) (anti-windup). Early in a run
@@ -190,7 +191,6 @@ def heaviside_step(pre_BF: Tensor, theta_F: Tensor, eps: float, pre_grad: bool =
 @register("jumprelu")
 class JumpReLUSAE(SAE):
     config_class = JumpReLUConfig
-    short_run_lr = True
     supports_transcoder = True
     # k is the target L0 (and the L0 the data-based init starts at), used as min(k, F); it is
     # not validated against d_sae (uses_k) so that imported inference-only SAEs need no k.
@@ -287,7 +287,8 @@ class JumpReLUSAE(SAE):
         l0 = heaviside_step(pre_BF, theta_F, eps, cfg.jumprelu_pre_grad).sum(-1).mean()
         losses = {"mse": mse, "l0": l0}
         if cfg.jumprelu_target_l0:
-            l0_eff = l0 if self.batch_mean is None else l0 + (self.batch_mean(l0) - l0).detach()
+            mean = distributed.current_batch_mean()  # data parallel: the global batch's L0
+            l0_eff = l0 if mean is None else l0 + (mean(l0) - l0).detach()
             err = l0_eff / self._target_l0 - 1
             sparsity = err.pow(2)
             if cfg.jumprelu_l0_adapt:

@@ -64,7 +64,8 @@ class MatryoshkaConfig(BatchTopKConfig):
         self.matryoshka_groups, self.matryoshka_weights = (
             None if v is None else list(v) for v in (self.matryoshka_groups, self.matryoshka_weights)
         )
-        matryoshka_prefixes(self)  # validates both fields
+        if self.d_sae:  # groups are checked against d_sae once the trainer sets it
+            matryoshka_prefixes(self)  # validates both fields
 
 
 def matryoshka_prefixes(cfg: MatryoshkaConfig) -> tuple[list[int], list[float]]:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from saelens_lite import kernels
-from saelens_lite.saes.config import DTYPES, SAEConfig, check_numbers, invalid
+from saelens_lite.saes.config import PARAM_DTYPES, ParamDtype, SAEConfig, check_numbers, invalid
 
 if TYPE_CHECKING:
     from saelens_lite.saes.base import SAE
@@ -29,7 +29,7 @@ class AuxKConfig(SAEConfig):
     """Weight of the AuxK dead-latent loss (Gao et al. 2024, App. B.1)."""
     aux_k: int | None = None
     """Dead latents used by AuxK; None means d_in // 2 (Gao et al. use 512 for D=768... ~D/2)."""
-    select_dtype: str | None = None
+    select_dtype: ParamDtype | None = None
     """Dtype of the no-grad matmul that only chooses the active latents (None: the parameter
     dtype). "bfloat16" is ~6x faster on CPUs with AMX and on GPUs; the kept values and all
     gradients stay in the parameter dtype, so only near-ties at the k-th place differ."""
@@ -39,12 +39,12 @@ class AuxKConfig(SAEConfig):
         check_numbers(self, ("aux_coeff",))
         if self.aux_k is not None and (not isinstance(self.aux_k, int) or self.aux_k < 1):
             raise invalid("aux_k", self.aux_k, "None or an integer >= 1")
-        if self.select_dtype is not None and self.select_dtype not in DTYPES:
-            raise invalid("select_dtype", self.select_dtype, f"None or one of {list(DTYPES)}")
+        if self.select_dtype is not None and self.select_dtype not in PARAM_DTYPES:
+            raise invalid("select_dtype", self.select_dtype, f"None or one of {list(PARAM_DTYPES)}")
 
     @property
     def torch_select_dtype(self) -> torch.dtype | None:
-        return None if self.select_dtype is None else DTYPES[self.select_dtype]
+        return None if self.select_dtype is None else PARAM_DTYPES[self.select_dtype]
 
 
 def geometric_median(x_ND: Tensor, *, n_iter: int = 100, tol: float = 1e-7) -> Tensor:

@@ -42,7 +42,6 @@ class TopKConfig(AuxKConfig):
 class TopKSAE(SAE):
     config_class = TopKConfig
     uses_k = True
-    short_run_lr = True
     supports_fast_step = True
     supports_transcoder = True
 

@@ -10,17 +10,31 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, get_args
 
+from saelens_lite.training.sae_flags import FLAT_SAE_FIELDS, SAEFlags, architectures
 from saelens_lite.training.targets import check_config as check_target_fields
 from saelens_lite.util.validate import check_ints
 
-DECAYS = ("linear", "cosine", "none")
-B_DEC_INITS = ("geometric_median", "mean", "zeros")
-DTYPES = ("auto", "float32", "bfloat16")
-WANDB_MODES = ("auto", "online", "offline", "disabled")
-FAST_STEP_MODES = ("auto", "on", "off")
-# The fast step's top-k on CUDA (training/fast_step.py, kernels/triton_topk.py).
-TOPK_SELECT_MODES = ("auto", "fused", "pruned", "torch")
+if TYPE_CHECKING:
+    from saelens_lite.saes.config import SAEConfig
+
+Decay = Literal["linear", "cosine", "none"]
+"""Shape of the lr decay over the last ``decay_fraction`` of the steps."""
+ComputeDtype = Literal["auto", "float32", "bfloat16"]
+"""The training step's compute precision (autocast); weights and Adam stay float32."""
+WandbMode = Literal["auto", "online", "offline", "disabled"]
+"""How W&B logs (auto: online with a login, else offline)."""
+FastStepMode = Literal["auto", "on", "off"]
+"""Whether the fast step (closed-form sparse gradients) or autograd trains."""
+TopkSelect = Literal["auto", "fused", "pruned", "torch"]
+"""The fast step's top-k on CUDA (training/fast_step.py, kernels/triton_topk.py)."""
+
+DECAYS = get_args(Decay)
+COMPUTE_DTYPES = get_args(ComputeDtype)
+WANDB_MODES = get_args(WandbMode)
+FAST_STEP_MODES = get_args(FastStepMode)
+TOPK_SELECT_MODES = get_args(TopkSelect)
 
 # Fields that may change between an interrupted run and its resumption: they change where
 # things are written or how they are reported, never the weights.
@@ -65,7 +79,7 @@ def default_lr(d_sae: int, steps: int) -> float:
     held-out FVU at 244, 732 and 2,441 steps, by 26%, 15% and 9% on typical tokens
     (docs/quality_vs_peers.md). The taper back to the published rule is not measured here:
     the gap was shrinking with the budget, and runs of 100M+ tokens are where the rule was
-    fitted. L1 ReLU SAEs keep the rule (``SAE.short_run_lr``): at 3x, 74% of their latents died
+    fitted. L1 ReLU SAEs keep the rule (`takes_short_run_factor`): at 3x, 74% of their latents died
     in the same 244-step run."""
     lo, hi = LR_TAPER_STEPS
     if steps <= lo:
@@ -77,11 +91,23 @@ def default_lr(d_sae: int, steps: int) -> float:
     return width_rule_lr(d_sae) * m
 
 
-def architectures() -> list[str]:
-    """Registered SAE architectures (read from the registry; never listed twice)."""
+def takes_short_run_factor(sae: SAEConfig) -> bool:
+    """Trainer policy: whether the default lr takes the short-run factor (`default_lr`). It was
+    measured to help the sparse coders with a hard sparsity (TopK, BatchTopK, Matryoshka; and
+    JumpReLU's L0 target) and to hurt an L1 penalty (ReLU: 74% of latents dead at 3x); the
+    baselines were not measured, so they keep the rule. Read from the registry's math
+    properties (``SAE.is_sparse_coder``, the config's ``sparsity_field``), not a list of names."""
     from saelens_lite.saes import REGISTRY
 
-    return sorted(REGISTRY)
+    return REGISTRY[sae.architecture].is_sparse_coder and sae.sparsity_field != "l1_coeff"
+
+
+def default_sae() -> SAEConfig:
+    """TrainConfig.sae's default: a TopK config (k = 32) not sized yet."""
+    from saelens_lite.saes.config import SAEConfig
+
+    return SAEConfig.build(architecture="topk")
+
 
 
 @dataclass
@@ -89,29 +115,17 @@ class TrainConfig:
     """How to train one SAE per hook point."""
 
     # --- what to train --------------------------------------------------------------------
-    architecture: str = "topk"
-    """SAE architecture, a name in ``saelens_lite.saes.REGISTRY``."""
+    sae: SAEConfig = field(default_factory=default_sae)
+    """The SAE to train: an architecture's config (``SAEConfig.build(architecture="relu",
+    l1_coeff=5.0)``, ``TopKConfig(k=16)``; a transcoder sets ``target_hook``). Its ``d_in`` is
+    set per hook from the data (0, or the hook's width), as are ``hook_name`` and ``model_name``;
+    ``d_sae`` 0 means ``expansion * d_in``. The CLI's flat flags map onto it (SAEFlags)."""
     hooks: list[str] = field(default_factory=list)
     """Hook point names to train on, one SAE each. Empty: every hook of a cache, or the single
     column of a tensor / file (named ``activations``). Required when streaming from a model."""
     expansion: int = 8
-    """Latents per input dimension (d_sae = expansion * d_in), unless ``latents`` is set."""
-    latents: int | None = None
-    """Number of latents d_sae; overrides ``expansion``."""
-    k: int = 32
-    """Active latents per token, for architectures that use it (TopK, BatchTopK)."""
-    sparsity_coeff: float | None = None
-    """Coefficient of the sparsity penalty (the L1 coefficient of ReLU SAEs, the L0 coefficient
-    of JumpReLU); None keeps the architecture's default."""
-    sae_options: dict = field(default_factory=dict)
-    """Further ``SAEConfig`` fields for the architecture (e.g. ``{"aux_coeff": 0.05}``)."""
-    target_hook: str = ""
-    """Train a transcoder: the coder reads the one hook in ``hooks`` and reconstructs this hook's
-    activations of the same tokens (e.g. ``blocks.9.hook_mlp_in`` -> ``blocks.9.hook_mlp_out``,
-    Dunefsky et al. 2024; ``training.targets``). Empty: an SAE (the target is the input)."""
-    skip: bool = False
-    """With ``target_hook``: add a learned linear skip connection ``x @ W_skip`` (D, D),
-    zero-initialised, to the transcoder's output (Paulo et al. 2025)."""
+    """Latents per input dimension (d_sae = expansion * d_in), unless ``sae.d_sae`` (``--latents``) is
+    set."""
 
     # --- optimisation ---------------------------------------------------------------------
     lr: float | None = None
@@ -128,7 +142,7 @@ class TrainConfig:
     warmup_steps: int | None = None
     """Linear lr warm-up from 0: lr_s = lr * min(1, (s + 1) / warmup_steps). None: 5% of the
     steps, at most 1000 (a fixed 1000 would never finish warming up in a short run)."""
-    decay: str = "linear"
+    decay: Decay = "linear"
     """Shape of the lr decay to 0 over the last ``decay_fraction`` of steps: linear, cosine or
     none."""
     decay_fraction: float = 0.2
@@ -144,8 +158,6 @@ class TrainConfig:
     """Scale inputs by a fixed c so that E||c x|| = sqrt(D), estimated on a sample before
     training (so one lr works across models). Folded into the weights at save time: the saved
     SAE reads and writes raw activations."""
-    b_dec_init: str = "geometric_median"
-    """Decoder-bias init from a data sample: geometric_median, mean or zeros."""
     init_sample_tokens: int = 16_384
     """Tokens sampled for the normalisation scale and the decoder-bias init."""
     activations: str | None = None
@@ -170,10 +182,10 @@ class TrainConfig:
     """Seed of the SAE init, the data order and every other random choice."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto (CUDA when present)."""
-    dtype: str = "auto"
+    dtype: ComputeDtype = "auto"
     """Compute precision: auto (bf16 autocast on CUDA, float32 on CPU), float32 or bfloat16.
     Weights and optimizer state stay float32."""
-    fast_step: str = "auto"
+    fast_step: FastStepMode = "auto"
     """The training step: ``on`` uses ``training.fast_step.FastTrainStep`` (closed-form sparse
     gradients, fused Adam; on CUDA 2-3x the tokens/s of autograd), ``off`` autograd through
     ``training_forward``, ``auto`` = on on CUDA where the architecture's class supports these
@@ -181,7 +193,7 @@ class TrainConfig:
     on CPU (where it gains little). ``on`` needs such an architecture; on a CPU it runs the
     same math eagerly (equal to autograd up to float rounding). Differences from autograd:
     BatchTopK (and Matryoshka) caps a row at 2k latents, and on CUDA the sparse gathers run in bf16."""
-    topk_select: str = "auto"
+    topk_select: TopkSelect = "auto"
     """The fast step's top-k on CUDA: ``fused`` (the Triton matmul + top-k kernel; k <= 64),
     ``pruned`` (the same kernel keeping fewer candidates per tile than k, rare saturated rows
     recomputed exactly; any k), ``torch`` (bf16 matmul, then ``torch.topk``), ``auto`` (fused
@@ -216,7 +228,7 @@ class TrainConfig:
     """W&B project name."""
     wandb_name: str | None = None
     """W&B run name (default: the run folder's name)."""
-    wandb_mode: str = "auto"
+    wandb_mode: WandbMode = "auto"
     """auto (online when a W&B login is configured, else offline), online, offline or
     disabled. W&B never prompts."""
     out_dir: str = "runs/sae"
@@ -230,19 +242,14 @@ class TrainConfig:
             self.betas = [float(b) for b in self.betas]
         except (TypeError, ValueError):
             raise ValueError(f"betas={self.betas!r}: must be two numbers in [0, 1)") from None
-        archs = architectures()
-        if self.architecture not in archs:
-            raise ValueError(f"architecture={self.architecture!r}: choose one of {archs}")
-        check_ints(self, ("expansion", "k", "batch_size", "tokens", "init_sample_tokens",
+        self.check_sae()
+        check_target_fields(self)  # before fast_step: a transcoder's own error names it
+        check_ints(self, ("expansion", "batch_size", "tokens", "init_sample_tokens",
                      "context_size", "model_batch_size", "buffer_contexts", "dead_window_tokens",
                      "keep_checkpoints", "log_every"), minimum=1)
         check_ints(self, ("sparsity_warmup_steps", "checkpoint_every", "seed"), minimum=0)
         if self.warmup_steps is not None:
             check_ints(self, ("warmup_steps",), minimum=0)
-        if self.latents is not None:
-            check_ints(self, ("latents",), minimum=1)
-        if self.sparsity_coeff is not None and not (_finite(self.sparsity_coeff) and self.sparsity_coeff >= 0):
-            raise ValueError(f"sparsity_coeff={self.sparsity_coeff!r}: must be a finite number >= 0")
         if self.lr is not None and not (_finite(self.lr) and self.lr > 0):
             raise ValueError(f"lr={self.lr!r}: must be a finite number > 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -253,10 +260,8 @@ class TrainConfig:
             raise ValueError(f"decay_fraction={self.decay_fraction!r}: must be in [0, 1]")
         if self.grad_clip is not None and not (_finite(self.grad_clip) and self.grad_clip > 0):
             raise ValueError(f"grad_clip={self.grad_clip!r}: must be > 0 or None")
-        if self.b_dec_init not in B_DEC_INITS:
-            raise ValueError(f"b_dec_init={self.b_dec_init!r}: choose one of {list(B_DEC_INITS)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r}: choose one of {list(DTYPES)}")
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: choose one of {list(COMPUTE_DTYPES)}")
         if self.fast_step not in FAST_STEP_MODES:
             raise ValueError(f"fast_step={self.fast_step!r}: choose one of {list(FAST_STEP_MODES)}")
         if self.topk_select not in TOPK_SELECT_MODES:
@@ -268,37 +273,24 @@ class TrainConfig:
         if self.fast_step == "on" and not self.fast_step_supported:
             from saelens_lite.saes import fast_step_architectures
 
-            opts = ", ".join(f"{k}={v!r}" for k, v in self.sae_options.items()) or "none"
             raise ValueError(f"fast_step='on': needs architecture in {fast_step_architectures()} "
                              f"with options its class's fast step supports (SAE.fast_step_supports);"
-                             f" got architecture={self.architecture!r} with sae_options {opts} "
-                             f"(use 'auto' or 'off')")
+                             f" got sae={self.sae!r} (use 'auto' or 'off')")
         if self.wandb_mode not in WANDB_MODES:
             raise ValueError(f"wandb_mode={self.wandb_mode!r}: choose one of {list(WANDB_MODES)}")
         if self.tokens < self.batch_size:
             raise ValueError(f"tokens={self.tokens}: must be at least batch_size={self.batch_size}")
-        if not isinstance(self.sae_options, dict):
-            raise ValueError(f"sae_options={self.sae_options!r}: must be a dict of SAEConfig fields")
-        self.check_sae_options()
         if len(set(self.hooks)) != len(self.hooks):
             raise ValueError(f"hooks={self.hooks!r}: names must be unique")
-        check_target_fields(self)
-        if self.latents is not None and self.k > self.latents:
-            # With ``expansion`` the width is known only once the data is (trainer.build_sae).
-            raise ValueError(f"k={self.k}: must be at most latents={self.latents}")
 
-    def check_sae_options(self) -> None:
-        """Each key of ``sae_options`` is a field of the architecture's config class
-        (``saes.config``); a field of other architectures only is an error that names them."""
-        from saelens_lite.saes.config import config_class, foreign_fields
+    def check_sae(self) -> None:
+        """``sae`` is an SAE config (its own fields validated it); with ``expansion`` the width
+        is known only once the data is (``hook_state.build_sae`` checks k then)."""
+        from saelens_lite.saes.config import SAEConfig
 
-        foreign = foreign_fields(self.architecture, self.sae_options)
-        if foreign:
-            name, owners = next(iter(foreign.items()))
-            where = f"an option of {owners} only" if owners else "no architecture's option"
-            raise ValueError(f"sae_options.{name}={self.sae_options[name]!r}: {where}, not of "
-                             f"architecture={self.architecture!r}; its options: "
-                             f"{sorted(f.name for f in dataclasses.fields(config_class(self.architecture)))}")
+        if not isinstance(self.sae, SAEConfig):
+            raise ValueError(f"sae={self.sae!r}: must be an SAEConfig (e.g. SAEConfig.build("
+                             f"architecture='topk', k=32)); architectures: {architectures()}")
 
     @property
     def steps(self) -> int:
@@ -316,9 +308,8 @@ class TrainConfig:
         (``SAE.supports_fast_step`` and ``SAE.fast_step_supports``, read through the registry)."""
         from saelens_lite.saes import REGISTRY  # here, not at the top: --help stays torch-free
 
-        cls = REGISTRY.get(self.architecture)
-        options = self.sae_options if isinstance(self.sae_options, dict) else {}
-        return cls is not None and cls.supports_fast_step and cls.fast_step_supports(options)
+        cls = REGISTRY[self.sae.architecture]
+        return cls.supports_fast_step and cls.fast_step_supports(vars(self.sae))
 
     def use_fast_step(self, device_type: str) -> bool:
         """``fast_step`` resolved for a device type ("cuda", "cpu", ...)."""
@@ -327,42 +318,61 @@ class TrainConfig:
         return self.fast_step == "on"
 
     def d_sae(self, d_in: int) -> int:
-        """Number of latents for an input of width ``d_in``."""
-        return self.latents if self.latents is not None else self.expansion * d_in
+        """Number of latents for an input of width ``d_in``: ``sae.d_sae``, or ``expansion * d_in``
+        when it is 0."""
+        return self.sae.d_sae or self.expansion * d_in
 
     def lr_for(self, d_sae: int) -> float:
         """The configured lr, or `default_lr` for d_sae latents and this run's steps (with the
-        short-run factor where the architecture takes it: ``SAE.short_run_lr``)."""
+        short-run factor where the trainer's policy gives it: `takes_short_run_factor`)."""
         if self.lr is not None:
             return self.lr
-        from saelens_lite.saes import REGISTRY
-
-        if getattr(REGISTRY.get(self.architecture), "short_run_lr", False):
+        if takes_short_run_factor(self.sae):
             return default_lr(d_sae, self.steps)
         return width_rule_lr(d_sae)
 
     def to_dict(self) -> dict:
+        """JSON-safe; ``sae`` nested as its flat cfg.json dict."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """Inverse of :meth:`to_dict`; also reads a run's ``config.json`` (ignoring the keys the
-        trainer adds to it)."""
+        trainer adds to it), and the flat spelling of ``sae`` (SAEFlags: the config.json of runs
+        before issue 24, the CLI's flags)."""
+        from saelens_lite.saes.config import SAEConfig
+
         known = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k not in RUN_INFO_KEYS}
+        flat = {k: d.pop(k) for k in FLAT_SAE_FIELDS & set(d)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}")
+            raise ValueError(f"unknown TrainConfig fields {unknown}; allowed: {sorted(known | FLAT_SAE_FIELDS)}")
+        if flat and "sae" in d:
+            raise ValueError(f"TrainConfig {sorted(flat)}: the flat spelling of sae, given beside "
+                             "sae; give one")
+        if flat:
+            return cls(sae=SAEFlags(**flat).sae_config(), **d)
+        if isinstance(d.get("sae"), dict):
+            d["sae"] = SAEConfig.from_dict(d["sae"])
         return cls(**d)
 
     def resume_mismatch(self, saved: dict) -> list[str]:
-        """Fields that differ from a saved config and would change the weights."""
-        mine = self.to_dict()
-        # a field added after the checkpoint was written reads as its default
-        defaults = {f.name: f.default for f in dataclasses.fields(self)
-                    if f.default is not dataclasses.MISSING}
-        return [k for k in mine if k not in RESUME_FREE_FIELDS
-                and _norm(saved.get(k, defaults.get(k))) != _norm(mine[k])]
+        """Fields that differ from a saved config and would change the weights (``sae.<field>``
+        for the SAE's); a field added after the checkpoint was written reads as its default."""
+        mine, theirs = _dotted(self.to_dict()), _dotted(TrainConfig.from_dict(saved).to_dict())
+        return [k for k in mine if k.split(".")[0] not in RESUME_FREE_FIELDS
+                and _norm(theirs.get(k)) != _norm(mine[k])]
+
+    def value_of(self, name: str):
+        """A field by its :meth:`resume_mismatch` name (``sae.k`` reads ``self.sae.k``)."""
+        return _dotted(self.to_dict()).get(name)
+
+
+def _dotted(d: dict) -> dict:
+    """{"sae": {"k": 32}, "lr": x} -> {"sae.k": 32, "lr": x}."""
+    return {f"{k}.{sk}" if isinstance(v, dict) else k: sv
+            for k, v in d.items() for sk, sv in (v.items() if isinstance(v, dict) else [(None, v)])}
 
 
 def _norm(v):
@@ -373,5 +383,6 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-__all__ = ["TrainConfig", "default_lr", "width_rule_lr", "architectures", "DECAYS", "B_DEC_INITS", "RESUME_FREE_FIELDS",
+__all__ = ["TrainConfig", "SAEFlags", "default_lr", "width_rule_lr", "takes_short_run_factor",
+           "architectures", "DECAYS", "COMPUTE_DTYPES", "RESUME_FREE_FIELDS",
            "FAST_STEP_MODES"]

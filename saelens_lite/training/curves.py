@@ -55,15 +55,17 @@ def _by_hook(records: list[dict]) -> dict[str, list[dict]]:
 
 
 def _title(config: dict, hooks: list[str]) -> str:
-    """``topk SAE, k=32 · blocks.3.hook_resid_post`` (k only where the architecture reads it)."""
-    arch = config.get("architecture")
+    """``topk SAE, k=32 · blocks.3.hook_resid_post`` (k only where the architecture reads it).
+    The SAE's fields are under ``sae`` (flat in a config.json written before issue 24)."""
+    sae = config.get("sae", config)
+    arch = sae.get("architecture")
     head = f"{arch} SAE" if arch else "SAE"
-    if arch in REGISTRY and REGISTRY[arch].uses_k and "k" in config:
-        head += f", k={config['k']}"
+    if arch in REGISTRY and REGISTRY[arch].uses_k and "k" in sae:
+        head += f", k={sae['k']}"
     where = ", ".join(hooks) if len(hooks) <= 3 else f"{len(hooks)} hooks"
-    if config.get("target_hook"):  # a transcoder: what it reads -> what it reconstructs
-        head = head.replace("SAE", "transcoder" + (" with skip" if config.get("skip") else ""), 1)
-        where += f" -> {config['target_hook']}"
+    if sae.get("target_hook"):  # a transcoder: what it reads -> what it reconstructs
+        head = head.replace("SAE", "transcoder" + (" with skip" if sae.get("skip") else ""), 1)
+        where += f" -> {sae['target_hook']}"
     model = f" of {config['model']}" if config.get("model") else ""
     return f"{head} · {where}{model}"
 

@@ -32,26 +32,21 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
 
 
 def build_sae(config: TrainConfig, d_in: int, hook: str = ""):
-    """An untrained SAE of the configured architecture for inputs of width ``d_in``."""
+    """An untrained SAE of ``config.sae`` sized for inputs of width ``d_in`` (d_sae from
+    ``config.d_sae``), named after the hook and model it is trained on."""
+    import dataclasses
+
     from saelens_lite.saes import SAE
-    from saelens_lite.saes.config import config_class
 
     d_sae = config.d_sae(d_in)
-    if config.k > d_sae:
-        raise ValueError(f"k={config.k}: must be at most the number of latents d_sae={d_sae} "
+    if config.sae.k > d_sae:
+        raise ValueError(f"k={config.sae.k}: must be at most the number of latents d_sae={d_sae} "
                          f"(hook {hook!r} has width {d_in})")
-    if "d_in" in config.sae_options and config.sae_options["d_in"] != d_in:
-        raise ValueError(f"sae_options.d_in={config.sae_options['d_in']}: hook {hook!r} has width {d_in}")
-    config.check_sae_options()
-    cls = config_class(config.architecture)
-    kwargs = {"architecture": config.architecture, "d_in": d_in, "d_sae": d_sae, "k": config.k,
-              "b_dec_init": config.b_dec_init, "hook_name": hook, "model_name": config.model or ""}
-    if config.target_hook:  # a transcoder (training.targets)
-        kwargs.update(target_hook=config.target_hook, skip=config.skip)
-    if config.sparsity_coeff is not None and cls.sparsity_field is not None:
-        kwargs[cls.sparsity_field] = config.sparsity_coeff  # relu: l1_coeff, jumprelu: l0_coeff
-    kwargs.update(config.sae_options)
-    return SAE.from_config(cls(**kwargs))
+    if config.sae.d_in not in (0, d_in):
+        raise ValueError(f"sae.d_in={config.sae.d_in}: hook {hook!r} has width {d_in} (0: set from the data)")
+    cfg = dataclasses.replace(config.sae, d_in=d_in, d_sae=d_sae, hook_name=hook,
+                              model_name=config.model or "")
+    return SAE.from_config(cfg)
 
 
 def normalization_scale(x_ND: torch.Tensor) -> float:
@@ -101,8 +96,6 @@ class HookState:
                  amp: torch.dtype | None = None):
         self.sae = sae.to(device)
         self.data_parallel = data_parallel
-        if data_parallel:  # global batch statistics for terms non-linear in them (JumpReLU)
-            self.sae.batch_mean = distributed.batch_mean
         self.base_lr = config.lr_for(sae.cfg.d_sae)
         self.lr_is_default = config.lr is None
         self.fast = None
@@ -125,8 +118,10 @@ class HookState:
             self.opt = make_adam(param_groups(self.sae), self.base_lr, betas, device)
             # data parallel: the mean over ranks is the gradient of the global batch
             hook = (lambda: distributed.all_reduce_grads_(self.sae.parameters())) if data_parallel else None
+            # data parallel: global batch statistics for terms non-linear in them (JumpReLU)
             self.step = AutogradStep(self.sae, self.opt, grad_clip=config.grad_clip, grad_hook=hook,
-                                     autocast_dtype=amp)
+                                     autocast_dtype=amp,
+                                     batch_mean=distributed.batch_mean if data_parallel else None)
         self.dead = DeadLatentTracker(self.sae.W_dec.shape[0], config.dead_window_tokens, device)
         self.scale = 1.0
         self.target_scale = 1.0  # a transcoder's target (training.targets); 1 for SAEs

@@ -59,8 +59,9 @@ def check_checkpoint(config: TrainConfig, ckpt: dict, path: Path, world_size: in
     diff = config.resume_mismatch(ckpt["config"])
     if diff:
         f, more = diff[0], f" (also differing: {diff[1:]})" if len(diff) > 1 else ""
-        return (f"resume: {f}={getattr(config, f)!r} differs from the checkpoint's "
-                f"{f}={ckpt['config'].get(f)!r}{more}; it would change the weights")
+        saved = TrainConfig.from_dict(ckpt["config"]).value_of(f)
+        return (f"resume: {f}={config.value_of(f)!r} differs from the checkpoint's "
+                f"{f}={saved!r}{more}; it would change the weights")
     if sorted(ckpt["hooks"]) != sorted(hooks):
         return f"resume: hooks {hooks} differ from the checkpoint's {sorted(ckpt['hooks'])}"
     for h in hooks:

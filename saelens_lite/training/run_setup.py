@@ -90,10 +90,10 @@ def init_from_data(run: TrainRun, states: dict[str, HookState]) -> None:
     for h, st in states.items():
         x_ND = sample[h].to(run.device, torch.float32)
         st.scale = normalization_scale(x_ND) if config.normalize_activations else 1.0
-        if not config.target_hook:
+        if not config.sae.target_hook:
             st.sae.init_from_data_(x_ND * st.scale)  # b_dec per cfg.b_dec_init
             continue
-        y_ND = sample[config.target_hook].to(run.device, torch.float32)
+        y_ND = sample[config.sae.target_hook].to(run.device, torch.float32)
         st.target_scale = normalization_scale(y_ND) if config.normalize_activations else 1.0
         st.sae.init_from_data_(x_ND * st.scale, y_ND * st.target_scale)  # b_dec from targets
     if run.data_parallel:  # every rank computed the same init; make that exact

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from saelens_lite.saes.base import SAE, TrainOutput
+from saelens_lite.util import distributed
 
 
 def optimizer_step_(
@@ -56,9 +57,11 @@ class AutogradStep:
         grad_clip: float | None = None,
         grad_hook: Callable[[], None] | None = None,
         autocast_dtype: torch.dtype | None = None,
+        batch_mean: Callable[[Tensor], Tensor] | None = None,
     ):
         self.sae, self.opt = sae, opt
         self.grad_clip, self.grad_hook, self.autocast_dtype = grad_clip, grad_hook, autocast_dtype
+        self.batch_mean = batch_mean  # data parallel: the global batch's statistics
 
     def __call__(
         self,
@@ -72,7 +75,7 @@ class AutogradStep:
         ctx = torch.autocast(x_BD.device.type, dtype=dt) if dt is not None else nullcontext()
         # target_BD only where given: the baselines' training_forward has no such argument
         kw = {} if target_BD is None else {"target_BD": target_BD}
-        with ctx:
+        with ctx, distributed.batch_statistics(self.batch_mean):
             out = sae.training_forward(x_BD, sparsity_scale=sparsity_scale,
                                        dead_mask_F=dead_mask_F, **kw)  # fmt: skip
         self.opt.zero_grad(set_to_none=True)

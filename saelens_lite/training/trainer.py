@@ -6,7 +6,7 @@ Per step ``s`` (0-based) and hook::
     out   = sae.training_forward(x_BD, sparsity_scale=sparsity_scale_at(s), dead_mask_F)
     out.loss.backward(); sae.before_optimizer_step_(); clip; Adam(lr_at(s)); sae.after_optimizer_step_()
 
-A transcoder (``config.target_hook``, :mod:`saelens_lite.training.targets`) also gets
+A transcoder (``config.sae.target_hook``, :mod:`saelens_lite.training.targets`) also gets
 ``target_BD = c_y * batch[target_hook]``, the same rows with the target's own scale ``c_y``.
 
 The SAE is known only through the registry interface (``saelens_lite.saes``). Dead latents:
@@ -24,7 +24,7 @@ Data parallel (``torchrun``, see :mod:`saelens_lite.util.distributed`): the glob
 does not fit the custom kernels and decoder-norm hooks), the dead-latent "fired" masks are OR-ed,
 and after the step floating buffers (the BatchTopK threshold) are averaged; metrics are averaged
 at log steps. A loss non-linear in a batch mean (JumpReLU's target-L0 penalty) reads the global
-mean through ``sae.batch_mean`` (set to :func:`saelens_lite.util.distributed.batch_mean`), so its
+mean through ``util.distributed.current_batch_mean`` (the step enters ``batch_statistics``), so its
 averaged gradient is the global one too. Every rank thus holds the same weights, and for
 losses that are means over tokens (MSE, L1, the JumpReLU L0) a step equals a single-process
 step on the same global batch up to float rounding. Terms computed over the batch as a whole are computed per rank slice: the
@@ -175,7 +175,7 @@ def _log_plan(run: TrainRun, states: dict[str, HookState]) -> None:
     total, B = config.steps, config.batch_size
     for h, st in states.items():
         log.info("%s: %s d_in=%d d_sae=%d %s, lr=%.3g%s, scale=%.4g", h, targets.describe(config),
-                 source.widths[h], st.sae.cfg.d_sae, config.architecture, st.base_lr, lr_note(config, st),
+                 source.widths[h], st.sae.cfg.d_sae, config.sae.architecture, st.base_lr, lr_note(config, st),
                  st.scale)
     fast = next(iter(states.values())).fast
     log.info("training %d steps x %d tokens on %s%s%s (%s)%s", total, B, run.device,
@@ -200,7 +200,7 @@ def _train_loop(run: TrainRun, states: dict[str, HookState], start: int) -> None
     try:
         for step in range(start, total):
             batch = next(batches)
-            y = batch[config.target_hook][run.rows] if config.target_hook else None
+            y = batch[config.sae.target_hook][run.rows] if config.sae.target_hook else None
             records = [_train_step(h, st, batch[h][run.rows], step, config, run.device, B, y)
                        for h, st in states.items()]
             logger.step()
@@ -299,7 +299,7 @@ def _inference_sae(config: TrainConfig, device: torch.device, st: HookState, tai
     sae = copy.deepcopy(st.sae).eval()
     if tail_ND is not None:
         sae.finish_training_(tail_ND.to(device, torch.float32) * st.scale)
-    if config.target_hook:  # raw x in, raw y out
+    if config.sae.target_hook:  # raw x in, raw y out
         sae.fold_input_scale_(st.scale, target_scale=st.target_scale)
     elif st.scale != 1.0:
         sae.fold_input_scale_(st.scale)

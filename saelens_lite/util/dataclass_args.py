@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import sys
 import textwrap
 import typing
 
@@ -37,18 +38,20 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, skip: tupl
     dataclass defaults, list fields take several values, bool fields become on/off flags.
     ``aliases`` adds other option strings for a field (e.g. ``{"out_dir": ["--out"]}``)."""
     docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        hint = hints[f.name]
+        hint = field_hint(cls, f)
         # argparse %-formats help strings (for %(default)s): escape literal percent signs.
         kwargs: dict = {"default": default, "help": docs.get(f.name, "").replace("%", "%%"), "dest": f.name}
         if choices and f.name in choices:
             kwargs["choices"] = list(choices[f.name])
         origin = typing.get_origin(hint)
-        if hint is bool:
+        if origin is typing.Literal:  # the choices are the Literal's values
+            kwargs.setdefault("choices", list(typing.get_args(hint)))
+            kwargs["type"] = type(typing.get_args(hint)[0])
+        elif hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif origin is list:
             kwargs["nargs"] = "+"
@@ -60,6 +63,14 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, skip: tupl
             kwargs["type"] = hint
         names = ["--" + f.name.replace("_", "-"), *((aliases or {}).get(f.name, ()))]
         parser.add_argument(*names, **kwargs)
+
+
+def field_hint(cls: type, f: dataclasses.Field):
+    """A field's type, its string annotation evaluated in the class's module (per field, so that
+    a skipped field may name a type imported only for type checkers, e.g. TrainConfig.sae)."""
+    if not isinstance(f.type, str):
+        return f.type
+    return eval(f.type, vars(sys.modules[cls.__module__]))  # noqa: S307  (our own annotations)
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides):

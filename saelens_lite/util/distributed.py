@@ -24,10 +24,12 @@ the resume point (:func:`all_gather_object`, :func:`agree`), at checkpoints and 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import contextvars
 import datetime
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -171,9 +173,31 @@ def all_reduce_grads_(params: Iterable[torch.nn.Parameter]) -> None:
 def batch_mean(t: torch.Tensor) -> torch.Tensor:
     """Mean over ranks of a per-rank batch statistic, as a new detached tensor (``t`` is left
     as it is). The ranks' slices of a global batch have equal sizes, so the mean over ranks of
-    a per-token mean is its global-batch value. The trainer hands this to each SAE
-    (``SAE.batch_mean``) for loss terms that are non-linear in such a statistic."""
+    a per-token mean is its global-batch value. The trainer makes it the `current_batch_mean`
+    of a data-parallel step for loss terms that are non-linear in such a statistic."""
     return all_reduce_(t.detach().clone(), "mean")
+
+
+_BATCH_MEAN: contextvars.ContextVar[Callable[[torch.Tensor], torch.Tensor] | None] = \
+    contextvars.ContextVar("saelens_lite_batch_mean", default=None)
+
+
+@contextlib.contextmanager
+def batch_statistics(mean: Callable[[torch.Tensor], torch.Tensor] | None = batch_mean) -> Iterator[None]:
+    """Inside, `current_batch_mean()` is ``mean`` (None: the local batch is the whole batch).
+    The trainer enters it around each data-parallel step: which batch a statistic is taken
+    over is the trainer's policy, not a property of the SAE."""
+    token = _BATCH_MEAN.set(mean)
+    try:
+        yield
+    finally:
+        _BATCH_MEAN.reset(token)
+
+
+def current_batch_mean() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The mean over ranks of a per-rank batch statistic inside a data-parallel step; None
+    elsewhere (one process, or distributed hooks: each rank holds whole batches)."""
+    return _BATCH_MEAN.get()
 
 
 @torch.no_grad()
@@ -255,6 +279,8 @@ __all__ = [
     "all_reduce_",
     "all_reduce_grads_",
     "batch_mean",
+    "batch_statistics",
+    "current_batch_mean",
     "average_buffers_",
     "broadcast_module_",
     "broadcast_object",

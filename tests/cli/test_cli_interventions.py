@@ -35,7 +35,7 @@ COMMANDS = ("steer", "ablate", "attribute")
 
 def save_sae(path, hook=HOOK, seed=0, d_in=D):
     torch.manual_seed(seed)
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=d_in, d_sae=F, k=8, hook_name=hook))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=d_in, d_sae=F, k=8, hook_name=hook))
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.05)
         sae.W_dec.mul_(torch.rand(F, 1) + 0.5)

@@ -62,7 +62,7 @@ def parts(tmp_path_factory):
     cache = harvest(HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=1200, context_size=40),
                     tmp_path_factory.mktemp("browser") / "cache", model=lm, progress=False)
     torch.manual_seed(0)
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=300, k=6, hook_name=HOOK))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=300, k=6, hook_name=HOOK))
     return lm, cache, sae
 
 

@@ -32,7 +32,7 @@ def make_sae(arch: str, d_sae: int = 96, seed: int = 0):
     from saelens_lite.saes import SAE, SAEConfig
 
     torch.manual_seed(seed)
-    sae = SAE.from_config(SAEConfig(architecture=arch, d_in=64, d_sae=d_sae, k=6, hook_name=HOOK))
+    sae = SAE.from_config(SAEConfig.build(architecture=arch, d_in=64, d_sae=d_sae, k=6, hook_name=HOOK))
     with torch.no_grad():  # spread the features' scales so maxima and densities differ
         sae.W_enc.mul_(torch.rand(d_sae) * 2 + 0.5)
         if arch == "relu":

@@ -142,7 +142,7 @@ def parts():
 
     tiny_llama = load_model("tiny-llama")
     torch.manual_seed(0)
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=50, k=4, hook_name=HOOK))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=50, k=4, hook_name=HOOK))
     return tiny_llama, sae
 
 

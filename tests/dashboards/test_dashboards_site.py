@@ -39,7 +39,7 @@ def sae():
     from saelens_lite.saes import SAE, SAEConfig
 
     torch.manual_seed(0)
-    return SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=80, k=5, hook_name=HOOK))
+    return SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=80, k=5, hook_name=HOOK))
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_encoder_model_site_has_a_note_instead_of_logit_effects(tmp_path):
     bert = load_model("tiny-bert")
     cache = harvest(HarvestConfig(model="tiny-bert", hooks=[HOOK], tokens=300, context_size=32),
                     tmp_path / "cache", model=bert, progress=False)
-    sae = SAE.from_config(SAEConfig(architecture="relu", d_in=64, d_sae=16, hook_name=HOOK))
+    sae = SAE.from_config(SAEConfig.build(architecture="relu", d_in=64, d_sae=16, hook_name=HOOK))
     build_dashboard(sae, cache, tmp_path / "site", model=bert, progress=False)
     meta = read_jsonp(tmp_path / "site" / "data" / "meta.js", "saeMeta")
     assert "language-model head" in meta["logits_note"]

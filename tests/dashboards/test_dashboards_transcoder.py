@@ -32,7 +32,7 @@ def built(tmp_path_factory):
     cache = harvest(HarvestConfig(model="tiny-llama", hooks=[OUT, IN], tokens=800, context_size=40),
                     tmp / "cache", model=lm, progress=False)
     torch.manual_seed(0)
-    tc = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=48, k=4, hook_name=IN, target_hook=OUT,
+    tc = SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=48, k=4, hook_name=IN, target_hook=OUT,
                                    skip=True))
     with torch.no_grad():
         tc.b_enc.normal_()  # a transcoder's encoder ignores b_dec: make the input side matter

@@ -40,7 +40,7 @@ def parts(tmp_path_factory):
     cache = harvest(HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=1200, context_size=40),
                     tmp / "cache", model=lm, progress=False)
     torch.manual_seed(0)
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=120, k=6, hook_name=HOOK))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=120, k=6, hook_name=HOOK))
     build_dashboard(sae, cache, tmp / "site", model=lm, progress=False, shard_features=64, n_neighbours=0)
     return lm, sae, tmp / "site"
 
@@ -243,7 +243,7 @@ def test_a_site_of_another_sae_is_refused(parts):
     from saelens_lite.saes import SAE, SAEConfig
 
     lm, _, site = parts
-    other = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=77, k=6, hook_name=HOOK))
+    other = SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=77, k=6, hook_name=HOOK))
     with pytest.raises(ValueError, match="describes 120 features but the SAE has d_sae=77"):
         load_live(site, lm, other)
 

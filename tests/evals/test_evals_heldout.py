@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from saelens_lite.cache.harvest import HarvestConfig, harvest
-from saelens_lite.evals import evaluate, format_summary
+from saelens_lite.evals import EvalConfig, evaluate, format_summary
 from saelens_lite.saes import SAE, SAEConfig
 
 HOOK = "blocks.1.hook_resid_post"
@@ -26,13 +26,14 @@ def cache_and_sae(tmp_path, tiny_llama):
     cache = harvest(HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=400, context_size=S, device="cpu"),
                     tmp_path / "c", model=tiny_llama, progress=False)
     torch.manual_seed(0)
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=256, k=8, hook_name=HOOK))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=256, k=8, hook_name=HOOK))
     return cache, sae
 
 
 def test_heldout_fvu_equals_an_independent_float64_recomputation(tmp_path, tiny_llama, cache_and_sae):
     cache, sae = cache_and_sae
-    m = evaluate(sae, cache, model=tiny_llama, heldout_tokens=300, ce_contexts=2, progress=False)
+    m = evaluate(sae, cache, EvalConfig(heldout_tokens=300, ce_contexts=2, progress=False),
+                  model=tiny_llama)
     # Independently: a second cache of the same corpus, long enough to hold the held-out rows,
     # whose rows after the first cache's contexts are exactly the held-out rows.
     big = harvest(HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=1200, context_size=S, device="cpu"),
@@ -56,7 +57,8 @@ def test_heldout_fvu_equals_an_independent_float64_recomputation(tmp_path, tiny_
 
 def test_summary_labels_where_each_number_was_measured(tiny_llama, cache_and_sae):
     cache, sae = cache_and_sae
-    m = evaluate(sae, cache, model=tiny_llama, heldout_tokens=200, ce_contexts=2, progress=False)
+    m = evaluate(sae, cache, EvalConfig(heldout_tokens=200, ce_contexts=2, progress=False),
+                  model=tiny_llama)
     text = format_summary(m)
     assert "| metric | held-out | in-sample |" in text
     assert "reconstruction (held-out): 200 tokens of contexts" in text
@@ -69,7 +71,7 @@ def test_without_a_model_the_figures_are_labelled_in_sample(tmp_path, cache_and_
     meta["model"] = None  # as if harvested by a model that cannot be named again
     arr = np.asarray(cache.activations(HOOK)[:])
     with caplog.at_level(logging.WARNING):
-        m = evaluate(sae, arr, progress=False)
+        m = evaluate(sae, arr, EvalConfig(progress=False))
     assert m["reconstruction_split"] == "given rows" and "in_sample_fvu" not in m
     assert "in-sample" in caplog.text and m["ce_loss_recovered"] is None
 
@@ -79,9 +81,10 @@ def test_exhausted_corpus_falls_back_and_says_in_sample(tmp_path, tiny_llama, ca
     corpus.write_text("a short corpus with a few words only. " * 40)
     cache = harvest(HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=10**6, context_size=S, device="cpu",
                                   dataset=str(corpus)), tmp_path / "c", model=tiny_llama, progress=False)
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=128, k=4, hook_name=HOOK))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=128, k=4, hook_name=HOOK))
     with caplog.at_level(logging.WARNING):
-        m = evaluate(sae, cache, model=tiny_llama, heldout_tokens=100, ce_contexts=2, progress=False)
+        m = evaluate(sae, cache, EvalConfig(heldout_tokens=100, ce_contexts=2, progress=False),
+                      model=tiny_llama)
     assert m["reconstruction_split"] == "in-sample"
     assert "IN-SAMPLE" in m["reconstruction_source"] and "no context left" in caplog.text
 
@@ -99,10 +102,12 @@ def test_cache_rows_follow_the_same_token_rule(tmp_path, tiny_llama):
     eos = tiny_llama.tokenizer.eos_token_id
     n_eos = int((cache.token_ids == eos).sum())
     assert n_eos > 0
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=128, k=4, hook_name=HOOK))
-    special = evaluate(sae, cache, model=tiny_llama, heldout_tokens=0, downstream=False, progress=False)
-    bos_only = evaluate(sae, cache, model=tiny_llama, heldout_tokens=0, downstream=False, exclude="bos",
-                        progress=False)
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=128, k=4, hook_name=HOOK))
+    special = evaluate(sae, cache, EvalConfig(heldout_tokens=0, downstream=False, progress=False),
+                        model=tiny_llama)
+    bos_only = evaluate(sae, cache, EvalConfig(heldout_tokens=0, downstream=False, exclude="bos",
+                                               progress=False),
+                         model=tiny_llama)
     assert bos_only["n_tokens"] == cache.n_tokens and special["n_tokens"] == cache.n_tokens - n_eos
 
 
@@ -110,7 +115,8 @@ def test_other_hook_than_trained_warns(tmp_path, tiny_llama, caplog):
     hooks = [HOOK, "blocks.0.hook_resid_post"]
     cache = harvest(HarvestConfig(model="tiny-llama", hooks=hooks, tokens=200, context_size=S, device="cpu"),
                     tmp_path / "c", model=tiny_llama, progress=False)
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=128, k=4, hook_name=HOOK))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=128, k=4, hook_name=HOOK))
     with caplog.at_level(logging.WARNING):
-        evaluate(sae, cache, hook="blocks.0.hook_resid_post", downstream=False, heldout_tokens=0, progress=False)
+        evaluate(sae, cache, EvalConfig(hook="blocks.0.hook_resid_post", downstream=False,
+                                        heldout_tokens=0, progress=False))
     assert f"trained on {HOOK} but is evaluated on blocks.0.hook_resid_post" in caplog.text

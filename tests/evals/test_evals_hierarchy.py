@@ -28,7 +28,7 @@ def orthogonal_data(**kw) -> HierarchicalData:
 
 
 def relu_sae(W_enc_DF: torch.Tensor, W_dec_FD: torch.Tensor) -> SAE:
-    sae = SAE.from_config(SAEConfig(architecture="relu", d_in=G, d_sae=G))
+    sae = SAE.from_config(SAEConfig.build(architecture="relu", d_in=G, d_sae=G))
     with torch.no_grad():
         sae.W_enc.copy_(W_enc_DF)
         sae.W_dec.copy_(W_dec_FD)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from saelens_lite.evals import evaluate, format_summary
+from saelens_lite.evals import EvalConfig, evaluate, format_summary
 from saelens_lite.evals.metrics import reconstruction_stats
 from saelens_lite.saes import REGISTRY, SAE, SAEConfig
 
@@ -36,7 +36,7 @@ def _oracle(x, acts, x_hat, dense_threshold=0.1, first_batch=None):
 
 def _sae(arch="topk", d=16, f=64, k=4, seed=0):
     torch.manual_seed(seed)
-    sae = SAE.from_config(SAEConfig(architecture=arch, d_in=d, d_sae=f, k=k, hook_name="h"))
+    sae = SAE.from_config(SAEConfig.build(architecture=arch, d_in=d, d_sae=f, k=k, hook_name="h"))
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.3)
         sae.b_dec.normal_(0, 0.5)
@@ -70,7 +70,8 @@ def test_evaluate_on_cache_and_report(tmp_path):
         w.append({"h": x}, token_ids=np.zeros(700, np.int32), context_idx=np.arange(700) // 10,
                  position=np.arange(700) % 10)
     sae = _sae()
-    m = evaluate(sae, tmp_path / "c", n_tokens=500, batch_size=64, out_dir=tmp_path / "ev", progress=False)
+    m = evaluate(sae, tmp_path / "c", EvalConfig(n_tokens=500, batch_size=64,
+                                                 out_dir=tmp_path / "ev", progress=False))
     with torch.no_grad():
         acts = sae.encode(torch.from_numpy(x[:500]))
         want = _oracle(x[:500], acts.numpy(), sae.decode(acts).numpy())
@@ -90,4 +91,4 @@ def test_evaluate_on_cache_and_report(tmp_path):
 
 def test_width_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="d_in=16"):
-        evaluate(_sae(), np.zeros((10, 8), np.float32), progress=False)
+        evaluate(_sae(), np.zeros((10, 8), np.float32), EvalConfig(progress=False))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from saelens_lite.evals import evaluate
+from saelens_lite.evals import EvalConfig, evaluate
 from saelens_lite.evals.downstream import downstream_metrics
 from saelens_lite.evals.heldout import eval_contexts
 from saelens_lite.lm.tokens import excluded_token_ids
@@ -143,7 +143,8 @@ def test_evaluate_with_model_fills_downstream_keys(tmp_path, tiny_llama):
 
     cache = harvest(HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=300, context_size=24, device="cpu"),
                     tmp_path / "c", model=tiny_llama, progress=False)
-    m = evaluate(Identity(64), cache, model=tiny_llama, ce_contexts=4, heldout_tokens=200, progress=False)
+    m = evaluate(Identity(64), cache, EvalConfig(ce_contexts=4, heldout_tokens=200, progress=False),
+                  model=tiny_llama)
     assert m["fvu"] == pytest.approx(0.0, abs=1e-12) and m["l0"] > 0
     assert m["in_sample_fvu"] == pytest.approx(0.0, abs=1e-12)
     assert m["reconstruction_split"] == "held-out" and m["n_tokens"] == 200

@@ -63,7 +63,7 @@ def test_true_dictionary_as_an_sae_scores_perfectly():
     """An SAE built from the truth (decoder = W_true) has MMCS 1 and recovers every feature."""
     cfg = SyntheticConfig(d=64, n_features=128, mean_active=2.0)
     data = SyntheticData(cfg)
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=128, k=2))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=128, k=2))
     with torch.no_grad():
         sae.W_dec.copy_(data.W_true_GD)
     s = score_sae(sae, data, n_eval=2000)
@@ -83,7 +83,7 @@ def test_every_architecture_is_scored_or_says_why_not(arch):
     model gets finite scores, any other gets a reason (and would crash max_cosine)."""
     cfg = SyntheticConfig(d=16, n_features=32, mean_active=2.0)
     torch.manual_seed(0)
-    sae = SAE.from_config(SAEConfig(architecture=arch, d_in=16, d_sae=64, k=2))
+    sae = SAE.from_config(SAEConfig.build(architecture=arch, d_in=16, d_sae=64, k=2))
     reason = skip_reason(arch)
     if REGISTRY[arch].tokenwise:
         assert reason is None

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from saelens_lite.cache.harvest import HarvestConfig, harvest
-from saelens_lite.evals import evaluate, format_summary
+from saelens_lite.evals import EvalConfig, evaluate, format_summary
 from saelens_lite.evals.downstream import downstream_metrics
 from saelens_lite.evals.heldout import eval_contexts
 from saelens_lite.lm.hooks import replace_mlp
@@ -98,8 +98,10 @@ def pair_cache(tmp_path, tiny_llama):
 
 
 def test_evaluate_scores_the_mlp_output_and_says_it_replaces_the_mlp(tmp_path, tiny_llama, pair_cache):
-    m = evaluate(MLPTranscoder(tiny_llama), pair_cache, model=tiny_llama, ce_contexts=3, heldout_tokens=200,
-                 progress=False)
+    m = evaluate(MLPTranscoder(tiny_llama), pair_cache, EvalConfig(ce_contexts=3,
+                                                                   heldout_tokens=200,
+                                                                   progress=False),
+                  model=tiny_llama)
     assert m["reconstruction_split"] == "held-out" and m["n_tokens"] == 200
     assert m["fvu"] == pytest.approx(0.0, abs=1e-10) and m["in_sample_fvu"] == pytest.approx(0.0, abs=1e-10)
     assert m["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-6)
@@ -111,7 +113,8 @@ def test_evaluate_scores_the_mlp_output_and_says_it_replaces_the_mlp(tmp_path, t
 
 def test_heldout_fvu_of_the_mlp_output_equals_a_float64_recomputation(tmp_path, tiny_llama, pair_cache):
     tc = MLPTranscoder(tiny_llama, scale=0.5)
-    m = evaluate(tc, pair_cache, model=tiny_llama, heldout_tokens=150, downstream=False, progress=False)
+    m = evaluate(tc, pair_cache, EvalConfig(heldout_tokens=150, downstream=False, progress=False),
+                  model=tiny_llama)
     big = harvest(HarvestConfig(model="tiny-llama", hooks=[IN, OUT], tokens=900, context_size=S, device="cpu"),
                   tmp_path / "big", model=tiny_llama, progress=False)
     after = np.flatnonzero(big.context_ids > int(pair_cache.context_ids[-1]))[:150]
@@ -129,7 +132,7 @@ def test_a_cache_without_the_target_fails_naming_both_hooks(tmp_path, tiny_llama
     cache = harvest(HarvestConfig(model="tiny-llama", hooks=[IN], tokens=100, context_size=S, device="cpu"),
                     tmp_path / "c", model=tiny_llama, progress=False)
     with pytest.raises(ValueError, match=r"blocks.1.hook_mlp_in -> blocks.1.hook_mlp_out.*lacks the target"):
-        evaluate(MLPTranscoder(tiny_llama), cache, model=tiny_llama, progress=False)
+        evaluate(MLPTranscoder(tiny_llama), cache, EvalConfig(progress=False), model=tiny_llama)
 
 
 def test_cli_harvest_train_eval_a_transcoder_end_to_end(tmp_path, capsys):

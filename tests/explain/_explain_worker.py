@@ -63,7 +63,7 @@ def build(root, n_contexts: int = 24, context_size: int = 96, seed: int = 0):
             writer.append({HOOK: x}, ids, np.full(len(ids), ctx), np.arange(len(ids)))
             ctx += 1
     writer.finalize()
-    sae = SAE.from_config(SAEConfig(architecture="relu", d_in=D, d_sae=F, hook_name=HOOK))
+    sae = SAE.from_config(SAEConfig.build(architecture="relu", d_in=D, d_sae=F, hook_name=HOOK))
     with torch.no_grad():
         sae.W_enc.zero_()
         sae.W_enc[:F, :F] = torch.eye(F)

@@ -11,7 +11,6 @@ import torch
 
 from saelens_lite.dashboards.features import logit_effects
 from saelens_lite.interventions import (
-    EDIT_KINDS,
     FeatureEdit,
     ablate,
     ablation_check,
@@ -20,9 +19,10 @@ from saelens_lite.interventions import (
     clamp,
     generate,
     scale,
-    spearman,
     spliced,
 )
+from saelens_lite.interventions.attribution import spearman
+from saelens_lite.interventions.edits import EDIT_KINDS
 from saelens_lite.lm.hooks import UnknownHookError, capture, replace
 from saelens_lite.saes import REGISTRY, SAE, SAEConfig
 
@@ -36,8 +36,8 @@ PROMPT = "the cat sat on the mat"
 
 def make_sae(arch="topk", hook=HOOK, seed=0, d_in=D) -> SAE:
     torch.manual_seed(seed)
-    sae = SAE.from_config(SAEConfig(architecture=arch, d_in=d_in, d_sae=F, k=8, hook_name=hook,
-                                    jumprelu_init_threshold=0.01))
+    own = {"jumprelu_init_threshold": 0.01} if arch == "jumprelu" else {}
+    sae = SAE.from_config(SAEConfig.build(architecture=arch, d_in=d_in, d_sae=F, k=8, hook_name=hook, **own))
     with torch.no_grad():  # non-trivial biases and decoder norms: every term of the math counts
         sae.b_enc.normal_(0, 0.05)
         sae.b_dec.normal_(0, 0.05)
@@ -373,7 +373,7 @@ def test_bad_inputs_name_the_value_and_the_choices(tiny_llama):
     with pytest.raises(ValueError, match="two SAEs for hook"):
         with spliced(lm, [sae, make_sae()]):
             pass
-    tc = SAE.from_config(SAEConfig(architecture="topk", d_in=D, d_sae=F, k=8, hook_name="blocks.1.hook_mlp_in",
+    tc = SAE.from_config(SAEConfig.build(architecture="topk", d_in=D, d_sae=F, k=8, hook_name="blocks.1.hook_mlp_in",
                                    target_hook="blocks.1.hook_mlp_out"))
     with pytest.raises(ValueError, match=r"is a transcoder \(blocks.1.hook_mlp_in -> blocks.1.hook_mlp_out\)"):
         with spliced(lm, tc):

@@ -34,7 +34,7 @@ TEXT = "the cat sat on the mat and the dog ran"
 
 def make_sae(hook=HOOK, seed=0, dtype=torch.float32) -> SAE:
     torch.manual_seed(seed)
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=D, d_sae=F, k=8, hook_name=hook))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=D, d_sae=F, k=8, hook_name=hook))
     with torch.no_grad():  # non-trivial biases and decoder norms
         sae.b_enc.normal_(0, 0.05)
         sae.b_dec.normal_(0, 0.05)

@@ -27,13 +27,14 @@ def saes(smollm2, tmp_path_factory, one_thread):
     """{hook: TopK SAE (x4, k=32)} trained on 4,096 harvested tokens, and {hook: max_F} over them
     (~35 s on one core)."""
     from saelens_lite.cache.harvest import HarvestConfig, harvest
+    from saelens_lite.saes import TopKConfig
     from saelens_lite.training import TrainConfig, train
 
     tmp = tmp_path_factory.mktemp("smollm2_interventions")
     cache = harvest(HarvestConfig(model="smollm2-135m", hooks=[MID, LAST], tokens=4096,
                                   context_size=128, device="cpu"), tmp / "c", model=smollm2,
                     progress=False)
-    trained = train(TrainConfig(architecture="topk", hooks=[MID, LAST], expansion=4, k=32,
+    trained = train(TrainConfig(sae=TopKConfig(k=32), hooks=[MID, LAST], expansion=4,
                                 tokens=4 * 4096, batch_size=512, warmup_steps=10, seed=0,
                                 checkpoint_every=0, progress=False, out_dir=str(tmp / "run")), cache)
     with torch.no_grad():

@@ -160,7 +160,7 @@ def test_sparse_autograd_functions_through_triton_match_reference(kind, triton_d
 def _sae(dtype="float64", device="cpu", seed=0, d=12, f=40, k=4, arch="topk"):
     torch.manual_seed(seed)
     sae = SAE.from_config(
-        SAEConfig(architecture=arch, d_in=d, d_sae=f, k=k, dtype=dtype, aux_k=6)
+        SAEConfig.build(architecture=arch, d_in=d, d_sae=f, k=k, dtype=dtype, aux_k=6)
     ).to(device)
     with torch.no_grad():
         sae.b_enc.normal_()
@@ -245,11 +245,11 @@ def test_dense_backward_takes_the_sparse_step_and_is_validated():
 
 
 def test_fast_step_rejects_unsupported_configs():
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=8, d_sae=16, k=2, multi_topk=True))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=8, d_sae=16, k=2, multi_topk=True))
     with pytest.raises(ValueError, match="multi_topk"):
         sparse_loss_and_grads(sae, torch.randn(4, 8))
     with pytest.raises(ValueError, match="relu"):
-        sparse_loss_and_grads(SAE.from_config(SAEConfig(architecture="relu")), torch.randn(4, 768))
+        sparse_loss_and_grads(SAE.from_config(SAEConfig.build(architecture="relu", d_in=768, d_sae=1536)), torch.randn(4, 768))
 
 
 @pytest.mark.parametrize("backward", ["sparse", "dense"])

@@ -38,7 +38,7 @@ def _fvu(model, x):
 @pytest.mark.parametrize("arch", BASELINES)
 def test_encode_decode_forward_shapes_and_save_load(arch, tmp_path):
     torch.manual_seed(0)
-    m = SAE.from_config(SAEConfig(architecture=arch, d_in=D, d_sae=F))
+    m = SAE.from_config(SAEConfig.build(architecture=arch, d_in=D, d_sae=F))
     x = torch.randn(5, D)
     z = m.encode(x)
     assert z.shape == (5, F)
@@ -56,9 +56,10 @@ def test_encode_decode_forward_shapes_and_save_load(arch, tmp_path):
 def test_trains_down_on_synthetic_data(arch, tmp_path):
     x = _low_rank()
     torch.manual_seed(0)
-    before = _fvu(SAE.from_config(SAEConfig(architecture=arch, d_in=D, d_sae=F)), x)
-    cfg = TrainConfig(architecture=arch, latents=F, k=4, lr=3e-3, batch_size=128, tokens=128 * 300,
-                      warmup_steps=10, b_dec_init="mean", checkpoint_every=0, progress=False,
+    before = _fvu(SAE.from_config(SAEConfig.build(architecture=arch, d_in=D, d_sae=F)), x)
+    sae = SAEConfig.build(architecture=arch, d_sae=F, k=4, b_dec_init="mean")
+    cfg = TrainConfig(sae=sae, lr=3e-3, batch_size=128, tokens=128 * 300, warmup_steps=10,
+                      checkpoint_every=0, progress=False,
                       log_every=100, out_dir=str(tmp_path), device="cpu")
     m = train(cfg, x)
     after = _fvu(m, x)
@@ -82,14 +83,14 @@ def test_corruption_statistics():
 
 
 def test_denoising_corrupts_only_in_training():
-    m = SAE.from_config(SAEConfig(architecture="denoising", d_in=D, d_sae=F, noise_std=0.0, mask_prob=0.5))
+    m = SAE.from_config(SAEConfig.build(architecture="denoising", d_in=D, d_sae=F, noise_std=0.0, mask_prob=0.5))
     x = torch.randn(64, D)
     m.eval()
     torch.testing.assert_close(m.training_forward(x).x_hat_BD, m(x))
     m.train()
     assert not torch.allclose(m.training_forward(x).x_hat_BD, m(x))
     with pytest.raises(ValueError, match="mask_prob"):
-        SAEConfig(architecture="denoising", mask_prob=1.5)
+        SAEConfig.build(architecture="denoising", mask_prob=1.5)
 
 
 # ---------------------------------------------------------------- vae
@@ -98,7 +99,7 @@ def _linear_gaussian_vae(exact_posterior: bool):
     posterior is diagonal: Sigma = diag(1 / (1 + s_f^2 / sigma^2)), mu = (x - b) W^T Sigma / sigma^2."""
     torch.manual_seed(0)
     Dl, Fl, sigma = 6, 3, 0.5
-    m = VAE(SAEConfig(architecture="vae", d_in=Dl, d_sae=Fl, dtype="float64"))
+    m = VAE(SAEConfig.build(architecture="vae", d_in=Dl, d_sae=Fl, dtype="float64"))
     Q, _ = torch.linalg.qr(torch.randn(Dl, Dl, dtype=torch.float64))
     s = torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)
     W = s[:, None] * Q[:Fl]
@@ -145,7 +146,7 @@ def test_vae_elbo_matches_closed_form_for_any_encoder():
 
 def test_vae_reparameterisation_gradients_flow_and_sampling():
     torch.manual_seed(0)
-    m = SAE.from_config(SAEConfig(architecture="vae", d_in=D, d_sae=F, vae_beta=0.5))
+    m = SAE.from_config(SAEConfig.build(architecture="vae", d_in=D, d_sae=F, vae_beta=0.5))
     m.train()
     out = m.training_forward(torch.randn(32, D))
     out.loss.backward()
@@ -159,7 +160,7 @@ def test_vae_reparameterisation_gradients_flow_and_sampling():
 
 def test_vae_fold_input_scale_shifts_elbo_by_the_jacobian():
     torch.manual_seed(0)
-    m = SAE.from_config(SAEConfig(architecture="vae", d_in=D, d_sae=F, dtype="float64"))
+    m = SAE.from_config(SAEConfig.build(architecture="vae", d_in=D, d_sae=F, dtype="float64"))
     x = torch.randn(4, D, dtype=torch.float64)
     c = 3.0
     before = m.elbo(c * x, n_samples=4, generator=torch.Generator().manual_seed(0))
@@ -173,7 +174,7 @@ def test_vae_fold_input_scale_shifts_elbo_by_the_jacobian():
 @pytest.mark.parametrize("channels", [0, 8])
 def test_conv_decoder_mirrors_encoder(kind, shape, channels):
     d_in = D if kind == "1d" else 64
-    m = ConvAE(SAEConfig(architecture="conv", d_in=d_in, d_sae=6, conv_kind=kind, conv_channels=channels))
+    m = ConvAE(SAEConfig.build(architecture="conv", d_in=d_in, d_sae=6, conv_kind=kind, conv_channels=channels))
     n = len(m.enc)
     assert n == len(m.dec) == (2 if channels else 1)
     for i in range(n):
@@ -184,7 +185,7 @@ def test_conv_decoder_mirrors_encoder(kind, shape, channels):
 
 
 def test_conv1d_is_causal():
-    m = ConvAE(SAEConfig(architecture="conv", d_in=D, d_sae=6, conv_kind="1d"))
+    m = ConvAE(SAEConfig.build(architecture="conv", d_in=D, d_sae=6, conv_kind="1d"))
     x = torch.randn(2, 12, D)
     x2 = x.clone()
     x2[:, 7:] += 1.0
@@ -194,15 +195,15 @@ def test_conv1d_is_causal():
 
 def test_conv2d_rejects_non_square_inputs():
     with pytest.raises(ValueError, match="d_in"):
-        ConvAE(SAEConfig(architecture="conv", d_in=60, d_sae=4, conv_kind="2d"))
+        ConvAE(SAEConfig.build(architecture="conv", d_in=60, d_sae=4, conv_kind="2d"))
 
 
 def test_conv2d_trains_on_digits(tmp_path):
     from sklearn.datasets import load_digits
 
     x = torch.from_numpy(load_digits().data).float() / 16
-    cfg = TrainConfig(architecture="conv", latents=8, k=1, sae_options={"conv_kind": "2d"}, lr=3e-3,
-                      batch_size=64, tokens=64 * 250, warmup_steps=10, b_dec_init="mean",
+    sae = SAEConfig.build(architecture="conv", d_sae=8, k=1, conv_kind="2d", b_dec_init="mean")
+    cfg = TrainConfig(sae=sae, lr=3e-3, batch_size=64, tokens=64 * 250, warmup_steps=10,
                       checkpoint_every=0, progress=False, log_every=50, out_dir=str(tmp_path), device="cpu")
     m = train(cfg, x)
     assert _fvu(m, x) < 0.25
@@ -214,9 +215,9 @@ def test_conv1d_trains_on_sequences(tmp_path):
     g = torch.Generator().manual_seed(0)
     seq = torch.randn(256, 9, 4, generator=g) @ torch.randn(4, D, generator=g)
     seq = seq + 0.5 * seq.roll(1, dims=1)  # depends on the previous token
-    before = _fvu(ConvAE(SAEConfig(architecture="conv", d_in=D, d_sae=F, conv_kind="1d")), seq)
-    cfg = TrainConfig(architecture="conv", latents=F, k=1, sae_options={"conv_kind": "1d"}, lr=3e-3,
-                      batch_size=9 * 16, tokens=9 * 16 * 300, warmup_steps=10, b_dec_init="mean",
+    before = _fvu(ConvAE(SAEConfig.build(architecture="conv", d_in=D, d_sae=F, conv_kind="1d")), seq)
+    sae = SAEConfig.build(architecture="conv", d_sae=F, k=1, conv_kind="1d", b_dec_init="mean")
+    cfg = TrainConfig(sae=sae, lr=3e-3, batch_size=9 * 16, tokens=9 * 16 * 300, warmup_steps=10,
                       out_dir=str(tmp_path), progress=False, device="cpu")
     m = train_sequences(cfg, seq)
     assert _fvu(m, seq) < 0.3 * before

@@ -15,7 +15,7 @@ D, F, K = 16, 48, 4
 
 def make(**kw) -> SAE:
     torch.manual_seed(0)
-    sae = SAE.from_config(SAEConfig(architecture="batchtopk", d_in=D, d_sae=F, k=K, **kw))
+    sae = SAE.from_config(SAEConfig.build(architecture="batchtopk", d_in=D, d_sae=F, k=K, **kw))
     with torch.no_grad():  # non-trivial biases so every term of the rule is exercised
         sae.b_enc.normal_(0, 0.1)
         sae.b_dec.normal_(0, 0.1)
@@ -38,7 +38,7 @@ def reference_scores(sae, x):
 
 
 def test_relative_rule_is_the_default():
-    assert SAEConfig(architecture="batchtopk").relative_threshold is True
+    assert SAEConfig.build(architecture="batchtopk").relative_threshold is True
 
 
 def test_selection_is_the_flat_top_bk_of_pre_over_rms():
@@ -104,7 +104,7 @@ def test_configs_saved_before_the_rule_load_with_the_raw_threshold(tmp_path):
 
 def test_relative_threshold_must_be_a_bool():
     with pytest.raises(ValueError, match="relative_threshold"):
-        SAEConfig(architecture="batchtopk", relative_threshold="yes")
+        SAEConfig.build(architecture="batchtopk", relative_threshold="yes")
 
 
 def test_short_batchtopk_training_recovers_most_features():
@@ -153,7 +153,7 @@ def test_trained_batchtopk_keeps_about_k_per_token_at_inference(tmp_path):
     dirs = torch.randn(64, D, generator=g)
     codes = torch.rand(6000, 64, generator=g) * (torch.rand(6000, 64, generator=g) < 0.08)
     x = codes @ dirs + 0.05 * torch.randn(6000, D, generator=g)
-    sae = train(TrainConfig(architecture="batchtopk", latents=F, k=K, tokens=256 * 40,
+    sae = train(TrainConfig(sae=SAEConfig.build(architecture="batchtopk", d_sae=F, k=K), tokens=256 * 40,
                             batch_size=256, out_dir=str(tmp_path / "r"), progress=False),
                 x[:5000])
     l0 = (sae.encode(x[5000:]) > 0).sum(-1).float().mean().item()

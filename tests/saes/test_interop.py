@@ -55,7 +55,7 @@ def make(arch: str, **kw) -> SAE:
     torch.manual_seed(0)
     if issubclass(REGISTRY[arch], BatchTopKSAE):  # the peers' BatchTopK: a threshold on raw pre-activations
         kw.setdefault("relative_threshold", False)
-    sae = SAE.from_config(SAEConfig(architecture=arch, d_in=D, d_sae=F, k=K,
+    sae = SAE.from_config(SAEConfig.build(architecture=arch, d_in=D, d_sae=F, k=K,
                                     hook_name="blocks.1.hook_resid_post", model_name="tiny", **kw))
     if not hasattr(sae, "W_enc"):  # a registered non-linear model: native format only
         return sae

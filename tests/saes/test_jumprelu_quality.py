@@ -9,6 +9,7 @@ from saelens_lite.evals.synthetic import SyntheticConfig, run_benchmark
 from saelens_lite.saes import SAE, SAEConfig
 from saelens_lite.saes import jumprelu as jumprelu_mod
 from saelens_lite.training import TrainConfig, trainer
+from saelens_lite.util import distributed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -17,7 +18,7 @@ D, F, K = 16, 64, 4
 
 def make(**kw) -> SAE:
     torch.manual_seed(0)
-    sae = SAE.from_config(SAEConfig(architecture="jumprelu", d_in=D, d_sae=F, k=K, **kw))
+    sae = SAE.from_config(SAEConfig.build(architecture="jumprelu", d_in=D, d_sae=F, k=K, **kw))
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1)
         sae.b_dec.normal_(0, 0.1)
@@ -130,12 +131,11 @@ def test_two_rank_surrogate_gradient_equals_the_global_batch_gradient():
     l0s = [(sae.pre_acts(h) > sae.threshold).sum(-1).double().mean() for h in halves]
     l0_global = (l0s[0] + l0s[1]) / 2
     assert l0s[0] != l0s[1]  # otherwise the per-rank penalty would be exact already
-    sae.batch_mean = lambda t: l0_global.to(t.dtype)
-    per_rank = [grads(h) for h in halves]
+    with distributed.batch_statistics(lambda t: l0_global.to(t.dtype)):
+        per_rank = [grads(h) for h in halves]
     for n, g in whole.items():
         torch.testing.assert_close((per_rank[0][n] + per_rank[1][n]) / 2, g, msg=n)
     # Without the global L0 each half's own penalty gives another gradient.
-    sae.batch_mean = None
     naive = [grads(h) for h in halves]
     assert not torch.allclose(
         (naive[0]["log_threshold"] + naive[1]["log_threshold"]) / 2, whole["log_threshold"]
@@ -206,7 +206,7 @@ def test_pre_act_loss_pulls_only_dead_latents_to_their_thresholds():
 def test_trainer_gives_log_threshold_its_learning_rate_scale():
     sae = make(jumprelu_threshold_lr_scale=7.0)
     st = trainer._HookState(
-        sae, TrainConfig(architecture="jumprelu", lr=1e-3, k=K), torch.device("cpu")
+        sae, TrainConfig(sae=sae.cfg, lr=1e-3), torch.device("cpu")
     )
     st.set_lr(2e-3)
     lrs = {id(p): g["lr"] for g in st.opt.param_groups for p in g["params"]}

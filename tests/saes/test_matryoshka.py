@@ -19,7 +19,7 @@ D, F, K, B = 12, 40, 3, 32
 def make(dtype="float64", **kw) -> MatryoshkaSAE:
     torch.manual_seed(0)
     cfg = dict(architecture="matryoshka", d_in=D, d_sae=F, k=K, dtype=dtype, aux_k=6) | kw
-    sae = SAE.from_config(SAEConfig(**cfg))
+    sae = SAE.from_config(SAEConfig.build(**cfg))
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1)
         sae.b_dec.normal_(0, 0.1)
@@ -34,7 +34,7 @@ def data(n=B, seed=1, dtype=torch.float64):
 def batchtopk_config(cfg) -> SAEConfig:
     """The same SAE's config as a plain BatchTopK one (without the Matryoshka fields)."""
     own = {k: v for k, v in cfg.to_dict().items() if not k.startswith("matryoshka_")}
-    return SAEConfig(**(own | {"architecture": "batchtopk"}))
+    return SAEConfig.build(**(own | {"architecture": "batchtopk"}))
 
 
 def reference_loss(sae, x_BD, dead_F):
@@ -149,7 +149,7 @@ def test_groups_resolve_to_prefix_widths(d_sae, groups, widths):
 def test_bad_groups_and_weights_name_the_field_and_value(field, value, extra):
     kw = dict(architecture="matryoshka", d_in=D, d_sae=F, k=K) | extra | {field: value}
     with pytest.raises(ValueError) as e:
-        SAEConfig(**kw)
+        SAEConfig.build(**kw)
     assert f"SAEConfig.{field}={value!r}" in str(e.value) and "allowed" in str(e.value)
 
 

@@ -145,7 +145,7 @@ def test_fast_step_with_pruned_selection_takes_the_fused_step(arch, monkeypatch)
     monkeypatch.setattr(tt, "PRUNED_CAPACITY", 32)  # = B: every saturated row is repaired
     monkeypatch.setattr(tt, "BLOCKS", (32, 64, 16))  # 4 tiles of F = 256
     torch.manual_seed(0)
-    sae = SAE.from_config(SAEConfig(architecture=arch, d_in=16, d_sae=256, k=8)).to(DEV)
+    sae = SAE.from_config(SAEConfig.build(architecture=arch, d_in=16, d_sae=256, k=8)).to(DEV)
     x = torch.randn(32, 16, device=DEV)
     runs = {m: fast_step.sparse_loss_and_grads(sae, x, compute_dtype=torch.bfloat16, select=m)
             for m in ("fused", "pruned")}  # fmt: skip
@@ -165,7 +165,7 @@ def test_pruned_select_names_why_it_cannot_run(monkeypatch):
     from saelens_lite.training import fast_step
 
     monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=12, d_sae=64, k=4, dtype="float64"))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=12, d_sae=64, k=4, dtype="float64"))
     with pytest.raises(ValueError, match="select='pruned' needs.*per tile"):
         fast_step.sparse_loss_and_grads(sae, torch.randn(9, 12, dtype=torch.float64),
                                         compute_dtype=torch.float32, select="pruned")  # fmt: skip
@@ -179,6 +179,7 @@ def test_trainer_reports_rows_the_pruned_selection_could_not_repair(capacity, mo
     import logging
 
     from saelens_lite.kernels import sparse as sparse_mod
+    from saelens_lite.saes import TopKConfig
     from saelens_lite.training import TrainConfig, fast_step, train
 
     monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
@@ -187,7 +188,7 @@ def test_trainer_reports_rows_the_pruned_selection_could_not_repair(capacity, mo
     monkeypatch.setattr(tt, "PRUNED_CAPACITY", capacity)
     monkeypatch.setattr(tt, "BLOCKS", (32, 64, 16))
     x = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
-    cfg = TrainConfig(architecture="topk", latents=256, k=8, batch_size=32, tokens=96,
+    cfg = TrainConfig(sae=TopKConfig(d_sae=256, k=8), batch_size=32, tokens=96,
                       fast_step="on", topk_select="pruned", dtype="bfloat16", device="cpu",
                       out_dir=str(tmp_path / "run"), progress=False, checkpoint_every=0)  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="saelens_lite.training.trainer"):

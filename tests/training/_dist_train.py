@@ -57,7 +57,7 @@ def _data(spec):
 
 
 def run(job: dict) -> None:
-    config = TrainConfig(**job["config"])
+    config = TrainConfig.from_dict(job["config"])
     _trained.clear()
     _shards.clear()
     try:

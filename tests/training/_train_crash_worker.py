@@ -13,7 +13,7 @@ import torch
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
 
-from saelens_lite.saes import REGISTRY  # noqa: E402
+from saelens_lite.saes import REGISTRY, SAEConfig  # noqa: E402
 from saelens_lite.training import ArraySource, TrainConfig, train  # noqa: E402
 
 D, F, B, STEPS = 16, 64, 64, 120
@@ -30,7 +30,7 @@ class SlowSource(ArraySource):
 
 def config(out_dir: str, resume: bool) -> TrainConfig:
     arch = "topk" if "topk" in REGISTRY else sorted(REGISTRY)[0]
-    return TrainConfig(architecture=arch, latents=F, k=4, lr=3e-3, batch_size=B, tokens=B * STEPS,
+    return TrainConfig(sae=SAEConfig.build(architecture=arch, d_sae=F, k=4), lr=3e-3, batch_size=B, tokens=B * STEPS,
                        warmup_steps=10, decay="cosine", decay_fraction=0.3, sparsity_warmup_steps=20,
                        dead_window_tokens=B * 5, checkpoint_every=B * 15, log_every=5,
                        init_sample_tokens=512, out_dir=out_dir, resume=resume, progress=False, seed=3)

@@ -129,7 +129,7 @@ def two_rank_runs(tmp_path_factory):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_two_rank_training_equals_one_process_on_the_same_global_batches(two_rank_runs, arch):
     tmp, x_ND = two_rank_runs
-    train(TrainConfig(**train_config(tmp / f"single_{arch}", arch)), x_ND)
+    train(TrainConfig.from_dict(train_config(tmp / f"single_{arch}", arch)), x_ND)
     # Each rank trained on its own half of the global batch ...
     seen = [
         json.loads((tmp / f"ddp_{arch}" / f"rank{r}_first_batch.json").read_text()) for r in (0, 1)
@@ -163,7 +163,7 @@ def test_two_rank_transcoder_equals_one_process_running_each_ranks_slice(two_ran
     data = {"x": x_ND, "y": transcoder_target(x_ND)}
     with monkeypatch.context() as m:
         per_rank_slices(m, REGISTRY["topk"])
-        train(TrainConfig(**train_config(tmp / "sliced_transcoder", "topk", **TRANSCODER)), data)
+        train(TrainConfig.from_dict(train_config(tmp / "sliced_transcoder", "topk", **TRANSCODER)), data)
     ddp, sliced = weights(tmp / "ddp_transcoder", "x"), weights(tmp / "sliced_transcoder", "x")
     assert "W_skip" in sliced
     for name, w in sliced.items():
@@ -220,12 +220,12 @@ def test_two_rank_batchtopk_equals_one_process_running_each_ranks_slice(two_rank
                                                                         monkeypatch):
     tmp, x_ND = two_rank_runs
     kw = PER_RANK_ARCHS[arch]
-    cfg = TrainConfig(**train_config(tmp / f"single_{arch}", arch, **kw))
+    cfg = TrainConfig.from_dict(train_config(tmp / f"single_{arch}", arch, **kw))
     assert not cfg.use_fast_step("cpu")  # the oracle wraps the autograd step's forward
     train(cfg, x_ND)  # one process, the global batch's top-k
     with monkeypatch.context() as m:
         per_rank_slices(m, REGISTRY[arch])
-        train(TrainConfig(**train_config(tmp / f"sliced_{arch}", arch, **kw)), x_ND)
+        train(TrainConfig.from_dict(train_config(tmp / f"sliced_{arch}", arch, **kw)), x_ND)
     ddp, sliced = weights(tmp / f"ddp_{arch}"), weights(tmp / f"sliced_{arch}")
     for name, w in sliced.items():
         torch.testing.assert_close(ddp[name], w, rtol=1e-4, atol=1e-5, msg=f"{arch} {name}")
@@ -252,7 +252,7 @@ def test_two_rank_resume_matches_and_another_world_size_is_refused(two_rank_runs
     assert torch.load(resumed / "checkpoints" / ckpts[-1], weights_only=False)["world_size"] == 2
 
     with pytest.raises(ValueError, match="2 process.*WORLD_SIZE=1.*same number of processes"):
-        train(TrainConfig(**train_config(resumed, "relu", resume=True)), x_ND)
+        train(TrainConfig.from_dict(train_config(resumed, "relu", resume=True)), x_ND)
 
     jobs = [{"config": train_config(resumed, "relu", resume=True), "data": str(tmp / "x.npy")}]
     (tmp / "resume.json").write_text(json.dumps(jobs))
@@ -391,7 +391,7 @@ def by_hook_runs(tmp_path_factory, two_rank_harvest):
         data[h] = str(tmp / f"{h}.npy")
     arrays = {h: torch.from_numpy(np.load(p)) for h, p in data.items()}
     short = dict(tokens=64 * 12)  # one checkpoint, at step 10, without distribute_hooks
-    train(TrainConfig(**train_config(tmp / "plain", "relu", **short)), arrays)
+    train(TrainConfig.from_dict(train_config(tmp / "plain", "relu", **short)), arrays)
     jobs = [
         {"config": train_config(tmp / "jumprelu", "jumprelu", distribute_hooks=True), "data": data},
         {"config": train_config(tmp / "cache", "topk", distribute_hooks=True),
@@ -409,7 +409,7 @@ def by_hook_runs(tmp_path_factory, two_rank_harvest):
 def test_distributed_hooks_equal_one_process_training_every_hook(by_hook_runs):
     tmp, data = by_hook_runs
     run = tmp / "jumprelu"
-    single = train(TrainConfig(**train_config(tmp / "single_jumprelu", "jumprelu")), data)
+    single = train(TrainConfig.from_dict(train_config(tmp / "single_jumprelu", "jumprelu")), data)
     # rank r trained hooks[r::2], each on whole global batches, and returned just those
     assert rank_file(run, 0, "trained.json") == {"h0": 64, "h2": 64}
     assert rank_file(run, 1, "trained.json") == {"h1": 64}
@@ -429,7 +429,7 @@ def test_distributed_hooks_on_a_cache_read_only_each_ranks_hook(by_hook_runs, tw
     tmp, _ = by_hook_runs
     run, cache = tmp / "cache", two_rank_harvest / "two"
     hooks = ActivationCache(cache).hook_names
-    single = train(TrainConfig(**train_config(tmp / "single_cache", "topk")), str(cache))
+    single = train(TrainConfig.from_dict(train_config(tmp / "single_cache", "topk")), str(cache))
     assert_same_saes(all_weights(run, hooks), {h: dict(s.state_dict()) for h, s in single.items()})
     for r in (0, 1):
         shards = rank_file(run, r, "shards.json")
@@ -439,11 +439,11 @@ def test_distributed_hooks_on_a_cache_read_only_each_ranks_hook(by_hook_runs, tw
 def test_distribute_hooks_without_torchrun_changes_nothing(by_hook_runs, tmp_path):
     _, data = by_hook_runs
     two = {h: data[h] for h in ("h0", "h1")}
-    on = train(TrainConfig(**train_config(tmp_path / "on", "topk", distribute_hooks=True)), two)
-    off = train(TrainConfig(**train_config(tmp_path / "off", "topk")), two)
+    on = train(TrainConfig.from_dict(train_config(tmp_path / "on", "topk", distribute_hooks=True)), two)
+    off = train(TrainConfig.from_dict(train_config(tmp_path / "off", "topk")), two)
     assert_same_saes({h: dict(s.state_dict()) for h, s in on.items()},
                      {h: dict(s.state_dict()) for h, s in off.items()})
-    one = train(TrainConfig(**train_config(tmp_path / "one", "topk", distribute_hooks=True)), data["h0"])
+    one = train(TrainConfig.from_dict(train_config(tmp_path / "one", "topk", distribute_hooks=True)), data["h0"])
     assert isinstance(one, SAE)  # one process, one hook: a bare SAE, as without the flag
 
 
@@ -473,13 +473,13 @@ def test_distributed_hooks_resume_after_a_rank_died_mid_checkpoint(by_hook_runs)
     (resumed / "checkpoints" / "rank_00001" / "step_000000020.pt").unlink()
     hint = "distribute_hooks run on 2 processes.*distribute_hooks=True"
     with pytest.raises(ValueError, match=hint):
-        train(TrainConfig(**train_config(resumed, "jumprelu", resume=True)), data)
+        train(TrainConfig.from_dict(train_config(resumed, "jumprelu", resume=True)), data)
     with pytest.raises(ValueError, match=hint):
-        train(TrainConfig(**train_config(resumed, "jumprelu", resume=True, distribute_hooks=True)), data)
+        train(TrainConfig.from_dict(train_config(resumed, "jumprelu", resume=True, distribute_hooks=True)), data)
     with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
-        train(TrainConfig(**train_config(resumed, "jumprelu")), data)
+        train(TrainConfig.from_dict(train_config(resumed, "jumprelu")), data)
     # rank 0 of 3 (collectives are no-ops in this process): its file says 2 processes
-    cfg = TrainConfig(**train_config(resumed, "jumprelu", resume=True, distribute_hooks=True))
+    cfg = TrainConfig.from_dict(train_config(resumed, "jumprelu", resume=True, distribute_hooks=True))
     with pytest.raises(ValueError, match="run on 2 process.*WORLD_SIZE=3.*same number"):
         trainer._resume_point_by_hook(cfg, resumed, open_source(data, cfg), list(HOOKS),
                                       distributed.DistInfo(0, 3, 0))

@@ -29,7 +29,7 @@ def cfg(out: Path, **kw) -> TrainConfig:
                 warmup_steps=5, log_every=5, checkpoint_every=0, init_sample_tokens=1024,
                 device="cpu", out_dir=str(out), progress=False)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 def metrics(run: Path) -> list[dict]:
@@ -142,7 +142,7 @@ def test_two_rank_fast_step_equals_one_process(tmp_path):
     conf = train_config(tmp_path / "ddp", "topk", fast_step="on")
     (tmp_path / "jobs.json").write_text(json.dumps([{"config": conf, "data": str(tmp_path / "x.npy")}]))
     torchrun("_dist_train.py", str(tmp_path / "jobs.json"))
-    train(TrainConfig(**train_config(tmp_path / "single", "topk", fast_step="on")), x_ND)
+    train(TrainConfig.from_dict(train_config(tmp_path / "single", "topk", fast_step="on")), x_ND)
     ddp, single = weights(tmp_path / "ddp"), weights(tmp_path / "single")
     for name, w in single.items():
         torch.testing.assert_close(ddp[name], w, rtol=1e-4, atol=1e-5, msg=name)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from saelens_lite.saes import REGISTRY, SAE
+from saelens_lite.saes import REGISTRY, SAE, SAEConfig
 from saelens_lite.training import ArraySource, TrainConfig, open_source, train
 from saelens_lite.training.checkpoint import list_checkpoints
 from saelens_lite.training.config import (
@@ -44,7 +44,7 @@ def cfg(tmp_path: Path, **kw) -> TrainConfig:
                 warmup_steps=5, log_every=5, checkpoint_every=0, init_sample_tokens=1024,
                 out_dir=str(tmp_path / "run"), progress=False)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 def fvu(sae, x_ND: torch.Tensor) -> float:
@@ -70,7 +70,7 @@ def test_training_on_a_tensor_reduces_fvu_and_writes_the_run_folder(tmp_path):
         assert key in recs[0]
     assert recs[-1]["step"] == 60 and recs[-1]["tokens"] == 60 * 128
     run = tmp_path / "run"
-    assert json.loads((run / "config.json").read_text())["architecture"] == ARCH
+    assert json.loads((run / "config.json").read_text())["sae"]["architecture"] == ARCH  # nested (issue 24)
     assert (run / "activations" / "cfg.json").exists() and (run / "activations" / "sae.safetensors").exists()
 
 
@@ -243,13 +243,15 @@ def test_default_lr_is_the_width_rule_times_a_short_run_factor_tapering_to_one()
     assert default_lr(4608, mid) == pytest.approx(math.sqrt(SHORT_RUN_LR_FACTOR) * rule, rel=1e-4)
     lrs = [default_lr(4608, s) for s in range(lo - 100, hi + 100, 97)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # never rises with the budget
-    assert TrainConfig(latents=4608, tokens=4096 * 244, batch_size=4096, lr=None).lr_for(4608) \
-        == default_lr(4608, 244)
+    short = dict(tokens=4096 * 244, batch_size=4096)
+    assert TrainConfig(lr=None, **short).lr_for(4608) == default_lr(4608, 244)
     assert TrainConfig(lr=1e-3).lr_for(4608) == 1e-3
-    short = dict(latents=4608, tokens=4096 * 244, batch_size=4096)
-    for arch in ("batchtopk", "jumprelu"):
-        assert TrainConfig(architecture=arch, **short).lr_for(4608) == default_lr(4608, 244)
-    assert TrainConfig(architecture="relu", **short).lr_for(4608) == pytest.approx(rule)
+    for arch in ("batchtopk", "jumprelu", "matryoshka"):
+        sae = SAEConfig.build(architecture=arch, d_sae=4608)
+        assert TrainConfig(sae=sae, **short).lr_for(4608) == default_lr(4608, 244)
+    for arch in ("relu", "dense", "vae"):  # an L1 penalty, and the unmeasured baselines
+        sae = SAEConfig.build(architecture=arch, d_sae=4608)
+        assert TrainConfig(sae=sae, **short).lr_for(4608) == pytest.approx(rule)
 
 
 @pytest.mark.parametrize("stored", [True, False], ids=["stored-lr", "checkpoint-without-lr"])
@@ -273,6 +275,24 @@ def test_a_default_lr_run_resumes_at_the_lr_it_started_with(tmp_path, stored):
             del st["base_lr"]
     torch.save(ck, run / "checkpoints" / "step_000000010.pt")
     resumed = train(cfg(tmp_path / "resumed", lr=None, resume=True, **kw), x)
+    for (name, p), q in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
+
+
+def test_a_checkpoint_with_the_flat_config_of_before_the_nesting_resumes_identically(tmp_path):
+    x = synthetic(n=500)
+    kw = dict(tokens=128 * 20, checkpoint_every=128 * 10, keep_checkpoints=5)
+    ref = train(cfg(tmp_path / "ref", **kw), x)
+    run = tmp_path / "resumed" / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ck = torch.load(tmp_path / "ref" / "run" / "checkpoints" / "step_000000010.pt", weights_only=False)
+    nested = ck["config"].pop("sae")
+    assert nested["architecture"] == ARCH and nested["d_sae"] == F
+    ck["config"] |= {"architecture": ARCH, "latents": F, "k": 4, "sparsity_coeff": None,
+                     "sae_options": {}, "target_hook": "", "skip": False,
+                     "b_dec_init": "geometric_median"}  # the keys TrainConfig had before issue 24
+    torch.save(ck, run / "checkpoints" / "step_000000010.pt")
+    resumed = train(cfg(tmp_path / "resumed", resume=True, **kw), x)
     for (name, p), q in zip(ref.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from saelens_lite.saes import SAEConfig
 from saelens_lite.training import TrainConfig, curves, train
 from saelens_lite.training.curves import CURVES_NAME, plot_training_curves, write_training_curves
 
@@ -74,6 +75,10 @@ def test_the_title_names_architecture_k_hooks_and_says_the_fvu_is_in_sample(run_
                                                      "target_hook": "blocks.1.hook_mlp_out"}))
     title = plot_training_curves(run_dir).get_suptitle()
     assert "topk transcoder with skip, k=7" in title and "-> blocks.1.hook_mlp_out" in title
+    nested = TrainConfig(sae=SAEConfig.build(architecture="topk", k=7, skip=True,
+                                             target_hook="blocks.1.hook_mlp_out"), hooks=["h"])
+    (run_dir / "config.json").write_text(json.dumps(nested.to_dict()))  # today's config.json
+    assert plot_training_curves(run_dir).get_suptitle() == title
 
 
 def test_a_loss_not_positive_or_within_a_4x_range_is_drawn_on_a_linear_axis(run_dir):
@@ -116,7 +121,7 @@ def tiny_config(tmp_path: Path, **kw) -> TrainConfig:
     base = dict(architecture="topk", latents=32, k=4, lr=3e-3, batch_size=64, tokens=64 * 30,
                 warmup_steps=2, log_every=5, checkpoint_every=64 * 10, init_sample_tokens=256,
                 out_dir=str(tmp_path / "run"), progress=False)
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.from_dict({**base, **kw})
 
 
 def test_training_writes_the_png_at_each_checkpoint_and_refreshes_it_at_the_end(tmp_path, monkeypatch):

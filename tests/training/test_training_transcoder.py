@@ -35,7 +35,7 @@ def cfg(tmp_path, **kw) -> TrainConfig:
                 batch_size=128, tokens=128 * 40, warmup_steps=5, log_every=5, checkpoint_every=0,
                 init_sample_tokens=1024, b_dec_init="mean", out_dir=str(tmp_path / "run"), progress=False)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 def fvu(pred, y) -> float:
@@ -57,7 +57,7 @@ def test_every_transcoder_architecture_learns_the_target_and_saves_both_hooks(tm
     assert got < 0.8, got  # the mean predictor has FVU 1, the untrained coder ~1
     saved = json.loads((tmp_path / "run" / "x" / "cfg.json").read_text())
     assert (saved["hook_name"], saved["target_hook"], saved["skip"]) == ("x", "y", False)
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["target_hook"] == "y"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["sae"]["target_hook"] == "y"
     loaded = SAE.load(tmp_path / "run" / "x")
     with torch.no_grad():
         torch.testing.assert_close(loaded(data["x"]), sae(data["x"]))

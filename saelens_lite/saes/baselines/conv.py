@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +33,9 @@ from saelens_lite.saes.config import SAEConfig, invalid
 from saelens_lite.saes.registry import register
 from saelens_lite.saes.terms import fvu
 
+ConvKind = Literal["1d", "2d"]
+"""1d: causal convolutions over the token sequence; 2d: images (see ConvConfig.conv_kind)."""
+
 
 @dataclass
 class ConvConfig(SAEConfig):
@@ -39,7 +43,7 @@ class ConvConfig(SAEConfig):
 
     architecture: str = "conv"
     """As SAEConfig.architecture."""
-    conv_kind: str = "1d"
+    conv_kind: ConvKind = "1d"
     """"1d" (causal convolutions over the token sequence, input (B, S, D)) or "2d" (images,
     input (B, 1, H, W) or flattened (B, H*W) with H = W = sqrt(d_in))."""
     conv_channels: int = 32
@@ -49,8 +53,8 @@ class ConvConfig(SAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.conv_kind not in ("1d", "2d"):
-            raise invalid("conv_kind", self.conv_kind, "'1d' or '2d'")
+        if self.conv_kind not in get_args(ConvKind):
+            raise invalid("conv_kind", self.conv_kind, str(list(get_args(ConvKind))))
         if not isinstance(self.conv_channels, int) or self.conv_channels < 0:
             raise invalid("conv_channels", self.conv_channels, "an integer >= 0")
         k = self.conv_kernel
@@ -63,6 +67,7 @@ class ConvAE(SAE):
     config_class = ConvConfig
     unit_norm_decoder = False
     tokenwise = False
+    is_sparse_coder = False  # a baseline of the comparison (SAE.is_sparse_coder)
 
     def __init__(self, cfg):
         nn.Module.__init__(self)  # no dense W_enc / W_dec: the convolutions are the parameters

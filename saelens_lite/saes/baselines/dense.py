@@ -19,6 +19,8 @@ from saelens_lite.saes.registry import register
 
 @register("dense")
 class DenseAE(SAE):
+    is_sparse_coder = False  # a baseline of the comparison (SAE.is_sparse_coder)
+
     def encode(self, x_BD: Tensor) -> Tensor:
         return torch.relu(self.pre_acts(x_BD))
 

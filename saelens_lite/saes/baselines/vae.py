@@ -48,6 +48,7 @@ _LOG_2PI = math.log(2 * math.pi)
 class VAE(SAE):
     config_class = VAEConfig
     unit_norm_decoder = False
+    is_sparse_coder = False  # a baseline of the comparison (SAE.is_sparse_coder)
 
     def __init__(self, cfg):
         super().__init__(cfg)
