@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saelens_lite.lm import capture
+from saelens_lite.lm.hooks import capture
 from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, written_mask
 from saelens_lite.util.atomic import write_json, write_npy
 
