@@ -8,6 +8,8 @@ Layout of ``out``::
     data/index.js              saeIndex({...}): one column per statistic over all F features
     data/f/00000.js ...        saeShard(i, {...}): features [i*256, (i+1)*256), their examples,
                                histogram, logit effects, neighbours, and the token strings they use
+    features/                  the feature statistics the pages render, as saelens_lite.features.store
+                               saves them (interventions read their max activations from here)
     data/training_curves.png   the SAE's training curves, when its folder or run folder has them
                                (see saelens_lite.training.curves); the index shows them
 
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from saelens_lite.dashboards.config import DashboardConfig
 from saelens_lite.dashboards.explanations import (
     Explanations,
     check_densities,
@@ -44,16 +47,10 @@ from saelens_lite.dashboards.explanations import (
     meta_entry,
     shard_entry,
 )
-from saelens_lite.dashboards.features import (
-    DashboardConfig,
-    FeatureStats,
-    cleanup,
-    compute_feature_stats,
-    example_windows,
-    logit_effects,
-    nearest_features,
-    resolve_hook,
-)
+from saelens_lite.features.examples import TokenStrings, example_windows
+from saelens_lite.features.logits import logit_effects, nearest_features
+from saelens_lite.features.stats import compute_feature_stats, resolve_hook
+from saelens_lite.features.store import SITE_SUBDIR, SavedFeatures, load_features, save_features
 from saelens_lite.training.curves import CURVES_NAME
 
 log = logging.getLogger(__name__)
@@ -93,28 +90,6 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class TokenStrings:
-    """Token id -> text, each id decoded once per build (tokens decode one by one, so a
-    byte-level BPE token shows its leading space)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.known = tokenizer, {}
-        # The Rust backend skips transformers' per-item Python conversions (~10x faster).
-        backend = getattr(tokenizer, "_tokenizer", None)
-        self._batch = getattr(backend, "decode_batch", None)
-
-    def __call__(self, ids: np.ndarray) -> dict[int, str]:
-        ids = np.unique(ids[ids >= 0]).tolist()
-        new = [i for i in ids if i not in self.known]
-        if new:
-            seqs = [[i] for i in new]
-            texts = (self._batch(seqs, skip_special_tokens=False) if self._batch is not None else
-                     self.tokenizer.batch_decode(seqs, skip_special_tokens=False,
-                                                 clean_up_tokenization_spaces=False))
-            self.known.update(zip(new, texts))
-        return {i: self.known[i] for i in ids}
-
-
 _ZERO_FLOAT = re.compile(r"(?<=[\[,])0\.0(?=[,\]])")
 
 
@@ -139,7 +114,7 @@ def prepare_site(out: Path) -> None:
                                                         and (out / "assets" / "app.js").is_file())
     if out.exists() and any(out.iterdir()) and not is_site:
         raise FileExistsError(f"{out} exists, is not empty and is not a dashboard site; choose a new folder")
-    for sub in ("data", "assets"):
+    for sub in ("data", "assets", SITE_SUBDIR):
         shutil.rmtree(out / sub, ignore_errors=True)
     (out / "data" / "f").mkdir(parents=True, exist_ok=True)
     (out / "assets").mkdir(parents=True, exist_ok=True)
@@ -170,10 +145,14 @@ def copy_training_curves(png: str | os.PathLike, out: Path) -> str:
     return rel
 
 
-def write_site(out: Path, stats: FeatureStats, table, cache, tokenizer, cfg: DashboardConfig, *,
-               meta: dict, logits=None, neighbours=None, explanations: Explanations | None = None) -> None:
-    """Write meta, index and feature shards. Windows are looked up shard by shard, so memory
-    stays bounded by one shard's examples; numbers are rounded once per shard."""
+def write_site(out: Path, saved: SavedFeatures, table, cache, tokenizer, cfg: DashboardConfig, *,
+               explanations: Explanations | None = None) -> None:
+    """Write meta, index and feature shards: a rendering of ``saved`` (what
+    :func:`~saelens_lite.features.store.save_features` wrote, its meta becoming the site's) with
+    each example's context window from ``table`` and ``cache``. Windows are looked up shard by
+    shard, so memory stays bounded by one shard's examples; numbers are rounded once per shard."""
+    stats, logits, neighbours = saved.stats, saved.logits, saved.neighbours
+    meta = {k: v for k, v in saved.meta.items() if k != "config"}
     F_ = len(stats.count_F)
     before = cfg.window_before
     n_shards = -(-F_ // cfg.shard_features)
@@ -236,6 +215,25 @@ def write_site(out: Path, stats: FeatureStats, table, cache, tokenizer, cfg: Das
     _write(out / "data" / "meta.js", f"saeMeta({js_json(meta)});\n")
 
 
+def weight_views(W_dec_FD, model, cfg: DashboardConfig):
+    """(logit effects or a note or None, neighbours or None), as ``cfg`` asks."""
+    logits = logit_effects(W_dec_FD, model, cfg.n_logits) if cfg.n_logits else None
+    neighbours = (nearest_features(W_dec_FD, cfg.n_neighbours) if cfg.n_neighbours and W_dec_FD.shape[0] > 1
+                  else None)
+    return logits, neighbours
+
+
+def site_meta(sae, cache, model, cfg: DashboardConfig) -> dict:
+    """The SAE, model and cache a site describes (its meta.js, less the sizes write_site adds)."""
+    return {"model": model.name, "family": model.family, "hook": resolve_hook(sae, cache, cfg.hook),
+            "architecture": sae.architecture, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
+            "k": getattr(sae.cfg, "k", None), "cache": cache.path.name,
+            # a transcoder: activations from its input hook (above), logit effects through
+            # its decoder, which writes the target hook (the MLP output) into the residual
+            "target_hook": getattr(sae.cfg, "target_hook", "") or None,
+            "context_size": cache.meta.get("context_size")}
+
+
 def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | None = None,
                     progress: bool = True, timings: dict | None = None,
                     training_curves: str | os.PathLike | None = None, explanations=None,
@@ -282,25 +280,17 @@ def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | No
             check_densities(explanations, stats.density_F, cache.path)
         timings["stats_s"] = time.perf_counter() - t0
         t = time.perf_counter()
-        W_dec = sae.W_dec.detach()
-        logits = logit_effects(W_dec, model, cfg.n_logits) if cfg.n_logits else None
-        neighbours = nearest_features(W_dec, cfg.n_neighbours) if cfg.n_neighbours and W_dec.shape[0] > 1 \
-            else None
+        logits, neighbours = weight_views(sae.W_dec.detach(), model, cfg)
         timings["weights_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        meta = {"model": model.name, "family": model.family, "hook": resolve_hook(sae, cache, cfg.hook),
-                "architecture": sae.architecture, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
-                "k": getattr(sae.cfg, "k", None), "cache": cache.path.name,
-                # a transcoder: activations from its input hook (above), logit effects through
-                # its decoder, which writes the target hook (the MLP output) into the residual
-                "target_hook": getattr(sae.cfg, "target_hook", "") or None,
-                "context_size": cache.meta.get("context_size"),
-                "training_curves": copy_training_curves(training_curves, out) if training_curves else None}
-        write_site(out, stats, table, cache, model.tokenizer, cfg, meta=meta, logits=logits,
-                   neighbours=neighbours, explanations=explanations)
+        meta = site_meta(sae, cache, model, cfg)
+        meta["training_curves"] = copy_training_curves(training_curves, out) if training_curves else None
+        save_features(out / SITE_SUBDIR, stats, logits=logits, neighbours=neighbours, config=cfg, meta=meta)
+        write_site(out, load_features(out / SITE_SUBDIR, mmap=True), table, cache, model.tokenizer, cfg,
+                   explanations=explanations)
         timings["write_s"] = time.perf_counter() - t
     finally:
-        cleanup(table)
+        table.delete()
     log.info("dashboard for %d features written to %s (%s)", sae.cfg.d_sae, out,
              ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     return out / "index.html"
