@@ -157,16 +157,15 @@ def encode_pass(sae, cache, hook: str, table: CodeTable, batch_size: int, progre
 
 
 def table_pass(table: CodeTable, max_F: np.ndarray, cfg: StatsConfig, chunk: int = 1 << 18):
-    """Pass 2 over the code table: histogram, top-T, quantile samples."""
+    """Pass 2 over the code table, chunk by chunk: (hist_FH, top_vals_FT, top_rows_FT,
+    quant_counts_FQ, quant_vals_FQS, quant_rows_FQS) as in :class:`FeatureStats`."""
     F_, H, T, Q, S = table.F, cfg.n_bins, cfg.n_top, cfg.n_quantiles, max(cfg.n_per_quantile, 1)
     rng = np.random.default_rng(cfg.seed)
-    hist = np.zeros(F_ * H, np.int64)
-    qcount = np.zeros(F_ * Q, np.int64)
-    top_v = np.full((F_, T), -np.inf, np.float32)
-    top_r = np.full((F_, T), -1, np.int64)
-    q_key = np.full((F_ * Q, S), -np.inf, np.float32)
-    q_row = np.full((F_ * Q, S), -1, np.int64)
-    q_val = np.zeros((F_ * Q, S), np.float32)
+    hist, qcount = np.zeros(F_ * H, np.int64), np.zeros(F_ * Q, np.int64)
+    top = (np.full((F_, T), -np.inf, np.float32), np.full((F_, T), -1, np.int64))
+    # per bucket: random keys (the sample keeps the S largest), rows, values
+    samples = (np.full((F_ * Q, S), -np.inf, np.float32), np.full((F_ * Q, S), -1, np.int64),
+               np.zeros((F_ * Q, S), np.float32))
     inv_max = (1.0 / np.maximum(max_F, 1e-30)).astype(np.float32)
     for a in range(0, table.size, chunk):
         keys, vals = np.asarray(table.keys[a:a + chunk]), np.asarray(table.vals[a:a + chunk])
@@ -175,27 +174,46 @@ def table_pass(table: CodeTable, max_F: np.ndarray, cfg: StatsConfig, chunk: int
         hist += np.bincount(f * H + np.clip((frac * H).astype(np.int64), 0, H - 1), minlength=F_ * H)
         seg_q = f * Q + np.clip((frac * Q).astype(np.int64), 0, Q - 1)
         qcount += np.bincount(seg_q, minlength=F_ * Q)
-        # Only entries that beat the buffer's current n-th place can enter it; after the first
-        # chunks that leaves few entries to sort.
-        cand = np.flatnonzero(vals > top_v[:, -1][f])
-        v, r = segment_topn(f[cand], vals[cand], rows[cand], F_, T)
-        top_v, top_r = merge_topn(top_v, top_r, v, r, T)
+        top = _update_top(top, f, vals, rows)
         if cfg.n_per_quantile:
-            rnd = rng.random(len(keys), dtype=np.float32)
-            pos = np.flatnonzero(rnd > q_key[:, -1][seg_q])  # entry positions: row and value
-            k, p = segment_topn(seg_q[pos], rnd[pos], pos, F_ * Q, S)
-            ok = p >= 0
-            new_r = np.where(ok, rows[np.maximum(p, 0)], -1)
-            new_v = np.where(ok, vals[np.maximum(p, 0)], 0).astype(np.float32)
-            q_key, q_row, q_val = merge_topn(q_key, q_row, k, new_r, S, (q_val, new_v))
-    top_v = np.where(top_r >= 0, top_v, 0).astype(np.float32)
-    if not cfg.n_per_quantile:
-        q_row, q_val = q_row[:, :0], q_val[:, :0]
-    else:  # show each bucket's samples strongest first
-        o = np.argsort(-np.where(q_row >= 0, q_val, -1), axis=1, kind="stable")
-        q_row, q_val = np.take_along_axis(q_row, o, 1), np.take_along_axis(q_val, o, 1)
-    return (hist.reshape(F_, H), top_v, top_r, qcount.reshape(F_, Q),
-            q_val.reshape(F_, Q, -1), q_row.reshape(F_, Q, -1))
+            samples = _update_samples(samples, seg_q, vals, rows, rng)
+    top_v, top_r = top
+    q_val, q_row = _order_samples(samples, cfg.n_per_quantile)
+    return (hist.reshape(F_, H), np.where(top_r >= 0, top_v, 0).astype(np.float32), top_r,
+            qcount.reshape(F_, Q), q_val.reshape(F_, Q, -1), q_row.reshape(F_, Q, -1))
+
+
+def _update_top(top: tuple, f_E: np.ndarray, vals_E: np.ndarray, rows_E: np.ndarray) -> tuple:
+    """Merge a chunk into the (F, T) buffers of largest activations. Only entries that beat their
+    feature's current T-th place can enter; after the first chunks that leaves few to sort."""
+    top_v, top_r = top
+    F_, T = top_v.shape
+    cand = np.flatnonzero(vals_E > top_v[:, -1][f_E])
+    v, r = segment_topn(f_E[cand], vals_E[cand], rows_E[cand], F_, T)
+    return merge_topn(top_v, top_r, v, r, T)
+
+
+def _update_samples(samples: tuple, seg_E: np.ndarray, vals_E: np.ndarray, rows_E: np.ndarray, rng) -> tuple:
+    """Bottom-k sampling per bucket: each entry draws a uniform key and each bucket keeps the S
+    entries of largest key seen so far, a uniform sample without replacement of its members."""
+    q_key, q_row, q_val = samples
+    n_seg, S = q_key.shape
+    rnd = rng.random(len(seg_E), dtype=np.float32)
+    pos = np.flatnonzero(rnd > q_key[:, -1][seg_E])  # entry positions: row and value
+    k, p = segment_topn(seg_E[pos], rnd[pos], pos, n_seg, S)
+    ok = p >= 0
+    new_r = np.where(ok, rows_E[np.maximum(p, 0)], -1)
+    new_v = np.where(ok, vals_E[np.maximum(p, 0)], 0).astype(np.float32)
+    return merge_topn(q_key, q_row, k, new_r, S, (q_val, new_v))
+
+
+def _order_samples(samples: tuple, n_per_quantile: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, rows) of each bucket's samples, strongest first (none when not sampled)."""
+    _, q_row, q_val = samples
+    if not n_per_quantile:
+        return q_val[:, :0], q_row[:, :0]
+    o = np.argsort(-np.where(q_row >= 0, q_val, -1), axis=1, kind="stable")
+    return np.take_along_axis(q_val, o, 1), np.take_along_axis(q_row, o, 1)
 
 
 def compute_feature_stats(sae, cache, cfg: StatsConfig, *, workdir: str | Path | None = None,
