@@ -132,3 +132,69 @@ def test_config_rejects_bad_values_naming_the_field():
         StatsConfig(n_top=0)
     with pytest.raises(ValueError, match="n_per_quantile=-1"):
         StatsConfig(n_per_quantile=-1)
+
+
+# ---------------------------------------------------------------- a synthetic cache, exact oracles
+
+N_SYN, F_SYN, CTX = 600, 6, 25
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A cache whose codes are known without running a model: a ReLU SAE with W_enc = I and zero
+    biases codes x as relu(x). Feature 0 is dead, 1 fires once, 2 has tied values, 3-5 spread."""
+    from saelens_lite.cache import ActivationCache, CacheWriter
+    from saelens_lite.saes import SAE, SAEConfig
+
+    rng = np.random.default_rng(0)
+    x_NF = rng.normal(size=(N_SYN, F_SYN)).astype(np.float32)
+    x_NF[:, 0] = -1.0
+    x_NF[:, 1] = -1.0
+    x_NF[417, 1] = 2.5
+    x_NF[:, 2] = np.where(rng.random(N_SYN) < 0.2, 1.0, -1.0)
+    x_NF[:, 5] = rng.exponential(size=N_SYN) * (rng.random(N_SYN) < 0.6)
+    path = tmp_path_factory.mktemp("syn") / "cache"
+    w = CacheWriter.open(path, meta={"test": 1}, hooks={"h": F_SYN}, dtype="float32", shard_tokens=128)
+    w.append({"h": x_NF}, token_ids=np.arange(N_SYN) % 50, context_idx=np.arange(N_SYN) // CTX,
+             position=np.arange(N_SYN) % CTX)
+    w.finalize()
+    sae = SAE.from_config(SAEConfig(architecture="relu", d_in=F_SYN, d_sae=F_SYN, hook_name="h"))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(F_SYN))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return ActivationCache(path), sae.eval(), np.maximum(x_NF, 0)
+
+
+def test_synthetic_statistics_equal_numpy_on_the_known_codes(synthetic, tmp_path):
+    cache, sae, A_NF = synthetic
+    cfg = StatsConfig(n_top=5, n_quantiles=3, n_per_quantile=4, n_bins=8, batch_size=100)
+    stats, table = compute_feature_stats(sae, cache, cfg, workdir=tmp_path, progress=False)
+    table.delete()
+    on_NF = A_NF > 0
+    np.testing.assert_array_equal(stats.count_F, on_NF.sum(0))
+    np.testing.assert_array_equal(stats.max_F, A_NF.max(0))
+    np.testing.assert_allclose(stats.sum_F, A_NF.astype(np.float64).sum(0), rtol=1e-12)
+    np.testing.assert_array_equal(stats.density_F, on_NF.mean(0))
+    assert stats.hook == "h" and stats.n_tokens == N_SYN
+    # dead: nothing kept; fired once: one top row and one sample, in the top bucket
+    assert stats.max_F[0] == 0 and (stats.top_rows_FT[0] == -1).all() and stats.hist_FH[0].sum() == 0
+    assert stats.top_rows_FT[1].tolist() == [417, -1, -1, -1, -1] and stats.top_vals_FT[1, 0] == 2.5
+    assert stats.hist_FH[1].tolist() == [0] * 7 + [1] and stats.quant_counts_FQ[1].tolist() == [0, 0, 1]
+    # ties: every top row holds the tied value, all in the last bin
+    assert set(A_NF[stats.top_rows_FT[2], 2]) == {1.0} and stats.hist_FH[2, -1] == on_NF[:, 2].sum()
+    for f in (3, 4, 5):
+        a = A_NF[:, f]
+        np.testing.assert_array_equal(stats.top_vals_FT[f], np.sort(a)[::-1][:5])
+        np.testing.assert_array_equal(a[stats.top_rows_FT[f]], stats.top_vals_FT[f])
+        frac = a[a > 0] * np.float32(1 / a.max())
+        np.testing.assert_array_equal(stats.hist_FH[f], np.bincount(np.minimum((frac * 8).astype(int), 7),
+                                                                    minlength=8))
+        np.testing.assert_array_equal(stats.quant_counts_FQ[f], np.bincount(np.minimum((frac * 3).astype(int),
+                                                                                       2), minlength=3))
+        for q in range(3):
+            rows = stats.quant_rows_FQS[f, q][stats.quant_rows_FQS[f, q] >= 0]
+            assert len(rows) == min(4, stats.quant_counts_FQ[f, q]) == len(set(rows))
+            b = np.minimum((a[rows] * np.float32(1 / a.max()) * 3).astype(int), 2)
+            assert (b == q).all()
+            np.testing.assert_array_equal(stats.quant_vals_FQS[f, q, :len(rows)], a[rows])
