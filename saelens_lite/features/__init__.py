@@ -24,9 +24,9 @@ from saelens_lite.features.stats import (
     resolve_hook,
 )
 from saelens_lite.features.store import SavedFeatures, features_dir, load_features, save_features
-from saelens_lite.features.table import CodeTable, cleanup
+from saelens_lite.features.table import CodeTable
 
-__all__ = ["StatsConfig", "FeatureStats", "compute_feature_stats", "resolve_hook", "CodeTable", "cleanup",
+__all__ = ["StatsConfig", "FeatureStats", "compute_feature_stats", "resolve_hook", "CodeTable",
            "example_windows", "TokenStrings", "LogitEffects", "Neighbours", "logit_effects",
            "nearest_features", "unembedding", "SavedFeatures", "save_features", "load_features",
            "features_dir"]

@@ -68,11 +68,6 @@ class CodeTable:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def cleanup(table: CodeTable) -> None:
-    """Delete a table's files (``table.delete()``)."""
-    table.delete()
-
-
 def segment_topn(seg_E: np.ndarray, score_E: np.ndarray, payload_E: np.ndarray, n_seg: int, n: int):
     """For each segment s in [0, n_seg): the n largest scores of its entries and their payloads,
     as (n_seg, n) arrays padded with -inf / -1. Entries are sorted by (segment, score desc);
@@ -108,4 +103,4 @@ def merge_topn(a_score, a_payload, b_score, b_payload, n: int, *extra):
             *(take(a, b) for a, b in extra))
 
 
-__all__ = ["CodeTable", "cleanup", "segment_topn", "merge_topn"]
+__all__ = ["CodeTable", "segment_topn", "merge_topn"]
