@@ -8,10 +8,10 @@ Layout of ``out``::
     data/index.js              saeIndex({...}): one column per statistic over all F features
     data/f/00000.js ...        saeShard(i, {...}): features [i*256, (i+1)*256), their examples,
                                histogram, logit effects, neighbours, and the token strings they use
-    features/                  the feature statistics the pages render, as saelens_lite.features.store
-                               saves them (interventions read their max activations from here)
     data/training_curves.png   the SAE's training curves, when its folder or run folder has them
                                (see saelens_lite.training.curves); the index shows them
+    features/                  the feature statistics the pages render, as saelens_lite.features.store
+                               saves them (interventions read their max activations from here)
 
 With ``explanations=`` (saelens-lite explain's JSONL), the index also has ``expl`` (the text per
 feature) and ``scores`` (each scorer's AUROC per feature), each shard ``expl`` (feature ->
