@@ -30,7 +30,7 @@ import torch
 
 from saelens_lite.corpus.text import iter_documents
 from saelens_lite.interventions import add_direction, attribute, generate
-from saelens_lite.lm.hooks import splice
+from saelens_lite.lm.hooks import replace
 from saelens_lite.lm.load import load_model
 from saelens_lite.saes import SAE, SAEConfig
 
@@ -90,7 +90,7 @@ def bench_attribution(lm, sae, args) -> tuple[dict[str, float], int]:
             leaf["x"] = x.detach().requires_grad_()
             return leaf["x"]
 
-        with splice(lm.model, args.hook, fn):
+        with replace(lm.model, args.hook, fn):
             m = lm.model(input_ids=ids).logits[0, -1, target]
             torch.autograd.grad(m, [leaf["x"]])
 

@@ -1,7 +1,8 @@
 """Harvest hidden states from a model into an on-disk :class:`ActivationCache`.
 
 text corpus -> packed contexts (``corpus``) -> one forward per batch with every hook captured
-and the forward stopped after the deepest hooked module (``hooks.capture``) -> kept token rows
+and the forward stopped after the deepest hooked module, the token rule applied
+(``lm.capture.capture_rows``) -> kept token rows
 -> resumable shard writer (``cache.CacheWriter``).
 
 Resume contract: contexts are produced deterministically, rows are written in (context,
@@ -47,13 +48,13 @@ from saelens_lite.cache.format import MANIFEST
 from saelens_lite.cache.reader import ActivationCache
 from saelens_lite.cache.writer import CacheWriter, write_merged_manifest
 from saelens_lite.corpus.text import iter_documents, pack_contexts
-from saelens_lite.lm.hooks import capture, hook_widths, resolve_hooks
+from saelens_lite.lm.capture import Context, capture_rows, count_kept
+from saelens_lite.lm.hooks import hook_widths, resolve_hooks
 from saelens_lite.lm.load import LoadedModel, load_model
 from saelens_lite.lm.tokens import (
     DEFAULT_EXCLUDE,
     EXCLUDE_CHOICES,
     check_exclude,
-    written_mask,
 )
 from saelens_lite.util import distributed
 from saelens_lite.util.validate import check_ints
@@ -114,11 +115,6 @@ def _model_dtype(cfg: HarvestConfig, device: torch.device) -> torch.dtype:
     if cfg.model_dtype != "auto":
         return DTYPES[cfg.model_dtype]
     return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def _batches(contexts: Iterator[tuple[int, np.ndarray]], size: int) -> Iterator[list[tuple[int, np.ndarray]]]:
-    while batch := list(itertools.islice(contexts, size)):
-        yield batch
 
 
 def _cache_meta(cfg: HarvestConfig, lm: LoadedModel) -> dict:
@@ -183,8 +179,7 @@ class _Owned:
         for i, ids in self.contexts:
             if self.total >= self.tokens:
                 return
-            ids_1S = torch.as_tensor(ids, dtype=torch.long)[None]
-            n = int(written_mask(ids_1S, torch.ones_like(ids_1S), self.exclude, self.tokenizer).sum())
+            n = count_kept([ids], self.tokenizer, self.exclude)
             limit = min(n, self.tokens - self.total)
             self.total += n
             if i % self.world == self.rank:
@@ -239,6 +234,11 @@ def harvest(cfg: HarvestConfig, out: str | Path, *, model: LoadedModel | None = 
     return ActivationCache(out)
 
 
+def _resume_start(ctx: int, S: int, last_ctx: int, last_pos: int) -> int:
+    """First position of context ``ctx`` not yet committed (S: none, it is all committed)."""
+    return 0 if ctx > last_ctx else last_pos + 1 if ctx == last_ctx else S
+
+
 def _harvest_rank(cfg: HarvestConfig, writer: CacheWriter, lm: LoadedModel, hook_points, docs,
                   device: torch.device, dinfo: distributed.DistInfo, progress: bool,
                   overlap: bool = False) -> None:
@@ -258,44 +258,22 @@ def _harvest_rank(cfg: HarvestConfig, writer: CacheWriter, lm: LoadedModel, hook
     # this rank's contexts; rank r's j-th context is context j W + r.
     first = max((last_ctx - dinfo.rank) // dinfo.world_size, 0) // cfg.batch_size * cfg.batch_size
     contexts = itertools.islice(owned, first, None)
-    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     bar = tqdm(total=-(-cfg.tokens // dinfo.world_size), initial=done, unit="tok", unit_scale=True,
                desc="harvest" if not dinfo.distributed else f"harvest rank {dinfo.rank}",
                disable=not progress, dynamic_ncols=True)
     bg = _OverlappedWriter(writer, device, cfg.batch_size * cfg.context_size) if overlap else None
+    todo = (Context(ids, i, limit, _resume_start(i, len(ids), last_ctx, last_pos)) for i, ids, limit in contexts)
     try:
-        for batch in _batches(iter(contexts), cfg.batch_size):
-            S = max(len(ids) for _, ids, _ in batch)
-            ids_BS = torch.full((len(batch), S), pad_id, dtype=torch.long)
-            attn_BS = torch.zeros((len(batch), S), dtype=torch.long)
-            for b, (_, ids, _) in enumerate(batch):
-                ids_BS[b, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-                attn_BS[b, : len(ids)] = 1
-            ctx_B = torch.tensor([i for i, _, _ in batch], dtype=torch.long)
-            limit_B = torch.tensor([n for _, _, n in batch], dtype=torch.long)
-            pos_BS = torch.arange(S).expand(len(batch), S)
-            keep_BS = written_mask(ids_BS, attn_BS, cfg.exclude, lm.tokenizer)
-            keep_BS &= keep_BS.long().cumsum(1) <= limit_B[:, None]  # the global token cut
-            keep_BS &= (ctx_B[:, None] > last_ctx) | ((ctx_B[:, None] == last_ctx) & (pos_BS > last_pos))
-            n = int(keep_BS.sum())
-            if n == 0:
-                continue
-            acts = capture(lm.model, {"input_ids": ids_BS.to(device), "attention_mask": attn_BS.to(device)},
-                           hook_points, stop_early=True)
-            cols = (ids_BS[keep_BS].numpy(), ctx_B[:, None].expand(-1, S)[keep_BS].numpy(),
-                    pos_BS[keep_BS].numpy())
+        for rows in capture_rows(lm, hook_points, todo, exclude=cfg.exclude, batch_size=cfg.batch_size):
+            cols = (rows.token_ids_n, rows.context_n, rows.position_n)
+            cast = {name: a.to(store_dtype) for name, a in rows.acts.items()}
             if bg is not None:
-                # row indices from the host mask (n is known): gathering by index does not
-                # synchronise as boolean indexing on the device does
-                idx_n = keep_BS.reshape(-1).nonzero().squeeze(1).to(device, non_blocking=True)
-                bg.submit({name: a.reshape(-1, a.shape[-1]).index_select(0, idx_n).to(store_dtype)
-                           for name, a in acts.items()}, cols)
+                bg.submit(cast, cols)
             else:
-                keep_dev = keep_BS.to(device)
-                rows = {name: a[keep_dev].to(store_dtype).cpu() for name, a in acts.items()}
-                writer.append(rows, token_ids=cols[0], context_idx=cols[1], position=cols[2])
-            done += n
-            bar.update(n)
+                writer.append({name: a.cpu() for name, a in cast.items()}, token_ids=cols[0],
+                              context_idx=cols[1], position=cols[2])
+            done += rows.n
+            bar.update(rows.n)
         if bg is not None:
             bg.close()  # every submitted batch appended (or its error raised)
             bg = None

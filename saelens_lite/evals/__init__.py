@@ -3,9 +3,9 @@ loss (CE loss recovered, KL), and a ground-truth benchmark on synthetic superpos
 
 A transcoder (``sae.cfg.target_hook`` set, e.g. ``blocks.9.hook_mlp_in -> blocks.9.hook_mlp_out``)
 is scored on its target: FVU etc. of the MLP output from the input rows of the same tokens, and
-the spliced model has the MLP replaced by the transcoder (``splice``).
+the spliced model has the MLP replaced by the transcoder (``downstream``, through ``lm.splice``).
 
-``evaluate(sae, cache)`` -> a flat dict of metrics (see ``metrics`` and ``splice`` for the exact
+``evaluate(sae, cache)`` -> a flat dict of metrics (see ``metrics`` and ``downstream`` for the exact
 definitions); ``format_summary(metrics)`` -> markdown; ``write_report`` -> JSON + markdown + PNG.
 """
 
@@ -17,15 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saelens_lite.evals.heldout import contexts_for_tokens, heldout_rows, heldout_rows_of
-from saelens_lite.evals.metrics import ReconstructionStats, reconstruction_stats
-from saelens_lite.evals.report import density_histogram, format_summary, write_report
-from saelens_lite.evals.splice import (
+from saelens_lite.evals.downstream import downstream_metrics
+from saelens_lite.evals.heldout import (
     EvalContexts,
-    downstream_metrics,
+    contexts_for_tokens,
     eval_contexts,
     heldout_contexts,
+    heldout_rows,
+    heldout_rows_of,
 )
+from saelens_lite.evals.metrics import ReconstructionStats, reconstruction_stats
+from saelens_lite.evals.report import density_histogram, format_summary, write_report
 from saelens_lite.lm.hooks import is_mlp_pair, warn_if_other_hook
 from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, check_exclude, excluded_token_ids, keep_mask
 
@@ -121,7 +123,7 @@ def evaluate(
     * With ``downstream``, the model runs the first ``ce_contexts`` held-out contexts with the
       SAE spliced in at its hook: ``ce_loss_{clean,sae,zero,mean} ce_loss_recovered
       ce_loss_recovered_mean kl_div kl_div_score ...`` for causal LMs, ``pooled_cos_*`` for
-      encoders (:mod:`saelens_lite.evals.splice`). The mean ablation uses the mean activation
+      encoders (:mod:`saelens_lite.evals.downstream`). The mean ablation uses the mean activation
       of the in-sample rows (else the held-out rows).
 
     ``exclude`` is the one token rule (:mod:`saelens_lite.lm.tokens`) for every metric: those

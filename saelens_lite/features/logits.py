@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-_FINAL_NORMS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.final_layernorm",
-               "model.decoder.final_layer_norm", "transformer.norm_f", "backbone.norm_f")
-"""Module names of the final norm in the model families we know, tried in order."""
+from saelens_lite.lm.layout import final_norm
+from saelens_lite.lm.load import is_causal_lm
 
 
 class LogitEffects(NamedTuple):
@@ -42,27 +41,14 @@ class Neighbours(NamedTuple):
     idx_FN: np.ndarray
 
 
-def _final_norm(model: torch.nn.Module):
-    """The model's final norm module (before the unembedding), or None."""
-    mods = dict(model.named_modules())
-    for name in _FINAL_NORMS:
-        if name in mods:
-            return mods[name]
-    # Fallback: the last norm module outside the repeated blocks.
-    found = [m for n, m in mods.items() if "norm" in type(m).__name__.lower()
-             and not any(p.isdigit() for p in n.split("."))]
-    return found[-1] if found else None
-
-
 def unembedding(lm) -> tuple[Tensor, Tensor | None, bool] | str:
     """(W_U (V, D), norm weight g (D,) or None, centre) or a note saying why there is none."""
     model = lm.model
-    is_lm = type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not is_lm or head is None:
+    if not is_causal_lm(model):
         return (f"{type(model).__name__} is an encoder without a language-model head, so there are no "
                 "logit effects to show")
-    norm = _final_norm(model)
+    head = model.get_output_embeddings()
+    norm = final_norm(model)
     g = getattr(norm, "weight", None) if norm is not None else None
     centre = norm is not None and "rms" not in type(norm).__name__.lower()
     return head.weight.detach().float(), (None if g is None else g.detach().float()), centre

@@ -17,7 +17,7 @@ edited features' activations ``c_f(s) = encode(x)_f`` there on the unedited run 
 tokens, where no SAE is spliced): an activation at ``s`` can change the losses of tokens
 ``s + 1`` onwards (Neuronpedia's feature ablation view; Marks et al. 2024 ablate the same way).
 
-Totals follow ``evals.splice``: means over the *scored* tokens, those ``s >= 1`` whose preceding
+Totals follow ``evals.downstream``: means over the *scored* tokens, those ``s >= 1`` whose preceding
 token is not excluded (``saelens_lite.lm.tokens``; the loss predicted from BOS is dropped).
 """
 

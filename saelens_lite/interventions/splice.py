@@ -1,52 +1,29 @@
-"""Run a model with SAEs spliced in at their hooks, keeping the SAE's error as a term of its own.
+"""``spliced()``: the model with SAEs spliced in and feature edits applied to their codes.
 
-Shape legend: B batch, S sequence (the positions of this forward), D model width, F features.
+The splice itself (the math, the error term, recording the nodes for attribution) is the one
+of :mod:`saelens_lite.lm.splice`, shared with the evaluation's spliced-model loss; this module
+turns the user's SAEs and :class:`~saelens_lite.interventions.edits.FeatureEdit` objects into
+its sites and per-hook code edits. In short, at every spliced hook and kept token::
 
-At every spliced hook, for each position whose token is not excluded (``saelens_lite.lm.tokens``:
-BOS / EOS / pad keep their clean activation, the rule of ``evals.splice``)::
+    x' = decode(edits(encode(x))) + (x - decode(encode(x)))     keep_error=True (default)
+    x' = decode(edits(encode(x)))                               keep_error=False
 
-    c  = encode(x),   c' = edits(c),   e = x - decode(c)        (the error node)
-    x' = decode(c') + e      keep_error=True (default; SAELens HookedSAETransformer's
-                             ``use_error_term``, Marks et al. 2024's error nodes)
-    x' = decode(c')          keep_error=False (the CE-loss splice of ``evals.splice``)
+so an unedited splice with the error kept is the clean model up to float rounding, and an edit
+moves the activation by exactly ``(c' - c) @ W_dec``.
 
-With no edit and the error kept, ``x' = x`` up to float rounding, so the model's output is the
-clean model's; an edit moves the activation by exactly ``decode(c') - decode(c)``
-(``(c' - c) @ W_dec``). Positions are counted in each row's unpadded sequence, so the same
-edit hits the same tokens under left padding and across KV-cached generation steps, where
-each forward sees only the new positions.
-
-With ``record=True`` each forward keeps, per hook, the code and the error as autograd leaves
-(attribution patching needs the gradient of a metric with respect to both, Syed et al. 2023):
-``x' = decode(c'_leaf) + e_leaf + (x - stopgrad(x))``; the last term is 0 in value and passes
-the gradient to x unchanged, so upstream gradients are the clean model's (the feature-circuits
-code's ``x.grad = x_recon.grad``).
+Shape legend: B batch, S sequence, D model width, F features.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from typing import NamedTuple
-
-import torch
-from torch import Tensor
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from saelens_lite.interventions.edits import BoundEdit, FeatureEdit, apply_edits, bind_edits
-from saelens_lite.lm.hooks import hook_widths, resolve_hooks, splice
-from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, excluded_token_ids, keep_mask
-
-
-class SpliceNodes(NamedTuple):
-    """One hook's nodes from the last recorded forward."""
-
-    code_BSF: Tensor
-    """The (edited) code c', an autograd leaf."""
-    error_BSD: Tensor
-    """e = x - decode(c), an autograd leaf."""
-    keep_BS: Tensor
-    """bool: positions where the SAE was spliced (others kept their clean activation)."""
+from saelens_lite.lm.hooks import hook_widths, resolve_hooks
+from saelens_lite.lm.splice import Edit, SpliceNodes, SpliceState, splice
+from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, excluded_token_ids
 
 
 def as_sae_map(saes) -> dict[str, object]:
@@ -86,69 +63,31 @@ def check_saes(model, saes: Mapping[str, object]) -> None:
 
 @dataclass
 class SAESplice:
-    """The live state of :func:`spliced`: what every hooked forward reads and records."""
+    """What :func:`spliced` yields: the bound edits and the live splice (its recorded nodes)."""
 
-    saes: dict[str, object]
     edits: list[BoundEdit]
-    keep_error: bool = True
-    record: bool = False
-    excluded: set[int] = field(default_factory=set)
-    nodes: dict[str, SpliceNodes] = field(default_factory=dict)
-    """record=True: the nodes of the last forward, by hook."""
-    keep_BS: Tensor | None = None
-    pos_BS: Tensor | None = None
+    state: SpliceState
 
-    def _before_forward(self, _module, args, kwargs) -> None:
-        """Top-level pre-hook: which positions this forward covers and which tokens to keep."""
-        ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], Tensor) else None)
-        ref = ids if ids is not None else kwargs["inputs_embeds"][..., 0]
-        B, S = ref.shape[:2]
-        mask = kwargs.get("attention_mask")
-        if mask is not None and mask.dim() == 2:
-            self.pos_BS = (mask.long().cumsum(-1) - 1).clamp_min(0)[:, -S:]
-            keep = mask[:, -S:].bool()
-        else:
-            past = kwargs.get("cache", kwargs.get("past_key_values"))
-            start = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
-            self.pos_BS = torch.arange(start, start + S, device=ref.device).expand(B, S)
-            keep = torch.ones(B, S, dtype=torch.bool, device=ref.device)
-        self.keep_BS = keep if ids is None else keep & keep_mask(ids, self.excluded)
+    @property
+    def nodes(self) -> dict[str, SpliceNodes]:
+        """record=True: the nodes of the last forward, by hook."""
+        return self.state.nodes
 
-    def hook_fn(self, hook: str):
-        sae = self.saes[hook]
-        edits = [b for b in self.edits if b.hook == hook]
 
-        def fn(x_BSD: Tensor) -> Tensor:
-            keep_BS = self.keep_BS
-            if keep_BS is None or keep_BS.shape != x_BSD.shape[:2]:
-                raise RuntimeError(f"hook {hook!r} got an activation of shape {tuple(x_BSD.shape)}; "
-                                   "spliced SAEs expect (B, S, D) from a forward of the model itself")
-            dt = x_BSD.dtype
-            x = x_BSD.detach().to(sae.W_dec.dtype)
-            with torch.no_grad():
-                code = sae.encode(x)
-                x_hat = sae.decode(code)
-                new_code = apply_edits(code, edits, self.pos_BS) if edits else code
-                if not self.record:
-                    out = (sae.decode(new_code) if edits else x_hat)
-                    if self.keep_error:
-                        out = out + (x - x_hat)
-                    return torch.where(keep_BS[..., None], out.to(dt), x_BSD)
-            code_leaf = new_code.requires_grad_()
-            err_leaf = (x - x_hat).requires_grad_()
-            self.nodes[hook] = SpliceNodes(code_leaf, err_leaf, keep_BS)
-            out = (sae.decode(code_leaf) + err_leaf).to(dt) + (x_BSD - x_BSD.detach())
-            return torch.where(keep_BS[..., None], out, x_BSD)
-
-        return fn
+def _code_edits(bound: list[BoundEdit], hooks) -> dict[str, Edit]:
+    """{hook: (code_BSF, pos_BS) -> c'} for the hooks that have edits (``edits.apply_edits``)."""
+    by_hook = {h: [b for b in bound if b.hook == h] for h in hooks}
+    return {h: (lambda code_BSF, pos_BS, mine=mine: apply_edits(code_BSF, mine, pos_BS))
+            for h, mine in by_hook.items() if mine}
 
 
 @contextmanager
 def spliced(lm, saes, edits: Sequence[FeatureEdit] = (), *, stats=None, keep_error: bool = True,
             exclude: str = DEFAULT_EXCLUDE, record: bool = False) -> Iterator[SAESplice]:
-    """Within the block every forward of ``lm.model`` runs with ``saes`` spliced in (module
-    docstring): ``x' = decode(edits(encode(x))) + (x - decode(encode(x)))``, the error term kept
-    unless ``keep_error=False``.
+    """Within the block every forward of ``lm.model`` runs with ``saes`` spliced in
+    (``lm.splice.splice``): ``x' = decode(edits(encode(x))) + (x - decode(encode(x)))``, the
+    error term kept unless ``keep_error=False``; ``record=True`` keeps the code and error nodes of
+    each forward for attribution (``.nodes``).
 
     ``lm``: a :class:`~saelens_lite.lm.load.LoadedModel`; ``saes``: an SAE, a list of SAEs (each
     at its ``cfg.hook_name``) or ``{hook: sae}``; ``edits``: :class:`FeatureEdit` objects
@@ -160,17 +99,11 @@ def spliced(lm, saes, edits: Sequence[FeatureEdit] = (), *, stats=None, keep_err
     sae_map = as_sae_map(saes)
     if not sae_map:
         raise ValueError("spliced() needs at least one SAE")
-    if record and not keep_error:
-        raise ValueError("record=True needs keep_error=True: the error term is one of the nodes")
     check_saes(lm.model, sae_map)
-    state = SAESplice(sae_map, bind_edits(edits, sae_map, stats), keep_error, record,
-                      excluded_token_ids(lm.tokenizer, exclude))
-    with ExitStack() as stack:
-        handle = lm.model.register_forward_pre_hook(state._before_forward, with_kwargs=True)
-        stack.callback(handle.remove)
-        for hook in sae_map:
-            stack.enter_context(splice(lm.model, hook, state.hook_fn(hook)))
-        yield state
+    bound = bind_edits(edits, sae_map, stats)
+    with splice(lm.model, sae_map, excluded=excluded_token_ids(lm.tokenizer, exclude),
+                keep_error=keep_error, record=record, edits=_code_edits(bound, sae_map)) as state:
+        yield SAESplice(bound, state)
 
 
 __all__ = ["spliced", "SAESplice", "SpliceNodes", "as_sae_map", "check_saes"]

@@ -1,4 +1,9 @@
-"""Named hook points on HF transformers, activation capture with early stop, and splicing.
+"""Named hook points on HF transformers: one forward's capture with early stop, and replacement.
+
+Names: ``capture`` (one forward, every position) and ``replace`` / ``replace_from`` /
+``replace_mlp`` (an activation replaced by a function) are the hook-level primitives; running
+the model over contexts for kept rows is ``lm.capture.capture_rows``, putting an SAE or a
+transcoder in the model is a *splice* (``lm.splice``).
 
 Uniform names, per block ``i`` (B batch, S sequence, D model width):
 
@@ -32,31 +37,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from saelens_lite.lm.layout import ATTN_PATHS, MLP_IN_OF, MLP_PATHS, block_list, find_sub
+
 log = logging.getLogger(__name__)
 
 UNIFORM_SUFFIXES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_in", "hook_mlp_out",
                     "hook_resid_post")
-
-# Where the block list lives, for LM-head models and their base models.
-_BLOCK_LIST_PATHS = (
-    "model.layers",  # llama, mistral, qwen2, gemma, ...
-    "transformer.h",  # gpt2, gpt-j, bloom, falcon
-    "gpt_neox.layers",
-    "bert.encoder.layer",
-    "roberta.encoder.layer",
-    "encoder.layer",  # BertModel / RobertaModel
-    "model.decoder.layers",  # opt
-    "layers",  # LlamaModel, GPTNeoXModel
-    "h",  # GPT2Model
-)
-# Sub-layer paths inside a block, first match wins. BERT's come first because its
-# `attention` is a wrapper whose output already includes the residual and LayerNorm.
-_ATTN_PATHS = ("attention.output.dense", "self_attn", "attn", "attention", "self_attention")
-_MLP_PATHS = ("output.dense", "mlp", "feed_forward", "ffn")
-# The module whose *input* is the MLP's input, keyed by the mlp_out path found above; the MLP
-# is one module except in BERT, where it is ``intermediate`` (dense + act) then ``output.dense``.
-_MLP_IN_OF = {"output.dense": "intermediate"}
-
 
 @dataclass(frozen=True)
 class HookPoint:
@@ -78,38 +64,20 @@ class _StopForward(Exception):
     """Raised by a capture hook once every requested hook has fired, to skip later layers."""
 
 
-def _block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    modules = dict(model.named_modules())
-    for path in _BLOCK_LIST_PATHS:
-        if isinstance(modules.get(path), nn.ModuleList):
-            return path, modules[path]
-    # Unknown layout: the first ModuleList as long as the config's layer count.
-    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    for path, mod in modules.items():
-        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers:
-            return path, mod
-    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
-
-
-def _find_sub(block: nn.Module, candidates: Sequence[str]) -> str | None:
-    sub = dict(block.named_modules())
-    return next((c for c in candidates if c in sub), None)
-
-
 def list_hook_points(model: nn.Module) -> list[HookPoint]:
     """Uniform hook points in depth order: per block resid_pre, attn_out, mlp_in, mlp_out,
     resid_post."""
-    prefix, blocks = _block_list(model)
+    prefix, blocks = block_list(model)
     points = []
     for i, block in enumerate(blocks):
         path = f"{prefix}.{i}"
         points.append(HookPoint(f"blocks.{i}.hook_resid_pre", path, "pre", i))
-        attn = _find_sub(block, _ATTN_PATHS)
+        attn = find_sub(block, ATTN_PATHS)
         if attn is not None:
             points.append(HookPoint(f"blocks.{i}.hook_attn_out", f"{path}.{attn}", "post", i))
-        mlp = _find_sub(block, _MLP_PATHS)
+        mlp = find_sub(block, MLP_PATHS)
         if mlp is not None:
-            mlp_in = _MLP_IN_OF.get(mlp, mlp)
+            mlp_in = MLP_IN_OF.get(mlp, mlp)
             if mlp_in in dict(block.named_modules()):
                 points.append(HookPoint(f"blocks.{i}.hook_mlp_in", f"{path}.{mlp_in}", "pre", i))
             points.append(HookPoint(f"blocks.{i}.hook_mlp_out", f"{path}.{mlp}", "post", i))
@@ -121,7 +89,7 @@ def resolve_hooks(model: nn.Module, names: Sequence[str]) -> list[HookPoint]:
     """Map names (uniform or raw module paths) to hook points, in the order given."""
     uniform = {p.name: p for p in list_hook_points(model)}
     module_paths = [n for n, _ in model.named_modules() if n]
-    prefix, _ = _block_list(model)
+    prefix, _ = block_list(model)
     layer_re = re.compile(rf"^{re.escape(prefix)}\.(\d+)(\.|$)")
     points = []
     for name in names:
@@ -242,11 +210,11 @@ def hook_widths(model: nn.Module, hooks: Sequence[HookPoint | str]) -> dict[str,
 
 
 @contextmanager
-def splice(
+def replace(
     model: nn.Module, hook: HookPoint | str, fn: Callable[[Tensor], Tensor]
 ) -> Iterator[None]:
-    """Within the block, every forward replaces the activation at ``hook`` with fn(activation)
-    (e.g. an SAE reconstruction, for the spliced-model CE loss)."""
+    """Within the block, every forward replaces the activation at ``hook`` with fn(activation):
+    the primitive under a splice (``lm.splice``) and an ablation."""
     (point,) = _as_points(model, [hook])
     handle = _register(dict(model.named_modules())[point.module_path], point, fn)
     try:
@@ -256,7 +224,7 @@ def splice(
 
 
 @contextmanager
-def splice_from(
+def replace_from(
     model: nn.Module, source: HookPoint | str, hook: HookPoint | str,
     fn: Callable[[Tensor, Tensor], Tensor],
 ) -> Iterator[None]:
@@ -269,7 +237,7 @@ def splice_from(
 
     def output(act: Tensor) -> Tensor:
         if not seen:
-            raise RuntimeError(f"splice_from: {p_out.name} fired before {p_src.name}; the source "
+            raise RuntimeError(f"replace_from: {p_out.name} fired before {p_src.name}; the source "
                                "hook must come earlier in the forward")
         return fn(seen.pop(), act)
 
@@ -289,7 +257,7 @@ def replace_mlp(
     replaced by a function of its own input (a transcoder, Dunefsky et al. 2024). The MLP
     itself still runs (``mlp_out`` is its clean output, for positions left unchanged); for
     BERT the MLP spans two modules (``intermediate`` -> ``output.dense``)."""
-    return splice_from(model, f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out", fn)
+    return replace_from(model, f"blocks.{layer}.hook_mlp_in", f"blocks.{layer}.hook_mlp_out", fn)
 
 
 def is_mlp_pair(source: str, hook: str) -> bool:

@@ -254,7 +254,19 @@ ALIASES: dict[str, ModelAlias] = {
 # HF ids and local folders
 
 
-def _is_causal(config) -> bool:
+def is_causal_lm(model_or_config) -> bool:
+    """Whether a model (or, before loading, its config) is a causal LM with a language-model head:
+    the one test that picks the loader, the spliced-model loss (CE/KL vs pooled cosine) and
+    the dashboards' logit views. A model: an LM-head class (``*ForCausalLM``, ``*LMHeadModel``)
+    with its output embeddings; a config: its recorded architectures, else its model type."""
+    if isinstance(model_or_config, transformers.PretrainedConfig):
+        return _config_is_causal(model_or_config)
+    get = getattr(model_or_config, "get_output_embeddings", None)
+    head = get() if get is not None else None
+    return head is not None and type(model_or_config).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+
+
+def _config_is_causal(config) -> bool:
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -272,7 +284,7 @@ def _is_causal(config) -> bool:
 
 def _load_pretrained(source: str):
     config = AutoConfig.from_pretrained(source)
-    auto = AutoModelForCausalLM if _is_causal(config) else AutoModel
+    auto = AutoModelForCausalLM if is_causal_lm(config) else AutoModel
     model = auto.from_pretrained(source, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source)
     return model, tokenizer, source

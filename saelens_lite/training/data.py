@@ -293,42 +293,23 @@ class StreamSource(DataSource):
         while True:  # fresh passes over a finite corpus, in the same order each time
             yield from self._contexts_once()
 
-    def _keep(self, ids_BS: torch.Tensor, attn_BS: torch.Tensor) -> torch.Tensor:
-        from saelens_lite.lm.tokens import written_mask
-
-        return written_mask(ids_BS, attn_BS, self.exclude, self.lm.tokenizer)
-
-    def _pad(self, contexts: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        tok = self.lm.tokenizer
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        S = max(len(c) for c in contexts)
-        ids_BS = torch.full((len(contexts), S), pad_id, dtype=torch.long)
-        attn_BS = torch.zeros((len(contexts), S), dtype=torch.long)
-        for b, c in enumerate(contexts):
-            ids_BS[b, : len(c)] = torch.as_tensor(c, dtype=torch.long)
-            attn_BS[b, : len(c)] = 1
-        return ids_BS, attn_BS
-
     @torch.no_grad()
     def _chunk(self, contexts: list[np.ndarray], seed: int, c: int) -> dict[str, torch.Tensor]:
-        from saelens_lite.lm.hooks import capture
+        from saelens_lite.lm.capture import capture_rows
 
         rows: dict[str, list[torch.Tensor]] = {h: [] for h in self.widths}
-        for i in range(0, len(contexts), self.model_batch_size):
-            ids_BS, attn_BS = self._pad(contexts[i: i + self.model_batch_size])
-            keep_BS = self._keep(ids_BS, attn_BS)
-            acts = capture(self.lm.model, {"input_ids": ids_BS.to(self.device),
-                                           "attention_mask": attn_BS.to(self.device)},
-                           self.points, stop_early=True)
+        for batch in capture_rows(self.lm, self.points, contexts, exclude=self.exclude,
+                                  batch_size=self.model_batch_size):
             for h in rows:
-                rows[h].append(acts[h][keep_BS.to(self.device)].float().cpu())
+                rows[h].append(batch.acts[h].float().cpu())
         n = sum(len(r) for r in rows[self.hooks[0]])
         perm = torch.from_numpy(np.random.default_rng([seed, c]).permutation(n))
-        return {h: torch.cat(r)[perm] for h, r in rows.items()}
+        return {h: (torch.cat(r) if r else torch.zeros(0, self.widths[h]))[perm] for h, r in rows.items()}
 
     def _kept_count(self, contexts: list[np.ndarray]) -> int:
-        ids_BS, attn_BS = self._pad(contexts)
-        return int(self._keep(ids_BS, attn_BS).sum())
+        from saelens_lite.lm.capture import count_kept
+
+        return count_kept(contexts, self.lm.tokenizer, self.exclude)
 
     def batches(self, batch_size: int, *, seed: int, start_batch: int = 0,
                 reuse: int = 0) -> Iterator[dict[str, torch.Tensor]]:

@@ -163,7 +163,8 @@ def _committed_shards(path: Path) -> int:
 
 def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, corpus):
     worker = [sys.executable, str(HERE / "_harvest_worker.py")]
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    # keep the caller's PYTHONPATH (a worktree's checkout) ahead of the installed package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(HERE.parent)]))}
     ref, crashed = tmp_path / "ref", tmp_path / "crashed"
     subprocess.run([*worker, str(ref), corpus, "0"], check=True, env=env, timeout=300)
 

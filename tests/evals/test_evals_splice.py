@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from saelens_lite.evals import evaluate
-from saelens_lite.evals.splice import downstream_metrics, eval_contexts
+from saelens_lite.evals.downstream import downstream_metrics
+from saelens_lite.evals.heldout import eval_contexts
 from saelens_lite.lm.tokens import excluded_token_ids
 
 HOOK = "blocks.1.hook_resid_post"
@@ -63,7 +64,7 @@ def test_identity_recovers_everything_and_zero_nothing(fixture, request):
 
 def test_ce_and_kl_match_a_direct_computation(tiny_llama):
     """ce_loss_sae / kl_div against a hand-written splice + loss (BOS kept clean, loss from BOS dropped)."""
-    from saelens_lite.lm.hooks import splice
+    from saelens_lite.lm.hooks import replace
 
     lm = tiny_llama
     ctx = _contexts(lm, n=3)
@@ -78,7 +79,7 @@ def test_ce_and_kl_match_a_direct_computation(tiny_llama):
     keep = ids != lm.tokenizer.bos_token_id
     with torch.no_grad():
         clean = lm.model(input_ids=ids).logits.double()
-        with splice(lm.model, HOOK, lambda a: torch.where(keep[..., None], scale * a, a)):
+        with replace(lm.model, HOOK, lambda a: torch.where(keep[..., None], scale * a, a)):
             new = lm.model(input_ids=ids).logits.double()
     lp_c, lp_n = clean.log_softmax(-1), new.log_softmax(-1)
     nll = -lp_n[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
@@ -118,7 +119,7 @@ def test_ignore_sets(tiny_gpt2, tiny_llama):
 
 def test_mean_ablation_matches_a_direct_computation(tiny_llama):
     """ce_loss_mean: the kept positions replaced by a given mean vector, BOS/EOS kept clean."""
-    from saelens_lite.lm.hooks import splice
+    from saelens_lite.lm.hooks import replace
 
     lm = tiny_llama
     ctx = _contexts(lm, n=3)
@@ -127,7 +128,7 @@ def test_mean_ablation_matches_a_direct_computation(tiny_llama):
     got = downstream_metrics(Identity(64), lm, HOOK, ctx, batch_size=2, mean_D=mean_D.numpy(), progress=False)
     keep = ~torch.isin(ids, torch.tensor(sorted(excluded_token_ids(lm.tokenizer, "special"))))
     with torch.no_grad():
-        with splice(lm.model, HOOK, lambda a: torch.where(keep[..., None], mean_D.expand_as(a), a)):
+        with replace(lm.model, HOOK, lambda a: torch.where(keep[..., None], mean_D.expand_as(a), a)):
             new = lm.model(input_ids=ids).logits.double()
     nll = -new.log_softmax(-1)[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
     want = nll[keep[:, :-1]].mean().item()

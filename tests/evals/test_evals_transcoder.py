@@ -11,7 +11,8 @@ import torch
 
 from saelens_lite.cache.harvest import HarvestConfig, harvest
 from saelens_lite.evals import evaluate, format_summary
-from saelens_lite.evals.splice import downstream_metrics, eval_contexts
+from saelens_lite.evals.downstream import downstream_metrics
+from saelens_lite.evals.heldout import eval_contexts
 from saelens_lite.lm.hooks import replace_mlp
 from saelens_lite.lm.tokens import excluded_token_ids
 
@@ -28,7 +29,8 @@ class _Cfg:
 
 class MLPTranscoder:
     """A "transcoder" whose forward is exactly block 1's MLP (a copy, so it does not trigger
-    the model's own hooks); encode returns the input (one latent per dimension)."""
+    the model's own hooks); encode returns the input (one latent per dimension) and decode
+    runs the MLP on it, so decode(encode(x)) is the forward, as the splice computes it."""
 
     def __init__(self, lm, scale: float = 1.0):
         self.mlp = copy.deepcopy(lm.model.model.layers[1].mlp)
@@ -38,8 +40,11 @@ class MLPTranscoder:
     def encode(self, x):
         return x
 
+    def decode(self, code):
+        return self.scale * self.mlp(code)
+
     def __call__(self, x):
-        return self.scale * self.mlp(x)
+        return self.decode(self.encode(x))
 
 
 def _contexts(lm, n=6):

@@ -23,7 +23,7 @@ from saelens_lite.interventions import (
     spearman,
     spliced,
 )
-from saelens_lite.lm.hooks import UnknownHookError, capture, splice
+from saelens_lite.lm.hooks import UnknownHookError, capture, replace
 from saelens_lite.saes import REGISTRY, SAE, SAEConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,10 +80,10 @@ def test_without_error_term_the_splice_is_decode_encode_except_at_special_tokens
     special = torch.isin(ids, torch.tensor([lm.tokenizer.bos_token_id, lm.tokenizer.eos_token_id]))
     assert special.any() and not special.all()
 
-    def by_hand(x):  # a second implementation through hooks.splice
+    def by_hand(x):  # a second implementation through hooks.replace
         return torch.where(special[..., None], x, sae.decode(sae.encode(x)))
 
-    with torch.no_grad(), splice(lm.model, HOOK, by_hand):
+    with torch.no_grad(), replace(lm.model, HOOK, by_hand):
         expected = logits(lm, ids)
     with spliced(lm, sae, keep_error=False):
         got = logits(lm, ids)
@@ -282,7 +282,7 @@ def _clean_grad(lm, ids, hook, pos, target):
         leaf["x"] = x.detach().requires_grad_()
         return leaf["x"]
 
-    with splice(lm.model, hook, fn), torch.enable_grad():
+    with replace(lm.model, hook, fn), torch.enable_grad():
         m = lm.model(input_ids=ids).logits[0, pos, target]
         (g,) = torch.autograd.grad(m, [leaf["x"]])
     return leaf["x"].detach()[0], g[0]

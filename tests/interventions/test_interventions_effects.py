@@ -22,7 +22,7 @@ from saelens_lite.interventions import (
     scale,
     token_loss_effects,
 )
-from saelens_lite.lm.hooks import capture, splice
+from saelens_lite.lm.hooks import capture, replace
 from saelens_lite.saes import SAE, SAEConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,7 +73,7 @@ def oracle(lm, sae, text, edit):
         keep = (ids != lm.tokenizer.bos_token_id)[..., None]
         dx = (edit(c.clone()) - c) @ sae.W_dec * keep
         clean = lm.model(input_ids=ids).logits
-        with splice(lm.model, HOOK, lambda a: a + dx):
+        with replace(lm.model, HOOK, lambda a: a + dx):
             edited = lm.model(input_ids=ids).logits
 
     def loss(logits):
@@ -113,7 +113,7 @@ def test_token_loss_effects_match_a_float64_recomputation(lm64):
 def test_totals_are_means_over_the_scored_tokens(lm):
     r = token_loss_effects(lm, TEXT, make_sae(), [ablate(5), scale(7, 3.0)])
     scored = [t for t in r.tokens if t.scored]
-    # BOS starts the text: token 1, predicted from BOS, is not scored (as evals.splice)
+    # BOS starts the text: token 1, predicted from BOS, is not scored (as evals.downstream)
     assert [t.scored for t in r.tokens[:2]] == [False, False] and all(t.scored for t in r.tokens[2:])
     assert r.n_scored == len(scored) == len(r.tokens) - 2
     assert r.loss_clean == pytest.approx(sum(t.loss_clean for t in scored) / len(scored), rel=1e-12)

@@ -11,10 +11,10 @@ from saelens_lite.lm.hooks import (
     hook_widths,
     is_mlp_pair,
     list_hook_points,
+    replace,
+    replace_from,
     replace_mlp,
     resolve_hooks,
-    splice,
-    splice_from,
 )
 from saelens_lite.lm.load import load_model
 
@@ -204,7 +204,7 @@ def test_replace_mlp_by_itself_keeps_logits_and_by_zero_equals_zeroing_mlp_out(f
             same = out(model(**inputs))
         with replace_mlp(model, 1, lambda _x, clean: torch.zeros_like(clean)):
             zeroed = out(model(**inputs))
-        with splice(model, "blocks.1.hook_mlp_out", torch.zeros_like):
+        with replace(model, "blocks.1.hook_mlp_out", torch.zeros_like):
             zeroed_ref = out(model(**inputs))
     torch.testing.assert_close(same, base)
     assert not torch.allclose(zeroed, base)
@@ -212,18 +212,18 @@ def test_replace_mlp_by_itself_keeps_logits_and_by_zero_equals_zeroing_mlp_out(f
     assert n_hooks(model) == n_hooks(model_and_inputs(family)[0])
 
 
-def test_splice_from_sees_the_source_activation_and_refuses_a_later_source(tiny_llama):
+def test_replace_from_sees_the_source_activation_and_refuses_a_later_source(tiny_llama):
     model = tiny_llama.model
     inputs = dict(tiny_llama.tokenizer(["abc def"], return_tensors="pt"))
     ref = capture(model, inputs, ["blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre"])
     seen = []
-    with torch.no_grad(), splice_from(model, "blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre",
+    with torch.no_grad(), replace_from(model, "blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre",
                                       lambda src, act: seen.append((src, act)) or act):
         model(**inputs)
     torch.testing.assert_close(seen[0][0], ref["blocks.1.hook_resid_pre"])
     torch.testing.assert_close(seen[0][1], ref["blocks.2.hook_resid_pre"])
     with pytest.raises(RuntimeError, match="blocks.2.hook_mlp_out fired before blocks.3.hook_mlp_in"):
-        with torch.no_grad(), splice_from(model, "blocks.3.hook_mlp_in", "blocks.2.hook_mlp_out",
+        with torch.no_grad(), replace_from(model, "blocks.3.hook_mlp_in", "blocks.2.hook_mlp_out",
                                           lambda src, act: act):
             model(**inputs)
     assert n_hooks(model) == 0
@@ -244,15 +244,15 @@ def test_attn_plus_mlp_plus_resid_pre_is_resid_post(family):
 
 @pytest.mark.parametrize("hook", ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post",
                                   "blocks.1.hook_attn_out", "model.layers.1.mlp.down_proj"])
-def test_splice_identity_keeps_logits_and_zeros_change_them(tiny_llama, hook):
+def test_replace_by_identity_keeps_logits_and_zeros_change_them(tiny_llama, hook):
     model = tiny_llama.model
     inputs = dict(tiny_llama.tokenizer(["splice me", "and me too"], return_tensors="pt",
                                        padding=True))
     with torch.no_grad():
         base = model(**inputs).logits
-        with splice(model, hook, lambda x: x):
+        with replace(model, hook, lambda x: x):
             same = model(**inputs).logits
-        with splice(model, hook, torch.zeros_like):
+        with replace(model, hook, torch.zeros_like):
             zeroed = model(**inputs).logits
         after = model(**inputs).logits
     assert torch.equal(same, base)
@@ -261,11 +261,11 @@ def test_splice_identity_keeps_logits_and_zeros_change_them(tiny_llama, hook):
     assert n_hooks(model) == 0
 
 
-def test_splice_sees_the_captured_activation(tiny_gpt2):
+def test_replace_sees_the_captured_activation(tiny_gpt2):
     model = tiny_gpt2.model
     inputs = dict(tiny_gpt2.tokenizer(["abc"], return_tensors="pt"))
     seen = []
-    with torch.no_grad(), splice(model, "blocks.2.hook_resid_pre", lambda x: seen.append(x) or x):
+    with torch.no_grad(), replace(model, "blocks.2.hook_resid_pre", lambda x: seen.append(x) or x):
         model(**inputs)
     (expected,) = capture(model, inputs, ["blocks.2.hook_resid_pre"]).values()
     torch.testing.assert_close(seen[0], expected)

@@ -1,0 +1,73 @@
+"""Where things live inside an HF transformer: the one table of module paths per layout.
+
+Read by :mod:`saelens_lite.lm.hooks` (the uniform hook names) and by the logit views of
+:mod:`saelens_lite.features.logits` (the final norm folded into the unembedding). An unknown
+layout falls back to a search (the first ModuleList as long as the layer count; the last norm
+outside the blocks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+#: Where the block list lives, for LM-head models and their base models.
+BLOCK_LIST_PATHS = (
+    "model.layers",  # llama, mistral, qwen2, gemma, ...
+    "transformer.h",  # gpt2, gpt-j, bloom, falcon
+    "gpt_neox.layers",
+    "bert.encoder.layer",
+    "roberta.encoder.layer",
+    "encoder.layer",  # BertModel / RobertaModel
+    "model.decoder.layers",  # opt
+    "layers",  # LlamaModel, GPTNeoXModel
+    "h",  # GPT2Model
+)
+#: Sub-layer paths inside a block, first match wins. BERT's come first because its
+#: ``attention`` is a wrapper whose output already includes the residual and LayerNorm.
+ATTN_PATHS = ("attention.output.dense", "self_attn", "attn", "attention", "self_attention")
+MLP_PATHS = ("output.dense", "mlp", "feed_forward", "ffn")
+#: The module whose *input* is the MLP's input, keyed by the mlp_out path found above; the MLP
+#: is one module except in BERT, where it is ``intermediate`` (dense + act) then ``output.dense``.
+MLP_IN_OF = {"output.dense": "intermediate"}
+#: The norm applied to the last block's output before the unembedding.
+FINAL_NORM_PATHS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
+                    "model.final_layernorm", "model.decoder.final_layer_norm", "transformer.norm_f",
+                    "backbone.norm_f")
+
+
+def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(path, blocks): the model's list of transformer blocks."""
+    modules = dict(model.named_modules())
+    for path in BLOCK_LIST_PATHS:
+        if isinstance(modules.get(path), nn.ModuleList):
+            return path, modules[path]
+    # Unknown layout: the first ModuleList as long as the config's layer count.
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for path, mod in modules.items():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers:
+            return path, mod
+    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
+
+
+def find_sub(block: nn.Module, candidates: Sequence[str]) -> str | None:
+    """The first of ``candidates`` that is a sub-module path of ``block`` (None if none is)."""
+    sub = dict(block.named_modules())
+    return next((c for c in candidates if c in sub), None)
+
+
+def final_norm(model: nn.Module) -> nn.Module | None:
+    """The final norm before the unembedding, or None when the model has none."""
+    mods = dict(model.named_modules())
+    for name in FINAL_NORM_PATHS:
+        if name in mods:
+            return mods[name]
+    # Fallback: the last norm module outside the repeated blocks.
+    found = [m for n, m in mods.items() if "norm" in type(m).__name__.lower()
+             and not any(p.isdigit() for p in n.split("."))]
+    return found[-1] if found else None
+
+
+__all__ = ["BLOCK_LIST_PATHS", "ATTN_PATHS", "MLP_PATHS", "MLP_IN_OF", "FINAL_NORM_PATHS", "block_list",
+           "find_sub", "final_norm"]
