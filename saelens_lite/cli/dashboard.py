@@ -9,7 +9,7 @@ from saelens_lite.util.dataclass_args import add_dataclass_args, dataclass_from_
 
 
 def add(sub) -> None:
-    from saelens_lite.dashboards.features import DashboardConfig
+    from saelens_lite.dashboards.config import DashboardConfig
 
     p = sub.add_parser("dashboard", help="write a browsable static site of every feature", formatter_class=Formatter,
                        description="Encode the cache with the SAE (one pass), compute each feature's density, "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from saelens_lite._records import RECORDS, SETTINGS, read_records
+from saelens_lite.explain.store import RECORDS, SETTINGS, read_records
 
 #: A record's density is rounded to 8 decimals; the same SAE and cache agree to far better.
 DENSITY_TOL = 1e-6

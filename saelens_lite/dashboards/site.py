@@ -10,6 +10,8 @@ Layout of ``out``::
                                histogram, logit effects, neighbours, and the token strings they use
     data/training_curves.png   the SAE's training curves, when its folder or run folder has them
                                (see saelens_lite.training.curves); the index shows them
+    features/                  the feature statistics the pages render, as saelens_lite.features.store
+                               saves them (interventions read their max activations from here)
 
 With ``explanations=`` (saelens-lite explain's JSONL), the index also has ``expl`` (the text per
 feature) and ``scores`` (each scorer's AUROC per feature), each shard ``expl`` (feature ->
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from saelens_lite.dashboards.config import DashboardConfig
 from saelens_lite.dashboards.explanations import (
     Explanations,
     check_densities,
@@ -44,16 +47,10 @@ from saelens_lite.dashboards.explanations import (
     meta_entry,
     shard_entry,
 )
-from saelens_lite.dashboards.features import (
-    DashboardConfig,
-    FeatureStats,
-    cleanup,
-    compute_feature_stats,
-    example_windows,
-    logit_effects,
-    nearest_features,
-    resolve_hook,
-)
+from saelens_lite.features.examples import TokenStrings, example_windows
+from saelens_lite.features.logits import logit_effects, nearest_features
+from saelens_lite.features.stats import compute_feature_stats, resolve_hook
+from saelens_lite.features.store import SITE_SUBDIR, SavedFeatures, load_features, save_features
 from saelens_lite.training.curves import CURVES_NAME
 
 log = logging.getLogger(__name__)
@@ -93,28 +90,6 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class TokenStrings:
-    """Token id -> text, each id decoded once per build (tokens decode one by one, so a
-    byte-level BPE token shows its leading space)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.known = tokenizer, {}
-        # The Rust backend skips transformers' per-item Python conversions (~10x faster).
-        backend = getattr(tokenizer, "_tokenizer", None)
-        self._batch = getattr(backend, "decode_batch", None)
-
-    def __call__(self, ids: np.ndarray) -> dict[int, str]:
-        ids = np.unique(ids[ids >= 0]).tolist()
-        new = [i for i in ids if i not in self.known]
-        if new:
-            seqs = [[i] for i in new]
-            texts = (self._batch(seqs, skip_special_tokens=False) if self._batch is not None else
-                     self.tokenizer.batch_decode(seqs, skip_special_tokens=False,
-                                                 clean_up_tokenization_spaces=False))
-            self.known.update(zip(new, texts))
-        return {i: self.known[i] for i in ids}
-
-
 _ZERO_FLOAT = re.compile(r"(?<=[\[,])0\.0(?=[,\]])")
 
 
@@ -139,7 +114,7 @@ def prepare_site(out: Path) -> None:
                                                         and (out / "assets" / "app.js").is_file())
     if out.exists() and any(out.iterdir()) and not is_site:
         raise FileExistsError(f"{out} exists, is not empty and is not a dashboard site; choose a new folder")
-    for sub in ("data", "assets"):
+    for sub in ("data", "assets", SITE_SUBDIR):
         shutil.rmtree(out / sub, ignore_errors=True)
     (out / "data" / "f").mkdir(parents=True, exist_ok=True)
     (out / "assets").mkdir(parents=True, exist_ok=True)
@@ -170,53 +145,24 @@ def copy_training_curves(png: str | os.PathLike, out: Path) -> str:
     return rel
 
 
-def write_site(out: Path, stats: FeatureStats, table, cache, tokenizer, cfg: DashboardConfig, *,
-               meta: dict, logits=None, neighbours=None, explanations: Explanations | None = None) -> None:
-    """Write meta, index and feature shards. Windows are looked up shard by shard, so memory
-    stays bounded by one shard's examples; numbers are rounded once per shard."""
-    F_ = len(stats.count_F)
-    before = cfg.window_before
+def write_site(out: Path, saved: SavedFeatures, table, cache, tokenizer, cfg: DashboardConfig, *,
+               explanations: Explanations | None = None) -> None:
+    """Write meta, index and feature shards: a rendering of ``saved`` (what
+    :func:`~saelens_lite.features.store.save_features` wrote, its meta becoming the site's) with
+    each example's context window from ``table`` and ``cache``. Windows are looked up shard by
+    shard, so memory stays bounded by one shard's examples; numbers are rounded once per shard."""
+    stats, F_ = saved.stats, len(saved.stats.count_F)
     n_shards = -(-F_ // cfg.shard_features)
-    T, Q, S = stats.top_rows_FT.shape[1], stats.quant_rows_FQS.shape[1], stats.quant_rows_FQS.shape[2]
-    has_logits = logits is not None and not isinstance(logits, str)
     strings_of = TokenStrings(tokenizer)
-    maxr, meanr = _round_sig(stats.max_F).tolist(), _round_sig(stats.mean_F).tolist()
-    edges_FQ1 = _round_sig(stats.max_F[:, None] * np.arange(Q + 1) / Q).tolist()
+    rounded = {"max": _round_sig(stats.max_F).tolist(), "mean": _round_sig(stats.mean_F).tolist(),
+               "edges": _round_sig(stats.max_F[:, None] * np.arange(cfg.n_quantiles + 1) / cfg.n_quantiles).tolist()}
     top_tok_F: list[list[str]] = []
     for s in range(n_shards):
         a, b = s * cfg.shard_features, min((s + 1) * cfg.shard_features, F_)
-        n = b - a
-        rows = np.concatenate([stats.top_rows_FT[a:b], stats.quant_rows_FQS[a:b].reshape(n, -1)], 1)
-        feats_XE = np.broadcast_to(np.arange(a, b)[:, None], rows.shape)
-        tok, act, valid = example_windows(table, cache, rows, feats_XE, before, cfg.window_after)
-        used = [tok[valid]]
-        if has_logits:
-            used += [logits[1][a:b].ravel(), logits[3][a:b].ravel()]
-        strings = strings_of(np.concatenate(used))
-        W = valid.shape[-1]
-        windows = (tok.tolist(), _round_sig(act).tolist(), valid.argmax(-1).tolist(),
-                   (W - valid[..., ::-1].argmax(-1)).tolist(), valid[..., before].tolist())
-        centre = np.where(valid[:, :T, before], tok[:, :T, before], -1).tolist()
-        hist = stats.hist_FH[a:b].tolist()
-        if has_logits:
-            pos = [logits[1][a:b].tolist(), _round_sig(logits[0][a:b]).tolist()]
-            neg = [logits[3][a:b].tolist(), _round_sig(logits[2][a:b]).tolist()]
-        if neighbours is not None:
-            near = [neighbours[1][a:b].tolist(), _round_sig(neighbours[0][a:b], 3).tolist()]
-        feats = []
-        for j in range(n):
-            f = a + j
-            counts = collections.Counter(i for i in centre[j] if i >= 0).most_common(3)
-            top_tok_F.append([strings[i] for i, _ in counts])
-            quant = [{"lo": edges_FQ1[f][q], "hi": edges_FQ1[f][q + 1], "n": int(stats.quant_counts_FQ[f, q]),
-                      "ex": _examples(windows, j, slice(T + q * S, T + (q + 1) * S), before)} for q in range(Q)]
-            feat = {"i": f, "n": int(stats.count_F[f]), "max": maxr[f], "mean": meanr[f], "hist": hist[j],
-                    "top": _examples(windows, j, slice(0, T), before), "quant": quant[::-1]}
-            if has_logits:
-                feat["pos"], feat["neg"] = [pos[0][j], pos[1][j]], [neg[0][j], neg[1][j]]
-            if neighbours is not None:
-                feat["near"] = [near[0][j], near[1][j]]
-            feats.append(feat)
+        windows, centre, strings = _shard_windows(saved, table, cache, cfg, a, b, strings_of)
+        feats = [_feature_entry(saved, windows, rounded, cfg, a, j) for j in range(b - a)]
+        top_tok_F += [[strings[i] for i, _ in collections.Counter(i for i in c if i >= 0).most_common(3)]
+                      for c in centre]
         expl = ""
         if explanations is not None:  # free text: through js_json, never _features_json
             here = {str(f): shard_entry(r) for f, r in explanations.records.items() if a <= f < b}
@@ -224,16 +170,81 @@ def write_site(out: Path, stats: FeatureStats, table, cache, tokenizer, cfg: Das
         text = (f'saeShard({s},{{"tok":{js_json({str(k): v for k, v in strings.items()})},'
                 f'"features":{_features_json(feats)}{expl}}});\n')
         _write(out / "data" / "f" / f"{s:05d}.js", text)
-    index = {"density": _round_sig(stats.density_F).tolist(), "max": maxr, "mean": meanr, "top": top_tok_F}
+    _write_index_and_meta(out, saved, cfg, rounded, top_tok_F, explanations)
+
+
+def _shard_windows(saved: SavedFeatures, table, cache, cfg: DashboardConfig, a: int, b: int, strings_of):
+    """The context windows of features [a, b)'s top and quantile examples as nested lists
+    (tokens, acts, lo, hi, ok: see :func:`_examples`), each feature's top-example centre tokens,
+    and the strings of every token the shard shows."""
+    stats, logits, before = saved.stats, saved.logits, cfg.window_before
+    T = stats.top_rows_FT.shape[1]
+    rows = np.concatenate([stats.top_rows_FT[a:b], stats.quant_rows_FQS[a:b].reshape(b - a, -1)], 1)
+    feats_XE = np.broadcast_to(np.arange(a, b)[:, None], rows.shape)
+    tok, act, valid = example_windows(table, cache, rows, feats_XE, before, cfg.window_after)
+    used = [tok[valid]]
+    if isinstance(logits, tuple):
+        used += [logits.pos_ids_FL[a:b].ravel(), logits.neg_ids_FL[a:b].ravel()]
+    W = valid.shape[-1]
+    windows = (tok.tolist(), _round_sig(act).tolist(), valid.argmax(-1).tolist(),
+               (W - valid[..., ::-1].argmax(-1)).tolist(), valid[..., before].tolist())
+    centre = np.where(valid[:, :T, before], tok[:, :T, before], -1).tolist()
+    return windows, centre, strings_of(np.concatenate(used))
+
+
+def _feature_entry(saved: SavedFeatures, windows: tuple, rounded: dict, cfg: DashboardConfig, a: int,
+                   j: int) -> dict:
+    """Feature ``a + j``'s record in its shard (``j``: its place in the shard's windows)."""
+    stats, logits, near, f = saved.stats, saved.logits, saved.neighbours, a + j
+    T, (Q, S), before = stats.top_rows_FT.shape[1], stats.quant_rows_FQS.shape[1:], cfg.window_before
+    edges = rounded["edges"][f]
+    quant = [{"lo": edges[q], "hi": edges[q + 1], "n": int(stats.quant_counts_FQ[f, q]),
+              "ex": _examples(windows, j, slice(T + q * S, T + (q + 1) * S), before)} for q in range(Q)]
+    feat = {"i": f, "n": int(stats.count_F[f]), "max": rounded["max"][f], "mean": rounded["mean"][f],
+            "hist": stats.hist_FH[f].tolist(), "top": _examples(windows, j, slice(0, T), before),
+            "quant": quant[::-1]}
+    if isinstance(logits, tuple):
+        feat["pos"] = [logits.pos_ids_FL[f].tolist(), _round_sig(logits.pos_vals_FL[f]).tolist()]
+        feat["neg"] = [logits.neg_ids_FL[f].tolist(), _round_sig(logits.neg_vals_FL[f]).tolist()]
+    if near is not None:
+        feat["near"] = [near.idx_FN[f].tolist(), _round_sig(near.cos_FN[f], 3).tolist()]
+    return feat
+
+
+def _write_index_and_meta(out: Path, saved: SavedFeatures, cfg: DashboardConfig, rounded: dict,
+                          top_tok_F: list, explanations: Explanations | None) -> None:
+    stats, F_ = saved.stats, len(saved.stats.count_F)
+    meta = {k: v for k, v in saved.meta.items() if k != "config"}
+    index = {"density": _round_sig(stats.density_F).tolist(), "max": rounded["max"], "mean": rounded["mean"],
+             "top": top_tok_F}
     if explanations is not None:
         index.update(index_columns(explanations, F_))
         meta = {**meta, "explanations": meta_entry(explanations)}
     _write(out / "data" / "index.js", f"saeIndex({js_json(index)});\n")
     meta = {**meta, "format": SITE_FORMAT, "n_features": F_, "n_tokens": stats.n_tokens,
-            "shard_features": cfg.shard_features, "n_shards": n_shards, "window_before": before,
-            "n_bins": cfg.n_bins, "n_quantiles": cfg.n_quantiles,
-            "logits_note": logits if isinstance(logits, str) else None}
+            "shard_features": cfg.shard_features, "n_shards": -(-F_ // cfg.shard_features),
+            "window_before": cfg.window_before, "n_bins": cfg.n_bins, "n_quantiles": cfg.n_quantiles,
+            "logits_note": saved.logits if isinstance(saved.logits, str) else None}
     _write(out / "data" / "meta.js", f"saeMeta({js_json(meta)});\n")
+
+
+def weight_views(W_dec_FD, model, cfg: DashboardConfig):
+    """(logit effects or a note or None, neighbours or None), as ``cfg`` asks."""
+    logits = logit_effects(W_dec_FD, model, cfg.n_logits) if cfg.n_logits else None
+    neighbours = (nearest_features(W_dec_FD, cfg.n_neighbours) if cfg.n_neighbours and W_dec_FD.shape[0] > 1
+                  else None)
+    return logits, neighbours
+
+
+def site_meta(sae, cache, model, cfg: DashboardConfig) -> dict:
+    """The SAE, model and cache a site describes (its meta.js, less the sizes write_site adds)."""
+    return {"model": model.name, "family": model.family, "hook": resolve_hook(sae, cache, cfg.hook),
+            "architecture": sae.architecture, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
+            "k": getattr(sae.cfg, "k", None), "cache": cache.path.name,
+            # a transcoder: activations from its input hook (above), logit effects through
+            # its decoder, which writes the target hook (the MLP output) into the residual
+            "target_hook": getattr(sae.cfg, "target_hook", "") or None,
+            "context_size": cache.meta.get("context_size")}
 
 
 def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | None = None,
@@ -284,25 +295,17 @@ def build_dashboard(sae, cache, out, *, model=None, config: DashboardConfig | No
             check_densities(explanations, stats.density_F, cache.path)
         timings["stats_s"] = time.perf_counter() - t0
         t = time.perf_counter()
-        W_dec = sae.W_dec.detach()
-        logits = logit_effects(W_dec, model, cfg.n_logits) if cfg.n_logits else None
-        neighbours = nearest_features(W_dec, cfg.n_neighbours) if cfg.n_neighbours and W_dec.shape[0] > 1 \
-            else None
+        logits, neighbours = weight_views(sae.W_dec.detach(), model, cfg)
         timings["weights_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        meta = {"model": model.name, "family": model.family, "hook": resolve_hook(sae, cache, cfg.hook),
-                "architecture": sae.architecture, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
-                "k": getattr(sae.cfg, "k", None), "cache": cache.path.name,
-                # a transcoder: activations from its input hook (above), logit effects through
-                # its decoder, which writes the target hook (the MLP output) into the residual
-                "target_hook": getattr(sae.cfg, "target_hook", "") or None,
-                "context_size": cache.meta.get("context_size"),
-                "training_curves": copy_training_curves(training_curves, out) if training_curves else None}
-        write_site(out, stats, table, cache, model.tokenizer, cfg, meta=meta, logits=logits,
-                   neighbours=neighbours, explanations=explanations)
+        meta = site_meta(sae, cache, model, cfg)
+        meta["training_curves"] = copy_training_curves(training_curves, out) if training_curves else None
+        save_features(out / SITE_SUBDIR, stats, logits=logits, neighbours=neighbours, config=cfg, meta=meta)
+        write_site(out, load_features(out / SITE_SUBDIR, mmap=True), table, cache, model.tokenizer, cfg,
+                   explanations=explanations)
         timings["write_s"] = time.perf_counter() - t
     finally:
-        cleanup(table)
+        table.delete()
     log.info("dashboard for %d features written to %s (%s)", sae.cfg.d_sae, out,
              ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     return out / "index.html"

@@ -1,7 +1,7 @@
 """Automatic explanations of SAE features, scored on held-out examples (issue 17).
 
 ``explain(sae, cache, out, explainer=..., scorers=...)`` writes one JSONL record per feature.
-Modules: ``config`` (ExplainConfig), ``examples`` (contexts from the dashboard statistics),
+Modules: ``config`` (ExplainConfig), ``examples`` (contexts from :mod:`saelens_lite.features`),
 ``prompts`` (delphi-style text), ``chat`` (transformers / OpenAI-compatible models),
 ``explainers`` and ``scorers`` (registries by name), ``embedding`` (the MiniLM encoder),
 ``select`` (--features), ``store`` (the resumable JSONL), ``runner`` (the batches).

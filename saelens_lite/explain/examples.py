@@ -1,11 +1,11 @@
-"""A feature's examples for explaining and scoring, read from the dashboard statistics.
+"""A feature's examples for explaining and scoring, read from the feature statistics.
 
 Shapes: N cache rows (tokens), F features, T top examples, Q quantile buckets, S samples per
 bucket, W window tokens, L boosted tokens.
 
-The statistics come from :func:`saelens_lite.dashboards.features.compute_feature_stats` (one
+The statistics come from :func:`saelens_lite.features.stats.compute_feature_stats` (one
 streaming pass of the SAE over the cache: top activations, quantile samples, the code table for
-per-token activations) and :func:`~saelens_lite.dashboards.features.logit_effects`; nothing is
+per-token activations) and :func:`saelens_lite.features.logits.logit_effects`; nothing is
 re-derived here. The split, per feature:
 
 * ``explain``: the strongest top activations, one per packed context, ``n_explain`` of them;
@@ -23,15 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from saelens_lite.dashboards.features import (
-    DashboardConfig,
-    cleanup,
-    compute_feature_stats,
-    example_windows,
-    logit_effects,
-)
-from saelens_lite.dashboards.site import TokenStrings
 from saelens_lite.explain.config import ExplainConfig
+from saelens_lite.features.examples import TokenStrings, example_windows
+from saelens_lite.features.logits import logit_effects
+from saelens_lite.features.stats import StatsConfig, compute_feature_stats
 
 
 @dataclass
@@ -81,12 +76,10 @@ class ExampleSource:
     def __init__(self, sae, cache, lm, cfg: ExplainConfig, *, hook: str | None = None,
                  progress: bool = True):
         self.cache, self.cfg = cache, cfg
-        dcfg = DashboardConfig(hook=hook, n_top=cfg.n_top, n_quantiles=cfg.n_quantiles,
-                               n_per_quantile=cfg.n_per_quantile, n_bins=1, n_logits=0,
-                               n_neighbours=0, window_before=cfg.window_before,
-                               window_after=cfg.window_after, batch_size=cfg.encode_batch_size,
-                               seed=cfg.seed)
-        self.stats, self.table = compute_feature_stats(sae, cache, dcfg, progress=progress)
+        scfg = StatsConfig(hook=hook, n_top=cfg.n_top, n_quantiles=cfg.n_quantiles,
+                           n_per_quantile=cfg.n_per_quantile, n_bins=1, batch_size=cfg.encode_batch_size,
+                           seed=cfg.seed)
+        self.stats, self.table = compute_feature_stats(sae, cache, scfg, progress=progress)
         self.context_N = np.asarray(cache.context_ids)
         self.strings = TokenStrings(lm.tokenizer)
         self.boosted_FL = None
@@ -94,7 +87,7 @@ class ExampleSource:
             if cfg.n_logits:
                 effects = logit_effects(sae.W_dec.detach(), lm, cfg.n_logits)
                 if not isinstance(effects, str):  # a str says why there are none (no LM head)
-                    self.boosted_FL = effects[1]
+                    self.boosted_FL = effects.pos_ids_FL
         except BaseException:
             self.close()
             raise
@@ -106,7 +99,7 @@ class ExampleSource:
         self.close()
 
     def close(self) -> None:
-        cleanup(self.table)
+        self.table.delete()
 
     @property
     def alive(self) -> np.ndarray:

@@ -1,5 +1,6 @@
 """The output folder of an explanation run: ``run.json`` (the settings) and ``explanations.jsonl``
-(one record per feature), appended a batch at a time with flush + fsync.
+(one record per feature), appended a batch at a time with flush + fsync. The dashboards read
+these files through :func:`read_records` and the names below.
 
 A kill -9 can leave at most one torn last line (a batch written but not flushed whole); opening
 the file again truncates it to its last complete line, so a rerun redoes that batch and the file
@@ -13,10 +14,22 @@ import logging
 import os
 from pathlib import Path
 
-from saelens_lite._records import RECORDS, SETTINGS, read_records
 from saelens_lite.util.atomic import fsync_dir, write_json
 
 log = logging.getLogger(__name__)
+
+RECORDS = "explanations.jsonl"
+SETTINGS = "run.json"
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """Complete records of an explanations file (a torn last line is skipped)."""
+    out = []
+    with open(path, "rb") as fh:
+        for line in fh:
+            if line.endswith(b"\n"):
+                out.append(json.loads(line))
+    return out
 
 
 class RecordStore:

@@ -1,8 +1,9 @@
 """Where things live inside an HF transformer: the one table of module paths per layout.
 
-Read by :mod:`saelens_lite.lm.hooks` (the uniform hook names) and by the logit views of the
-dashboards (the final norm folded into the unembedding). An unknown layout falls back to a
-search (the first ModuleList as long as the layer count; the last norm outside the blocks).
+Read by :mod:`saelens_lite.lm.hooks` (the uniform hook names) and by the logit views of
+:mod:`saelens_lite.features.logits` (the final norm folded into the unembedding). An unknown
+layout falls back to a search (the first ModuleList as long as the layer count; the last norm
+outside the blocks).
 """
 
 from __future__ import annotations

@@ -19,10 +19,14 @@ import typing
 
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
-    """Map field name -> the docstring written under it in ``cls``'s class body."""
+    """Map field name -> the docstring written under it in ``cls``'s class body (or in the body
+    of the dataclass it inherits the field from)."""
+    docs: dict[str, str] = {}
+    for base in cls.__mro__[1:]:
+        if dataclasses.is_dataclass(base):
+            docs = {**field_docs(base), **docs}
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
     for node, nxt in zip(body, body[1:]):
         if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                 and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)

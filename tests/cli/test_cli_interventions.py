@@ -250,7 +250,7 @@ BAD = [  # (argv after --model tiny-llama, the pieces the one-line error must co
      ["--validate 1 is invalid", "0 (skip) or an integer >= 2"]),
     (["ablate", "--sae", "{sae}", "--feature", "1"], ["give --prompt", "--text"]),
     (["steer", "--sae", "{sae}", "--feature", "1", "--prompt", "x", "--dashboard", "{sae}"],
-     ["meta.js not found", "saelens-lite dashboard"]),
+     ["holds no saved feature statistics", "saelens-lite dashboard"]),
 ]
 
 

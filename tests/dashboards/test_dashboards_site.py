@@ -96,6 +96,26 @@ def test_shard_examples_match_the_cache(site, sae, cache):
     assert checked > 0
 
 
+def test_the_site_renders_the_saved_feature_statistics(site, sae, cache):
+    from saelens_lite.features.store import load_features
+
+    saved = load_features(site)  # SITE/features/
+    x = torch.from_numpy(np.asarray(cache.activations(HOOK)[:], np.float32))
+    with torch.no_grad():
+        A = sae.encode(x).numpy()
+    np.testing.assert_array_equal(saved.stats.count_F, (A > 0).sum(0))
+    np.testing.assert_allclose(saved.stats.max_F, A.max(0), rtol=1e-5, atol=1e-7)
+    assert saved.stats.hook == HOOK and saved.meta["config"]["n_top"] == 6
+    index = read_jsonp(site / "data" / "index.js", "saeIndex")
+    shard = read_jsonp(site / "data" / "f" / "00000.js", "saeShard")
+    for f in shard["features"]:  # the pages show the saved numbers, to 4 significant digits
+        i = f["i"]
+        assert f["max"] == index["max"][i] == pytest.approx(float(saved.stats.max_F[i]), rel=5e-4, abs=1e-30)
+        assert f["hist"] == saved.stats.hist_FH[i].tolist()
+        assert f["pos"][0] == saved.logits.pos_ids_FL[i].tolist()
+        assert f["near"][0] == saved.neighbours.idx_FN[i].tolist()
+
+
 def test_js_json_cannot_close_the_script_or_break_lines():
     s = js_json({"tok": EVIL})
     assert "<" not in s and ">" not in s and "&" not in s
@@ -331,3 +351,31 @@ def test_cli_dashboard_takes_explanations(tmp_path, sae, cache):
                str(tmp_path / "site"), "--n-neighbours", "0", "--no-progress", "--explanations", str(path)])
     assert rc == 0
     assert read_jsonp(tmp_path / "site" / "data" / "index.js", "saeIndex")["expl"][7] == "seven"
+
+
+def test_dashboard_config_checks_its_own_fields_and_the_statistics_ones():
+    from saelens_lite.dashboards import DashboardConfig
+
+    with pytest.raises(ValueError, match="window_before=-1"):
+        DashboardConfig(window_before=-1)
+    with pytest.raises(ValueError, match="shard_features=0"):
+        DashboardConfig(shard_features=0)
+    with pytest.raises(ValueError, match="n_top=0"):  # a StatsConfig field
+        DashboardConfig(n_top=0)
+
+
+def test_every_dashboard_option_keeps_its_help_from_the_field_docstring():
+    """The statistics' fields are inherited from StatsConfig; --help still shows their docstrings."""
+    import argparse
+
+    from saelens_lite.dashboards import DashboardConfig
+    from saelens_lite.util.dataclass_args import add_dataclass_args
+
+    p = argparse.ArgumentParser(formatter_class=lambda prog: argparse.HelpFormatter(
+        prog, max_help_position=200, width=10_000))
+    add_dataclass_args(p, DashboardConfig)
+    lines = {ln.split()[0]: ln for ln in p.format_help().splitlines() if ln.startswith("  --")}
+    assert set(lines) == {"--" + f.name.replace("_", "-") for f in dataclasses.fields(DashboardConfig)}
+    assert "Top activating examples kept per feature" in lines["--n-top"]  # inherited
+    assert "Context tokens shown before" in lines["--window-before"]
+    assert all(len(ln.split()) > 2 for ln in lines.values())  # each has a help text

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from saelens_lite.dashboards import build_dashboard
-from saelens_lite.dashboards.features import logit_effects
+from saelens_lite.features.logits import logit_effects
 
 IN, OUT = "blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out"
 

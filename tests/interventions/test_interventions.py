@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from saelens_lite.dashboards.features import logit_effects
+from saelens_lite.features.logits import logit_effects
 from saelens_lite.interventions import (
     FeatureEdit,
     ablate,

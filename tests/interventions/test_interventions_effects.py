@@ -223,7 +223,7 @@ def test_site_stats_read_back_the_max_activations_the_site_shows(lm, tmp_path):
     assert st.hook == HOOK and st.max_F.shape == (F,)
     with torch.no_grad():  # every cached row encoded at once: the max the site should show
         max_F = sae.encode(cache.activations(HOOK).torch().float()).amax(0).numpy()
-    assert st.max_F == pytest.approx(max_F, rel=1e-3, abs=1e-12)  # the site rounds to 4 digits
+    assert st.max_F == pytest.approx(max_F, rel=1e-5, abs=1e-7)  # saved in float32, not rounded
     r = generate(lm, "the cat", sae, [add_direction(int(st.max_F.argmax()), 1.0)], stats=st, max_new_tokens=1)
     assert r.edits[0].unit == "max_activation" and r.edits[0].code_value == pytest.approx(st.max_F.max())
 
@@ -231,7 +231,11 @@ def test_site_stats_read_back_the_max_activations_the_site_shows(lm, tmp_path):
 def test_site_stats_of_a_folder_that_is_no_site(tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path)) + ".*saelens-lite dashboard"):
         load_site_stats(tmp_path)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "meta.js").write_text('saeMeta({"format": 99});\n')
-    with pytest.raises(ValueError, match="site format 99"):
+    (tmp_path / "data").mkdir()  # a site written before the statistics were saved with it
+    (tmp_path / "data" / "meta.js").write_text('saeMeta({"format": 1});\n')
+    with pytest.raises(FileNotFoundError, match="built before.*rebuild it with saelens-lite dashboard"):
+        load_site_stats(tmp_path)
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / "features.json").write_text('{"format": 99}')
+    with pytest.raises(ValueError, match="features format 99"):
         load_site_stats(tmp_path)

@@ -6,7 +6,7 @@ tracks measured ablations (Spearman floor below)."""
 import pytest
 import torch
 
-from saelens_lite.dashboards.features import logit_effects
+from saelens_lite.features.logits import logit_effects
 from saelens_lite.interventions import (
     ablate,
     ablation_check,

@@ -1,20 +1,12 @@
-"""Dashboard statistics agree with brute force: dense-encode every cache row, then count, max,
-histogram, argsort per feature, and recompute windows and logit effects from the model."""
+"""Feature statistics agree with brute force: dense-encode every cache row, then count, max,
+histogram, argsort per feature with NumPy, and recompute the windows from the cache."""
 
 import numpy as np
 import pytest
 import torch
 
-from saelens_lite.dashboards.features import (
-    DashboardConfig,
-    cleanup,
-    compute_feature_stats,
-    example_windows,
-    logit_effects,
-    merge_topn,
-    nearest_features,
-    segment_topn,
-)
+from saelens_lite.features.examples import example_windows
+from saelens_lite.features.stats import StatsConfig, compute_feature_stats
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -25,7 +17,7 @@ def tiny_cache(tmp_path_factory):
 
     cfg = HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=2500, context_size=48, batch_size=8,
                         shard_tokens=700)  # several shards, a short last one
-    return harvest(cfg, tmp_path_factory.mktemp("dash") / "cache", progress=False)
+    return harvest(cfg, tmp_path_factory.mktemp("feats") / "cache", progress=False)
 
 
 def make_sae(arch: str, d_sae: int = 96, seed: int = 0):
@@ -49,12 +41,11 @@ def dense_acts(sae, cache) -> np.ndarray:
 @pytest.fixture(scope="module", params=["topk", "relu"])
 def computed(request, tiny_cache, tmp_path_factory):
     sae = make_sae(request.param)
-    cfg = DashboardConfig(n_top=7, n_quantiles=4, n_per_quantile=3, n_bins=10, batch_size=333,
-                          window_before=5, window_after=2)
+    cfg = StatsConfig(n_top=7, n_quantiles=4, n_per_quantile=3, n_bins=10, batch_size=333)
     stats, table = compute_feature_stats(sae, tiny_cache, cfg, workdir=tmp_path_factory.mktemp("w"),
                                          progress=False)
     yield sae, cfg, stats, table, dense_acts(sae, tiny_cache)
-    cleanup(table)
+    table.delete()
 
 
 def test_density_max_mean_match_dense_encoding(computed):
@@ -113,44 +104,13 @@ def test_quantile_samples_are_uniform_members_of_their_bucket(computed):
             assert ((a[got] >= q * mx / Q * (1 - 1e-5)) & (a[got] <= (q + 1) * mx / Q * (1 + 1e-5))).all()
 
 
-def test_quantile_sampling_reaches_every_member():
-    """Bottom-k on random keys is uniform: over many draws each member is picked as often."""
-    n_seg, n = 3, 2
-    seg = np.array([0, 0, 0, 0, 1, 1, 2])
-    picks = np.zeros(len(seg))
-    rng = np.random.default_rng(0)
-    for _ in range(400):
-        _, p = segment_topn(seg, rng.random(len(seg), dtype=np.float32), np.arange(len(seg)), n_seg, n)
-        picks[p[p >= 0]] += 1
-    assert (picks[:4] / 400 > 0.35).all() and (picks[:4] / 400 < 0.65).all()  # 2 of 4: p = 0.5
-    assert (picks[4:] == 400).all()
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # the one-sort and the two-sort paths
-def test_segment_topn_merged_over_chunks_equals_global_topn(dtype):
-    rng = np.random.default_rng(1)
-    seg = rng.integers(0, 50, 5000)
-    score = rng.random(5000).astype(dtype)
-    pay = np.arange(5000)
-    best_s = np.full((50, 4), -np.inf, dtype)
-    best_p = np.full((50, 4), -1)
-    for a in range(0, 5000, 700):
-        s, p = segment_topn(seg[a:a + 700], score[a:a + 700], pay[a:a + 700], 50, 4)
-        best_s, best_p = merge_topn(best_s, best_p, s, p, 4)
-    for k in range(50):
-        idx = np.flatnonzero(seg == k)
-        want = idx[np.argsort(-score[idx])[:4]]
-        assert best_p[k].tolist() == want.tolist()
-        np.testing.assert_array_equal(best_s[k], score[want])
-
-
 def test_windows_show_the_context_and_the_same_features_activations(computed, tiny_cache):
     _, cfg, stats, table, A = computed
     ctx, tok = tiny_cache.context_ids, tiny_cache.token_ids
     rows = stats.top_rows_FT[:, :3]
     feats = np.broadcast_to(np.arange(rows.shape[0])[:, None], rows.shape)
-    t, a, v = example_windows(table, tiny_cache, rows, feats, cfg.window_before, cfg.window_after)
-    B = cfg.window_before
+    B, after = 5, 2
+    t, a, v = example_windows(table, tiny_cache, rows, feats, B, after)
     for f in range(rows.shape[0]):
         for j in range(3):
             r = rows[f, j]
@@ -158,7 +118,7 @@ def test_windows_show_the_context_and_the_same_features_activations(computed, ti
                 assert not v[f, j].any()
                 continue
             assert v[f, j, B] and a[f, j, B] == pytest.approx(A[r, f], rel=1e-5)
-            for o in range(-B, cfg.window_after + 1):
+            for o in range(-B, after + 1):
                 rr = r + o
                 inside = 0 <= rr < len(ctx) and ctx[rr] == ctx[r]
                 assert v[f, j, B + o] == inside
@@ -167,45 +127,74 @@ def test_windows_show_the_context_and_the_same_features_activations(computed, ti
                     assert a[f, j, B + o] == pytest.approx(A[rr, f], rel=1e-5, abs=1e-7)
 
 
-def test_logit_effects_fold_the_final_rmsnorm_weight(tiny_llama):
-    m = tiny_llama.model
-    with torch.no_grad():
-        m.model.norm.weight.copy_(torch.linspace(0.5, 2.0, 64))
-    W = torch.randn(10, 64)
-    pv, pi, nv, ni = logit_effects(W, tiny_llama, 5)
-    logits = (W * m.model.norm.weight) @ m.lm_head.weight.T
-    torch.testing.assert_close(torch.from_numpy(pv), logits.topk(5, dim=1).values.detach())
-    assert (torch.from_numpy(pi) == logits.topk(5, dim=1).indices).all()
-    torch.testing.assert_close(torch.from_numpy(nv), logits.topk(5, dim=1, largest=False).values.detach())
-
-
-def test_logit_effects_centre_for_layernorm(tiny_gpt2):
-    m = tiny_gpt2.model
-    W = torch.randn(6, 64)
-    pv, pi, _, _ = logit_effects(W, tiny_gpt2, 3)
-    d = (W - W.mean(1, keepdim=True)) * m.transformer.ln_f.weight
-    want = (d @ m.lm_head.weight.T).topk(3, dim=1)
-    torch.testing.assert_close(torch.from_numpy(pv), want.values.detach())
-
-
-def test_encoder_models_get_a_note_instead_of_logits(tiny_bert):
-    note = logit_effects(torch.randn(4, 64), tiny_bert, 3)
-    assert isinstance(note, str) and "language-model head" in note
-
-
-def test_nearest_features_match_brute_force_cosines():
-    W = torch.randn(40, 8)
-    cos, idx = nearest_features(W, 5)
-    Wn = W / W.norm(dim=1, keepdim=True)
-    C = Wn @ Wn.T
-    C.fill_diagonal_(-2)
-    want = C.topk(5, dim=1)
-    assert (torch.from_numpy(idx) == want.indices).all()
-    np.testing.assert_allclose(cos, want.values.numpy(), rtol=1e-5)
-
-
 def test_config_rejects_bad_values_naming_the_field():
     with pytest.raises(ValueError, match="n_top=0"):
-        DashboardConfig(n_top=0)
-    with pytest.raises(ValueError, match="window_before=-1"):
-        DashboardConfig(window_before=-1)
+        StatsConfig(n_top=0)
+    with pytest.raises(ValueError, match="n_per_quantile=-1"):
+        StatsConfig(n_per_quantile=-1)
+
+
+# ---------------------------------------------------------------- a synthetic cache, exact oracles
+
+N_SYN, F_SYN, CTX = 600, 6, 25
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A cache whose codes are known without running a model: a ReLU SAE with W_enc = I and zero
+    biases codes x as relu(x). Feature 0 is dead, 1 fires once, 2 has tied values, 3-5 spread."""
+    from saelens_lite.cache import ActivationCache, CacheWriter
+    from saelens_lite.saes import SAE, SAEConfig
+
+    rng = np.random.default_rng(0)
+    x_NF = rng.normal(size=(N_SYN, F_SYN)).astype(np.float32)
+    x_NF[:, 0] = -1.0
+    x_NF[:, 1] = -1.0
+    x_NF[417, 1] = 2.5
+    x_NF[:, 2] = np.where(rng.random(N_SYN) < 0.2, 1.0, -1.0)
+    x_NF[:, 5] = rng.exponential(size=N_SYN) * (rng.random(N_SYN) < 0.6)
+    path = tmp_path_factory.mktemp("syn") / "cache"
+    w = CacheWriter.open(path, meta={"test": 1}, hooks={"h": F_SYN}, dtype="float32", shard_tokens=128)
+    w.append({"h": x_NF}, token_ids=np.arange(N_SYN) % 50, context_idx=np.arange(N_SYN) // CTX,
+             position=np.arange(N_SYN) % CTX)
+    w.finalize()
+    sae = SAE.from_config(SAEConfig(architecture="relu", d_in=F_SYN, d_sae=F_SYN, hook_name="h"))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(F_SYN))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return ActivationCache(path), sae.eval(), np.maximum(x_NF, 0)
+
+
+def test_synthetic_statistics_equal_numpy_on_the_known_codes(synthetic, tmp_path):
+    cache, sae, A_NF = synthetic
+    cfg = StatsConfig(n_top=5, n_quantiles=3, n_per_quantile=4, n_bins=8, batch_size=100)
+    stats, table = compute_feature_stats(sae, cache, cfg, workdir=tmp_path, progress=False)
+    table.delete()
+    on_NF = A_NF > 0
+    np.testing.assert_array_equal(stats.count_F, on_NF.sum(0))
+    np.testing.assert_array_equal(stats.max_F, A_NF.max(0))
+    np.testing.assert_allclose(stats.sum_F, A_NF.astype(np.float64).sum(0), rtol=1e-12)
+    np.testing.assert_array_equal(stats.density_F, on_NF.mean(0))
+    assert stats.hook == "h" and stats.n_tokens == N_SYN
+    # dead: nothing kept; fired once: one top row and one sample, in the top bucket
+    assert stats.max_F[0] == 0 and (stats.top_rows_FT[0] == -1).all() and stats.hist_FH[0].sum() == 0
+    assert stats.top_rows_FT[1].tolist() == [417, -1, -1, -1, -1] and stats.top_vals_FT[1, 0] == 2.5
+    assert stats.hist_FH[1].tolist() == [0] * 7 + [1] and stats.quant_counts_FQ[1].tolist() == [0, 0, 1]
+    # ties: every top row holds the tied value, all in the last bin
+    assert set(A_NF[stats.top_rows_FT[2], 2]) == {1.0} and stats.hist_FH[2, -1] == on_NF[:, 2].sum()
+    for f in (3, 4, 5):
+        a = A_NF[:, f]
+        np.testing.assert_array_equal(stats.top_vals_FT[f], np.sort(a)[::-1][:5])
+        np.testing.assert_array_equal(a[stats.top_rows_FT[f]], stats.top_vals_FT[f])
+        frac = a[a > 0] * np.float32(1 / a.max())
+        np.testing.assert_array_equal(stats.hist_FH[f], np.bincount(np.minimum((frac * 8).astype(int), 7),
+                                                                    minlength=8))
+        np.testing.assert_array_equal(stats.quant_counts_FQ[f], np.bincount(np.minimum((frac * 3).astype(int),
+                                                                                       2), minlength=3))
+        for q in range(3):
+            rows = stats.quant_rows_FQS[f, q][stats.quant_rows_FQS[f, q] >= 0]
+            assert len(rows) == min(4, stats.quant_counts_FQ[f, q]) == len(set(rows))
+            b = np.minimum((a[rows] * np.float32(1 / a.max()) * 3).astype(int), 2)
+            assert (b == q).all()
+            np.testing.assert_array_equal(stats.quant_vals_FQS[f, q, :len(rows)], a[rows])
