@@ -236,6 +236,7 @@ for s in range(w.tokens_committed, 10**9, 13):
 '''
 
 
+@pytest.mark.slow  # starts a process
 def test_kill_9_mid_write_then_resume_equals_uninterrupted(tmp_path):
     total = 32 * 40 + 5
     path = tmp_path / "killed"

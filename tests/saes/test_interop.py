@@ -283,6 +283,7 @@ def _theirs(prefix: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     return np.load(f"{prefix}.acts.npy"), np.load(f"{prefix}.recon.npy")
 
 
+@pytest.mark.slow  # the peer libraries run in a process
 @pytest.mark.parametrize("fmt,arch", PAIRS)
 def test_peer_library_loads_our_export_and_agrees(peers, fmt, arch):
     root, x = peers
@@ -293,6 +294,7 @@ def test_peer_library_loads_our_export_and_agrees(peers, fmt, arch):
     np.testing.assert_allclose(recon, ours_recon, atol=ATOL)
 
 
+@pytest.mark.slow  # the peer libraries run in a process
 @pytest.mark.parametrize("i", range(len(PEER_WRITES)),
                          ids=[f"{w[0]}-{w[1]}{'-' + '-'.join(w[2]) if w[2] else ''}"
                               for w in PEER_WRITES])

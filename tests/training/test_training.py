@@ -292,6 +292,7 @@ def _worker(out: Path, mode: str) -> subprocess.Popen:
                              str(out), mode], env=env, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow  # starts a process
 def test_a_run_killed_by_sigkill_and_resumed_ends_with_identical_weights(tmp_path):
     full = _worker(tmp_path / "full", "full")
     crash = _worker(tmp_path / "crashed", "crash")
