@@ -132,7 +132,7 @@ def triton_dispatch(monkeypatch):
     """Route the SparsePattern primitives to Triton on this device (CPU: the interpreter)."""
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
-    monkeypatch.setattr(sparse_mod, "_use_triton", lambda t: True)
+    monkeypatch.setenv(sparse_mod.FORCE_TRITON_ENV, "1")
 
 
 @pytest.mark.parametrize("kind", ["topk", "ragged"])
@@ -259,7 +259,7 @@ def test_bf16_fast_step_is_within_bf16_error_of_float64_reference(
 ):
     """The CUDA path's arithmetic (fused bf16 matmul + top-k, bf16 gathered rows or bf16 dense
     GEMMs, fp32 accumulation); on a CPU through the Triton interpreter."""
-    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    monkeypatch.setenv(fast_step.FORCE_LOWP_ENV, "1")
     calls, fused = [], _tt().encode_topk
     monkeypatch.setattr(_tt(), "encode_topk", lambda *a: calls.append(1) or fused(*a))
     shape = dict(d=32, f=64, k=4)
@@ -378,7 +378,7 @@ def test_fast_step_select_mode_is_validated():
 
 
 def test_fused_select_names_why_it_cannot_run(monkeypatch):
-    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    monkeypatch.setenv(fast_step.FORCE_LOWP_ENV, "1")
     sae = _sae(dtype="float64")  # float32 compute: not servable by the fused kernel
     with pytest.raises(ValueError, match="select='fused' needs"):
         sparse_loss_and_grads(sae, _rand(9, 12), compute_dtype=torch.float32, select="fused")
@@ -388,7 +388,7 @@ def test_fused_select_names_why_it_cannot_run(monkeypatch):
 def test_bounded_aux_selection_equals_the_full_one_when_few_latents_are_dead(arch, monkeypatch):
     """n_dead <= M: every dead latent is a candidate, so the bounded AuxK selection is the
     full masked one (float32 'low precision' on a float64 model keeps the check tight)."""
-    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    monkeypatch.setenv(fast_step.FORCE_LOWP_ENV, "1")
     sae = _sae(dtype="float64", arch=arch, f=40)
     x, dead = _rand(9, 12, seed=7), torch.zeros(40, dtype=torch.bool)
     dead[[1, 5, 6, 20, 33, 39]] = True  # 6 dead <= M = 8 (aux_k = 6)
@@ -404,7 +404,7 @@ def test_bounded_aux_selection_equals_the_full_one_when_few_latents_are_dead(arc
 def test_bounded_aux_selection_is_autograd_auxk_over_the_drawn_dead_subset(monkeypatch):
     """n_dead > M: AuxK runs over M dead latents drawn uniformly at random; replaying the draw,
     it equals the model's own AuxK (float64 autograd) with the dead mask cut to that subset."""
-    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    monkeypatch.setenv(fast_step.FORCE_LOWP_ENV, "1")
     sae, ref = _sae(dtype="float64"), _sae(dtype="float64")
     x, dead = _rand(9, 12, seed=7), torch.zeros(40, dtype=torch.bool)
     dead[::2] = True  # 20 dead > M = 12
@@ -432,9 +432,9 @@ def test_auto_select_falls_back_for_good_when_the_fused_kernel_fails(monkeypatch
     """A kernel that fails to compile on some GPU must not stop training under "auto"."""
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
-    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
-    monkeypatch.setattr(sparse_mod, "_use_triton", lambda t: True)
-    monkeypatch.setattr(fast_select, "_FUSED_FAILED", [])
+    monkeypatch.setenv(fast_step.FORCE_LOWP_ENV, "1")
+    monkeypatch.setenv(sparse_mod.FORCE_TRITON_ENV, "1")
+    monkeypatch.setattr(fast_select, "FUSED_FAILED", [])
     calls = []
 
     def broken(*a):
@@ -461,7 +461,7 @@ def test_sentinel_patterns_through_triton_equal_autograd_with_auxk(arch, dead, t
     """The Triton path routes inactive entries (BatchTopK's dropped candidates, AuxK's non-dead
     picks) to the sentinel column F; float32 'low precision' rows on a float64 model keep the
     comparison with the model's float64 autograd (AuxK included) tight."""
-    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    monkeypatch.setenv(fast_step.FORCE_LOWP_ENV, "1")
     sae, ref = _sae(device=DEV, arch=arch), _sae(arch=arch)
     x, dead_F = _rand(9, 12, seed=7), torch.zeros(40, dtype=torch.bool)
     if dead == "few":

@@ -151,11 +151,11 @@ def test_matryoshka_goes_to_saelens_as_jumprelu_and_comes_back_with_its_groups(t
 
 
 def test_a_failed_write_leaves_no_folder(tmp_path, monkeypatch):
-    def boom(sae, out):
-        (out / "cfg.json").write_text("{}")
+    def boom(tensors, path):  # a half-written weights file, then the disk fills up
+        pathlib.Path(path).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(interop, "_write_saelens", boom)
+    monkeypatch.setattr(interop, "save_file", boom)
     with pytest.raises(OSError, match="disk full"):
         export(make("topk"), tmp_path / "o", to="saelens")
     assert not any(tmp_path.iterdir())
