@@ -27,6 +27,7 @@ try:
 except ImportError:
     HAS_TRITON = False
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+interpreted = pytest.mark.triton_interpreter  # kernels run in Triton's interpreter on a CPU
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 B, D, F, K = 9, 6, 17, 3
@@ -66,6 +67,7 @@ def _dense(rows, cols, vals, n_rows=B):
     return torch.zeros(n_rows, F, dtype=vals.dtype).index_put((rows, cols), vals, accumulate=True)
 
 
+@interpreted
 @needs_triton
 @pytest.mark.parametrize("dtype", list(TOL))
 def test_decode_topk_equals_dense_reference(dtype):
@@ -75,6 +77,7 @@ def test_decode_topk_equals_dense_reference(dtype):
     torch.testing.assert_close(out.cpu().double(), ref, **TOL[dtype])
 
 
+@interpreted
 @needs_triton
 def test_decode_topk_mixed_dtypes_accumulates_in_float32():
     idx, vals, W = _topk_idx(), _rand(B, K), _rand(F, D, seed=1)
@@ -84,6 +87,7 @@ def test_decode_topk_mixed_dtypes_accumulates_in_float32():
     torch.testing.assert_close(out.cpu().double(), ref, **TOL[torch.bfloat16])
 
 
+@interpreted
 @needs_triton
 @pytest.mark.parametrize("dtype", list(TOL))
 @pytest.mark.parametrize("kind", ["topk", "ragged"])
@@ -98,6 +102,7 @@ def test_sampled_dot_equals_reference(kind, dtype):
     torch.testing.assert_close(out.cpu().double(), (L[rows] * R[cols]).sum(-1), **TOL[dtype])
 
 
+@interpreted
 @needs_triton
 @pytest.mark.parametrize("dtype", list(TOL))
 @pytest.mark.parametrize("out_DF", [False, True])
@@ -135,6 +140,7 @@ def triton_dispatch(monkeypatch):
     monkeypatch.setenv(sparse_mod.FORCE_TRITON_ENV, "1")
 
 
+@interpreted
 @pytest.mark.parametrize("kind", ["topk", "ragged"])
 def test_sparse_autograd_functions_through_triton_match_reference(kind, triton_dispatch):
     rows, cols = _ragged()
@@ -196,6 +202,7 @@ def test_fast_step_grads_equal_autograd_through_training_forward(dead, arch, bac
         assert res.grads[name].stride() == q.stride(), name
 
 
+@interpreted
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
 def test_fast_step_through_triton_kernels_equals_autograd(arch, triton_dispatch):
     sae, ref = _sae(device=DEV, arch=arch), _sae(device=DEV, arch=arch)
@@ -252,6 +259,7 @@ def test_fast_step_rejects_unsupported_configs():
         sparse_loss_and_grads(SAE.from_config(SAEConfig(architecture="relu")), torch.randn(4, 768))
 
 
+@interpreted
 @pytest.mark.parametrize("backward", ["sparse", "dense"])
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 def test_bf16_fast_step_is_within_bf16_error_of_float64_reference(
@@ -326,6 +334,7 @@ def test_packed_keys_sort_like_their_floats_and_unpack_exactly():
         _tt().pack_keys(vals.float(), cols)
 
 
+@interpreted
 @needs_triton
 @pytest.mark.parametrize(
     "B, D, F_, k, blocks",
@@ -428,6 +437,7 @@ def test_bounded_aux_selection_is_autograd_auxk_over_the_drawn_dead_subset(monke
     assert not torch.equal(*subsets)  # a fresh draw each step
 
 
+@interpreted
 def test_auto_select_falls_back_for_good_when_the_fused_kernel_fails(monkeypatch, caplog):
     """A kernel that fails to compile on some GPU must not stop training under "auto"."""
     if not HAS_TRITON:
@@ -454,6 +464,7 @@ def test_auto_select_falls_back_for_good_when_the_fused_kernel_fails(monkeypatch
     assert "fused top-k kernel failed" in caplog.text
 
 
+@interpreted
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
 @pytest.mark.parametrize("dead", ["few", "many"])
 def test_sentinel_patterns_through_triton_equal_autograd_with_auxk(arch, dead, triton_dispatch,
@@ -478,6 +489,7 @@ def test_sentinel_patterns_through_triton_equal_autograd_with_auxk(arch, dead, t
         torch.testing.assert_close(res.grads[name].cpu(), q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@interpreted
 @needs_triton
 def test_triton_kernels_skip_sentinel_entries():
     """Entries whose column is F contribute nothing and load nothing (an out-of-range row)."""

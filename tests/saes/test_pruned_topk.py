@@ -112,6 +112,7 @@ def test_pruned_kt_trades_candidates_against_expected_saturated_rows():
     assert expected(kt) <= tt.PRUNED_CAPACITY / 64 < expected(kt // 2)
 
 
+@pytest.mark.triton_interpreter
 @pytest.mark.parametrize("F_, k, blocks, kt", [(200, 12, (16, 32, 16), 4),  # partial last tile
                                                (512, 12, (16, 64, 16), 4)])  # fmt: skip
 def test_fused_pruned_encode_equals_the_unpruned_fused_kernel(F_, k, blocks, kt):
@@ -131,6 +132,7 @@ def test_fused_pruned_encode_equals_the_unpruned_fused_kernel(F_, k, blocks, kt)
     assert 0 < rows.sum() < B  # both kinds of rows occur here
 
 
+@pytest.mark.triton_interpreter
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 def test_fast_step_with_pruned_selection_takes_the_fused_step(arch, monkeypatch):
     """The CUDA path's arithmetic through the interpreter: with every saturated row repaired,
@@ -171,6 +173,7 @@ def test_pruned_select_names_why_it_cannot_run(monkeypatch):
                                         compute_dtype=torch.float32, select="pruned")  # fmt: skip
 
 
+@pytest.mark.triton_interpreter
 @pytest.mark.parametrize("capacity", [0, 32])
 def test_trainer_reports_rows_the_pruned_selection_could_not_repair(capacity, monkeypatch, caplog,
                                                                     tmp_path):  # fmt: skip
