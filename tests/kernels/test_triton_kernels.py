@@ -13,6 +13,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton`
 
+from helpers import make_sae  # noqa: E402
+
 from saelens_lite import kernels  # noqa: E402
 from saelens_lite.kernels import SparsePattern  # noqa: E402
 from saelens_lite.kernels import sparse as sparse_mod  # noqa: E402
@@ -164,15 +166,8 @@ def test_sparse_autograd_functions_through_triton_match_reference(kind, triton_d
 
 
 def _sae(dtype="float64", device="cpu", seed=0, d=12, f=40, k=4, arch="topk"):
-    torch.manual_seed(seed)
-    sae = SAE.from_config(
-        SAEConfig(architecture=arch, d_in=d, d_sae=f, k=k, dtype=dtype, aux_k=6)
-    ).to(device)
-    with torch.no_grad():
-        sae.b_enc.normal_()
-        sae.b_dec.normal_()
-        sae.W_enc.add_(0.1 * torch.randn_like(sae.W_enc))
-    return sae
+    return make_sae(arch, seed=seed, bias_std=1.0, w_enc_noise=0.1, device=device,
+                    d_in=d, d_sae=f, k=k, dtype=dtype, aux_k=6)
 
 
 @pytest.mark.parametrize("backward", ["sparse", "dense"])
