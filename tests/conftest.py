@@ -68,6 +68,9 @@ def pytest_runtest_protocol(item, nextitem):
         def __init__(self, args, *a, **kw):
             raise _refusal(nodeid, f"starts a process ({args!r:.120})")
 
+        def __del__(self):  # never started: nothing to reap
+            pass
+
     real = ALIASES["smollm2-135m"]
 
     def refuse_smollm2():

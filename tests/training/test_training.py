@@ -384,6 +384,7 @@ def test_streaming_from_a_tiny_model_trains_each_hook_and_skips_exactly(tmp_path
 # --- W&B ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # wandb starts its wandb-core service process
 def test_wandb_offline_run_is_written_without_prompting(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
