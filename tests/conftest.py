@@ -66,6 +66,7 @@ def pytest_runtest_protocol(item, nextitem):
 
     class RefusedPopen(subprocess.Popen):  # a subclass: isinstance checks elsewhere still hold
         def __init__(self, args, *a, **kw):
+            self.args, self.returncode = args, None  # for its repr in the traceback
             raise _refusal(nodeid, f"starts a process ({args!r:.120})")
 
         def __del__(self):  # never started: nothing to reap
