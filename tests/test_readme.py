@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test runs the README or the demo in processes
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 BIN = Path(sys.executable).parent
 
@@ -116,7 +118,6 @@ def _serve(argv: list[str], cwd: Path) -> None:
         proc.wait(timeout=30)
 
 
-@pytest.mark.slow
 def test_quick_tour_commands_run_as_written(tmp_path):
     (tmp_path / ".venv").symlink_to(BIN.parent)  # the tour starts with `. .venv/bin/activate`
     used: set[str] = set()

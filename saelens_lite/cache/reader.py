@@ -68,13 +68,14 @@ def _gather_rows(win_ND: np.ndarray, rows: np.ndarray | range, dtype: torch.dtyp
 
 
 _POOL: list = []  # [ThreadPoolExecutor], made on first use
-_PAR_MIN = 1 << 22  # elements below which one thread gathers
+PAR_MIN = 1 << 22
+"""Elements (rows x width) below which `take_rows` gathers on one thread; read per call."""
 
 
 def take_rows(src: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
     """out[:] = src[rows] (rows in range), split over up to 4 threads for big gathers
     (np.take releases the GIL)."""
-    n = min(4, os.cpu_count() or 1, max(1, rows.size * src.shape[1] // _PAR_MIN))
+    n = min(4, os.cpu_count() or 1, max(1, rows.size * src.shape[1] // PAR_MIN))
     if n == 1:
         np.take(src, rows, axis=0, out=out, mode="clip")
         return

@@ -55,7 +55,9 @@ BUILTIN_CORPORA: dict[str, BuiltinCorpus] = {
 # Local files
 # --------------------------------------------------------------------------------------------
 
-_TXT_CHUNK_CHARS = 1 << 18  # large .txt files become ~256k-char documents (bounded memory)
+TXT_CHUNK_CHARS = 1 << 18
+"""Large .txt files become documents of about this many characters, split at blank lines
+(bounded memory); read per file."""
 
 
 def _read_txt(path: Path, text_column: str) -> Iterator[str]:
@@ -65,7 +67,7 @@ def _read_txt(path: Path, text_column: str) -> Iterator[str]:
     size = 0
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            if size >= _TXT_CHUNK_CHARS and not line.strip():
+            if size >= TXT_CHUNK_CHARS and not line.strip():
                 yield "".join(buf)
                 buf, size = [], 0
                 continue

@@ -59,11 +59,18 @@ def _triton():
     return _TRITON[0]
 
 
+FORCE_TRITON_ENV = "SAELENS_LITE_FORCE_TRITON"
+"""Set to 1 to route tensors on any device to the Triton kernels, not only CUDA ones: how the
+tests run the CUDA path on the CPU (under ``TRITON_INTERPRET=1``) and
+scripts/triton_compile_check.py compiles it on meta tensors. Read per call."""
+
+
 def _use_triton(t: Tensor) -> bool:
-    return t.device.type == "cuda" and _cuda_mode() == "triton"
+    on_device = t.device.type == "cuda" or os.environ.get(FORCE_TRITON_ENV) == "1"
+    return on_device and _cuda_mode() == "triton"
 
 
-def use_triton(t: Tensor) -> bool:  # for the fast step; tests patch _use_triton, read here per call
+def use_triton(t: Tensor) -> bool:  # for the fast step
     return _use_triton(t)
 
 

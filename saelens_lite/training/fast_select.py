@@ -20,7 +20,9 @@ from saelens_lite.training.config import TOPK_SELECT_MODES
 
 log = logging.getLogger(__name__)
 
-_FUSED_FAILED: list[str] = []  # why the fused kernel failed to compile or run ("auto" stops)
+FUSED_FAILED: list[str] = []
+"""Why the fused kernel failed to compile or run in this process; once it holds a reason,
+``select="auto"`` stops trying the fused kernel (clear it to try again)."""
 
 
 def check_select(mode: str) -> None:
@@ -38,7 +40,7 @@ def _fused_ok(mode: str, xc_lp_BD: Tensor, F_: int, k: int) -> bool:
     B = xc_lp_BD.shape[0]
     kt = triton_topk.pruned_kt(B, F_, k) if mode == "pruned" else k
     ok = _sparse.use_triton(xc_lp_BD) and triton_topk.supports(xc_lp_BD.dtype, F_, kt)
-    ok = ok and not (_FUSED_FAILED and mode == "auto")
+    ok = ok and not (FUSED_FAILED and mode == "auto")
     if mode in ("fused", "pruned") and not ok:
         kmax = "k" if mode == "fused" else "the pruned candidates per tile"
         raise ValueError(
@@ -92,7 +94,7 @@ def select_candidates(
         except Exception as e:  # compile or resource failure: "auto" falls back for good
             if select != "auto" or _capturing(xc_lp_BD):
                 raise
-            _FUSED_FAILED.append(f"{type(e).__name__}: {e}"[:300])
+            FUSED_FAILED.append(f"{type(e).__name__}: {e}"[:300])
             log.warning("fused top-k kernel failed, using matmul + torch.topk: %s", e)
     if pre_BK is None:
         pre_BF = torch.addmm(b_lp, xc_lp_BD, W_lp)

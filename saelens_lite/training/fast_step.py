@@ -55,6 +55,7 @@ Oracle: `sparse_loss_and_grads` equals autograd through the model's `training_fo
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -89,10 +90,16 @@ class LossAndGrads(NamedTuple):
     """bool (B*K,): the active candidates (pre > 0; BatchTopK: and in the batch's top B*k)."""
 
 
+FORCE_LOWP_ENV = "SAELENS_LITE_FORCE_LOWP"
+"""Set to 1 to apply `compute_dtype` on any device, not only CUDA: how the tests run the CUDA
+path's low-precision arithmetic on the CPU (and the compile check on meta tensors). Read per
+call."""
+
+
 def _lowp_device(t: Tensor) -> bool:
-    """Where `compute_dtype` applies: CUDA (CPU keeps the model's exact chunked path; tests
-    patch this to run the CUDA path's arithmetic on the CPU)."""
-    return t.device.type == "cuda"
+    """Where `compute_dtype` applies: CUDA (CPU keeps the model's exact chunked path), or any
+    device under ``SAELENS_LITE_FORCE_LOWP=1``."""
+    return t.device.type == "cuda" or os.environ.get(FORCE_LOWP_ENV) == "1"
 
 
 def _decode(p: kernels.SparsePattern, vals_N: Tensor, table_FD: Tensor) -> Tensor:

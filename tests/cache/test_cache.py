@@ -236,6 +236,7 @@ for s in range(w.tokens_committed, 10**9, 13):
 '''
 
 
+@pytest.mark.slow  # starts a process
 def test_kill_9_mid_write_then_resume_equals_uninterrupted(tmp_path):
     total = 32 * 40 + 5
     path = tmp_path / "killed"
@@ -336,7 +337,7 @@ def test_threaded_gather_gives_the_same_batches(tmp_path, monkeypatch):
     cache = write_cache(tmp_path / "c", 95, dtype="bfloat16")
     h = "blocks.0.hook_resid_post"
     one = list(cache.iter_batches(h, 16, seed=5, epochs=2))
-    monkeypatch.setattr(cache_mod, "_PAR_MIN", 1)  # every gather split over the threads
+    monkeypatch.setattr(cache_mod, "PAR_MIN", 1)  # every gather split over the threads
     monkeypatch.setattr(cache_mod.os, "cpu_count", lambda: 4)
     split = list(cache.iter_batches(h, 16, seed=5, epochs=2))
     assert len(one) == len(split) and all(torch.equal(a, b) for a, b in zip(one, split))

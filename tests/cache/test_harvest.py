@@ -161,6 +161,7 @@ def _committed_shards(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # starts a process
 def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, corpus):
     worker = [sys.executable, str(HERE / "_harvest_worker.py")]
     # keep the caller's PYTHONPATH (a worktree's checkout) ahead of the installed package

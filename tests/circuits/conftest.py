@@ -10,7 +10,7 @@ def make_transcoder(layer: int, *, d_in: int = 64, d_sae: int = 48, k: int = 3, 
                     seed: int = 0, model_name: str = "tiny-llama", dtype: str = "float32",
                     hook: str | None = None) -> SAE:
     """A TopK transcoder of MLP ``layer`` with random (seeded) weights and biases."""
-    cfg = SAEConfig(architecture="topk", d_in=d_in, d_sae=d_sae, k=k, skip=skip, dtype=dtype,
+    cfg = SAEConfig.build(architecture="topk", d_in=d_in, d_sae=d_sae, k=k, skip=skip, dtype=dtype,
                     hook_name=hook or f"blocks.{layer}.hook_mlp_in",
                     target_hook=f"blocks.{layer}.hook_mlp_out", model_name=model_name)
     gen = torch.Generator().manual_seed(1000 * seed + layer)

@@ -30,7 +30,7 @@ def test_an_sae_is_not_a_transcoder(tiny_llama, transcoders):
     from saelens_lite.saes import SAE, SAEConfig
 
     saes = transcoders()
-    saes["tc2"] = SAE.from_config(SAEConfig(architecture="topk", d_in=64, d_sae=32, k=2,
+    saes["tc2"] = SAE.from_config(SAEConfig.build(architecture="topk", d_in=64, d_sae=32, k=2,
                                             hook_name="blocks.2.hook_mlp_in"))
     with pytest.raises(ValueError, match=r"tc2: an SAE of blocks.2.hook_mlp_in \(no target_hook\)"):
         check_transcoders(saes, tiny_llama)

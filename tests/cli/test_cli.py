@@ -74,6 +74,7 @@ def test_bad_choice_is_rejected_by_the_parser():
         build_parser().parse_args(["harvest", "--out", "x", "--dtype", "float8"])
 
 
+@pytest.mark.slow  # starts a process
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "saelens_lite", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "harvest" in r.stdout

@@ -146,6 +146,7 @@ def _post(port: int, path: str, payload: dict) -> tuple[int, dict]:
         c.close()
 
 
+@pytest.mark.slow  # starts a process
 def test_serve_with_model_and_sae_answers_encode(trained, tmp_path):
     from saelens_lite.lm.hooks import capture, resolve_hooks
     from saelens_lite.lm.load import load_model

@@ -135,7 +135,7 @@ def test_txt_jsonl_parquet_and_folder_are_read_in_sorted_order(tmp_path):
 
 
 def test_large_txt_is_split_at_blank_lines_without_losing_text(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus.text, "_TXT_CHUNK_CHARS", 200)
+    monkeypatch.setattr(corpus.text, "TXT_CHUNK_CHARS", 200)
     paragraphs = [f"Paragraph {i} " + "word " * 12 + "\n" for i in range(10)]
     (tmp_path / "big.txt").write_text("\n".join(paragraphs), encoding="utf-8")
     docs = list(iter_documents(str(tmp_path / "big.txt")))
@@ -220,11 +220,13 @@ def test_builtin_registry_describes_pydocs():
     assert name == "builtin:pydocs" and entry.description and callable(entry.builder)
 
 
+@pytest.mark.slow  # the pydocs fixture builds the corpus afresh in a child interpreter
 def test_pydocs_is_large_enough(pydocs):
     assert sum(map(len, pydocs)) >= 1_300_000
     assert len(pydocs) > 1000 and len(set(pydocs)) == len(pydocs)
 
 
+@pytest.mark.slow  # the pydocs fixture builds the corpus afresh in a child interpreter
 def test_pydocs_is_mostly_english_prose(pydocs):
     text = "".join(pydocs)
     assert sum(c.isalpha() or c.isspace() for c in text) / len(text) > 0.8
@@ -233,6 +235,7 @@ def test_pydocs_is_mostly_english_prose(pydocs):
     assert sum(words[w] for w in common) / sum(words.values()) > 0.15
 
 
+@pytest.mark.slow  # the pydocs fixture builds the corpus afresh in a child interpreter
 def test_pydocs_is_deterministic_across_processes_and_cached(pydocs):
     fresh = corpus.pydocs.build_pydocs_uncached()  # a new child interpreter walks the stdlib again
     assert fresh == pydocs

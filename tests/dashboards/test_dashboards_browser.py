@@ -26,8 +26,9 @@ from saelens_lite.dashboards.server import load_live, make_server  # noqa: E402
 
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or shutil.which("chromium-browser") or "")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", shutil.which("chromedriver") or "")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="chromium or chromedriver not found: run `make browser-deps`")
+pytestmark = [pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                 reason="chromium or chromedriver not found: run `make browser-deps`"),
+              pytest.mark.slow]  # Chromium
 HOOK = "blocks.1.hook_resid_post"
 EVIL = ['<img src=x onerror="window.__xss=1">', "</script><script>window.__xss=2</script>",
         "<b onmouseover=window.__xss=3>bold</b>", "\u2028"]

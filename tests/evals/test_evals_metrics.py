@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import write_cache
 
 from saelens_lite.evals import EvalConfig, evaluate, format_summary
 from saelens_lite.evals.metrics import reconstruction_stats
@@ -62,13 +63,9 @@ def test_metrics_match_float64_oracle(arch):
 
 
 def test_evaluate_on_cache_and_report(tmp_path):
-    from saelens_lite.cache import CacheWriter
-
     rng = np.random.default_rng(1)
     x = rng.normal(size=(700, 16)).astype(np.float32)
-    with CacheWriter.open(tmp_path / "c", meta={}, hooks={"h": 16}, dtype="float32", shard_tokens=256) as w:
-        w.append({"h": x}, token_ids=np.zeros(700, np.int32), context_idx=np.arange(700) // 10,
-                 position=np.arange(700) % 10)
+    write_cache(tmp_path / "c", {"h": x})
     sae = _sae()
     m = evaluate(sae, tmp_path / "c", EvalConfig(n_tokens=500, batch_size=64,
                                                  out_dir=tmp_path / "ev", progress=False))

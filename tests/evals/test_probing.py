@@ -164,7 +164,7 @@ def test_harvested_rows_match_one_unpadded_forward_per_text(tiny_llama):
 def test_mean_pooled_latents_average_the_tokens_latents_in_any_chunking():
     from saelens_lite.saes import SAE, SAEConfig
 
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=8, d_sae=32, k=3))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=8, d_sae=32, k=3))
     rng = np.random.default_rng(5)
     offsets = np.array([0, 3, 4, 9, 11])
     rows = acts.TokenRows(rng.normal(size=(11, 8)).astype(np.float32), offsets)
@@ -181,7 +181,7 @@ def test_mean_pooled_latents_average_the_tokens_latents_in_any_chunking():
 def _sae(path, d_in=64, d_sae=128, arch="topk"):
     from saelens_lite.saes import SAE, SAEConfig
 
-    SAE.from_config(SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, k=4, hook_name=HOOK)).save(path)
+    SAE.from_config(SAEConfig.build(architecture=arch, d_in=d_in, d_sae=d_sae, k=4, hook_name=HOOK)).save(path)
     return str(path)
 
 

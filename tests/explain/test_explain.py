@@ -279,6 +279,7 @@ def _lines(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # starts a process
 def test_resume_after_kill_9_gives_the_same_file(synthetic, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(WORKER.parent), "OMP_NUM_THREADS": "1"}
     full, crashed = tmp_path / "full", tmp_path / "crashed"

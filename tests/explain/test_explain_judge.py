@@ -83,13 +83,33 @@ def test_fast_p_yes_equals_the_plain_forward(tiny_judge):
     assert len(set(round(p, 4) for p in plain)) > 5  # the answers differ between prompts
 
 
-def test_a_model_whose_cache_cannot_be_reused_takes_the_plain_path(tiny_judge, monkeypatch):
+def test_a_model_whose_cache_cannot_be_reused_takes_the_plain_path(lm, monkeypatch):
+    """A model that returns a cache other than a plain DynamicCache (here a subclass, as a
+    sliding-window or recurrent cache is) is scored by the plain path, and stays on it."""
+    from transformers.cache_utils import DynamicCache
+
+    class OtherCache(DynamicCache):
+        pass
+
+    judge = HFChat("tiny-llama", lm=lm, batch_size=3, max_new_tokens=4, yes_words=("y",), no_words=("n",))
     prompts = [[{"role": "user", "content": "Describe: " + "alpha " * 40 + t}] for t in "abcdef"]
-    plain = tiny_judge.p_yes(prompts, fast=False)
-    monkeypatch.setattr("saelens_lite.explain.chat._plain_kv", lambda cache: None)
-    monkeypatch.setattr(tiny_judge, "_no_prefix_cache", False)  # restored after the test
-    assert tiny_judge.p_yes(prompts) == pytest.approx(plain, abs=1e-5)
-    assert tiny_judge._no_prefix_cache is True
+    plain = judge.p_yes(prompts, fast=False)
+    forward, cached_calls = lm.model.forward, []
+
+    def other_cache_forward(*args, **kwargs):
+        cached_calls.append(bool(kwargs.get("use_cache")))
+        out = forward(*args, **kwargs)
+        for key in ("cache", "past_key_values"):
+            if out.get(key) is not None:
+                out[key].__class__ = OtherCache
+        return out
+
+    monkeypatch.setattr(lm.model, "forward", other_cache_forward)  # this instance, this test
+    assert judge.p_yes(prompts) == pytest.approx(plain, abs=1e-5)
+    assert any(cached_calls)  # the prefix path was tried once ...
+    cached_calls.clear()
+    assert judge.p_yes(prompts) == pytest.approx(plain, abs=1e-5)
+    assert cached_calls and not any(cached_calls)  # ... and not again
 
 
 @pytest.mark.parametrize("scorer_cls", [DetectionScorer, FuzzingScorer])

@@ -158,7 +158,7 @@ def synthetic(tmp_path_factory):
     w.append({"h": x_NF}, token_ids=np.arange(N_SYN) % 50, context_idx=np.arange(N_SYN) // CTX,
              position=np.arange(N_SYN) % CTX)
     w.finalize()
-    sae = SAE.from_config(SAEConfig(architecture="relu", d_in=F_SYN, d_sae=F_SYN, hook_name="h"))
+    sae = SAE.from_config(SAEConfig.build(architecture="relu", d_in=F_SYN, d_sae=F_SYN, hook_name="h"))
     with torch.no_grad():
         sae.W_enc.copy_(torch.eye(F_SYN))
         sae.b_enc.zero_()

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 # not imported here: Triton reads TRITON_INTERPRET once, and other test modules set it first
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
-                                reason="triton is not installed")  # fmt: skip
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                 reason="triton is not installed"),
+              pytest.mark.slow]  # runs the script in a process  # fmt: skip
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -26,7 +26,8 @@ def _ptxas() -> bool:
     return (Path(spec.origin).parent / "backends" / "nvidia" / "bin" / "ptxas").exists()
 
 
-pytestmark = pytest.mark.skipif(not _ptxas(), reason="triton with its CUDA backend is missing")
+pytestmark = [pytest.mark.skipif(not _ptxas(), reason="triton with its CUDA backend is missing"),
+              pytest.mark.slow]  # every test starts a process
 
 
 def _check(*args: str) -> subprocess.CompletedProcess:

@@ -13,6 +13,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton`
 
+from helpers import make_sae  # noqa: E402
+
 from saelens_lite import kernels  # noqa: E402
 from saelens_lite.kernels import SparsePattern  # noqa: E402
 from saelens_lite.kernels import sparse as sparse_mod  # noqa: E402
@@ -27,6 +29,7 @@ try:
 except ImportError:
     HAS_TRITON = False
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+interpreted = pytest.mark.triton_interpreter  # kernels run in Triton's interpreter on a CPU
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 B, D, F, K = 9, 6, 17, 3
@@ -66,6 +69,7 @@ def _dense(rows, cols, vals, n_rows=B):
     return torch.zeros(n_rows, F, dtype=vals.dtype).index_put((rows, cols), vals, accumulate=True)
 
 
+@interpreted
 @needs_triton
 @pytest.mark.parametrize("dtype", list(TOL))
 def test_decode_topk_equals_dense_reference(dtype):
@@ -75,6 +79,7 @@ def test_decode_topk_equals_dense_reference(dtype):
     torch.testing.assert_close(out.cpu().double(), ref, **TOL[dtype])
 
 
+@interpreted
 @needs_triton
 def test_decode_topk_mixed_dtypes_accumulates_in_float32():
     idx, vals, W = _topk_idx(), _rand(B, K), _rand(F, D, seed=1)
@@ -84,6 +89,7 @@ def test_decode_topk_mixed_dtypes_accumulates_in_float32():
     torch.testing.assert_close(out.cpu().double(), ref, **TOL[torch.bfloat16])
 
 
+@interpreted
 @needs_triton
 @pytest.mark.parametrize("dtype", list(TOL))
 @pytest.mark.parametrize("kind", ["topk", "ragged"])
@@ -98,6 +104,7 @@ def test_sampled_dot_equals_reference(kind, dtype):
     torch.testing.assert_close(out.cpu().double(), (L[rows] * R[cols]).sum(-1), **TOL[dtype])
 
 
+@interpreted
 @needs_triton
 @pytest.mark.parametrize("dtype", list(TOL))
 @pytest.mark.parametrize("out_DF", [False, True])
@@ -132,9 +139,10 @@ def triton_dispatch(monkeypatch):
     """Route the SparsePattern primitives to Triton on this device (CPU: the interpreter)."""
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
-    monkeypatch.setattr(sparse_mod, "_use_triton", lambda t: True)
+    monkeypatch.setenv(sparse_mod.FORCE_TRITON_ENV, "1")
 
 
+@interpreted
 @pytest.mark.parametrize("kind", ["topk", "ragged"])
 def test_sparse_autograd_functions_through_triton_match_reference(kind, triton_dispatch):
     rows, cols = _ragged()
@@ -158,15 +166,8 @@ def test_sparse_autograd_functions_through_triton_match_reference(kind, triton_d
 
 
 def _sae(dtype="float64", device="cpu", seed=0, d=12, f=40, k=4, arch="topk"):
-    torch.manual_seed(seed)
-    sae = SAE.from_config(
-        SAEConfig.build(architecture=arch, d_in=d, d_sae=f, k=k, dtype=dtype, aux_k=6)
-    ).to(device)
-    with torch.no_grad():
-        sae.b_enc.normal_()
-        sae.b_dec.normal_()
-        sae.W_enc.add_(0.1 * torch.randn_like(sae.W_enc))
-    return sae
+    return make_sae(arch, seed=seed, bias_std=1.0, w_enc_noise=0.1, device=device,
+                    d_in=d, d_sae=f, k=k, dtype=dtype, aux_k=6)
 
 
 @pytest.mark.parametrize("backward", ["sparse", "dense"])
@@ -196,6 +197,7 @@ def test_fast_step_grads_equal_autograd_through_training_forward(dead, arch, bac
         assert res.grads[name].stride() == q.stride(), name
 
 
+@interpreted
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
 def test_fast_step_through_triton_kernels_equals_autograd(arch, triton_dispatch):
     sae, ref = _sae(device=DEV, arch=arch), _sae(device=DEV, arch=arch)
@@ -252,6 +254,7 @@ def test_fast_step_rejects_unsupported_configs():
         sparse_loss_and_grads(SAE.from_config(SAEConfig.build(architecture="relu", d_in=768, d_sae=1536)), torch.randn(4, 768))
 
 
+@interpreted
 @pytest.mark.parametrize("backward", ["sparse", "dense"])
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 def test_bf16_fast_step_is_within_bf16_error_of_float64_reference(
@@ -259,7 +262,7 @@ def test_bf16_fast_step_is_within_bf16_error_of_float64_reference(
 ):
     """The CUDA path's arithmetic (fused bf16 matmul + top-k, bf16 gathered rows or bf16 dense
     GEMMs, fp32 accumulation); on a CPU through the Triton interpreter."""
-    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    monkeypatch.setenv(fast_step.FORCE_LOWP_ENV, "1")
     calls, fused = [], _tt().encode_topk
     monkeypatch.setattr(_tt(), "encode_topk", lambda *a: calls.append(1) or fused(*a))
     shape = dict(d=32, f=64, k=4)
@@ -326,6 +329,7 @@ def test_packed_keys_sort_like_their_floats_and_unpack_exactly():
         _tt().pack_keys(vals.float(), cols)
 
 
+@interpreted
 @needs_triton
 @pytest.mark.parametrize(
     "B, D, F_, k, blocks",
@@ -378,7 +382,7 @@ def test_fast_step_select_mode_is_validated():
 
 
 def test_fused_select_names_why_it_cannot_run(monkeypatch):
-    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    monkeypatch.setenv(fast_step.FORCE_LOWP_ENV, "1")
     sae = _sae(dtype="float64")  # float32 compute: not servable by the fused kernel
     with pytest.raises(ValueError, match="select='fused' needs"):
         sparse_loss_and_grads(sae, _rand(9, 12), compute_dtype=torch.float32, select="fused")
@@ -388,7 +392,7 @@ def test_fused_select_names_why_it_cannot_run(monkeypatch):
 def test_bounded_aux_selection_equals_the_full_one_when_few_latents_are_dead(arch, monkeypatch):
     """n_dead <= M: every dead latent is a candidate, so the bounded AuxK selection is the
     full masked one (float32 'low precision' on a float64 model keeps the check tight)."""
-    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    monkeypatch.setenv(fast_step.FORCE_LOWP_ENV, "1")
     sae = _sae(dtype="float64", arch=arch, f=40)
     x, dead = _rand(9, 12, seed=7), torch.zeros(40, dtype=torch.bool)
     dead[[1, 5, 6, 20, 33, 39]] = True  # 6 dead <= M = 8 (aux_k = 6)
@@ -404,7 +408,7 @@ def test_bounded_aux_selection_equals_the_full_one_when_few_latents_are_dead(arc
 def test_bounded_aux_selection_is_autograd_auxk_over_the_drawn_dead_subset(monkeypatch):
     """n_dead > M: AuxK runs over M dead latents drawn uniformly at random; replaying the draw,
     it equals the model's own AuxK (float64 autograd) with the dead mask cut to that subset."""
-    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    monkeypatch.setenv(fast_step.FORCE_LOWP_ENV, "1")
     sae, ref = _sae(dtype="float64"), _sae(dtype="float64")
     x, dead = _rand(9, 12, seed=7), torch.zeros(40, dtype=torch.bool)
     dead[::2] = True  # 20 dead > M = 12
@@ -428,13 +432,14 @@ def test_bounded_aux_selection_is_autograd_auxk_over_the_drawn_dead_subset(monke
     assert not torch.equal(*subsets)  # a fresh draw each step
 
 
+@interpreted
 def test_auto_select_falls_back_for_good_when_the_fused_kernel_fails(monkeypatch, caplog):
     """A kernel that fails to compile on some GPU must not stop training under "auto"."""
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
-    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
-    monkeypatch.setattr(sparse_mod, "_use_triton", lambda t: True)
-    monkeypatch.setattr(fast_select, "_FUSED_FAILED", [])
+    monkeypatch.setenv(fast_step.FORCE_LOWP_ENV, "1")
+    monkeypatch.setenv(sparse_mod.FORCE_TRITON_ENV, "1")
+    monkeypatch.setattr(fast_select, "FUSED_FAILED", [])
     calls = []
 
     def broken(*a):
@@ -454,6 +459,7 @@ def test_auto_select_falls_back_for_good_when_the_fused_kernel_fails(monkeypatch
     assert "fused top-k kernel failed" in caplog.text
 
 
+@interpreted
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
 @pytest.mark.parametrize("dead", ["few", "many"])
 def test_sentinel_patterns_through_triton_equal_autograd_with_auxk(arch, dead, triton_dispatch,
@@ -461,7 +467,7 @@ def test_sentinel_patterns_through_triton_equal_autograd_with_auxk(arch, dead, t
     """The Triton path routes inactive entries (BatchTopK's dropped candidates, AuxK's non-dead
     picks) to the sentinel column F; float32 'low precision' rows on a float64 model keep the
     comparison with the model's float64 autograd (AuxK included) tight."""
-    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    monkeypatch.setenv(fast_step.FORCE_LOWP_ENV, "1")
     sae, ref = _sae(device=DEV, arch=arch), _sae(arch=arch)
     x, dead_F = _rand(9, 12, seed=7), torch.zeros(40, dtype=torch.bool)
     if dead == "few":
@@ -478,6 +484,7 @@ def test_sentinel_patterns_through_triton_equal_autograd_with_auxk(arch, dead, t
         torch.testing.assert_close(res.grads[name].cpu(), q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@interpreted
 @needs_triton
 def test_triton_kernels_skip_sentinel_entries():
     """Entries whose column is F contribute nothing and load nothing (an out-of-range row)."""

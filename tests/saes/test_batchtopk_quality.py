@@ -4,6 +4,7 @@ configs saved before the rule, and ground-truth recovery close to TopK's."""
 
 import pytest
 import torch
+from helpers import make_sae
 
 from saelens_lite.evals.synthetic import SyntheticConfig, run_benchmark
 from saelens_lite.saes import SAE, SAEConfig
@@ -13,13 +14,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 D, F, K = 16, 48, 4
 
 
-def make(**kw) -> SAE:
-    torch.manual_seed(0)
-    sae = SAE.from_config(SAEConfig.build(architecture="batchtopk", d_in=D, d_sae=F, k=K, **kw))
-    with torch.no_grad():  # non-trivial biases so every term of the rule is exercised
-        sae.b_enc.normal_(0, 0.1)
-        sae.b_dec.normal_(0, 0.1)
-    return sae
+def make(**kw) -> SAE:  # non-trivial biases so every term of the rule is exercised
+    return make_sae("batchtopk", d_in=D, d_sae=F, k=K, **kw)
 
 
 def data(n=64, seed=0):

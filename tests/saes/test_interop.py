@@ -151,11 +151,11 @@ def test_matryoshka_goes_to_saelens_as_jumprelu_and_comes_back_with_its_groups(t
 
 
 def test_a_failed_write_leaves_no_folder(tmp_path, monkeypatch):
-    def boom(sae, out):
-        (out / "cfg.json").write_text("{}")
+    def boom(tensors, path):  # a half-written weights file, then the disk fills up
+        pathlib.Path(path).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(interop, "_write_saelens", boom)
+    monkeypatch.setattr(interop, "save_file", boom)
     with pytest.raises(OSError, match="disk full"):
         export(make("topk"), tmp_path / "o", to="saelens")
     assert not any(tmp_path.iterdir())
@@ -283,6 +283,7 @@ def _theirs(prefix: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     return np.load(f"{prefix}.acts.npy"), np.load(f"{prefix}.recon.npy")
 
 
+@pytest.mark.slow  # the peer libraries run in a process
 @pytest.mark.parametrize("fmt,arch", PAIRS)
 def test_peer_library_loads_our_export_and_agrees(peers, fmt, arch):
     root, x = peers
@@ -293,6 +294,7 @@ def test_peer_library_loads_our_export_and_agrees(peers, fmt, arch):
     np.testing.assert_allclose(recon, ours_recon, atol=ATOL)
 
 
+@pytest.mark.slow  # the peer libraries run in a process
 @pytest.mark.parametrize("i", range(len(PEER_WRITES)),
                          ids=[f"{w[0]}-{w[1]}{'-' + '-'.join(w[2]) if w[2] else ''}"
                               for w in PEER_WRITES])

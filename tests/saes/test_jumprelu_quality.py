@@ -4,9 +4,10 @@ least-squares one, and the trainer gives log theta its own learning rate."""
 
 import pytest
 import torch
+from helpers import make_sae
 
 from saelens_lite.evals.synthetic import SyntheticConfig, run_benchmark
-from saelens_lite.saes import SAE, SAEConfig
+from saelens_lite.saes import SAE
 from saelens_lite.saes import jumprelu as jumprelu_mod
 from saelens_lite.training import TrainConfig, trainer
 from saelens_lite.util import distributed
@@ -16,13 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 D, F, K = 16, 64, 4
 
 
-def make(**kw) -> SAE:
-    torch.manual_seed(0)
-    sae = SAE.from_config(SAEConfig.build(architecture="jumprelu", d_in=D, d_sae=F, k=K, **kw))
-    with torch.no_grad():
-        sae.b_enc.normal_(0, 0.1)
-        sae.b_dec.normal_(0, 0.1)
-    return sae
+def make(**kw) -> SAE:  # non-trivial biases so every term of the rule is exercised
+    return make_sae("jumprelu", d_in=D, d_sae=F, k=K, **kw)
 
 
 def _clip(e: float) -> float:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
+from helpers import make_sae, write_cache
 
 from saelens_lite.saes import SAE, BatchTopKSAE, MatryoshkaSAE, SAEConfig
 
@@ -17,14 +17,8 @@ D, F, K, B = 12, 40, 3, 32
 
 
 def make(dtype="float64", **kw) -> MatryoshkaSAE:
-    torch.manual_seed(0)
-    cfg = dict(architecture="matryoshka", d_in=D, d_sae=F, k=K, dtype=dtype, aux_k=6) | kw
-    sae = SAE.from_config(SAEConfig.build(**cfg))
-    with torch.no_grad():
-        sae.b_enc.normal_(0, 0.1)
-        sae.b_dec.normal_(0, 0.1)
-        sae.W_enc.add_(0.3 * torch.randn_like(sae.W_enc))
-    return sae
+    cfg = dict(d_in=D, d_sae=F, k=K, dtype=dtype, aux_k=6) | kw
+    return make_sae("matryoshka", w_enc_noise=0.3, **cfg)
 
 
 def data(n=B, seed=1, dtype=torch.float64):
@@ -181,17 +175,12 @@ def test_inference_is_batchtopk_with_the_threshold():
 
 
 def test_cli_trains_matryoshka_on_a_tiny_cache(tmp_path):
-    from saelens_lite import cache as cache_mod
     from saelens_lite.cli import main
 
     g = torch.Generator().manual_seed(0)
     dirs = torch.randn(64, 16, generator=g)
     x = ((torch.rand(600, 64, generator=g) < 0.06) * torch.rand(600, 64, generator=g)) @ dirs
-    w = cache_mod.CacheWriter.open(tmp_path / "cache", meta={}, hooks={"a": 16}, dtype="float32",
-                                   shard_tokens=256)
-    w.append({"a": x.numpy()}, token_ids=np.zeros(600, np.int64),
-             context_idx=np.arange(600) // 10, position=np.arange(600) % 10)
-    w.finalize()
+    write_cache(tmp_path / "cache", {"a": x.numpy()})
     code = main(["train", "--activations", str(tmp_path / "cache"), "--arch", "matryoshka",
                  "--latents", "64", "--k", "4", "--batch-size", "128", "--tokens", str(128 * 8),
                  "--option", "matryoshka_groups=[8,24,32]", "--option", "matryoshka_weights=[1,1,2]",

@@ -112,6 +112,7 @@ def test_pruned_kt_trades_candidates_against_expected_saturated_rows():
     assert expected(kt) <= tt.PRUNED_CAPACITY / 64 < expected(kt // 2)
 
 
+@pytest.mark.triton_interpreter
 @pytest.mark.parametrize("F_, k, blocks, kt", [(200, 12, (16, 32, 16), 4),  # partial last tile
                                                (512, 12, (16, 64, 16), 4)])  # fmt: skip
 def test_fused_pruned_encode_equals_the_unpruned_fused_kernel(F_, k, blocks, kt):
@@ -131,6 +132,7 @@ def test_fused_pruned_encode_equals_the_unpruned_fused_kernel(F_, k, blocks, kt)
     assert 0 < rows.sum() < B  # both kinds of rows occur here
 
 
+@pytest.mark.triton_interpreter
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 def test_fast_step_with_pruned_selection_takes_the_fused_step(arch, monkeypatch):
     """The CUDA path's arithmetic through the interpreter: with every saturated row repaired,
@@ -139,8 +141,8 @@ def test_fast_step_with_pruned_selection_takes_the_fused_step(arch, monkeypatch)
     from saelens_lite.saes import SAE, SAEConfig
     from saelens_lite.training import fast_step
 
-    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
-    monkeypatch.setattr(sparse_mod, "_use_triton", lambda t: True)
+    monkeypatch.setenv(fast_step.FORCE_LOWP_ENV, "1")
+    monkeypatch.setenv(sparse_mod.FORCE_TRITON_ENV, "1")
     monkeypatch.setattr(tt, "pruned_kt", lambda *a, **kw: 4)  # prune hard: 4 of k = 8 / 16
     monkeypatch.setattr(tt, "PRUNED_CAPACITY", 32)  # = B: every saturated row is repaired
     monkeypatch.setattr(tt, "BLOCKS", (32, 64, 16))  # 4 tiles of F = 256
@@ -164,13 +166,14 @@ def test_pruned_select_names_why_it_cannot_run(monkeypatch):
     from saelens_lite.saes import SAE, SAEConfig
     from saelens_lite.training import fast_step
 
-    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
+    monkeypatch.setenv(fast_step.FORCE_LOWP_ENV, "1")
     sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=12, d_sae=64, k=4, dtype="float64"))
     with pytest.raises(ValueError, match="select='pruned' needs.*per tile"):
         fast_step.sparse_loss_and_grads(sae, torch.randn(9, 12, dtype=torch.float64),
                                         compute_dtype=torch.float32, select="pruned")  # fmt: skip
 
 
+@pytest.mark.triton_interpreter
 @pytest.mark.parametrize("capacity", [0, 32])
 def test_trainer_reports_rows_the_pruned_selection_could_not_repair(capacity, monkeypatch, caplog,
                                                                     tmp_path):  # fmt: skip
@@ -182,8 +185,8 @@ def test_trainer_reports_rows_the_pruned_selection_could_not_repair(capacity, mo
     from saelens_lite.saes import TopKConfig
     from saelens_lite.training import TrainConfig, fast_step, train
 
-    monkeypatch.setattr(fast_step, "_lowp_device", lambda t: True)
-    monkeypatch.setattr(sparse_mod, "_use_triton", lambda t: True)
+    monkeypatch.setenv(fast_step.FORCE_LOWP_ENV, "1")
+    monkeypatch.setenv(sparse_mod.FORCE_TRITON_ENV, "1")
     monkeypatch.setattr(tt, "pruned_kt", lambda *a, **kw: 4)
     monkeypatch.setattr(tt, "PRUNED_CAPACITY", capacity)
     monkeypatch.setattr(tt, "BLOCKS", (32, 64, 16))

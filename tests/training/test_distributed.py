@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 HERE = Path(__file__).parent
+torchrun_slow = pytest.mark.slow  # the test or its fixture starts torchrun
 D, F = 16, 64
 WORLD = 2  # torchrun --nproc_per_node
 # Data parallel equals one process on the same global batches for these ...
@@ -126,6 +127,7 @@ def two_rank_runs(tmp_path_factory):
     return tmp, x_ND
 
 
+@torchrun_slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_two_rank_training_equals_one_process_on_the_same_global_batches(two_rank_runs, arch):
     tmp, x_ND = two_rank_runs
@@ -158,6 +160,7 @@ def transcoder_target(x_ND: torch.Tensor) -> torch.Tensor:
     return torch.relu(x_ND - 3.0) @ torch.randn(D, D, generator=g) + 0.5
 
 
+@torchrun_slow
 def test_two_rank_transcoder_equals_one_process_running_each_ranks_slice(two_rank_runs, monkeypatch):
     tmp, x_ND = two_rank_runs
     data = {"x": x_ND, "y": transcoder_target(x_ND)}
@@ -215,6 +218,7 @@ def per_rank_slices(monkeypatch, sae_cls: type[SAE], world: int = WORLD) -> None
     monkeypatch.setattr(sae_cls, "training_forward", forward)
 
 
+@torchrun_slow
 @pytest.mark.parametrize("arch", sorted(PER_RANK_ARCHS))
 def test_two_rank_batchtopk_equals_one_process_running_each_ranks_slice(two_rank_runs, arch,
                                                                         monkeypatch):
@@ -241,6 +245,7 @@ def test_two_rank_batchtopk_equals_one_process_running_each_ranks_slice(two_rank
     assert max((ddp[n] - single[n]).abs().max().item() for n in single) > 1e-3
 
 
+@torchrun_slow
 def test_two_rank_resume_matches_and_another_world_size_is_refused(two_rank_runs):
     tmp, x_ND = two_rank_runs
     run = tmp / "ddp_relu"
@@ -303,6 +308,7 @@ def two_rank_harvest(tmp_path_factory):
     return tmp
 
 
+@torchrun_slow
 def test_two_rank_harvest_equals_one_rank_harvest_of_the_same_tokens(two_rank_harvest):
     tmp = two_rank_harvest
     one = harvest(HarvestConfig(**harvest_config(tmp / "corpus.txt")), tmp / "one", progress=False)
@@ -328,6 +334,7 @@ def test_two_rank_harvest_equals_one_rank_harvest_of_the_same_tokens(two_rank_ha
     assert batch[two.hook_names[0]].shape == (128, two.widths[two.hook_names[0]])
 
 
+@torchrun_slow
 def test_a_crashed_rank_resumes_and_another_world_size_is_refused(two_rank_harvest):
     tmp = two_rank_harvest
     part = tmp / "partial"
@@ -406,6 +413,7 @@ def by_hook_runs(tmp_path_factory, two_rank_harvest):
     return tmp, arrays
 
 
+@torchrun_slow
 def test_distributed_hooks_equal_one_process_training_every_hook(by_hook_runs):
     tmp, data = by_hook_runs
     run = tmp / "jumprelu"
@@ -425,6 +433,7 @@ def test_distributed_hooks_equal_one_process_training_every_hook(by_hook_runs):
     assert sorted(torch.load(run / ckpts[-1], weights_only=False)["hooks"]) == ["h1"]
 
 
+@torchrun_slow
 def test_distributed_hooks_on_a_cache_read_only_each_ranks_hook(by_hook_runs, two_rank_harvest):
     tmp, _ = by_hook_runs
     run, cache = tmp / "cache", two_rank_harvest / "two"
@@ -436,6 +445,7 @@ def test_distributed_hooks_on_a_cache_read_only_each_ranks_hook(by_hook_runs, tw
         assert shards and all(f"/acts/{hooks[r]}/" in p for p in shards), (r, shards)
 
 
+@torchrun_slow
 def test_distribute_hooks_without_torchrun_changes_nothing(by_hook_runs, tmp_path):
     _, data = by_hook_runs
     two = {h: data[h] for h in ("h0", "h1")}
@@ -447,6 +457,7 @@ def test_distribute_hooks_without_torchrun_changes_nothing(by_hook_runs, tmp_pat
     assert isinstance(one, SAE)  # one process, one hook: a bare SAE, as without the flag
 
 
+@torchrun_slow
 def test_distributed_hooks_refuse_too_few_hooks_and_a_checkpoint_without_them(by_hook_runs):
     tmp, _ = by_hook_runs
     for r in (0, 1):  # every rank raised the same error
@@ -459,6 +470,7 @@ def test_distributed_hooks_refuse_too_few_hooks_and_a_checkpoint_without_them(by
     assert distributed.assign_hooks(["a", "b", "c"], distributed.DistInfo(0, 2, 0)) == ["a", "c"]
 
 
+@torchrun_slow
 def test_distributed_hooks_resume_after_a_rank_died_mid_checkpoint(by_hook_runs):
     """Rank 1 died while writing step 20 (rank 0 had written it): the run resumes from step 10,
     the newest step on every rank, and ends equal to the uninterrupted run. A run without

@@ -127,6 +127,7 @@ def test_fast_step_on_cuda_trains_close_to_autograd(tmp_path, graphs):
         assert (p - q).norm() <= 1e-2 * p.norm() + 1e-5, name
 
 
+@pytest.mark.slow  # starts a process
 def test_two_rank_fast_step_equals_one_process(tmp_path):
     """Under torchrun the fast step runs eagerly with the gradient all-reduce between the
     closed-form backward and Adam: the weights equal a one-process fast-step run."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import write_cache
 
 from saelens_lite.saes import REGISTRY, SAE, SAEConfig
 from saelens_lite.training import ArraySource, TrainConfig, open_source, train
@@ -312,6 +313,7 @@ def _worker(out: Path, mode: str) -> subprocess.Popen:
                              str(out), mode], env=env, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow  # starts a process
 def test_a_run_killed_by_sigkill_and_resumed_ends_with_identical_weights(tmp_path):
     full = _worker(tmp_path / "full", "full")
     crash = _worker(tmp_path / "crashed", "crash")
@@ -360,16 +362,8 @@ def test_safetensors_file_source_trains_under_the_hook_name(tmp_path):
 
 @pytest.fixture
 def small_cache(tmp_path):
-    from saelens_lite import cache as cache_mod
-
     x, y = synthetic(n=700, seed=1).numpy(), synthetic(n=700, seed=2).numpy()[:, :8]
-    w = cache_mod.CacheWriter.open(tmp_path / "cache", meta={"test": 1}, hooks={"a": D, "b": 8},
-                                   dtype="float32", shard_tokens=256)
-    n = len(x)
-    w.append({"a": x, "b": y}, token_ids=np.zeros(n, np.int64), context_idx=np.arange(n) // 10,
-             position=np.arange(n) % 10)
-    w.finalize()
-    return tmp_path / "cache"
+    return write_cache(tmp_path / "cache", {"a": x, "b": y}, meta={"test": 1})
 
 
 def test_cache_source_trains_one_sae_per_hook(tmp_path, small_cache):
@@ -410,6 +404,7 @@ def test_streaming_from_a_tiny_model_trains_each_hook_and_skips_exactly(tmp_path
 # --- W&B ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # wandb starts its wandb-core service process
 def test_wandb_offline_run_is_written_without_prompting(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import write_cache
 
 from saelens_lite.saes import REGISTRY, SAE
 from saelens_lite.training import ArraySource, TrainConfig, open_source, train
@@ -131,16 +132,8 @@ def test_resume_refuses_another_target_or_skip(tmp_path):
 @pytest.fixture
 def pair_cache(tmp_path):
     """A cache whose hook y is an exact function of hook x row by row: y = 2 x + 1."""
-    from saelens_lite import cache as cache_mod
-
     x = pair(n=700)["x"].numpy()
-    w = cache_mod.CacheWriter.open(tmp_path / "cache", meta={"test": 1}, hooks={"x": D, "y": D, "w": 8},
-                                   dtype="float32", shard_tokens=256)
-    n = len(x)
-    w.append({"x": x, "y": 2 * x + 1, "w": x[:, :8]}, token_ids=np.zeros(n, np.int64),
-             context_idx=np.arange(n) // 10, position=np.arange(n) % 10)
-    w.finalize()
-    return tmp_path / "cache"
+    return write_cache(tmp_path / "cache", {"x": x, "y": 2 * x + 1, "w": x[:, :8]}, meta={"test": 1})
 
 
 def test_cache_batches_pair_the_same_rows_and_the_coder_learns_their_map(tmp_path, pair_cache):

@@ -1,0 +1,52 @@
+"""Builders shared by the tests (``import helpers``: tests/ holds conftest.py and no
+``__init__.py``, so pytest puts tests/ on the path). One home for what many test files build:
+small SAEs with non-trivial weights, and activation caches written from arrays.
+
+Shape legend: N rows (tokens), D width, F latents.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saelens_lite.cache import CacheWriter
+from saelens_lite.saes import SAE, SAEConfig
+
+
+def make_sae(architecture: str = "topk", *, seed: int = 0, bias_std: float = 0.1,
+             w_enc_noise: float = 0.0, spread_w_dec: bool = False, device: str = "cpu",
+             **config) -> SAE:
+    """``SAE.from_config(SAEConfig.build(architecture=..., **config))`` seeded with ``seed``, then, in
+    this order (so a test's random stream is fixed): ``b_enc`` and ``b_dec`` drawn from
+    N(0, bias_std) (skipped when 0: every term of the math then counts), ``W_enc`` plus
+    ``w_enc_noise`` x N(0, 1), and with ``spread_w_dec`` each decoder row scaled by U(0.5, 1.5)
+    (decoder norms that differ). Returned in training mode on ``device``."""
+    torch.manual_seed(seed)
+    sae = SAE.from_config(SAEConfig.build(architecture=architecture, **config))
+    with torch.no_grad():
+        if bias_std:
+            sae.b_enc.normal_(0, bias_std)
+            sae.b_dec.normal_(0, bias_std)
+        if w_enc_noise:
+            sae.W_enc.add_(w_enc_noise * torch.randn_like(sae.W_enc))
+        if spread_w_dec:
+            sae.W_dec.mul_(torch.rand(sae.W_dec.shape[0], 1) + 0.5)
+    return sae.to(device)
+
+
+def write_cache(path: Path, acts: dict[str, np.ndarray], *, context_size: int = 10,
+                shard_tokens: int = 256, meta: dict | None = None,
+                token_ids: np.ndarray | None = None, dtype: str = "float32") -> Path:
+    """A finished activation cache at ``path`` holding ``acts`` (hook -> (N, D) array, the same
+    N for every hook) as consecutive contexts of ``context_size`` tokens (row i: context
+    i // context_size, position i % context_size), token ids 0 unless given."""
+    n = len(next(iter(acts.values())))
+    hooks = {h: a.shape[1] for h, a in acts.items()}
+    w = CacheWriter.open(path, meta=meta or {}, hooks=hooks, dtype=dtype, shard_tokens=shard_tokens)
+    w.append(acts, token_ids=np.zeros(n, np.int64) if token_ids is None else token_ids,
+             context_idx=np.arange(n) // context_size, position=np.arange(n) % context_size)
+    w.finalize()
+    return Path(path)
