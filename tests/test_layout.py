@@ -23,7 +23,7 @@ TOO_LONG: dict[str, str] = {}
 # Packages in data-flow order: a module may import its own package and lower ones, never a higher
 # one (saelens_lite/__init__.py and __main__.py, above them all, are not in a package).
 PACKAGE_ORDER = ("util", "corpus", "lm", "cache", "kernels", "saes", "training", "features", "evals",
-                 "interventions", "explain", "dashboards", "compare", "cli")
+                 "interventions", "circuits", "explain", "dashboards", "compare", "cli")
 # Upward imports not removed yet, (importer, imported module) -> the reason (remove when fixed).
 UPWARD: dict[tuple[str, str], str] = {}
 

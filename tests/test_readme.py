@@ -31,6 +31,9 @@ SMALL = (  # (README text, what the test runs instead)
     ("smollm2-135m", "tiny-llama"),
     ("blocks.9.hook_resid_post", "blocks.1.hook_resid_post"),
     ("blocks.14.hook_resid_post", "blocks.2.hook_resid_post"),
+    ("blocks.9.hook_mlp_in", "blocks.1.hook_mlp_in"),
+    ("blocks.9.hook_mlp_out", "blocks.1.hook_mlp_out"),
+    ("--out runs/probing", "--max-examples 60 --out runs/probing"),
     ("--tokens 2000000", "--tokens 16384"),  # before its prefix below
     ("--tokens 200000", "--tokens 3000"),
     ("--images digits --out", "--images digits --tokens 4096 --max-eval 512 --out"),
