@@ -4,7 +4,13 @@ features (``model``, its hierarchy in ``hierarchy``), the scores of an SAE again
 
 from saelens_lite.evals.synthsae.metrics import abs_cosines, mcc, score_sae, uniqueness
 from saelens_lite.evals.synthsae.model import SynthSAEConfig, SynthSAEModel
-from saelens_lite.evals.synthsae.run import SynthSAERun, format_table, run_bench, score_saved, write_results
+from saelens_lite.evals.synthsae.run import (
+           SynthSAERun,
+           format_table,
+           run_bench,
+           score_saved,
+           write_results,
+)
 
 __all__ = ["SynthSAEConfig", "SynthSAEModel", "abs_cosines", "mcc", "uniqueness", "score_sae", "SynthSAERun",
            "run_bench", "score_saved", "format_table", "write_results"]

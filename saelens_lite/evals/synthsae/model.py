@@ -134,6 +134,17 @@ class SynthSAEConfig:
                 "ortho_lr": 3e-3}
         return cls(**(base | overrides))
 
+    @classmethod
+    def scaled(cls, n_features: int = 16_384, **overrides) -> SynthSAEConfig:
+        """The 16k preset at ``n_features`` features: the roots scale with G (128 at 16,384),
+        so the forest keeps its share of the features; none below 85 features."""
+        if not isinstance(n_features, int) or n_features < 1:
+            raise ValueError(f"n_features={n_features!r}: must be an integer >= 1")
+        roots = n_features * 128 // 16_384
+        if roots == 0 and n_features >= forest_size(1, cls.branching, cls.depth):
+            roots = 1
+        return cls(**({"n_features": n_features, "n_roots": roots} | overrides))
+
     def key(self) -> str:
         """A short hash of the fields (names the model's cache file)."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
