@@ -158,7 +158,12 @@ def worker_metrics(job: dict) -> dict:
 
 def worker_runner(job: dict) -> dict:
     import sae_lens
-    from sae_lens.synthetic import SyntheticSAERunner, SyntheticSAERunnerConfig
+    from sae_lens import LoggingConfig
+    from sae_lens.synthetic import (
+        SyntheticSAERunner,
+        SyntheticSAERunnerConfig,
+        eval_sae_on_synthetic_data,
+    )
 
     torch.set_num_threads(1)
     d = np.load(job["dictionary"])
@@ -169,14 +174,18 @@ def worker_runner(job: dict) -> dict:
     kw = {"d_in": job["config"]["d"], "d_sae": job["width"], "k": job["l0"]}
     if job["arch"] == "matryoshka":
         w = job["width"]
-        kw["matryoshka_widths"] = [w // 32, w // 8, w // 2, w][-4:]
+        kw["matryoshka_widths"] = [w // 16, w // 8, w // 4, w // 2, w]  # our default prefixes
     cfg = SyntheticSAERunnerConfig(synthetic_model=model.cfg, sae=sae_cfg(**kw), training_samples=job["samples"],
                                    batch_size=job["batch_size"], lr=job["lr"], device="cpu",
-                                   output_path=job["out"], eval_samples=job["n_eval"], n_checkpoints=0)
+                                   output_path=job["out"], run_final_eval=False, n_checkpoints=0,
+                                   logger=LoggingConfig(log_to_wandb=False))
     t = time.perf_counter()
     res = SyntheticSAERunner(cfg, override_synthetic_model=model).run()
-    e = res.final_eval
-    return {"train_seconds": time.perf_counter() - t, "their_eval": e.to_dict() if e else None,
+    seconds = time.perf_counter() - t
+    model.use_sparse_tensors = False  # their eval reads dense activations only
+    e = eval_sae_on_synthetic_data(res.sae, model.feature_dict, model.activation_generator,
+                                   num_samples=job["n_eval"], batch_size=1024)
+    return {"train_seconds": seconds, "their_eval": e.to_dict(), "their_eval_samples": job["n_eval"],
             "sae_dir": job["out"], "sae_lens_version": sae_lens.__version__}
 
 

@@ -161,16 +161,20 @@ def zipf_rates(cfg: SynthSAEConfig) -> Tensor:
     return cfg.p_min + (cfg.p_max - cfg.p_min) * (r - r[-1]) / (r[0] - r[-1])
 
 
+def orthogonality_grad(E_GD: Tensor) -> Tensor:
+    """dL/dE of the orthogonality loss (module docstring, item 5), through E^T E (D x D)."""
+    k_G1 = (E_GD * E_GD).sum(1, keepdim=True)
+    return 4 * (E_GD @ (E_GD.T @ E_GD) - k_G1 * E_GD + len(E_GD) * (k_G1 - 1) * E_GD)
+
+
 def orthogonalize(E_GD: Tensor, steps: int, lr: float) -> Tensor:
-    """Adam on the orthogonality loss of the module docstring (item 5), then unit rows."""
-    E = torch.nn.functional.normalize(E_GD.clone(), dim=1).requires_grad_(False)
-    G = E.shape[0]
+    """Adam on the orthogonality loss from unit rows, then unit rows again."""
+    E = torch.nn.functional.normalize(E_GD.clone(), dim=1)
     opt = torch.optim.Adam([E], lr=lr)
     for _ in range(steps):
-        k_G = (E * E).sum(1, keepdim=True)
-        E.grad = 4 * (E @ (E.T @ E) - k_G * E + G * (k_G - 1) * E)
+        E.grad = orthogonality_grad(E)
         opt.step()
-    return torch.nn.functional.normalize(E.detach(), dim=1)
+    return torch.nn.functional.normalize(E, dim=1)
 
 
 class SynthSAEModel:
@@ -310,5 +314,5 @@ class Coeffs(NamedTuple):
         return on_BG
 
 
-__all__ = ["SynthSAEConfig", "SynthSAEModel", "zipf_rates", "orthogonalize", "generator",
+__all__ = ["SynthSAEConfig", "SynthSAEModel", "zipf_rates", "orthogonalize", "orthogonality_grad", "generator",
            "Coeffs", "TRAIN_STREAM", "HELDOUT_STREAM"]
