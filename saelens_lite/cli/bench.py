@@ -102,6 +102,8 @@ def add_synthsae(bench_sub) -> None:
     s.add_argument("--sae", default=None, metavar="DIR", help="score this saved SAE instead of training")
     s.add_argument("--option", action="append", default=[], metavar="ARCH.KEY=VALUE",
                    help="SAEConfig field for one architecture (repeatable)")
+    s.add_argument("--save-dir", default=None, metavar="DIR",
+                   help="keep each trained SAE in DIR/ARCH/synthsae (default: a temporary folder, deleted)")
     s.add_argument("--out", default="synthsae", help="writes OUT.json and OUT.md")
     s.set_defaults(func=run_synthsae)
 
@@ -123,7 +125,7 @@ def run_synthsae(args: argparse.Namespace) -> int:
         run = SynthSAERun(architectures=list(args.arch), samples=args.samples, width=args.width, l0=args.l0,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, n_eval=args.eval_samples,
                           eval_seed=args.eval_seed, sae_options=parse_arch_options(args.option))
-        result = run_bench(cfg, run, model_cache=cache, progress=True)
+        result = run_bench(cfg, run, model_cache=cache, save_dir=args.save_dir, progress=True)
     js, md = write_results(result, args.out)
     print(md.read_text())
     print(f"wrote {js} and {md}")

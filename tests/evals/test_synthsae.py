@@ -219,7 +219,7 @@ SMALL = ["--features", "512", "--d", "32", "--batch-size", "512", "--eval-sample
 def test_the_cli_trains_scores_and_writes_its_table_at_a_small_size(tmp_path, capsys):
     out = tmp_path / "res"
     assert main(["bench", "synthsae", *SMALL, "--arch", "topk", "relu", "--width", "32", "--l0", "4",
-                 "--samples", "4096", "--out", str(out)]) == 0
+                 "--samples", "4096", "--save-dir", str(tmp_path / "saes"), "--out", str(out)]) == 0
     result = json.loads(out.with_suffix(".json").read_text())
     assert [r["architecture"] for r in result["rows"]] == ["topk", "relu"]
     for r in result["rows"]:
@@ -230,6 +230,7 @@ def test_the_cli_trains_scores_and_writes_its_table_at_a_small_size(tmp_path, ca
     assert "1,000 held-out samples" in table and "4,096 streamed samples" in table
     assert table.count("\n| topk |") == 1 and table.count("\n| relu |") == 1
     assert table in capsys.readouterr().out
+    assert SAE.load(tmp_path / "saes" / "relu" / "synthsae").cfg.d_sae == 32
 
 
 def _small_sae(d_in: int, tmp_path: Path) -> Path:
