@@ -110,9 +110,10 @@ def score_sae(sae, model, *, n_eval: int = 100_000, seed: int = 0, batch_size: i
     W_dec = sae.W_dec.detach().float().cpu()
     A_FG = abs_cosines(W_dec, model.W_true_GD)
     acc = ScoreAccumulator(A_FG.argmax(1), model.cfg.d)
+    dev = sae.W_dec.device  # samples are drawn on the CPU; a GPU-trained SAE encodes on its device
     for x_BD, c in model.iter_batches(n_eval, batch_size, stream=HELDOUT_STREAM, seed=seed):
-        acts_BF = sae.encode(x_BD)
-        acc.update(x_BD, sae.decode(acts_BF), acts_BF, c.on())
+        acts_BF = sae.encode(x_BD.to(dev))
+        acc.update(x_BD, sae.decode(acts_BF).float().cpu(), acts_BF.float().cpu(), c.on())
     return {"mcc": mcc(A_FG), "uniqueness": uniqueness(A_FG)} | acc.result() | {
         "heldout_samples": n_eval, "heldout_seed": seed}
 

@@ -102,7 +102,7 @@ def train_one(model: SynthSAEModel, run: SynthSAERun, arch: str, out_dir: str | 
                      tokens=run.samples, seed=run.seed, out_dir=str(out_dir), progress=progress,
                      checkpoint_every=0, log_every=max(1, run.samples // run.batch_size // 20),
                      dead_window_tokens=min(1_000_000, max(run.batch_size, run.samples // 4)),
-                     sae_options=run.sae_options.get(arch, {}), device="cpu")
+                     sae_options=run.sae_options.get(arch, {}))
     return train(tc, SynthSAESource(model))
 
 
