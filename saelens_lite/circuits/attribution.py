@@ -38,7 +38,7 @@ from torch import Tensor
 from saelens_lite.circuits.replacement import ReplacementRun, replacement_forward, run_device
 from saelens_lite.circuits.rows import Sources, fill, normalize_rows, targets
 from saelens_lite.circuits.transcoders import TranscoderSet
-from saelens_lite.interventions import token_id, token_texts
+from saelens_lite.interventions.attribution import token_id, token_texts
 from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, excluded_token_ids, keep_mask
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from saelens_lite.circuits.attribution import AttributionGraph, attribute_graph
 from saelens_lite.circuits.export import graph_json
 from saelens_lite.circuits.prune import GraphScores, PruneResult, graph_scores, prune
-from saelens_lite.interventions import token_texts
+from saelens_lite.interventions.attribution import token_texts
 from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, check_exclude
 
 
