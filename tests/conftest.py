@@ -17,6 +17,7 @@ import os
 import subprocess
 
 import pytest
+from helpers import SLOW_FIXTURES, NotMarkedSlow
 
 # Set before any test module imports transformers, which reads these at import time.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -33,17 +34,10 @@ def offline():
     mp.undo()
 
 
-SLOW_FIXTURES = {"smollm2"}  # requesting one of these makes a test slow
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-
-
-class NotMarkedSlow(RuntimeError):
-    """A test not marked ``slow`` started a process or loaded the real SmolLM2."""
 
 
 def _refusal(nodeid: str, what: str) -> NotMarkedSlow:

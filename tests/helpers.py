@@ -15,6 +15,12 @@ import torch
 from saelens_lite.cache import CacheWriter
 from saelens_lite.saes import SAE, SAEConfig
 
+SLOW_FIXTURES = {"smollm2"}  # requesting one of these makes a test slow (tests/conftest.py)
+
+
+class NotMarkedSlow(RuntimeError):
+    """A test not marked ``slow`` started a process or loaded the real SmolLM2."""
+
 
 def make_sae(architecture: str = "topk", *, seed: int = 0, bias_std: float = 0.1,
              w_enc_noise: float = 0.0, spread_w_dec: bool = False, device: str = "cpu",

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SLOW_FIXTURES, NotMarkedSlow
+from helpers import SLOW_FIXTURES, NotMarkedSlow
 
 from saelens_lite.lm.load import load_model
 
