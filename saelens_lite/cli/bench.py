@@ -101,6 +101,7 @@ def run_probing(args: argparse.Namespace) -> int:
             print(f"{sae:36s} {hook} {pooling:4s} {probe:6s} mean AUC {v['auc']:.3f} accuracy {v['accuracy']:.3f} "
                   f"over {v['n']} datasets")
     print(f"wrote results.md, results.json and auc_vs_k.png to {args.out}")
+    return 0
 
 
 def add_synthsae(bench_sub) -> None:

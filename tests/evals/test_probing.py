@@ -144,7 +144,7 @@ def test_a_real_shipped_dataset_reads_as_balanced_binary():
 # -- activations ---------------------------------------------------------------------------------
 
 def test_harvested_rows_match_one_unpadded_forward_per_text(tiny_llama):
-    from saelens_lite.lm import capture
+    from saelens_lite.lm.hooks import capture
 
     texts = ["a", "the cat sat on the mat", "hello there", "x" * 40]
     got = acts.harvest_rows(tiny_llama, HOOK, texts, poolings=("last", "mean"), max_tokens=16, batch_tokens=64,
