@@ -34,7 +34,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, skip: tupl
                        choices: dict[str, typing.Sequence[str]] | None = None,
                        aliases: dict[str, typing.Sequence[str]] | None = None) -> None:
     """Add ``--field-name`` for every field of ``cls`` not in ``skip``; defaults are the
-    dataclass defaults, list fields take several values, bool fields become on/off flags.
+    dataclass defaults, list fields take several values, bool fields become on/off flags,
+    ``Literal`` fields take one of their values.
     ``aliases`` adds other option strings for a field (e.g. ``{"out_dir": ["--out"]}``)."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
@@ -48,7 +49,10 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, skip: tupl
         if choices and f.name in choices:
             kwargs["choices"] = list(choices[f.name])
         origin = typing.get_origin(hint)
-        if hint is bool:
+        if origin is typing.Literal:  # the choices are the type's
+            kwargs["choices"] = list(kwargs.get("choices") or typing.get_args(hint))
+            kwargs["type"] = type(typing.get_args(hint)[0])
+        elif hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif origin is list:
             kwargs["nargs"] = "+"
