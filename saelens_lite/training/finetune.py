@@ -103,11 +103,18 @@ def finetune(config: FinetuneConfig, *, lm=None):
     ``out_dir/<hook>/``; returns the fine-tuned SAE (eval mode, raw activations in and out).
     ``lm``: a loaded :class:`~saelens_lite.lm.load.LoadedModel` (None: load ``config.model``)."""
     run = _open_run(config, lm)
-    start = _start_step(run)
-    log.info("fine-tuning %s at %s on %s: loss=%s, %d steps x %d contexts x %d tokens, lr=%.3g",
-             config.sae, run.hook, type(run.lm.model).__name__, config.loss, config.steps,
-             config.batch_contexts, config.context_size, config.lr)
-    _loop(run, start)
+    model = run.lm.model
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)  # frozen: gradients reach the SAE only
+    try:
+        start = _start_step(run)
+        log.info("fine-tuning %s at %s on %s: loss=%s, %d steps x %d contexts x %d tokens, lr=%.3g",
+                 config.sae, run.hook, type(model).__name__, config.loss, config.steps,
+                 config.batch_contexts, config.context_size, config.lr)
+        _loop(run, start)
+    finally:  # a caller's model keeps its flags
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
     return _finish(run)
 
 
@@ -124,7 +131,6 @@ def _open_run(config: FinetuneConfig, lm) -> FinetuneRun:
         raise ValueError(f"model=None: the SAE {config.sae} names no model (cfg.json model_name); pass model=")
     device = resolve_device(config.device) if lm is None else next(lm.model.parameters()).device
     lm = lm if lm is not None else load_model(model_name, device=device)
-    lm.model.requires_grad_(False)
     lm.model.eval()
     if not _is_causal(lm.model):
         raise ValueError(f"model={lm.name!r}: has no LM head; fine-tuning needs next-token logits")
