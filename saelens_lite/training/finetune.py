@@ -267,7 +267,7 @@ def _loop(run: FinetuneRun, start: int) -> None:
     when due."""
     config = run.config
     total = config.steps
-    logger = RunLogger(run.run_dir, config, total_steps=total, start_step=start)
+    logger = RunLogger(run.run_dir, config, total_steps=total, start_step=start, desc="finetune")
     batches = _batches(run, start)
     try:
         for step in range(start, total):

@@ -27,14 +27,26 @@ S = 64
 FT_CONTEXTS = 100  # fine-tuned on contexts [0, 100); evaluated on contexts after them
 
 
-def poor_sae(tmp_path, lm, **kw) -> str:
+def train_poor(out, **kw) -> str:
     """An SAE (or transcoder, with target_hook) trained on 4,096 streamed tokens: far from
     converged, so splicing it costs CE."""
     base = dict(hooks=[HOOK], model="tiny-llama", expansion=4, k=4, tokens=4096, batch_size=512,
-                context_size=S, out_dir=str(tmp_path / "sae"), progress=False, device="cpu")
+                context_size=S, out_dir=str(out), progress=False, device="cpu")
     base.update(kw)
     train(TrainConfig(**base))
-    return str(tmp_path / "sae" / base["hooks"][0])
+    return str(out / base["hooks"][0])
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from saelens_lite.lm.load import load_model
+
+    return load_model("tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory, lm) -> str:
+    return train_poor(tmp_path_factory.mktemp("sae"))
 
 
 def ft_config(tmp_path, sae: str, **kw) -> FinetuneConfig:
@@ -68,35 +80,33 @@ def test_kl_and_ce_equal_a_float64_reference():
     assert float(got["ce"]) == pytest.approx(np.mean(ce), rel=1e-5)
 
 
-def test_the_first_steps_kl_is_the_evaluations_spliced_kl(tmp_path, tiny_llama):
+def test_the_first_steps_kl_is_the_evaluations_spliced_kl(tmp_path, lm, sae_dir):
     """Unfolding the saved SAE to training units and splicing it through training_forward
     gives the function the evaluation splices (before any update)."""
-    sae_dir = poor_sae(tmp_path, tiny_llama)
-    finetune(ft_config(tmp_path, sae_dir, tokens=S * 8), lm=tiny_llama)
+    finetune(ft_config(tmp_path, sae_dir, tokens=S * 8), lm=lm)
     first = metrics(tmp_path / "ft")[0]
-    contexts = heldout_contexts(tiny_llama.tokenizer, "builtin:pydocs", S, 8).contexts
-    ref = downstream_metrics(SAE.load(sae_dir), tiny_llama, HOOK, contexts, progress=False)
+    contexts = heldout_contexts(lm.tokenizer, "builtin:pydocs", S, 8).contexts
+    ref = downstream_metrics(SAE.load(sae_dir), lm, HOOK, contexts, progress=False)
     assert first["kl"] == pytest.approx(ref["kl_div"], rel=1e-3)
     assert first["ce"] == pytest.approx(ref["ce_loss_sae"], rel=1e-4)
 
 
 # --- what fine-tuning does ---------------------------------------------------------------------
-def test_a_kl_finetune_lowers_the_heldout_ce_gap_and_leaves_the_model_unchanged(tmp_path, tiny_llama):
-    sae_dir = poor_sae(tmp_path, tiny_llama)
-    model_before = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
-    flags = [p.requires_grad for p in tiny_llama.model.parameters()]
-    contexts = heldout(tiny_llama)
-    before = downstream_metrics(SAE.load(sae_dir), tiny_llama, HOOK, contexts, progress=False)
-    tuned = finetune(ft_config(tmp_path, sae_dir), lm=tiny_llama)
-    after = downstream_metrics(tuned, tiny_llama, HOOK, contexts, progress=False)
+def test_a_kl_finetune_lowers_the_heldout_ce_gap_and_leaves_the_model_unchanged(tmp_path, lm, sae_dir):
+    model_before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    flags = [p.requires_grad for p in lm.model.parameters()]
+    contexts = heldout(lm)
+    before = downstream_metrics(SAE.load(sae_dir), lm, HOOK, contexts, progress=False)
+    tuned = finetune(ft_config(tmp_path, sae_dir), lm=lm)
+    after = downstream_metrics(tuned, lm, HOOK, contexts, progress=False)
     gap0 = before["ce_loss_sae"] - before["ce_loss_clean"]
     gap1 = after["ce_loss_sae"] - after["ce_loss_clean"]
     assert gap0 > 0
     assert gap1 < 0.5 * gap0, (gap0, gap1)
     assert after["kl_div"] < before["kl_div"]
-    for k, v in tiny_llama.model.state_dict().items():
+    for k, v in lm.model.state_dict().items():
         assert torch.equal(v, model_before[k]), k
-    assert [p.requires_grad for p in tiny_llama.model.parameters()] == flags
+    assert [p.requires_grad for p in lm.model.parameters()] == flags
     saved = SAE.load(tmp_path / "ft" / HOOK)
     assert not torch.equal(saved.W_enc, SAE.load(sae_dir).W_enc)  # the SAE did move
     rows = metrics(tmp_path / "ft")
@@ -104,24 +114,23 @@ def test_a_kl_finetune_lowers_the_heldout_ce_gap_and_leaves_the_model_unchanged(
     assert all(r["l0"] == pytest.approx(4.0) for r in rows)  # TopK keeps its k
 
 
-def test_mse_plus_kl_keeps_the_reconstruction_closer_than_kl_alone(tmp_path, tiny_llama):
-    sae_dir = poor_sae(tmp_path, tiny_llama)
-    finetune(ft_config(tmp_path, sae_dir, out_dir=str(tmp_path / "kl")), lm=tiny_llama)
+def test_mse_plus_kl_keeps_the_reconstruction_closer_than_kl_alone(tmp_path, lm, sae_dir):
+    finetune(ft_config(tmp_path, sae_dir, out_dir=str(tmp_path / "kl")), lm=lm)
     finetune(ft_config(tmp_path, sae_dir, loss="mse+kl", mse_coeff=1.0, out_dir=str(tmp_path / "mkl")),
-             lm=tiny_llama)
+             lm=lm)
     fvu_kl = metrics(tmp_path / "kl")[-1]["fvu"]
     fvu_mkl = metrics(tmp_path / "mkl")[-1]["fvu"]
     assert fvu_mkl < fvu_kl
 
 
-def test_a_transcoder_finetunes_too(tmp_path, tiny_llama):
+def test_a_transcoder_finetunes_too(tmp_path, lm):
     src, dst = "blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out"
-    tc_dir = poor_sae(tmp_path, tiny_llama, hooks=[src], target_hook=dst)
-    contexts = heldout(tiny_llama)
-    before = downstream_metrics(SAE.load(tc_dir), tiny_llama, dst, contexts, source_hook=src, progress=False)
-    tuned = finetune(ft_config(tmp_path, tc_dir, lr=1e-4), lm=tiny_llama)  # its KL is 1e-4 nats: 1e-3 overshoots
+    tc_dir = train_poor(tmp_path / "tc", hooks=[src], target_hook=dst)
+    contexts = heldout(lm)
+    before = downstream_metrics(SAE.load(tc_dir), lm, dst, contexts, source_hook=src, progress=False)
+    tuned = finetune(ft_config(tmp_path, tc_dir, lr=1e-4), lm=lm)  # its KL is 1e-4 nats: 1e-3 overshoots
     assert tuned.is_transcoder and (tmp_path / "ft" / src / "cfg.json").exists()
-    after = downstream_metrics(tuned, tiny_llama, dst, contexts, source_hook=src, progress=False)
+    after = downstream_metrics(tuned, lm, dst, contexts, source_hook=src, progress=False)
     assert after["kl_div"] < before["kl_div"]
 
 
@@ -130,10 +139,9 @@ class Crash(RuntimeError):
     pass
 
 
-def test_a_run_resumed_after_a_crash_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, tiny_llama):
-    sae_dir = poor_sae(tmp_path, tiny_llama)
+def test_a_run_resumed_after_a_crash_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, lm, sae_dir):
     kw = dict(tokens=S * 4 * 12, batch_contexts=4, checkpoint_every=S * 4 * 4, keep_checkpoints=5)
-    full = finetune(ft_config(tmp_path, sae_dir, out_dir=str(tmp_path / "full"), **kw), lm=tiny_llama)
+    full = finetune(ft_config(tmp_path, sae_dir, out_dir=str(tmp_path / "full"), **kw), lm=lm)
 
     calls = {"n": 0}
 
@@ -142,19 +150,19 @@ def test_a_run_resumed_after_a_crash_ends_with_the_weights_of_an_uninterrupted_o
         if calls["n"] == 15:
             raise Crash
 
-    handle = tiny_llama.model.register_forward_pre_hook(crash_on_the_15th_forward)
+    handle = lm.model.register_forward_pre_hook(crash_on_the_15th_forward)
     with pytest.raises(Crash):
-        finetune(ft_config(tmp_path, sae_dir, out_dir=str(tmp_path / "run"), **kw), lm=tiny_llama)
+        finetune(ft_config(tmp_path, sae_dir, out_dir=str(tmp_path / "run"), **kw), lm=lm)
     handle.remove()
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_000000004.pt"]
     assert not (tmp_path / "run" / HOOK).exists()
     with pytest.raises(ValueError, match="out_dir=.*holds checkpoints of an earlier run; pass resume=True"):
-        finetune(ft_config(tmp_path, sae_dir, out_dir=str(tmp_path / "run"), **kw), lm=tiny_llama)
+        finetune(ft_config(tmp_path, sae_dir, out_dir=str(tmp_path / "run"), **kw), lm=lm)
     with pytest.raises(ValueError, match=r"resume: lr=0.002 differs from the checkpoint's lr=0.001"):
         finetune(ft_config(tmp_path, sae_dir, out_dir=str(tmp_path / "run"), resume=True, lr=2e-3, **kw),
-                 lm=tiny_llama)
+                 lm=lm)
     resumed = finetune(ft_config(tmp_path, sae_dir, out_dir=str(tmp_path / "run"), resume=True, **kw),
-                       lm=tiny_llama)
+                       lm=lm)
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
     assert metrics(tmp_path / "run") == metrics(tmp_path / "full")
@@ -177,14 +185,13 @@ def test_bad_values_fail_naming_the_field_the_value_and_the_choices(kw, message)
     assert message in str(e.value)
 
 
-def test_a_cache_of_another_corpus_is_refused_naming_both(tmp_path, tiny_llama):
+def test_a_cache_of_another_corpus_is_refused_naming_both(tmp_path, lm, sae_dir):
     from saelens_lite.cache.harvest import HarvestConfig, harvest
 
-    sae_dir = poor_sae(tmp_path, tiny_llama)
     harvest(HarvestConfig(model="tiny-llama", hooks=[HOOK], tokens=512, context_size=32, device="cpu"),
-            tmp_path / "acts", model=tiny_llama)
+            tmp_path / "acts", model=lm)
     with pytest.raises(ValueError, match="context_size=64: the activation cache .* was harvested with context_size=32"):
-        finetune(ft_config(tmp_path, sae_dir, activations=str(tmp_path / "acts")), lm=tiny_llama)
+        finetune(ft_config(tmp_path, sae_dir, activations=str(tmp_path / "acts")), lm=lm)
 
 
 @pytest.mark.slow
