@@ -7,8 +7,6 @@ naming the field, the value and the choices."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -194,10 +192,24 @@ def test_a_cache_of_another_corpus_is_refused_naming_both(tmp_path, lm, sae_dir)
         finetune(ft_config(tmp_path, sae_dir, activations=str(tmp_path / "acts")), lm=lm)
 
 
-@pytest.mark.slow
-def test_the_cli_names_a_bad_loss_and_the_choices_in_one_line(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "saelens_lite", "finetune", "--sae", "x", "--loss", "mse"],
-                       capture_output=True, text=True)
-    assert p.returncode == 2
-    last = p.stderr.strip().splitlines()[-1]
+def test_the_cli_names_a_bad_loss_and_the_choices_in_one_line(capsys):
+    from saelens_lite.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--sae", "x", "--loss", "mse"])
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "argument --loss: invalid choice: 'mse' (choose from 'kl', 'ce', 'mse+kl')" in last
+
+
+def test_the_cli_help_lists_every_config_field_with_its_default(capsys):
+    import dataclasses
+
+    from saelens_lite.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(FinetuneConfig):
+        assert "--" + f.name.replace("_", "-") in out, f.name
+    assert "(default: 100000)" in out and "{kl,ce,mse+kl}" in out
