@@ -63,7 +63,7 @@ from saelens_lite.training.checkpoint import (
 )
 from saelens_lite.training.dead_latents import DeadLatentTracker
 from saelens_lite.training.finetune_config import LOSSES, FinetuneConfig
-from saelens_lite.training.hook_state import make_adam
+from saelens_lite.training.hook_state import make_adam, param_groups
 from saelens_lite.training.logging import RunLogger
 from saelens_lite.training.schedules import lr_at
 from saelens_lite.training.step import optimizer_step_
@@ -140,7 +140,7 @@ def _open_run(config: FinetuneConfig, lm) -> FinetuneRun:
     hook, source = (sae.cfg.target_hook, sae.cfg.hook_name) if sae.is_transcoder else (sae.cfg.hook_name, None)
     if not hook:
         raise ValueError(f"sae={config.sae!r}: its cfg.json names no hook_name; cannot splice it")
-    opt = make_adam(sae.parameters(), config.lr, tuple(config.betas), device)
+    opt = make_adam(param_groups(sae), config.lr, tuple(config.betas), device)  # the trainer's groups
     n_ctx = _context_limit(config)
     contexts = None if n_ctx is None else list(itertools.islice(_corpus_contexts(config, lm.tokenizer), n_ctx))
     if contexts is not None and not contexts:
@@ -305,7 +305,7 @@ def finetune_step(run: FinetuneRun, ids_BS: Tensor, lr: float) -> dict[str, floa
     fvu = out.mse * y_ND.shape[0] / (y_ND - y_ND.mean(0)).pow(2).sum().clamp_min(1e-12)
     loss = {"kl": terms["kl"], "ce": terms["ce"], "mse+kl": terms["kl"] + config.mse_coeff * fvu}[config.loss]
     for g in run.opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     optimizer_step_(sae, run.opt, sae.parameters(), grad_clip=config.grad_clip)
