@@ -27,8 +27,8 @@ An error in the input (a bad value, a missing or corrupt file) ends in one line
 environment variable SAELENS_LITE_DEBUG=1 shows the full traceback instead."""
 
 # Order of appearance in --help; each name is a module of this package.
-SUBCOMMANDS = ["hooks", "harvest", "train", "eval", "bench", "info", "dashboard", "serve", "convert", "compare",
-               "steer", "ablate", "attribute", "trace", "explain"]
+SUBCOMMANDS = ["hooks", "harvest", "train", "finetune", "eval", "bench", "info", "dashboard", "serve", "convert",
+               "compare", "steer", "ablate", "attribute", "trace", "explain"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Automatic explanations of SAE features, scored on held-out examples (issue 17).
+"""Automatic explanations of SAE features, scored on held-out examples.
 
 ``explain(sae, cache, out, explainer=..., scorers=...)`` writes one JSONL record per feature.
 Modules: ``config`` (ExplainConfig), ``examples`` (contexts from :mod:`saelens_lite.features`),

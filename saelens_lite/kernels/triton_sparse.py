@@ -48,7 +48,7 @@ SEGMENT_WARPS = 4
 """Warps per program of the segment reduction."""
 SEGMENT_PREFETCH = False
 """Load the next iteration's pattern indices before this iteration's row gathers, so their
-latency overlaps (an H100 profile, session 1: the reduction ran at ~1.1 TB/s of gathered
+latency overlaps (an H100 profile: the reduction ran at ~1.1 TB/s of gathered
 rows, 1.5 ms at the first shape; the index loads sit in front of every gather).
 `scripts/bench_kernels.py` times all four settings."""
 

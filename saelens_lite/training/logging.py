@@ -62,7 +62,7 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: str | Path, config, *, total_steps: int, start_step: int = 0,
-                 enabled: bool = True):
+                 enabled: bool = True, desc: str = "train"):
         # ``enabled=False`` (ranks other than 0 of a distributed run): writes nothing, shows no
         # bar, starts no W&B run; the calls are accepted and ignored.
         self.path = Path(run_dir) / "metrics.jsonl"
@@ -71,7 +71,7 @@ class RunLogger:
         if enabled:
             self._truncate_after(start_step)
             self.file = open(self.path, "a", encoding="utf-8")
-        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", desc="train",
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", desc=desc,
                         disable=not (config.progress and enabled), dynamic_ncols=True)
         self.wandb_run = None
         if config.wandb and enabled:

@@ -39,7 +39,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, skip: tupl
                        choices: dict[str, typing.Sequence[str]] | None = None,
                        aliases: dict[str, typing.Sequence[str]] | None = None) -> None:
     """Add ``--field-name`` for every field of ``cls`` not in ``skip``; defaults are the
-    dataclass defaults, list fields take several values, bool fields become on/off flags.
+    dataclass defaults, list fields take several values, bool fields become on/off flags,
+    ``Literal`` fields take one of their values.
     ``aliases`` adds other option strings for a field (e.g. ``{"out_dir": ["--out"]}``)."""
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
