@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from saelens_lite.lm.capture import pad_contexts
 from saelens_lite.lm.hooks import capture
 from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, written_mask
 from saelens_lite.util.atomic import write_json, write_npy
@@ -114,17 +115,6 @@ def length_batches(lengths: list[int], batch_tokens: int) -> list[np.ndarray]:
     return batches
 
 
-def pad_right(ids: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input ids (B, S), attention mask (B, S)) with each row padded on the right."""
-    S = max(len(t) for t in ids)
-    ids_BS = torch.full((len(ids), S), pad, dtype=torch.long)
-    attn_BS = torch.zeros((len(ids), S), dtype=torch.long)
-    for b, t in enumerate(ids):
-        ids_BS[b, : len(t)] = torch.as_tensor(t, dtype=torch.long)
-        attn_BS[b, : len(t)] = 1
-    return ids_BS, attn_BS
-
-
 @torch.no_grad()
 def harvest_rows(lm, hook: str, texts: list[str], *, poolings: tuple[str, ...], max_tokens: int = 256,
                  batch_tokens: int = 4096, exclude: str = DEFAULT_EXCLUDE,
@@ -138,7 +128,7 @@ def harvest_rows(lm, hook: str, texts: list[str], *, poolings: tuple[str, ...], 
     per_text: list[np.ndarray] = [np.zeros(0)] * len(texts)
     bar = tqdm(total=len(texts), desc=f"probing: {hook}", unit="text", disable=not progress, dynamic_ncols=True)
     for batch in length_batches([len(t) for t in ids], batch_tokens):
-        ids_BS, attn_BS = pad_right([ids[i] for i in batch], pad)
+        ids_BS, attn_BS = pad_contexts([ids[i] for i in batch], pad)
         act_BSD = capture(lm.model, {"input_ids": ids_BS, "attention_mask": attn_BS}, [hook])[hook]
         keep_BS = written_mask(ids_BS, attn_BS, exclude, lm.tokenizer).cpu()
         keep_BS |= attn_BS.bool() & ~keep_BS.any(1, keepdim=True)  # a text with no kept token
