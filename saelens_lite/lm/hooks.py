@@ -109,6 +109,8 @@ def resolve_hooks(model: nn.Module, names: Sequence[str]) -> list[HookPoint]:
 
 def _as_points(model: nn.Module, hooks: Sequence[HookPoint | str]) -> list[HookPoint]:
     names = [h for h in hooks if isinstance(h, str)]
+    if not names:  # resolving walks every module: skip it for ready hook points
+        return list(hooks)
     resolved = iter(resolve_hooks(model, names))
     return [next(resolved) if isinstance(h, str) else h for h in hooks]
 
@@ -216,7 +218,7 @@ def replace(
     """Within the block, every forward replaces the activation at ``hook`` with fn(activation):
     the primitive under a splice (``lm.splice``) and an ablation."""
     (point,) = _as_points(model, [hook])
-    handle = _register(dict(model.named_modules())[point.module_path], point, fn)
+    handle = _register(model.get_submodule(point.module_path), point, fn)
     try:
         yield
     finally:
