@@ -234,7 +234,7 @@ def test_the_cli_trains_scores_and_writes_its_table_at_a_small_size(tmp_path, ca
 
 
 def _small_sae(d_in: int, tmp_path: Path) -> Path:
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=d_in, d_sae=24, k=3))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=d_in, d_sae=24, k=3))
     return sae.save(tmp_path / "sae")
 
 
@@ -276,6 +276,7 @@ def _peers_python() -> str | None:
     return None
 
 
+@pytest.mark.slow  # runs the peers interpreter in a process
 def test_every_score_matches_sae_lens_synthetic_on_the_same_sae_and_samples(tmp_path):
     python = _peers_python()
     if python is None:
@@ -284,7 +285,7 @@ def test_every_score_matches_sae_lens_synthetic_on_the_same_sae_and_samples(tmp_
             pytest.fail(f"{reason} (required here: CI=true or SAELENS_LITE_REQUIRE_PEERS=1)", pytrace=False)
         pytest.skip(reason)
     model = SynthSAEConfig.scaled(512, d=32).build()
-    sae = SAE.from_config(SAEConfig(architecture="topk", d_in=32, d_sae=48, k=4))
+    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=32, d_sae=48, k=4))
     g = torch.Generator().manual_seed(6)
     with torch.no_grad():  # near some true features, so MCC, F1 and EV are far from 0
         sae.W_dec.copy_(model.W_true_GD[:48] + 0.3 * torch.randn(48, 32, generator=g) / math.sqrt(32))

@@ -98,11 +98,12 @@ def train_one(model: SynthSAEModel, run: SynthSAERun, arch: str, out_dir: str | 
     """Train one SAE of ``arch`` on the model's stream; returns it (saved under out_dir)."""
     from saelens_lite.training import TrainConfig, train
 
-    tc = TrainConfig(architecture=arch, latents=run.width, k=run.l0, lr=run.lr, batch_size=run.batch_size,
-                     tokens=run.samples, seed=run.seed, out_dir=str(out_dir), progress=progress,
-                     checkpoint_every=0, log_every=max(1, run.samples // run.batch_size // 20),
-                     dead_window_tokens=min(1_000_000, max(run.batch_size, run.samples // 4)),
-                     sae_options=run.sae_options.get(arch, {}))
+    # the train command's flat spelling (training.sae_flags): --arch --latents --k --option
+    tc = TrainConfig.from_dict(dict(
+        architecture=arch, latents=run.width, k=run.l0, sae_options=run.sae_options.get(arch, {}),
+        lr=run.lr, batch_size=run.batch_size, tokens=run.samples, seed=run.seed, out_dir=str(out_dir),
+        progress=progress, checkpoint_every=0, log_every=max(1, run.samples // run.batch_size // 20),
+        dead_window_tokens=min(1_000_000, max(run.batch_size, run.samples // 4))))
     return train(tc, SynthSAESource(model))
 
 
