@@ -115,11 +115,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
-# The names these had before the split (tests read them)
-_HookState = HookState
-_resume_point_by_hook = resume_point_by_hook
-
-
 def train(config: TrainConfig, data=None):
     """Train one SAE per hook of ``data`` and save each to ``out_dir/<hook>/``.
 

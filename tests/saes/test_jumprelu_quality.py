@@ -9,7 +9,7 @@ from helpers import make_sae
 from saelens_lite.evals.synthetic import SyntheticConfig, run_benchmark
 from saelens_lite.saes import SAE
 from saelens_lite.saes import jumprelu as jumprelu_mod
-from saelens_lite.training import TrainConfig, trainer
+from saelens_lite.training import TrainConfig, hook_state
 from saelens_lite.util import distributed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -201,7 +201,7 @@ def test_pre_act_loss_pulls_only_dead_latents_to_their_thresholds():
 
 def test_trainer_gives_log_threshold_its_learning_rate_scale():
     sae = make(jumprelu_threshold_lr_scale=7.0)
-    st = trainer._HookState(
+    st = hook_state.HookState(
         sae, TrainConfig(sae=sae.cfg, lr=1e-3), torch.device("cpu")
     )
     st.set_lr(2e-3)

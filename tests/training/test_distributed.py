@@ -20,7 +20,7 @@ import torch.distributed as dist
 from saelens_lite.cache import ActivationCache
 from saelens_lite.cache.harvest import HarvestConfig, harvest
 from saelens_lite.saes import REGISTRY, SAE, TrainOutput
-from saelens_lite.training import TrainConfig, train, trainer
+from saelens_lite.training import TrainConfig, resume, train
 from saelens_lite.training.data import open_source
 from saelens_lite.util import distributed
 
@@ -493,7 +493,7 @@ def test_distributed_hooks_resume_after_a_rank_died_mid_checkpoint(by_hook_runs)
     # rank 0 of 3 (collectives are no-ops in this process): its file says 2 processes
     cfg = TrainConfig.from_dict(train_config(resumed, "jumprelu", resume=True, distribute_hooks=True))
     with pytest.raises(ValueError, match="run on 2 process.*WORLD_SIZE=3.*same number"):
-        trainer._resume_point_by_hook(cfg, resumed, open_source(data, cfg), list(HOOKS),
+        resume.resume_point_by_hook(cfg, resumed, open_source(data, cfg), list(HOOKS),
                                       distributed.DistInfo(0, 3, 0))
 
     data_files = {h: str(tmp / f"{h}.npy") for h in HOOKS}

@@ -12,7 +12,7 @@ import torch
 
 from saelens_lite.training import TrainConfig, train
 from saelens_lite.training.checkpoint import list_checkpoints
-from saelens_lite.training.trainer import _HookState, build_sae
+from saelens_lite.training.hook_state import HookState, build_sae
 
 D, F = 16, 64
 
@@ -82,18 +82,18 @@ def test_auto_picks_autograd_on_cpu_and_fast_on_cuda(tmp_path):
     c = cfg(tmp_path / "r")
     assert c.fast_step == "auto" and c.cuda_graphs
     assert not c.use_fast_step("cpu") and c.use_fast_step("cuda")
-    st = _HookState(build_sae(c, D), c, torch.device("cpu"))
+    st = HookState(build_sae(c, D), c, torch.device("cpu"))
     assert st.fast is None
     on = cfg(tmp_path / "r", fast_step="on")
-    assert _HookState(build_sae(on, D), on, torch.device("cpu")).fast is not None
+    assert HookState(build_sae(on, D), on, torch.device("cpu")).fast is not None
     for kw in ({"architecture": "relu"}, {"sae_options": {"multi_topk": True}}):
         assert not cfg(tmp_path / "r", **kw).use_fast_step("cuda")  # auto falls back
     for arch in ("batchtopk", "matryoshka"):  # as TopK: fast on CUDA, autograd on CPU
         m = cfg(tmp_path / "r", architecture=arch)
         assert m.use_fast_step("cuda") and not m.use_fast_step("cpu")
-        assert _HookState(build_sae(m, D), m, torch.device("cpu")).fast is None
+        assert HookState(build_sae(m, D), m, torch.device("cpu")).fast is None
         on = cfg(tmp_path / "r", architecture=arch, fast_step="on")
-        assert _HookState(build_sae(on, D), on, torch.device("cpu")).fast is not None
+        assert HookState(build_sae(on, D), on, torch.device("cpu")).fast is not None
 
 
 @pytest.mark.parametrize("kw, match", [
