@@ -223,7 +223,9 @@ def iter_documents(spec: str, *, text_column: str = "text", split: str = "train"
             yield doc
 
 
-def _special_id(tokenizer, *names: str) -> int | None:
+def special_id(tokenizer, *names: str) -> int | None:
+    """The first of ``{name}_token_id`` the tokenizer has, e.g. ``("bos", "cls")``: the id put
+    before each context (BOS, else BERT's CLS), or None."""
     for name in names:
         token_id = getattr(tokenizer, f"{name}_token_id", None)
         if token_id is not None:
@@ -265,8 +267,8 @@ def pack_contexts(
     is consumed lazily in batches of ~1M characters, and the output does not depend on the
     batching.
     """
-    bos = _special_id(tokenizer, "bos", "cls") if prepend_bos else None
-    sep = _special_id(tokenizer, "eos", "sep")
+    bos = special_id(tokenizer, "bos", "cls") if prepend_bos else None
+    sep = special_id(tokenizer, "eos", "sep")
     prefix = np.array([] if bos is None else [bos], dtype=np.int64)
     body = context_size - len(prefix)
     if context_size < 1 or body < 1:

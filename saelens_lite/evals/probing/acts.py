@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from saelens_lite.corpus.text import special_id
 from saelens_lite.lm.capture import pad_contexts
 from saelens_lite.lm.hooks import capture
 from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, written_mask
@@ -84,18 +85,9 @@ def pool(x_TF: np.ndarray | torch.Tensor, offsets: np.ndarray, how: str):
     return np.add.reduceat(x_TF, offsets[:-1], axis=0) / lengths[:, None]
 
 
-def bos_id(tokenizer) -> int | None:
-    """The id put before each text: BOS, else CLS (BERT-style), else none (``pack_contexts``)."""
-    for name in ("bos_token_id", "cls_token_id"):
-        token_id = getattr(tokenizer, name, None)
-        if token_id is not None:
-            return int(token_id)
-    return None
-
-
 def tokenize(tokenizer, texts: list[str], max_tokens: int) -> list[list[int]]:
     """``[BOS] + the last max_tokens - 1 tokens`` of each text (or the last max_tokens, no BOS)."""
-    bos = bos_id(tokenizer)
+    bos = special_id(tokenizer, "bos", "cls")  # what pack_contexts puts first
     body = max_tokens - (bos is not None)
     ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     return [([bos] if bos is not None else []) + list(t[-body:] if t else []) for t in ids]
@@ -204,5 +196,5 @@ def pooled_rows(get_lm, hook: str, dataset: str, texts: list[str], idx_N: np.nda
     return out  # type: ignore[return-value]
 
 
-__all__ = ["POOLINGS", "TokenRows", "pool", "bos_id", "tokenize", "harvest_rows", "pooled_rows", "read_cached",
+__all__ = ["POOLINGS", "TokenRows", "pool", "tokenize", "harvest_rows", "pooled_rows", "read_cached",
            "write_cached", "cache_key", "slug"]
