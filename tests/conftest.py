@@ -9,7 +9,8 @@ README or the demo. It is enforced, not remembered:
 * in a test not marked ``slow``, ``subprocess.Popen`` (which ``run``, ``check_output``,
   selenium's driver service and every process start in the standard library go through) and
   the ``smollm2-135m`` entry of :data:`saelens_lite.lm.load.ALIASES` refuse with "mark it slow"
-  (the one child the library starts itself, the ``builtin:pydocs`` build, happens before).
+  (the children started once per machine, the ``builtin:pydocs`` build and matplotlib's font
+  cache, happen before).
 """
 
 import importlib.util
@@ -56,6 +57,10 @@ def pytest_runtest_protocol(item, nextitem):
     # builtin:pydocs is built once per machine by a child interpreter (then read from its disk
     # cache, memoised per process): build or read it here, before the rule applies.
     build_pydocs()
+    # matplotlib builds its font cache once per machine, asking fontconfig (a child `fc-list`)
+    # on a machine that has never run it: build or read it here too.
+    import matplotlib.font_manager  # noqa: F401
+
     nodeid = item.nodeid
 
     class RefusedPopen(subprocess.Popen):  # a subclass: isinstance checks elsewhere still hold

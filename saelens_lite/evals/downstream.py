@@ -48,6 +48,7 @@ from torch import Tensor
 
 from saelens_lite.lm.hooks import resolve_hooks
 from saelens_lite.lm.load import is_causal_lm
+from saelens_lite.lm.losses import kl_from_reference, log_probs, next_token_ce
 from saelens_lite.lm.splice import Site, ablated, splice
 from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, EXCLUDE_CHOICES, excluded_token_ids, keep_mask
 
@@ -55,11 +56,6 @@ from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, EXCLUDE_CHOICES, excluded_to
 def _batches(contexts: list[np.ndarray], size: int) -> Iterator[Tensor]:
     for i in range(0, len(contexts), size):
         yield torch.as_tensor(np.stack(contexts[i:i + size]), dtype=torch.long)
-
-
-def _kl_BS(logp_clean: Tensor, logits_new: Tensor) -> Tensor:
-    logp_new = F.log_softmax(logits_new.double(), dim=-1)
-    return (logp_clean.exp() * (logp_clean - logp_new)).sum(-1)
 
 
 def _ratio(num: float, den: float) -> float:
@@ -146,22 +142,19 @@ def _encoder_result(sums: dict, fns: dict) -> dict[str, float]:
 
 
 def _causal_batch(model, ids_BS, keep_BS, refs, sums) -> None:
-    targets = ids_BS[:, 1:].reshape(-1)
-    ce_mask = keep_BS[:, :-1].reshape(-1)
+    ce_mask = keep_BS[:, :-1]
 
     def ce(logits_BSV: Tensor) -> float:
-        V = logits_BSV.shape[-1]
-        loss = F.cross_entropy(logits_BSV[:, :-1].reshape(-1, V).double(), targets, reduction="none")
-        return float(loss[ce_mask].sum())
+        return float(next_token_ce(logits_BSV, ids_BS, torch.float64)[ce_mask].sum())
 
     logits = model(input_ids=ids_BS).logits
-    logp_clean = F.log_softmax(logits.double(), dim=-1)
+    logp_clean = log_probs(logits, torch.float64)
     sums["ce_clean"] += ce(logits)
     for name, ref in refs.items():
         with ref():
             new = model(input_ids=ids_BS).logits
         sums[f"ce_{name}"] += ce(new)
-        sums[f"kl_{name}"] += float(_kl_BS(logp_clean, new)[keep_BS].sum())
+        sums[f"kl_{name}"] += float(kl_from_reference(logp_clean, new)[keep_BS].sum())
     sums["n_ce"] += int(ce_mask.sum())
     sums["n_kl"] += int(keep_BS.sum())
 

@@ -14,7 +14,9 @@ the model is a *splice* (:mod:`saelens_lite.lm.splice`).
 
 A context may carry a row ``limit`` (keep only its first kept rows: a harvest's global token
 budget) and a ``start`` position (write nothing before it: a harvest resuming inside a
-context). A batch with no kept row is not run.
+context). A context with no kept row returns none (``empty="skip"``: the rows are the token
+rule's, nothing else) or all its attended positions (``empty="attended"``: a consumer that needs
+a row per context, such as a probe on one text each). A batch with no row to return is not run.
 
 Shapes: B contexts in a batch, S sequence (the longest context; shorter ones are right-padded
 and masked), D hook width, n kept rows.
@@ -98,17 +100,25 @@ def count_kept(contexts: Sequence[np.ndarray], tokenizer, exclude: str = DEFAULT
     return int(written_mask(ids_BS, attn_BS, exclude, tokenizer).sum())
 
 
+EMPTY = ("skip", "attended")
+
+
 def capture_rows(lm, hooks: Sequence[HookPoint | str], contexts: Iterable[Context | np.ndarray], *,
-                 exclude: str = DEFAULT_EXCLUDE, batch_size: int = 16) -> Iterator[Rows]:
+                 exclude: str = DEFAULT_EXCLUDE, batch_size: int = 16, empty: str = "skip") -> Iterator[Rows]:
     """Run ``lm`` (a :class:`~saelens_lite.lm.load.LoadedModel`) over ``contexts`` in batches of
     ``batch_size`` and yield each batch's kept rows of every hook (one forward per batch, stopped
-    after the deepest hook). Contexts are read lazily, so a consumer may stop at any batch."""
+    after the deepest hook). Contexts are read lazily, so a consumer may stop at any batch.
+    ``empty``: what a context with no kept row returns (see the module docstring)."""
+    if empty not in EMPTY:
+        raise ValueError(f"empty={empty!r}: choose one of {list(EMPTY)}")
     points = resolve_hooks(lm.model, [h.name if isinstance(h, HookPoint) else h for h in hooks])
     device = next(lm.model.parameters()).device
     items = (c if isinstance(c, Context) else Context(np.asarray(c), i) for i, c in enumerate(contexts))
     while batch := list(itertools.islice(items, batch_size)):
         ids_BS, attn_BS = pad_contexts([c.ids for c in batch], _pad_id(lm.tokenizer))
         keep_BS = _keep_BS(batch, ids_BS, attn_BS, exclude, lm.tokenizer)
+        if empty == "attended":
+            keep_BS |= attn_BS.bool() & ~keep_BS.any(1, keepdim=True)
         if not keep_BS.any():
             continue
         acts = capture(lm.model, {"input_ids": ids_BS, "attention_mask": attn_BS}, points)
@@ -122,4 +132,4 @@ def capture_rows(lm, hooks: Sequence[HookPoint | str], contexts: Iterable[Contex
                    pos_BS.reshape(-1)[idx_n].numpy())
 
 
-__all__ = ["Context", "Rows", "capture_rows", "count_kept", "pad_contexts"]
+__all__ = ["EMPTY", "Context", "Rows", "capture_rows", "count_kept", "pad_contexts"]

@@ -51,10 +51,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from saelens_lite.lm.load import is_causal_lm
+from saelens_lite.lm.losses import kl_from_reference, log_probs, next_token_ce
 from saelens_lite.training.checkpoint import (
     has_checkpoints,
     latest_checkpoint,
@@ -314,14 +314,9 @@ def finetune_step(run: FinetuneRun, ids_BS: Tensor, lr: float) -> dict[str, floa
 def downstream_losses(logits_clean_BSV: Tensor, logits_BSV: Tensor, ids_BS: Tensor,
                       keep_BS: Tensor) -> dict[str, Tensor]:
     """{"kl": mean over kept positions of KL(p_clean || p), "ce": mean next-token CE over kept
-    positions t < S-1}, differentiable in ``logits_BSV`` (the conventions of evals.downstream)."""
-    logp_clean = F.log_softmax(logits_clean_BSV.float(), dim=-1)
-    logp = F.log_softmax(logits_BSV.float(), dim=-1)
-    kl_BS = (logp_clean.exp() * (logp_clean - logp)).sum(-1)
-    kl = kl_BS[keep_BS].mean()
-    V = logits_BSV.shape[-1]
-    ce_N = F.cross_entropy(logits_BSV[:, :-1].reshape(-1, V).float(), ids_BS[:, 1:].reshape(-1), reduction="none")
-    ce = ce_N[keep_BS[:, :-1].reshape(-1)].mean()
+    positions t < S-1}, differentiable in ``logits_BSV`` (:mod:`saelens_lite.lm.losses`, in float32)."""
+    kl = kl_from_reference(log_probs(logits_clean_BSV), logits_BSV)[keep_BS].mean()
+    ce = next_token_ce(logits_BSV, ids_BS)[keep_BS[:, :-1]].mean()
     return {"kl": kl, "ce": ce}
 
 

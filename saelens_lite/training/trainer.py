@@ -87,6 +87,7 @@ import inspect
 import logging
 import math
 import shutil
+from collections.abc import Callable
 
 import torch
 
@@ -113,9 +114,12 @@ from saelens_lite.util.atomic import write_json
 
 log = logging.getLogger(__name__)
 
+OnBatch = Callable[[int, dict[str, torch.Tensor]], None]
+"""``on_batch(step, {hook: x_BD})``: see :func:`train`."""
+
 FORMAT_VERSION = 1
 
-def train(config: TrainConfig, data=None):
+def train(config: TrainConfig, data=None, *, on_batch: OnBatch | None = None):
     """Train one SAE per hook of ``data`` and save each to ``out_dir/<hook>/``.
 
     ``data``: an ActivationCache or its folder, an ``.npy`` / ``.safetensors`` file of (N, D),
@@ -124,12 +128,19 @@ def train(config: TrainConfig, data=None):
     ``{hook: SAE}`` dict when there are several hooks; under torchrun with
     ``config.distribute_hooks``, always a dict holding this rank's hooks only. Every check on
     the config and the data runs before the first step.
+
+    ``on_batch(step, {hook: x_BD})``: called before step ``step`` (0-based) with the raw input
+    rows this process is about to train each of its hooks on (data parallel: this rank's slice
+    of the global batch; distributed hooks: this rank's hooks only). The step reads these very
+    tensors after the call, so a callback that writes into them changes the step (a data
+    transform, or a fault injected in a test); it must not keep them past the call (the source
+    may reuse the buffers).
     """
     run = open_run(config, data)
     states = build_states(run)
     start = _start_step(run, states)
     _log_plan(run, states)
-    _train_loop(run, states, start)
+    _train_loop(run, states, start, on_batch)
     _warn_inexact_rows(states)
     return _returned(run, _finish(run, states))
 
@@ -183,7 +194,7 @@ def _log_plan(run: TrainRun, states: dict[str, HookState]) -> None:
                  len(run.all_hooks))
 
 
-def _train_loop(run: TrainRun, states: dict[str, HookState], start: int) -> None:
+def _train_loop(run: TrainRun, states: dict[str, HookState], start: int, on_batch: OnBatch | None) -> None:
     """The loop: steps ``start`` to ``config.steps``, each a step per hook, a metrics record at
     log steps and a checkpoint when due. The curves are redrawn at the end, also after a failure."""
     config, source = run.config, run.source
@@ -196,7 +207,10 @@ def _train_loop(run: TrainRun, states: dict[str, HookState], start: int) -> None
         for step in range(start, total):
             batch = next(batches)
             y = batch[config.sae.target_hook][run.rows] if config.sae.target_hook else None
-            records = [_train_step(h, st, batch[h][run.rows], step, config, run.device, B, y)
+            xs = {h: batch[h][run.rows] for h in states}
+            if on_batch is not None:
+                on_batch(step, xs)
+            records = [_train_step(h, st, xs[h], step, config, run.device, B, y)
                        for h, st in states.items()]
             logger.step()
             done = step + 1

@@ -103,12 +103,13 @@ def setup(device: str = "auto") -> tuple[DistInfo, torch.device]:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kw = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kw)
-        atexit.register(_destroy)
+        atexit.register(shutdown)
         log.info("rank %d/%d: %s process group on %s", env.rank, env.world_size, backend, dev)
     return info(), dev
 
 
-def _destroy() -> None:
+def shutdown() -> None:
+    """Tear the default process group down (also run at exit); a no-op without one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -273,7 +274,7 @@ __all__ = [
     "DistInfo",
     "env_info",
     "info",
-    "setup",
+    "setup", "shutdown",
     "device_for",
     "barrier",
     "all_reduce_",

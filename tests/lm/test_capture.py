@@ -84,3 +84,22 @@ def test_limit_and_start_cut_rows_and_a_batch_with_none_is_not_run(tiny_gpt2):
     want = torch.cat([full.acts[hook][:3], full.acts[hook][full.context_n == 2][4:]])
     torch.testing.assert_close(got.acts[hook], want)
     assert list(capture_rows(lm, [hook], [Context(c[0], limit=0)], exclude="none")) == []
+
+
+def test_empty_attended_gives_a_context_with_no_kept_row_its_attended_positions(tiny_llama):
+    lm = tiny_llama
+    bos = lm.tokenizer.bos_token_id
+    only_special = np.array([bos, bos], dtype=np.int64)  # every position excluded by the token rule
+    c = [contexts_of(lm)[0], only_special]
+    hook = "blocks.1.hook_resid_post"
+    (skip,) = capture_rows(lm, [hook], c, exclude="special")
+    (att,) = capture_rows(lm, [hook], c, exclude="special", empty="attended")
+    assert 1 not in skip.context_n  # the rule alone: nothing of context 1
+    np.testing.assert_array_equal(att.context_n, list(skip.context_n) + [1, 1])
+    np.testing.assert_array_equal(att.position_n[-2:], [0, 1])  # padding is never a row
+    with torch.no_grad():
+        alone = lm.model(input_ids=torch.as_tensor(only_special)[None], output_hidden_states=True)
+    torch.testing.assert_close(att.acts[hook][-2:], alone.hidden_states[2][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(att.acts[hook][:-2], skip.acts[hook])
+    with pytest.raises(ValueError, match=r"empty='none': choose one of \['skip', 'attended'\]"):
+        next(capture_rows(lm, [hook], c, empty="none"))

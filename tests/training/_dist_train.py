@@ -18,10 +18,9 @@ import numpy as np
 import torch
 
 from saelens_lite import cache
-from saelens_lite.training import TrainConfig, train, trainer
+from saelens_lite.training import TrainConfig, train
 from saelens_lite.util import distributed
 
-_step = trainer._train_step
 _shard = cache.ShardedArray.shard
 _trained: dict[str, int] = {}
 _shards: set[str] = set()
@@ -33,14 +32,17 @@ def _out(config, name: str) -> Path:
     return out / f"rank{distributed.info().rank}_{name}"
 
 
-def _recording_step(hook, st, x_BD, step, config, *args):
-    path = _out(config, "first_batch.json")
-    if step == 0 and not path.exists():
-        path.write_text(json.dumps({"rows": x_BD.shape[0], "first_row": x_BD[0].tolist()}))
-    if step == 0:
-        _trained[hook] = x_BD.shape[0]
+def _recorder(config):
+    """``train``'s ``on_batch`` callback: record the rows of step 0 this rank trains."""
+    def on_batch(step, xs):
+        if step != 0:
+            return
+        first = next(iter(xs.values()))
+        _out(config, "first_batch.json").write_text(
+            json.dumps({"rows": first.shape[0], "first_row": first[0].tolist()}))
+        _trained.update({h: x_BD.shape[0] for h, x_BD in xs.items()})
         _out(config, "trained.json").write_text(json.dumps(_trained))
-    return _step(hook, st, x_BD, step, config, *args)
+    return on_batch
 
 
 def _recording_shard(self, s):
@@ -61,7 +63,7 @@ def run(job: dict) -> None:
     _trained.clear()
     _shards.clear()
     try:
-        result = train(config, _data(job["data"]))
+        result = train(config, _data(job["data"]), on_batch=_recorder(config))
     except ValueError as e:
         if "expect_error" not in job or not re.search(job["expect_error"], str(e)):
             raise
@@ -75,7 +77,6 @@ def run(job: dict) -> None:
 
 
 if __name__ == "__main__":
-    trainer._train_step = _recording_step
     cache.ShardedArray.shard = _recording_shard
     for job in json.loads(open(sys.argv[1]).read()):
         run(job)
@@ -84,4 +85,4 @@ if __name__ == "__main__":
     # called without an active exception" and no other output; the cause is not known (13
     # reruns passed), and an exit-time teardown race is the suspect this removes.
     distributed.barrier()
-    distributed._destroy()
+    distributed.shutdown()

@@ -161,20 +161,28 @@ def test_a_plotting_failure_logs_a_warning_and_training_still_finishes(tmp_path,
     assert len(warnings) == 2 and all("OSError: disk full" in w for w in warnings)  # checkpoint, end
 
 
-def test_a_run_that_fails_mid_way_still_gets_its_curves(tmp_path, monkeypatch, caplog):
-    import saelens_lite.training.trainer as trainer
+def test_a_run_that_fails_mid_way_still_gets_its_curves(tmp_path, caplog):
+    def poison(step, xs):  # the inputs of step 10 (1-based) are NaN: training stops there
+        if step == 9:
+            for x_BD in xs.values():
+                x_BD.fill_(float("nan"))
 
-    real = trainer._record
-
-    def diverging(hook, r, st, done, B):  # step 10 is NaN (inf for L0): training stops there
-        rec = real(hook, r, st, done, B)
-        return {**rec, "loss": float("nan"), "fvu": float("nan"), "l0": float("inf")} if done == 10 else rec
-
-    monkeypatch.setattr(trainer, "_record", diverging)
     x = torch.randn(600, 16, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(FloatingPointError), caplog.at_level("WARNING", logger="saelens_lite.training.curves"):
-        train(tiny_config(tmp_path, checkpoint_every=0), x)
+    with pytest.raises(FloatingPointError, match="step 10"), \
+            caplog.at_level("WARNING", logger="saelens_lite.training.curves"):
+        train(tiny_config(tmp_path, checkpoint_every=0), x, on_batch=poison)
     assert not caplog.records
     assert (tmp_path / "run" / CURVES_NAME).read_bytes().startswith(PNG_MAGIC)
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs][-1] == 10 and recs[-1]["loss"] != recs[-1]["loss"]  # NaN logged
     l0 = plot_training_curves(tmp_path / "run").axes[2]
-    assert l0.get_ylim() == (0.0, pytest.approx(1.1 * 4))  # scaled to the finite L0 (k=4), not inf
+    assert l0.get_ylim() == (0.0, pytest.approx(1.1 * 4))  # scaled to the finite L0 (k=4)
+
+
+def test_a_non_finite_value_leaves_the_panel_scaled_to_the_finite_ones(run_dir):
+    bad = record("blocks.0.hook_resid_post", 40, loss=float("nan"), fvu=float("nan"), l0=float("inf"),
+                 dead_fraction=0.25)
+    text = (run_dir / "metrics.jsonl").read_text().rsplit("\n", 1)[0] + "\n" + json.dumps(bad) + "\n"
+    (run_dir / "metrics.jsonl").write_text(text)
+    l0 = plot_training_curves(run_dir).axes[2]
+    assert l0.get_ylim() == (0.0, pytest.approx(1.1 * 41.0))  # the largest finite L0 (40 + 1), not inf

@@ -6,7 +6,9 @@ no padding), tokenized like the activation caches that SAEs train on: ``[BOS] + 
 A text longer than ``max_tokens`` keeps its *last* ``max_tokens - 1`` tokens, so the last token,
 the one the probes read, is the text's own last token. The positions kept are those of the one
 token rule (:func:`saelens_lite.lm.tokens.written_mask`: BOS, EOS, pad and SEP left out); a text
-with no kept token keeps its attended positions.
+with no kept token keeps its attended positions. The model runs through the one capture loop,
+:func:`saelens_lite.lm.capture.capture_rows` (``empty="attended"``), one length-sorted batch at a
+time.
 
 Two poolings (Kantamneni et al. 2025 probe the last token; SAEBench's sparse probing averages):
 
@@ -38,9 +40,8 @@ import numpy as np
 import torch
 
 from saelens_lite.corpus.text import special_id
-from saelens_lite.lm.capture import pad_contexts
-from saelens_lite.lm.hooks import capture
-from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, written_mask
+from saelens_lite.lm.capture import Context, capture_rows
+from saelens_lite.lm.tokens import DEFAULT_EXCLUDE
 from saelens_lite.util.atomic import write_json, write_npy
 
 log = logging.getLogger(__name__)
@@ -116,17 +117,15 @@ def harvest_rows(lm, hook: str, texts: list[str], *, poolings: tuple[str, ...], 
     from tqdm.auto import tqdm
 
     ids = tokenize(lm.tokenizer, texts, max_tokens)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     per_text: list[np.ndarray] = [np.zeros(0)] * len(texts)
     bar = tqdm(total=len(texts), desc=f"probing: {hook}", unit="text", disable=not progress, dynamic_ncols=True)
     for batch in length_batches([len(t) for t in ids], batch_tokens):
-        ids_BS, attn_BS = pad_contexts([ids[i] for i in batch], pad)
-        act_BSD = capture(lm.model, {"input_ids": ids_BS, "attention_mask": attn_BS}, [hook])[hook]
-        keep_BS = written_mask(ids_BS, attn_BS, exclude, lm.tokenizer).cpu()
-        keep_BS |= attn_BS.bool() & ~keep_BS.any(1, keepdim=True)  # a text with no kept token
-        act_BSD = act_BSD.float().cpu()
-        for b, i in enumerate(batch):
-            per_text[i] = act_BSD[b][keep_BS[b]].numpy()
+        contexts = [Context(np.asarray(ids[i], dtype=np.int64), int(i)) for i in batch]
+        for rows in capture_rows(lm, [hook], contexts, exclude=exclude, batch_size=len(batch), empty="attended"):
+            act_nD = rows.acts[hook].float().cpu().numpy()
+            cuts = np.flatnonzero(np.diff(rows.context_n)) + 1  # rows come in (context, position) order
+            for part, i in zip(np.split(act_nD, cuts), rows.context_n[np.concatenate([[0], cuts])]):
+                per_text[i] = part
         bar.update(len(batch))
     bar.close()
     lengths = np.array([len(r) for r in per_text], dtype=np.int64)
