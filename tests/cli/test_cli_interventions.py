@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
+import helpers
 import pytest
-import torch
 
 from saelens_lite.cli import build_parser, main
 from saelens_lite.interventions import (
@@ -22,7 +22,7 @@ from saelens_lite.interventions import (
     load_site_stats,
     token_loss_effects,
 )
-from saelens_lite.saes import SAE, SAEConfig
+from saelens_lite.saes import SAE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,11 +34,8 @@ COMMANDS = ("steer", "ablate", "attribute")
 
 
 def save_sae(path, hook=HOOK, seed=0, d_in=D):
-    torch.manual_seed(seed)
-    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=d_in, d_sae=F, k=8, hook_name=hook))
-    with torch.no_grad():
-        sae.b_enc.normal_(0, 0.05)
-        sae.W_dec.mul_(torch.rand(F, 1) + 0.5)
+    sae = helpers.make_sae("topk", seed=seed, bias_std=0.05, spread_w_dec=True, d_in=d_in, d_sae=F, k=8,
+                           hook_name=hook)
     sae.save(path)
     return path
 

@@ -5,6 +5,7 @@ tracks ablations, and bad inputs give errors that name the value and the choices
 
 import types
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -35,14 +36,10 @@ PROMPT = "the cat sat on the mat"
 
 
 def make_sae(arch="topk", hook=HOOK, seed=0, d_in=D) -> SAE:
-    torch.manual_seed(seed)
+    """Non-trivial biases and decoder norms: every term of the math counts."""
     own = {"jumprelu_init_threshold": 0.01} if arch == "jumprelu" else {}
-    sae = SAE.from_config(SAEConfig.build(architecture=arch, d_in=d_in, d_sae=F, k=8, hook_name=hook, **own))
-    with torch.no_grad():  # non-trivial biases and decoder norms: every term of the math counts
-        sae.b_enc.normal_(0, 0.05)
-        sae.b_dec.normal_(0, 0.05)
-        sae.W_dec.mul_(torch.rand(F, 1) + 0.5)
-    return sae.eval()
+    return helpers.make_sae(arch, seed=seed, bias_std=0.05, spread_w_dec=True, d_in=d_in, d_sae=F, k=8,
+                            hook_name=hook, **own).eval()
 
 
 def ids_of(lm, text=PROMPT):

@@ -8,6 +8,7 @@ import json
 import math
 import re
 
+import helpers
 import pytest
 import torch
 
@@ -23,7 +24,7 @@ from saelens_lite.interventions import (
     token_loss_effects,
 )
 from saelens_lite.lm.hooks import capture, replace
-from saelens_lite.saes import SAE, SAEConfig
+from saelens_lite.saes import SAE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,13 +34,9 @@ TEXT = "the cat sat on the mat and the dog ran"
 
 
 def make_sae(hook=HOOK, seed=0, dtype=torch.float32) -> SAE:
-    torch.manual_seed(seed)
-    sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=D, d_sae=F, k=8, hook_name=hook))
-    with torch.no_grad():  # non-trivial biases and decoder norms
-        sae.b_enc.normal_(0, 0.05)
-        sae.b_dec.normal_(0, 0.05)
-        sae.W_dec.mul_(torch.rand(F, 1) + 0.5)
-    return sae.to(dtype).eval()
+    """Non-trivial biases and decoder norms."""
+    return helpers.make_sae("topk", seed=seed, bias_std=0.05, spread_w_dec=True, d_in=D, d_sae=F, k=8,
+                            hook_name=hook).to(dtype).eval()
 
 
 def strict_json(d: dict) -> dict:
