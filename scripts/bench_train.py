@@ -5,6 +5,8 @@ Implementations, same shape, same data, same optimiser (torch.optim.Adam, defaul
   saelens_lite batchtopk
   saelens_lite topk-bf16select   select_dtype="bfloat16": latents chosen by a bf16 matmul,
                          values and gradients in fp32 (fast on AMX CPUs and on GPUs)
+  saelens_lite topk-bf16, batchtopk-bf16   the step under bf16 autocast (TrainConfig
+                         dtype="bfloat16": fp32 master weights and Adam, bf16 matmuls)
   saelens_lite topk-graph  training.fast_step.FastTrainStep: explicit sparse gradients, on
                          CUDA bf16 encoder matmul + decoder table (fp32 master weights, fused
                          Adam), Triton kernels, whole step in a CUDA graph; on CPU eager
@@ -56,6 +58,8 @@ IMPLS = [
     "saelens_lite-topk",
     "saelens_lite-batchtopk",
     "saelens_lite-topk-bf16select",
+    "saelens_lite-topk-bf16",
+    "saelens_lite-batchtopk-bf16",
     "saelens_lite-topk-graph",
     "saelens_lite-topk-fast",
     "saelens_lite-topk-fast-pruned",

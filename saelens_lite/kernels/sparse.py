@@ -261,18 +261,20 @@ def as_pattern(idx: Tensor | SparsePattern, n_cols: int) -> SparsePattern:
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, vals_N: Tensor, W_dec_FD: Tensor, pattern: SparsePattern) -> Tensor:
+        vals_N = vals_N.to(W_dec_FD.dtype)  # bf16 values under autocast: computed in W's dtype
         ctx.save_for_backward(vals_N, W_dec_FD)
         ctx.pattern = pattern
         with _no_autocast(W_dec_FD):
-            return pattern.gather_rows_sum(vals_N.to(W_dec_FD.dtype), W_dec_FD)
+            return pattern.gather_rows_sum(vals_N, W_dec_FD)
 
     @staticmethod
     def backward(ctx, g_BD: Tensor):
         vals_N, W_dec_FD = ctx.saved_tensors
         p: SparsePattern = ctx.pattern
-        g_BD = g_BD.contiguous()
-        grad_vals = p.sampled_dot(g_BD, W_dec_FD) if ctx.needs_input_grad[0] else None
-        grad_W = p.transposed_matmul(vals_N, g_BD) if ctx.needs_input_grad[1] else None
+        g_BD = g_BD.to(W_dec_FD.dtype).contiguous()  # a bf16 gradient under autocast: parameter dtype
+        with _no_autocast(W_dec_FD):  # a backward run inside autocast: the sparse products stay in W's dtype
+            grad_vals = p.sampled_dot(g_BD, W_dec_FD) if ctx.needs_input_grad[0] else None
+            grad_W = p.transposed_matmul(vals_N, g_BD) if ctx.needs_input_grad[1] else None
         return grad_vals, grad_W, None
 
 
@@ -303,10 +305,15 @@ class _SelectPreacts(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_N: Tensor):
+        with _no_autocast(g_N):  # a backward run inside autocast: products stay in W's dtype
+            return _SelectPreacts._backward(ctx, g_N)
+
+    @staticmethod
+    def _backward(ctx, g_N: Tensor):
         xc_BD, W_enc_DF = ctx.saved_tensors
         p: SparsePattern = ctx.pattern
         need_x, need_W, need_be, need_bd = ctx.needs_input_grad[:4]
-        g_N = g_N.contiguous()
+        g_N = g_N.to(W_enc_DF.dtype).contiguous()
         grad_x = grad_W = grad_be = grad_bd = None
         if need_W:
             # match W_enc's layout so AccumulateGrad keeps the tensor instead of copying it

@@ -183,8 +183,10 @@ class TrainConfig:
     device: str = "auto"
     """cpu, cuda, cuda:N or auto (CUDA when present)."""
     dtype: ComputeDtype = "auto"
-    """Compute precision: auto (bf16 autocast on CUDA, float32 on CPU), float32 or bfloat16.
-    Weights and optimizer state stay float32."""
+    """Compute precision: auto, float32 or bfloat16 (autocast). Weights and optimizer state stay
+    float32. auto: bf16 on CUDA; on a CPU with native bf16 (AVX512-BF16 or AMX; override with
+    SAELENS_LITE_CPU_BF16=0/1) bf16 for the top-k architectures, whose only bf16 matmul picks
+    the latents; float32 otherwise (see training.hook_state.autocast_dtype)."""
     fast_step: FastStepMode = "auto"
     """The training step: ``on`` uses ``training.fast_step.FastTrainStep`` (closed-form sparse
     gradients, fused Adam; on CUDA 2-3x the tokens/s of autograd), ``off`` autograd through

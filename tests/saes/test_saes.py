@@ -1,5 +1,6 @@
 """Every registered architecture: invariants, oracles, and that its loss trains."""
 
+import copy
 import math
 
 import pytest
@@ -313,6 +314,39 @@ def test_training_step_runs_under_bf16_autocast(arch):
     out.loss.backward()
     assert math.isfinite(out.loss.item())
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in sae.parameters())
+
+
+def test_a_bf16_topk_step_on_the_cpu_equals_the_float32_step_away_from_near_ties():
+    """TopK under CPU bf16 autocast (the default on CPUs with native bf16): the bf16 matmul
+    only picks the latents, so on rows whose k-th and (k+1)-th pre-activations (float64
+    oracle) are well apart the loss and every gradient equal the float32 step's; the backward
+    may run inside autocast too."""
+    ref, x = make("topk"), data(n=256)
+    with torch.no_grad():
+        pre = (x.double() - ref.b_dec.double()) @ ref.W_enc.double() + ref.b_enc.double()
+        top = pre.topk(K + 1, dim=-1).values
+        x = x[(top[:, K - 1] - top[:, K]) > 0.02 * top[:, 0].abs()]  # no near tie at the k-th place
+    assert len(x) >= 64
+    sae = copy.deepcopy(ref)
+    out32 = ref.training_forward(x)
+    out32.loss.backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out16 = sae.training_forward(x)
+        out16.loss.backward()  # inside autocast: the sparse products must stay float32
+    torch.testing.assert_close(out16.loss, out32.loss, rtol=1e-5, atol=1e-6)
+    for (name, p16), p32 in zip(sae.named_parameters(), ref.parameters()):
+        assert p16.grad.dtype == torch.float32, name
+        torch.testing.assert_close(p16.grad, p32.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_a_bf16_step_may_run_its_backward_inside_autocast(arch):
+    ref, x = make(arch), data()
+    out32 = ref.training_forward(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out16 = make(arch).training_forward(x)
+        out16.loss.backward()
+    assert float(out16.loss.detach()) == pytest.approx(float(out32.loss.detach()), rel=0.02)  # near ties may differ
 
 
 def test_multi_topk_adds_the_4k_reconstruction_term():

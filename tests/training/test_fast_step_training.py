@@ -27,8 +27,8 @@ def synthetic(n: int = 2000, seed: int = 0) -> torch.Tensor:
 def cfg(out: Path, **kw) -> TrainConfig:
     base = dict(architecture="topk", latents=F, k=4, lr=3e-3, batch_size=128, tokens=128 * 30,
                 warmup_steps=5, log_every=5, checkpoint_every=0, init_sample_tokens=1024,
-                device="cpu", out_dir=str(out), progress=False)
-    base.update(kw)
+                device="cpu", dtype="float32", out_dir=str(out), progress=False)
+    base.update(kw)  # float32: both paths the same math on every CPU (auto picks bf16 on some)
     return TrainConfig.from_dict(base)
 
 
