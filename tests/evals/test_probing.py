@@ -248,3 +248,28 @@ def test_cli_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys, case,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("fmt", ["sparsify", "saelens"])
+def test_a_peer_format_sae_probes_as_our_own_does(tmp_path, fmt):
+    """The peers' TopK SAEs go through the same pipeline: our SAE exported to sparsify's or
+    SAELens's format gets the same scores as the SAE itself (same latents, same probes)."""
+    from saelens_lite.saes import SAE
+    from saelens_lite.saes.interop import export
+
+    folder = _datasets(tmp_path / "d")
+    ours = _sae(tmp_path / "ours")
+    peer = tmp_path / fmt
+    export(SAE.load(ours), peer, to=fmt)
+    cfg = ProbingConfig(model="tiny-llama", data_dir=str(folder), datasets=["1_animals"], ks=[1, 2],
+                        pooling="last", max_examples=80, seed=1, hook=HOOK)
+    res = run_probing([ours, str(peer)], cfg, tmp_path / "out", probe_cfg=ProbeConfig(cs=[1.0], folds=2))
+    by_label: dict = {}
+    for r in res["rows"]:
+        if r["probe"] != "dense":
+            by_label.setdefault((r["sae"], r["pooling"]), {})[r["probe"]] = r["auc"]
+    assert len(by_label) == 2, by_label
+    mine, theirs = by_label.values()
+    assert mine.keys() == theirs.keys() == {"k=1", "k=2", "all"}
+    for probe in mine:
+        assert theirs[probe] == pytest.approx(mine[probe], abs=1e-6), probe

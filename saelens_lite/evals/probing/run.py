@@ -97,19 +97,23 @@ class Probed:
 
 
 def _load_saes(paths: list[str], hook: str, device: str) -> list[Probed]:
-    from saelens_lite.saes import SAE
+    """Each folder as our SAE: ours (``SAE.save`` / ``saelens-lite train``, the baselines
+    included), SAELens's or sparsify's (``saes.interop.load_any`` detects the format)."""
+    from saelens_lite.saes.interop import load_any
 
     out = []
     for p in map(Path, paths):
-        if not (p / "cfg.json").exists():
-            raise ValueError(f"--sae {p}: no cfg.json there (a folder written by SAE.save / saelens-lite train)")
-        sae = SAE.load(p, device=device).eval()
+        weights = sorted(p.glob("*.safetensors")) if p.is_dir() else []
+        if not weights:
+            raise ValueError(f"--sae {p}: no *.safetensors there (a folder written by saelens-lite train, "
+                             f"SAELens or sparsify)")
+        sae = load_any(p, device=device).eval()
         h = hook or getattr(sae.cfg, "hook_name", "")
         if not h:
             raise ValueError(f"--sae {p}: its cfg.json names no hook_name; pass --hook")
         warn_if_other_hook(sae, h, "probed")
-        stat = (p / "sae.safetensors").stat()
-        key = hashlib.sha1(f"{p.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+        stamp = "|".join(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
+        key = hashlib.sha1(f"{p.resolve()}|{stamp}".encode()).hexdigest()[:10]
         # train writes RUN/<hook>/, compare RUN/models/<name>/model: name it by the run folder
         name = p.parent.name if p.name in ("model", getattr(sae.cfg, "hook_name", "")) else p.name
         label = f"{sae.architecture}-{sae.cfg.d_sae} ({name})"
