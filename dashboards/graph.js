@@ -176,7 +176,7 @@
       var step = Math.min(26, (L.colW - 10) / Math.max(ns.length, 1)), scale = Math.min(1, step / 26);
       ns.forEach(function (n, k) {
         L.pos[n.node_id] = { x: L.left + (pos + 0.5) * L.colW + (k - (ns.length - 1) / 2) * step,
-                             y: L.top + (rows.length - 1 - r + 0.5) * L.rowH, r: Math.max(1.5, radius(n) * scale) };
+                             y: L.top + (rows.length - 1 - r + 0.5) * L.rowH, r: Math.max(1.5, radius(n) * scale), k: k };
       });
     });
     return L;
@@ -201,7 +201,7 @@
     });
     for (var p = 0; p < L.P; p++) {
       root.appendChild(svg('text', { 'class': 'tok', x: L.left + (p + 0.5) * L.colW, y: L.height - 10, 'text-anchor': 'middle' },
-                           JSON.stringify(tokenAt(p)).slice(1, -1).slice(0, 14)));
+                           JSON.stringify(tokenAt(p)).slice(1, -1).replace(/ /g, '␣').slice(0, 14)));
     }
     var links = G.doc.links.filter(function (l) { return visible(byId[l.source]) && visible(byId[l.target]); });
     var maxW = links.reduce(function (m, l) { return Math.max(m, Math.abs(l.weight)); }, 0) || 1;
@@ -244,7 +244,7 @@
     });
     g.appendChild(shape);
     if (k === 'feature' && label) g.appendChild(svg('text', { 'class': 'label', x: at.x + at.r + 2, y: at.y + 3 }, label.slice(0, 24)));
-    if (k === 'logit') g.appendChild(svg('text', { 'class': 'label', x: at.x, y: at.y - at.r - 3, 'text-anchor': 'middle' }, (n.clerp || '').slice(0, 28)));
+    if (k === 'logit') g.appendChild(svg('text', { 'class': 'label', x: at.x, y: at.y - at.r - 3 - 11 * (at.k % 3), 'text-anchor': 'middle' }, (n.clerp || '').slice(0, 28)));  // staggered
     return g;
   }
   function drawSupernode(root, s, i, L, byId) {
