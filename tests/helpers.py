@@ -1,6 +1,7 @@
 """Builders shared by the tests (``import helpers``: tests/ holds conftest.py and no
 ``__init__.py``, so pytest puts tests/ on the path). One home for what many test files build:
-small SAEs with non-trivial weights, and activation caches written from arrays.
+small SAEs and transcoders with non-trivial weights, a tiny attribution graph, and activation
+caches written from arrays.
 
 Shape legend: N rows (tokens), D width, F latents.
 """
@@ -41,6 +42,34 @@ def make_sae(architecture: str = "topk", *, seed: int = 0, bias_std: float = 0.1
         if spread_w_dec:
             sae.W_dec.mul_(torch.rand(sae.W_dec.shape[0], 1) + 0.5)
     return sae.to(device)
+
+
+def make_transcoder(layer: int, *, d_in: int = 64, d_sae: int = 48, k: int = 3, skip: bool = False,
+                    seed: int = 0, model_name: str = "tiny-llama", dtype: str = "float32",
+                    hook: str | None = None) -> SAE:
+    """A TopK transcoder of MLP ``layer`` with random (seeded) weights and biases."""
+    cfg = SAEConfig.build(architecture="topk", d_in=d_in, d_sae=d_sae, k=k, skip=skip, dtype=dtype,
+                    hook_name=hook or f"blocks.{layer}.hook_mlp_in",
+                    target_hook=f"blocks.{layer}.hook_mlp_out", model_name=model_name)
+    gen = torch.Generator().manual_seed(1000 * seed + layer)
+    sae = SAE.from_config(cfg)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * (0.1 if p.ndim == 2 and
+                                                                           p.shape[0] == p.shape[1] else 1.0))
+    return sae
+
+
+def tiny_graph(lm, layers=range(4), prompt: str = "abc ab", target: str = "b", slug: str = "abc") -> dict:
+    """The pruned attribution graph's JSON (``circuits.export``) of ``prompt`` on tiny-llama
+    ``lm`` through :func:`make_transcoder`'s transcoders of ``layers``."""
+    from saelens_lite.circuits import check_transcoders
+    from saelens_lite.circuits.trace import TraceConfig, trace
+
+    tcs = check_transcoders({f"tc{i}": make_transcoder(i) for i in layers}, lm,
+                            require_all=len(layers) == lm.model.config.num_hidden_layers)
+    result = trace(lm, tcs, prompt, TraceConfig(target=target, node_threshold=0.9))
+    return result.to_json(lm.tokenizer, slug=slug)
 
 
 def write_cache(path: Path, acts: dict[str, np.ndarray], *, context_size: int = 10,

@@ -28,6 +28,10 @@ def add(sub) -> None:
                         "with --hooks blocks.i.hook_mlp_in --target-hook blocks.i.hook_mlp_out), at any depth")
     p.add_argument("--prompt", required=True, help="the prompt")
     p.add_argument("--out", required=True, help="the graph's JSON file (its name without .json is the slug)")
+    p.add_argument("--site", default=None, metavar="SITE",
+                   help="also put the graph into the graph pages of the dashboard site SITE (SITE/graphs/, "
+                        "created when missing): feature nodes link to the feature dashboards of the transcoders "
+                        "inside SITE (docs/circuits.md)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--check", type=int, default=0, metavar="N",
                    help="check the N strongest feature->logit and N strongest feature->feature edges by "
@@ -48,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--check {args.check} is invalid; allowed: 0 (skip) or an integer >= 1")
     config = dataclass_from_args(TraceConfig, args)
     out = pathlib.Path(args.out)
+    if args.site is not None:
+        from saelens_lite.dashboards.graphs import check_site, check_slug
+
+        check_site(args.site)  # before the work: no graph written and then refused
+        check_slug(out.stem)
     lm = load_model(args.model, device=args.device)
     tcs = load_transcoders(args.transcoders, lm, require_all=not config.allow_missing_layers)
     result = trace(lm, tcs, args.prompt, config)
@@ -72,4 +81,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"intervention check: Pearson r = {r} between edge weight and the change of the target when "
               f"the source is ablated in the real spliced model, over {len(check['edges'])} edges")
     print(f"wrote {out}")
+    if args.site is not None:
+        from saelens_lite.dashboards.graphs import add_graphs, graphs_dir
+
+        (slug,) = add_graphs(args.site, [out])
+        page = graphs_dir(args.site) / "index.html"
+        print(f"graph page: file://{page.resolve()}#g/{slug} (or saelens-lite serve {args.site})")
     return 0

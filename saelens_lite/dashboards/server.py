@@ -37,11 +37,13 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 
 from saelens_lite.dashboards.api import ModelWorker, api_router
+from saelens_lite.dashboards.graph_api import graph_router
+from saelens_lite.dashboards.graphs import GRAPHS_SUBDIR, is_graph_site
 from saelens_lite.dashboards.live import LIMITS, LiveModel, RequestError
 from saelens_lite.interventions import load_site_stats
 
@@ -70,9 +72,10 @@ class Site:
 
     def __init__(self, site_dir: str | os.PathLike):
         self.root = os.path.realpath(site_dir)
-        if not os.path.isfile(os.path.join(self.root, "index.html")):
-            raise FileNotFoundError(f"{site_dir} is not a dashboard site (no index.html); build one "
-                                    "with saelens-lite dashboard")
+        self.has_index = os.path.isfile(os.path.join(self.root, "index.html"))
+        if not (self.has_index or is_graph_site(self.root)):
+            raise FileNotFoundError(f"{site_dir} is not a dashboard site (no index.html, no graphs/index.html); "
+                                    "build one with saelens-lite dashboard")
 
     def file_for(self, raw_path: bytes) -> str | None:
         """The real path of the file a raw URL path names, or None if it is not a file inside."""
@@ -167,7 +170,8 @@ def _internal_error(_request, exc: Exception) -> JSONResponse:
 
 def make_app(site_dir: str | os.PathLike, live: LiveModel | None = None, *,
              max_pending: int = LIMITS.max_pending, explainer=None) -> FastAPI:
-    """The app: ``/api/*`` (:mod:`.api`), ``/docs``, ``/openapi.json``, then the site's files.
+    """The app: ``/api/*`` (:mod:`.api`, :mod:`.graph_api`), ``/docs``, ``/openapi.json``, then the
+    site's files (``/`` of a site holding only graph pages redirects to them).
     :class:`SiteServer` serves it inside :class:`Guard`."""
     site = Site(site_dir)
     worker = ModelWorker(max_pending)
@@ -181,6 +185,7 @@ def make_app(site_dir: str | os.PathLike, live: LiveModel | None = None, *,
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(api_router(live, worker, explainer))
+    app.include_router(graph_router(site.root))
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
@@ -189,6 +194,8 @@ def make_app(site_dir: str | os.PathLike, live: LiveModel | None = None, *,
     @app.api_route("/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
     async def static(request: Request):
         full = site.file_for(request.scope.get("raw_path") or request.url.path.encode())
+        if full is None and request.url.path == "/" and not site.has_index:  # a site of graph pages only
+            return RedirectResponse(f"/{GRAPHS_SUBDIR}/index.html")
         if full is None:
             return error_response(404, "not found")
         return FileResponse(full, headers={"Cache-Control": "no-cache"})

@@ -109,9 +109,12 @@ def _examples(windows: tuple, j: int, sl: slice, before: int) -> list:
 
 def prepare_site(out: Path) -> None:
     """Create ``out`` or clear an earlier site there (a finished one, or one whose build failed
-    after this step: index.html and assets/app.js); refuse to clobber other folders."""
-    is_site = (out / "data" / "meta.js").is_file() or ((out / "index.html").is_file()
-                                                        and (out / "assets" / "app.js").is_file())
+    after this step: index.html and assets/app.js; its graph pages in ``graphs/`` are kept);
+    refuse to clobber other folders."""
+    is_site = ((out / "data" / "meta.js").is_file() or ((out / "index.html").is_file()
+                                                         and (out / "assets" / "app.js").is_file())
+               or (out.is_dir() and {p.name for p in out.iterdir()} == {"graphs"}
+                   and (out / "graphs" / "index.html").is_file()))  # graph pages only (.graphs)
     if out.exists() and any(out.iterdir()) and not is_site:
         raise FileExistsError(f"{out} exists, is not empty and is not a dashboard site; choose a new folder")
     for sub in ("data", "assets", SITE_SUBDIR):

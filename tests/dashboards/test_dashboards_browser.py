@@ -8,9 +8,6 @@ Needs ``make browser-deps`` (Debian chromium + chromium-driver, pip selenium); s
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 
 import pytest
 import torch
@@ -24,33 +21,10 @@ from saelens_lite.dashboards import build_dashboard  # noqa: E402
 from saelens_lite.dashboards.live import LiveModel  # noqa: E402
 from saelens_lite.dashboards.server import load_live, make_server  # noqa: E402
 
-CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or shutil.which("chromium-browser") or "")
-CHROMEDRIVER = os.environ.get("CHROMEDRIVER", shutil.which("chromedriver") or "")
-pytestmark = [pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                 reason="chromium or chromedriver not found: run `make browser-deps`"),
-              pytest.mark.slow]  # Chromium
+pytestmark = pytest.mark.slow  # Chromium (the browser fixture: conftest.py)
 HOOK = "blocks.1.hook_resid_post"
 EVIL = ['<img src=x onerror="window.__xss=1">', "</script><script>window.__xss=2</script>",
         "<b onmouseover=window.__xss=3>bold</b>", "\u2028"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from selenium.webdriver.chrome.service import Service
-
-    os.environ.setdefault("SE_AVOID_STATS", "true")
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,1000"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
