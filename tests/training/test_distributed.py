@@ -91,6 +91,7 @@ def train_config(out: Path, arch: str, **kw) -> dict:
         init_sample_tokens=512,
         dead_window_tokens=256,
         device="cpu",
+        dtype="float32",  # the ranks and one process compared to float rounding on every CPU (auto: bf16 on some)
         out_dir=str(out),
         progress=False,
     )
