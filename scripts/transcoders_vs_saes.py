@@ -1,9 +1,10 @@
 """Transcoders against SAEs at one layer, equal L0 and token budget (docs/transcoders.md).
 
 1. harvest ``blocks.L.hook_mlp_in``, ``hook_mlp_out`` and ``hook_resid_post`` in one forward,
-2. train five TopK coders (same k, width, batch, tokens, seed): an SAE on ``hook_mlp_out``, an
-   SAE on ``hook_resid_post``, a transcoder ``mlp_in -> mlp_out`` without and with ``--skip``, and
-   the plain transcoder again with its encoder bias at zero (``b_enc_init=zeros``, the old init),
+2. train seven TopK coders (same k, width, batch, tokens, seed): an SAE on ``hook_mlp_out``, an
+   SAE on ``hook_resid_post``, a transcoder ``mlp_in -> mlp_out`` without and with ``--skip``,
+   both again with a random decoder (``decoder_init=random``, the old init), and the plain one
+   with that and its encoder bias at zero too (``b_enc_init=zeros``, the older init),
 3. evaluate each on held-out contexts (after the cache's): FVU of what it reconstructs and the
    spliced model's CE / KL (a transcoder replaces the MLP), and write ``OUT/table.md`` and
    ``OUT/results.json``.
@@ -36,9 +37,14 @@ def runs(layer: int) -> dict[str, dict]:
         "sae_resid_post": {"hooks": [resid]},
         "transcoder": {"hooks": [mlp_in], "target_hook": mlp_out},
         "transcoder_skip": {"hooks": [mlp_in], "target_hook": mlp_out, "skip": True},
-        # the encoder init before b_enc_init existed: b_enc = 0, pre-activations not centred
+        # the decoder init before decoder_init existed: random unit rows, W_enc = W_dec^T
+        "transcoder_random_decoder": {"hooks": [mlp_in], "target_hook": mlp_out,
+                                      "sae_options": {"decoder_init": "random"}},
+        "transcoder_skip_random_decoder": {"hooks": [mlp_in], "target_hook": mlp_out, "skip": True,
+                                           "sae_options": {"decoder_init": "random"}},
+        # the encoder init before b_enc_init existed too: b_enc = 0, pre-activations not centred
         "transcoder_uncentred": {"hooks": [mlp_in], "target_hook": mlp_out,
-                                 "sae_options": {"b_enc_init": "zeros"}},
+                                 "sae_options": {"b_enc_init": "zeros", "decoder_init": "random"}},
     }
 
 

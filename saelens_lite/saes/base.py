@@ -294,7 +294,8 @@ class SAE(nn.Module):
         """Set b_dec from a data sample per cfg.b_dec_init (geometric median: Gao et al. 2024):
         a sample of the target (target_ND; x_ND when None, as for an SAE). Then b_enc per
         cfg.b_enc_init: centre sets b_enc = -mean_n(x_n - b_pre) W_enc, which makes every
-        latent's pre-activation average zero over the sample (auto: for transcoders only)."""
+        latent's pre-activation average zero over the sample (auto: for transcoders only). Last,
+        W_dec per cfg.decoder_init (auto: from the codes for transcoders only)."""
         x = (x_ND if target_ND is None else target_ND).to(self.b_dec.device, torch.float32)
         if self.cfg.b_dec_init == "geometric_median":
             self.b_dec.copy_(geometric_median(x))
@@ -304,6 +305,27 @@ class SAE(nn.Module):
         if mode == "centre" or (mode == "auto" and self.is_transcoder):
             mean_D = x_ND.to(self.W_enc.device, torch.float64).mean(0) - self.b_pre.double()
             self.b_enc.copy_(-(mean_D @ self.W_enc.double()))
+        if self.cfg.decoder_init == "codes" or (self.cfg.decoder_init == "auto" and self.is_transcoder):
+            self.init_decoder_from_codes_(x_ND, x_ND if target_ND is None else target_ND)
+
+    @torch.no_grad()
+    def init_decoder_from_codes_(self, x_ND: Tensor, y_ND: Tensor, *, chunk_rows: int = 1024) -> None:
+        """W_dec_f = s_f / ||s_f||,  s_f = sum_n z_nf (y_n - b_dec),  z = encode(x) with the
+        current encoder (cfg.decoder_init="codes"): each latent writes the direction its
+        target takes on the tokens where it fires, so the main loss's gradient on its codes,
+        -<y - y_hat, W_dec_f>, starts by raising them rather than switching it off. Rows of
+        latents that never fire on the sample keep their value."""
+        dev = self.W_dec.device
+        s_FD = torch.zeros(self.W_dec.shape, dtype=torch.float64, device=dev)
+        for i in range(0, x_ND.shape[0], chunk_rows):
+            vals_NK, idx_NK = self.encode_sparse(x_ND[i : i + chunk_rows].to(dev))
+            r_ND = y_ND[i : i + chunk_rows].to(dev, torch.float64) - self.b_dec.double()
+            K = idx_NK.shape[-1]
+            s_FD.index_add_(0, idx_NK.reshape(-1),
+                            vals_NK.double().reshape(-1, 1) * r_ND.repeat_interleave(K, dim=0))
+        norm_F = s_FD.norm(dim=1)
+        ok_F = norm_F > 0
+        self.W_dec[ok_F] = (s_FD[ok_F] / norm_F[ok_F, None]).to(self.W_dec.dtype)
 
     @torch.no_grad()
     def finish_training_(self, x_ND: Tensor) -> None:

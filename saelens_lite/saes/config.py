@@ -32,12 +32,15 @@ PARAM_DTYPES = {
 }
 ParamDtype = Literal["float32", "float64", "bfloat16", "float16"]
 """An SAE's parameter dtype (`PARAM_DTYPES` maps each to torch)."""
+DecoderInit = Literal["auto", "random", "codes"]
+"""How init_from_data_ sets W_dec (SAEConfig.decoder_init)."""
 BDecInit = Literal["geometric_median", "mean", "zeros"]
 """How init_from_data_ sets b_dec (SAEConfig.b_dec_init)."""
 BEncInit = Literal["auto", "centre", "zeros"]
 """How init_from_data_ sets b_enc (SAEConfig.b_enc_init)."""
 B_DEC_INITS = get_args(BDecInit)
 B_ENC_INITS = get_args(BEncInit)
+DECODER_INITS = get_args(DecoderInit)
 
 
 def invalid(field: str, value, allowed: str) -> ValueError:
@@ -115,6 +118,14 @@ class SAEConfig:
     every latent's pre-activation starts with mean zero), zeros, or auto: centre for a
     transcoder, zeros for an SAE. A transcoder's encoder does not subtract b_dec, so without
     it each pre-activation is offset by mean(x) W_enc and the same latents win every token."""
+    decoder_init: DecoderInit = "auto"
+    """How init_from_data_ sets W_dec: random (unit rows, W_enc = W_dec^T: Gao et al. 2024's
+    tied start), codes (each row the normalised sum over the sample of the latent's initial
+    code times its residual target, sum_n z_nf (y_n - b_dec): the direction the target takes
+    where the latent fires; W_enc is kept), or auto: codes for a transcoder, random for an SAE.
+    A transcoder's random decoder rows are unrelated to its encoder's, so most latents start
+    writing against their tokens' targets and the main loss switches them off
+    (docs/transcoders.md, "Dead latents")."""
     hook_name: str = ""
     """Hook point the SAE was trained on (informational); a transcoder's input."""
     target_hook: str = ""
@@ -155,6 +166,8 @@ class SAEConfig:
             raise invalid("skip", self.skip, "True or False; True only with target_hook set")
         if self.b_dec_init not in B_DEC_INITS:
             raise invalid("b_dec_init", self.b_dec_init, str(list(B_DEC_INITS)))
+        if self.decoder_init not in DECODER_INITS:
+            raise invalid("decoder_init", self.decoder_init, str(list(DECODER_INITS)))
         if self.b_enc_init not in B_ENC_INITS:
             raise invalid("b_enc_init", self.b_enc_init, str(list(B_ENC_INITS)))
         if self.dtype not in PARAM_DTYPES:

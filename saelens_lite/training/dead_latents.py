@@ -42,8 +42,12 @@ class DeadLatentTracker:
         """The window of `dead_fraction`: ``min(window, tokens_seen // 2)``."""
         return min(self.window, self.tokens_seen // 2)
 
+    def reported_dead_mask(self) -> torch.Tensor:
+        """The latents ``dead_fraction`` counts: silent for more than ``report_window()`` tokens."""
+        return self.tokens_since_fired_F > self.report_window()
+
     def dead_fraction(self) -> float:
-        return float((self.tokens_since_fired_F > self.report_window()).float().mean())
+        return float(self.reported_dead_mask().float().mean())
 
 
 __all__ = ["DeadLatentTracker"]

@@ -96,6 +96,7 @@ from saelens_lite.training.checkpoint import prune_checkpoints, save_checkpoint,
 from saelens_lite.training.config import TrainConfig
 from saelens_lite.training.curves import refresh_training_curves
 from saelens_lite.training.dead_latents import DeadLatentTracker
+from saelens_lite.training.diagnostics import preact_quantiles, supports_preact_quantiles
 from saelens_lite.training.hook_state import (
     HookState,
     autocast_dtype,
@@ -348,7 +349,11 @@ def _train_step(hook: str, st: HookState, x_BD: torch.Tensor, step: int, config:
     out = st.step(x_BD, dead, sparsity_scale=sp, **target)
     _reduce_step(st, out)
     st.dead.update(out.fired_F, global_batch)
-    return out, lr, sp
+    diag = {}
+    if ((step + 1) % config.log_every == 0 or step + 1 == config.steps) and supports_preact_quantiles(sae):
+        # how far the dead latents are from firing (training.diagnostics; this rank's rows)
+        diag = preact_quantiles(sae, x_BD, st.dead.reported_dead_mask())
+    return out, lr, sp, diag
 
 
 def _reduce_step(st: HookState, out) -> None:
@@ -362,8 +367,8 @@ def _reduce_step(st: HookState, out) -> None:
 def _record(hook: str, r, st: HookState, done: int, B: int) -> dict:
     """One metrics record; data parallel, loss terms, l0 and fvu are averaged over ranks (means
     of equal-sized slices, so loss, mse and l0 equal their global-batch values; fvu is the ranks'
-    mean)."""
-    out, lr, sp = r
+    mean); the pre-activation quantiles (training.diagnostics) are this rank's rows'."""
+    out, lr, sp, diag = r
     losses = out.losses
     names = list(losses)
     vals = torch.stack([torch.as_tensor(v).detach().float().reshape(()).to(out.loss.device)
@@ -374,7 +379,7 @@ def _record(hook: str, r, st: HookState, done: int, B: int) -> dict:
     rec = {"hook": hook, "step": done, "tokens": done * B, "loss": vals[0]}
     rec.update(zip(names, vals[3:]))
     rec.update(l0=vals[1], fvu=vals[2], dead_fraction=st.dead.dead_fraction(),
-               lr=lr, sparsity_scale=sp)
+               lr=lr, sparsity_scale=sp, **diag)
     return rec
 
 

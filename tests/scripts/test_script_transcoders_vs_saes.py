@@ -1,6 +1,6 @@
 """scripts/transcoders_vs_saes.py, the script behind docs/transcoders.md's table, runs end to end
-on tiny-llama: five coders trained on one cache, the old-init transcoder saved with its own
-b_enc_init, and a table row per coder with the held-out dead fraction."""
+on tiny-llama: seven coders trained on one cache, the old-init transcoders saved with their own
+decoder_init and b_enc_init, and a table row per coder with the held-out dead fraction."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def test_the_script_trains_evaluates_and_tabulates_every_coder(tmp_path):
             "--ce-contexts", "2", "--context-size", "32"]
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
     subprocess.run(args, check=True, capture_output=True, text=True, env=env, cwd=ROOT)
-    names = ["sae_mlp_out", "sae_resid_post", "transcoder", "transcoder_skip", "transcoder_uncentred"]
+    names = ["sae_mlp_out", "sae_resid_post", "transcoder", "transcoder_skip", "transcoder_random_decoder",
+             "transcoder_skip_random_decoder", "transcoder_uncentred"]
     results = json.loads((out / "results.json").read_text())
     assert list(results) == names
     for name, r in results.items():
@@ -34,6 +35,7 @@ def test_the_script_trains_evaluates_and_tabulates_every_coder(tmp_path):
     assert [ln.split(" | ")[0][2:] for ln in rows] == names[2:]
     cfgs = {n: json.loads((out / n / "blocks.1.hook_mlp_in" / "cfg.json").read_text()) for n in names[2:]}
     assert cfgs["transcoder"]["b_enc_init"] == "auto" and cfgs["transcoder_uncentred"]["b_enc_init"] == "zeros"
+    assert [cfgs[n]["decoder_init"] for n in names[2:]] == ["auto"] * 2 + ["random"] * 3
     assert cfgs["transcoder_skip"]["skip"] is True
     first = (out / "table.md").read_text()
     done = subprocess.run(args, check=True, capture_output=True, text=True, env=env, cwd=ROOT)

@@ -50,7 +50,9 @@ def torchrun(script: str, *args: str, timeout: int = 240) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(
         OMP_NUM_THREADS="1",
-        PYTHONPATH=str(HERE.parent),
+        # tests/ (helpers) and the checkout under test: a shared venv's editable install may
+        # point at another checkout (a git worktree)
+        PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE.parents[1])]),
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
     )

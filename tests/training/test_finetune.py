@@ -127,7 +127,7 @@ def test_a_transcoder_finetunes_too(tmp_path, lm):
     tc_dir = train_poor(tmp_path / "tc", hooks=[src], target_hook=dst)
     contexts = heldout(lm)
     before = downstream_metrics(SAE.load(tc_dir), lm, dst, contexts, source_hook=src, progress=False)
-    tuned = finetune(ft_config(tmp_path, tc_dir, lr=1e-4), lm=lm)  # its KL is 1e-4 nats: 1e-3 overshoots
+    tuned = finetune(ft_config(tmp_path, tc_dir, lr=3e-5), lm=lm)  # its KL is 4e-5 nats: 1e-4 overshoots
     assert tuned.is_transcoder and (tmp_path / "ft" / src / "cfg.json").exists()
     after = downstream_metrics(tuned, lm, dst, contexts, source_hook=src, progress=False)
     assert after["kl_div"] < before["kl_div"]

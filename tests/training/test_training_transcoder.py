@@ -189,3 +189,15 @@ def test_streaming_captures_both_hooks_in_one_forward_and_trains(tmp_path):
                                    rtol=1e-4, atol=1e-5)
     sae = train(c, src)
     assert (sae.cfg.hook_name, sae.cfg.target_hook) == tuple(hooks)
+
+
+def test_a_decoder_started_from_the_codes_learns_faster_than_a_random_one(tmp_path):
+    """decoder_init="auto" (codes, for a transcoder) against the random start at 40 steps: the
+    random decoder rows write against most latents' targets at first (docs/transcoders.md)."""
+    data = pair()
+    got = {}
+    for mode in ("random", "auto"):
+        sae = train(cfg(tmp_path, out_dir=str(tmp_path / mode), sae_options={"decoder_init": mode}), data)
+        with torch.no_grad():
+            got[mode] = fvu(sae(data["x"]), data["y"])
+    assert got["auto"] < 0.8 * got["random"], got
