@@ -22,6 +22,9 @@ gpt_neox with ``use_parallel_residual`` satisfies the same sum. BERT is post-LN:
 and LayerNorm, so the sum does not hold there and ``resid_post`` is LayerNorm-ed.
 
 Any module path from ``model.named_modules()`` is also a hook point (its output).
+
+A name with ``*`` is a pattern: ``*`` stands for a block number, so ``blocks.*.hook_mlp_in``
+names every block's MLP input, in block order (:func:`expand_hook_pattern`).
 """
 
 from __future__ import annotations
@@ -85,12 +88,41 @@ def list_hook_points(model: nn.Module) -> list[HookPoint]:
     return points
 
 
+def hook_depth(name: str) -> tuple[int, int] | None:
+    """(block, place in the block) of a uniform name, ordered as the forward reaches them
+    (resid_pre, attn_out, mlp_in, mlp_out, resid_post); None for a raw module path (its place
+    is not known from the name)."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(\w+)", name)
+    if m is None or m.group(2) not in UNIFORM_SUFFIXES:
+        return None
+    return int(m.group(1)), UNIFORM_SUFFIXES.index(m.group(2))
+
+
+def expand_hook_pattern(pattern: str, names: Sequence[str]) -> list[str]:
+    """The names among ``names`` that ``pattern`` matches, ``*`` standing for a number (a block
+    index: ``blocks.*.hook_mlp_in``), in increasing order of those numbers; a name without
+    ``*`` is returned as it is (its existence is checked where it is read). A pattern matching
+    nothing is a one-line error naming it and the closest names."""
+    if "*" not in pattern:
+        return [pattern]
+    rx = re.compile("(\\d+)".join(re.escape(part) for part in pattern.split("*")))
+    found = sorted((tuple(int(g) for g in m.groups()), n) for n in names if (m := rx.fullmatch(n)))
+    if not found:
+        close = difflib.get_close_matches(pattern.replace("*", "0"), list(names), n=3, cutoff=0.5)
+        hint = f"closest: {', '.join(close)}" if close else f"{len(names)} names, none close"
+        raise UnknownHookError(f"hook pattern {pattern!r} matches no hook ('*' stands for a block "
+                               f"number, e.g. blocks.*.hook_mlp_in; {hint})")
+    return [n for _, n in found]
+
+
 def resolve_hooks(model: nn.Module, names: Sequence[str]) -> list[HookPoint]:
-    """Map names (uniform or raw module paths) to hook points, in the order given."""
+    """Map names (uniform or raw module paths, or patterns: :func:`expand_hook_pattern`) to
+    hook points, in the order given (a pattern's matches in block order)."""
     uniform = {p.name: p for p in list_hook_points(model)}
     module_paths = [n for n, _ in model.named_modules() if n]
     prefix, _ = block_list(model)
     layer_re = re.compile(rf"^{re.escape(prefix)}\.(\d+)(\.|$)")
+    names = [n for pattern in names for n in expand_hook_pattern(pattern, list(uniform) + module_paths)]
     points = []
     for name in names:
         if name in uniform:
