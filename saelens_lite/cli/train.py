@@ -21,7 +21,8 @@ def add(sub) -> None:
                                    "train data parallel, or with --distribute-hooks each rank trains its "
                                    "share of the hooks on whole batches (each rank prints its own hooks). "
                                    "Transcoders for every layer from one forward per batch: --hooks "
-                                   "'blocks.*.hook_mlp_in' --target-hook 'blocks.*.hook_mlp_out'.",
+                                   "'blocks.*.hook_mlp_in' --target-hook 'blocks.*.hook_mlp_out' ([0-3] instead of * "
+                                   "for some blocks).",
                        epilog=arch_options_help())
     # the flat SAE flags (SAEFlags) map onto TrainConfig.sae in `config_from_args`
     add_dataclass_args(p, SAEFlags, skip=("sae_options",), aliases={"architecture": ["--arch"]},

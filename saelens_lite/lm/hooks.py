@@ -23,8 +23,9 @@ and LayerNorm, so the sum does not hold there and ``resid_post`` is LayerNorm-ed
 
 Any module path from ``model.named_modules()`` is also a hook point (its output).
 
-A name with ``*`` is a pattern: ``*`` stands for a block number, so ``blocks.*.hook_mlp_in``
-names every block's MLP input, in block order (:func:`expand_hook_pattern`).
+A name with ``*`` or ``[0-3]`` is a pattern: ``*`` stands for any block number, a set for those
+numbers, so ``blocks.*.hook_mlp_in`` names every block's MLP input and ``blocks.[0-3].hook_mlp_in``
+the first four, in block order (:func:`expand_hook_pattern`).
 """
 
 from __future__ import annotations
@@ -98,20 +99,52 @@ def hook_depth(name: str) -> tuple[int, int] | None:
     return int(m.group(1)), UNIFORM_SUFFIXES.index(m.group(2))
 
 
+_WILDCARD = re.compile(r"\*|\[([0-9,\- ]+)\]")
+"""A pattern's number slot: ``*`` (any number) or ``[0-3,7]`` (these numbers)."""
+
+
+def is_hook_pattern(name: str) -> bool:
+    """Whether ``name`` is a pattern (:func:`expand_hook_pattern`) rather than one hook."""
+    return _WILDCARD.search(name) is not None
+
+
+def _number_set(spec: str, pattern: str) -> set[int]:
+    """``"0-3,7"`` -> {0, 1, 2, 3, 7}."""
+    out: set[int] = set()
+    for part in spec.replace(" ", "").split(","):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+            raise UnknownHookError(f"hook pattern {pattern!r}: [{spec}] is not a set of block numbers "
+                                   "(allowed: [3], [0-3], [0,2,5-7])")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
 def expand_hook_pattern(pattern: str, names: Sequence[str]) -> list[str]:
-    """The names among ``names`` that ``pattern`` matches, ``*`` standing for a number (a block
-    index: ``blocks.*.hook_mlp_in``), in increasing order of those numbers; a name without
-    ``*`` is returned as it is (its existence is checked where it is read). A pattern matching
-    nothing is a one-line error naming it and the closest names."""
-    if "*" not in pattern:
+    """The names among ``names`` that ``pattern`` matches, in increasing order of the numbers
+    they match. A number slot is ``*`` (any number: ``blocks.*.hook_mlp_in``, every block) or a
+    set ``[0-3]`` / ``[0,2,5-7]`` (these blocks, each of which must exist). A name without a
+    slot is returned as it is (its existence is checked where it is read). A pattern matching
+    nothing, or a listed number without a hook, is a one-line error naming it."""
+    slots = list(_WILDCARD.finditer(pattern))
+    if not slots:
         return [pattern]
-    rx = re.compile("(\\d+)".join(re.escape(part) for part in pattern.split("*")))
-    found = sorted((tuple(int(g) for g in m.groups()), n) for n in names if (m := rx.fullmatch(n)))
+    sets = [None if m.group(0) == "*" else _number_set(m.group(1), pattern) for m in slots]
+    parts = _WILDCARD.split(pattern)[::2]  # split keeps the set groups (None for '*'): drop them
+    rx = re.compile("(\\d+)".join(re.escape(part) for part in parts))
+    matched = [(tuple(int(g) for g in m.groups()), n) for n in names if (m := rx.fullmatch(n))]
+    found = sorted((nums, n) for nums, n in matched if all(s is None or v in s for s, v in zip(sets, nums)))
     if not found:
-        close = difflib.get_close_matches(pattern.replace("*", "0"), list(names), n=3, cutoff=0.5)
+        probe = _WILDCARD.sub("0", pattern)
+        close = difflib.get_close_matches(probe, list(names), n=3, cutoff=0.5)
         hint = f"closest: {', '.join(close)}" if close else f"{len(names)} names, none close"
         raise UnknownHookError(f"hook pattern {pattern!r} matches no hook ('*' stands for a block "
-                               f"number, e.g. blocks.*.hook_mlp_in; {hint})")
+                               f"number, [0-3] for some, e.g. blocks.*.hook_mlp_in; {hint})")
+    for i, s in enumerate(sets):
+        missing = sorted(s - {nums[i] for nums, _ in found}) if s is not None else []
+        if missing:
+            raise UnknownHookError(f"hook pattern {pattern!r}: no hook for number(s) {missing} (it "
+                                   f"matches {found[0][1]} to {found[-1][1]})")
     return [n for _, n in found]
 
 

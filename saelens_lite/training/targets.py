@@ -18,10 +18,10 @@ and ``c_y`` with E||c_y y|| = sqrt(D), both from the init sample; the SAE trains
 ``(c_x x, c_y y)`` and ``fold_input_scale_(c_x, target_scale=c_y)`` makes the saved coder map
 raw ``x`` to raw ``y``.
 
-Several pairs in one run: ``hooks`` and ``target_hook`` may be patterns, ``*`` standing for a
-block number (``lm.hooks.expand_hook_pattern``), e.g. ``hooks=["blocks.*.hook_mlp_in"]``,
-``target_hook="blocks.*.hook_mlp_out"``: every MLP's transcoder from one model forward per
-batch. The i-th input (``hooks`` in order, each pattern's matches in block order) pairs with
+Several pairs in one run: ``hooks`` and ``target_hook`` may be patterns, ``*`` standing for any
+block number and ``[0-3]`` for some (``lm.hooks.expand_hook_pattern``), e.g.
+``hooks=["blocks.*.hook_mlp_in"]``, ``target_hook="blocks.*.hook_mlp_out"``: every MLP's
+transcoder from one model forward per batch. The i-th input (``hooks`` in order, each pattern's matches in block order) pairs with
 the i-th target; each pair gets its own coder, scales and folder ``out_dir/<input hook>/``.
 A plain ``target_hook`` is the one target of a single input.
 
@@ -127,7 +127,9 @@ def check_config(config) -> None:
             raise ValueError("skip=True: a skip connection belongs to a transcoder; set target_hook "
                              "(e.g. --hooks blocks.9.hook_mlp_in --target-hook blocks.9.hook_mlp_out)")
         return
-    patterns = "*" in config.sae.target_hook or any("*" in h for h in config.hooks)
+    from saelens_lite.lm.hooks import is_hook_pattern  # here: --help stays torch-free
+
+    patterns = any(is_hook_pattern(h) for h in [*config.hooks, config.sae.target_hook])
     if not config.hooks or (not patterns and len(config.hooks) != 1):
         raise ValueError(f"target_hook={config.sae.target_hook!r}: a transcoder reads exactly one input "
                          f"hook; got hooks={config.hooks!r} (give one, e.g. blocks.9.hook_mlp_in, or "

@@ -307,6 +307,9 @@ def test_a_pattern_expands_in_block_number_order_and_names_the_closest_when_it_m
     names = [f"blocks.{i}.hook_mlp_{s}" for i in (10, 2, 9) for s in ("in", "out")]
     assert expand_hook_pattern("blocks.*.hook_mlp_in", names) == [f"blocks.{i}.hook_mlp_in" for i in (2, 9, 10)]
     assert expand_hook_pattern("blocks.3.hook_mlp_in", names) == ["blocks.3.hook_mlp_in"]  # checked where read
+    assert expand_hook_pattern("blocks.[2, 9-10].hook_mlp_out", names) == [f"blocks.{i}.hook_mlp_out" for i in (2, 9, 10)]
+    with pytest.raises(UnknownHookError, match=r"no hook for number\(s\) \[3, 4\]"):
+        expand_hook_pattern("blocks.[2-4].hook_mlp_in", names)
     with pytest.raises(UnknownHookError, match=r"'blocks.\*.hook_mlp_i' matches no hook.*closest: blocks"):
         expand_hook_pattern("blocks.*.hook_mlp_i", names)
 

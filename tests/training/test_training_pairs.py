@@ -107,7 +107,15 @@ def test_the_cli_trains_every_pair_of_a_cache_into_its_own_folder(tmp_path, caps
     assert capsys.readouterr().out.count("saved under") == 3
 
 
+def test_a_set_of_blocks_trains_those_pairs_only(tmp_path):
+    got = train(cfg(tmp_path, "run", hooks=["blocks.[0,2].hook_mlp_in"], target_hook="blocks.[0,2].hook_mlp_out",
+                    tokens=64 * 2, latents=48, k=4), mlp_like())
+    assert {h: sae.cfg.target_hook for h, sae in got.items()} == {
+        "blocks.0.hook_mlp_in": "blocks.0.hook_mlp_out", "blocks.2.hook_mlp_in": "blocks.2.hook_mlp_out"}
+
+
 @pytest.mark.parametrize("kw, match", [
+    (dict(hooks=["blocks.[1-3].hook_mlp_in"]), r"hooks='blocks.\[1-3\].hook_mlp_in': .* no hook for number\(s\) \[3\]"),
     (dict(hooks=["blocks.*.hook_mlp_inn"]), r"hooks='blocks.\*.hook_mlp_inn': hook pattern .* matches no hook"),
     (dict(target_hook="blocks.*.hook_mlp_outt"), r"target_hook='blocks.\*.hook_mlp_outt': hook pattern .* matches no hook"),
     (dict(hooks=["blocks.1.hook_mlp_in", "blocks.2.hook_mlp_in"]),
