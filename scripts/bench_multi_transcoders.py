@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from saelens_lite.evals.heldout import heldout_contexts, heldout_rows_of
 from saelens_lite.evals.metrics import ReconstructionStats
 from saelens_lite.lm.load import load_model
+from saelens_lite.lm.losses import next_token_ce
 from saelens_lite.lm.splice import splice
 from saelens_lite.lm.tokens import excluded_token_ids, keep_mask
 from saelens_lite.saes import SAE
@@ -49,7 +49,7 @@ def train_config(args, blocks: str, out: Path) -> TrainConfig:
     return TrainConfig.from_dict(dict(
         architecture="topk", k=args.k, latents=args.latents, skip=args.skip, hooks=[IN.format(slot)],
         target_hook=OUT.format(slot), batch_size=args.batch_size, tokens=args.tokens, seed=args.seed,
-        init_sample_tokens=args.init_sample_tokens, checkpoint_every=0, log_every=10, progress=False,
+        init_sample_tokens=args.init_sample_tokens, dtype=args.dtype, checkpoint_every=0, log_every=10, progress=False,
         model=args.model, dataset=args.dataset, context_size=args.context_size,
         model_batch_size=args.model_batch_size, buffer_contexts=args.buffer_contexts, out_dir=str(out)))
 
@@ -95,14 +95,13 @@ def speed(args, lm) -> dict:
 
 @torch.no_grad()
 def mean_ce(lm, contexts, batch: int, excluded: set[int]) -> float:
-    """Next-token CE (nats) over positions t < S-1 whose input token is kept, float64 sums (the
-    definition of evals.downstream)."""
+    """Next-token CE (nats, ``lm.losses``) over positions t < S-1 whose input token is kept,
+    float64 (as ``evals.downstream``)."""
     total, n = 0.0, 0
     for i in range(0, len(contexts), batch):
         ids_BS = torch.as_tensor(np.stack(contexts[i:i + batch]), dtype=torch.long)
-        logits = lm.model(input_ids=ids_BS).logits[:, :-1].double()
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids_BS[:, 1:].reshape(-1), reduction="none")
-        mask = keep_mask(ids_BS, excluded)[:, :-1].reshape(-1)
+        loss = next_token_ce(lm.model(input_ids=ids_BS).logits, ids_BS, torch.float64)
+        mask = keep_mask(ids_BS, excluded)[:, :-1]
         total, n = total + float(loss[mask].sum()), n + int(mask.sum())
     return total / n
 
@@ -168,6 +167,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--skip", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="the step's autocast")
     ap.add_argument("--init-sample-tokens", type=int, default=4096)
     ap.add_argument("--context-size", type=int, default=128)
     ap.add_argument("--model-batch-size", type=int, default=16)
@@ -178,7 +178,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     lm = load_model(args.model)
     print(f"{args.model}, torch threads {torch.get_num_threads()}, {args.tokens} tokens, batch {args.batch_size}, "
-          f"d_sae {args.latents}, k {args.k}", flush=True)
+          f"d_sae {args.latents}, k {args.k}, dtype {args.dtype}", flush=True)
     res = speed(args, lm) if args.mode == "speed" else run_all(args, lm)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"results_{args.mode}.json").write_text(json.dumps({"args": vars(args), **res}, indent=1))
