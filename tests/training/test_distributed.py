@@ -50,7 +50,8 @@ def torchrun(script: str, *args: str, timeout: int = 240) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(
         OMP_NUM_THREADS="1",
-        PYTHONPATH=str(HERE.parent),
+        # this checkout ahead of the installed package (a worktree tests its own code)
+        PYTHONPATH=os.pathsep.join([str(HERE.parent.parent), str(HERE.parent)]),
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
     )
