@@ -12,11 +12,13 @@ and alone (0 up to float rounding: each pair's init is drawn from the seed alone
 --target-hook 'blocks.*.hook_mlp_out'``), then on held-out contexts (after every context the
 training read): per layer the FVU of the MLP output and the latents that never fire, and the
 next-token CE loss of the model with every MLP replaced by its transcoder and the error terms
-off, against the clean model.
+off, against the clean model (also with only the first n MLPs replaced, and with every MLP
+output mean-ablated). ``eval`` runs that evaluation on the transcoders of an earlier ``all``.
 
 Usage:
     OMP_NUM_THREADS=2 python scripts/bench_multi_transcoders.py speed --out runs/multi_tc
-    OMP_NUM_THREADS=1 python scripts/bench_multi_transcoders.py all --tokens 200000 --out runs/tc30
+    OMP_NUM_THREADS=1 python scripts/bench_multi_transcoders.py all --tokens 200000 --init-sample-tokens 16384 --out runs/tc30
+    OMP_NUM_THREADS=1 python scripts/bench_multi_transcoders.py eval --transcoders runs/tc30/all --skip-contexts 1664 --ce-prefixes 1 3 10 20
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import json
 import logging
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +37,7 @@ from saelens_lite.evals.heldout import heldout_contexts, heldout_rows_of
 from saelens_lite.evals.metrics import ReconstructionStats
 from saelens_lite.lm.load import load_model
 from saelens_lite.lm.losses import next_token_ce
-from saelens_lite.lm.splice import splice
+from saelens_lite.lm.splice import ablated, splice
 from saelens_lite.lm.tokens import excluded_token_ids, keep_mask
 from saelens_lite.saes import SAE
 from saelens_lite.training import TrainConfig, train
@@ -122,41 +125,84 @@ def evaluate_all(args, lm, saes: dict[str, SAE], skip_contexts: int) -> dict:
         r = stats.result()
         layers[x] = {"fvu": r["fvu"], "fvu_typical": r.get("fvu_typical"), "l0": r["l0"],
                      "never_fired": int((stats.fire_count_F == 0).sum()), "d_sae": sae.cfg.d_sae}
-    excluded = excluded_token_ids(lm.tokenizer, "bos")
-    clean = mean_ce(lm, ev.contexts, 8, excluded)
-    with splice(lm.model, saes, excluded=excluded, keep_error=False):
-        replaced = mean_ce(lm, ev.contexts, 8, excluded)
     where = (f"contexts {ev.first}-{ev.first + len(ev.contexts) - 1} of {args.dataset} (held out: after the "
              f"{skip_contexts} contexts training read)")
     return {"eval": where, "eval_tokens": len(rows[hooks[0]]), "layers": layers,
-            "ce_clean": clean, "ce_replaced": replaced}
+            **replacement_ce(args, lm, saes, ev.contexts, rows)}
+
+
+def replacement_ce(args, lm, saes: dict[str, SAE], contexts, rows) -> dict:
+    """CE of the clean model; of the model with every MLP replaced by its transcoder (no error
+    terms); with only the first n MLPs replaced (``--ce-prefixes``); and, as a reference, with
+    every MLP output set to its mean over the evaluation rows (mean ablation)."""
+    excluded = excluded_token_ids(lm.tokenizer, "bos")
+    out = {"ce_clean": mean_ce(lm, contexts, 8, excluded)}
+    with splice(lm.model, saes, excluded=excluded, keep_error=False):
+        out["ce_replaced"] = mean_ce(lm, contexts, 8, excluded)
+    inputs = list(saes)
+    for n in args.ce_prefixes:
+        with splice(lm.model, {h: saes[h] for h in inputs[:n]}, excluded=excluded, keep_error=False):
+            out[f"ce_first_{n}_replaced"] = mean_ce(lm, contexts, 8, excluded)
+    with ExitStack() as stack:
+        for sae in saes.values():
+            y = sae.cfg.target_hook
+            stack.enter_context(ablated(lm.model, y, rows[y].mean(0), excluded=excluded))
+        out["ce_mean_ablated"] = mean_ce(lm, contexts, 8, excluded)
+    return out
+
+
+def report(res: dict, n: int) -> None:
+    train = "train_fvu" in next(iter(res["layers"].values()))
+    print(f"{res['eval']}, {res['eval_tokens']} tokens")
+    print("| layer | FVU (held-out) | FVU typical | never fired (held-out) |"
+          + (" dead at end (train) | FVU (train, last step) |" if train else ""))
+    print("|---|---|---|---|" + ("---|---|" if train else ""))
+    for h, r in res["layers"].items():
+        print(f"| {h.split('.')[1]} | {r['fvu']:.3f} | {r['fvu_typical']:.3f} | {r['never_fired']} / {r['d_sae']} |"
+              + (f" {r['train_dead_fraction']:.3f} | {r['train_fvu']:.3f} |" if train else ""))
+    print(", ".join(f"{k} {v:.4f}" for k, v in res.items() if k.startswith("ce_")) + f" ({n} transcoders)")
+
+
+def with_train_metrics(res: dict, run_dir: Path) -> dict:
+    """Each layer's last training record (FVU, dead fraction) from ``run_dir/metrics.jsonl``."""
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        metrics = [json.loads(line) for line in path.read_text().splitlines()]
+        last = max(m["step"] for m in metrics)
+        for r in metrics:
+            if r["step"] == last and r["hook"] in res["layers"]:
+                res["layers"][r["hook"]] |= {"train_fvu": r["fvu"], "train_dead_fraction": r["dead_fraction"]}
+    return res
 
 
 def run_all(args, lm) -> dict:
     out = Path(args.out) / "all"
     counter = ForwardCounter(lm.model)
     saes, seconds, forwards, read = timed_train(train_config(args, "*", out), lm, counter)
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    last = {r["hook"]: r for r in metrics if r["step"] == max(m["step"] for m in metrics)}
+    print(f"trained {len(saes)} transcoders in {seconds:.0f} s ({forwards} forwards)", flush=True)
     # every context the run read (the init sample's are its first ones) comes before these
-    res = evaluate_all(args, lm, saes, skip_contexts=read)
-    for h, rec in last.items():
-        res["layers"][h] |= {"train_fvu": rec["fvu"], "train_dead_fraction": rec["dead_fraction"]}
-    res |= {"train_seconds": seconds, "forwards": forwards, "tokens": args.tokens}
-    print(f"trained {len(saes)} transcoders in {seconds:.0f} s ({forwards} forwards); {res['eval']}, "
-          f"{res['eval_tokens']} tokens", flush=True)
-    print("| layer | FVU (held-out) | never fired (held-out) | dead at end (train) | FVU (train, last step) |")
-    print("|---|---|---|---|---|")
-    for h, r in res["layers"].items():
-        print(f"| {h.split('.')[1]} | {r['fvu']:.3f} | {r['never_fired']} / {r['d_sae']} | "
-              f"{r['train_dead_fraction']:.3f} | {r['train_fvu']:.3f} |")
-    print(f"CE clean {res['ce_clean']:.4f}, all {len(saes)} MLPs replaced (no error terms) {res['ce_replaced']:.4f}")
+    res = with_train_metrics(evaluate_all(args, lm, saes, skip_contexts=read), out)
+    res |= {"train_seconds": seconds, "forwards": forwards, "tokens": args.tokens, "contexts_read": read}
+    report(res, len(saes))
+    return res
+
+
+def run_eval(args, lm) -> dict:
+    """The evaluation of ``all`` on transcoders saved by an earlier run (``--transcoders``)."""
+    root = Path(args.transcoders)
+    saes = {sae.cfg.hook_name: sae for sae in (SAE.load(p.parent) for p in root.glob("*/cfg.json"))}
+    saes = dict(sorted(saes.items(), key=lambda kv: int(kv[0].split(".")[1])))
+    res = with_train_metrics(evaluate_all(args, lm, saes, skip_contexts=args.skip_contexts), root)
+    report(res, len(saes))
     return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["speed", "all"])
+    ap.add_argument("mode", choices=["speed", "all", "eval"])
+    ap.add_argument("--transcoders", help="eval: the run folder of an earlier `all`")
+    ap.add_argument("--skip-contexts", type=int, default=0, help="eval: contexts the training read")
+    ap.add_argument("--ce-prefixes", type=int, nargs="*", default=[], help="also CE with the first n MLPs replaced")
     ap.add_argument("--out", default="runs/multi_tc")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--dataset", default="builtin:pydocs")
@@ -179,7 +225,7 @@ def main() -> None:
     lm = load_model(args.model)
     print(f"{args.model}, torch threads {torch.get_num_threads()}, {args.tokens} tokens, batch {args.batch_size}, "
           f"d_sae {args.latents}, k {args.k}, dtype {args.dtype}", flush=True)
-    res = speed(args, lm) if args.mode == "speed" else run_all(args, lm)
+    res = {"speed": speed, "all": run_all, "eval": run_eval}[args.mode](args, lm)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"results_{args.mode}.json").write_text(json.dumps({"args": vars(args), **res}, indent=1))
 
