@@ -1,7 +1,7 @@
 """Builders shared by the tests (``import helpers``: tests/ holds conftest.py and no
 ``__init__.py``, so pytest puts tests/ on the path). One home for what many test files build:
-small SAEs and transcoders with non-trivial weights, a tiny attribution graph, and activation
-caches written from arrays.
+small SAEs and transcoders with non-trivial weights, a tiny attribution graph, activation
+caches written from arrays, and a data source that dies mid-run (a crash to resume from).
 
 Shape legend: N rows (tokens), D width, F latents.
 """
@@ -15,6 +15,7 @@ import torch
 
 from saelens_lite.cache import CacheWriter
 from saelens_lite.saes import SAE, SAEConfig
+from saelens_lite.training import ArraySource
 
 SLOW_FIXTURES = {"smollm2"}  # requesting one of these makes a test slow (tests/conftest.py)
 
@@ -85,3 +86,16 @@ def write_cache(path: Path, acts: dict[str, np.ndarray], *, context_size: int = 
              context_idx=np.arange(n) // context_size, position=np.arange(n) % context_size)
     w.finalize()
     return Path(path)
+
+
+class DiesAfter(ArraySource):
+    """An ArraySource that raises KeyboardInterrupt at batch ``limit``: a run interrupted after
+    its checkpoints (resume it from the same arrays)."""
+
+    limit = 25
+
+    def batches(self, batch_size, *, seed, start_batch=0, reuse=0):
+        for i, batch in enumerate(super().batches(batch_size, seed=seed, start_batch=start_batch)):
+            if start_batch + i >= self.limit:
+                raise KeyboardInterrupt("killed")
+            yield batch

@@ -19,7 +19,10 @@ def add(sub) -> None:
                                    "model (--model M --dataset D). Each SAE is saved as RUN_DIR/<hook>/ with cfg.json "
                                    "and sae.safetensors. --resume continues an interrupted run. Under torchrun the ranks "
                                    "train data parallel, or with --distribute-hooks each rank trains its "
-                                   "share of the hooks on whole batches (each rank prints its own hooks).",
+                                   "share of the hooks on whole batches (each rank prints its own hooks). "
+                                   "Transcoders for every layer from one forward per batch: --hooks "
+                                   "'blocks.*.hook_mlp_in' --target-hook 'blocks.*.hook_mlp_out' ([0-3] instead of * "
+                                   "for some blocks).",
                        epilog=arch_options_help())
     # the flat SAE flags (SAEFlags) map onto TrainConfig.sae in `config_from_args`
     add_dataclass_args(p, SAEFlags, skip=("sae_options",), aliases={"architecture": ["--arch"]},
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     result = train(cfg)
-    saes = result if isinstance(result, dict) else {cfg.hooks[0] if cfg.hooks else "activations": result}
+    saes = result if isinstance(result, dict) else {result.cfg.hook_name or "activations": result}
     for hook, sae in saes.items():
         print(f"{hook}: {type(sae).__name__} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} saved under {cfg.out_dir}")
     return 0

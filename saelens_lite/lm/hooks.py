@@ -22,6 +22,10 @@ gpt_neox with ``use_parallel_residual`` satisfies the same sum. BERT is post-LN:
 and LayerNorm, so the sum does not hold there and ``resid_post`` is LayerNorm-ed.
 
 Any module path from ``model.named_modules()`` is also a hook point (its output).
+
+A name with ``*`` or ``[0-3]`` is a pattern: ``*`` stands for any block number, a set for those
+numbers, so ``blocks.*.hook_mlp_in`` names every block's MLP input and ``blocks.[0-3].hook_mlp_in``
+the first four, in block order (:func:`expand_hook_pattern`).
 """
 
 from __future__ import annotations
@@ -85,12 +89,73 @@ def list_hook_points(model: nn.Module) -> list[HookPoint]:
     return points
 
 
+def hook_depth(name: str) -> tuple[int, int] | None:
+    """(block, place in the block) of a uniform name, ordered as the forward reaches them
+    (resid_pre, attn_out, mlp_in, mlp_out, resid_post); None for a raw module path (its place
+    is not known from the name)."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(\w+)", name)
+    if m is None or m.group(2) not in UNIFORM_SUFFIXES:
+        return None
+    return int(m.group(1)), UNIFORM_SUFFIXES.index(m.group(2))
+
+
+_WILDCARD = re.compile(r"\*|\[([0-9,\- ]+)\]")
+"""A pattern's number slot: ``*`` (any number) or ``[0-3,7]`` (these numbers)."""
+
+
+def is_hook_pattern(name: str) -> bool:
+    """Whether ``name`` is a pattern (:func:`expand_hook_pattern`) rather than one hook."""
+    return _WILDCARD.search(name) is not None
+
+
+def _number_set(spec: str, pattern: str) -> set[int]:
+    """``"0-3,7"`` -> {0, 1, 2, 3, 7}."""
+    out: set[int] = set()
+    for part in spec.replace(" ", "").split(","):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+            raise UnknownHookError(f"hook pattern {pattern!r}: [{spec}] is not a set of block numbers "
+                                   "(allowed: [3], [0-3], [0,2,5-7])")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def expand_hook_pattern(pattern: str, names: Sequence[str]) -> list[str]:
+    """The names among ``names`` that ``pattern`` matches, in increasing order of the numbers
+    they match. A number slot is ``*`` (any number: ``blocks.*.hook_mlp_in``, every block) or a
+    set ``[0-3]`` / ``[0,2,5-7]`` (these blocks, each of which must exist). A name without a
+    slot is returned as it is (its existence is checked where it is read). A pattern matching
+    nothing, or a listed number without a hook, is a one-line error naming it."""
+    slots = list(_WILDCARD.finditer(pattern))
+    if not slots:
+        return [pattern]
+    sets = [None if m.group(0) == "*" else _number_set(m.group(1), pattern) for m in slots]
+    parts = _WILDCARD.split(pattern)[::2]  # split keeps the set groups (None for '*'): drop them
+    rx = re.compile("(\\d+)".join(re.escape(part) for part in parts))
+    matched = [(tuple(int(g) for g in m.groups()), n) for n in names if (m := rx.fullmatch(n))]
+    found = sorted((nums, n) for nums, n in matched if all(s is None or v in s for s, v in zip(sets, nums)))
+    if not found:
+        probe = _WILDCARD.sub("0", pattern)
+        close = difflib.get_close_matches(probe, list(names), n=3, cutoff=0.5)
+        hint = f"closest: {', '.join(close)}" if close else f"{len(names)} names, none close"
+        raise UnknownHookError(f"hook pattern {pattern!r} matches no hook ('*' stands for a block "
+                               f"number, [0-3] for some, e.g. blocks.*.hook_mlp_in; {hint})")
+    for i, s in enumerate(sets):
+        missing = sorted(s - {nums[i] for nums, _ in found}) if s is not None else []
+        if missing:
+            raise UnknownHookError(f"hook pattern {pattern!r}: no hook for number(s) {missing} (it "
+                                   f"matches {found[0][1]} to {found[-1][1]})")
+    return [n for _, n in found]
+
+
 def resolve_hooks(model: nn.Module, names: Sequence[str]) -> list[HookPoint]:
-    """Map names (uniform or raw module paths) to hook points, in the order given."""
+    """Map names (uniform or raw module paths, or patterns: :func:`expand_hook_pattern`) to
+    hook points, in the order given (a pattern's matches in block order)."""
     uniform = {p.name: p for p in list_hook_points(model)}
     module_paths = [n for n, _ in model.named_modules() if n]
     prefix, _ = block_list(model)
     layer_re = re.compile(rf"^{re.escape(prefix)}\.(\d+)(\.|$)")
+    names = [n for pattern in names for n in expand_hook_pattern(pattern, list(uniform) + module_paths)]
     points = []
     for name in names:
         if name in uniform:

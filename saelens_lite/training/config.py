@@ -122,7 +122,10 @@ class TrainConfig:
     ``d_sae`` 0 means ``expansion * d_in``. The CLI's flat flags map onto it (SAEFlags)."""
     hooks: list[str] = field(default_factory=list)
     """Hook point names to train on, one SAE each. Empty: every hook of a cache, or the single
-    column of a tensor / file (named ``activations``). Required when streaming from a model."""
+    column of a tensor / file (named ``activations``). Required when streaming from a model. A
+    name with ``*`` or ``[0-3]`` is a pattern over block numbers (``blocks.*.hook_mlp_in``: every
+    block's, ``blocks.[0-3].hook_mlp_in``: the first four's, in block order); with a
+    ``target_hook`` pattern the i-th input pairs with the i-th target."""
     expansion: int = 8
     """Latents per input dimension (d_sae = expansion * d_in), unless ``sae.d_sae`` (``--latents``) is
     set."""

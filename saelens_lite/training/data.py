@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from saelens_lite.cache import as_numpy, take_rows
-from saelens_lite.training.targets import check_row_counts, check_widths, data_hooks
+from saelens_lite.training.targets import check_row_counts, check_widths, data_hooks, resolve
 from saelens_lite.util.devices import resolve_device
 
 log = logging.getLogger(__name__)
@@ -346,8 +346,9 @@ class StreamSource(DataSource):
 
 def open_source(data, config) -> DataSource:
     """Turn what the user passed to ``train`` into a :class:`DataSource`, restricted to
-    ``config.hooks`` (all hooks of the data when empty) and a transcoder's ``target_hook``
-    (``training.targets``). Fails naming the missing hook."""
+    ``config.hooks`` (all hooks of the data when empty) and the transcoders' targets, patterns
+    expanded over the data's (or the model's) hook names (``training.targets.resolve``). Fails
+    naming the missing hook."""
     hooks = data_hooks(config)
     if data is None:
         if config.activations is not None:
@@ -379,8 +380,9 @@ def open_source(data, config) -> DataSource:
     else:
         raise TypeError(f"data: cannot train on a {type(data).__name__}; pass an ActivationCache, a path, "
                         "a tensor / array, a {hook: tensor} dict or a DataSource")
-    check_widths(config, source.widths)
-    source.select(hooks or source.hooks)
+    pairs = resolve(config, source.hooks)
+    check_widths(pairs, source.widths)
+    source.select(pairs.data_hooks)
     return source
 
 

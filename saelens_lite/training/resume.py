@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from saelens_lite.training import targets
 from saelens_lite.training.checkpoint import (
     checkpoint_dir,
     checkpoint_ranks,
@@ -71,10 +70,10 @@ def check_checkpoint(config: TrainConfig, ckpt: dict, path: Path, world_size: in
     return None
 
 
-def resume_point(config: TrainConfig, run_dir: Path, source: DataSource,
+def resume_point(config: TrainConfig, run_dir: Path, source: DataSource, hooks: list[str],
                   world_size: int = 1) -> dict | None:
-    """The checkpoint to resume from (None: fresh run); refuses a config, data or world-size
-    mismatch, and the per-rank checkpoints of a distributed-hooks run."""
+    """The checkpoint to resume from (None: fresh run) for the input ``hooks``; refuses a
+    config, data or world-size mismatch, and the per-rank checkpoints of a distributed-hooks run."""
     path = latest_checkpoint(run_dir)
     if not config.resume:
         if has_checkpoints(run_dir):
@@ -88,8 +87,7 @@ def resume_point(config: TrainConfig, run_dir: Path, source: DataSource,
         log.warning("resume=True but %s holds no checkpoint; starting from scratch", run_dir)
         return None
     ckpt = load_checkpoint(path)
-    error = check_checkpoint(config, ckpt, path, world_size, targets.input_hooks(config, source.hooks),
-                              source.widths)
+    error = check_checkpoint(config, ckpt, path, world_size, hooks, source.widths)
     if error:
         raise ValueError(error)
     return ckpt
@@ -129,8 +127,8 @@ def resume_point_by_hook(config: TrainConfig, run_dir: Path, source: DataSource,
                  "same number of processes")
     else:
         ckpt = load_checkpoint(path)
-        error = check_checkpoint(config, ckpt, path, W, targets.input_hooks(config, source.hooks),
-                                  source.widths)
+        error = check_checkpoint(config, ckpt, path, W, [h for h in all_hooks if h in source.widths],
+                                  source.widths)  # this rank's hooks: the source reads only them
         if error is None and list(ckpt.get("all_hooks", all_hooks)) != list(all_hooks):
             error = f"resume: hooks {all_hooks} differ from the checkpoint's {ckpt['all_hooks']}"
         if error is None and step is None:

@@ -41,8 +41,10 @@ class TrainRun:
     rows: slice
     """This rank's rows of a global batch: all of them unless data parallel."""
     source: DataSource
+    pairs: targets.Pairs
+    """Every input hook of the run, in config order, and each transcoder's target."""
     all_hooks: list[str]
-    """Every input hook of the run, in config order."""
+    """Every input hook of the run, in config order (``pairs.inputs``)."""
     all_widths: dict[str, int]
     hooks: list[str]
     """The hooks this process trains."""
@@ -58,25 +60,28 @@ def open_run(config: TrainConfig, data) -> TrainRun:
     # this rank's rows of a global batch: all of them when hooks are distributed
     rows = distributed.rank_slice(config.batch_size, dinfo) if data_parallel else slice(None)
     source = open_source(data, config)
-    all_hooks, all_widths = targets.input_hooks(config, source.hooks), dict(source.widths)
+    pairs = targets.resolve(config, source.hooks)
+    all_hooks, all_widths = pairs.inputs, dict(source.widths)
     hooks = distributed.assign_hooks(all_hooks, dinfo) if by_hook else all_hooks
-    if by_hook:  # read (a cache) or capture (a model) only this rank's hooks (and the target)
-        source.select(targets.with_target(config, hooks))
-    return TrainRun(config, dinfo, device, by_hook, data_parallel, rows, source, all_hooks, all_widths,
-                    hooks, autocast_dtype(config, device), Path(config.out_dir))
+    if by_hook:  # read (a cache) or capture (a model) only this rank's hooks (and their targets)
+        source.select(pairs.with_targets(hooks))
+    return TrainRun(config, dinfo, device, by_hook, data_parallel, rows, source, pairs, all_hooks,
+                    all_widths, hooks, autocast_dtype(config, device), Path(config.out_dir))
 
 
 def build_states(run: TrainRun) -> dict[str, HookState]:
-    """Set-up: seed every RNG, then build each hook's SAE, Adam and step."""
+    """Set-up: seed every RNG, then build each hook's SAE, Adam and step. Each hook's SAE is
+    drawn right after ``torch.manual_seed(seed)``, so it starts as the one-hook run of the same
+    seed does: N pairs trained in one pass equal N separate runs on the same batches."""
     config = run.config
-    torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
     # Every rank builds every hook's SAE in config order (on the CPU, keeping only its own), so
-    # each init draws from the global RNG exactly where a one-process run draws it.
+    # the global RNG leaves set-up in the state a one-process run leaves it in.
     states = {}
     for h in run.all_hooks:
-        sae = build_sae(config, run.all_widths[h], h)
+        torch.manual_seed(config.seed)
+        sae = build_sae(config, run.all_widths[h], h, target=run.pairs.target(h))
         if h in run.hooks:
             states[h] = HookState(sae, config, run.device, run.data_parallel, run.amp)
         del sae
@@ -90,10 +95,11 @@ def init_from_data(run: TrainRun, states: dict[str, HookState]) -> None:
     for h, st in states.items():
         x_ND = sample[h].to(run.device, torch.float32)
         st.scale = normalization_scale(x_ND) if config.normalize_activations else 1.0
-        if not config.sae.target_hook:
+        target = run.pairs.target(h)
+        if not target:
             st.sae.init_from_data_(x_ND * st.scale)  # b_dec per cfg.b_dec_init
             continue
-        y_ND = sample[config.sae.target_hook].to(run.device, torch.float32)
+        y_ND = sample[target].to(run.device, torch.float32)
         st.target_scale = normalization_scale(y_ND) if config.normalize_activations else 1.0
         st.sae.init_from_data_(x_ND * st.scale, y_ND * st.target_scale)  # b_dec from targets
     if run.data_parallel:  # every rank computed the same init; make that exact

@@ -40,7 +40,9 @@ class SAEFlags:
     target_hook: str = ""
     """Train a transcoder: the coder reads the one hook in ``hooks`` and reconstructs this hook's
     activations of the same tokens (e.g. ``blocks.9.hook_mlp_in`` -> ``blocks.9.hook_mlp_out``,
-    Dunefsky et al. 2024; ``training.targets``). Empty: an SAE (the target is the input)."""
+    Dunefsky et al. 2024; ``training.targets``). A pattern (``blocks.*.hook_mlp_out``, ``blocks.[0-3].hook_mlp_out``) pairs its
+    i-th match with the i-th input hook: one transcoder per pair from one model forward per
+    batch. Empty: an SAE (the target is the input)."""
     skip: bool = False
     """With ``target_hook``: add a learned linear skip connection ``x @ W_skip`` (D, D),
     zero-initialised, to the transcoder's output (Paulo et al. 2025)."""

@@ -7,7 +7,13 @@ Per step ``s`` (0-based) and hook::
     out.loss.backward(); sae.before_optimizer_step_(); clip; Adam(lr_at(s)); sae.after_optimizer_step_()
 
 A transcoder (``config.sae.target_hook``, :mod:`saelens_lite.training.targets`) also gets
-``target_BD = c_y * batch[target_hook]``, the same rows with the target's own scale ``c_y``.
+``target_BD = c_y * batch[target]``, the same rows of its target hook with the target's own
+scale ``c_y``. With patterns (``hooks=["blocks.*.hook_mlp_in"]``, ``target_hook=
+"blocks.*.hook_mlp_out"``) every pair is a hook of the same loop: one batch, so one model
+forward per batch when streaming, feeds every coder. Each hook's SAE is initialised right after
+``torch.manual_seed(seed)`` (``run_setup.build_states``) and sees the same batches as alone, so
+a pair trained among others equals its one-pair run (no step draws from a shared RNG, except
+the fast step's rare random AuxK candidates; see below).
 
 The SAE is known only through the registry interface (``saelens_lite.saes``). Dead latents:
 a latent that has not fired for more than ``dead_window_tokens`` tokens is dead; the mask is
@@ -152,7 +158,7 @@ def _start_step(run: TrainRun, states: dict[str, HookState]) -> int:
     if run.by_hook:
         ckpt = resume_point_by_hook(run.config, run.run_dir, run.source, run.all_hooks, run.dinfo)
     else:
-        ckpt = resume_point(run.config, run.run_dir, run.source, run.dinfo.world_size)
+        ckpt = resume_point(run.config, run.run_dir, run.source, run.all_hooks, run.dinfo.world_size)
     if ckpt is not None:
         for h, st in states.items():
             st.load_state_dict(ckpt["hooks"][h])
@@ -181,7 +187,8 @@ def _log_plan(run: TrainRun, states: dict[str, HookState]) -> None:
     config, dinfo, source = run.config, run.dinfo, run.source
     total, B = config.steps, config.batch_size
     for h, st in states.items():
-        log.info("%s: %s d_in=%d d_sae=%d %s, lr=%.3g%s, scale=%.4g", h, targets.describe(config),
+        log.info("%s: %s d_in=%d d_sae=%d %s, lr=%.3g%s, scale=%.4g", h,
+                 targets.describe(config, h, run.pairs.target(h)),
                  source.widths[h], st.sae.cfg.d_sae, config.sae.architecture, st.base_lr, lr_note(config, st),
                  st.scale)
     fast = next(iter(states.values())).fast
@@ -207,11 +214,10 @@ def _train_loop(run: TrainRun, states: dict[str, HookState], start: int, on_batc
     try:
         for step in range(start, total):
             batch = next(batches)
-            y = batch[config.sae.target_hook][run.rows] if config.sae.target_hook else None
             xs = {h: batch[h][run.rows] for h in states}
             if on_batch is not None:
                 on_batch(step, xs)
-            records = [_train_step(h, st, xs[h], step, config, run.device, B, y)
+            records = [_train_step(h, st, xs[h], step, config, run.device, B, _target_rows(run, batch, h))
                        for h, st in states.items()]
             logger.step()
             done = step + 1
@@ -309,11 +315,17 @@ def _inference_sae(config: TrainConfig, device: torch.device, st: HookState, tai
     sae = copy.deepcopy(st.sae).eval()
     if tail_ND is not None:
         sae.finish_training_(tail_ND.to(device, torch.float32) * st.scale)
-    if config.sae.target_hook:  # raw x in, raw y out
+    if sae.is_transcoder:  # raw x in, raw y out
         sae.fold_input_scale_(st.scale, target_scale=st.target_scale)
     elif st.scale != 1.0:
         sae.fold_input_scale_(st.scale)
     return sae
+
+
+def _target_rows(run: TrainRun, batch: dict, hook: str) -> torch.Tensor | None:
+    """This rank's rows of ``hook``'s transcoder target in ``batch`` (None: an SAE)."""
+    target = run.pairs.target(hook)
+    return batch[target][run.rows] if target else None
 
 
 def _returned(run: TrainRun, saes: dict):

@@ -8,6 +8,8 @@ from saelens_lite.lm.hooks import (
     UNIFORM_SUFFIXES,
     UnknownHookError,
     capture,
+    expand_hook_pattern,
+    hook_depth,
     hook_widths,
     is_mlp_pair,
     list_hook_points,
@@ -299,3 +301,25 @@ def test_hooks_are_removed_when_the_forward_fails(tiny_llama):
     with pytest.raises(ValueError):
         capture(model, {}, ["blocks.1.hook_resid_post"])  # no input_ids: the model raises
     assert n_hooks(model) == before
+
+
+def test_a_pattern_expands_in_block_number_order_and_names_the_closest_when_it_matches_none():
+    names = [f"blocks.{i}.hook_mlp_{s}" for i in (10, 2, 9) for s in ("in", "out")]
+    assert expand_hook_pattern("blocks.*.hook_mlp_in", names) == [f"blocks.{i}.hook_mlp_in" for i in (2, 9, 10)]
+    assert expand_hook_pattern("blocks.3.hook_mlp_in", names) == ["blocks.3.hook_mlp_in"]  # checked where read
+    assert expand_hook_pattern("blocks.[2, 9-10].hook_mlp_out", names) == [f"blocks.{i}.hook_mlp_out" for i in (2, 9, 10)]
+    with pytest.raises(UnknownHookError, match=r"no hook for number\(s\) \[3, 4\]"):
+        expand_hook_pattern("blocks.[2-4].hook_mlp_in", names)
+    with pytest.raises(UnknownHookError, match=r"'blocks.\*.hook_mlp_i' matches no hook.*closest: blocks"):
+        expand_hook_pattern("blocks.*.hook_mlp_i", names)
+
+
+def test_resolve_hooks_expands_patterns_over_the_model(tiny_llama):
+    points = resolve_hooks(tiny_llama.model, ["blocks.*.hook_mlp_out", "blocks.0.hook_resid_pre"])
+    assert [p.name for p in points] == [f"blocks.{i}.hook_mlp_out" for i in range(4)] + ["blocks.0.hook_resid_pre"]
+
+
+def test_hook_depth_orders_uniform_names_as_the_forward_reaches_them(tiny_llama):
+    names = [p.name for p in list_hook_points(tiny_llama.model)]
+    assert sorted(names, key=hook_depth) == names
+    assert hook_depth("model.layers.0.mlp") is None

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import write_cache
+from helpers import DiesAfter, write_cache
 
 from saelens_lite.saes import REGISTRY, SAE
 from saelens_lite.training import ArraySource, TrainConfig, open_source, train
@@ -95,24 +95,12 @@ def test_auxk_revives_against_the_target_and_dead_latents_are_tracked(tmp_path):
     assert all("dead_fraction" in r for r in recs) and run.cfg.target_hook == "y"
 
 
-class _Dies(ArraySource):
-    """Raises after ``limit`` batches: a run interrupted after its checkpoints."""
-
-    limit = 25
-
-    def batches(self, batch_size, *, seed, start_batch=0, reuse=0):
-        for i, batch in enumerate(super().batches(batch_size, seed=seed, start_batch=start_batch)):
-            if start_batch + i >= self.limit:
-                raise KeyboardInterrupt("killed")
-            yield batch
-
-
 def test_a_resumed_transcoder_run_equals_an_uninterrupted_one(tmp_path):
     data = pair()
     kw = dict(skip=True, checkpoint_every=128 * 10, dead_window_tokens=128 * 3, tokens=128 * 40)
     full = train(cfg(tmp_path, out_dir=str(tmp_path / "full"), **kw), ArraySource(data))
     with pytest.raises(KeyboardInterrupt):
-        train(cfg(tmp_path, out_dir=str(tmp_path / "cut"), **kw), _Dies(data))
+        train(cfg(tmp_path, out_dir=str(tmp_path / "cut"), **kw), DiesAfter(data))
     resumed = train(cfg(tmp_path, out_dir=str(tmp_path / "cut"), resume=True, **kw), ArraySource(data))
     for name, w in full.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], w, rtol=0, atol=0, msg=name)
