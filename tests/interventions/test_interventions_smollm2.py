@@ -35,8 +35,9 @@ def saes(smollm2, tmp_path_factory, one_thread):
                                   context_size=128, device="cpu"), tmp / "c", model=smollm2,
                     progress=False)
     trained = train(TrainConfig(sae=TopKConfig(k=32), hooks=[MID, LAST], expansion=4,
-                                tokens=4 * 4096, batch_size=512, warmup_steps=10, seed=0,
+                                tokens=4 * 4096, batch_size=512, warmup_steps=10, seed=0, dtype="float32",
                                 checkpoint_every=0, progress=False, out_dir=str(tmp / "run")), cache)
+    # float32: the same SAE on every CPU (auto trains in bf16 on some); the numbers quoted below are its
     with torch.no_grad():
         max_F = {h: trained[h].encode(cache.activations(h).torch().float()).amax(0) for h in trained}
     return trained, max_F
@@ -88,7 +89,8 @@ def test_steering_raises_the_logit_of_each_features_top_boosted_token(smollm2, s
         assert state.edits[0].unit == "max_activation"
         delta = steered - clean
         assert delta[tok] > delta.mean() + 3 * delta.std()
-        assert (steered > steered[tok]).sum() < (clean > clean[tok]).sum()
+        above_clean = int((clean > clean[tok]).sum())
+        assert int((steered > steered[tok]).sum()) < above_clean or above_clean == 0  # ranks up, or was first
 
 
 def test_greedy_generation_is_smollm2s_own_and_steering_changes_it(smollm2, saes):
