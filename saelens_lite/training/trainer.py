@@ -221,7 +221,7 @@ def _train_loop(run: TrainRun, states: dict[str, HookState], start: int, on_batc
                        for h, st in states.items()]
             logger.step()
             done = step + 1
-            if done % config.log_every == 0 or done == total:
+            if _log_due(config, step):
                 _log_records(run, states, records, done, logger)
             if _checkpoint_due(config, step):
                 _checkpoint(run, states, done)
@@ -245,6 +245,12 @@ def _log_records(run: TrainRun, states: dict[str, HookState], records: list, don
     if bad:
         raise FloatingPointError(f"loss of {bad} is not finite at step {done}; lower lr "
                                  f"(now {run.config.lr}) or check the data")
+
+
+def _log_due(config: TrainConfig, step: int) -> bool:
+    """Whether step ``step`` (0-based) writes a metrics record: every ``log_every`` steps and the last."""
+    done = step + 1
+    return done % config.log_every == 0 or done == config.steps
 
 
 def _checkpoint_due(config: TrainConfig, step: int) -> bool:
@@ -362,7 +368,7 @@ def _train_step(hook: str, st: HookState, x_BD: torch.Tensor, step: int, config:
     _reduce_step(st, out)
     st.dead.update(out.fired_F, global_batch)
     diag = {}
-    if ((step + 1) % config.log_every == 0 or step + 1 == config.steps) and supports_preact_quantiles(sae):
+    if _log_due(config, step) and supports_preact_quantiles(sae):
         # how far the dead latents are from firing (training.diagnostics; this rank's rows)
         diag = preact_quantiles(sae, x_BD, st.dead.reported_dead_mask())
     return out, lr, sp, diag
