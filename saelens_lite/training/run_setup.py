@@ -43,13 +43,16 @@ class TrainRun:
     source: DataSource
     pairs: targets.Pairs
     """Every input hook of the run, in config order, and each transcoder's target."""
-    all_hooks: list[str]
-    """Every input hook of the run, in config order (``pairs.inputs``)."""
     all_widths: dict[str, int]
     hooks: list[str]
     """The hooks this process trains."""
     amp: torch.dtype | None
     run_dir: Path
+
+    @property
+    def all_hooks(self) -> list[str]:
+        """Every input hook of the run, in config order (``pairs.inputs``)."""
+        return self.pairs.inputs
 
 
 def open_run(config: TrainConfig, data) -> TrainRun:
@@ -61,11 +64,11 @@ def open_run(config: TrainConfig, data) -> TrainRun:
     rows = distributed.rank_slice(config.batch_size, dinfo) if data_parallel else slice(None)
     source = open_source(data, config)
     pairs = targets.resolve(config, source.hooks)
-    all_hooks, all_widths = pairs.inputs, dict(source.widths)
-    hooks = distributed.assign_hooks(all_hooks, dinfo) if by_hook else all_hooks
+    all_widths = dict(source.widths)  # before select() narrows the source to this rank's hooks
+    hooks = distributed.assign_hooks(pairs.inputs, dinfo) if by_hook else pairs.inputs
     if by_hook:  # read (a cache) or capture (a model) only this rank's hooks (and their targets)
         source.select(pairs.with_targets(hooks))
-    return TrainRun(config, dinfo, device, by_hook, data_parallel, rows, source, pairs, all_hooks,
+    return TrainRun(config, dinfo, device, by_hook, data_parallel, rows, source, pairs,
                     all_widths, hooks, autocast_dtype(config, device), Path(config.out_dir))
 
 
