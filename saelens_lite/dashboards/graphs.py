@@ -35,7 +35,7 @@ from saelens_lite.circuits.export import FEATURE_TYPE
 from saelens_lite.dashboards.site import ASSETS_DIR, js_json
 from saelens_lite.features.store import SITE_SUBDIR, read_manifest
 from saelens_lite.lm.hooks import is_mlp_pair
-from saelens_lite.util.atomic import write_json
+from saelens_lite.util.atomic import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -233,21 +233,15 @@ def save_supernodes(site: str | os.PathLike, slug: str, supernodes) -> list[list
     return groups
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="ascii")
-    os.replace(tmp, path)
-
-
 def _write_graph_js(data: Path, slug: str, doc: dict, supernodes: list) -> None:
     doc = {**doc, "qParams": {**(doc.get("qParams") or {}), "supernodes": supernodes}}
-    _write_text(data / f"{slug}.js", f"saeGraph({js_json(slug)},{js_json(doc)});\n")
+    write_text(data / f"{slug}.js", f"saeGraph({js_json(slug)},{js_json(doc)});\n")
 
 
 def write_graph_index(site: str | os.PathLike) -> None:
     """``data/index.js``: the graphs stored in SITE and the dashboards their nodes link to."""
     index = {"graphs": list_graphs(site), "dashboards": find_dashboards(site)}
-    _write_text(graphs_dir(site) / "data" / "index.js", f"saeGraphIndex({js_json(index)});\n")
+    write_text(graphs_dir(site) / "data" / "index.js", f"saeGraphIndex({js_json(index)});\n")
 
 
 def read_graphs(paths) -> dict[str, tuple[Path, dict]]:

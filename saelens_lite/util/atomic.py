@@ -59,6 +59,17 @@ def write_npy(path: str | Path, array: np.ndarray) -> dict:
     return {"bytes": cf.size, "crc32": f"{cf.crc:08x}"}
 
 
+def write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
+    """Atomically write ``text``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "w", encoding=encoding) as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    _replace(tmp, path)
+
+
 def write_json(path: str | Path, obj) -> None:
     """Atomically write ``obj`` as indented JSON."""
     path = Path(path)
