@@ -182,6 +182,9 @@ def main(argv=None) -> int:
     p.add_argument("--ours-set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="override TrainConfig fields of our run (JSON values), e.g. "
                         "warmup_steps=24; the row is labelled with them")
+    p.add_argument("--drop-outlier-rows", type=float, default=None, metavar="R",
+                   help="leave the training rows whose norm exceeds R x their median norm out of every "
+                        "library's training stream (the held-out rows are all scored as before)")
     p.add_argument("--peers-python", default=None)
     p.add_argument("--out", default="runs/quality_vs_peers")
     p.add_argument("--md", default=None, help="also write the table to this markdown file")
@@ -202,8 +205,14 @@ def main(argv=None) -> int:
     if n_train < args.batch_size:
         raise SystemExit(f"cache holds {N} tokens: too few for --eval-tokens {args.eval_tokens}")
     steps = args.tokens // args.batch_size
-    n_perm = math.ceil(steps * args.batch_size / n_train)
-    order = np.concatenate([np.random.default_rng([args.seed, e]).permutation(n_train)
+    keep = np.arange(n_train)
+    if args.drop_outlier_rows is not None:
+        norms = np.linalg.norm(rows[:n_train].astype(np.float64), axis=1)
+        keep = np.flatnonzero(norms <= args.drop_outlier_rows * np.median(norms))
+        log.info("--drop-outlier-rows %g: %d of %d training rows left out", args.drop_outlier_rows,
+                 n_train - len(keep), n_train)
+    n_perm = math.ceil(steps * args.batch_size / len(keep))
+    order = np.concatenate([keep[np.random.default_rng([args.seed, e]).permutation(len(keep))]
                             for e in range(n_perm)])[: steps * args.batch_size]
     np.save(out / "order.npy", order)
     x_eval = torch.from_numpy(rows[n_train:])
