@@ -49,13 +49,18 @@ def influence(Ahat_NN: Tensor, w_N: Tensor, max_steps: int = 10_000) -> Tensor:
 
 def threshold_for(scores: Tensor, fraction: float) -> float:
     """The smallest score among the largest scores that together cover ``fraction`` of the sum
-    (every score when ``fraction`` is 1)."""
-    s = scores.flatten().double().sort(descending=True).values
-    if not len(s) or s.sum() <= 0:
+    (every score when ``fraction`` is 1); ``scores`` are non-negative. Only the positive ones
+    are sorted (zeros add nothing to the sum; an edge-score matrix is mostly zeros after node
+    pruning), and 0 is returned where the sorted scores of every entry would reach a zero."""
+    flat = scores.flatten()
+    s = flat[flat > 0].double().sort(descending=True).values
+    if not len(s):
         return 0.0
     cum = s.cumsum(0) / s.sum()
-    i = min(int(torch.searchsorted(cum, torch.tensor(fraction, dtype=cum.dtype))), len(s) - 1)
-    return float(s[i])
+    i = int(torch.searchsorted(cum, torch.tensor(fraction, dtype=cum.dtype)))
+    if i < len(s):
+        return float(s[i])
+    return 0.0 if len(s) < len(flat) else float(s[-1])
 
 
 def logit_weights(graph: AttributionGraph) -> Tensor:

@@ -16,7 +16,7 @@ from saelens_lite.circuits.transcoders import TranscoderSet
 def normalize_rows(A_NN: Tensor) -> Tensor:
     """|A| with each row divided by its sum (rows of zeros stay zero), in float64: the
     normalised adjacency of influence (Ameisen et al. 2025; ``circuits.prune``)."""
-    absA = A_NN.abs().double()
+    absA = A_NN.to(torch.float64, copy=True).abs_()  # one N x N copy, never A_NN itself
     return absA / absA.sum(1, keepdim=True).clamp(min=1e-30)
 
 

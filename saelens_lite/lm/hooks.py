@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from saelens_lite.lm.layout import ATTN_PATHS, MLP_IN_OF, MLP_PATHS, block_list, find_sub
+from saelens_lite.lm.layout import ATTN_PATHS, MLP_IN_OF, MLP_PATHS, block_list, find_sub, submodule
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +68,29 @@ class _StopForward(Exception):
     """Raised by a capture hook once every requested hook has fired, to skip later layers."""
 
 
+def _block_points(prefix: str, i: int, block: nn.Module) -> list[HookPoint]:
+    """Block ``i``'s uniform hook points in depth order (resid_pre, attn_out, mlp_in, mlp_out,
+    resid_post; those the block has)."""
+    path = f"{prefix}.{i}"
+    points = [HookPoint(f"blocks.{i}.hook_resid_pre", path, "pre", i)]
+    attn = find_sub(block, ATTN_PATHS)
+    if attn is not None:
+        points.append(HookPoint(f"blocks.{i}.hook_attn_out", f"{path}.{attn}", "post", i))
+    mlp = find_sub(block, MLP_PATHS)
+    if mlp is not None:
+        mlp_in = MLP_IN_OF.get(mlp, mlp)
+        if submodule(block, mlp_in) is not None:
+            points.append(HookPoint(f"blocks.{i}.hook_mlp_in", f"{path}.{mlp_in}", "pre", i))
+        points.append(HookPoint(f"blocks.{i}.hook_mlp_out", f"{path}.{mlp}", "post", i))
+    points.append(HookPoint(f"blocks.{i}.hook_resid_post", path, "post", i))
+    return points
+
+
 def list_hook_points(model: nn.Module) -> list[HookPoint]:
     """Uniform hook points in depth order: per block resid_pre, attn_out, mlp_in, mlp_out,
     resid_post."""
     prefix, blocks = block_list(model)
-    points = []
-    for i, block in enumerate(blocks):
-        path = f"{prefix}.{i}"
-        points.append(HookPoint(f"blocks.{i}.hook_resid_pre", path, "pre", i))
-        attn = find_sub(block, ATTN_PATHS)
-        if attn is not None:
-            points.append(HookPoint(f"blocks.{i}.hook_attn_out", f"{path}.{attn}", "post", i))
-        mlp = find_sub(block, MLP_PATHS)
-        if mlp is not None:
-            mlp_in = MLP_IN_OF.get(mlp, mlp)
-            if mlp_in in dict(block.named_modules()):
-                points.append(HookPoint(f"blocks.{i}.hook_mlp_in", f"{path}.{mlp_in}", "pre", i))
-            points.append(HookPoint(f"blocks.{i}.hook_mlp_out", f"{path}.{mlp}", "post", i))
-        points.append(HookPoint(f"blocks.{i}.hook_resid_post", path, "post", i))
-    return points
+    return [p for i, block in enumerate(blocks) for p in _block_points(prefix, i, block)]
 
 
 def hook_depth(name: str) -> tuple[int, int] | None:
@@ -150,21 +154,33 @@ def expand_hook_pattern(pattern: str, names: Sequence[str]) -> list[str]:
 
 def resolve_hooks(model: nn.Module, names: Sequence[str]) -> list[HookPoint]:
     """Map names (uniform or raw module paths, or patterns: :func:`expand_hook_pattern`) to
-    hook points, in the order given (a pattern's matches in block order)."""
-    uniform = {p.name: p for p in list_hook_points(model)}
-    module_paths = [n for n, _ in model.named_modules() if n]
-    prefix, _ = block_list(model)
+    hook points, in the order given (a pattern's matches in block order). A plain name is looked
+    up along its path (its block, or the module path); only patterns and unknown names list every
+    hook point and module path, once per call."""
+    prefix, blocks = block_list(model)
     layer_re = re.compile(rf"^{re.escape(prefix)}\.(\d+)(\.|$)")
-    names = [n for pattern in names for n in expand_hook_pattern(pattern, list(uniform) + module_paths)]
+    every: list[str] = []
+
+    def every_name() -> list[str]:  # walks the module tree: patterns and error hints only
+        if not every:
+            every.extend([p.name for p in list_hook_points(model)] +
+                         [n for n, _ in model.named_modules() if n])
+        return every
+
     points = []
-    for name in names:
-        if name in uniform:
-            points.append(uniform[name])
-        elif name in module_paths:
-            m = layer_re.match(name)
-            points.append(HookPoint(name, name, "post", int(m.group(1)) if m else None))
-        else:
-            close = difflib.get_close_matches(name, list(uniform) + module_paths, n=5, cutoff=0.5)
+    for pattern in names:
+        for name in expand_hook_pattern(pattern, every_name()) if is_hook_pattern(pattern) else [pattern]:
+            depth = hook_depth(name)
+            if depth is not None and depth[0] < len(blocks):
+                point = next((p for p in _block_points(prefix, depth[0], blocks[depth[0]]) if p.name == name), None)
+                if point is not None:
+                    points.append(point)
+                    continue
+            if submodule(model, name) is not None:
+                m = layer_re.match(name)
+                points.append(HookPoint(name, name, "post", int(m.group(1)) if m else None))
+                continue
+            close = difflib.get_close_matches(name, every_name(), n=5, cutoff=0.5)
             hint = f"closest: {', '.join(close)}" if close else "no close names"
             raise UnknownHookError(
                 f"unknown hook {name!r} ({hint}); list_hook_points(model) gives the uniform names"
@@ -230,7 +246,6 @@ def capture(
     tensors, safe to use in autograd later.
     """
     points = _as_points(model, hooks)
-    modules = dict(model.named_modules())
     device = next(model.parameters()).device
     inputs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
     acts: dict[str, Tensor] = {}
@@ -244,7 +259,7 @@ def capture(
 
         return fn
 
-    handles = [_register(modules[p.module_path], p, make_fn(p.name)) for p in points]
+    handles = [_register(model.get_submodule(p.module_path), p, make_fn(p.name)) for p in points]
     try:
         with torch.inference_mode():
             model(**inputs)
@@ -263,7 +278,7 @@ def capture(
 def hook_widths(model: nn.Module, hooks: Sequence[HookPoint | str]) -> dict[str, int]:
     """Last-dimension width per hook: hidden_size for uniform names, a tiny forward otherwise."""
     points = _as_points(model, hooks)
-    uniform = {p.name for p in list_hook_points(model)}
+    uniform = {p.name for p in points if hook_depth(p.name) is not None and p.name != p.module_path}
     widths = {p.name: model.config.hidden_size for p in points if p.name in uniform}
     raw = [p for p in points if p.name not in uniform]
     if raw:
@@ -299,7 +314,6 @@ def replace_from(
     activation at ``source`` in the same forward (which must fire before ``hook``), ``act``
     the clean one at ``hook``. A transcoder from ``source`` to ``hook`` is spliced this way."""
     p_src, p_out = _as_points(model, [source, hook])
-    modules = dict(model.named_modules())
     seen: list[Tensor] = []
 
     def output(act: Tensor) -> Tensor:
@@ -308,8 +322,8 @@ def replace_from(
                                "hook must come earlier in the forward")
         return fn(seen.pop(), act)
 
-    handles = [_register(modules[p_src.module_path], p_src, seen.append),
-               _register(modules[p_out.module_path], p_out, output)]
+    handles = [_register(model.get_submodule(p_src.module_path), p_src, seen.append),
+               _register(model.get_submodule(p_out.module_path), p_out, output)]
     try:
         yield
     finally:

@@ -37,15 +37,26 @@ FINAL_NORM_PATHS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm
                     "backbone.norm_f")
 
 
+def submodule(module: nn.Module, path: str) -> nn.Module | None:
+    """The sub-module at ``path`` (dotted, as ``named_modules`` spells it), or None; follows the
+    path without walking the whole tree."""
+    if not path:
+        return None
+    for part in path.split("."):
+        module = module._modules.get(part) if isinstance(module, nn.Module) else None
+        if module is None:
+            return None
+    return module
+
+
 def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """(path, blocks): the model's list of transformer blocks."""
-    modules = dict(model.named_modules())
     for path in BLOCK_LIST_PATHS:
-        if isinstance(modules.get(path), nn.ModuleList):
-            return path, modules[path]
+        if isinstance(found := submodule(model, path), nn.ModuleList):
+            return path, found
     # Unknown layout: the first ModuleList as long as the config's layer count.
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    for path, mod in modules.items():
+    for path, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and len(mod) == n_layers:
             return path, mod
     raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
@@ -53,8 +64,7 @@ def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 def find_sub(block: nn.Module, candidates: Sequence[str]) -> str | None:
     """The first of ``candidates`` that is a sub-module path of ``block`` (None if none is)."""
-    sub = dict(block.named_modules())
-    return next((c for c in candidates if c in sub), None)
+    return next((c for c in candidates if submodule(block, c) is not None), None)
 
 
 def final_norm(model: nn.Module) -> nn.Module | None:
@@ -70,4 +80,4 @@ def final_norm(model: nn.Module) -> nn.Module | None:
 
 
 __all__ = ["BLOCK_LIST_PATHS", "ATTN_PATHS", "MLP_PATHS", "MLP_IN_OF", "FINAL_NORM_PATHS", "block_list",
-           "find_sub", "final_norm"]
+           "find_sub", "final_norm", "submodule"]

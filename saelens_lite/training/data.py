@@ -52,6 +52,9 @@ class DataSource(ABC):
     """Hook name -> input width D."""
     n_tokens: int | None = None
     """Tokens in one pass over the data (None when unknown, e.g. streaming)."""
+    model_name: str = ""
+    """The model the activations come from, when the source knows it (a cache's manifest, the
+    streamed model); '' otherwise (arrays). Saved as each SAE's ``cfg.model_name``."""
 
     @property
     def hooks(self) -> list[str]:
@@ -229,6 +232,7 @@ class CacheSource(DataSource):
         self.cache = cache
         self.n_tokens = int(cache.n_tokens)
         self.widths = dict(cache.widths)
+        self.model_name = str(cache.meta.get("model") or "")  # harvest's HarvestConfig.model
 
     def select(self, hooks: list[str]) -> None:
         super().select(hooks)
@@ -269,6 +273,7 @@ class StreamSource(DataSource):
         if not hooks:
             raise ValueError("hooks=[]: name at least one hook point to stream from a model")
         self.lm = model if isinstance(model, LoadedModel) else load_model(model, device=device)
+        self.model_name = self.lm.name
         self.device = next(self.lm.model.parameters()).device
         self.points = resolve_hooks(self.lm.model, hooks)
         self.widths = dict(hook_widths(self.lm.model, self.points))

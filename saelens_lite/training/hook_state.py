@@ -46,9 +46,11 @@ def _cpu_bf16_helps(config: TrainConfig) -> bool:
     return isinstance(config.sae, AuxKConfig) and cpu_has_native_bf16()
 
 
-def build_sae(config: TrainConfig, d_in: int, hook: str = "", target: str | None = None):
+def build_sae(config: TrainConfig, d_in: int, hook: str = "", target: str | None = None,
+              model_name: str = ""):
     """An untrained SAE of ``config.sae`` sized for inputs of width ``d_in`` (d_sae from
-    ``config.d_sae``), named after the hook and model it is trained on; ``target``: the hook a
+    ``config.d_sae``), named after the hook and model it is trained on (``model_name``: the data
+    source's model, e.g. a cache manifest's; else ``config.model``); ``target``: the hook a
     transcoder reconstructs (None: ``config.sae.target_hook``, a single pair's)."""
     import dataclasses
 
@@ -61,7 +63,7 @@ def build_sae(config: TrainConfig, d_in: int, hook: str = "", target: str | None
     if config.sae.d_in not in (0, d_in):
         raise ValueError(f"sae.d_in={config.sae.d_in}: hook {hook!r} has width {d_in} (0: set from the data)")
     cfg = dataclasses.replace(config.sae, d_in=d_in, d_sae=d_sae, hook_name=hook,
-                              model_name=config.model or "",
+                              model_name=model_name or config.model or "",
                               target_hook=config.sae.target_hook if target is None else target)
     return SAE.from_config(cfg)
 

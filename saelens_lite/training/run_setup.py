@@ -84,7 +84,7 @@ def build_states(run: TrainRun) -> dict[str, HookState]:
     states = {}
     for h in run.all_hooks:
         torch.manual_seed(config.seed)
-        sae = build_sae(config, run.all_widths[h], h, target=run.pairs.target(h))
+        sae = build_sae(config, run.all_widths[h], h, target=run.pairs.target(h), model_name=run.source.model_name)
         if h in run.hooks:
             states[h] = HookState(sae, config, run.device, run.data_parallel, run.amp)
         del sae

@@ -8,7 +8,13 @@ import torch
 
 from saelens_lite.circuits import check_transcoders
 from saelens_lite.circuits.attribution import AttributionGraph
-from saelens_lite.circuits.prune import graph_scores, node_influence, prune, threshold_for
+from saelens_lite.circuits.prune import (
+    graph_scores,
+    node_influence,
+    normalize_rows,
+    prune,
+    threshold_for,
+)
 from saelens_lite.circuits.trace import TraceConfig, trace
 
 
@@ -69,6 +75,23 @@ def test_threshold_for_covers_the_fraction():
     assert threshold_for(scores, 1.0) == 1.0
 
 
+def test_threshold_for_equals_the_sort_over_every_entry_zeros_included():
+    """Only positive scores are sorted; the threshold is the one of the plain definition (sort
+    every entry, zeros too, and take the first whose cumulative share reaches the fraction)."""
+    def every_entry(scores, fraction):
+        s = scores.flatten().double().sort(descending=True).values
+        if s.sum() <= 0:
+            return 0.0
+        cum = s.cumsum(0) / s.sum()
+        return float(s[min(int(torch.searchsorted(cum, torch.tensor(fraction, dtype=cum.dtype))), len(s) - 1)])
+
+    g = torch.Generator().manual_seed(0)
+    for density in (0.0, 0.05, 0.5, 1.0):
+        scores = torch.rand(40, 30, generator=g) * (torch.rand(40, 30, generator=g) < density)
+        for fraction in (0.0, 0.3, 0.8, 0.98, 1.0):
+            assert threshold_for(scores, fraction) == every_entry(scores, fraction), (density, fraction)
+
+
 @pytest.mark.parametrize("bad", [-0.1, 1.5, "0.8"])
 def test_thresholds_outside_zero_one_are_refused(bad):
     with pytest.raises(ValueError, match="node_threshold"):
@@ -111,3 +134,12 @@ def test_the_json_has_the_viewers_schema(tiny_llama, transcoders):
         idx[f"{layer}_{f}_{pos}"] = i
     link = next(x for x in doc["links"] if x["source"] in idx and x["target"] in idx)
     assert link["weight"] == pytest.approx(float(g.adjacency[idx[link["target"]], idx[link["source"]]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_normalize_rows_leaves_its_input_unchanged(dtype):
+    A = torch.tensor([[0.0, -1.0, 3.0], [0.0, 0.0, 0.0], [2.0, -2.0, 0.0]], dtype=dtype)
+    before = A.clone()
+    Ahat = normalize_rows(A)
+    torch.testing.assert_close(A, before, rtol=0, atol=0)
+    torch.testing.assert_close(Ahat, torch.tensor([[0, .25, .75], [0, 0, 0], [.5, .5, 0]], dtype=torch.float64))

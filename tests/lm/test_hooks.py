@@ -1,3 +1,4 @@
+import contextlib
 import copy
 
 import pytest
@@ -323,3 +324,26 @@ def test_hook_depth_orders_uniform_names_as_the_forward_reaches_them(tiny_llama)
     names = [p.name for p in list_hook_points(tiny_llama.model)]
     assert sorted(names, key=hook_depth) == names
     assert hook_depth("model.layers.0.mlp") is None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_plain_names_resolve_one_at_a_time_to_the_listed_points_without_walking_the_model(family, monkeypatch):
+    model, inputs = model_and_inputs(family)
+    listed = list_hook_points(model)
+    raw = [n for n, _ in model.named_modules() if n]
+    mlp_in = next(p for p in listed if p.name == "blocks.1.hook_mlp_in")
+    walks = []
+    monkeypatch.setattr(model, "named_modules", lambda *a, **k: walks.append(a) or iter(()))
+    assert [resolve_hooks(model, [p.name])[0] for p in listed] == listed
+    assert [p.module_path for p in resolve_hooks(model, raw)] == raw
+    seen = []
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(replace_mlp(model, 1, lambda _x, clean: clean))
+        stack.enter_context(replace(model, mlp_in, lambda x: seen.append(x)))
+        assert walks == []  # plain names and hook points follow their path
+        monkeypatch.undo()
+        with torch.no_grad():
+            model(**inputs)
+    torch.testing.assert_close(seen[0], capture(model, inputs, [mlp_in])[mlp_in.name])
+    with pytest.raises(UnknownHookError, match="closest: blocks.1.hook_mlp_out"):
+        resolve_hooks(model, ["blocks.1.hook_mlp_ot"])  # an unknown name lists every name for the hint

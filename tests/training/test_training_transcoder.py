@@ -189,3 +189,23 @@ def test_a_decoder_started_from_the_codes_learns_faster_than_a_random_one(tmp_pa
         with torch.no_grad():
             got[mode] = fvu(sae(data["x"]), data["y"])
     assert got["auto"] < 0.8 * got["random"], got
+
+
+def test_transcoders_trained_from_a_cache_name_its_model_and_trace_refuses_them_on_another(tmp_path, capsys):
+    from saelens_lite.cache.harvest import HarvestConfig, harvest
+    from saelens_lite.cli import main
+
+    hooks = [f"blocks.{i}.hook_mlp_{s}" for i in range(4) for s in ("in", "out")]
+    harvest(HarvestConfig(model="tiny-llama", hooks=hooks, dataset="builtin:pydocs", context_size=24,
+                          tokens=400, batch_size=4, device="cpu"), tmp_path / "cache", progress=False)
+    c = cfg(tmp_path, hooks=["blocks.*.hook_mlp_in"], target_hook="blocks.*.hook_mlp_out", latents=32,
+            batch_size=64, tokens=64 * 3, init_sample_tokens=128, activations=str(tmp_path / "cache"))
+    train(c)
+    saved = [json.loads((tmp_path / "run" / f"blocks.{i}.hook_mlp_in" / "cfg.json").read_text()) for i in range(4)]
+    assert c.model is None and [s["model_name"] for s in saved] == ["tiny-llama"] * 4  # from the manifest
+    args = ["trace", "--transcoders", str(tmp_path / "run"), "--prompt", "abc", "--out", str(tmp_path / "g.json")]
+    assert main([*args, "--model", "tiny-llama"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--model", "tiny-gpt2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "trained on model_name='tiny-llama', not 'tiny-gpt2'" in err and "\n" not in err

@@ -1,0 +1,63 @@
+"""A traced graph's JSON validates against circuit-tracer's own pydantic model of the graph
+(``circuit_tracer/frontend/graph_models.py``: ``Model`` for the file, ``Link`` for each link),
+the schema its local viewer and Neuronpedia read.
+
+circuit-tracer is not in requirements-peers.txt: its PyPI release (0.5.0) pins
+transformers<=4.57.3 and huggingface-hub<1.0, which the peers' versions do not meet. Its schema
+module needs only pydantic, so ``pip install --no-deps circuit-tracer`` into any interpreter with
+pydantic is enough; the test runs under the first one that imports it
+(SAELENS_LITE_CIRCUIT_TRACER_PYTHON, .venv-peers/bin/python, this one) and skips otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from helpers import tiny_graph
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+VALIDATE = """
+import json, sys
+from circuit_tracer.frontend.graph_models import Link, Model
+doc = json.load(open(sys.argv[1]))
+model = Model.model_validate(doc)
+links = [Link.model_validate(link) for link in doc["links"]]
+print(json.dumps({"nodes": len(model.nodes), "links": len(links), "slug": model.metadata.slug,
+                  "feature_types": sorted({n.feature_type for n in model.nodes})}))
+"""
+
+
+def _imports_schema(python: str) -> bool:
+    code = "import circuit_tracer.frontend.graph_models"
+    try:
+        return subprocess.run([python, "-c", code], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def schema_python() -> str | None:
+    """The first interpreter that imports circuit-tracer's graph schema, or None."""
+    env = os.environ.get("SAELENS_LITE_CIRCUIT_TRACER_PYTHON")
+    candidates = [env] if env else [str(REPO / ".venv-peers" / "bin" / "python"), sys.executable]
+    return next((c for c in candidates if pathlib.Path(c).exists() and _imports_schema(c)), None)
+
+
+@pytest.mark.slow  # circuit-tracer's schema is checked in a process
+def test_a_traced_graph_validates_against_circuit_tracers_graph_model(tiny_llama, tmp_path):
+    python = schema_python()
+    if python is None:
+        pytest.skip("no interpreter imports circuit_tracer.frontend.graph_models: pip install --no-deps "
+                    "circuit-tracer (needs pydantic) or set SAELENS_LITE_CIRCUIT_TRACER_PYTHON")
+    doc = tiny_graph(tiny_llama)
+    path = tmp_path / "abc.json"
+    path.write_text(json.dumps(doc))
+    r = subprocess.run([python, "-c", VALIDATE, str(path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = json.loads(r.stdout)
+    assert (seen["nodes"], seen["links"], seen["slug"]) == (len(doc["nodes"]), len(doc["links"]), "abc")
+    assert {"embedding", "logit", "cross layer transcoder"} <= set(seen["feature_types"])
