@@ -67,5 +67,8 @@ $(PEERS_STAMP): requirements-peers.txt
 	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
 	$(PEERS_VENV)/bin/python -m pip install -q torch==2.13.0
 	$(PEERS_VENV)/bin/python -m pip install -q -r requirements-peers.txt
+	# circuit-tracer: only its pydantic graph schema is used (tests/circuits/test_circuits_schema.py);
+	# its release pins transformers<=4.57.3, which the peers' versions do not meet, hence --no-deps.
+	$(PEERS_VENV)/bin/python -m pip install -q --no-deps circuit-tracer==0.5.0
 	rm -f $(PEERS_VENV)/.installed-*
 	touch $@

@@ -2,11 +2,11 @@
 (``circuit_tracer/frontend/graph_models.py``: ``Model`` for the file, ``Link`` for each link),
 the schema its local viewer and Neuronpedia read.
 
-circuit-tracer is not in requirements-peers.txt: its PyPI release (0.5.0) pins
-transformers<=4.57.3 and huggingface-hub<1.0, which the peers' versions do not meet. Its schema
-module needs only pydantic, so ``pip install --no-deps circuit-tracer`` into any interpreter with
-pydantic is enough; the test runs under the first one that imports it
-(SAELENS_LITE_CIRCUIT_TRACER_PYTHON, .venv-peers/bin/python, this one) and skips otherwise.
+circuit-tracer's PyPI release (0.5.0) pins transformers<=4.57.3 and huggingface-hub<1.0, which the
+peers' versions do not meet, so `make peers-venv` installs it into .venv-peers with --no-deps (its
+schema module needs only pydantic). The test runs under the first interpreter that imports it
+(SAELENS_LITE_CIRCUIT_TRACER_PYTHON, .venv-peers/bin/python, this one); without one it skips, or
+fails where the peers are required (CI, `make test`), as the interop tests do.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import tiny_graph
+from helpers import no_peers, tiny_graph
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 VALIDATE = """
@@ -51,8 +51,8 @@ def schema_python() -> str | None:
 def test_a_traced_graph_validates_against_circuit_tracers_graph_model(tiny_llama, tmp_path):
     python = schema_python()
     if python is None:
-        pytest.skip("no interpreter imports circuit_tracer.frontend.graph_models: pip install --no-deps "
-                    "circuit-tracer (needs pydantic) or set SAELENS_LITE_CIRCUIT_TRACER_PYTHON")
+        no_peers("no interpreter imports circuit_tracer.frontend.graph_models: `make peers-venv`, or "
+                 "pip install --no-deps circuit-tracer (needs pydantic) and set SAELENS_LITE_CIRCUIT_TRACER_PYTHON")
     doc = tiny_graph(tiny_llama)
     path = tmp_path / "abc.json"
     path.write_text(json.dumps(doc))

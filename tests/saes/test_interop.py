@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import no_peers
 from safetensors.torch import load_file, save_file
 
 from saelens_lite.saes import REGISTRY, SAE, BatchTopKSAE, SAEConfig, interop
@@ -236,19 +237,6 @@ def peers_python() -> str | None:
     return sys.executable if _has_peers(sys.executable) else None
 
 
-def peers_required() -> bool:
-    """Whether a missing peer environment fails instead of skipping: under CI (CI=true, as CI
-    services set it) and under `make test` (SAELENS_LITE_REQUIRE_PEERS=1). A developer running
-    pytest by hand without `.venv-peers` gets skips."""
-    return (os.environ.get("CI", "").lower() in ("true", "1")
-            or os.environ.get("SAELENS_LITE_REQUIRE_PEERS", "") not in ("", "0"))
-
-
-def no_peers(reason: str) -> None:
-    """Skip the oracle tests, or fail them where the peers are required."""
-    if peers_required():
-        pytest.fail(f"{reason} (required here: CI=true or SAELENS_LITE_REQUIRE_PEERS=1)", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
