@@ -5,10 +5,11 @@ total effect, reported beside the weight."""
 
 import math
 
+import pytest
 import torch
 
 from saelens_lite.circuits import attribute_graph, check_transcoders
-from saelens_lite.circuits.intervene import intervention_check, strongest_edges
+from saelens_lite.circuits.intervene import HOLD_PARTS, intervention_check, strongest_edges
 
 PROMPT = "abc ab"
 
@@ -35,6 +36,40 @@ def test_the_real_model_check_reports_total_effects(tiny_llama, transcoders):
     assert not d["freeze"] and len(d["edges"]) == 8
     assert all(math.isfinite(e["measured"]) for e in d["edges"])
     assert d["pearson"] is None or -1 <= d["pearson"] <= 1
+
+
+def _measured(check):
+    return torch.tensor([e["measured"] for e in check.edges], dtype=torch.float64)
+
+
+def test_holding_features_and_norms_is_enough_when_attention_writes_nothing(tiny64, transcoders):
+    """o_proj = 0: no path runs through attention, so holding the other features and the norm
+    denominators alone reproduces the weights; with attention on, the patterns respond and
+    the same partial hold no longer does, while naming every part equals freeze=True."""
+    lm = tiny64
+    tcs = check_transcoders(transcoders(dtype="float64"), lm)
+    graph = attribute_graph(lm, tcs, PROMPT)
+    full = intervention_check(lm, tcs, graph, top=6, freeze=True)
+    part = intervention_check(lm, tcs, graph, top=6, freeze=("features", "norms"))
+    every = intervention_check(lm, tcs, graph, top=6, freeze=list(HOLD_PARTS))
+    assert part.to_dict()["freeze"] == ["features", "norms"]
+    torch.testing.assert_close(_measured(every), _measured(full), rtol=0, atol=0)
+    assert (_measured(part) - _measured(full)).abs().max() > 1e-6
+    for layer in lm.model.model.layers:
+        layer.self_attn.o_proj.weight.data.zero_()
+    graph = attribute_graph(lm, tcs, PROMPT)
+    part = intervention_check(lm, tcs, graph, top=6, freeze=("features", "norms"))
+    w = torch.tensor([e["weight"] for e in part.edges], dtype=torch.float64)
+    assert w.abs().min() > 0
+    torch.testing.assert_close(_measured(part), w, rtol=1e-8, atol=1e-10)
+
+
+def test_freeze_names_the_bad_part(tiny64, transcoders):
+    lm = tiny64
+    tcs = check_transcoders(transcoders(dtype="float64"), lm)
+    graph = attribute_graph(lm, tcs, PROMPT)
+    with pytest.raises(ValueError, match=r"freeze=\('mlp',\) is invalid; allowed: True, False or"):
+        intervention_check(lm, tcs, graph, freeze=("mlp",))
 
 
 def test_strongest_edges_are_ranked_by_weight(tiny64, transcoders):
