@@ -5,16 +5,22 @@ feature's pre-activation or a demeaned logit), to compare with the edge's weight
 
 Shape legend: S sequence, D model width, F features, V vocabulary.
 
-Two regimes:
+Regimes (``freeze``; the parts are ``HOLD_PARTS``):
 
 * ``freeze=True``: attention patterns (the clean run's ``q_proj`` / ``k_proj`` outputs), norm
-  denominators and every other feature's activation are held at their clean values. This is
-  the local replacement model itself, which is linear, so the measured change equals the edge's
-  direct effect exactly: an oracle for the backward passes computed by forward passes alone.
-* ``freeze=False``: the real spliced model: attention, norms and downstream features respond,
-  so the change is the source's total effect, which the direct effect only approximates.
-* ``freeze=("attention", ...)``: only the named parts (``HOLD_PARTS``) held, to tell which
-  response makes the total effect differ from the direct one (docs/circuits.md, "Measured").
+  denominators, every other feature's activation and the error terms are held at their clean
+  values. This is the local replacement model itself, which is linear, so the measured change
+  equals the edge's direct effect exactly: an oracle for the backward passes computed by
+  forward passes alone.
+* ``freeze=False`` (= ``("errors",)``): the spliced model: attention, norms and downstream
+  features respond, the error terms stay at their clean values, so every downstream MLP
+  responds as its transcoder does.
+* ``freeze=()``: the model itself: every MLP runs (its error term ``MLP(x) - transcoder(x)``
+  follows the input), and ablating the source subtracts ``a_f W_dec[f]`` from its MLP's output;
+  circuit-tracer's ``feature_intervention`` without ``constrained_layers`` and with
+  ``freeze_attention=False``.
+* Any other collection of parts: those held alone, to tell which response makes the total
+  effect differ from the direct one (docs/circuits.md, "Measured").
 
 The change is ``value(clean) - value(source ablated)``: the source's contribution, the sign an
 edge weight has. Model-running functions used, from ``saelens_lite.lm.hooks``: ``replace_mlp``
@@ -44,16 +50,16 @@ from saelens_lite.circuits.transcoders import TranscoderSet
 from saelens_lite.lm.hooks import HookPoint, replace, replace_mlp
 from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, excluded_token_ids, keep_mask
 
-HOLD_PARTS = ("attention", "norms", "features")
+HOLD_PARTS = ("attention", "norms", "features", "errors")
 """What a frozen forward can hold at its clean value: the attention patterns (q_proj / k_proj
-outputs), the norm denominators, the other features' activations."""
+outputs), the norm denominators, the other features' activations, the error terms."""
 
 
 def hold_parts(freeze) -> frozenset[str]:
-    """``freeze`` -> the parts held: True all of ``HOLD_PARTS``, False none, or a collection of
-    their names; an error naming a bad value and the choices."""
+    """``freeze`` -> the parts held: True all of ``HOLD_PARTS``, False the errors only, or a
+    collection of their names; an error naming a bad value and the choices."""
     if isinstance(freeze, bool):
-        return frozenset(HOLD_PARTS if freeze else ())
+        return frozenset(HOLD_PARTS if freeze else ("errors",))
     parts = frozenset(freeze) if isinstance(freeze, (list, tuple, set, frozenset)) else None
     if parts is None or not parts <= set(HOLD_PARTS):
         raise ValueError(f"freeze={freeze!r} is invalid; allowed: True, False or a collection of "
@@ -96,19 +102,22 @@ def clean_state(lm, tcs: TranscoderSet, prompt: str, exclude: str = DEFAULT_EXCL
     return state
 
 
-def _mlp_fn(tcs: TranscoderSet, state: CleanState, layer: int, control: dict, hold_features: bool):
+def _mlp_fn(tcs: TranscoderSet, state: CleanState, layer: int, control: dict, parts: frozenset[str]):
     tc = tcs.by_layer.get(layer)
+    hold_features, hold_errors = "features" in parts, "errors" in parts
 
     def fn(mlp_in_BSD: Tensor, mlp_out_BSD: Tensor) -> Tensor:
-        control["seen"][layer] = mlp_in_BSD[0]
+        x_SD = control["seen"][layer] = mlp_in_BSD[0]
         if tc is None:
-            return state.errors_LSD[layer][None]
-        acts_SF = (state.acts_SF[layer].clone() if hold_features
-                   else tc.encode(mlp_in_BSD[0]) * state.keep_S[:, None])
+            return state.errors_LSD[layer][None] if hold_errors else mlp_out_BSD
+        now_SF = tc.encode(x_SD) * state.keep_S[:, None]
+        acts_SF = state.acts_SF[layer].clone() if hold_features else now_SF.clone()
         ablate = control["ablate"]
         if ablate is not None and ablate[0] == layer:
             acts_SF[ablate[1], ablate[2]] = 0
-        out_SD = tc.add_skip(mlp_in_BSD[0], tc.decode(acts_SF)) + state.errors_LSD[layer]
+        error_SD = (state.errors_LSD[layer] if hold_errors
+                    else mlp_out_BSD[0] - tc.add_skip(x_SD, tc.decode(now_SF)))
+        out_SD = tc.add_skip(x_SD, tc.decode(acts_SF)) + error_SD
         return out_SD[None].to(mlp_out_BSD.dtype)
 
     return fn
@@ -151,8 +160,7 @@ def spliced_model(lm, tcs: TranscoderSet, state: CleanState, *,
 
     with contextlib.ExitStack() as stack:
         for layer in range(tcs.n_layers):
-            stack.enter_context(replace_mlp(model, layer, _mlp_fn(tcs, state, layer, control,
-                                                                  "features" in parts)))
+            stack.enter_context(replace_mlp(model, layer, _mlp_fn(tcs, state, layer, control, parts)))
         _hold_clean(stack, model, state, parts)
         yield values
 
@@ -183,7 +191,7 @@ class InterventionCheck:
     pearson: float
     """Correlation of weight and measured change over the edges (NaN when undefined)."""
     freeze: bool | list[str]
-    """True (all of ``HOLD_PARTS`` held), False (none) or the parts held."""
+    """True (all of ``HOLD_PARTS`` held), False (the errors only) or the parts held."""
 
     def to_dict(self) -> dict:
         r = None if np.isnan(self.pearson) else self.pearson
