@@ -5,14 +5,22 @@ feature's pre-activation or a demeaned logit), to compare with the edge's weight
 
 Shape legend: S sequence, D model width, F features, V vocabulary.
 
-Two regimes:
+Regimes (``freeze``; the parts are ``HOLD_PARTS``):
 
 * ``freeze=True``: attention patterns (the clean run's ``q_proj`` / ``k_proj`` outputs), norm
-  denominators and every other feature's activation are held at their clean values. This is
-  the local replacement model itself, which is linear, so the measured change equals the edge's
-  direct effect exactly: an oracle for the backward passes computed by forward passes alone.
-* ``freeze=False``: the real spliced model: attention, norms and downstream features respond,
-  so the change is the source's total effect, which the direct effect only approximates.
+  denominators, every other feature's activation and the error terms are held at their clean
+  values. This is the local replacement model itself, which is linear, so the measured change
+  equals the edge's direct effect exactly: an oracle for the backward passes computed by
+  forward passes alone.
+* ``freeze=False`` (= ``("errors",)``): the spliced model: attention, norms and downstream
+  features respond, the error terms stay at their clean values, so every downstream MLP
+  responds as its transcoder does.
+* ``freeze=()``: the model itself: every MLP runs (its error term ``MLP(x) - transcoder(x)``
+  follows the input), and ablating the source subtracts ``a_f W_dec[f]`` from its MLP's output;
+  circuit-tracer's ``feature_intervention`` without ``constrained_layers`` and with
+  ``freeze_attention=False``.
+* Any other collection of parts: those held alone, to tell which response makes the total
+  effect differ from the direct one (docs/circuits.md, "Measured").
 
 The change is ``value(clean) - value(source ablated)``: the source's contribution, the sign an
 edge weight has. Model-running functions used, from ``saelens_lite.lm.hooks``: ``replace_mlp``
@@ -33,7 +41,7 @@ from saelens_lite.circuits.attribution import AttributionGraph
 from saelens_lite.circuits.freeze import (
     frozen_attention_and_norms,
     frozen_norm,
-     norm_modules,
+    norm_modules,
     norm_scale,
     qk_paths,
 )
@@ -41,6 +49,22 @@ from saelens_lite.circuits.replacement import replacement_forward, run_device
 from saelens_lite.circuits.transcoders import TranscoderSet
 from saelens_lite.lm.hooks import HookPoint, replace, replace_mlp
 from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, excluded_token_ids, keep_mask
+
+HOLD_PARTS = ("attention", "norms", "features", "errors")
+"""What a frozen forward can hold at its clean value: the attention patterns (q_proj / k_proj
+outputs), the norm denominators, the other features' activations, the error terms."""
+
+
+def hold_parts(freeze) -> frozenset[str]:
+    """``freeze`` -> the parts held: True all of ``HOLD_PARTS``, False the errors only, or a
+    collection of their names; an error naming a bad value and the choices."""
+    if isinstance(freeze, bool):
+        return frozenset(HOLD_PARTS if freeze else ("errors",))
+    parts = frozenset(freeze) if isinstance(freeze, (list, tuple, set, frozenset)) else None
+    if parts is None or not parts <= set(HOLD_PARTS):
+        raise ValueError(f"freeze={freeze!r} is invalid; allowed: True, False or a collection of "
+                         f"{list(HOLD_PARTS)}")
+    return parts
 
 
 @dataclass
@@ -78,30 +102,33 @@ def clean_state(lm, tcs: TranscoderSet, prompt: str, exclude: str = DEFAULT_EXCL
     return state
 
 
-def _mlp_fn(tcs: TranscoderSet, state: CleanState, layer: int, control: dict, freeze: bool):
+def _mlp_fn(tcs: TranscoderSet, state: CleanState, layer: int, control: dict, parts: frozenset[str]):
     tc = tcs.by_layer.get(layer)
+    hold_features, hold_errors = "features" in parts, "errors" in parts
 
     def fn(mlp_in_BSD: Tensor, mlp_out_BSD: Tensor) -> Tensor:
-        control["seen"][layer] = mlp_in_BSD[0]
+        x_SD = control["seen"][layer] = mlp_in_BSD[0]
         if tc is None:
-            return state.errors_LSD[layer][None]
-        acts_SF = (state.acts_SF[layer].clone() if freeze
-                   else tc.encode(mlp_in_BSD[0]) * state.keep_S[:, None])
+            return state.errors_LSD[layer][None] if hold_errors else mlp_out_BSD
+        now_SF = tc.encode(x_SD) * state.keep_S[:, None]
+        acts_SF = state.acts_SF[layer].clone() if hold_features else now_SF.clone()
         ablate = control["ablate"]
         if ablate is not None and ablate[0] == layer:
             acts_SF[ablate[1], ablate[2]] = 0
-        out_SD = tc.add_skip(mlp_in_BSD[0], tc.decode(acts_SF)) + state.errors_LSD[layer]
+        error_SD = (state.errors_LSD[layer] if hold_errors
+                    else mlp_out_BSD[0] - tc.add_skip(x_SD, tc.decode(now_SF)))
+        out_SD = tc.add_skip(x_SD, tc.decode(acts_SF)) + error_SD
         return out_SD[None].to(mlp_out_BSD.dtype)
 
     return fn
 
 
-def _hold_clean(stack: contextlib.ExitStack, model, state: CleanState) -> None:
-    """Attention patterns (the clean q_proj / k_proj outputs) and norm denominators held."""
-    for path in qk_paths(model):
+def _hold_clean(stack: contextlib.ExitStack, model, state: CleanState, parts: frozenset[str]) -> None:
+    """Attention patterns (the clean q_proj / k_proj outputs) and / or norm denominators held."""
+    for path in qk_paths(model) if "attention" in parts else ():
         stack.enter_context(replace(model, HookPoint(path, path, "post", None),
                                    lambda t, p=path: state.qk[p]))
-    for path, (module, kind) in norm_modules(model).items():
+    for path, (module, kind) in norm_modules(model).items() if "norms" in parts else ():
         held: list[Tensor] = []
         stack.enter_context(replace(model, HookPoint(f"{path}:in", path, "pre", None), held.append))
         stack.enter_context(replace(model, HookPoint(path, path, "post", None),
@@ -111,12 +138,12 @@ def _hold_clean(stack: contextlib.ExitStack, model, state: CleanState) -> None:
 
 @contextlib.contextmanager
 def spliced_model(lm, tcs: TranscoderSet, state: CleanState, *,
-                  freeze: bool = True) -> Iterator[Callable]:
+                  freeze=True) -> Iterator[Callable]:
     """Within the block, ``values(targets, ablate=None)`` runs one forward of the spliced model
-    (module docstring for ``freeze``) with ``ablate`` = (layer, pos, feature) zeroed and returns
-    the targets' values: (layer, pos, feature) its pre-activation, ("logit", id) the demeaned
-    logit at the last position. The hooks are installed once for every forward."""
-    model, control = lm.model, {"ablate": None, "seen": {}}
+    (module docstring for ``freeze``: a bool or some of ``HOLD_PARTS``) with ``ablate`` =
+    (layer, pos, feature) zeroed and returns the targets' values: (layer, pos, feature) its
+    pre-activation, ("logit", id) the demeaned logit at the last position. The hooks are installed once for every forward."""
+    model, control, parts = lm.model, {"ablate": None, "seen": {}}, hold_parts(freeze)
 
     @torch.no_grad()
     def values(targets, ablate=None) -> Tensor:
@@ -133,9 +160,8 @@ def spliced_model(lm, tcs: TranscoderSet, state: CleanState, *,
 
     with contextlib.ExitStack() as stack:
         for layer in range(tcs.n_layers):
-            stack.enter_context(replace_mlp(model, layer, _mlp_fn(tcs, state, layer, control, freeze)))
-        if freeze:
-            _hold_clean(stack, model, state)
+            stack.enter_context(replace_mlp(model, layer, _mlp_fn(tcs, state, layer, control, parts)))
+        _hold_clean(stack, model, state, parts)
         yield values
 
 
@@ -164,7 +190,8 @@ class InterventionCheck:
     """{source, target, weight, measured} per edge (node ids as in the graph JSON)."""
     pearson: float
     """Correlation of weight and measured change over the edges (NaN when undefined)."""
-    freeze: bool
+    freeze: bool | list[str]
+    """True (all of ``HOLD_PARTS`` held), False (the errors only) or the parts held."""
 
     def to_dict(self) -> dict:
         r = None if np.isnan(self.pearson) else self.pearson
@@ -172,9 +199,10 @@ class InterventionCheck:
 
 
 def intervention_check(lm, tcs: TranscoderSet, graph: AttributionGraph, *, top: int = 10,
-                       freeze: bool = False, exclude: str = DEFAULT_EXCLUDE) -> InterventionCheck:
+                       freeze=False, exclude: str = DEFAULT_EXCLUDE) -> InterventionCheck:
     """Ablate the source of each of the strongest edges alone and measure its target's change
     (one forward per source feature; module docstring)."""
+    parts = hold_parts(freeze)
     state = clean_state(lm, tcs, graph.prompt, exclude)
     edges = strongest_edges(graph, top)
     by_source: dict[int, list[int]] = {}
@@ -194,8 +222,9 @@ def intervention_check(lm, tcs: TranscoderSet, graph: AttributionGraph, *, top: 
     w = np.array([r["weight"] for r in records])
     m = np.array([r["measured"] for r in records])
     pearson = float(np.corrcoef(w, m)[0, 1]) if len(w) > 1 and w.std() > 0 and m.std() > 0 else float("nan")
-    return InterventionCheck(records, pearson, freeze)
+    held = freeze if isinstance(freeze, bool) else sorted(parts)
+    return InterventionCheck(records, pearson, held)
 
 
-__all__ = ["CleanState", "InterventionCheck", "clean_state", "intervention_check",
-           "spliced_model", "strongest_edges"]
+__all__ = ["HOLD_PARTS", "CleanState", "InterventionCheck", "clean_state", "hold_parts",
+           "intervention_check", "spliced_model", "strongest_edges"]
