@@ -35,8 +35,10 @@ def add(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--check", type=int, default=0, metavar="N",
                    help="check the N strongest feature->logit and N strongest feature->feature edges by "
-                        "ablating their source in the real spliced model (error terms held) and print the "
-                        "correlation of weight and measured change; stored in the JSON's metadata; 0: skip")
+                        "ablating their source, twice: in the model itself (its own MLPs, the feature's "
+                        "output subtracted, as circuit-tracer's feature_intervention) and in the spliced "
+                        "model (every transcoder responding, error terms held); print the correlation of "
+                        "weight and measured change for each; stored in the JSON's metadata; 0: skip")
     add_dataclass_args(p, TraceConfig, choices={"exclude": EXCLUDE_CHOICES})
     p.set_defaults(func=run)
 
@@ -65,8 +67,11 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         from saelens_lite.circuits.intervene import intervention_check
 
-        check = intervention_check(lm, tcs, result.graph, top=args.check, exclude=config.exclude).to_dict()
-        doc["metadata"]["intervention_check"] = check
+        check = {mode: intervention_check(lm, tcs, result.graph, top=args.check, freeze=freeze,
+                                          exclude=config.exclude).to_dict()
+                 for mode, freeze in (("model", ()), ("spliced", False))}
+        doc["metadata"]["intervention_check"] = check["model"]
+        doc["metadata"]["intervention_check_spliced"] = check["spliced"]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, doc)
     g = result.graph
@@ -77,9 +82,10 @@ def run(args: argparse.Namespace) -> int:
           f"{config.node_threshold}, edge threshold {config.edge_threshold}); replacement score "
           f"{result.scores.replacement:.3f}, completeness score {result.scores.completeness:.3f} (unpruned graph)")
     if check is not None:
-        r = "undefined" if check["pearson"] is None else f"{check['pearson']:.3f}"
-        print(f"intervention check: Pearson r = {r} between edge weight and the change of the target when "
-              f"the source is ablated in the real spliced model, over {len(check['edges'])} edges")
+        r = {m: "undefined" if c["pearson"] is None else f"{c['pearson']:.3f}" for m, c in check.items()}
+        print(f"intervention check over {len(check['model']['edges'])} edges, Pearson r between edge weight "
+              f"and the change of the target when the source is ablated: {r['model']} in the model itself, "
+              f"{r['spliced']} in the spliced model with error terms held (docs/circuits.md)")
     print(f"wrote {out}")
     if args.site is not None:
         from saelens_lite.dashboards.graphs import add_graphs, graphs_dir

@@ -82,9 +82,11 @@ def test_cli_trace_writes_the_graph(transcoders, tmp_path, capsys):
     assert len(doc["metadata"]["transcoder_list"]) == 4
     assert [n["clerp"] for n in doc["nodes"] if n["feature_type"] == "logit"] == [
         next(n["clerp"] for n in doc["nodes"] if n["is_target_logit"])]
-    assert len(doc["metadata"]["intervention_check"]["edges"]) == 6
+    model, spliced = doc["metadata"]["intervention_check"], doc["metadata"]["intervention_check_spliced"]
+    assert len(model["edges"]) == len(spliced["edges"]) == 6
+    assert (model["freeze"], spliced["freeze"]) == ([], False)
     text = capsys.readouterr().out
-    assert "intervention check: Pearson r" in text
+    assert "intervention check over 6 edges" in text and "in the model itself" in text
     assert "replacement score" in text and "completeness score" in text and str(out) in text
 
 
