@@ -259,6 +259,13 @@ def test_a_saved_sae_is_scored_without_training(tmp_path, capsys):
     assert row["architecture"] == "topk" and row["l0"] == pytest.approx(3.0) and row["heldout_samples"] == 1000
 
 
+@pytest.mark.parametrize("name,stem", [("l1_3.5", "l1_3.5"), ("res.json", "res")])
+def test_out_gains_json_and_md_after_its_whole_name(tmp_path, capsys, name, stem):
+    assert main(["bench", "synthsae", *SMALL, "--sae", str(_small_sae(32, tmp_path)),
+                 "--out", str(tmp_path / "out" / name)]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{stem}.json", f"{stem}.md"]
+
+
 def test_the_benchmark_run_refuses_k_above_the_width_naming_both():
     with pytest.raises(ValueError, match="l0=9.*width 8"):
         SynthSAERun(width=8, l0=9)

@@ -165,10 +165,14 @@ def format_table(result: dict) -> str:
 
 
 def write_results(result: dict, out: str | Path) -> tuple[Path, Path]:
-    """``out``.json and ``out``.md, each written atomically (nothing half-written on failure)."""
+    """``out``.json and ``out``.md, each written atomically (nothing half-written on failure).
+    The suffixes are appended to the whole name (``l1_3.5`` -> ``l1_3.5.json``); a trailing
+    ``.json`` or ``.md`` on ``out`` is dropped first."""
     out = Path(out)
+    if out.suffix in (".json", ".md"):
+        out = out.with_suffix("")
     out.parent.mkdir(parents=True, exist_ok=True)
-    js, md = out.with_suffix(".json"), out.with_suffix(".md")
+    js, md = out.with_name(out.name + ".json"), out.with_name(out.name + ".md")
     table = format_table(result)
     write_json(js, result)
     tmp = md.with_name(md.name + ".tmp")
