@@ -110,8 +110,9 @@ def _mlp_fn(tcs: TranscoderSet, state: CleanState, layer: int, control: dict, pa
         x_SD = control["seen"][layer] = mlp_in_BSD[0]
         if tc is None:
             return state.errors_LSD[layer][None] if hold_errors else mlp_out_BSD
-        now_SF = tc.encode(x_SD) * state.keep_S[:, None]
-        acts_SF = state.acts_SF[layer].clone() if hold_features else now_SF.clone()
+        # the features as they respond now: needed unless both they and the errors are held
+        now_SF = None if hold_features and hold_errors else tc.encode(x_SD) * state.keep_S[:, None]
+        acts_SF = (state.acts_SF[layer] if hold_features else now_SF).clone()
         ablate = control["ablate"]
         if ablate is not None and ablate[0] == layer:
             acts_SF[ablate[1], ablate[2]] = 0

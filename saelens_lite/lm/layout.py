@@ -38,15 +38,14 @@ FINAL_NORM_PATHS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm
 
 
 def submodule(module: nn.Module, path: str) -> nn.Module | None:
-    """The sub-module at ``path`` (dotted, as ``named_modules`` spells it), or None; follows the
-    path without walking the whole tree."""
+    """The sub-module at ``path`` (dotted, as ``named_modules`` spells it), or None (also for
+    ''); ``nn.Module.get_submodule`` follows the path without walking the whole tree."""
     if not path:
         return None
-    for part in path.split("."):
-        module = module._modules.get(part) if isinstance(module, nn.Module) else None
-        if module is None:
-            return None
-    return module
+    try:
+        return module.get_submodule(path)
+    except AttributeError:  # no such attribute, or one that is not a module
+        return None
 
 
 def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
