@@ -76,6 +76,18 @@ def normalization_scale(x_ND: torch.Tensor) -> float:
     return math.sqrt(x_ND.shape[-1]) / mean_norm
 
 
+def clip_norm(x_ND: torch.Tensor, ratio: float) -> float:
+    """ratio * the median row norm of the sample: the norm `clip_rows` caps rows at."""
+    return ratio * float(x_ND.float().norm(dim=-1).median())
+
+
+def clip_rows(x_BD: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """x_b * min(1, max_norm / ||x_b||) per row: rows above ``max_norm`` scaled down to it,
+    direction kept. Elementwise, so the batch keeps its shape (and a captured step its graph)."""
+    norm_B1 = x_BD.norm(dim=-1, keepdim=True)
+    return x_BD * (max_norm / norm_B1).clamp(max=1.0)  # a zero row: inf -> 1
+
+
 def param_groups(sae):
     """The SAE's parameters, or Adam parameter groups when ``sae.lr_scales()`` names any:
     the scaled parameters one group each (``lr_scale`` read by ``set_lr``), the rest one."""
@@ -144,6 +156,7 @@ class HookState:
         self.dead = DeadLatentTracker(self.sae.W_dec.shape[0], config.dead_window_tokens, device)
         self.scale = 1.0
         self.target_scale = 1.0  # a transcoder's target (training.targets); 1 for SAEs
+        self.max_norm: float | None = None  # clip_rows' cap (config.outlier_norm_ratio); None: off
 
     def set_lr(self, lr: float) -> None:
         for g in self.opt.param_groups:
@@ -157,7 +170,7 @@ class HookState:
                 "sae_training": {k: v.cpu() for k, v in self.sae.training_state().items()},
                 "tokens_since_fired": self.dead.tokens_since_fired_F.cpu(),
                 "tokens_seen": self.dead.tokens_seen, "scale": self.scale, "base_lr": self.base_lr,
-                "target_scale": self.target_scale}
+                "target_scale": self.target_scale, "max_norm": self.max_norm}
 
     def load_state_dict(self, d: dict) -> None:
         self.sae.load_state_dict(d["sae"])
@@ -175,11 +188,12 @@ class HookState:
         self.dead.tokens_seen = int(d.get("tokens_seen", d["tokens_since_fired"].max()))
         self.scale = d["scale"]
         self.target_scale = d.get("target_scale", 1.0)
+        self.max_norm = d.get("max_norm")  # older checkpoints trained on rows as they are
         if self.lr_is_default:
             # a run resumes at the lr it started with, even when a later version's default
             # differs; checkpoints without it predate the short-run factor (1x Gao et al.)
             self.base_lr = d.get("base_lr", width_rule_lr(self.sae.cfg.d_sae))
 
 
-__all__ = ["HookState", "build_sae", "normalization_scale", "autocast_dtype", "make_adam",
+__all__ = ["HookState", "build_sae", "normalization_scale", "clip_norm", "clip_rows", "autocast_dtype", "make_adam",
            "param_groups", "lr_note"]

@@ -22,6 +22,8 @@ from saelens_lite.training.hook_state import (
     HookState,
     autocast_dtype,
     build_sae,
+    clip_norm,
+    clip_rows,
     normalization_scale,
 )
 from saelens_lite.util import distributed
@@ -100,15 +102,19 @@ def init_from_data(run: TrainRun, states: dict[str, HookState]) -> None:
         st.scale = normalization_scale(x_ND) if config.normalize_activations else 1.0
         target = run.pairs.target(h)
         if not target:
+            if config.outlier_norm_ratio is not None:
+                st.max_norm = clip_norm(x_ND * st.scale, config.outlier_norm_ratio)
+                x_ND = clip_rows(x_ND * st.scale, st.max_norm) / st.scale
             st.sae.init_from_data_(x_ND * st.scale)  # b_dec per cfg.b_dec_init
             continue
         y_ND = sample[target].to(run.device, torch.float32)
         st.target_scale = normalization_scale(y_ND) if config.normalize_activations else 1.0
         st.sae.init_from_data_(x_ND * st.scale, y_ND * st.target_scale)  # b_dec from targets
     if run.data_parallel:  # every rank computed the same init; make that exact
-        scales = distributed.broadcast_object({h: (st.scale, st.target_scale) for h, st in states.items()})
+        scales = distributed.broadcast_object({h: (st.scale, st.target_scale, st.max_norm)
+                                               for h, st in states.items()})
         for h, st in states.items():
-            st.scale, st.target_scale = scales[h]
+            st.scale, st.target_scale, st.max_norm = scales[h]
             distributed.broadcast_module_(st.sae)
 
 

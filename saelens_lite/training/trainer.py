@@ -107,6 +107,7 @@ from saelens_lite.training.hook_state import (
     HookState,
     autocast_dtype,
     build_sae,
+    clip_rows,
     lr_note,
     make_adam,
     normalization_scale,
@@ -187,10 +188,11 @@ def _log_plan(run: TrainRun, states: dict[str, HookState]) -> None:
     config, dinfo, source = run.config, run.dinfo, run.source
     total, B = config.steps, config.batch_size
     for h, st in states.items():
-        log.info("%s: %s d_in=%d d_sae=%d %s, lr=%.3g%s, scale=%.4g", h,
+        clip = "" if st.max_norm is None else f", rows clipped at norm {st.max_norm:.4g}"
+        log.info("%s: %s d_in=%d d_sae=%d %s, lr=%.3g%s, scale=%.4g%s", h,
                  targets.describe(config, h, run.pairs.target(h)),
                  source.widths[h], st.sae.cfg.d_sae, config.sae.architecture, st.base_lr, lr_note(config, st),
-                 st.scale)
+                 st.scale, clip)
     fast = next(iter(states.values())).fast
     log.info("training %d steps x %d tokens on %s%s%s (%s)%s", total, B, run.device,
              " with bf16 autocast" if run.amp is not None else "",
@@ -355,6 +357,8 @@ def _train_step(hook: str, st: HookState, x_BD: torch.Tensor, step: int, config:
     sae.train()
     # in the source's dtype across (a 16-bit cache: half the bytes), then upcast on the device
     x_BD = x_BD.to(device, non_blocking=True).to(torch.float32) * st.scale
+    if st.max_norm is not None:  # config.outlier_norm_ratio (plain SAEs)
+        x_BD = clip_rows(x_BD, st.max_norm)
     target = {}
     if y_BD is not None:
         target["target_BD"] = y_BD.to(device, non_blocking=True).to(torch.float32) * st.target_scale

@@ -40,7 +40,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, skip: tupl
                        aliases: dict[str, typing.Sequence[str]] | None = None) -> None:
     """Add ``--field-name`` for every field of ``cls`` not in ``skip``; defaults are the
     dataclass defaults, list fields take several values, bool fields become on/off flags,
-    ``Literal`` fields take one of their values.
+    ``Literal`` fields take one of their values, optional number fields also ``none``.
     ``aliases`` adds other option strings for a field (e.g. ``{"out_dir": ["--out"]}``)."""
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
@@ -63,11 +63,21 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, skip: tupl
             kwargs["type"] = typing.get_args(hint)[0]
         elif origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
             inner = [a for a in typing.get_args(hint) if a is not type(None)]
-            kwargs["type"] = inner[0]
+            optional = len(inner) < len(typing.get_args(hint))
+            kwargs["type"] = _none_or(inner[0]) if optional and inner[0] is not str else inner[0]
         else:
             kwargs["type"] = hint
         names = ["--" + f.name.replace("_", "-"), *((aliases or {}).get(f.name, ()))]
         parser.add_argument(*names, **kwargs)
+
+
+def _none_or(kind: type):
+    """An argparse type for an optional number field: ``none`` gives None (the field's off
+    value, e.g. ``--outlier-norm-ratio none``), anything else ``kind(text)``."""
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+    parse.__name__ = kind.__name__  # argparse's "invalid float value: 'x'"
+    return parse
 
 
 def field_hint(cls: type, f: dataclasses.Field):

@@ -33,7 +33,8 @@ def config(out_dir: str, resume: bool) -> TrainConfig:
     return TrainConfig(sae=SAEConfig.build(architecture=arch, d_sae=F, k=4), lr=3e-3, batch_size=B, tokens=B * STEPS,
                        warmup_steps=10, decay="cosine", decay_fraction=0.3, sparsity_warmup_steps=20,
                        dead_window_tokens=B * 5, checkpoint_every=B * 15, log_every=5,
-                       init_sample_tokens=512, out_dir=out_dir, resume=resume, progress=False, seed=3)
+                       init_sample_tokens=512, out_dir=out_dir, resume=resume, progress=False, seed=3,
+                       outlier_norm_ratio=1.5)  # clips some rows: the resumed cap must match
 
 
 def main() -> None:
