@@ -67,7 +67,7 @@ def main() -> None:
         sae = SAE.load(sae_dir)
         print(f"reusing the trained SAE in {sae_dir}")
     else:
-        # the default lr of a 244-step run is 3x the long-run rule (TrainConfig.lr; README, "Training")
+        # the default lr of a 244-step run is 4x the long-run rule (TrainConfig.lr; README, "Training")
         cfg = TrainConfig(sae=TopKConfig(k=args.k), hooks=[args.train_hook], expansion=args.expansion,
                           tokens=args.train_tokens, batch_size=args.batch_size, warmup_steps=20, out_dir=str(run),
                           checkpoint_every=500_000, resume=(run / "checkpoints").exists(), device="cpu", log_every=20)

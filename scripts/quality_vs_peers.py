@@ -9,9 +9,9 @@ same training rows in the same order (one permutation per pass, written to order
 same batch size, width F = expansion * D and k. Everything else is each library's default:
 
 * ours     -- saelens_lite.training.train(TrainConfig(...)) defaults: Adam, lr 2e-4/sqrt(F/2^14)
-              times the short-run factor (3x up to 2,500 steps; training.config.default_lr),
+              times the short-run factor (4x up to 1,000 steps; training.config.default_lr),
               warm-up + linear decay, inputs scaled to E||x|| = sqrt(D), geometric-median b_dec,
-              AuxK.
+              AuxK, training rows above 5x the median norm clipped to it (outlier_norm_ratio).
 * sparsify -- the body of sparsify.Trainer.fit for loss_fn="fvu" (its Trainer needs a model and
               token dataset): SparseCoder(d_in, SparseCoderConfig(num_latents=F, k=k)) with its
               init, b_dec = mean of the first batch, loss = FVU, SignSGD in a ScheduleFreeWrapper

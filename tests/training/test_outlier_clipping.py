@@ -56,8 +56,9 @@ def test_training_with_clipping_equals_training_on_the_clipped_rows(tmp_path):
     cap = clip_norm(x_ND, 5.0)
     assert int((x_ND.norm(dim=-1) > cap).sum()) == 6
     a = train(cfg(tmp_path, "a", outlier_norm_ratio=5.0, normalize_activations=False), x_ND)
-    b = train(cfg(tmp_path, "b", normalize_activations=False), clip_rows(x_ND, cap))
-    c = train(cfg(tmp_path, "c", normalize_activations=False), x_ND)
+    off = dict(normalize_activations=False, outlier_norm_ratio=None)
+    b = train(cfg(tmp_path, "b", **off), clip_rows(x_ND, cap))
+    c = train(cfg(tmp_path, "c", **off), x_ND)
     for name, p in a.state_dict().items():
         torch.testing.assert_close(p, b.state_dict()[name], rtol=1e-5, atol=1e-6, msg=name)
     assert not torch.allclose(a.W_dec, c.W_dec, atol=1e-3)  # the clip changed the run
@@ -97,6 +98,7 @@ def test_the_train_flag_takes_a_ratio_or_none_and_refuses_other_text(capsys):
     def parsed(*flags):
         return config_from_args(build_parser().parse_args(["train", *flags])).outlier_norm_ratio
 
+    assert parsed() == TrainConfig().outlier_norm_ratio == 5.0
     assert parsed("--outlier-norm-ratio", "7.5") == 7.5
     assert parsed("--outlier-norm-ratio", "none") is None
     assert parsed("--outlier-norm-ratio", "None", "--lr", "1e-3") is None

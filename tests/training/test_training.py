@@ -79,7 +79,7 @@ def test_the_log_says_how_a_default_lr_relates_to_the_long_run_rule(tmp_path, ca
     x = synthetic(n=500)
     with caplog.at_level("INFO", logger="saelens_lite.training.trainer"):
         train(cfg(tmp_path / "a", lr=None, tokens=128 * 4), x)
-    assert any("default for 4 steps: 3x the long-run rule" in r.message for r in caplog.records)
+    assert any("default for 4 steps: 4x the long-run rule" in r.message for r in caplog.records)
     caplog.clear()
     with caplog.at_level("INFO", logger="saelens_lite.training.trainer"):
         train(cfg(tmp_path / "b", tokens=128 * 4), x)
