@@ -83,13 +83,14 @@ def load(args):
 def run_prompt(lm, tcs, prompt: str, args) -> list[dict]:
     """Every checked edge of one prompt, with its measured change under each regime."""
     from saelens_lite.circuits.attribution import attribute_graph
-    from saelens_lite.circuits.intervene import intervention_check
+    from saelens_lite.circuits.intervene import clean_state, intervention_check
 
     t = time.perf_counter()
     graph = attribute_graph(lm, tcs, prompt, max_feature_nodes=args.max_feature_nodes)
+    state = clean_state(lm, tcs, prompt)  # the same for every regime
     edges: list[dict] = []
     for regime in args.regimes:
-        check = intervention_check(lm, tcs, graph, top=args.top, freeze=regime_freeze(regime))
+        check = intervention_check(lm, tcs, graph, top=args.top, freeze=regime_freeze(regime), state=state)
         if not edges:
             edges = [{"prompt": prompt, "source": e["source"], "target": list(e["target"]),
                       "weight": e["weight"], **edge_class(e, tcs.n_layers)} for e in check.edges]

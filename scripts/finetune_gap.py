@@ -4,10 +4,12 @@ The contexts are those `saelens-lite eval` / `saelens_lite.evals.evaluate` use f
 on the cache: the corpus's contexts after the cache's last one (held out: never harvested, so
 never trained or fine-tuned on when the fine-tune ran with --activations CACHE). The held-out
 activation rows are captured once and shared by every SAE; the spliced-model losses are
-`evals.downstream.downstream_metrics` on the first --ce-contexts of them (evaluate's defaults:
-16,384 held-out tokens, 16 CE contexts). The CE gap's standard error treats the contexts as the
-independent units: SE = sd_c(gap_c) / sqrt(C) over the C contexts' own gaps (each context's
-tokens weighted equally within it), a paired estimate, since both losses are on the same tokens.
+`evals.downstream.downstream_by_context` on the first --ce-contexts of them (evaluate's defaults:
+16,384 held-out tokens, 16 CE contexts), one pass giving both the token-weighted means and each
+context's sums. The CE gap's standard error treats the contexts as the independent units:
+SE = sd_c(gap_c) / sqrt(C) over the C contexts' own gaps (each context's tokens weighted equally
+within it; `evals.downstream.ce_gap_se`), a paired estimate, since both losses are on the same
+tokens.
 
 Usage: python scripts/finetune_gap.py --cache DEMO/activations --hook blocks.9.hook_resid_post \
            --sae before=DEMO/sae/blocks.9.hook_resid_post --sae kl_5pct=RUN/checkpoints/step_000000049.pt \
@@ -20,12 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 
 from saelens_lite.cache import ActivationCache
 from saelens_lite.evals import reconstruction_stats
-from saelens_lite.evals.downstream import downstream_metrics
+from saelens_lite.evals.downstream import ce_gap_se, downstream_by_context
 from saelens_lite.evals.heldout import contexts_for_tokens, heldout_contexts, heldout_rows_of
 from saelens_lite.lm.load import load_model
 from saelens_lite.saes import SAE
@@ -57,16 +58,11 @@ def main() -> None:
         sae = sae_from_checkpoint(path) if path.endswith(".pt") else SAE.load(path)
         sae.eval()
         rec = reconstruction_stats(sae, rows, progress=False).result()
-        ds = downstream_metrics(sae, lm, args.hook, ctx.contexts[: args.ce_contexts], progress=False)
-        gaps = []
-        for c in ctx.contexts[: args.ce_contexts]:
-            d = downstream_metrics(sae, lm, args.hook, [c], progress=False)
-            gaps.append(d["ce_loss_sae"] - d["ce_loss_clean"])
-        mean_gap = sum(gaps) / len(gaps)
-        sd = math.sqrt(sum((g - mean_gap) ** 2 for g in gaps) / max(len(gaps) - 1, 1))
+        ds, per_context = downstream_by_context(sae, lm, args.hook, ctx.contexts[: args.ce_contexts], progress=False)
         row = {"label": label, "path": path, "ce_clean": ds["ce_loss_clean"], "ce_sae": ds["ce_loss_sae"],
                "ce_gap": ds["ce_loss_sae"] - ds["ce_loss_clean"],
-               "ce_gap_se_over_contexts": sd / math.sqrt(len(gaps)), "ce_contexts": len(gaps), "ce_zero": ds["ce_loss_zero"],
+               "ce_gap_se_over_contexts": ce_gap_se(per_context), "ce_contexts": len(per_context["n_ce"]),
+               "ce_zero": ds["ce_loss_zero"],
                "ce_loss_recovered": ds["ce_loss_recovered"], "kl_div": ds["kl_div"], "fvu": rec["fvu"],
                "fvu_typical": rec["fvu_typical"], "l0": rec["l0"], "heldout_rows": rec["n_tokens"],
                "ce_tokens": ds["downstream_tokens"], "source": ctx.describe(args.ce_contexts), "split": ctx.split}

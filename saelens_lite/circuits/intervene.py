@@ -166,6 +166,15 @@ def spliced_model(lm, tcs: TranscoderSet, state: CleanState, *,
         yield values
 
 
+def _check_state(lm, state: CleanState, prompt: str, exclude: str) -> None:
+    """A given clean state must be the one of ``prompt`` with this ``exclude``."""
+    ids_S = lm.tokenizer(prompt, return_tensors="pt")["input_ids"][0].to(state.ids_S.device)
+    keep_S = keep_mask(ids_S, excluded_token_ids(lm.tokenizer, exclude))
+    if not (torch.equal(ids_S, state.ids_S) and torch.equal(keep_S, state.keep_S)):
+        raise ValueError(f"state is not the clean state of prompt={prompt!r} with exclude={exclude!r}; "
+                         f"allowed: clean_state(lm, tcs, {prompt!r}, {exclude!r}) or None")
+
+
 def _target_key(graph: AttributionGraph, row: int):
     if row < graph.n_features:
         return tuple(graph.features[row].tolist())
@@ -200,11 +209,17 @@ class InterventionCheck:
 
 
 def intervention_check(lm, tcs: TranscoderSet, graph: AttributionGraph, *, top: int = 10,
-                       freeze=False, exclude: str = DEFAULT_EXCLUDE) -> InterventionCheck:
+                       freeze=False, exclude: str = DEFAULT_EXCLUDE,
+                       state: CleanState | None = None) -> InterventionCheck:
     """Ablate the source of each of the strongest edges alone and measure its target's change
-    (one forward per source feature; module docstring)."""
+    (one forward per source feature; module docstring). ``state``: ``clean_state(lm, tcs,
+    graph.prompt, exclude)`` when already computed (it does not depend on ``freeze``, so several
+    regimes share one), else computed here."""
     parts = hold_parts(freeze)
-    state = clean_state(lm, tcs, graph.prompt, exclude)
+    if state is None:
+        state = clean_state(lm, tcs, graph.prompt, exclude)
+    else:
+        _check_state(lm, state, graph.prompt, exclude)
     edges = strongest_edges(graph, top)
     by_source: dict[int, list[int]] = {}
     for t, s in edges:

@@ -65,10 +65,11 @@ def run(args: argparse.Namespace) -> int:
     doc = result.to_json(lm.tokenizer, slug=out.stem)
     check = None
     if args.check:
-        from saelens_lite.circuits.intervene import intervention_check
+        from saelens_lite.circuits.intervene import clean_state, intervention_check
 
+        state = clean_state(lm, tcs, result.graph.prompt, config.exclude)  # shared by both modes
         check = {mode: intervention_check(lm, tcs, result.graph, top=args.check, freeze=freeze,
-                                          exclude=config.exclude).to_dict()
+                                          exclude=config.exclude, state=state).to_dict()
                  for mode, freeze in (("model", ()), ("spliced", False))}
         doc["metadata"]["intervention_check"] = check["model"]
         doc["metadata"]["intervention_check_spliced"] = check["spliced"]

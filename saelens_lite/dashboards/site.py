@@ -52,6 +52,7 @@ from saelens_lite.features.logits import logit_effects, nearest_features
 from saelens_lite.features.stats import compute_feature_stats, resolve_hook
 from saelens_lite.features.store import SITE_SUBDIR, SavedFeatures, load_features, save_features
 from saelens_lite.training.curves import CURVES_NAME
+from saelens_lite.util.atomic import atomic_open, write_text
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,6 @@ def _round_sig(x: np.ndarray, digits: int = 4) -> np.ndarray:
     mag = np.floor(np.log10(np.where(x == 0, 1.0, np.abs(x))))
     scale = 10.0 ** (digits - 1 - mag)
     return np.round(x * scale) / scale
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="ascii")
-    os.replace(tmp, path)
 
 
 _ZERO_FLOAT = re.compile(r"(?<=[\[,])0\.0(?=[,\]])")
@@ -140,11 +135,11 @@ def find_training_curves(sae_dir: str | os.PathLike) -> Path | None:
 
 
 def copy_training_curves(png: str | os.PathLike, out: Path) -> str:
-    """Copy ``png`` into the site (temp name, then rename); returns its path relative to the site."""
+    """Copy ``png`` into the site (``util.atomic``: temp name, then rename); returns its path
+    relative to the site."""
     rel = f"data/{CURVES_NAME}"
-    tmp = out / (rel + ".tmp")
-    shutil.copyfile(png, tmp)
-    os.replace(tmp, out / rel)
+    with open(png, "rb") as src, atomic_open(out / rel) as dst:
+        shutil.copyfileobj(src, dst)
     return rel
 
 
@@ -172,7 +167,7 @@ def write_site(out: Path, saved: SavedFeatures, table, cache, tokenizer, cfg: Da
             expl = f',"expl":{js_json(here)}'
         text = (f'saeShard({s},{{"tok":{js_json({str(k): v for k, v in strings.items()})},'
                 f'"features":{_features_json(feats)}{expl}}});\n')
-        _write(out / "data" / "f" / f"{s:05d}.js", text)
+        write_text(out / "data" / "f" / f"{s:05d}.js", text, encoding="ascii")
     _write_index_and_meta(out, saved, cfg, rounded, top_tok_F, explanations)
 
 
@@ -223,12 +218,12 @@ def _write_index_and_meta(out: Path, saved: SavedFeatures, cfg: DashboardConfig,
     if explanations is not None:
         index.update(index_columns(explanations, F_))
         meta = {**meta, "explanations": meta_entry(explanations)}
-    _write(out / "data" / "index.js", f"saeIndex({js_json(index)});\n")
+    write_text(out / "data" / "index.js", f"saeIndex({js_json(index)});\n", encoding="ascii")
     meta = {**meta, "format": SITE_FORMAT, "n_features": F_, "n_tokens": stats.n_tokens,
             "shard_features": cfg.shard_features, "n_shards": -(-F_ // cfg.shard_features),
             "window_before": cfg.window_before, "n_bins": cfg.n_bins, "n_quantiles": cfg.n_quantiles,
             "logits_note": saved.logits if isinstance(saved.logits, str) else None}
-    _write(out / "data" / "meta.js", f"saeMeta({js_json(meta)});\n")
+    write_text(out / "data" / "meta.js", f"saeMeta({js_json(meta)});\n", encoding="ascii")
 
 
 def weight_views(W_dec_FD, model, cfg: DashboardConfig):

@@ -23,6 +23,11 @@ Causal LMs (definitions of SAEBench core ``get_downstream_reconstruction_metrics
   ``ce_loss_score``), ``kl_div_score = (kl_zero - kl_sae) / kl_zero``.
 
 All means are token-weighted over every evaluated context (float64 sums).
+:func:`downstream_by_context` also returns each context c's sums (``ce_clean[c]``,
+``n_ce[c]``, ...), whose totals give the same means, so that one pass yields both the means and
+their spread over contexts: with the contexts as the independent units, the CE gap's standard
+error (:func:`ce_gap_se`) is ``sd_c(g_c) / sqrt(C)`` over the C per-context gaps
+``g_c = (ce_sae[c] - ce_clean[c]) / n_ce[c]`` (a paired estimate: both losses on the same tokens).
 
 Transcoders (``source_hook`` given, e.g. ``blocks.9.hook_mlp_in`` for a coder of
 ``blocks.9.hook_mlp_out``): the spliced activation at ``hook`` is the transcoder's output
@@ -62,7 +67,6 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den else float("nan")
 
 
-@torch.no_grad()
 def downstream_metrics(sae, lm, hook: str, contexts: Iterable[np.ndarray], *, batch_size: int = 4,
                        exclude: str = DEFAULT_EXCLUDE, mean_D: Tensor | np.ndarray | None = None,
                        source_hook: str | None = None, progress: bool = True) -> dict[str, float]:
@@ -71,6 +75,21 @@ def downstream_metrics(sae, lm, hook: str, contexts: Iterable[np.ndarray], *, ba
     activation) the mean-ablated model is a second reference: ``*_mean`` keys. With
     ``source_hook`` ``sae`` is a transcoder reading that hook (module docstring). Every splice
     is removed on exit."""
+    return downstream_by_context(sae, lm, hook, contexts, batch_size=batch_size, exclude=exclude,
+                                 mean_D=mean_D, source_hook=source_hook, progress=progress)[0]
+
+
+@torch.no_grad()
+def downstream_by_context(sae, lm, hook: str, contexts: Iterable[np.ndarray], *, batch_size: int = 4,
+                          exclude: str = DEFAULT_EXCLUDE, mean_D: Tensor | np.ndarray | None = None,
+                          source_hook: str | None = None,
+                          progress: bool = True) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(:func:`downstream_metrics`'s result, the per-context sums) from one pass over
+    ``contexts``. The sums are float64 (C,) arrays in the contexts' order: causal LMs
+    ``ce_clean``, ``ce_<ref>``, ``kl_<ref>`` (summed next-token CE / KL over the scored
+    positions) and the counts ``n_ce``, ``n_kl``; encoders ``cos_<ref>`` and ``n_ctx`` (1 each);
+    ``<ref>`` is ``sae``, ``zero`` and, with ``mean_D``, ``mean``. Summed over the contexts they
+    give the result's means (``ce_loss_sae = sum(ce_sae) / sum(n_ce)``, ...)."""
     from tqdm.auto import tqdm
 
     model = lm.model
@@ -83,19 +102,37 @@ def downstream_metrics(sae, lm, hook: str, contexts: Iterable[np.ndarray], *, ba
         mean_D = torch.as_tensor(np.asarray(mean_D), dtype=torch.float32).to(device)
     refs = _references(model, Site(sae, source_hook or hook, hook), excluded, mean_D)
     sums: dict[str, float] = collections.defaultdict(float)
+    rows: dict[str, list[np.ndarray]] = collections.defaultdict(list)
     bar = tqdm(total=len(contexts), unit="ctx", desc="eval: spliced model", disable=not progress,
                dynamic_ncols=True)
     try:
         for ids_BS in _batches(contexts, batch_size):
             ids_BS = ids_BS.to(device)
             if causal:
-                _causal_batch(model, ids_BS, keep_mask(ids_BS, excluded), refs, sums)
+                _causal_batch(model, ids_BS, keep_mask(ids_BS, excluded), refs, sums, rows)
             else:
-                _encoder_batch(model, ids_BS, refs, sums)
+                _encoder_batch(model, ids_BS, refs, sums, rows)
             bar.update(ids_BS.shape[0])
     finally:
         bar.close()
-    return _causal_result(sums, refs) if causal else _encoder_result(sums, refs)
+    per_context = {k: np.concatenate(v) for k, v in rows.items()}
+    return (_causal_result(sums, refs) if causal else _encoder_result(sums, refs)), per_context
+
+
+def ce_gap_by_context(per_context: dict[str, np.ndarray]) -> np.ndarray:
+    """(C,) g_c = (ce_sae[c] - ce_clean[c]) / n_ce[c]: each context's CE gap, its scored tokens
+    weighted equally (a context with no scored token gets 0)."""
+    return (per_context["ce_sae"] - per_context["ce_clean"]) / np.maximum(per_context["n_ce"], 1)
+
+
+def ce_gap_se(per_context: dict[str, np.ndarray]) -> float:
+    """sd_c(g_c) / sqrt(C) over the C contexts' gaps :func:`ce_gap_by_context` (sample sd, n - 1
+    in the denominator; 0 for one context): the standard error of the mean per-context gap with
+    the contexts as the independent units."""
+    g_C = ce_gap_by_context(per_context)
+    C = len(g_C)
+    sd = float(np.sqrt(((g_C - g_C.mean()) ** 2).sum() / max(C - 1, 1)))
+    return sd / np.sqrt(C)
 
 
 def _references(model, site: Site, excluded: set[int], mean_D: Tensor | None) -> dict[str, Callable]:
@@ -141,25 +178,27 @@ def _encoder_result(sums: dict, fns: dict) -> dict[str, float]:
     return out
 
 
-def _causal_batch(model, ids_BS, keep_BS, refs, sums) -> None:
+def _add(sums: dict, rows: dict, key: str, v_BT: Tensor, mask_BT: Tensor) -> None:
+    """sums[key] += the masked total; rows[key] gets each context's masked total (B,)."""
+    sums[key] += float(v_BT[mask_BT].sum())
+    rows[key].append(torch.where(mask_BT, v_BT, 0).sum(1).double().cpu().numpy())
+
+
+def _causal_batch(model, ids_BS, keep_BS, refs, sums, rows) -> None:
     ce_mask = keep_BS[:, :-1]
-
-    def ce(logits_BSV: Tensor) -> float:
-        return float(next_token_ce(logits_BSV, ids_BS, torch.float64)[ce_mask].sum())
-
     logits = model(input_ids=ids_BS).logits
     logp_clean = log_probs(logits, torch.float64)
-    sums["ce_clean"] += ce(logits)
+    _add(sums, rows, "ce_clean", next_token_ce(logits, ids_BS, torch.float64), ce_mask)
     for name, ref in refs.items():
         with ref():
             new = model(input_ids=ids_BS).logits
-        sums[f"ce_{name}"] += ce(new)
-        sums[f"kl_{name}"] += float(kl_from_reference(logp_clean, new)[keep_BS].sum())
-    sums["n_ce"] += int(ce_mask.sum())
-    sums["n_kl"] += int(keep_BS.sum())
+        _add(sums, rows, f"ce_{name}", next_token_ce(new, ids_BS, torch.float64), ce_mask)
+        _add(sums, rows, f"kl_{name}", kl_from_reference(logp_clean, new), keep_BS)
+    _add(sums, rows, "n_ce", ce_mask.double(), ce_mask)
+    _add(sums, rows, "n_kl", keep_BS.double(), keep_BS)
 
 
-def _encoder_batch(model, ids_BS, refs, sums) -> None:
+def _encoder_batch(model, ids_BS, refs, sums, rows) -> None:
     attn_BS = torch.ones_like(ids_BS)
 
     def pooled() -> Tensor:  # sentence-transformers mean pooling
@@ -171,8 +210,11 @@ def _encoder_batch(model, ids_BS, refs, sums) -> None:
     for name, ref in refs.items():
         with ref():
             new_BD = pooled()
-        sums[f"cos_{name}"] += float(F.cosine_similarity(clean_BD, new_BD, dim=-1).sum())
+        cos_B = F.cosine_similarity(clean_BD, new_BD, dim=-1)
+        sums[f"cos_{name}"] += float(cos_B.sum())
+        rows[f"cos_{name}"].append(cos_B.cpu().numpy())
     sums["n_ctx"] += ids_BS.shape[0]
+    rows["n_ctx"].append(np.ones(ids_BS.shape[0]))
 
 
-__all__ = ["downstream_metrics", "EXCLUDE_CHOICES"]
+__all__ = ["downstream_metrics", "downstream_by_context", "ce_gap_by_context", "ce_gap_se", "EXCLUDE_CHOICES"]

@@ -190,6 +190,12 @@ class SAE(nn.Module):
     def encode(self, x_BD: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def activate(self, pre_BF: Tensor, x_BD: Tensor) -> Tensor:
+        """encode(x_BD) given pre_BF = pre_acts(x_BD): the activation rule alone, for a caller that
+        needs both the pre-activations and the codes from one encoder matmul. This default
+        recomputes encode(x_BD); the sparse coders apply their rule to pre_BF."""
+        return self.encode(x_BD)
+
     def encode_sparse(self, x_BD: Tensor) -> tuple[Tensor, Tensor]:
         """(vals_BK, idx_BK) with K = the largest number of active latents in any row."""
         acts_BF = self.encode(x_BD)

@@ -269,7 +269,10 @@ class JumpReLUSAE(SAE):
         self.log_threshold.copy_(theta_F.clamp_min(self.cfg.jumprelu_init_threshold).log())
 
     def encode(self, x_BD: Tensor) -> Tensor:
-        pre_BF = self.pre_acts(x_BD)
+        return self.activate(self.pre_acts(x_BD), x_BD)
+
+    def activate(self, pre_BF: Tensor, x_BD: Tensor) -> Tensor:
+        """pre * H(pre - theta)."""
         return pre_BF * (pre_BF > self.threshold)
 
     def training_forward(

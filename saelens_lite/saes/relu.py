@@ -42,7 +42,11 @@ class ReLUSAE(SAE):
     supports_transcoder = True
 
     def encode(self, x_BD: Tensor) -> Tensor:
-        return torch.relu(self.pre_acts(x_BD))
+        return self.activate(self.pre_acts(x_BD), x_BD)
+
+    def activate(self, pre_BF: Tensor, x_BD: Tensor) -> Tensor:
+        """ReLU(pre)."""
+        return torch.relu(pre_BF)
 
     def training_forward(
         self, x_BD, *, target_BD=None, sparsity_scale=1.0, dead_mask_F=None

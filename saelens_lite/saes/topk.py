@@ -79,6 +79,12 @@ class TopKSAE(SAE):
         vals_BK, idx_BK = self.encode_sparse(x_BD)
         return vals_BK.new_zeros(*vals_BK.shape[:-1], self.cfg.d_sae).scatter_(-1, idx_BK, vals_BK)
 
+    def activate(self, pre_BF: Tensor, x_BD: Tensor) -> Tensor:
+        """ReLU of each row's k largest pre-activations, selected on the given pre_BF (encode
+        selects in cfg.select_dtype: only near-ties at the k-th place can differ)."""
+        vals_BK, idx_BK = pre_BF.topk(self.cfg.k, dim=-1)
+        return torch.zeros_like(pre_BF).scatter_(-1, idx_BK, torch.relu(vals_BK))
+
     def _reconstruct(self, x_BD, pre_BK, idx_BK) -> tuple[Tensor, Tensor]:
         vals_BK = torch.relu(
             kernels.select_preacts(x_BD, self.W_enc, self.b_enc, self.b_pre, idx_BK, pre_BK)

@@ -18,7 +18,6 @@ resumes from the newest such step (:func:`list_checkpoints` with ``rank``).
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saelens_lite.util.atomic import TMP_SUFFIX, fsync_dir
+from saelens_lite.util.atomic import atomic_open, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +98,8 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict, *, keep: int | 
     d = checkpoint_dir(run_dir, rank)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"step_{step:09d}.pt"
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
+    with atomic_open(path) as f:
         torch.save({**state, "step": step, "rng": rng_state()}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(d)
     if keep is not None:
         prune_checkpoints(run_dir, keep, rank)
     log.debug("checkpoint %s", path)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from saelens_lite.saes import REGISTRY
 from saelens_lite.training.logging import read_metrics
-from saelens_lite.util.atomic import TMP_SUFFIX, fsync_dir
+from saelens_lite.util.atomic import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,7 @@ def write_training_curves(run_dir: str | os.PathLike, out: str | os.PathLike | N
     buf = io.BytesIO()
     FigureCanvasAgg(fig).print_png(buf)
     path = Path(out) if out is not None else Path(run_dir) / CURVES_NAME
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_bytes(path, buf.getvalue())
     return path
 
 

@@ -2,7 +2,8 @@
 
 At a log step the trainer passes the step's batch (in training units) and the logged dead mask
 (`DeadLatentTracker.reported_dead_mask`) to :func:`preact_quantiles`. Per latent f and batch row b,
-with pre_BF = sae.pre_acts(x_BD) and acts_BF = sae.encode(x_BD):
+with pre_BF = sae.pre_acts(x_BD) and acts_BF = sae.activate(pre_BF, x_BD) (= sae.encode(x_BD) from
+the same encoder matmul):
 
     pre_max_f = max_b pre_bf                           (the latent's best pre-activation)
     t_b       = min {pre_bf : acts_bf > 0}             (the row's firing threshold: TopK's
@@ -38,8 +39,9 @@ def preact_extremes(sae, x_BD: Tensor, *, chunk_rows: int = 512) -> tuple[Tensor
     margin_F = torch.full((F_,), -torch.inf, device=x_BD.device)
     for s in range(0, x_BD.shape[0], chunk_rows):
         x_CD = x_BD[s : s + chunk_rows]
-        pre_CF = sae.pre_acts(x_CD).float()
-        fired_CF = sae.encode(x_CD) > 0
+        pre_CF = sae.pre_acts(x_CD)
+        fired_CF = sae.activate(pre_CF, x_CD) > 0
+        pre_CF = pre_CF.float()
         t_C = pre_CF.masked_fill(~fired_CF, torch.inf).amin(-1)
         pre_max_F = torch.maximum(pre_max_F, pre_CF.amax(0))
         margin_F = torch.maximum(margin_F, (pre_CF - t_C[:, None]).amax(0))

@@ -3,11 +3,14 @@ onto the final name, fsync the folder. A reader sees either the old file or the 
 partial one. Temp files end in :data:`TMP_SUFFIX` so a later writer can sweep them up."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -46,39 +49,50 @@ def _replace(tmp: Path, path: Path) -> None:
     fsync_dir(path.parent)
 
 
-def write_npy(path: str | Path, array: np.ndarray) -> dict:
-    """Atomically write ``array`` as ``.npy``; returns ``{"bytes": size, "crc32": hex}``."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """A file open for writing at ``path`` + :data:`TMP_SUFFIX`; on a clean exit flushed, fsynced
+    and renamed onto ``path`` (the folder fsynced), on an error removed with ``path`` untouched.
+    ``mode``: ``"wb"`` or ``"w"`` (text in ``encoding``, utf-8 when None)."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode={mode!r} is invalid; allowed: 'wb', 'w'")
     path = Path(path)
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
+    try:
+        with open(tmp, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _replace(tmp, path)
+
+
+def write_npy(path: str | Path, array: np.ndarray) -> dict:
+    """Atomically write ``array`` as ``.npy``; returns ``{"bytes": size, "crc32": hex}``."""
+    with atomic_open(path) as f:
         cf = _ChecksumFile(f)
         np.save(cf, np.ascontiguousarray(array), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    _replace(tmp, path)
     return {"bytes": cf.size, "crc32": f"{cf.crc:08x}"}
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Atomically write ``data``."""
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
     """Atomically write ``text``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "w", encoding=encoding) as f:
+    with atomic_open(path, "w", encoding) as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    _replace(tmp, path)
 
 
 def write_json(path: str | Path, obj) -> None:
     """Atomically write ``obj`` as indented JSON."""
-    path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    _replace(tmp, path)
 
 
 def file_checksum(path: str | Path, algo: str) -> str:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from saelens_lite.circuits import attribute_graph, check_transcoders, load_transcoders
 from saelens_lite.cli import main
@@ -88,6 +89,38 @@ def test_cli_trace_writes_the_graph(transcoders, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "intervention check over 6 edges" in text and "in the model itself" in text
     assert "replacement score" in text and "completeness score" in text and str(out) in text
+
+
+def test_cli_trace_check_runs_the_clean_forwards_once(transcoders, tmp_path, tiny_llama):
+    """`--check N` adds the forwards of one clean_state and of the two checks given it, counted by
+    a global forward hook on the model class (the CLI loads its own copy)."""
+    from saelens_lite.circuits.intervene import clean_state, intervention_check
+    from saelens_lite.circuits.trace import TraceConfig, trace
+
+    root = saved(transcoders, tmp_path / "tcs")
+    argv = ["trace", "--model", "tiny-llama", "--transcoders", str(root), "--prompt", "abc ab", "--target", "b",
+            "--node-threshold", "0.9", "--out", str(tmp_path / "g.json")]
+    model_class = type(tiny_llama.model)
+    calls: list[int] = []
+
+    def forwards(fn) -> int:
+        n = len(calls)
+        fn()
+        return len(calls) - n
+
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, *_: calls.append(1) if type(m) is model_class else None)
+    try:
+        added = forwards(lambda: main([*argv, "--check", "3"])) - forwards(lambda: main([*argv, "--check", "0"]))
+        lm, tcs = tiny_llama, load_transcoders(root, tiny_llama)
+        graph = trace(lm, tcs, "abc ab", TraceConfig(target="b", node_threshold=0.9)).graph
+        box = {}
+        n_clean = forwards(lambda: box.setdefault("state", clean_state(lm, tcs, "abc ab")))
+        n_checks = sum(forwards(lambda f=f: intervention_check(lm, tcs, graph, top=3, freeze=f, state=box["state"]))
+                       for f in ((), False))
+    finally:
+        handle.remove()
+    assert n_clean >= 1 and added == n_clean + n_checks
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from saelens_lite.circuits import attribute_graph, check_transcoders
-from saelens_lite.circuits.intervene import HOLD_PARTS, intervention_check, strongest_edges
+from saelens_lite.circuits.intervene import (
+    HOLD_PARTS,
+    clean_state,
+    intervention_check,
+    strongest_edges,
+)
 from saelens_lite.lm.hooks import replace_mlp
 
 PROMPT = "abc ab"
@@ -38,6 +43,35 @@ def test_the_real_model_check_reports_total_effects(tiny_llama, transcoders):
     assert not d["freeze"] and len(d["edges"]) == 8
     assert all(math.isfinite(e["measured"]) for e in d["edges"])
     assert d["pearson"] is None or -1 <= d["pearson"] <= 1
+
+
+def test_a_given_clean_state_gives_the_same_check_with_its_forwards_saved(tiny_llama, transcoders):
+    """Passing clean_state(...) gives the same check as computing it inside, in every regime, and
+    runs exactly the forwards of clean_state fewer (counted by a forward hook on the model); a
+    state of another prompt is refused."""
+    lm = tiny_llama
+    tcs = check_transcoders(transcoders(), lm)
+    graph = attribute_graph(lm, tcs, PROMPT)
+    calls: list[int] = []
+    handle = lm.model.register_forward_hook(lambda *_: calls.append(1))
+
+    def forwards(fn, *args, **kw):
+        n = len(calls)
+        return fn(*args, **kw), len(calls) - n
+
+    try:
+        state, n_clean = forwards(clean_state, lm, tcs, PROMPT)
+        assert n_clean >= 1
+        for freeze in ((), False, True):
+            inside, n_inside = forwards(intervention_check, lm, tcs, graph, top=4, freeze=freeze)
+            given, n_given = forwards(intervention_check, lm, tcs, graph, top=4, freeze=freeze, state=state)
+            assert given.to_dict() == inside.to_dict()
+            assert n_inside - n_given == n_clean
+    finally:
+        handle.remove()
+    with pytest.raises(ValueError, match=r"state is not the clean state of prompt='abc' with "
+                                         r"exclude='special'; allowed: clean_state"):
+        intervention_check(lm, tcs, attribute_graph(lm, tcs, "abc"), state=state)
 
 
 def _measured(check):

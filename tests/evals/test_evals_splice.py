@@ -4,9 +4,15 @@ a zero reconstruction none of it, the splice is gone afterwards, and the encoder
 import numpy as np
 import pytest
 import torch
+from helpers import make_sae
 
 from saelens_lite.evals import EvalConfig, evaluate
-from saelens_lite.evals.downstream import downstream_metrics
+from saelens_lite.evals.downstream import (
+    ce_gap_by_context,
+    ce_gap_se,
+    downstream_by_context,
+    downstream_metrics,
+)
 from saelens_lite.evals.heldout import eval_contexts
 from saelens_lite.lm.tokens import excluded_token_ids
 
@@ -89,10 +95,40 @@ def test_ce_and_kl_match_a_direct_computation(tiny_llama):
     assert got["kl_div"] == pytest.approx(want_kl, rel=1e-5)
 
 
+def test_per_context_sums_give_the_means_and_the_gap_standard_error(tiny_llama):
+    """One pass's per-context sums add up to its token-weighted means, each context's gap equals
+    that context evaluated alone, and the SE is numpy's sample sd of those gaps / sqrt(C)."""
+    lm = tiny_llama
+    ctx = _contexts(lm, n=5)
+    sae = make_sae("topk", d_in=64, d_sae=96, k=6, bias_std=0.3).eval()
+    mean_D = np.linspace(-1, 1, 64)
+    got, per = downstream_by_context(sae, lm, HOOK, ctx, batch_size=2, mean_D=mean_D, progress=False)
+    assert all(v.shape == (5,) for v in per.values()) and sorted(per) == sorted(
+        [f"{m}_{r}" for m in ("ce", "kl") for r in ("sae", "zero", "mean")] + ["ce_clean", "n_ce", "n_kl"])
+    n_ce, n_kl = per["n_ce"].sum(), per["n_kl"].sum()
+    assert got["downstream_tokens"] == n_ce
+    for ref, key in (("clean", "ce_loss_clean"), ("sae", "ce_loss_sae"), ("zero", "ce_loss_zero"),
+                     ("mean", "ce_loss_mean")):
+        assert per[f"ce_{ref}"].sum() / n_ce == pytest.approx(got[key], rel=1e-12)
+    for ref, key in (("sae", "kl_div"), ("zero", "kl_div_zero"), ("mean", "kl_div_mean")):
+        assert per[f"kl_{ref}"].sum() / n_kl == pytest.approx(got[key], rel=1e-12)
+    alone = []
+    for c in ctx:  # the two-pass way: each context on its own
+        d = downstream_metrics(sae, lm, HOOK, [c], progress=False)
+        alone.append(d["ce_loss_sae"] - d["ce_loss_clean"])
+    gaps = ce_gap_by_context(per)
+    np.testing.assert_allclose(gaps, alone, rtol=1e-5, atol=1e-6)
+    assert np.ptp(alone) > 1e-3  # the contexts differ: the SE is not trivially 0
+    assert ce_gap_se(per) == pytest.approx(np.std(alone, ddof=1) / np.sqrt(len(alone)), rel=1e-4)
+    assert ce_gap_se({k: v[:1] for k, v in per.items()}) == 0.0  # one context: no spread measured
+
+
 def test_encoder_model_uses_pooled_embedding(tiny_bert):
     ctx = _contexts(tiny_bert, n=4)
-    exact = downstream_metrics(Identity(64), tiny_bert, HOOK, ctx, progress=False)
+    exact, per = downstream_by_context(Identity(64), tiny_bert, HOOK, ctx, progress=False)
     assert exact["pooled_cos_sae"] == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_array_equal(per["n_ctx"], np.ones(4))
+    assert per["cos_zero"].mean() == pytest.approx(exact["pooled_cos_zero"], rel=1e-12)
     assert exact["pooled_cos_recovered"] == pytest.approx(1.0, abs=1e-5)
     zero = downstream_metrics(Zero(64), tiny_bert, HOOK, ctx, exclude="none", progress=False)
     assert zero["pooled_cos_recovered"] == pytest.approx(0.0, abs=1e-5)

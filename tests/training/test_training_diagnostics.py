@@ -43,6 +43,48 @@ def test_pre_max_and_margin_equal_a_dense_float64_recomputation(arch):
         torch.testing.assert_close(g.double(), r, rtol=1e-6, atol=1e-6)
 
 
+def two_encoder_extremes(sae, x, chunk_rows):
+    """The diagnostics computed with pre_acts and encode as two encoder passes per chunk."""
+    pre_max, margin = torch.full((F,), -torch.inf), torch.full((F,), -torch.inf)
+    with torch.no_grad():
+        for s in range(0, len(x), chunk_rows):
+            pre = sae.pre_acts(x[s:s + chunk_rows]).float()
+            fired = sae.encode(x[s:s + chunk_rows]) > 0
+            t = pre.masked_fill(~fired, torch.inf).amin(-1)
+            pre_max, margin = torch.maximum(pre_max, pre.amax(0)), torch.maximum(margin, (pre - t[:, None]).amax(0))
+    return pre_max, margin
+
+
+@pytest.mark.parametrize("arch", SPARSE)
+def test_activate_on_the_pre_activations_is_encode(arch):
+    sae = make_sae(arch, d_in=D, d_sae=F, k=K).eval()
+    x = torch.randn(B, D)
+    with torch.no_grad():
+        if hasattr(sae, "threshold"):  # batchtopk, matryoshka: the batch rule, then a set threshold
+            torch.testing.assert_close(sae.activate(sae.pre_acts(x), x), sae.encode(x), rtol=0, atol=0)
+            sae.threshold.fill_(0.2)
+        got, want = sae.activate(sae.pre_acts(x), x), sae.encode(x)
+    assert torch.equal(got > 0, want > 0) and 0 < int((want > 0).sum()) < B * F
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)  # TopK's selection recomputes its values
+
+
+@pytest.mark.parametrize("arch", SPARSE)
+def test_the_diagnostics_run_one_encoder_matmul_and_equal_the_two_pass_values(arch):
+    """Unchanged values (exactly: the same pre-activations and firing pattern) from one dense
+    (B, D) x (D, F) matmul, 2 B D F flops, where pre_acts + encode took two."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sae = make_sae(arch, d_in=D, d_sae=F, k=K).eval()
+    if hasattr(sae, "threshold"):
+        sae.threshold.fill_(0.2)
+    x = torch.randn(B, D)
+    with FlopCounterMode(display=False) as flops:
+        got = preact_extremes(sae, x, chunk_rows=40)
+    assert flops.get_total_flops() == 2 * B * D * F
+    for g, w in zip(got, two_encoder_extremes(sae, x, chunk_rows=40)):
+        assert torch.equal(g, w)
+
+
 def test_a_topk_latents_margin_is_how_far_it_is_below_the_kth_pre_activation():
     """TopK: t_b is the k-th largest pre-activation (when positive), so a latent that fired in
     the batch has margin >= 0 and one that did not has margin < 0."""

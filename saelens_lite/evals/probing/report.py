@@ -9,13 +9,12 @@ n_train, n_test, n_train_pos, n_test_pos, classes}; the dense probe's rows have 
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from saelens_lite.util.atomic import TMP_SUFFIX, fsync_dir, write_json
+from saelens_lite.util.atomic import atomic_open, write_json, write_text
 
 DENSE = "dense probe"
 
@@ -139,11 +138,9 @@ def plot_auc_vs_k(result: dict, path: str | Path) -> Path:
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    fig.savefig(tmp, dpi=120, format="png")
+    with atomic_open(path) as f:
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
     return path
 
 
@@ -153,9 +150,7 @@ def write_report(result: dict, out: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", result)
     md = out / "results.md"
-    tmp = md.with_name(md.name + TMP_SUFFIX)
-    tmp.write_text(format_markdown(result) + "\n")
-    os.replace(tmp, md)
+    write_text(md, format_markdown(result) + "\n")
     return {"json": out / "results.json", "markdown": md, "plot": plot_auc_vs_k(result, out / "auc_vs_k.png")}
 
 

@@ -48,6 +48,7 @@ from saelens_lite.evals.synthsae.hierarchy import (
     forest_size,
     one_per_group,
 )
+from saelens_lite.util.atomic import atomic_open
 from saelens_lite.util.validate import check_ints
 
 log = logging.getLogger(__name__)
@@ -216,9 +217,8 @@ class SynthSAEModel:
         b = b / b.norm() * cfg.bias_norm
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save({"W_true_GD": W, "bias_D": b}, tmp)
-            tmp.replace(path)
+            with atomic_open(path) as f:
+                torch.save({"W_true_GD": W, "bias_D": b}, f)
         return W, b
 
     # ------------------------------------------------------------------------------ sampling

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,7 @@ from pathlib import Path
 from saelens_lite.evals.synthsae.metrics import score_sae
 from saelens_lite.evals.synthsae.model import TRAIN_STREAM, SynthSAEConfig, SynthSAEModel
 from saelens_lite.training.data import DataSource
-from saelens_lite.util.atomic import write_json
+from saelens_lite.util.atomic import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +174,7 @@ def write_results(result: dict, out: str | Path) -> tuple[Path, Path]:
     js, md = out.with_name(out.name + ".json"), out.with_name(out.name + ".md")
     table = format_table(result)
     write_json(js, result)
-    tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text(table)
-    os.replace(tmp, md)
+    write_text(md, table)
     return js, md
 
 
