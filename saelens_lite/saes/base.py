@@ -127,6 +127,12 @@ class SAE(nn.Module):
     # the SAEConfig fields that `fast_step_supports` accepts); the trainer and TrainConfig read
     # it. Such a class defines the fast step's per-architecture methods (`sparse_*`).
     supports_fast_step: bool = False
+    # Whether each row's active latents are its own k largest pre-activations (TopK), so its
+    # codes grow with its norm (above the biases) without more latents firing. The trainer's
+    # outlier-row clipping (TrainConfig.outlier_norm_ratio) is for these only: a threshold
+    # (BatchTopK at inference, JumpReLU, ReLU's bias) learnt on capped rows lets hundreds of
+    # latents fire on the full-norm row (SmolLM2 blocks.14, BatchTopK: L0 424 on a 116x row).
+    rank_selected: bool = False
     # Whether the fast step's backward="dense" (GEMMs over the code matrix) computes this
     # class's reconstruction: it has the one reconstruction of `SAE.sparse_reconstruction`.
     fast_step_dense_backward: bool = True

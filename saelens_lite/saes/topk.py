@@ -42,6 +42,7 @@ class TopKConfig(AuxKConfig):
 class TopKSAE(SAE):
     config_class = TopKConfig
     uses_k = True
+    rank_selected = True
     supports_fast_step = True
     supports_transcoder = True
 

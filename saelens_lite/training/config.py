@@ -169,12 +169,14 @@ class TrainConfig:
     init_sample_tokens: int = 16_384
     """Tokens sampled for the normalisation scale and the decoder-bias init."""
     outlier_norm_ratio: float | None = 5.0
-    """Norm clipping of outlier training rows, for SAEs that reconstruct their input: a row
-    with ||x|| > r * m, m the median row norm of the init sample, is trained on as
+    """Norm clipping of outlier training rows, for TopK SAEs that reconstruct their input: a
+    row with ||x|| > r * m, m the median row norm of the init sample, is trained on as
     x * r * m / ||x|| (its direction kept, its norm capped). A handful of massive-activation
     rows (SmolLM2's first tokens: 7x-118x the median, 0.017% of the rows, 40% of the variance
-    at blocks.14) otherwise dominate the MSE gradient. A transcoder's pairs are used as they
-    are (its target is not linear in its input). None (``--outlier-norm-ratio none``): rows as
+    at blocks.14) otherwise dominate the MSE gradient. Only architectures that pick each row's
+    k latents by rank (``SAE.rank_selected``: TopK) are clipped; a threshold learnt on capped
+    rows lets hundreds of latents fire on the full-norm row. A transcoder's pairs are used as
+    they are (its target is not linear in its input). None (``--outlier-norm-ratio none``): rows as
     they are. At SmolLM2 blocks.14, 1M tokens, 5 gave a typical-token held-out FVU of 0.183
     against 0.196 with the all-row FVU kept (0.079 against 0.081; leaving the rows out instead
     gave 0.183 and 0.152) (docs/quality_vs_peers.md)."""

@@ -102,7 +102,7 @@ def init_from_data(run: TrainRun, states: dict[str, HookState]) -> None:
         st.scale = normalization_scale(x_ND) if config.normalize_activations else 1.0
         target = run.pairs.target(h)
         if not target:
-            if config.outlier_norm_ratio is not None:
+            if config.outlier_norm_ratio is not None and st.sae.rank_selected:
                 st.max_norm = clip_norm(x_ND * st.scale, config.outlier_norm_ratio)
                 x_ND = clip_rows(x_ND * st.scale, st.max_norm) / st.scale
             st.sae.init_from_data_(x_ND * st.scale)  # b_dec per cfg.b_dec_init

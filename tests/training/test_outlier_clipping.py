@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 
+from saelens_lite.saes import REGISTRY
 from saelens_lite.training import TrainConfig, train
 from saelens_lite.training.hook_state import clip_norm, clip_rows
 
@@ -83,6 +84,17 @@ def test_a_transcoder_trains_on_its_pairs_as_they_are(tmp_path, caplog):
     assert not any("rows clipped" in r.getMessage() for r in caplog.records)
     for name, p in a.state_dict().items():
         assert torch.equal(p, b.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("arch", sorted(a for a, c in REGISTRY.items() if not c.rank_selected and c.tokenwise))
+def test_threshold_architectures_train_on_their_rows_as_they_are(tmp_path, arch):
+    """Only rank-selected codes (TopK) are clipped: a threshold learnt on capped rows would let
+    many latents fire on the full-norm row."""
+    x_ND = data()
+    a = train(cfg(tmp_path, "a", architecture=arch, outlier_norm_ratio=5.0, tokens=100 * 4), x_ND)
+    b = train(cfg(tmp_path, "b", architecture=arch, outlier_norm_ratio=None, tokens=100 * 4), x_ND)
+    for name, p in a.state_dict().items():
+        assert torch.equal(p, b.state_dict()[name]), (arch, name)
 
 
 @pytest.mark.parametrize("value", [0.5, float("nan"), float("inf"), -2.0])
