@@ -25,6 +25,10 @@ itself there with ``--worker JOB.json``; the worker imports only sae_lens, torch
   ``sae_lens.synthetic.evals``) on one trained SAE's decoder, latents and reconstructions.
 * runner: ``SyntheticSAERunner`` on their model of the same config whose feature dictionary is
   ours (so the orthogonalisation is not redone), batch 1024, lr 3e-4 (the published recipe).
+  ``SyntheticSAERunnerConfig`` (sae-lens 6.54.12) has no seed: the SAE's initialisation and
+  every training batch draw from torch's global generator, so ``--seed S`` calls
+  ``torch.manual_seed(S)`` just before the runner is built; without ``--seed`` that generator is
+  left in its start-up state (deterministic too, but no seed).
 """
 
 from __future__ import annotations
@@ -179,6 +183,8 @@ def worker_runner(job: dict) -> dict:
                                    batch_size=job["batch_size"], lr=job["lr"], device="cpu",
                                    output_path=job["out"], run_final_eval=False, n_checkpoints=0,
                                    logger=LoggingConfig(log_to_wandb=False))
+    if job.get("seed") is not None:  # the SAE init and the training batches use the global generator
+        torch.manual_seed(job["seed"])
     t = time.perf_counter()
     res = SyntheticSAERunner(cfg, override_synthetic_model=model).run()
     seconds = time.perf_counter() - t
@@ -289,7 +295,8 @@ def runner_command(args, python: str, out: Path) -> dict:
     np.savez(out / "dictionary.npz", W_true=model.W_true_GD.numpy(), bias=model.bias_D.numpy())
     job = {"config": asdict(cfg), "dictionary": str(out / "dictionary.npz"), "arch": args.arch,
            "width": args.width, "l0": args.l0, "samples": args.samples, "batch_size": 1024, "lr": args.lr,
-           "their_n_eval": args.their_eval_samples or args.eval_samples, "out": str(out / "sae")}
+           "their_n_eval": args.their_eval_samples or args.eval_samples, "out": str(out / "sae"),
+           "seed": args.seed}
     theirs = run_worker(python, "runner", job, out)
     ours = score_saved(cfg, out / "sae", n_eval=args.eval_samples, eval_seed=args.eval_seed,
                        model_cache=args.model_cache or None)
@@ -303,7 +310,9 @@ def main(argv=None) -> int:
     p.add_argument("--features", type=int, default=16_384)
     p.add_argument("--d", type=int, default=768)
     p.add_argument("--samples", type=int, default=32_768, help="stats: samples per side; else training samples")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="stats: seed of both samplers (default 0); runner: torch.manual_seed before SAELens' "
+                        "runner is built (default: none, torch's start-up generator state)")
     p.add_argument("--arch", default="batchtopk")
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--l0", type=int, default=25)
@@ -340,11 +349,12 @@ def main(argv=None) -> int:
         cfg = SynthSAEConfig.scaled(args.features, d=args.d, ortho_steps=0)
         model = cfg.build()
         np.savez(out / "shared.npz", F_GR=model.F_GR.numpy(), std_G=model.std_G.numpy())
-        job = {"config": asdict(cfg), "samples": args.samples, "seed": args.seed,
+        seed = 0 if args.seed is None else args.seed
+        job = {"config": asdict(cfg), "samples": args.samples, "seed": seed,
                "shared": str(out / "shared.npz") if args.shared else None,
                "forest_starts": list(model.forest.starts) if model.forest else [0, 0]}
         theirs = run_worker(python, "stats", job, out)
-        result = compare_stats(our_stats(cfg, args.samples, args.seed), theirs) | {"shared_draws": args.shared}
+        result = compare_stats(our_stats(cfg, args.samples, seed), theirs) | {"shared_draws": args.shared}
     elif args.command == "metrics":
         result = metrics_command(args, python, out)
     else:

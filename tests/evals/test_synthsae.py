@@ -306,3 +306,23 @@ def test_every_score_matches_sae_lens_synthetic_on_the_same_sae_and_samples(tmp_
     res = json.loads((tmp_path / "cmp" / "metrics.json").read_text())
     assert res["ours"]["mcc"] > 0.5 and res["ours"]["f1"] > 0.05 and res["ours"]["explained_variance"] > 0.2
     assert res["max_abs_diff"] < 1e-3, res["abs_diff"]
+
+
+@pytest.mark.slow  # runs SAELens' trainer in the peers interpreter, three times
+def test_the_saelens_runner_seed_fixes_its_sae_and_another_seed_changes_it(tmp_path):
+    python = _peers_python()
+    if python is None:
+        pytest.skip("no interpreter with sae_lens.synthetic (.venv-peers, SAELENS_LITE_PEERS_PYTHON)")
+    from safetensors.torch import load_file
+
+    def dec(name: str, seed: int) -> torch.Tensor:
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "synthsae_vs_saelens.py"), "runner", "--features",
+                        "512", "--d", "32", "--width", "64", "--l0", "4", "--samples", "4096", "--eval-samples", "1024",
+                        "--seed", str(seed), "--model-cache", "", "--peers-python", python,
+                        "--out", str(tmp_path / name)], check=True, capture_output=True, cwd=ROOT,
+                       env=os.environ | {"OMP_NUM_THREADS": "1"})
+        return load_file(tmp_path / name / "sae" / "sae_weights.safetensors")["W_dec"]
+
+    a, b, c = dec("a", 1), dec("b", 1), dec("c", 2)
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-2
