@@ -357,7 +357,7 @@ def _train_step(hook: str, st: HookState, x_BD: torch.Tensor, step: int, config:
     sae.train()
     # in the source's dtype across (a 16-bit cache: half the bytes), then upcast on the device
     x_BD = x_BD.to(device, non_blocking=True).to(torch.float32) * st.scale
-    if st.max_norm is not None:  # config.outlier_norm_ratio (plain SAEs)
+    if st.max_norm is not None:  # config.outlier_norm_ratio (rank-selected SAEs: TopK)
         x_BD = clip_rows(x_BD, st.max_norm)
     target = {}
     if y_BD is not None:
