@@ -101,7 +101,6 @@ def downstream_by_context(sae, lm, hook: str, contexts: Iterable[np.ndarray], *,
     if mean_D is not None:
         mean_D = torch.as_tensor(np.asarray(mean_D), dtype=torch.float32).to(device)
     refs = _references(model, Site(sae, source_hook or hook, hook), excluded, mean_D)
-    sums: dict[str, float] = collections.defaultdict(float)
     rows: dict[str, list[np.ndarray]] = collections.defaultdict(list)
     bar = tqdm(total=len(contexts), unit="ctx", desc="eval: spliced model", disable=not progress,
                dynamic_ncols=True)
@@ -109,13 +108,14 @@ def downstream_by_context(sae, lm, hook: str, contexts: Iterable[np.ndarray], *,
         for ids_BS in _batches(contexts, batch_size):
             ids_BS = ids_BS.to(device)
             if causal:
-                _causal_batch(model, ids_BS, keep_mask(ids_BS, excluded), refs, sums, rows)
+                _causal_batch(model, ids_BS, keep_mask(ids_BS, excluded), refs, rows)
             else:
-                _encoder_batch(model, ids_BS, refs, sums, rows)
+                _encoder_batch(model, ids_BS, refs, rows)
             bar.update(ids_BS.shape[0])
     finally:
         bar.close()
     per_context = {k: np.concatenate(v) for k, v in rows.items()}
+    sums = collections.defaultdict(float, {k: float(v.sum()) for k, v in per_context.items()})
     return (_causal_result(sums, refs) if causal else _encoder_result(sums, refs)), per_context
 
 
@@ -130,9 +130,7 @@ def ce_gap_se(per_context: dict[str, np.ndarray]) -> float:
     in the denominator; 0 for one context): the standard error of the mean per-context gap with
     the contexts as the independent units."""
     g_C = ce_gap_by_context(per_context)
-    C = len(g_C)
-    sd = float(np.sqrt(((g_C - g_C.mean()) ** 2).sum() / max(C - 1, 1)))
-    return sd / np.sqrt(C)
+    return float(g_C.std(ddof=1) / np.sqrt(len(g_C))) if len(g_C) > 1 else 0.0
 
 
 def _references(model, site: Site, excluded: set[int], mean_D: Tensor | None) -> dict[str, Callable]:
@@ -178,27 +176,26 @@ def _encoder_result(sums: dict, fns: dict) -> dict[str, float]:
     return out
 
 
-def _add(sums: dict, rows: dict, key: str, v_BT: Tensor, mask_BT: Tensor) -> None:
-    """sums[key] += the masked total; rows[key] gets each context's masked total (B,)."""
-    sums[key] += float(v_BT[mask_BT].sum())
+def _add(rows: dict, key: str, v_BT: Tensor, mask_BT: Tensor) -> None:
+    """rows[key] gets each context's masked total (B,), in float64."""
     rows[key].append(torch.where(mask_BT, v_BT, 0).sum(1).double().cpu().numpy())
 
 
-def _causal_batch(model, ids_BS, keep_BS, refs, sums, rows) -> None:
+def _causal_batch(model, ids_BS, keep_BS, refs, rows) -> None:
     ce_mask = keep_BS[:, :-1]
     logits = model(input_ids=ids_BS).logits
     logp_clean = log_probs(logits, torch.float64)
-    _add(sums, rows, "ce_clean", next_token_ce(logits, ids_BS, torch.float64), ce_mask)
+    _add(rows, "ce_clean", next_token_ce(logits, ids_BS, torch.float64), ce_mask)
     for name, ref in refs.items():
         with ref():
             new = model(input_ids=ids_BS).logits
-        _add(sums, rows, f"ce_{name}", next_token_ce(new, ids_BS, torch.float64), ce_mask)
-        _add(sums, rows, f"kl_{name}", kl_from_reference(logp_clean, new), keep_BS)
-    _add(sums, rows, "n_ce", ce_mask.double(), ce_mask)
-    _add(sums, rows, "n_kl", keep_BS.double(), keep_BS)
+        _add(rows, f"ce_{name}", next_token_ce(new, ids_BS, torch.float64), ce_mask)
+        _add(rows, f"kl_{name}", kl_from_reference(logp_clean, new), keep_BS)
+    _add(rows, "n_ce", ce_mask.double(), ce_mask)
+    _add(rows, "n_kl", keep_BS.double(), keep_BS)
 
 
-def _encoder_batch(model, ids_BS, refs, sums, rows) -> None:
+def _encoder_batch(model, ids_BS, refs, rows) -> None:
     attn_BS = torch.ones_like(ids_BS)
 
     def pooled() -> Tensor:  # sentence-transformers mean pooling
@@ -210,10 +207,7 @@ def _encoder_batch(model, ids_BS, refs, sums, rows) -> None:
     for name, ref in refs.items():
         with ref():
             new_BD = pooled()
-        cos_B = F.cosine_similarity(clean_BD, new_BD, dim=-1)
-        sums[f"cos_{name}"] += float(cos_B.sum())
-        rows[f"cos_{name}"].append(cos_B.cpu().numpy())
-    sums["n_ctx"] += ids_BS.shape[0]
+        rows[f"cos_{name}"].append(F.cosine_similarity(clean_BD, new_BD, dim=-1).double().cpu().numpy())
     rows["n_ctx"].append(np.ones(ids_BS.shape[0]))
 
 

@@ -194,13 +194,17 @@ class BatchTopKSAE(SAE):
             rows, cols, vals, _ = self._batch_topk(x2_BD)
             acts_BF = vals.new_zeros(len(x2_BD), self.cfg.d_sae).index_put_((rows, cols), vals)
             return acts_BF.view(*x_BD.shape[:-1], -1)
-        return self.activate(self.pre_acts(x_BD), x_BD)
+        return self._thresholded(self.pre_acts(x_BD), x_BD)
 
     def activate(self, pre_BF: Tensor, x_BD: Tensor) -> Tensor:
         """pre * H(pre / r(x) - theta) (r = 1 for an absolute threshold); before a threshold is
         set (theta < 0), encode's batch rule, which reruns the encoder."""
         if float(self.threshold) < 0:
             return self.encode(x_BD)
+        return self._thresholded(pre_BF, x_BD)
+
+    def _thresholded(self, pre_BF: Tensor, x_BD: Tensor) -> Tensor:
+        """The inference rule once theta is set (one host read of theta per encode, in encode)."""
         theta = self.threshold.to(pre_BF.dtype)
         r_B = self.input_rms(x_BD)
         if r_B is None:
