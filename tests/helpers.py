@@ -9,6 +9,8 @@ Shape legend: N rows (tokens), D width, F latents.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from saelens_lite.cache import CacheWriter
 from saelens_lite.saes import SAE, SAEConfig
 from saelens_lite.training import ArraySource
 
+REPO = Path(__file__).resolve().parents[1]
 SLOW_FIXTURES = {"smollm2"}  # requesting one of these makes a test slow (tests/conftest.py)
 
 
@@ -101,6 +104,21 @@ class DiesAfter(ArraySource):
             if start_batch + i >= self.limit:
                 raise KeyboardInterrupt("killed")
             yield batch
+
+
+def python_with(check: str, env_var: str = "SAELENS_LITE_PEERS_PYTHON") -> str | None:
+    """An interpreter for which ``python -c check`` exits 0: ``$env_var`` alone when it is set,
+    else the first of .venv-peers, /work/peers-venv and this interpreter; None if none does."""
+    def ok(python: str) -> bool:
+        try:
+            return subprocess.run([python, "-c", check], capture_output=True, timeout=60).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+    env = os.environ.get(env_var)
+    cands = [env] if env else [str(REPO / ".venv-peers" / "bin" / "python"), "/work/peers-venv/bin/python",
+                               sys.executable]
+    return next((c for c in cands if Path(c).exists() and ok(c)), None)
 
 
 def peers_required() -> bool:

@@ -12,13 +12,11 @@ fails where the peers are required (CI, `make test`), as the interop tests do.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
-import sys
 
 import pytest
-from helpers import no_peers, tiny_graph
+from helpers import no_peers, python_with, tiny_graph
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 VALIDATE = """
@@ -32,24 +30,9 @@ print(json.dumps({"nodes": len(model.nodes), "links": len(links), "slug": model.
 """
 
 
-def _imports_schema(python: str) -> bool:
-    code = "import circuit_tracer.frontend.graph_models"
-    try:
-        return subprocess.run([python, "-c", code], capture_output=True, timeout=60).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def schema_python() -> str | None:
-    """The first interpreter that imports circuit-tracer's graph schema, or None."""
-    env = os.environ.get("SAELENS_LITE_CIRCUIT_TRACER_PYTHON")
-    candidates = [env] if env else [str(REPO / ".venv-peers" / "bin" / "python"), sys.executable]
-    return next((c for c in candidates if pathlib.Path(c).exists() and _imports_schema(c)), None)
-
-
 @pytest.mark.slow  # circuit-tracer's schema is checked in a process
 def test_a_traced_graph_validates_against_circuit_tracers_graph_model(tiny_llama, tmp_path):
-    python = schema_python()
+    python = python_with("import circuit_tracer.frontend.graph_models", "SAELENS_LITE_CIRCUIT_TRACER_PYTHON")
     if python is None:
         no_peers("no interpreter imports circuit_tracer.frontend.graph_models: `make peers-venv`, or "
                  "pip install --no-deps circuit-tracer (needs pydantic) and set SAELENS_LITE_CIRCUIT_TRACER_PYTHON")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import no_peers, python_with
 
 from saelens_lite.cli import main
 from saelens_lite.evals.synthsae import SynthSAEConfig, SynthSAERun, abs_cosines, mcc, uniqueness
@@ -274,23 +275,14 @@ def test_the_benchmark_run_refuses_k_above_the_width_naming_both():
 # ----------------------------------------------------------------------- against sae_lens.synthetic
 
 
-def _peers_python() -> str | None:
-    for cand in (os.environ.get("SAELENS_LITE_PEERS_PYTHON"), ROOT / ".venv-peers" / "bin" / "python",
-                 "/work/peers-venv/bin/python"):
-        if cand and Path(cand).exists() and subprocess.run(
-                [str(cand), "-c", "import sae_lens.synthetic"], capture_output=True).returncode == 0:
-            return str(cand)
-    return None
+SYNTHETIC = "import sae_lens.synthetic"
 
 
 @pytest.mark.slow  # runs the peers interpreter in a process
 def test_every_score_matches_sae_lens_synthetic_on_the_same_sae_and_samples(tmp_path):
-    python = _peers_python()
+    python = python_with(SYNTHETIC)
     if python is None:
-        reason = "no interpreter with sae_lens.synthetic (.venv-peers, SAELENS_LITE_PEERS_PYTHON)"
-        if os.environ.get("CI", "").lower() in ("true", "1") or os.environ.get("SAELENS_LITE_REQUIRE_PEERS", "") not in ("", "0"):
-            pytest.fail(f"{reason} (required here: CI=true or SAELENS_LITE_REQUIRE_PEERS=1)", pytrace=False)
-        pytest.skip(reason)
+        no_peers("no interpreter with sae_lens.synthetic (.venv-peers, SAELENS_LITE_PEERS_PYTHON)")
     model = SynthSAEConfig.scaled(512, d=32).build()
     sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=32, d_sae=48, k=4))
     g = torch.Generator().manual_seed(6)
@@ -310,7 +302,7 @@ def test_every_score_matches_sae_lens_synthetic_on_the_same_sae_and_samples(tmp_
 
 @pytest.mark.slow  # runs SAELens' trainer in the peers interpreter, three times
 def test_the_saelens_runner_seed_fixes_its_sae_and_another_seed_changes_it(tmp_path):
-    python = _peers_python()
+    python = python_with(SYNTHETIC)
     if python is None:
         pytest.skip("no interpreter with sae_lens.synthetic (.venv-peers, SAELENS_LITE_PEERS_PYTHON)")
     from safetensors.torch import load_file

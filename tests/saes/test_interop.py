@@ -12,12 +12,11 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import no_peers
+from helpers import no_peers, python_with
 from safetensors.torch import load_file, save_file
 
 from saelens_lite.saes import REGISTRY, SAE, BatchTopKSAE, SAEConfig, interop
@@ -216,33 +215,11 @@ def test_cli_convert_round_trip(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- against the real libraries
-def _has_peers(python: str) -> bool:
-    code = ("import importlib.util as u, sys; "
-            "sys.exit(0 if u.find_spec('sae_lens') and u.find_spec('sparsify') else 1)")
-    try:
-        return subprocess.run([python, "-c", code], capture_output=True, timeout=60).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def peers_python() -> str | None:
-    """The interpreter with sae_lens + sparsify, or None."""
-    env = os.environ.get("SAELENS_LITE_PEERS_PYTHON")
-    if env:
-        return env if _has_peers(env) else None
-    for cand in (REPO / ".venv-peers" / "bin" / "python",
-                 pathlib.Path("/work/peers-venv/bin/python")):
-        if cand.exists() and _has_peers(str(cand)):
-            return str(cand)
-    return sys.executable if _has_peers(sys.executable) else None
-
-
-
-
 @pytest.fixture(scope="module")
 def peers(tmp_path_factory):
     """Run every oracle task in one peer process (importing sae_lens takes ~10 s)."""
-    python = peers_python()
+    python = python_with("import importlib.util as u, sys; "
+                         "sys.exit(0 if u.find_spec('sae_lens') and u.find_spec('sparsify') else 1)")
     if python is None:
         env = os.environ.get("SAELENS_LITE_PEERS_PYTHON")
         no_peers(f"SAELENS_LITE_PEERS_PYTHON={env} lacks sae_lens/sparsify" if env else
