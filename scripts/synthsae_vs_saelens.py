@@ -160,6 +160,57 @@ def worker_metrics(job: dict) -> dict:
             "dead_latents": dead.compute(), "shrinkage": shr.compute()}
 
 
+def _feed_our_samples(job: dict) -> None:
+    """Make SAELens' runner train on our generator's training stream: batch b is
+    ``SynthSAEModel.batch(B, stream=TRAIN_STREAM, seed=job["seed"], index=b)``, the very batches
+    ``saelens-lite bench synthsae --seed S`` trains on. Only the runner's data iterator is
+    replaced (its trainer, SAE, optimiser and schedule are SAELens' own)."""
+    import sae_lens.synthetic.synthetic_sae_runner as runner_mod
+
+    sys.path.insert(0, str(REPO))
+    from saelens_lite.evals.synthsae.model import TRAIN_STREAM, SynthSAEConfig
+
+    ours = SynthSAEConfig(**job["config"]).build(cache_dir=job.get("model_cache") or None)
+    seed = job["seed"] or 0
+
+    class OurStream:
+        def __init__(self, feature_dict, activations_generator, batch_size, autocast=False):
+            self.batch_size, self.index = batch_size, 0
+
+        def __iter__(self):
+            return self
+
+        @torch.no_grad()
+        def __next__(self) -> torch.Tensor:
+            x_BD, _ = ours.batch(self.batch_size, stream=TRAIN_STREAM, seed=seed, index=self.index)
+            self.index += 1
+            return x_BD
+
+    runner_mod.SyntheticActivationIterator = OurStream
+
+
+def _their_sae_config(job: dict):
+    """SAELens' training config of ``job["arch"]``: the published recipe's (SAELens
+    synth-sae-bench-experiments ``sweeps/common.py``) where the library has it."""
+    import sae_lens
+
+    arch, kw = job["arch"], {"d_in": job["config"]["d"], "d_sae": job["width"]}
+    if arch in ("batchtopk", "topk"):
+        kw["k"] = job["l0"]
+    elif arch == "matryoshka":  # published: inner widths 128, 512, 2048 (d_sae appended), matryoshka aux loss
+        kw |= {"k": job["l0"], "matryoshka_widths": [w for w in (128, 512, 2048) if w < job["width"]],
+               "use_matryoshka_aux_loss": True}
+    elif arch == "jumprelu":  # the library's own target-L0 rule (GemmaScope 2's quadratic L0 loss)
+        kw |= {"jumprelu_sparsity_loss_mode": "quadratic", "target_l0": float(job["l0"])}
+    elif arch != "standard":
+        raise ValueError(f"--arch {arch!r}: choose from batchtopk, topk, matryoshka, jumprelu, standard")
+    kw |= job.get("options") or {}
+    cls = {"batchtopk": sae_lens.BatchTopKTrainingSAEConfig, "topk": sae_lens.TopKTrainingSAEConfig,
+           "matryoshka": sae_lens.MatryoshkaBatchTopKTrainingSAEConfig,
+           "jumprelu": sae_lens.JumpReLUTrainingSAEConfig, "standard": sae_lens.StandardTrainingSAEConfig}[arch]
+    return cls(**kw)
+
+
 def worker_runner(job: dict) -> dict:
     import sae_lens
     from sae_lens import LoggingConfig
@@ -172,26 +223,25 @@ def worker_runner(job: dict) -> dict:
     torch.set_num_threads(1)
     d = np.load(job["dictionary"])
     model = _their_model(job["config"], d["W_true"], d["bias"])
-    # the dense path: its sparse-COO path took 11.9 CPU-s per 1,024 samples here, the dense 1.3
-    sae_cfg = {"batchtopk": sae_lens.BatchTopKTrainingSAEConfig, "topk": sae_lens.TopKTrainingSAEConfig,
-               "matryoshka": sae_lens.MatryoshkaBatchTopKTrainingSAEConfig}[job["arch"]]
-    kw = {"d_in": job["config"]["d"], "d_sae": job["width"], "k": job["l0"]}
-    if job["arch"] == "matryoshka":
-        w = job["width"]
-        kw["matryoshka_widths"] = [w // 16, w // 8, w // 4, w // 2, w]  # our default prefixes
-    cfg = SyntheticSAERunnerConfig(synthetic_model=model.cfg, sae=sae_cfg(**kw), training_samples=job["samples"],
-                                   batch_size=job["batch_size"], lr=job["lr"], device="cpu",
-                                   output_path=job["out"], run_final_eval=False, n_checkpoints=0,
+    if job.get("sampler", "theirs") == "ours":
+        _feed_our_samples(job)
+    # else their dense path: its sparse-COO path took 11.9 CPU-s per 1,024 samples here, the dense 1.3
+    cfg = SyntheticSAERunnerConfig(synthetic_model=model.cfg, sae=_their_sae_config(job),
+                                   training_samples=job["samples"], batch_size=job["batch_size"], lr=job["lr"],
+                                   device="cpu", output_path=job["out"], run_final_eval=False, n_checkpoints=0,
                                    logger=LoggingConfig(log_to_wandb=False))
-    if job.get("seed") is not None:  # the SAE init and the training batches use the global generator
+    if job.get("seed") is not None:  # the SAE init and (their sampler) the training batches use the global generator
         torch.manual_seed(job["seed"])
     t = time.perf_counter()
     res = SyntheticSAERunner(cfg, override_synthetic_model=model).run()
     seconds = time.perf_counter() - t
-    e = eval_sae_on_synthetic_data(res.sae, model.feature_dict, model.activation_generator,
-                                   num_samples=job["their_n_eval"], batch_size=1024)
-    return {"train_seconds": seconds, "their_eval": e.to_dict(), "their_eval_samples": job["their_n_eval"],
-            "sae_dir": job["out"], "sae_lens_version": sae_lens.__version__}
+    out = {"train_seconds": seconds, "their_eval_samples": job["their_n_eval"], "sae_dir": job["out"],
+           "sae_lens_version": sae_lens.__version__, "sae_config": res.sae.cfg.to_dict()}
+    if job["their_n_eval"]:
+        e = eval_sae_on_synthetic_data(res.sae, model.feature_dict, model.activation_generator,
+                                       num_samples=job["their_n_eval"], batch_size=1024)
+        out["their_eval"] = e.to_dict()
+    return out
 
 
 # ------------------------------------------------------------------ our side
@@ -295,12 +345,23 @@ def runner_command(args, python: str, out: Path) -> dict:
     np.savez(out / "dictionary.npz", W_true=model.W_true_GD.numpy(), bias=model.bias_D.numpy())
     job = {"config": asdict(cfg), "dictionary": str(out / "dictionary.npz"), "arch": args.arch,
            "width": args.width, "l0": args.l0, "samples": args.samples, "batch_size": 1024, "lr": args.lr,
-           "their_n_eval": args.their_eval_samples or args.eval_samples, "out": str(out / "sae"),
-           "seed": args.seed}
+           "their_n_eval": args.eval_samples if args.their_eval_samples is None else args.their_eval_samples,
+           "out": str(out / "sae"), "seed": args.seed, "sampler": args.sampler,
+           "model_cache": args.model_cache, "options": dict(_option(o) for o in args.option)}
     theirs = run_worker(python, "runner", job, out)
     ours = score_saved(cfg, out / "sae", n_eval=args.eval_samples, eval_seed=args.eval_seed,
                        model_cache=args.model_cache or None)
     return {"job": job, "theirs": theirs, "scored_by_us": ours["rows"][0]}
+
+
+def _option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--option {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def main(argv=None) -> int:
@@ -321,7 +382,13 @@ def main(argv=None) -> int:
     p.add_argument("--eval-samples", type=int, default=20_000)
     p.add_argument("--eval-seed", type=int, default=0)
     p.add_argument("--their-eval-samples", type=int, default=None,
-                   help="runner: samples of their own eval (default: --eval-samples)")
+                   help="runner: samples of their own eval (default: --eval-samples; 0: skip it)")
+    p.add_argument("--sampler", choices=("ours", "theirs"), default="ours",
+                   help="runner: training batches from our generator's training stream (seed --seed: the "
+                        "batches `bench synthsae --seed S` trains on; 0.07 CPU-s per 1,024) or from "
+                        "sae_lens.synthetic's own sampler (1.3 CPU-s per 1,024)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="runner: a field of SAELens' training SAE config (JSON value), repeatable")
     p.add_argument("--model-cache", default=str(Path.home() / ".cache" / "saelens_lite" / "synthsae"))
     p.add_argument("--peers-python", default=None)
     p.add_argument("--shared", action=argparse.BooleanOptionalAction, default=True,

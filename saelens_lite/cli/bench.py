@@ -140,6 +140,10 @@ def add_synthsae(bench_sub) -> None:
                    help="SAEConfig field for one architecture (repeatable)")
     s.add_argument("--save-dir", default=None, metavar="DIR",
                    help="keep each trained SAE in DIR/ARCH/synthsae (default: a temporary folder, deleted)")
+    s.add_argument("--checkpoint-every", type=int, default=0, metavar="SAMPLES",
+                   help="write a resumable checkpoint every SAMPLES training samples (0: never; needs --save-dir)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue interrupted runs from their newest checkpoints in --save-dir")
     s.add_argument("--out", default="synthsae", help="writes OUT.json and OUT.md")
     s.set_defaults(func=run_synthsae)
 
@@ -160,7 +164,8 @@ def run_synthsae(args: argparse.Namespace) -> int:
     else:
         run = SynthSAERun(architectures=list(args.arch), samples=args.samples, width=args.width, l0=args.l0,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, n_eval=args.eval_samples,
-                          eval_seed=args.eval_seed, sae_options=parse_arch_options(args.option))
+                          eval_seed=args.eval_seed, sae_options=parse_arch_options(args.option),
+                          checkpoint_every=args.checkpoint_every, resume=args.resume)
         result = run_bench(cfg, run, model_cache=cache, save_dir=args.save_dir, progress=True)
     js, md = write_results(result, args.out)
     print(md.read_text())

@@ -234,6 +234,52 @@ def test_the_cli_trains_scores_and_writes_its_table_at_a_small_size(tmp_path, ca
     assert SAE.load(tmp_path / "saes" / "relu" / "synthsae").cfg.d_sae == 32
 
 
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_sae(tmp_path, monkeypatch):
+    from saelens_lite.evals.synthsae import run as run_mod
+
+    model = SynthSAEConfig.scaled(512, d=32).build()
+    run = SynthSAERun(architectures=["topk"], samples=8 * 256, width=32, l0=4, batch_size=256, n_eval=500,
+                      checkpoint_every=3 * 256)
+    whole = run_mod.run_bench(model.cfg, run, save_dir=tmp_path / "whole")
+
+    real = run_mod.SynthSAESource.batches
+
+    def crash_after_5(self, batch_size, *, seed, start_batch=0, reuse=0):
+        for i, b in enumerate(real(self, batch_size, seed=seed, start_batch=start_batch, reuse=reuse)):
+            if start_batch + i == 5:
+                raise RuntimeError("killed")
+            yield b
+
+    monkeypatch.setattr(run_mod.SynthSAESource, "batches", crash_after_5)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_mod.run_bench(model.cfg, run, save_dir=tmp_path / "cut")
+    starts = []
+
+    def record(self, batch_size, *, seed, start_batch=0, reuse=0):
+        starts.append(start_batch)
+        return real(self, batch_size, seed=seed, start_batch=start_batch, reuse=reuse)
+
+    monkeypatch.setattr(run_mod.SynthSAESource, "batches", record)
+    assert list((tmp_path / "cut" / "topk" / "checkpoints").iterdir())  # the step-3 checkpoint survived
+    resumed = run_mod.run_bench(model.cfg, SynthSAERun(**{**run.__dict__, "resume": True}), save_dir=tmp_path / "cut")
+    a = SAE.load(tmp_path / "whole" / "topk" / "synthsae").state_dict()
+    b = SAE.load(tmp_path / "cut" / "topk" / "synthsae").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["rows"][0]["mcc"] == whole["rows"][0]["mcc"]
+    assert starts == [3]  # it went on from the checkpoint, not from the start
+
+
+def test_checkpoints_or_resume_without_a_save_dir_are_refused_before_any_work():
+    from saelens_lite.evals.synthsae.run import run_bench
+
+    cfg = SynthSAEConfig.scaled(512, d=32)
+    for kw in ({"checkpoint_every": 1024}, {"resume": True}):
+        with pytest.raises(ValueError, match="--save-dir"):
+            run_bench(cfg, SynthSAERun(architectures=["topk"], samples=1024, width=32, l0=4, **kw))
+    with pytest.raises(ValueError, match="checkpoint_every=-1"):
+        SynthSAERun(checkpoint_every=-1)
+
+
 def _small_sae(d_in: int, tmp_path: Path) -> Path:
     sae = SAE.from_config(SAEConfig.build(architecture="topk", d_in=d_in, d_sae=24, k=3))
     return sae.save(tmp_path / "sae")
@@ -318,3 +364,31 @@ def test_the_saelens_runner_seed_fixes_its_sae_and_another_seed_changes_it(tmp_p
     a, b, c = dec("a", 1), dec("b", 1), dec("c", 2)
     assert torch.equal(a, b)
     assert (a - c).abs().max() > 1e-2
+
+
+@pytest.mark.slow  # runs the peers interpreter in a process
+def test_the_saelens_runner_fed_our_samples_trains_on_exactly_our_training_stream(tmp_path):
+    python = python_with(SYNTHETIC)
+    if python is None:
+        pytest.skip("no interpreter with sae_lens.synthetic (.venv-peers, SAELENS_LITE_PEERS_PYTHON)")
+    from dataclasses import asdict
+
+    cfg = SynthSAEConfig.scaled(512, d=32)
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"config": asdict(cfg), "seed": 3, "model_cache": ""}))
+    code = f"""
+import json, sys, torch
+sys.path.insert(0, {str(ROOT / "scripts")!r})
+import synthsae_vs_saelens as s
+import sae_lens.synthetic.synthetic_sae_runner as runner_mod
+s._feed_our_samples(json.load(open({str(job)!r})))
+it = runner_mod.SyntheticActivationIterator(None, None, 128)
+torch.save(torch.stack([next(it) for _ in range(3)]), {str(tmp_path / "batches.pt")!r})
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+    subprocess.run([python, "-c", code], check=True, capture_output=True, cwd=tmp_path, env=env)
+    theirs = torch.load(tmp_path / "batches.pt")
+    model = cfg.build()
+    for b in range(3):
+        assert torch.equal(theirs[b], model.batch(128, stream=TRAIN_STREAM, seed=3, index=b)[0])
+    assert not torch.equal(theirs[0], model.batch(128, stream=TRAIN_STREAM, seed=0, index=0)[0])

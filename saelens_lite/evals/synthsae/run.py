@@ -76,6 +76,11 @@ class SynthSAERun:
     """Seed of the held-out stream."""
     sae_options: dict[str, dict] = field(default_factory=dict)
     """{architecture: {SAEConfig field: value}}."""
+    checkpoint_every: int = 0
+    """Write a resumable checkpoint every this many training samples (0: never; needs a save dir)."""
+    resume: bool = False
+    """Continue each architecture's interrupted run from its newest checkpoint in the save dir
+    (the resumed run ends bit-identical to an uninterrupted one: batch b of the stream is fixed)."""
 
     def __post_init__(self) -> None:
         from saelens_lite.saes import REGISTRY
@@ -91,6 +96,9 @@ class SynthSAERun:
             raise ValueError(f"l0={self.l0}: k larger than the width {self.width}")
         if self.samples < self.batch_size:
             raise ValueError(f"samples={self.samples}: fewer than one batch of {self.batch_size}")
+        if not isinstance(self.checkpoint_every, int) or isinstance(self.checkpoint_every, bool) \
+                or self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every={self.checkpoint_every!r}: must be an integer >= 0")
 
 
 def train_one(model: SynthSAEModel, run: SynthSAERun, arch: str, out_dir: str | Path, *, progress: bool = False):
@@ -101,7 +109,8 @@ def train_one(model: SynthSAEModel, run: SynthSAERun, arch: str, out_dir: str | 
     tc = TrainConfig.from_dict(dict(
         architecture=arch, latents=run.width, k=run.l0, sae_options=run.sae_options.get(arch, {}),
         lr=run.lr, batch_size=run.batch_size, tokens=run.samples, seed=run.seed, out_dir=str(out_dir),
-        progress=progress, checkpoint_every=0, log_every=max(1, run.samples // run.batch_size // 20),
+        progress=progress, checkpoint_every=run.checkpoint_every, resume=run.resume,
+        log_every=max(1, run.samples // run.batch_size // 20),
         dead_window_tokens=min(1_000_000, max(run.batch_size, run.samples // 4))))
     return train(tc, SynthSAESource(model))
 
@@ -110,6 +119,8 @@ def run_bench(cfg: SynthSAEConfig, run: SynthSAERun, *, model_cache: str | Path 
               save_dir: str | Path | None = None, progress: bool = False) -> dict:
     """Train and score each architecture of ``run`` on the model of ``cfg``. Returns
     ``{"model": ..., "run": ..., "rows": [...]}`` (one row per architecture)."""
+    if (run.checkpoint_every or run.resume) and not save_dir:
+        raise ValueError("checkpoint_every / resume: need a save dir (--save-dir), where the checkpoints live")
     model = cfg.build(cache_dir=model_cache)
     rows = []
     for arch in run.architectures:
