@@ -229,7 +229,7 @@ def worker_runner(job: dict) -> dict:
     cfg = SyntheticSAERunnerConfig(synthetic_model=model.cfg, sae=_their_sae_config(job),
                                    training_samples=job["samples"], batch_size=job["batch_size"], lr=job["lr"],
                                    device="cpu", output_path=job["out"], run_final_eval=False, n_checkpoints=0,
-                                   logger=LoggingConfig(log_to_wandb=False))
+                                   logger=LoggingConfig(log_to_wandb=False), **(job.get("runner_options") or {}))
     if job.get("seed") is not None:  # the SAE init and (their sampler) the training batches use the global generator
         torch.manual_seed(job["seed"])
     t = time.perf_counter()
@@ -347,7 +347,8 @@ def runner_command(args, python: str, out: Path) -> dict:
            "width": args.width, "l0": args.l0, "samples": args.samples, "batch_size": 1024, "lr": args.lr,
            "their_n_eval": args.eval_samples if args.their_eval_samples is None else args.their_eval_samples,
            "out": str(out / "sae"), "seed": args.seed, "sampler": args.sampler,
-           "model_cache": args.model_cache, "options": dict(_option(o) for o in args.option)}
+           "model_cache": args.model_cache, "options": dict(_option(o) for o in args.option),
+           "runner_options": dict(_option(o) for o in args.runner_option)}
     theirs = run_worker(python, "runner", job, out)
     ours = score_saved(cfg, out / "sae", n_eval=args.eval_samples, eval_seed=args.eval_seed,
                        model_cache=args.model_cache or None)
@@ -389,6 +390,10 @@ def main(argv=None) -> int:
                         "sae_lens.synthetic's own sampler (1.3 CPU-s per 1,024)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="runner: a field of SAELens' training SAE config (JSON value), repeatable")
+    p.add_argument("--runner-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="runner: a field of SyntheticSAERunnerConfig (JSON value), repeatable; e.g. "
+                        "dead_feature_window=250 lr_warm_up_steps=50 lr_decay_steps=200 (its default dead "
+                        "window, 1,000 steps, is as long as a 1,024,000-sample run, so AuxK never acts there)")
     p.add_argument("--model-cache", default=str(Path.home() / ".cache" / "saelens_lite" / "synthsae"))
     p.add_argument("--peers-python", default=None)
     p.add_argument("--shared", action=argparse.BooleanOptionalAction, default=True,

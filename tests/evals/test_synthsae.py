@@ -392,3 +392,21 @@ torch.save(torch.stack([next(it) for _ in range(3)]), {str(tmp_path / "batches.p
     for b in range(3):
         assert torch.equal(theirs[b], model.batch(128, stream=TRAIN_STREAM, seed=3, index=b)[0])
     assert not torch.equal(theirs[0], model.batch(128, stream=TRAIN_STREAM, seed=0, index=0)[0])
+
+
+@pytest.mark.slow  # runs SAELens' trainer in the peers interpreter
+def test_runner_options_reach_saelens_runner_and_sae_configs(tmp_path):
+    python = python_with(SYNTHETIC)
+    if python is None:
+        pytest.skip("no interpreter with sae_lens.synthetic (.venv-peers, SAELENS_LITE_PEERS_PYTHON)")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "synthsae_vs_saelens.py"), "runner", "--arch", "jumprelu",
+                    "--features", "512", "--d", "32", "--width", "64", "--l0", "4", "--samples", "2048",
+                    "--eval-samples", "512", "--their-eval-samples", "0", "--lr", "0.002", "--option", "l0_coefficient=0.5",
+                    "--runner-option", "dead_feature_window=7", "--model-cache", "", "--peers-python", python,
+                    "--out", str(tmp_path / "r")], check=True, capture_output=True, cwd=ROOT,
+                   env=os.environ | {"OMP_NUM_THREADS": "1"})
+    runner = json.loads((tmp_path / "r" / "sae" / "runner_config.json").read_text())
+    assert runner["dead_feature_window"] == 7 and runner["lr"] == 0.002
+    theirs = json.loads((tmp_path / "r" / "runner_peer.json").read_text())["sae_config"]
+    assert theirs["l0_coefficient"] == 0.5 and theirs["target_l0"] == 4.0  # the quadratic target is the --l0
+    assert "their_eval" not in json.loads((tmp_path / "r" / "runner_peer.json").read_text())
