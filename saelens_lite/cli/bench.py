@@ -140,6 +140,9 @@ def add_synthsae(bench_sub) -> None:
                    help="SAEConfig field for one architecture (repeatable)")
     s.add_argument("--save-dir", default=None, metavar="DIR",
                    help="keep each trained SAE in DIR/ARCH/synthsae (default: a temporary folder, deleted)")
+    s.add_argument("--dead-min-rate", type=float, default=None, metavar="RATE",
+                   help="also feed AuxK the latents that fire on fewer than RATE of the samples (default: "
+                        "only latents silent for the dead window)")
     s.add_argument("--checkpoint-every", type=int, default=0, metavar="SAMPLES",
                    help="write a resumable checkpoint every SAMPLES training samples (0: never; needs --save-dir)")
     s.add_argument("--resume", action="store_true",
@@ -165,7 +168,8 @@ def run_synthsae(args: argparse.Namespace) -> int:
         run = SynthSAERun(architectures=list(args.arch), samples=args.samples, width=args.width, l0=args.l0,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, n_eval=args.eval_samples,
                           eval_seed=args.eval_seed, sae_options=parse_arch_options(args.option),
-                          checkpoint_every=args.checkpoint_every, resume=args.resume)
+                          checkpoint_every=args.checkpoint_every, resume=args.resume,
+                          dead_min_rate=args.dead_min_rate)
         result = run_bench(cfg, run, model_cache=cache, save_dir=args.save_dir, progress=True)
     js, md = write_results(result, args.out)
     print(md.read_text())

@@ -236,6 +236,11 @@ class TrainConfig:
     """A latent that has not fired for more than this many tokens counts as dead (and is fed
     to the auxiliary loss where the architecture has one). The logged ``dead_fraction`` uses
     ``min(this, half the tokens so far)``, so runs shorter than this still report it."""
+    dead_min_rate: float | None = None
+    """Also dead (fed to the auxiliary loss): a latent that fires, but on fewer than this
+    fraction of the tokens, estimated over the last ``dead_window_tokens`` (an average of
+    "fired in the batch", :mod:`saelens_lite.training.dead_latents`). None: only latents silent
+    for the whole window. The logged ``dead_fraction`` stays the silence count."""
     checkpoint_every: int = 20_000_000
     """Write a resumable checkpoint every this many tokens (0: never)."""
     keep_checkpoints: int = 2
@@ -276,6 +281,9 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr!r}: must be a finite number > 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas={self.betas!r}: must be two numbers in [0, 1)")
+        if self.dead_min_rate is not None and not (_finite(self.dead_min_rate) and 0 < self.dead_min_rate < 1):
+            raise ValueError(f"dead_min_rate={self.dead_min_rate!r}: must be None or a rate in (0, 1) "
+                             "(a fraction of tokens, e.g. 1e-4)")
         if self.outlier_norm_ratio is not None and not (
                 _finite(self.outlier_norm_ratio) and self.outlier_norm_ratio >= 1):
             raise ValueError(f"outlier_norm_ratio={self.outlier_norm_ratio!r}: must be a finite "

@@ -153,7 +153,8 @@ class HookState:
             self.step = AutogradStep(self.sae, self.opt, grad_clip=config.grad_clip, grad_hook=hook,
                                      autocast_dtype=amp,
                                      batch_mean=distributed.batch_mean if data_parallel else None)
-        self.dead = DeadLatentTracker(self.sae.W_dec.shape[0], config.dead_window_tokens, device)
+        self.dead = DeadLatentTracker(self.sae.W_dec.shape[0], config.dead_window_tokens, device,
+                                      min_rate=config.dead_min_rate)
         self.scale = 1.0
         self.target_scale = 1.0  # a transcoder's target (training.targets); 1 for SAEs
         self.max_norm: float | None = None  # clip_rows' cap (config.outlier_norm_ratio); None: off
@@ -168,8 +169,7 @@ class HookState:
     def state_dict(self) -> dict:
         return {"sae": self.sae.state_dict(), "opt": self.opt.state_dict(),
                 "sae_training": {k: v.cpu() for k, v in self.sae.training_state().items()},
-                "tokens_since_fired": self.dead.tokens_since_fired_F.cpu(),
-                "tokens_seen": self.dead.tokens_seen, "scale": self.scale, "base_lr": self.base_lr,
+                **self.dead.state_dict(), "scale": self.scale, "base_lr": self.base_lr,
                 "target_scale": self.target_scale, "max_norm": self.max_norm}
 
     def load_state_dict(self, d: dict) -> None:
@@ -182,10 +182,7 @@ class HookState:
         opt_sd["param_groups"] = [{**g, **{k: cur[k] for k in mine if k in cur}}
                                   for g, cur in zip(d["opt"]["param_groups"], self.opt.param_groups)]
         self.opt.load_state_dict(opt_sd)
-        self.dead.tokens_since_fired_F.copy_(d["tokens_since_fired"])
-        # older checkpoints lack the count: the longest silence is a lower bound (it only moves
-        # the logged dead fraction's window)
-        self.dead.tokens_seen = int(d.get("tokens_seen", d["tokens_since_fired"].max()))
+        self.dead.load_state_dict(d)
         self.scale = d["scale"]
         self.target_scale = d.get("target_scale", 1.0)
         self.max_norm = d.get("max_norm")  # older checkpoints trained on rows as they are

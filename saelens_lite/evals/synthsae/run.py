@@ -76,6 +76,8 @@ class SynthSAERun:
     """Seed of the held-out stream."""
     sae_options: dict[str, dict] = field(default_factory=dict)
     """{architecture: {SAEConfig field: value}}."""
+    dead_min_rate: float | None = None
+    """TrainConfig.dead_min_rate: also feed AuxK the latents firing below this rate (None: off)."""
     checkpoint_every: int = 0
     """Write a resumable checkpoint every this many training samples (0: never; needs a save dir)."""
     resume: bool = False
@@ -99,6 +101,8 @@ class SynthSAERun:
         if not isinstance(self.checkpoint_every, int) or isinstance(self.checkpoint_every, bool) \
                 or self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every={self.checkpoint_every!r}: must be an integer >= 0")
+        if self.dead_min_rate is not None and not (0 < self.dead_min_rate < 1):  # NaN fails too
+            raise ValueError(f"dead_min_rate={self.dead_min_rate!r}: must be None or a rate in (0, 1)")
 
 
 def train_one(model: SynthSAEModel, run: SynthSAERun, arch: str, out_dir: str | Path, *, progress: bool = False):
@@ -109,7 +113,7 @@ def train_one(model: SynthSAEModel, run: SynthSAERun, arch: str, out_dir: str | 
     tc = TrainConfig.from_dict(dict(
         architecture=arch, latents=run.width, k=run.l0, sae_options=run.sae_options.get(arch, {}),
         lr=run.lr, batch_size=run.batch_size, tokens=run.samples, seed=run.seed, out_dir=str(out_dir),
-        progress=progress, checkpoint_every=run.checkpoint_every, resume=run.resume,
+        progress=progress, checkpoint_every=run.checkpoint_every, resume=run.resume, dead_min_rate=run.dead_min_rate,
         log_every=max(1, run.samples // run.batch_size // 20),
         dead_window_tokens=min(1_000_000, max(run.batch_size, run.samples // 4))))
     return train(tc, SynthSAESource(model))
