@@ -54,7 +54,8 @@ class RunLogger:
     ``metrics.jsonl`` holds one JSON object per (logged step, hook): ``hook``, ``step``,
     ``tokens``, ``loss``, each named loss term, ``l0``, ``fvu``, ``dead_fraction``, ``lr`` and
     ``sparsity_scale`` (``dead_fraction``: latents silent for ``min(dead_window_tokens, half the
-    tokens so far)``, see `DeadLatentTracker`), and for sparse coders the quantiles of the dead and
+    tokens so far)``, see `DeadLatentTracker`; with ``dead_min_rate``, ``rare_fraction``: latents
+    below that rate over the window), and for sparse coders the quantiles of the dead and
     live latents' largest pre-activation and firing margin over the batch (``dead_pre_max_q50``,
     ``live_margin_q90``, ...; see :mod:`saelens_lite.training.diagnostics`). A resumed run drops records past the checkpoint
     it resumes from, so the file reads like the one of an uninterrupted run. Under torchrun only rank 0's logger is

@@ -402,6 +402,9 @@ def _record(hook: str, r, st: HookState, done: int, B: int) -> dict:
     rec.update(zip(names, vals[3:]))
     rec.update(l0=vals[1], fvu=vals[2], dead_fraction=st.dead.dead_fraction(),
                lr=lr, sparsity_scale=sp, **diag)
+    rare = st.dead.rare_mask()
+    if rare is not None:  # config.dead_min_rate: the share of latents AuxK treats as dead for their rate
+        rec["rare_fraction"] = float(rare.float().mean())
     return rec
 
 

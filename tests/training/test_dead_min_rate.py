@@ -5,6 +5,7 @@ name the field."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -76,6 +77,10 @@ def test_a_run_with_the_rate_rule_resumes_to_identical_weights_and_differs_from_
         assert torch.equal(p, q), name
     without = train(cfg(tmp_path / "without", **kw), x)
     assert not torch.equal(without.W_dec, whole.W_dec)  # the rule fed AuxK latents the silence rule did not
+    logged = [json.loads(line) for line in (tmp_path / "whole" / "run" / "metrics.jsonl").read_text().splitlines()]
+    rare = [r["rare_fraction"] for r in logged if "rare_fraction" in r]
+    assert rare and all(0 <= f <= 1 for f in rare) and max(rare) > 0
+    assert not any("rare_fraction" in line for line in (tmp_path / "without" / "run" / "metrics.jsonl").open())
 
 
 @pytest.mark.parametrize("bad", [0, 1, -0.1, float("nan"), 2])
