@@ -335,6 +335,16 @@ def metrics_command(args, python: str, out: Path) -> dict:
             "eval_samples": args.eval_samples}
 
 
+def _options(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs as the CLI's ``--option`` reads them; a bad pair exits in one line."""
+    from saelens_lite.cli._common import parse_options
+
+    try:
+        return parse_options(pairs)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+
+
 def runner_command(args, python: str, out: Path) -> dict:
     from dataclasses import asdict
 
@@ -347,22 +357,12 @@ def runner_command(args, python: str, out: Path) -> dict:
            "width": args.width, "l0": args.l0, "samples": args.samples, "batch_size": 1024, "lr": args.lr,
            "their_n_eval": args.eval_samples if args.their_eval_samples is None else args.their_eval_samples,
            "out": str(out / "sae"), "seed": args.seed, "sampler": args.sampler,
-           "model_cache": args.model_cache, "options": dict(_option(o) for o in args.option),
-           "runner_options": dict(_option(o) for o in args.runner_option)}
+           "model_cache": args.model_cache, "options": _options(args.option),
+           "runner_options": _options(args.runner_option)}
     theirs = run_worker(python, "runner", job, out)
     ours = score_saved(cfg, out / "sae", n_eval=args.eval_samples, eval_seed=args.eval_seed,
                        model_cache=args.model_cache or None)
     return {"job": job, "theirs": theirs, "scored_by_us": ours["rows"][0]}
-
-
-def _option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise SystemExit(f"--option {text!r}: expected KEY=VALUE")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def main(argv=None) -> int:

@@ -115,6 +115,12 @@ def default_sae() -> SAEConfig:
 
 
 
+def check_dead_min_rate(rate) -> None:
+    """``TrainConfig.dead_min_rate`` must be None or a rate in (0, 1)."""
+    if rate is not None and not (_finite(rate) and 0 < rate < 1):
+        raise ValueError(f"dead_min_rate={rate!r}: must be None or a rate in (0, 1) (a fraction of tokens, e.g. 1e-4)")
+
+
 @dataclass
 class TrainConfig:
     """How to train one SAE per hook point."""
@@ -281,9 +287,7 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr!r}: must be a finite number > 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas={self.betas!r}: must be two numbers in [0, 1)")
-        if self.dead_min_rate is not None and not (_finite(self.dead_min_rate) and 0 < self.dead_min_rate < 1):
-            raise ValueError(f"dead_min_rate={self.dead_min_rate!r}: must be None or a rate in (0, 1) "
-                             "(a fraction of tokens, e.g. 1e-4)")
+        check_dead_min_rate(self.dead_min_rate)
         if self.outlier_norm_ratio is not None and not (
                 _finite(self.outlier_norm_ratio) and self.outlier_norm_ratio >= 1):
             raise ValueError(f"outlier_norm_ratio={self.outlier_norm_ratio!r}: must be a finite "

@@ -86,6 +86,8 @@ class SynthSAERun:
 
     def __post_init__(self) -> None:
         from saelens_lite.saes import REGISTRY
+        from saelens_lite.training.config import check_dead_min_rate
+        from saelens_lite.util.validate import check_ints
 
         unknown = [a for a in self.architectures if a not in REGISTRY]
         if unknown:
@@ -98,11 +100,8 @@ class SynthSAERun:
             raise ValueError(f"l0={self.l0}: k larger than the width {self.width}")
         if self.samples < self.batch_size:
             raise ValueError(f"samples={self.samples}: fewer than one batch of {self.batch_size}")
-        if not isinstance(self.checkpoint_every, int) or isinstance(self.checkpoint_every, bool) \
-                or self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every={self.checkpoint_every!r}: must be an integer >= 0")
-        if self.dead_min_rate is not None and not (0 < self.dead_min_rate < 1):  # NaN fails too
-            raise ValueError(f"dead_min_rate={self.dead_min_rate!r}: must be None or a rate in (0, 1)")
+        check_ints(self, ("checkpoint_every",), minimum=0)
+        check_dead_min_rate(self.dead_min_rate)  # before the model is built, not at training
 
 
 def train_one(model: SynthSAEModel, run: SynthSAERun, arch: str, out_dir: str | Path, *, progress: bool = False):
