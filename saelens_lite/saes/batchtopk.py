@@ -42,7 +42,7 @@ class BatchTopKConfig(AuxKConfig):
     """BatchTopKSAE's config: the shared and AuxK fields, and the inference threshold's."""
 
     # saved before relative_threshold existed: those SAEs threshold raw pre-activations
-    legacy_defaults: ClassVar[dict] = {"relative_threshold": False}
+    legacy_defaults: ClassVar[dict] = AuxKConfig.legacy_defaults | {"relative_threshold": False}
     architecture: str = "batchtopk"
     """As SAEConfig.architecture."""
     threshold_momentum: float = 0.99

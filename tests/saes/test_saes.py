@@ -79,6 +79,9 @@ def test_save_load_round_trip_is_exact(arch, tmp_path):
         ("jumprelu_bandwidth", 0.0),
         ("dtype", "int8"),
         ("b_dec_init", "median"),
+        ("decoder_init_norm", 0.0),
+        ("decoder_init_norm", float("inf")),
+        ("normalize_decoder", "yes"),
     ],
 )
 def test_config_validation_names_field_and_value(field, value):
@@ -168,6 +171,38 @@ def test_decoder_rows_unit_norm_and_parallel_grad_removed(arch):
         sae.W_dec.mul_(torch.rand(F, 1) + 0.5)
     sae.after_optimizer_step_()
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(F))
+
+
+K_SPARSE = [a for a in ARCHS if "normalize_decoder" in field_owners() and a in field_owners()["normalize_decoder"]]
+
+
+@pytest.mark.parametrize("arch", K_SPARSE)
+def test_a_free_decoder_starts_at_its_init_norm_and_keeps_the_norms_a_step_gives_it(arch):
+    sae = make(arch, normalize_decoder=False, decoder_init_norm=0.1)
+    assert not sae.unit_norm_decoder and type(sae).unit_norm_decoder  # the class keeps its default
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.full((F,), 0.1))
+    assert torch.equal(sae.W_enc, sae.W_dec.T)
+    sae.training_forward(data() * 10, dead_mask_F=torch.ones(F, dtype=torch.bool)).loss.backward()
+    g = sae.W_dec.grad.clone()
+    sae.before_optimizer_step_()
+    assert torch.equal(sae.W_dec.grad, g)  # no projection: the gradient may change the norms
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(F, 1) + 0.5)
+    norms = sae.W_dec.norm(dim=1)
+    sae.after_optimizer_step_()
+    assert torch.equal(sae.W_dec.norm(dim=1), norms)
+    assert (norms - 0.1).abs().max() > 0.01
+
+
+@pytest.mark.parametrize("arch", K_SPARSE)
+def test_a_small_start_under_unit_norm_leaves_only_the_encoder_small(arch):
+    sae = make(arch, decoder_init_norm=0.25)
+    torch.testing.assert_close(sae.W_enc.norm(dim=0), torch.full((F,), 0.25))
+    sae.training_forward(data() * 10).loss.backward()
+    sae.before_optimizer_step_()
+    sae.after_optimizer_step_()
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(F))
+    torch.testing.assert_close(sae.W_enc.norm(dim=0), torch.full((F,), 0.25))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
