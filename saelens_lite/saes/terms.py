@@ -8,7 +8,7 @@ Shape legend: B batch, D model width, F features, K selected latents per token, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -18,7 +18,6 @@ from saelens_lite.saes.config import (
     PARAM_DTYPES,
     ParamDtype,
     SAEConfig,
-    check_bools,
     check_numbers,
     invalid,
 )
@@ -27,28 +26,34 @@ if TYPE_CHECKING:
     from saelens_lite.saes.base import SAE
 
 
+DecoderNorm = Literal["auto", "unit", "free"]
+"""Whether a k-sparse SAE's decoder rows are kept at unit norm (AuxKConfig.decoder_norm)."""
+DECODER_NORMS = get_args(DecoderNorm)
+
+
 @dataclass
 class AuxKConfig(SAEConfig):
     """The fields of the architectures that select latents by top-k and train with AuxK
     (TopKConfig, BatchTopKConfig)."""
 
     # saved before the decoder fields existed: unit-norm rows from a unit-norm start
-    legacy_defaults: ClassVar[dict] = {"normalize_decoder": True, "decoder_init_norm": 1.0}
+    legacy_defaults: ClassVar[dict] = {"decoder_norm": "unit", "decoder_init_norm": 1.0}
 
     aux_coeff: float = 1 / 32
     """Weight of the AuxK dead-latent loss (Gao et al. 2024, App. B.1)."""
     aux_k: int | None = None
     """Dead latents used by AuxK; None means d_in // 2 (Gao et al. use 512 for D=768... ~D/2)."""
-    normalize_decoder: bool = True
-    """Keep decoder rows at unit norm (the gradient's part along each row removed before a
-    step, rows renormalised after it; Gao et al. 2024). False: rows free in norm, as in
-    SAELens' TopK with rescale_acts_by_decoder_norm=False: latents are still chosen on the raw
-    pre-activations, so a row's norm is a per-latent gain the selection does not see."""
-    decoder_init_norm: float = 1.0
+    decoder_norm: DecoderNorm = "unit"
+    """unit: decoder rows kept at unit norm (the gradient's part along each row removed before
+    a step, rows renormalised after it; Gao et al. 2024). free: rows free in norm, as in
+    SAELens' TopK with rescale_acts_by_decoder_norm=False; latents are still chosen on the raw
+    pre-activations, so a row's norm is a per-latent gain the selection does not see. auto:
+    free for an SAE, unit for a transcoder (the free start was measured on SAEs only)."""
+    decoder_init_norm: float | None = None
     """Norm of the decoder rows at init; the encoder starts as their transpose (so its columns
-    have this norm too). 0.1 is Anthropic's April 2024 update's start (SAELens'
-    decoder_init_norm default). With normalize_decoder the decoder is back at unit norm after
-    the first step and only the encoder keeps the small start."""
+    have this norm too). None: 0.1 for free rows (Anthropic's April 2024 update's start,
+    SAELens' decoder_init_norm), 1 for unit rows. With unit rows the decoder is back at unit
+    norm after the first step and only the encoder keeps a smaller start."""
     select_dtype: ParamDtype | None = None
     """Dtype of the no-grad matmul that only chooses the active latents (None: the parameter
     dtype). "bfloat16" is ~6x faster on CPUs with AMX and on GPUs; the kept values and all
@@ -57,12 +62,26 @@ class AuxKConfig(SAEConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_numbers(self, ("aux_coeff",))
-        check_numbers(self, ("decoder_init_norm",), positive=True)
-        check_bools(self, ("normalize_decoder",))
+        if self.decoder_norm not in DECODER_NORMS:
+            raise invalid("decoder_norm", self.decoder_norm, str(list(DECODER_NORMS)))
+        if self.decoder_init_norm is not None:
+            check_numbers(self, ("decoder_init_norm",), positive=True)
         if self.aux_k is not None and (not isinstance(self.aux_k, int) or self.aux_k < 1):
             raise invalid("aux_k", self.aux_k, "None or an integer >= 1")
         if self.select_dtype is not None and self.select_dtype not in PARAM_DTYPES:
             raise invalid("select_dtype", self.select_dtype, f"None or one of {list(PARAM_DTYPES)}")
+
+    @property
+    def free_decoder(self) -> bool:
+        """Whether the decoder rows are free in norm (decoder_norm, auto resolved)."""
+        return self.decoder_norm == "free" or (self.decoder_norm == "auto" and not self.target_hook)
+
+    @property
+    def decoder_start_norm(self) -> float:
+        """The decoder rows' norm at init (decoder_init_norm, None resolved)."""
+        if self.decoder_init_norm is not None:
+            return self.decoder_init_norm
+        return 0.1 if self.free_decoder else 1.0
 
     @property
     def torch_select_dtype(self) -> torch.dtype | None:

@@ -81,7 +81,7 @@ def test_save_load_round_trip_is_exact(arch, tmp_path):
         ("b_dec_init", "median"),
         ("decoder_init_norm", 0.0),
         ("decoder_init_norm", float("inf")),
-        ("normalize_decoder", "yes"),
+        ("decoder_norm", "yes"),
     ],
 )
 def test_config_validation_names_field_and_value(field, value):
@@ -173,12 +173,12 @@ def test_decoder_rows_unit_norm_and_parallel_grad_removed(arch):
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(F))
 
 
-K_SPARSE = [a for a in ARCHS if "normalize_decoder" in field_owners() and a in field_owners()["normalize_decoder"]]
+K_SPARSE = field_owners()["decoder_norm"]
 
 
 @pytest.mark.parametrize("arch", K_SPARSE)
 def test_a_free_decoder_starts_at_its_init_norm_and_keeps_the_norms_a_step_gives_it(arch):
-    sae = make(arch, normalize_decoder=False, decoder_init_norm=0.1)
+    sae = make(arch, decoder_norm="free", decoder_init_norm=0.1)
     assert not sae.unit_norm_decoder and type(sae).unit_norm_decoder  # the class keeps its default
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.full((F,), 0.1))
     assert torch.equal(sae.W_enc, sae.W_dec.T)
@@ -195,8 +195,23 @@ def test_a_free_decoder_starts_at_its_init_norm_and_keeps_the_norms_a_step_gives
 
 
 @pytest.mark.parametrize("arch", K_SPARSE)
+def test_auto_decoder_norm_frees_an_saes_rows_from_0_1_and_keeps_a_transcoders_unit(arch):
+    sae = make(arch, decoder_norm="auto")
+    assert not sae.unit_norm_decoder
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.full((F,), 0.1))
+    tc = make(arch, decoder_norm="auto", target_hook="blocks.0.hook_mlp_out")
+    assert tc.unit_norm_decoder
+    torch.testing.assert_close(tc.W_dec.norm(dim=1), torch.ones(F))
+    # an explicit start wins over auto's; saved configs that predate the fields load as unit / 1
+    assert make(arch, decoder_norm="auto", decoder_init_norm=0.5).W_dec.norm(dim=1).max() < 0.51
+    d = {k: v for k, v in make(arch).cfg.to_dict().items() if not k.startswith("decoder_")}
+    old = SAEConfig.from_dict(d)
+    assert (old.decoder_norm, old.decoder_init_norm, old.free_decoder) == ("unit", 1.0, False)
+
+
+@pytest.mark.parametrize("arch", K_SPARSE)
 def test_a_small_start_under_unit_norm_leaves_only_the_encoder_small(arch):
-    sae = make(arch, decoder_init_norm=0.25)
+    sae = make(arch, decoder_norm="unit", decoder_init_norm=0.25)
     torch.testing.assert_close(sae.W_enc.norm(dim=0), torch.full((F,), 0.25))
     sae.training_forward(data() * 10).loss.backward()
     sae.before_optimizer_step_()

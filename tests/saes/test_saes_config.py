@@ -41,7 +41,7 @@ def test_every_cfg_json_of_the_single_config_loads_as_its_architectures_config(p
     assert {k: v for k, v in d.items() if hasattr(cfg, k)} == {
         k: v for k, v in cfg.to_dict().items() if k in d}
     newer = {"target_hook", "skip", "b_enc_init", "decoder_init",  # fields the files predate
-             "normalize_decoder", "decoder_init_norm"}
+             "decoder_norm", "decoder_init_norm"}
     assert set(d) > set(cfg.to_dict()) - newer  # the others' fields dropped
 
 

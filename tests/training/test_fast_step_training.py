@@ -42,7 +42,7 @@ def metrics(run: Path) -> list[dict]:
     # a tight clip that binds, and a window short enough that latents die: AuxK with a mask
     {"grad_clip": 0.05, "latents": 4 * F, "dead_window_tokens": 128, "sae_options": {"aux_k": 8}},
     # decoder rows free in norm from a 0.1 start (no projection, no renormalisation)
-    {"sae_options": {"normalize_decoder": False, "decoder_init_norm": 0.1}},
+    {"sae_options": {"decoder_norm": "free", "decoder_init_norm": 0.1}},
 ], ids=["schedule", "clip+auxk", "free-decoder"])
 def test_fast_step_on_cpu_trains_the_same_weights_as_autograd(tmp_path, arch, extra):
     x = synthetic()
@@ -61,7 +61,7 @@ def test_fast_step_on_cpu_trains_the_same_weights_as_autograd(tmp_path, arch, ex
     if "grad_clip" in extra and arch == "topk":  # the AuxK term ran on both paths
         assert any(r["dead_fraction"] > 0 for r in a)
         assert any(r.get("auxk", 0) > 0 for r in b) and any(r.get("auxk", 0) > 0 for r in a)
-    if not extra.get("sae_options", {}).get("normalize_decoder", True):  # the rows did move off 0.1
+    if extra.get("sae_options", {}).get("decoder_norm") == "free":  # the rows did move off 0.1
         norms = fast.W_dec.norm(dim=1)
         assert (norms - 0.1).abs().max() > 0.05 and (norms - 1).abs().max() > 0.05
 
