@@ -227,7 +227,9 @@ def _load_saelens(path: pathlib.Path) -> SAE:
         else:
             t["log_threshold"] = theta_F.log()  # log 0 = -inf: exp gives back exactly 0
     elif arch == "topk":
+        # trained with rescaling: the folded rows are unit norm and stay so in a finetune
         kw["k"] = int(k)
+        kw["decoder_norm"] = "unit" if cfg.get("rescale_acts_by_decoder_norm", False) else "free"
     sae = _build(ours, d_in, d_sae, t, _dtype_name(cfg.get("dtype", "float32")), **kw)
     if scale is not None:
         sae.fold_input_scale_(float(scale))
@@ -258,7 +260,8 @@ def _load_sparsify(path: pathlib.Path) -> SAE:
                "b_dec": raw["b_dec"]}
     # sparsify names each SAE folder after its hook point (a module path such as "layers.9").
     return _build("topk", d_in, d_sae, tensors, _dtype_name(W_FD.dtype), k=int(cfg.get("k", 32)),
-                  multi_topk=bool(cfg.get("multi_topk", False)), hook_name=path.name)
+                  multi_topk=bool(cfg.get("multi_topk", False)), hook_name=path.name,
+                  decoder_norm="unit" if cfg.get("normalize_decoder", True) else "free")
 
 
 def load_any(path: str | pathlib.Path, *, hook: str | None = None,

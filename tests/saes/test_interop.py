@@ -94,6 +94,22 @@ def test_export_then_import_computes_the_same_function(tmp_path, fmt, arch):
         np.testing.assert_allclose(theirs, ours, atol=ATOL)
 
 
+@pytest.mark.parametrize("fmt", ["saelens", "sparsify"])
+@pytest.mark.parametrize("norm", ["unit", "free"])
+def test_a_topk_export_comes_back_with_its_decoder_rule(tmp_path, fmt, norm):
+    """sparsify keeps the rule (normalize_decoder), so a finetune of the import keeps it.
+    SAELens' TopK without rescaling is the only export that is the same function for rows of
+    any norm (a trained SAE's rows are 1/c after fold_input_scale_), so both come back free;
+    a SAELens TopK trained with rescaling comes back unit (test_we_import_what_the_peer_library_wrote)."""
+    sae = make("topk", decoder_norm=norm)
+    back = load_any(export(sae, tmp_path / "o", to=fmt))
+    want = "free" if fmt == "saelens" else norm
+    assert back.cfg.decoder_norm == want and back.unit_norm_decoder == (want == "unit")
+    x = inputs()
+    for ours, theirs in zip(outputs(sae, x), outputs(back, x)):
+        np.testing.assert_allclose(theirs, ours, atol=ATOL)
+
+
 def test_saelens_cfg_has_the_keys_saelens_reads(tmp_path):
     cfg = json.loads((export(make("topk"), tmp_path / "o", to="saelens") / "cfg.json").read_text())
     assert cfg["architecture"] == "topk" and cfg["k"] == K
@@ -272,6 +288,10 @@ def test_we_import_what_the_peer_library_wrote(peers, i):
     assert (acts != 0).sum() > B
     np.testing.assert_allclose(ours_acts, acts, atol=ATOL)
     np.testing.assert_allclose(ours_recon, recon, atol=ATOL)
+    if sae.architecture == "topk":  # the rule its decoder was trained under, for a finetune
+        lib, _, opts, _ = PEER_WRITES[i]
+        unit = opts.get("rescale_acts_by_decoder_norm", False) if lib == "saelens" else True
+        assert sae.cfg.decoder_norm == ("unit" if unit else "free")
 
 
 @pytest.mark.parametrize("env,fails", [
