@@ -19,6 +19,7 @@ import torch
 
 from saelens_lite.cache import CacheWriter
 from saelens_lite.saes import SAE, SAEConfig
+from saelens_lite.saes.config import config_class
 from saelens_lite.training import ArraySource
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,8 +37,12 @@ def make_sae(architecture: str = "topk", *, seed: int = 0, bias_std: float = 0.1
     this order (so a test's random stream is fixed): ``b_enc`` and ``b_dec`` drawn from
     N(0, bias_std) (skipped when 0: every term of the math then counts), ``W_enc`` plus
     ``w_enc_noise`` x N(0, 1), and with ``spread_w_dec`` each decoder row scaled by U(0.5, 1.5)
-    (decoder norms that differ). Returned in training mode on ``device``."""
+    (decoder norms that differ). Returned in training mode on ``device``. Rows start at unit
+    norm unless ``decoder_init_norm`` is given (the k-sparse SAEs' training default starts free
+    rows at 0.1; these are random SAEs at the scale of a trained one)."""
     torch.manual_seed(seed)
+    if "decoder_init_norm" in config_class(architecture).__dataclass_fields__:
+        config.setdefault("decoder_init_norm", 1.0)
     sae = SAE.from_config(SAEConfig.build(architecture=architecture, **config))
     with torch.no_grad():
         if bias_std:

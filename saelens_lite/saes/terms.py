@@ -43,7 +43,7 @@ class AuxKConfig(SAEConfig):
     """Weight of the AuxK dead-latent loss (Gao et al. 2024, App. B.1)."""
     aux_k: int | None = None
     """Dead latents used by AuxK; None means d_in // 2 (Gao et al. use 512 for D=768... ~D/2)."""
-    decoder_norm: DecoderNorm = "unit"
+    decoder_norm: DecoderNorm = "auto"
     """unit: decoder rows kept at unit norm (the gradient's part along each row removed before
     a step, rows renormalised after it; Gao et al. 2024). free: rows free in norm, as in
     SAELens' TopK with rescale_acts_by_decoder_norm=False; latents are still chosen on the raw

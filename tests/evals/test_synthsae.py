@@ -226,7 +226,8 @@ def test_the_cli_trains_scores_and_writes_its_table_at_a_small_size(tmp_path, ca
     for r in result["rows"]:
         assert 0 < r["mcc"] <= 1 and 0 < r["uniqueness"] <= 1 and 0 <= r["f1"] <= 1, r
         assert r["heldout_samples"] == 1000 and r["training_samples"] == 4096
-    assert result["rows"][0]["l0"] == pytest.approx(4.0)
+    # TopK keeps k latents and ReLU drops the non-positive ones: at most k, nearly always k
+    assert 3.9 <= result["rows"][0]["l0"] <= 4.0
     table = out.with_suffix(".md").read_text()
     assert "1,000 held-out samples" in table and "4,096 streamed samples" in table
     assert table.count("\n| topk |") == 1 and table.count("\n| relu |") == 1

@@ -13,6 +13,8 @@ from saelens_lite.saes.config import field_owners
 ARCHS = sorted(REGISTRY)
 # Architectures that encode each token on its own (conv reads a (B, S, D) input as sequences).
 TOKENWISE = [a for a in ARCHS if REGISTRY[a].tokenwise]
+# The k-sparse architectures (saes/terms.AuxKConfig): decoder rows free or unit (decoder_norm).
+K_SPARSE = field_owners()["decoder_norm"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -163,7 +165,8 @@ def test_auxk_loss_equals_independent_float64_reference(arch):
 
 @pytest.mark.parametrize("arch", [a for a in ARCHS if REGISTRY[a].unit_norm_decoder])
 def test_decoder_rows_unit_norm_and_parallel_grad_removed(arch):
-    sae = make(arch)
+    sae = make(arch, **({"decoder_norm": "unit"} if arch in K_SPARSE else {}))
+    assert sae.unit_norm_decoder
     sae.training_forward(data(), dead_mask_F=torch.ones(F, dtype=torch.bool)).loss.backward()
     sae.before_optimizer_step_()
     assert (sae.W_dec.grad * sae.W_dec).sum(1).abs().max() < 1e-5
@@ -171,9 +174,6 @@ def test_decoder_rows_unit_norm_and_parallel_grad_removed(arch):
         sae.W_dec.mul_(torch.rand(F, 1) + 0.5)
     sae.after_optimizer_step_()
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(F))
-
-
-K_SPARSE = field_owners()["decoder_norm"]
 
 
 @pytest.mark.parametrize("arch", K_SPARSE)
@@ -325,7 +325,8 @@ def test_encoder_is_initialised_as_decoder_transpose(arch):
     sae = make(arch)
     assert sae.W_enc.shape == (D, F) and sae.W_dec.shape == (F, D)
     assert torch.equal(sae.W_enc, sae.W_dec.T)
-    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(F))
+    start = getattr(sae.cfg, "decoder_start_norm", 1.0)  # 0.1: the k-sparse SAEs' free rows
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.full((F,), start))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")

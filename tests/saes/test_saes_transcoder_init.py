@@ -70,7 +70,9 @@ def test_decoder_init_auto_is_codes_for_a_transcoder_and_random_for_an_sae(arch)
         W_dec0 = sae.W_dec.detach().clone()
         SAE.init_from_data_(sae, x, y if target_hook else None)  # the base init alone
         assert (not torch.equal(sae.W_dec.detach(), W_dec0)) == moved, (target_hook, mode)
-        torch.testing.assert_close(sae.W_dec.detach().norm(dim=1), torch.ones(F_, dtype=torch.float64))
+        # rows at the start norm: 1 for a transcoder's unit rows, 0.1 for an SAE's free ones
+        torch.testing.assert_close(sae.W_dec.detach().norm(dim=1),
+                                   torch.full((F_,), getattr(sae.cfg, "decoder_start_norm", 1.0), dtype=torch.float64))
         if not moved:  # an SAE keeps Gao et al.'s tied start W_enc = W_dec^T
             assert torch.equal(sae.W_dec.detach(), W_dec0)
 
