@@ -2,7 +2,9 @@
 
     z = ReLU(TopK_k((x - b_dec) @ W_enc + b_enc)),   x_hat = z @ W_dec + b_dec
     L = ||x - x_hat||^2 + aux_coeff * L_aux  [+ multi_topk_coeff * ||x - x_hat_4k||^2]
-Decoder rows are kept at unit norm (gradient parallel to a row removed, then renormalised).
+Decoder rows are free in norm from a 0.1 start by default (cfg.decoder_norm "auto": free for an
+SAE, as SAELens' TopK with rescale_acts_by_decoder_norm=False; unit for a transcoder), or kept at
+unit norm (gradient parallel to a row removed, then renormalised; decoder_norm="unit").
 Training uses the sparse kernels: a chunked no-grad matmul + topk forward, then gradients
 that touch only the K selected latents per token (saelens_lite.kernels).
 """

@@ -154,7 +154,8 @@ def _open_run(config: FinetuneConfig, lm) -> FinetuneRun:
 @torch.no_grad()
 def _unfold_scales_(sae) -> tuple[float, float]:
     """Put a saved (scale-folded) SAE back in training units: c = 1 / median decoder row norm
-    (the rows are then unit norm, as the post-step hook keeps them), the inverse of
+    (unit rows are then unit norm, as the post-step hook keeps them; free rows get median norm
+    1: cfg.decoder_norm), the inverse of
     ``fold_input_scale_(c)``; a transcoder gets the same c for its input (any c gives the same
     function; this one keeps the lr's units). Returns (scale, target_scale)."""
     c = 1.0 / float(sae.W_dec.norm(dim=1).median())
