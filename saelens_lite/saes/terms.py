@@ -14,13 +14,7 @@ import torch
 from torch import Tensor
 
 from saelens_lite import kernels
-from saelens_lite.saes.config import (
-    PARAM_DTYPES,
-    ParamDtype,
-    SAEConfig,
-    check_numbers,
-    invalid,
-)
+from saelens_lite.saes.config import PARAM_DTYPES, ParamDtype, SAEConfig, check_numbers, invalid
 
 if TYPE_CHECKING:
     from saelens_lite.saes.base import SAE
@@ -51,8 +45,8 @@ class AuxKConfig(SAEConfig):
     free for an SAE, unit for a transcoder (the free start was measured on SAEs only)."""
     decoder_init_norm: float | None = None
     """Norm of the decoder rows at init; the encoder starts as their transpose (so its columns
-    have this norm too). None: 0.1 for free rows (Anthropic's April 2024 update's start,
-    SAELens' decoder_init_norm), 1 for unit rows. With unit rows the decoder is back at unit
+    have this norm too). None: 0.1 for free rows (SAELens' decoder_init_norm default, its
+    "heuristic" start after Anthropic's April 2024 circuits update), 1 for unit rows. With unit rows the decoder is back at unit
     norm after the first step and only the encoder keeps a smaller start."""
     select_dtype: ParamDtype | None = None
     """Dtype of the no-grad matmul that only chooses the active latents (None: the parameter
