@@ -46,8 +46,9 @@ class AuxKConfig(SAEConfig):
     decoder_init_norm: float | None = None
     """Norm of the decoder rows at init; the encoder starts as their transpose (so its columns
     have this norm too). None: 0.1 for free rows (SAELens' decoder_init_norm default, its
-    "heuristic" start after Anthropic's April 2024 circuits update), 1 for unit rows. With unit rows the decoder is back at unit
-    norm after the first step and only the encoder keeps a smaller start."""
+    "heuristic" start after Anthropic's April 2024 circuits update), 1 for unit rows. With
+    unit rows the decoder is back at unit norm after the first step and only the encoder
+    keeps a smaller start."""
     select_dtype: ParamDtype | None = None
     """Dtype of the no-grad matmul that only chooses the active latents (None: the parameter
     dtype). "bfloat16" is ~6x faster on CPUs with AMX and on GPUs; the kept values and all

@@ -17,9 +17,7 @@ D, F, K, B = 12, 40, 3, 32
 
 
 def make(dtype="float64", **kw) -> MatryoshkaSAE:
-    # unit rows: the fast-step tests need every row's selection within the fast step's cap,
-    # which holds for the unit start (a free decoder's fast step: test_fast_step_training)
-    cfg = dict(d_in=D, d_sae=F, k=K, dtype=dtype, aux_k=6, decoder_norm="unit") | kw
+    cfg = dict(d_in=D, d_sae=F, k=K, dtype=dtype, aux_k=6) | kw
     return make_sae("matryoshka", w_enc_noise=0.3, **cfg)
 
 

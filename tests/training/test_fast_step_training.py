@@ -38,12 +38,12 @@ def metrics(run: Path) -> list[dict]:
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
 @pytest.mark.parametrize("extra", [
-    {},  # schedule (warm-up + linear decay) and the default grad clip
+    {},  # schedule (warm-up + linear decay), the default grad clip, free decoder rows from 0.1
     # a tight clip that binds, and a window short enough that latents die: AuxK with a mask
     {"grad_clip": 0.05, "latents": 4 * F, "dead_window_tokens": 128, "sae_options": {"aux_k": 8}},
-    # decoder rows free in norm from a 0.1 start (no projection, no renormalisation)
-    {"sae_options": {"decoder_norm": "free", "decoder_init_norm": 0.1}},
-], ids=["schedule", "clip+auxk", "free-decoder"])
+    # unit decoder rows (parallel gradient removed, rows renormalised: the rule before session 15)
+    {"sae_options": {"decoder_norm": "unit"}},
+], ids=["schedule", "clip+auxk", "unit-decoder"])
 def test_fast_step_on_cpu_trains_the_same_weights_as_autograd(tmp_path, arch, extra):
     x = synthetic()
     # BatchTopK, Matryoshka: the fast step caps a row at its first 2k candidates where the model keeps
@@ -61,8 +61,10 @@ def test_fast_step_on_cpu_trains_the_same_weights_as_autograd(tmp_path, arch, ex
     if "grad_clip" in extra and arch == "topk":  # the AuxK term ran on both paths
         assert any(r["dead_fraction"] > 0 for r in a)
         assert any(r.get("auxk", 0) > 0 for r in b) and any(r.get("auxk", 0) > 0 for r in a)
-    if extra.get("sae_options", {}).get("decoder_norm") == "free":  # the rows did move off 0.1
-        norms = fast.W_dec.norm(dim=1)
+    norms = fast.W_dec.norm(dim=1)  # in raw units: the saved SAE has the input scale c folded in
+    if extra.get("sae_options", {}).get("decoder_norm") == "unit":  # every row at 1 / c
+        torch.testing.assert_close(norms, norms.median().expand_as(norms))
+    elif "sae_options" not in extra:  # the default free rows moved off their 0.1 start (not to 1)
         assert (norms - 0.1).abs().max() > 0.05 and (norms - 1).abs().max() > 0.05
 
 
