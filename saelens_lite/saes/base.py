@@ -102,9 +102,9 @@ class SAE(nn.Module):
 
     Subclasses (one per architecture, registered by name) define `encode` and
     `training_forward`; `unit_norm_decoder` says whether decoder rows are kept at unit norm.
-    Init: W_dec rows random directions of norm cfg.decoder_start_norm (1 unless the config has
-    it), W_enc = W_dec^T (Gao et al. 2024), b_enc = b_dec = 0. `unit_norm_decoder` (the class's,
-    and not cfg.free_decoder where the config has it) keeps the rows at unit norm.
+    Init: W_dec rows random directions of norm cfg.decoder_start_norm (1 but for the k-sparse
+    configs' decoder_init_norm), W_enc = W_dec^T (Gao et al. 2024), b_enc = b_dec = 0.
+    `unit_norm_decoder` (the class's, and not cfg.free_decoder) keeps the rows at unit norm.
     W_enc is column-major (W_enc.T is contiguous); any layout works, this one is fastest.
     """
 
@@ -156,10 +156,10 @@ class SAE(nn.Module):
         D, F_, dt = cfg.d_in, cfg.d_sae, cfg.torch_dtype
         # The k-sparse configs (saes/terms.AuxKConfig) may free the decoder's row norms and
         # start them below 1; an instance attribute, so the class's value stays the default.
-        self.unit_norm_decoder = type(self).unit_norm_decoder and not getattr(cfg, "free_decoder", False)
+        self.unit_norm_decoder = type(self).unit_norm_decoder and not cfg.free_decoder
         W_dec = torch.randn(F_, D, dtype=torch.float32)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
-        W_dec *= getattr(cfg, "decoder_start_norm", 1.0)
+        W_dec *= cfg.decoder_start_norm
         self.W_dec = nn.Parameter(W_dec.to(dt))
         # (D, F) as the contract says, stored as the transpose of a contiguous (F, D) tensor:
         # each latent's encoder column is contiguous, so the sparse backward writes whole rows
@@ -328,12 +328,11 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def init_decoder_from_codes_(self, x_ND: Tensor, y_ND: Tensor, *, chunk_rows: int = 1024) -> None:
-        """W_dec_f = s_f / ||s_f||,  s_f = sum_n z_nf (y_n - b_dec),  z = encode(x) with the
-        current encoder (cfg.decoder_init="codes"; times cfg.decoder_start_norm where the config
-        has it): each latent writes the direction its
-        target takes on the tokens where it fires, so the main loss's gradient on its codes,
-        -<y - y_hat, W_dec_f>, starts by raising them rather than switching it off. Rows of
-        latents that never fire on the sample keep their value."""
+        """W_dec_f = c s_f / ||s_f||,  s_f = sum_n z_nf (y_n - b_dec),  z = encode(x) with the
+        current encoder, c = cfg.decoder_start_norm (cfg.decoder_init="codes"): each latent
+        writes the direction its target takes on the tokens where it fires, so the main loss's
+        gradient on its codes, -<y - y_hat, W_dec_f>, starts by raising them rather than
+        switching it off. Rows of latents that never fire on the sample keep their value."""
         dev = self.W_dec.device
         s_FD = torch.zeros(self.W_dec.shape, dtype=torch.float64, device=dev)
         for i in range(0, x_ND.shape[0], chunk_rows):
@@ -342,7 +341,7 @@ class SAE(nn.Module):
             K = idx_NK.shape[-1]
             s_FD.index_add_(0, idx_NK.reshape(-1),
                             vals_NK.double().reshape(-1, 1) * r_ND.repeat_interleave(K, dim=0))
-        norm_F = s_FD.norm(dim=1) / getattr(self.cfg, "decoder_start_norm", 1.0)
+        norm_F = s_FD.norm(dim=1) / self.cfg.decoder_start_norm
         ok_F = norm_F > 0
         self.W_dec[ok_F] = (s_FD[ok_F] / norm_F[ok_F, None]).to(self.W_dec.dtype)
 

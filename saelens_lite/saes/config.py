@@ -189,6 +189,18 @@ class SAEConfig:
     def torch_dtype(self) -> torch.dtype:
         return PARAM_DTYPES[self.dtype]
 
+    @property
+    def free_decoder(self) -> bool:
+        """Whether the decoder rows are free in norm. False here: the SAE class's
+        ``unit_norm_decoder`` alone decides; the k-sparse configs (saes.terms.AuxKConfig) let
+        ``decoder_norm`` free them."""
+        return False
+
+    @property
+    def decoder_start_norm(self) -> float:
+        """The decoder rows' norm at init: 1 here (AuxKConfig: ``decoder_init_norm``)."""
+        return 1.0
+
     def to_dict(self) -> dict:
         """The flat dict saved as cfg.json: this architecture's fields."""
         return dataclasses.asdict(self)
