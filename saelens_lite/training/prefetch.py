@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+
+log = logging.getLogger(__name__)
 
 
 class Prefetcher:
@@ -22,21 +25,25 @@ class Prefetcher:
         self._thread = threading.Thread(target=self._run, args=(it,), daemon=True, name="sae-data")
         self._thread.start()
 
+    def _put(self, entry) -> bool:
+        """Queue ``entry`` unless closed meanwhile; whether it was queued."""
+        while not self._stop.is_set():
+            try:
+                self._q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _run(self, it) -> None:
         try:
             for item in it:
-                while not self._stop.is_set():
-                    try:
-                        self._q.put(("ok", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put(("ok", item)):
                     return
         except BaseException as e:  # handed to the training thread
-            self._q.put(("err", e))
+            self._put(("err", e))
             return
-        self._q.put(("err", RuntimeError("data source ended; sources must be endless")))
+        self._put(("err", RuntimeError("data source ended; sources must be endless")))
 
     def __next__(self):
         kind, item = self._q.get()
@@ -45,8 +52,16 @@ class Prefetcher:
         return item
 
     def close(self) -> None:
+        """Stop and wait for the thread: it ends once the batch it is making is done. A daemon
+        thread left inside a torch op when the interpreter exits aborts the process ("terminate
+        called without an active exception"), so this waits for it, warning every minute."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        waited = 0
+        while self._thread.is_alive():
+            self._thread.join(timeout=60)
+            waited += 60
+            if self._thread.is_alive():
+                log.warning("the data thread has not stopped after %d s (a slow batch?); waiting", waited)
 
 
 __all__ = ["Prefetcher"]

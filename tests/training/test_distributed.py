@@ -55,6 +55,8 @@ def torchrun(script: str, *args: str, timeout: int = 240) -> None:
         PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE.parents[1])]),
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
+        # a rank that aborts (SIGABRT, SIGSEGV) prints every thread's Python stack
+        PYTHONFAULTHANDLER="1",
     )
     r = subprocess.run(
         [
