@@ -29,10 +29,20 @@ class ReLUConfig(SAEConfig):
     l1_coeff: float = 5.0
     """Weight of sum_i |f_i| ||W_dec_i|| (Anthropic, April 2024 update, lambda=5 with inputs
     scaled so E||x|| = sqrt(D))."""
+    decoder_init_norm: float = 1.0
+    """Norm of the decoder rows at init (the encoder starts as their transpose, so its columns
+    have this norm too); the rows are free in norm throughout. 0.1 is SAELens'
+    StandardTrainingSAE start (decoder_init_norm, after Anthropic's April 2024 update)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_numbers(self, ("l1_coeff",))
+        check_numbers(self, ("decoder_init_norm",), positive=True)
+
+    @property
+    def decoder_start_norm(self) -> float:
+        """The decoder rows' norm at init (decoder_init_norm)."""
+        return self.decoder_init_norm
 
 
 @register("relu")

@@ -194,6 +194,20 @@ def test_a_free_decoder_starts_at_its_init_norm_and_keeps_the_norms_a_step_gives
     assert (norms - 0.1).abs().max() > 0.01
 
 
+def test_relu_starts_its_free_rows_at_decoder_init_norm_and_old_configs_load_at_unit():
+    sae = make("relu", decoder_init_norm=0.1)
+    assert not sae.unit_norm_decoder
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.full((F,), 0.1))
+    assert torch.equal(sae.W_enc, sae.W_dec.T)
+    sae.training_forward(data() * 10).loss.backward()
+    g = sae.W_dec.grad.clone()
+    sae.before_optimizer_step_()
+    assert torch.equal(sae.W_dec.grad, g) and g.abs().sum() > 0  # no projection
+    torch.testing.assert_close(make("relu").W_dec.norm(dim=1), torch.ones(F))  # the default
+    d = {k: v for k, v in make("relu").cfg.to_dict().items() if k != "decoder_init_norm"}
+    assert SAEConfig.from_dict(d).decoder_start_norm == 1.0
+
+
 @pytest.mark.parametrize("arch", K_SPARSE)
 def test_auto_decoder_norm_frees_an_saes_rows_from_0_1_and_keeps_a_transcoders_unit(arch):
     sae = make(arch, decoder_norm="auto")
