@@ -345,10 +345,12 @@ def _options(pairs: list[str]) -> dict:
         raise SystemExit(str(e)) from None
 
 
-def runner_command(args, python: str, out: Path) -> dict:
+def runner_job(args, out: Path):
+    """The SynthSAE config and the peers worker's job of ``runner`` (our feature dictionary
+    written to OUT/dictionary.npz; SAELens saves its SAE to OUT/sae)."""
     from dataclasses import asdict
 
-    from saelens_lite.evals.synthsae import SynthSAEConfig, score_saved
+    from saelens_lite.evals.synthsae import SynthSAEConfig
 
     cfg = SynthSAEConfig.scaled(args.features, d=args.d)
     model = cfg.build(cache_dir=args.model_cache or None)
@@ -359,13 +361,20 @@ def runner_command(args, python: str, out: Path) -> dict:
            "out": str(out / "sae"), "seed": args.seed, "sampler": args.sampler,
            "model_cache": args.model_cache, "options": _options(args.option),
            "runner_options": _options(args.runner_option)}
+    return cfg, job
+
+
+def runner_command(args, python: str, out: Path) -> dict:
+    from saelens_lite.evals.synthsae import score_saved
+
+    cfg, job = runner_job(args, out)
     theirs = run_worker(python, "runner", job, out)
     ours = score_saved(cfg, out / "sae", n_eval=args.eval_samples, eval_seed=args.eval_seed,
                        model_cache=args.model_cache or None)
     return {"job": job, "theirs": theirs, "scored_by_us": ours["rows"][0]}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", nargs="?", choices=("stats", "metrics", "runner"))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -399,6 +408,11 @@ def main(argv=None) -> int:
     p.add_argument("--shared", action=argparse.BooleanOptionalAction, default=True,
                    help="stats: give their model our correlation factor and magnitude stds")
     p.add_argument("--out", default="runs/synthsae/compare")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.worker:
         job = json.loads(Path(args.worker).read_text())

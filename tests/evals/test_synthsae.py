@@ -349,23 +349,23 @@ def test_every_score_matches_sae_lens_synthetic_on_the_same_sae_and_samples(tmp_
 
 @pytest.mark.slow  # runs SAELens' trainer in the peers interpreter, three times in one process
 def test_the_saelens_runner_seed_fixes_its_sae_and_another_seed_changes_it(tmp_path):
-    """`runner --seed S`'s worker (scripts/synthsae_vs_saelens.py worker_runner) three times in
-    one peers process: seeds 1, 1, 2 on our training stream."""
+    """The jobs `runner ... --seed S` builds (seeds 1, 1, 2), run by its worker
+    (scripts/synthsae_vs_saelens.py worker_runner) in one peers process."""
     python = python_with(SYNTHETIC)
     if python is None:
         pytest.skip("no interpreter with sae_lens.synthetic (.venv-peers, SAELENS_LITE_PEERS_PYTHON)")
-    from dataclasses import asdict
-
-    import numpy as np
     from safetensors.torch import load_file
 
-    cfg = SynthSAEConfig.scaled(512, d=32)
-    model = cfg.build()
-    np.savez(tmp_path / "dictionary.npz", W_true=model.W_true_GD.numpy(), bias=model.bias_D.numpy())
-    jobs = [{"config": asdict(cfg), "dictionary": str(tmp_path / "dictionary.npz"), "arch": "batchtopk",
-             "width": 64, "l0": 4, "samples": 4096, "batch_size": 1024, "lr": 3e-4, "their_n_eval": 0,
-             "out": str(tmp_path / name), "seed": seed, "sampler": "ours", "model_cache": ""}
-            for name, seed in (("a", 1), ("b", 1), ("c", 2))]
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import synthsae_vs_saelens as script
+
+    jobs = []
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        (tmp_path / name).mkdir()
+        args = script.build_parser().parse_args(
+            ["runner", "--features", "512", "--d", "32", "--width", "64", "--l0", "4", "--samples", "4096",
+             "--their-eval-samples", "0", "--seed", str(seed), "--model-cache", "", "--out", str(tmp_path / name)])
+        jobs.append(script.runner_job(args, tmp_path / name)[1])
     code = f"""
 import json, sys
 sys.path.insert(0, {str(ROOT / "scripts")!r})
@@ -375,7 +375,7 @@ for job in json.loads({json.dumps(json.dumps(jobs))}):
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
     subprocess.run([python, "-c", code], check=True, capture_output=True, cwd=tmp_path, env=env)
-    a, b, c = (load_file(tmp_path / n / "sae_weights.safetensors")["W_dec"] for n in "abc")
+    a, b, c = (load_file(tmp_path / n / "sae" / "sae_weights.safetensors")["W_dec"] for n in "abc")
     assert torch.equal(a, b)
     assert (a - c).abs().max() > 1e-2
 
