@@ -10,6 +10,7 @@ DATA: an ``.npy`` file (one hook), a ``{hook: ".npy"}`` dict or a cache folder. 
 ``rank<r>_shards.json`` (the cache shard files whose data the rank mapped)."""
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -80,11 +81,16 @@ if __name__ == "__main__":
     cache.ShardedArray.shard = _recording_shard
     for job in json.loads(open(sys.argv[1]).read()):
         run(job)
-    # Leave together and tear the process group down here, not in the interpreter's exit
-    # handlers. A fresh-clone CI run once saw rank 0 of this launch abort with "terminate
-    # called without an active exception" and no other output; 300 relaunches did not repeat
-    # it. Suspects, both removed: an exit-time process-group teardown, and the data thread
-    # still inside a torch op at exit (Prefetcher.close now waits for it). torchrun() runs
-    # this with PYTHONFAULTHANDLER=1, so a recurrence prints every thread's stack.
+    # Leave together, tear the process group down, then end the process with os._exit: no
+    # interpreter finalisation and no C++ static destructors. Rank 0 of a launch has twice (a
+    # fresh-clone CI run in session 16, a loaded `make test` in session 18) aborted with
+    # "terminate called without an active exception" after every job had run: the fault
+    # handler showed no Python frame on the main thread, so the script had finished and the
+    # abort came from teardown (a C++ std::thread destroyed while joinable; which one was not
+    # found, and 300 relaunches did not repeat it). Removing the exit-time process-group
+    # teardown and joining the data thread (both done) did not stop it.
     distributed.barrier()
     distributed.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
