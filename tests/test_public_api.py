@@ -3,6 +3,8 @@ before (a submodule named like an export would shadow it)."""
 
 import importlib
 
+import pytest
+
 import saelens_lite
 
 
@@ -34,3 +36,16 @@ def test_the_top_level_holds_the_main_verbs_and_their_configs_only():
     assert "spearman" not in interventions.__all__ and "spliced" in interventions.__all__
     for name in interventions.__all__:
         assert getattr(interventions, name).__module__.startswith("saelens_lite."), name
+
+
+def test_lm_loads_its_exports_on_first_use_as_the_objects_of_their_modules():
+    import saelens_lite.lm as lm
+
+    assert set(lm.__all__) <= set(dir(lm))
+    for name, module in lm._EXPORTS.items():
+        assert getattr(lm, name) is getattr(importlib.import_module(f"saelens_lite.lm.{module}"), name), name
+    from saelens_lite.lm import capture_rows, load_model
+
+    assert capture_rows.__module__ == "saelens_lite.lm.capture" and load_model.__module__ == "saelens_lite.lm.load"
+    with pytest.raises(AttributeError, match="no_such_name"):
+        lm.no_such_name  # noqa: B018 (the access is the test)

@@ -39,6 +39,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -50,7 +51,6 @@ from saelens_lite.cache.writer import CacheWriter, write_merged_manifest
 from saelens_lite.corpus.text import iter_documents, pack_contexts
 from saelens_lite.lm.capture import Context, capture_rows, count_kept
 from saelens_lite.lm.hooks import hook_widths, resolve_hooks
-from saelens_lite.lm.load import LoadedModel, load_model
 from saelens_lite.lm.tokens import (
     DEFAULT_EXCLUDE,
     EXCLUDE_CHOICES,
@@ -58,6 +58,9 @@ from saelens_lite.lm.tokens import (
 )
 from saelens_lite.util import distributed
 from saelens_lite.util.validate import check_ints
+
+if TYPE_CHECKING:  # lm.load imports transformers; the CLI imports HarvestConfig without it
+    from saelens_lite.lm.load import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +197,8 @@ def harvest(cfg: HarvestConfig, out: str | Path, *, model: LoadedModel | None = 
     Under ``torchrun`` each rank harvests its share (see the module docstring). ``overlap``:
     write batch i in a background thread while batch i+1 runs (None: on CUDA only); it never
     changes the cache's content."""
+    from saelens_lite.lm.load import load_model
+
     dinfo, device = distributed.setup(cfg.device)
     out = Path(out)
     lm = model or load_model(cfg.model, device=device, dtype=_model_dtype(cfg, device))

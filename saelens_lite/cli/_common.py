@@ -11,9 +11,9 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
 
 
 def model_help() -> str:
-    from saelens_lite.lm.load import ALIASES
+    from saelens_lite.lm.names import ALIAS_NAMES
 
-    return f"model alias ({', '.join(ALIASES)}), Hugging Face id, local folder or .gguf file"
+    return f"model alias ({', '.join(ALIAS_NAMES)}), Hugging Face id, local folder or .gguf file"
 
 
 def parse_options(pairs: list[str]) -> dict:

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saelens_lite.lm.hooks import resolve_hooks
-from saelens_lite.lm.load import is_causal_lm
+from saelens_lite.lm.layout import is_causal_lm
 from saelens_lite.lm.losses import kl_from_reference, log_probs, next_token_ce
 from saelens_lite.lm.splice import Site, ablated, splice
 from saelens_lite.lm.tokens import DEFAULT_EXCLUDE, EXCLUDE_CHOICES, excluded_token_ids, keep_mask

@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saelens_lite.lm.layout import final_norm
-from saelens_lite.lm.load import is_causal_lm
+from saelens_lite.lm.layout import final_norm, is_causal_lm
 
 
 class LogitEffects(NamedTuple):

@@ -1,7 +1,8 @@
 """The language model, and the plumbing every higher package runs it through (written once):
 
-* ``load``: loading (aliases, HF ids, local folders, GGUF files); ``is_causal_lm``.
-* ``layout``: where blocks, attention, MLP and the final norm live in each model family.
+* ``load``: loading (aliases, HF ids, local folders, GGUF files); ``names``: the aliases' names.
+* ``layout``: where blocks, attention, MLP and the final norm live in each model family;
+  ``is_causal_lm``.
 * ``hooks``: named hook points; ``capture`` (one forward, every position) and ``replace`` /
   ``replace_from`` / ``replace_mlp`` (an activation replaced by a function).
 * ``tokens``: the one token rule (which positions every stage leaves out).
@@ -12,25 +13,42 @@
   both splice through it.
 
 The functions ``hooks.capture`` and ``splice.splice`` are not re-exported here: their names
-are those of the ``capture`` and ``splice`` modules. Imports nothing of saelens_lite above ``util``."""
+are those of the ``capture`` and ``splice`` modules. Imports nothing of saelens_lite above ``util``.
 
-from saelens_lite.lm.capture import capture_rows
-from saelens_lite.lm.hooks import (
-    HookPoint,
-    UnknownHookError,
-    hook_widths,
-    list_hook_points,
-    resolve_hooks,
-)
-from saelens_lite.lm.load import (
-    LoadedModel,
-    MissingDependencyError,
-    cache_dir,
-    is_causal_lm,
-    load_model,
-)
-from saelens_lite.lm.splice import Site, ablated
+The names below load on first use (PEP 562): importing a light submodule (``tokens``,
+``names``) does not import transformers, so the CLI builds its parser without it."""
 
-__all__ = ["HookPoint", "LoadedModel", "MissingDependencyError", "Site", "UnknownHookError", "ablated",
-           "cache_dir", "capture_rows", "hook_widths", "is_causal_lm", "list_hook_points", "load_model",
-           "resolve_hooks"]
+from __future__ import annotations
+
+import importlib
+
+#: public name -> the submodule that defines it
+_EXPORTS = {
+    "capture_rows": "capture",
+    "HookPoint": "hooks",
+    "UnknownHookError": "hooks",
+    "hook_widths": "hooks",
+    "list_hook_points": "hooks",
+    "resolve_hooks": "hooks",
+    "LoadedModel": "load",
+    "MissingDependencyError": "load",
+    "cache_dir": "load",
+    "is_causal_lm": "layout",
+    "load_model": "load",
+    "Site": "splice",
+    "ablated": "splice",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

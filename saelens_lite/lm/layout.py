@@ -1,7 +1,9 @@
 """Where things live inside an HF transformer: the one table of module paths per layout.
 
 Read by :mod:`saelens_lite.lm.hooks` (the uniform hook names) and by the logit views of
-:mod:`saelens_lite.features.logits` (the final norm folded into the unembedding). An unknown
+:mod:`saelens_lite.features.logits` (the final norm folded into the unembedding). Also
+:func:`is_causal_lm`, the one test of "causal LM with a head" (it imports transformers only
+when called). An unknown
 layout falls back to a search (the first ModuleList as long as the layer count; the last norm
 outside the blocks).
 """
@@ -78,5 +80,35 @@ def final_norm(model: nn.Module) -> nn.Module | None:
     return found[-1] if found else None
 
 
+def is_causal_lm(model_or_config) -> bool:
+    """Whether a model (or, before loading, its config) is a causal LM with a language-model head:
+    the one test that picks the loader, the spliced-model loss (CE/KL vs pooled cosine) and
+    the dashboards' logit views. A model: an LM-head class (``*ForCausalLM``, ``*LMHeadModel``)
+    with its output embeddings; a config: its recorded architectures, else its model type."""
+    import transformers  # here, not at import: a model or config given means it is loaded
+
+    if isinstance(model_or_config, transformers.PretrainedConfig):
+        return _config_is_causal(model_or_config)
+    get = getattr(model_or_config, "get_output_embeddings", None)
+    head = get() if get is not None else None
+    return head is not None and type(model_or_config).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+
+
+def _config_is_causal(config) -> bool:
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    archs = getattr(config, "architectures", None) or []
+    if archs:
+        return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    # No architectures recorded: BERT-likes also have a causal variant, so exclude MLM types.
+    return (
+        config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
+
+
 __all__ = ["BLOCK_LIST_PATHS", "ATTN_PATHS", "MLP_PATHS", "MLP_IN_OF", "FINAL_NORM_PATHS", "block_list",
-           "find_sub", "final_norm", "submodule"]
+           "find_sub", "final_norm", "is_causal_lm", "submodule"]

@@ -38,6 +38,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from saelens_lite.lm.layout import is_causal_lm  # also read as load.is_causal_lm
+
 log = logging.getLogger(__name__)
 
 #: Optional packages -> the exact command that installs them. The model packages pin old
@@ -252,34 +254,6 @@ ALIASES: dict[str, ModelAlias] = {
 
 # ---------------------------------------------------------------------------------------------
 # HF ids and local folders
-
-
-def is_causal_lm(model_or_config) -> bool:
-    """Whether a model (or, before loading, its config) is a causal LM with a language-model head:
-    the one test that picks the loader, the spliced-model loss (CE/KL vs pooled cosine) and
-    the dashboards' logit views. A model: an LM-head class (``*ForCausalLM``, ``*LMHeadModel``)
-    with its output embeddings; a config: its recorded architectures, else its model type."""
-    if isinstance(model_or_config, transformers.PretrainedConfig):
-        return _config_is_causal(model_or_config)
-    get = getattr(model_or_config, "get_output_embeddings", None)
-    head = get() if get is not None else None
-    return head is not None and type(model_or_config).__name__.endswith(("ForCausalLM", "LMHeadModel"))
-
-
-def _config_is_causal(config) -> bool:
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    archs = getattr(config, "architectures", None) or []
-    if archs:
-        return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
-    # No architectures recorded: BERT-likes also have a causal variant, so exclude MLM types.
-    return (
-        config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-        and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    )
 
 
 def _load_pretrained(source: str):

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saelens_lite.lm.load import is_causal_lm
+from saelens_lite.lm.layout import is_causal_lm
 from saelens_lite.lm.losses import kl_from_reference, log_probs, next_token_ce
 from saelens_lite.training.checkpoint import (
     has_checkpoints,

@@ -8,6 +8,7 @@ import transformers
 
 from saelens_lite.lm import load as models
 from saelens_lite.lm.load import ALIASES, MissingDependencyError, cache_dir, load_model
+from saelens_lite.lm.names import ALIAS_NAMES
 
 TINY = [name for name in ALIASES if name.startswith("tiny-")]
 TEXTS = ["Hello, wörld! 🙂 tabs\tand\nnewlines", "short"]
@@ -142,3 +143,7 @@ def test_smollm2_conversion_matches_the_gguf_model(monkeypatch, tmp_path):
     loaded.clear()
     load_model("smollm2-135m")  # the second load reads the copy, no GGUF
     assert loaded == []
+
+
+def test_the_light_alias_names_are_the_loaders_names_in_order():
+    assert ALIAS_NAMES == tuple(ALIASES)
