@@ -27,7 +27,10 @@ $(STAMP): pyproject.toml
 # README and demo; tests/conftest.py enforces the mark) and `triton_interpreter`.
 XDIST := -n auto --dist loadfile
 
-test: install browser-deps peers-venv
+# The two venvs (and Chromium) install side by side: pip is mostly one core's unpacking and
+# file copying, so on a fresh clone the second venv costs little wall-clock beside the first.
+test:
+	$(MAKE) --no-print-directory -j3 install browser-deps peers-venv
 	SAELENS_LITE_REQUIRE_PEERS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST)
 
 test-fast: install

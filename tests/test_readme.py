@@ -36,7 +36,9 @@ SMALL = (  # (README text, what the test runs instead)
     ("--out runs/probing", "--max-examples 60 --out runs/probing"),
     ("--tokens 2000000", "--tokens 16384"),  # before its prefix below
     ("--tokens 200000", "--tokens 3000"),
-    ("--images digits --out", "--images digits --tokens 4096 --max-eval 512 --out"),
+    ("--out runs/eval", "--heldout-tokens 4096 --out runs/eval"),
+    # 2 of the 5 TopK frontier runs; every autoencoder type still trains
+    ("--images digits --out", "--images digits --tokens 2048 --frontier-ks 2 --max-eval 512 --out"),
     ("bench synthetic", "bench synthetic --d 16 --features 32 --mean-active 2 --n-train 4000 --train-tokens 8192"),
     # the tiny model's tokenizer is byte-level: " Paris" is 6 tokens there, a target must be one
     ('--target " Paris" --contrast " Rome"', '--target " " --contrast "e"'),
