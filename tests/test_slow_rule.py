@@ -38,3 +38,16 @@ def test_every_collected_test_that_requests_a_slow_fixture_is_marked_slow(reques
              if SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))]
     assert all(item.get_closest_marker("slow") for item in users), [
         item.nodeid for item in users if not item.get_closest_marker("slow")]
+
+
+def test_the_longest_files_collected_first_exist_and_come_first(request):
+    """tests/conftest.py's LONGEST_FILES: a renamed file would silently fall back to the end."""
+    from pathlib import Path
+
+    from conftest import LONGEST_FILES
+
+    root = Path(request.config.rootpath)
+    assert all((root / path).is_file() for path in LONGEST_FILES), LONGEST_FILES
+    files = list(dict.fromkeys(item.nodeid.split("::")[0] for item in request.session.items))
+    if set(LONGEST_FILES) <= set(files):  # the whole suite was collected
+        assert files[: len(LONGEST_FILES)] == list(LONGEST_FILES)
