@@ -87,8 +87,8 @@ def default_lr(d_sae: int, steps: int) -> float:
     with the budget, and runs of 100M+ tokens are where the rule was fitted. L1 ReLU SAEs keep
     the rule (`takes_short_run_factor`): at 3x, 74% of their latents died in a 244-step run
     at the default L1. That compared a much sparser SAE (a higher lr makes a given L1 sparser):
-    at matched L0 on SmolLM2 blocks.9 (one seed, 244 steps) 3.2x gave FVU 0.19 at L0 25.0
-    (L1 2, 2.8% dead) against 1x's 0.47 at L0 31.1 (L1 4) (docs/synthsae.md); the factor and a
+    at matched L0 on SmolLM2 blocks.9 (2 seeds, 244 steps) 3.2x gave held-out FVU 0.19 at L0 25
+    (L1 2, 2.8% dead) against 1x's 0.47-0.49 at L0 31 (L1 4) (docs/synthsae.md); the factor and a
     retuned L1 default for ReLU wait on seeds and more hooks."""
     lo, hi = LR_TAPER_STEPS
     if steps <= lo:
