@@ -18,7 +18,7 @@ import os
 import subprocess
 
 import pytest
-from helpers import SLOW_FIXTURES, NotMarkedSlow
+from helpers import LONGEST_FILES, SLOW_FIXTURES, NotMarkedSlow
 
 # Set before any test module imports transformers, which reads these at import time.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -33,25 +33,6 @@ def offline():
     mp.setenv("TRANSFORMERS_OFFLINE", "1")
     yield
     mp.undo()
-
-
-LONGEST_FILES = (
-    "tests/test_readme.py",
-    "tests/evals/test_synthsae.py",
-    "tests/training/test_distributed.py",
-    "tests/explain/test_explain_judge.py",
-    "tests/saes/test_pruned_topk.py",
-    "tests/kernels/test_bench_kernels.py",
-    "tests/explain/test_explain.py",
-    "tests/interventions/test_interventions_smollm2.py",
-    "tests/corpus/test_corpus.py",
-    "tests/evals/test_evals_smollm2.py",
-)
-"""The files that took longest on one worker (session 18: 132, 126, 59, 52, 45, 36, 31, 30, 29
-and 28 s of 943 s), collected first. ``make test`` hands whole files to its workers in
-collection order (pytest-xdist ``--dist loadfile --no-loadscope-reorder``; xdist's own order,
-most tests first, put test_readme.py's 3 tests near the end, so one worker ran its ~2 minutes
-while the other had nothing left). Longest first leaves the short files to fill in."""
 
 
 def pytest_collection_modifyitems(config, items):

@@ -41,10 +41,11 @@ def test_every_collected_test_that_requests_a_slow_fixture_is_marked_slow(reques
 
 
 def test_the_longest_files_collected_first_exist_and_come_first(request):
-    """tests/conftest.py's LONGEST_FILES: a renamed file would silently fall back to the end."""
+    """helpers.LONGEST_FILES (tests/conftest.py sorts by it): a renamed file would silently fall
+    back to the end."""
     from pathlib import Path
 
-    from conftest import LONGEST_FILES
+    from helpers import LONGEST_FILES
 
     root = Path(request.config.rootpath)
     assert all((root / path).is_file() for path in LONGEST_FILES), LONGEST_FILES
