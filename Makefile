@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml
 
 # Tests run in parallel over the CPUs (pytest-xdist, -n auto), a test file per worker
 # (--dist loadfile: module-scoped fixtures such as a torchrun launch or the peer process run
-# once), in collection order, which tests/conftest.py starts with the longest files. `make test-fast` leaves out what is marked `slow` (SmolLM2, processes, Chromium,
-# README and demo; tests/conftest.py enforces the mark) and `triton_interpreter`.
+# once), in collection order, which tests/conftest.py starts with the longest files.
+# `make test-fast` leaves out what is marked `slow` (SmolLM2, processes, Chromium, README and
+# demo; tests/conftest.py enforces the mark) and `triton_interpreter`.
 XDIST := -n auto --dist loadfile --no-loadscope-reorder
 
 # The two venvs (and Chromium) install side by side: pip is mostly one core's unpacking and

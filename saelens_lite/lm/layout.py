@@ -1,11 +1,10 @@
 """Where things live inside an HF transformer: the one table of module paths per layout.
 
 Read by :mod:`saelens_lite.lm.hooks` (the uniform hook names) and by the logit views of
-:mod:`saelens_lite.features.logits` (the final norm folded into the unembedding). Also
-:func:`is_causal_lm`, the one test of "causal LM with a head" (it imports transformers only
-when called). An unknown
+:mod:`saelens_lite.features.logits` (the final norm folded into the unembedding). An unknown
 layout falls back to a search (the first ModuleList as long as the layer count; the last norm
-outside the blocks).
+outside the blocks). Also :func:`is_causal_lm`, the one test of "causal LM with a head" (it
+imports transformers only when called).
 """
 
 from __future__ import annotations

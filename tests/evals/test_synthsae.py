@@ -348,7 +348,7 @@ def test_every_score_matches_sae_lens_synthetic_on_the_same_sae_and_samples(tmp_
 
 
 @pytest.mark.slow  # runs SAELens' trainer in the peers interpreter, three times in one process
-def test_the_saelens_runner_seed_fixes_its_sae_and_another_seed_changes_it(tmp_path):
+def test_the_saelens_runner_seed_fixes_its_sae_and_another_seed_changes_it(tmp_path, monkeypatch):
     """The jobs `runner ... --seed S` builds (seeds 1, 1, 2), run by its worker
     (scripts/synthsae_vs_saelens.py worker_runner) in one peers process."""
     python = python_with(SYNTHETIC)
@@ -356,7 +356,7 @@ def test_the_saelens_runner_seed_fixes_its_sae_and_another_seed_changes_it(tmp_p
         pytest.skip("no interpreter with sae_lens.synthetic (.venv-peers, SAELENS_LITE_PEERS_PYTHON)")
     from safetensors.torch import load_file
 
-    sys.path.insert(0, str(ROOT / "scripts"))
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     import synthsae_vs_saelens as script
 
     jobs = []

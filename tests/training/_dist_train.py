@@ -77,20 +77,24 @@ def run(job: dict) -> None:
     _out(config, "shards.json").write_text(json.dumps(sorted(_shards)))
 
 
-if __name__ == "__main__":
-    cache.ShardedArray.shard = _recording_shard
-    for job in json.loads(open(sys.argv[1]).read()):
-        run(job)
-    # Leave together, tear the process group down, then end the process with os._exit: no
-    # interpreter finalisation and no C++ static destructors. Rank 0 of a launch has twice (a
-    # fresh-clone CI run in session 16, a loaded `make test` in session 18) aborted with
-    # "terminate called without an active exception" after every job had run: the fault
-    # handler showed no Python frame on the main thread, so the script had finished and the
-    # abort came from teardown (a C++ std::thread destroyed while joinable; which one was not
-    # found, and 300 relaunches did not repeat it). Removing the exit-time process-group
-    # teardown and joining the data thread (both done) did not stop it.
+def leave() -> None:
+    """End a worker: leave together, tear the process group down, then exit with os._exit: no
+    interpreter finalisation and no C++ static destructors. Rank 0 of a launch has twice (a
+    fresh-clone CI run in session 16, a loaded `make test` in session 18) aborted with
+    "terminate called without an active exception" after every job had run: the fault
+    handler showed no Python frame on the main thread, so the script had finished and the
+    abort came from teardown (a C++ std::thread destroyed while joinable; which one was not
+    found, and 300 relaunches did not repeat it). Removing the exit-time process-group
+    teardown and joining the data thread (both done) did not stop it."""
     distributed.barrier()
     distributed.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+if __name__ == "__main__":
+    cache.ShardedArray.shard = _recording_shard
+    for job in json.loads(open(sys.argv[1]).read()):
+        run(job)
+    leave()
