@@ -57,6 +57,39 @@ def _load_rows(cache: pathlib.Path, hook: str) -> np.ndarray:
     return np.concatenate([np.load(s, mmap_mode="r") for s in shards]).astype(np.float32)
 
 
+def train_sparsify(batches, d_in: int, num_latents: int, k: int, *, lr: float | None = None,
+                   options: dict | None = None):
+    """sparsify's SparseCoder trained on ``batches`` ((B, d_in) tensors) by the body of
+    sparsify.Trainer.fit for loss_fn="fvu" (its Trainer needs a model and a token dataset):
+    b_dec = mean of the first batch, decoder rows renormalised before each step, loss = FVU
+    (+ multi-TopK FVU / 8), gradient parallel to the decoder rows removed, SignSGD in a
+    ScheduleFreeWrapper (momentum 0.95) at lr 5e-3 / sqrt(num_latents / 2^14) (its signum
+    default) unless ``lr``, auxk_alpha = 0 (its default). ``options``: SparseCoderConfig
+    fields. Returns the SAE with the schedule-free averaged weights (what sparsify saves), the
+    training wall time (s) and the lr."""
+    from schedulefree import ScheduleFreeWrapper
+    from sparsify import SparseCoder, SparseCoderConfig
+    from sparsify.sign_sgd import SignSGD
+
+    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=num_latents, k=k, **(options or {})))
+    lr = lr or 5e-3 / (sae.num_latents / 2**14) ** 0.5
+    opt = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=lr)]), momentum=0.95)
+    opt.train()
+    t0 = time.perf_counter()
+    for step, x in enumerate(batches):
+        if step == 0:
+            sae.b_dec.data = x.mean(0)
+        sae.set_decoder_norm_to_unit_norm()
+        total_variance = (x - x.mean(0)).pow(2).sum()
+        o = sae(x, dead_mask=None, total_variance=total_variance)
+        (o.fvu + o.multi_topk_fvu / 8).backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+    opt.eval()
+    return sae, time.perf_counter() - t0, lr
+
+
 def _worker(job: dict) -> None:
     """Train one peer SAE on rows[order] in batches; write its folder and the wall time."""
     import warnings
@@ -75,27 +108,7 @@ def _worker(job: dict) -> None:
     torch.manual_seed(job["seed"])
     out = pathlib.Path(job["out"])
     if lib == "sparsify":
-        from schedulefree import ScheduleFreeWrapper
-        from sparsify import SparseCoder, SparseCoderConfig
-        from sparsify.sign_sgd import SignSGD
-
-        sae = SparseCoder(D, SparseCoderConfig(num_latents=F, k=k))
-        lr = 5e-3 / (sae.num_latents / 2**14) ** 0.5  # sparsify.Trainer's signum default
-        opt = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=lr)]), momentum=0.95)
-        opt.train()
-        t0 = time.perf_counter()
-        for step, x in enumerate(batches()):
-            if step == 0:
-                sae.b_dec.data = x.mean(0)
-            sae.set_decoder_norm_to_unit_norm()
-            total_variance = (x - x.mean(0)).pow(2).sum()
-            o = sae(x, dead_mask=None, total_variance=total_variance)
-            (o.fvu + o.multi_topk_fvu / 8).backward()
-            sae.remove_gradient_parallel_to_decoder_directions()
-            opt.step()
-            opt.zero_grad()
-        opt.eval()  # what sparsify saves: the schedule-free averaged weights
-        wall = time.perf_counter() - t0
+        sae, wall, lr = train_sparsify(batches(), D, F, k)
         sae.save_to_disk(out)
     else:
         from sae_lens import (

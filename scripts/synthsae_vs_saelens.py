@@ -7,8 +7,11 @@
     # SAELens' own trainer (SyntheticSAERunner) at a given number of samples, scored by both
     .venv/bin/python scripts/synthsae_vs_saelens.py runner --arch batchtopk --samples 1000000 \\
         --out runs/synthsae/saelens_batchtopk
+    # sparsify's TopK (its own training recipe) on the very batches `bench synthsae --seed S` trains on
+    .venv/bin/python scripts/synthsae_vs_saelens.py sparsify --samples 1024000 --seed 0 \\
+        --out runs/synthsae/sparsify_topk
 
-SAELens runs in a subprocess under the peers' interpreter (``.venv-peers``): this file re-runs
+SAELens and sparsify run in a subprocess under the peers' interpreter (``.venv-peers``): this file re-runs
 itself there with ``--worker JOB.json``; the worker imports only sae_lens, torch and numpy.
 
 * stats: their SyntheticModel is built from the same config with ``orthogonalization=None``
@@ -29,6 +32,11 @@ itself there with ``--worker JOB.json``; the worker imports only sae_lens, torch
   every training batch draw from torch's global generator, so ``--seed S`` calls
   ``torch.manual_seed(S)`` just before the runner is built; without ``--seed`` that generator is
   left in its start-up state (deterministic too, but no seed).
+* sparsify: sparsify's ``SparseCoder`` (TopK) trained by ``quality_vs_peers.train_sparsify``
+  (the body of ``sparsify.Trainer.fit``: SignSGD, schedule-free, lr 5e-3 / sqrt(F / 2^14), no
+  dead-latent loss, its defaults) on our generator's training stream of seed ``--seed`` (default
+  0), batch 1,024, after ``torch.manual_seed(seed)`` (its initialisation); saved with its own
+  saver and scored by ``bench synthsae``'s scorer on our held-out stream.
 """
 
 from __future__ import annotations
@@ -244,15 +252,38 @@ def worker_runner(job: dict) -> dict:
     return out
 
 
+def worker_sparsify(job: dict) -> dict:
+    """sparsify's TopK SparseCoder trained on our training stream (batch b of seed job["seed"])."""
+    import sparsify
+
+    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "scripts"))
+    from quality_vs_peers import train_sparsify
+
+    from saelens_lite.evals.synthsae.model import TRAIN_STREAM, SynthSAEConfig
+
+    torch.set_num_threads(1)
+    ours = SynthSAEConfig(**job["config"]).build(cache_dir=job.get("model_cache") or None)
+    B, steps = job["batch_size"], job["samples"] // job["batch_size"]
+    batches = (ours.batch(B, stream=TRAIN_STREAM, seed=job["seed"], index=b)[0] for b in range(steps))
+    torch.manual_seed(job["seed"])
+    sae, seconds, lr = train_sparsify(batches, job["config"]["d"], job["width"], job["l0"], lr=job["lr"],
+                                      options=job.get("options"))
+    sae.save_to_disk(job["out"])
+    return {"train_seconds": seconds, "lr": lr, "steps": steps, "sae_dir": job["out"],
+            "sparsify_version": getattr(sparsify, "__version__", None)}
+
+
 # ------------------------------------------------------------------ our side
 
 
-def peers_python(arg: str | None = None) -> str | None:
-    """The interpreter with sae_lens (``--peers-python``, SAELENS_LITE_PEERS_PYTHON, .venv-peers)."""
+def peers_python(arg: str | None = None, probe: str = "import sae_lens.synthetic") -> str | None:
+    """The first interpreter where ``probe`` runs (``--peers-python``, SAELENS_LITE_PEERS_PYTHON,
+    .venv-peers)."""
     for cand in (arg, os.environ.get("SAELENS_LITE_PEERS_PYTHON"), REPO / ".venv-peers" / "bin" / "python",
                  "/work/peers-venv/bin/python"):
         if cand and Path(cand).exists() and subprocess.run(
-                [str(cand), "-c", "import sae_lens.synthetic"], capture_output=True).returncode == 0:
+                [str(cand), "-c", probe], capture_output=True).returncode == 0:
             return str(cand)
     return None
 
@@ -356,12 +387,37 @@ def runner_job(args, out: Path):
     model = cfg.build(cache_dir=args.model_cache or None)
     np.savez(out / "dictionary.npz", W_true=model.W_true_GD.numpy(), bias=model.bias_D.numpy())
     job = {"config": asdict(cfg), "dictionary": str(out / "dictionary.npz"), "arch": args.arch,
-           "width": args.width, "l0": args.l0, "samples": args.samples, "batch_size": 1024, "lr": args.lr,
+           "width": args.width, "l0": args.l0, "samples": args.samples, "batch_size": 1024,
+           "lr": 3e-4 if args.lr is None else args.lr,
            "their_n_eval": args.eval_samples if args.their_eval_samples is None else args.their_eval_samples,
            "out": str(out / "sae"), "seed": args.seed, "sampler": args.sampler,
            "model_cache": args.model_cache, "options": _options(args.option),
            "runner_options": _options(args.runner_option)}
     return cfg, job
+
+
+def sparsify_job(args, out: Path):
+    """The SynthSAE config and the peers worker's job of ``sparsify`` (its SAE goes to OUT/sae)."""
+    from dataclasses import asdict
+
+    from saelens_lite.evals.synthsae import SynthSAEConfig
+
+    cfg = SynthSAEConfig.scaled(args.features, d=args.d)
+    cfg.build(cache_dir=args.model_cache or None)  # built (and cached) once here, not in the worker
+    job = {"config": asdict(cfg), "width": args.width, "l0": args.l0, "samples": args.samples,
+           "batch_size": 1024, "lr": args.lr, "seed": 0 if args.seed is None else args.seed,
+           "model_cache": args.model_cache, "options": _options(args.option), "out": str(out / "sae")}
+    return cfg, job
+
+
+def sparsify_command(args, python: str, out: Path) -> dict:
+    from saelens_lite.evals.synthsae import score_saved
+
+    cfg, job = sparsify_job(args, out)
+    theirs = run_worker(python, "sparsify", job, out)
+    ours = score_saved(cfg, out / "sae", n_eval=args.eval_samples, eval_seed=args.eval_seed,
+                       model_cache=args.model_cache or None)
+    return {"job": job, "theirs": theirs, "scored_by_us": ours["rows"][0]}
 
 
 def runner_command(args, python: str, out: Path) -> dict:
@@ -376,18 +432,21 @@ def runner_command(args, python: str, out: Path) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", nargs="?", choices=("stats", "metrics", "runner"))
+    p.add_argument("command", nargs="?", choices=("stats", "metrics", "runner", "sparsify"))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--features", type=int, default=16_384)
     p.add_argument("--d", type=int, default=768)
     p.add_argument("--samples", type=int, default=32_768, help="stats: samples per side; else training samples")
     p.add_argument("--seed", type=int, default=None,
                    help="stats: seed of both samplers (default 0); runner: torch.manual_seed before SAELens' "
-                        "runner is built (default: none, torch's start-up generator state)")
+                        "runner is built (default: none, torch's start-up generator state); sparsify: the "
+                        "training stream's seed and torch.manual_seed before its SAE is built (default 0)")
     p.add_argument("--arch", default="batchtopk")
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--l0", type=int, default=25)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=None,
+                   help="runner: SAELens' lr (default 3e-4, the published recipe); sparsify: its lr "
+                        "(default: its rule, 5e-3 / sqrt(width / 2^14))")
     p.add_argument("--sae", default=None, help="metrics: cross-check this saved SAE instead of training one")
     p.add_argument("--eval-samples", type=int, default=20_000)
     p.add_argument("--eval-seed", type=int, default=0)
@@ -398,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "batches `bench synthsae --seed S` trains on; 0.07 CPU-s per 1,024) or from "
                         "sae_lens.synthetic's own sampler (1.3 CPU-s per 1,024)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="runner: a field of SAELens' training SAE config (JSON value), repeatable")
+                   help="runner: a field of SAELens' training SAE config (JSON value); sparsify: a field of "
+                        "its SparseCoderConfig; repeatable")
     p.add_argument("--runner-option", action="append", default=[], metavar="KEY=VALUE",
                    help="runner: a field of SyntheticSAERunnerConfig (JSON value), repeatable; e.g. "
                         "dead_feature_window=250 lr_warm_up_steps=50 lr_decay_steps=200 (its default dead "
@@ -416,15 +476,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.worker:
         job = json.loads(Path(args.worker).read_text())
-        res = {"stats": worker_stats, "metrics": worker_metrics, "runner": worker_runner}[job["kind"]](job)
+        res = {"stats": worker_stats, "metrics": worker_metrics, "runner": worker_runner,
+               "sparsify": worker_sparsify}[job["kind"]](job)
         Path(job["result"]).write_text(json.dumps(res))
         return 0
     if args.command is None:
-        p.error("a command is required: stats, metrics or runner")
+        p.error("a command is required: stats, metrics, runner or sparsify")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    python = peers_python(args.peers_python)
+    needs = "sparsify" if args.command == "sparsify" else "sae_lens.synthetic"
+    python = peers_python(args.peers_python, f"import {needs}")
     if python is None:
-        raise SystemExit("no interpreter with sae_lens.synthetic: run `make peers-venv` or pass --peers-python")
+        raise SystemExit(f"no interpreter with {needs}: run `make peers-venv` or pass --peers-python")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.command == "stats":
@@ -443,6 +505,8 @@ def main(argv=None) -> int:
         result = compare_stats(our_stats(cfg, args.samples, seed), theirs) | {"shared_draws": args.shared}
     elif args.command == "metrics":
         result = metrics_command(args, python, out)
+    elif args.command == "sparsify":
+        result = sparsify_command(args, python, out)
     else:
         result = runner_command(args, python, out)
     (out / f"{args.command}.json").write_text(json.dumps(result, indent=2))

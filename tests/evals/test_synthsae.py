@@ -424,3 +424,51 @@ def test_runner_options_reach_saelens_runner_and_sae_configs(tmp_path):
     theirs = json.loads((tmp_path / "r" / "runner_peer.json").read_text())["sae_config"]
     assert theirs["l0_coefficient"] == 0.5 and theirs["target_l0"] == 4.0  # the quadratic target is the --l0
     assert "their_eval" not in json.loads((tmp_path / "r" / "runner_peer.json").read_text())
+
+
+@pytest.mark.slow  # trains sparsify's SAE in the peers interpreter
+def test_sparsify_trains_on_our_training_stream_and_its_sae_is_scored(tmp_path):
+    """`sparsify`: the worker hands train_sparsify our training stream's batches (seed --seed), and
+    the command scores the SAE sparsify saved (TopK: L0 exactly k; it has learnt to reconstruct)."""
+    python = python_with("import sparsify")
+    if python is None:
+        pytest.skip("no interpreter with sparsify (.venv-peers, SAELENS_LITE_PEERS_PYTHON)")
+    from dataclasses import asdict
+
+    cfg = SynthSAEConfig.scaled(512, d=32)
+    job = {"config": asdict(cfg), "width": 64, "l0": 4, "samples": 3 * 128, "batch_size": 128, "lr": None,
+           "seed": 3, "model_cache": "", "options": {}, "out": str(tmp_path / "unused")}
+    code = f"""
+import json, sys, torch
+sys.path.insert(0, {str(ROOT / "scripts")!r})
+import quality_vs_peers, synthsae_vs_saelens as s
+seen = []
+class Stop(Exception):
+    pass
+def fake(batches, d_in, num_latents, k, **kw):
+    seen.extend(batches)
+    raise Stop
+quality_vs_peers.train_sparsify = fake
+try:
+    s.worker_sparsify(json.loads({json.dumps(json.dumps(job))}))
+except Stop:
+    torch.save(torch.stack(seen), {str(tmp_path / "batches.pt")!r})
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+    subprocess.run([python, "-c", code], check=True, capture_output=True, cwd=tmp_path, env=env)
+    seen = torch.load(tmp_path / "batches.pt")
+    model = cfg.build()
+    assert seen.shape == (3, 128, 32)
+    for b in range(3):
+        assert torch.equal(seen[b], model.batch(128, stream=TRAIN_STREAM, seed=3, index=b)[0])
+
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "synthsae_vs_saelens.py"), "sparsify", "--features", "512",
+                    "--d", "32", "--width", "64", "--l0", "4", "--samples", "8192", "--eval-samples", "2048",
+                    "--model-cache", "", "--peers-python", python, "--out", str(tmp_path / "r")],
+                   check=True, capture_output=True, cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    res = json.loads((tmp_path / "r" / "sparsify.json").read_text())
+    assert res["theirs"]["steps"] == 8 and res["theirs"]["lr"] == pytest.approx(5e-3 / (64 / 2**14) ** 0.5)
+    row = res["scored_by_us"]
+    assert row["l0"] == pytest.approx(4.0) and row["heldout_samples"] == 2048
+    # trained 8 steps: 0.59 here; b_dec alone (an SAE whose codes reconstruct nothing) explains 0
+    assert row["explained_variance"] > 0.3
