@@ -410,21 +410,13 @@ def sparsify_job(args, out: Path):
     return cfg, job
 
 
-def sparsify_command(args, python: str, out: Path) -> dict:
+def peer_train_command(args, python: str, out: Path) -> dict:
+    """``runner`` or ``sparsify``: the peer trains in its interpreter, saves to OUT/sae, and we
+    score that SAE on our held-out stream."""
     from saelens_lite.evals.synthsae import score_saved
 
-    cfg, job = sparsify_job(args, out)
-    theirs = run_worker(python, "sparsify", job, out)
-    ours = score_saved(cfg, out / "sae", n_eval=args.eval_samples, eval_seed=args.eval_seed,
-                       model_cache=args.model_cache or None)
-    return {"job": job, "theirs": theirs, "scored_by_us": ours["rows"][0]}
-
-
-def runner_command(args, python: str, out: Path) -> dict:
-    from saelens_lite.evals.synthsae import score_saved
-
-    cfg, job = runner_job(args, out)
-    theirs = run_worker(python, "runner", job, out)
+    cfg, job = {"runner": runner_job, "sparsify": sparsify_job}[args.command](args, out)
+    theirs = run_worker(python, args.command, job, out)
     ours = score_saved(cfg, out / "sae", n_eval=args.eval_samples, eval_seed=args.eval_seed,
                        model_cache=args.model_cache or None)
     return {"job": job, "theirs": theirs, "scored_by_us": ours["rows"][0]}
@@ -505,10 +497,8 @@ def main(argv=None) -> int:
         result = compare_stats(our_stats(cfg, args.samples, seed), theirs) | {"shared_draws": args.shared}
     elif args.command == "metrics":
         result = metrics_command(args, python, out)
-    elif args.command == "sparsify":
-        result = sparsify_command(args, python, out)
     else:
-        result = runner_command(args, python, out)
+        result = peer_train_command(args, python, out)
     (out / f"{args.command}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k not in ("ours", "theirs")}, indent=2))
     return 0
