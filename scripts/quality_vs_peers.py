@@ -72,7 +72,7 @@ def train_sparsify(batches, d_in: int, num_latents: int, k: int, *, lr: float | 
     from sparsify.sign_sgd import SignSGD
 
     sae = SparseCoder(d_in, SparseCoderConfig(num_latents=num_latents, k=k, **(options or {})))
-    lr = lr or 5e-3 / (sae.num_latents / 2**14) ** 0.5
+    lr = 5e-3 / (sae.num_latents / 2**14) ** 0.5 if lr is None else lr
     opt = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=lr)]), momentum=0.95)
     opt.train()
     t0 = time.perf_counter()

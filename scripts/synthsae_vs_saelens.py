@@ -11,8 +11,9 @@
     .venv/bin/python scripts/synthsae_vs_saelens.py sparsify --samples 1024000 --seed 0 \\
         --out runs/synthsae/sparsify_topk
 
-SAELens and sparsify run in a subprocess under the peers' interpreter (``.venv-peers``): this file re-runs
-itself there with ``--worker JOB.json``; the worker imports only sae_lens, torch and numpy.
+SAELens and sparsify run in a subprocess under the peers' interpreter (``.venv-peers``): this file
+re-runs itself there with ``--worker JOB.json``; a worker imports sae_lens (or sparsify), torch and
+numpy, and our generator where it trains on our samples.
 
 * stats: their SyntheticModel is built from the same config with ``orthogonalization=None``
   (its 100 full G x G steps take ~40 CPU-minutes; no firing statistic depends on the
@@ -403,7 +404,6 @@ def sparsify_job(args, out: Path):
     from saelens_lite.evals.synthsae import SynthSAEConfig
 
     cfg = SynthSAEConfig.scaled(args.features, d=args.d)
-    cfg.build(cache_dir=args.model_cache or None)  # built (and cached) once here, not in the worker
     job = {"config": asdict(cfg), "width": args.width, "l0": args.l0, "samples": args.samples,
            "batch_size": 1024, "lr": args.lr, "seed": 0 if args.seed is None else args.seed,
            "model_cache": args.model_cache, "options": _options(args.option), "out": str(out / "sae")}
