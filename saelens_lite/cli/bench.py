@@ -1,6 +1,7 @@
 """``saelens-lite bench synthetic``: the ground-truth benchmark on toy superposition data;
 ``saelens-lite bench synthsae``: SynthSAEBench-16k (evals.synthsae);
-``saelens-lite bench probing``: sparse probing on the SAE-Probes datasets of labelled text."""
+``saelens-lite bench probing``: sparse probing on the SAE-Probes datasets of labelled text;
+``saelens-lite bench probing-corpus``: those datasets' training-split texts, to train an SAE on-domain."""
 
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def add(sub) -> None:
     s.add_argument("--json", default=None, help="also write the rows to this JSON file")
     s.set_defaults(func=run_synthetic)
     _add_probing(bench_sub)
+    _add_probing_corpus(bench_sub)
     add_synthsae(bench_sub)
 
 
@@ -101,6 +103,46 @@ def run_probing(args: argparse.Namespace) -> int:
             print(f"{sae:36s} {hook} {pooling:4s} {probe:6s} mean AUC {v['auc']:.3f} accuracy {v['accuracy']:.3f} "
                   f"over {v['n']} datasets")
     print(f"wrote results.md, results.json and auc_vs_k.png to {args.out}")
+    return 0
+
+
+def _add_probing_corpus(bench_sub) -> None:
+    from saelens_lite.evals.probing.run import ProbingConfig
+
+    d = ProbingConfig()
+    s = bench_sub.add_parser("probing-corpus", formatter_class=Formatter,
+                             help="the probing datasets' training-split texts as a corpus (on-domain SAEs)",
+                             description="Write the training-split texts of the probing datasets (the split that "
+                                         "`bench probing` draws with the same --max-examples, --test-fraction and "
+                                         "--seed) to a .jsonl file for `saelens-lite harvest --dataset FILE`: an "
+                                         "SAE trained on it has read no test text. A text held out by any "
+                                         "selected dataset is dropped, each text is written once, and the order is "
+                                         "shuffled with --seed.")
+    s.add_argument("--out", required=True, metavar="FILE.jsonl", help="the corpus to write")
+    s.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
+                   help="dataset file names (default: every binary dataset with >= --min-per-class per label)")
+    s.add_argument("--max-examples", type=int, default=d.max_examples, help="as bench probing's")
+    s.add_argument("--test-fraction", type=float, default=d.test_fraction, help="as bench probing's")
+    s.add_argument("--seed", type=int, default=d.seed, help="as bench probing's; also the corpus order")
+    s.add_argument("--min-per-class", type=int, default=d.min_per_class, help="as bench probing's")
+    s.add_argument("--data-dir", default="", help="folder of NAME.csv(.zst) datasets (default: the wheel's)")
+    s.set_defaults(func=run_probing_corpus)
+
+
+def run_probing_corpus(args: argparse.Namespace) -> int:
+    from saelens_lite.evals.probing import data
+    from saelens_lite.evals.probing.corpus import write_train_corpus
+
+    # the same checks as bench probing's config, so a value it refuses is refused here too
+    from saelens_lite.evals.probing.run import ProbingConfig
+
+    ProbingConfig(max_examples=args.max_examples, test_fraction=args.test_fraction, seed=args.seed,
+                  min_per_class=args.min_per_class)
+    names = args.datasets or data.default_datasets(args.data_dir or None, min_per_class=args.min_per_class)
+    counts = write_train_corpus(args.out, names, max_examples=args.max_examples, test_fraction=args.test_fraction,
+                                seed=args.seed, data_dir=args.data_dir or None)
+    print(f"wrote {counts['texts']:,} texts from {counts['datasets']} datasets' training splits to {args.out} "
+          f"({counts['dropped_in_a_test_split']:,} dropped: in a test split; {counts['duplicates']:,} duplicates)")
     return 0
 
 

@@ -4,8 +4,9 @@ match a dense probe on the activations they encode?
 
 ``data`` (the labelled datasets, the binary filter, the split), ``acts`` (pooled activations of a
 hook, cached), ``probes`` (dense, k-sparse and all-latent probes), ``run`` (the benchmark,
-resumable), ``report`` (tables, JSON, the AUC-vs-k plot). ``saelens-lite bench probing`` is the
-command line.
+resumable), ``report`` (tables, JSON, the AUC-vs-k plot), ``corpus`` (the training-split texts as a corpus
+for an on-domain SAE). ``saelens-lite bench probing`` and ``bench probing-corpus`` are the
+command lines.
 """
 
 from saelens_lite.evals.probing.probes import ProbeConfig, fit_probe, mean_diff_order, sparse_probes
