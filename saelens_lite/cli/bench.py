@@ -132,10 +132,9 @@ def _add_probing_corpus(bench_sub) -> None:
 def run_probing_corpus(args: argparse.Namespace) -> int:
     from saelens_lite.evals.probing import data
     from saelens_lite.evals.probing.corpus import write_train_corpus
-
-    # the same checks as bench probing's config, so a value it refuses is refused here too
     from saelens_lite.evals.probing.run import ProbingConfig
 
+    # bench probing's own checks, so a value it refuses is refused here too
     ProbingConfig(max_examples=args.max_examples, test_fraction=args.test_fraction, seed=args.seed,
                   min_per_class=args.min_per_class)
     names = args.datasets or data.default_datasets(args.data_dir or None, min_per_class=args.min_per_class)
