@@ -217,6 +217,59 @@ def test_pipeline_on_two_datasets_then_resumes_from_its_caches(tmp_path):
     assert _mtimes(out / "activations") == {p: t for p, t in before.items() if "activations" in str(p)}
 
 
+def test_a_training_subset_is_balanced_inside_the_training_split_and_keeps_every_test_text():
+    from saelens_lite.evals.probing.run import _Split
+
+    y_N = np.array([1, 0] * 30 + [1] * 10 + [0] * 10)  # 60 training texts, then 20 test texts
+    split = _Split(np.arange(80) + 100, 60, y_N)
+    pick = split.subset(10, seed=0)
+    train, test = pick[:10], pick[10:]
+    assert list(test) == list(range(60, 80)) and (np.diff(train) > 0).all() and train.max() < 60
+    assert y_N[train].sum() == 5
+    assert list(split.subset(10, seed=0)) == list(pick)
+    assert list(split.subset(10, seed=1)) != list(pick) and list(split.subset(12, seed=0))[:10] != list(train)
+    skewed = _Split(np.arange(30), 20, np.array([1] * 4 + [0] * 16 + [1, 0] * 5))  # 4 positive training texts
+    assert skewed.y_N[skewed.subset(10, seed=0)[:10]].sum() == 4  # as many as there are
+
+
+def test_train_sizes_refit_every_probe_on_subsets_and_resume(tmp_path):
+    folder = _datasets(tmp_path / "d")
+    saes = [_sae(tmp_path / "topk")]
+    cfg = ProbingConfig(model="tiny-llama", data_dir=str(folder), min_per_class=40, ks=[1, 2], pooling="last",
+                        max_examples=80, seed=1, train_sizes=[8, 20, 60])
+    probe_cfg = ProbeConfig(cs=[0.1, 1.0], folds=2)
+    out = tmp_path / "out"
+    res = run_probing(saes, cfg, out, probe_cfg=probe_cfg)
+    full = run_probing(saes, ProbingConfig(**{**cfg.__dict__, "train_sizes": []}), tmp_path / "plain",
+                       probe_cfg=probe_cfg)
+    assert res["rows"] == full["rows"]  # the full-split rows do not change
+    scarce = res["scarce_rows"]
+    # 60 is the whole training split: skipped; per dataset and size one dense and k=1, k=2, all
+    assert {r["train_size"] for r in scarce} == {8, 20} and len(scarce) == 2 * 2 * (1 + 3)
+    for r in scarce:
+        assert (r["n_train"], r["n_train_pos"], r["n_test"], r["n_test_pos"]) == (r["train_size"],
+                                                                                 r["train_size"] // 2, 20, 10)
+    # the dense probe of size 8 on 1_animals: refitted here on the subset's own pooled rows
+    from saelens_lite.evals.probing.run import _Split
+
+    ds = data.load_dataset("1_animals", folder)
+    tr, te = data.split_indices(ds.y_N, max_examples=80, test_fraction=0.25, seed=1)
+    idx = np.concatenate([tr, te])
+    tok = acts.pooled_rows(None, HOOK, ds.name, ds.texts, idx, poolings=("last",), cache_dir=out / "activations",
+                           model_name="tiny-llama", max_tokens=cfg.max_tokens, batch_tokens=cfg.batch_tokens)["last"]
+    x_ND, y_N = acts.pool(tok.rows_TD, tok.offsets, "last"), ds.y_N[idx]
+    pick = _Split(idx, len(tr), y_N).subset(8, seed=1)
+    want = fit_probe(x_ND[pick[:8]], y_N[pick[:8]], x_ND[pick[8:]], y_N[pick[8:]], probe_cfg, seed=1)
+    got = next(r for r in scarce if (r["dataset"], r["sae"], r["train_size"]) == ("1_animals", "dense probe", 8))
+    assert (got["auc"], got["accuracy"], got["C"]) == (want.auc, want.accuracy, want.c)
+    md = (out / "results.md").read_text()
+    assert "## Training-set size" in md and "| dense probe | dense |" in md and "full (60)" in md
+    assert (out / "auc_vs_train_size.png").stat().st_size > 0 and not (tmp_path / "plain" / "auc_vs_train_size.png").exists()
+    before = _mtimes(out / "results")
+    assert run_probing(saes, cfg, out, probe_cfg=probe_cfg)["scarce_rows"] == scarce
+    assert _mtimes(out / "results") == before
+
+
 def test_cli_runs_end_to_end(tmp_path, capsys):
     folder = _datasets(tmp_path / "d")
     out = tmp_path / "out"
@@ -235,6 +288,7 @@ def test_cli_runs_end_to_end(tmp_path, capsys):
     ("not binary", "'3_numeric' is not binary"),
     ("width", "d_in=32"),
     ("k", "--k 200"),
+    ("train size", "--train-sizes 4: below 6"),
 ])
 def test_cli_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys, case, needle):
     folder = _datasets(tmp_path / "d")
@@ -243,7 +297,7 @@ def test_cli_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys, case,
     argv = ["bench", "probing", "--model", "tiny-llama", "--sae", sae, "--out", str(out),
             "--data-dir", str(folder), "--min-per-class", "40"]
     argv += {"unknown dataset": ["--datasets", "1_animals", "9_nope"], "not binary": ["--datasets", "3_numeric"],
-             "width": [], "k": ["--k", "1", "200"]}[case]
+             "width": [], "k": ["--k", "1", "200"], "train size": ["--train-sizes", "16", "4"]}[case]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err

@@ -1,10 +1,12 @@
 """The probing report: results.json (every row), results.md (per-dataset tables with counts, the
 means, and where SAE probes beat the dense probe) and auc_vs_k.png (mean test AUC against k, one
-line per autoencoder, the dense probe as a horizontal line), each written atomically.
+line per autoencoder, the dense probe as a horizontal line), each written atomically. With
+``train_sizes`` (the data-scarce setting) also a table of mean test AUC by training-set size and
+auc_vs_train_size.png.
 
 A row: {sae, hook, pooling, dataset, probe (``dense`` / ``k=K`` / ``all``), k, auc, accuracy, C,
 n_train, n_test, n_train_pos, n_test_pos, classes}; the dense probe's rows have sae
-``dense probe``.
+``dense probe``. A data-scarce row (``result["scarce_rows"]``) has ``train_size`` too.
 """
 
 from __future__ import annotations
@@ -102,7 +104,103 @@ def format_markdown(result: dict) -> str:
                        f"{len(vs['equal'])}, below on {len(vs['below'])} datasets"
                        + (f" (above: {', '.join(vs['above'])})" if vs["above"] else ""))
         out.append("")
+    if result.get("scarce_rows"):
+        out += scarce_table(result)
     return "\n".join(out)
+
+
+def _size_probes(rows: list[dict]) -> list[str]:
+    """The probes the data-scarce views show: k=1, the largest k and all."""
+    names = _probe_names(rows)
+    ks = [p for p in names if p.startswith("k=")]
+    return list(dict.fromkeys(ks[:1] + ks[-1:] + [p for p in names if p == "all"]))
+
+
+def size_means(result: dict) -> dict[tuple[str, str, str, str], dict]:
+    """{(sae, hook, pooling, probe): {size: {"auc", "accuracy", "n"}}} over datasets; size
+    ``"full"`` is the whole training split (the main rows)."""
+    out: dict[tuple, dict] = defaultdict(dict)
+    acc: dict[tuple, list[dict]] = defaultdict(list)
+    for r in result.get("scarce_rows", []):
+        acc[(r["sae"], r["hook"], r["pooling"], r["probe"], r["train_size"])].append(r)
+    for r in result["rows"]:
+        acc[(r["sae"], r["hook"], r["pooling"], r["probe"], "full")].append(r)
+    for (*key, size), rs in acc.items():
+        out[tuple(key)][size] = {"auc": float(np.mean([r["auc"] for r in rs])),
+                                 "accuracy": float(np.mean([r["accuracy"] for r in rs])), "n": len(rs)}
+    return dict(out)
+
+
+def scarce_table(result: dict) -> list[str]:
+    """Markdown: mean test AUC by training-set size, per (hook, pooling), the dense probe first."""
+    sizes = sorted({r["train_size"] for r in result["scarce_rows"]})
+    m = size_means(result)
+    probes = _size_probes(result["rows"])
+    n_full = sorted({r["n_train"] for r in result["rows"]})
+    full = f"full ({n_full[0]})" if len(n_full) == 1 else f"full ({n_full[0]}-{n_full[-1]})"
+    out = ["## Training-set size (the data-scarce setting)", "",
+           "Mean test AUC over the datasets whose training split is larger than the size (their count "
+           "in brackets where it is not all of them); each size is one balanced, seeded draw from the "
+           "training split, the test split is the same.", ""]
+    n_all = len({r["dataset"] for r in result["rows"]})
+    for hook, pooling in dict.fromkeys((r["hook"], r["pooling"]) for r in result["rows"]):
+        out += [f"### {hook}, {pooling}-token pooling", "",
+                "| autoencoder | probe | " + " | ".join(map(str, sizes)) + f" | {full} |",
+                "|---|---|" + "---|" * (len(sizes) + 1)]
+        keys = [(DENSE, hook, pooling, "dense")] + [(sae, hook, pooling, p) for sae, h, pl in _groups(result["rows"])
+                                                    if (h, pl) == (hook, pooling) for p in probes]
+        for key in keys:
+            cells = []
+            for size in [*sizes, "full"]:
+                v = m.get(key, {}).get(size)
+                cells.append("-" if v is None else f"{v['auc']:.3f}" + (f" [{v['n']}]" if v["n"] != n_all else ""))
+            out.append(f"| {key[0]} | {key[3]} | " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
+def plot_auc_vs_train_size(result: dict, path: str | Path) -> Path:
+    """Mean test AUC against the training-set size (log2 axis; the full split at the far right),
+    one panel per pooling: the dense probe dashed black, each autoencoder's k=1 probe dotted and
+    its largest-k probe solid, in one colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    m = size_means(result)
+    sizes = sorted({r["train_size"] for r in result["scarce_rows"]})
+    x_full = 2 * sizes[-1]
+    probes = [p for p in _size_probes(rows) if p.startswith("k=")]
+    poolings = list(dict.fromkeys(r["pooling"] for r in rows))
+    fig, axes = plt.subplots(1, len(poolings), figsize=(5.5 * len(poolings), 4), squeeze=False)
+
+    def line(ax, key, style, **kw):
+        xs = [s for s in sizes if s in m.get(key, {})] + (["full"] if "full" in m.get(key, {}) else [])
+        return ax.plot([x_full if s == "full" else s for s in xs], [m[key][s]["auc"] for s in xs], style, **kw)[0]
+
+    for ax, pooling in zip(axes[0], poolings):
+        for hook in dict.fromkeys(r["hook"] for r in rows if r["pooling"] == pooling):
+            line(ax, (DENSE, hook, pooling, "dense"), "k--", label=f"dense probe ({hook})")
+        for sae, hook, pl in _groups(rows):
+            if pl != pooling:
+                continue
+            first = line(ax, (sae, hook, pl, probes[-1]), "o-", label=f"{sae} {probes[-1]}")
+            if len(probes) > 1:
+                line(ax, (sae, hook, pl, probes[0]), "o:", color=first.get_color(), label=f"{sae} {probes[0]}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes + [x_full], [str(s) for s in sizes] + ["full"])
+        ax.set_xlabel("training texts (half per label)")
+        ax.set_ylabel("mean test AUC")
+        ax.set_title(f"{pooling}-token pooling")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_open(path) as f:
+        fig.savefig(f, dpi=120, format="png")
+    plt.close(fig)
+    return path
 
 
 def plot_auc_vs_k(result: dict, path: str | Path) -> Path:
@@ -151,7 +249,11 @@ def write_report(result: dict, out: str | Path) -> dict[str, Path]:
     write_json(out / "results.json", result)
     md = out / "results.md"
     write_text(md, format_markdown(result) + "\n")
-    return {"json": out / "results.json", "markdown": md, "plot": plot_auc_vs_k(result, out / "auc_vs_k.png")}
+    written = {"json": out / "results.json", "markdown": md, "plot": plot_auc_vs_k(result, out / "auc_vs_k.png")}
+    if result.get("scarce_rows"):
+        written["size_plot"] = plot_auc_vs_train_size(result, out / "auc_vs_train_size.png")
+    return written
 
 
-__all__ = ["DENSE", "means", "versus_dense", "format_markdown", "plot_auc_vs_k", "write_report"]
+__all__ = ["DENSE", "means", "size_means", "versus_dense", "format_markdown", "scarce_table", "plot_auc_vs_k",
+           "plot_auc_vs_train_size", "write_report"]

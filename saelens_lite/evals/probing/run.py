@@ -60,6 +60,10 @@ class ProbingConfig:
     """Default dataset selection: at least this many examples of each label."""
     all_latents: bool = True
     """Also fit the probe on every latent."""
+    train_sizes: list[int] = field(default_factory=list)
+    """The paper's data-scarce setting: also fit every probe on a balanced subset of this many
+    training texts (half per label, one seeded draw per size; the test split is unchanged). A
+    size at or above a dataset's training split is skipped there. Empty: the full split only."""
     seed: int = 0
     """Seed of the example draw, the split and the cross-validation folds."""
     data_dir: str = ""
@@ -78,6 +82,8 @@ class ProbingConfig:
             raise ValueError(f"ProbingConfig.pooling={self.pooling!r}: choose one of {list(POOLING_CHOICES)}")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"ProbingConfig.test_fraction={self.test_fraction!r}: must be in (0, 1)")
+        if any(not isinstance(n, int) or n < 2 for n in self.train_sizes):
+            raise ValueError(f"ProbingConfig.train_sizes={self.train_sizes!r}: give integers >= 2")
 
     @property
     def poolings(self) -> tuple[str, ...]:
@@ -200,6 +206,16 @@ class _Split:
         return {"dataset": name, "n_train": self.n_train, "n_test": len(y_te), "n_train_pos": int(y_tr.sum()),
                 "n_test_pos": int(y_te.sum()), "classes": list(classes)}
 
+    def subset(self, n: int, seed: int) -> np.ndarray:
+        """Positions (into this split's rows) of a balanced draw of ``n`` training texts, n // 2
+        positive, sorted, then every test text."""
+        rng = np.random.default_rng([seed, n])
+        y_tr = self.y_N[: self.n_train]
+        pos, neg = np.flatnonzero(y_tr == 1), np.flatnonzero(y_tr == 0)
+        n_pos = max(min(n // 2, len(pos)), n - len(neg))  # half each, as far as the smaller label allows
+        chosen = np.concatenate([rng.choice(pos, n_pos, replace=False), rng.choice(neg, n - n_pos, replace=False)])
+        return np.concatenate([np.sort(chosen), np.arange(self.n_train, len(self.y_N))])
+
     def dense(self, x_ND: np.ndarray, probe_cfg: ProbeConfig, seed: int) -> dict:
         n = self.n_train
         return _score_row(fit_probe(x_ND[:n], self.y_N[:n], x_ND[n:], self.y_N[n:], probe_cfg, seed=seed))
@@ -228,13 +244,47 @@ def _pooled_rows(cfg, probe_cfg, split: _Split, base: dict, tok: acts.TokenRows,
     return rows
 
 
-def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: Path) -> list[dict]:
+def _scarce_rows(cfg, probe_cfg, split: _Split, base: dict, tok: acts.TokenRows, probed, where: Path,
+                 rkey: str) -> list[dict]:
+    """The rows of :func:`_pooled_rows` for each of ``cfg.train_sizes`` below the training split,
+    on a balanced subset of it (:meth:`_Split.subset`), each row with its ``train_size``."""
+    sizes = [n for n in sorted(set(cfg.train_sizes)) if n < split.n_train]
+    if not sizes:
+        return []
+    how = base["pooling"]
+    x_ND = acts.pool(tok.rows_TD, tok.offsets, how)
+    z: dict[str, np.ndarray] = {}  # pooled latents, encoded on first need (cached results need none)
+
+    def latents(p) -> np.ndarray:
+        if p.key not in z:
+            z[p.key] = encode_pooled(p.sae, tok, how, device=cfg.device)
+        return z[p.key]
+
+    rows = []
+    for n in sizes:
+        pick = split.subset(n, cfg.seed)
+        sub = _Split(split.idx_N[pick], n, split.y_N[pick])
+        b = base | {"train_size": n, "n_train": n, "n_train_pos": int(sub.y_N[:n].sum())}
+        tag = f"{rkey}-n{n}s{cfg.seed}"
+        dense = _cached_json(where / f"dense-{tag}.json",
+                             lambda sub=sub, pick=pick: sub.dense(x_ND[pick], probe_cfg, cfg.seed))
+        rows.append(b | {"sae": "dense probe", "probe": "dense", "k": None} | dense)
+        for p in probed:
+            res = _cached_json(where / f"sae-{p.key}-{tag}.json",
+                               lambda p=p, sub=sub, pick=pick: sub.sparse(latents(p)[pick], cfg, probe_cfg))
+            rows += [b | {"sae": p.label, "probe": name, "k": int(name[2:]) if name.startswith("k=") else None}
+                     | score for name, score in res.items() if name != "latents"]
+    return rows
+
+
+def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: Path) -> tuple[list[dict], list[dict]]:
+    """(rows on the full training split, rows of the data-scarce subsets)."""
     split = _Split(np.concatenate([idx_train, idx_test]), len(idx_train),
                    ds.y_N[np.concatenate([idx_train, idx_test])])
     # results of another split, k list or probe setting are other files, never reused
     rkey = hashlib.sha1(json.dumps([acts.cache_key(split.idx_N, cfg.max_tokens, "special"), cfg.model, cfg.ks,
                                     cfg.all_latents, asdict(probe_cfg)]).encode()).hexdigest()[:10]
-    rows = []
+    rows, scarce = [], []
     for hook in sorted({p.hook for p in probed}):
         pooled = acts.pooled_rows(get_lm, hook, ds.name, ds.texts, split.idx_N, poolings=cfg.poolings,
                                   cache_dir=cfg.cache_dir or out / "activations", model_name=cfg.model,
@@ -242,9 +292,10 @@ def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: 
         for how, tok in pooled.items():
             base = split.counts(ds.name, ds.classes) | {"hook": hook, "pooling": how}
             where = out / "results" / acts.slug(ds.name) / acts.slug(hook) / how
-            rows += _pooled_rows(cfg, probe_cfg, split, base, tok, [p for p in probed if p.hook == hook],
-                                 where, rkey)
-    return rows
+            mine = [p for p in probed if p.hook == hook]
+            rows += _pooled_rows(cfg, probe_cfg, split, base, tok, mine, where, rkey)
+            scarce += _scarce_rows(cfg, probe_cfg, split, base, tok, mine, where, rkey)
+    return rows, scarce
 
 
 def run_probing(saes: list[str], cfg: ProbingConfig, out: str | Path, *,
@@ -263,16 +314,23 @@ def run_probing(saes: list[str], cfg: ProbingConfig, out: str | Path, *,
                          f"{cfg.data_dir or data.default_data_dir()}")
     get_lm = _Model(cfg)
     _check_inputs(cfg, probed, names, get_lm.widths)
+    if len(probe_cfg.cs) > 1 and cfg.train_sizes and min(cfg.train_sizes) // 2 < probe_cfg.folds:
+        raise ValueError(f"--train-sizes {min(cfg.train_sizes)}: below {2 * probe_cfg.folds}, the smallest size whose "
+                         f"{probe_cfg.folds}-fold cross-validation (choosing C) has a text of each label per fold")
     out = Path(out)
-    rows = []
+    rows, scarce = [], []
     for name in names:
         ds = data.load_dataset(name, cfg.data_dir or None)
         idx_train, idx_test = data.split_indices(ds.y_N, max_examples=cfg.max_examples,
                                                  test_fraction=cfg.test_fraction, seed=cfg.seed)
         log.info("probing %s: %d train, %d test texts", name, len(idx_train), len(idx_test))
-        rows += _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out)
+        full, small = _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out)
+        rows += full
+        scarce += small
     result = {"config": asdict(cfg), "probe_config": asdict(probe_cfg),
               "saes": {p.label: str(p.path) for p in probed}, "rows": rows}
+    if cfg.train_sizes:
+        result["scarce_rows"] = scarce
     report.write_report(result, out)
     return result
 
