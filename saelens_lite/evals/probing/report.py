@@ -174,7 +174,7 @@ def plot_auc_vs_train_size(result: dict, path: str | Path) -> Path:
     x_full = 2 * sizes[-1]
     probes = [p for p in _size_probes(rows) if p.startswith("k=")]
     poolings = list(dict.fromkeys(r["pooling"] for r in rows))
-    fig, axes = plt.subplots(1, len(poolings), figsize=(5.5 * len(poolings), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(poolings), figsize=(8 * len(poolings), 4), squeeze=False)
 
     def line(ax, key, style, **kw):
         xs = [s for s in sizes if s in m.get(key, {})] + (["full"] if "full" in m.get(key, {}) else [])
@@ -194,7 +194,7 @@ def plot_auc_vs_train_size(result: dict, path: str | Path) -> Path:
         ax.set_xlabel("training texts (half per label)")
         ax.set_ylabel("mean test AUC")
         ax.set_title(f"{pooling}-token pooling")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines, not over them
     fig.tight_layout()
     path = Path(path)
     with atomic_open(path) as f:
