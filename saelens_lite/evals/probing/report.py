@@ -159,6 +159,18 @@ def scarce_table(result: dict) -> list[str]:
     return out
 
 
+def _save_png(fig, path: str | Path) -> Path:
+    """Lay out, write atomically as PNG and close ``fig``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_open(path) as f:
+        fig.savefig(f, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
 def plot_auc_vs_train_size(result: dict, path: str | Path) -> Path:
     """Mean test AUC against the training-set size (log2 axis; the full split at the far right),
     one panel per pooling: the dense probe dashed black, each autoencoder's k=1 probe dotted and
@@ -195,12 +207,7 @@ def plot_auc_vs_train_size(result: dict, path: str | Path) -> Path:
         ax.set_ylabel("mean test AUC")
         ax.set_title(f"{pooling}-token pooling")
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines, not over them
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_open(path) as f:
-        fig.savefig(f, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)
 
 
 def plot_auc_vs_k(result: dict, path: str | Path) -> Path:
@@ -234,12 +241,7 @@ def plot_auc_vs_k(result: dict, path: str | Path) -> Path:
         ax.set_ylabel(f"mean test AUC over {len({r['dataset'] for r in rows})} datasets")
         ax.set_title(f"{pooling}-token pooling")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_open(path) as f:
-        fig.savefig(f, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)
 
 
 def write_report(result: dict, out: str | Path) -> dict[str, Path]:
