@@ -270,6 +270,55 @@ def test_train_sizes_refit_every_probe_on_subsets_and_resume(tmp_path):
     assert _mtimes(out / "results") == before
 
 
+def _ood(folder, n=30):
+    """An OOD set for 1_animals (other words, targets as strings) in its own folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    _write(folder / "1_animals_OOD.csv", [(f"a {rng.choice(['cow', 'pig'])} ran off", "1") for _ in range(n)]
+           + [(f"count {rng.choice(['ten', 'six'])}", "0") for _ in range(n)])
+    _write(folder / "9_other_OOD.csv", [("x", 0), ("y", 1)])  # no such dataset here: never read
+    return folder
+
+
+def test_ood_labels_by_the_files_own_sorted_values(tmp_path):
+    folder = _ood(tmp_path / "ood")
+    _write(folder / "2_letters_OOD.csv", [("ab", "zz"), ("cd", "aa"), ("ef", "zz")])
+    assert sorted(data.ood_datasets(folder)) == ["1_animals", "2_letters", "9_other"]
+    o = data.load_ood("2_letters", folder)
+    assert o.name == "2_letters_OOD" and o.classes == ("aa", "zz") and o.y_N.tolist() == [1, 0, 1]
+    with pytest.raises(ValueError, match="'3_x' has no 3_x_OOD file"):
+        data.load_ood("3_x", folder)
+
+
+def test_ood_rows_score_the_training_split_probes_on_the_ood_texts(tmp_path):
+    folder, ood_dir = _datasets(tmp_path / "d"), _ood(tmp_path / "ood")
+    saes = [_sae(tmp_path / "topk")]
+    cfg = ProbingConfig(model="tiny-llama", data_dir=str(folder), ood_dir=str(ood_dir), min_per_class=40, ks=[1, 2],
+                        pooling="last", max_examples=80, seed=1, ood=True)
+    probe_cfg = ProbeConfig(cs=[0.1, 1.0], folds=2)
+    out = tmp_path / "out"
+    res = run_probing(saes, cfg, out, probe_cfg=probe_cfg)
+    ood = res["ood_rows"]
+    assert {r["dataset"] for r in ood} == {"1_animals"} and len(ood) == 1 + 3  # dense; k=1, k=2, all
+    assert all((r["test_set"], r["n_train"], r["n_test"], r["n_test_pos"]) == ("ood", 60, 60, 30) for r in ood)
+    # the oracle: the dense probe refitted here on the training split's rows, scored on the OOD rows
+    ds, o = data.load_dataset("1_animals", folder), data.load_ood("1_animals", ood_dir)
+    tr, te = data.split_indices(ds.y_N, max_examples=80, test_fraction=0.25, seed=1)
+    kw = dict(poolings=("last",), cache_dir=out / "activations", model_name="tiny-llama", max_tokens=cfg.max_tokens,
+              batch_tokens=cfg.batch_tokens)
+    tok = acts.pooled_rows(None, HOOK, ds.name, ds.texts, np.concatenate([tr, te]), **kw)["last"]
+    tok_o = acts.pooled_rows(None, HOOK, o.name, o.texts, np.arange(60), **kw)["last"]
+    x_tr = acts.pool(tok.rows_TD, tok.offsets, "last")[: len(tr)]
+    want = fit_probe(x_tr, ds.y_N[tr], acts.pool(tok_o.rows_TD, tok_o.offsets, "last"), o.y_N, probe_cfg, seed=1)
+    got = next(r for r in ood if r["sae"] == "dense probe")
+    assert (got["auc"], got["accuracy"], got["C"]) == (want.auc, want.accuracy, want.c)
+    assert "## Out of distribution" in (out / "results.md").read_text()
+    before = _mtimes(out)
+    assert run_probing(saes, cfg, out, probe_cfg=probe_cfg)["ood_rows"] == ood
+    assert {p: t for p, t in _mtimes(out).items() if "results" in p.parts} == \
+        {p: t for p, t in before.items() if "results" in p.parts}
+
+
 def test_cli_runs_end_to_end(tmp_path, capsys):
     folder = _datasets(tmp_path / "d")
     out = tmp_path / "out"
@@ -289,6 +338,7 @@ def test_cli_runs_end_to_end(tmp_path, capsys):
     ("width", "d_in=32"),
     ("k", "--k 200"),
     ("train size", "--train-sizes 4: below 6"),
+    ("ood", "none of the datasets has an OOD test set"),
 ])
 def test_cli_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys, case, needle):
     folder = _datasets(tmp_path / "d")
@@ -297,7 +347,8 @@ def test_cli_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys, case,
     argv = ["bench", "probing", "--model", "tiny-llama", "--sae", sae, "--out", str(out),
             "--data-dir", str(folder), "--min-per-class", "40"]
     argv += {"unknown dataset": ["--datasets", "1_animals", "9_nope"], "not binary": ["--datasets", "3_numeric"],
-             "width": [], "k": ["--k", "1", "200"], "train size": ["--train-sizes", "16", "4"]}[case]
+             "width": [], "k": ["--k", "1", "200"], "train size": ["--train-sizes", "16", "4"],
+             "ood": ["--datasets", "2_letters", "--ood", "--ood-dir", str(_ood(tmp_path / "ood"))]}[case]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err

@@ -139,6 +139,41 @@ def default_datasets(data_dir: str | Path | None = None, *, min_per_class: int =
     return out
 
 
+OOD_SUFFIX = "_OOD"
+
+
+def default_ood_dir() -> Path:
+    """``sae_probes/data/OOD data`` of the installed wheel: out-of-distribution test texts for 8
+    of the datasets (``{name}_OOD.csv.zst``, e.g. names in other languages or with typos)."""
+    return default_data_dir().parent / "OOD data"
+
+
+def ood_datasets(ood_dir: str | Path | None = None) -> dict[str, Path]:
+    """{base dataset name: its OOD file} for every ``{name}_OOD.csv(.zst)`` in ``ood_dir``."""
+    folder = Path(ood_dir or default_ood_dir())
+    if not folder.is_dir():
+        return {}
+    return {name[: -len(OOD_SUFFIX)]: path for name, path in _files(folder).items() if name.endswith(OOD_SUFFIX)}
+
+
+def load_ood(name: str, ood_dir: str | Path | None = None) -> ProbingDataset:
+    """Dataset ``name``'s OOD test set, labelled as ``sae_probes.utils_data.get_xy_OOD`` does: the
+    rank of each target among the OOD file's own two sorted values (``90_glue_qnli`` is 0/1
+    in-distribution and entailment/not_entailment out of it: entailment 0, as in GLUE)."""
+    import pandas as pd
+
+    path = ood_datasets(ood_dir).get(name)
+    if path is None:
+        raise ValueError(f"dataset {name!r} has no {name}{OOD_SUFFIX} file in {ood_dir or default_ood_dir()}")
+    df = pd.read_csv(path)
+    df = df[df["prompt"].notna() & df["target"].notna()]
+    values, y_N = np.unique(df["target"].to_numpy(), return_inverse=True)
+    if len(values) != 2:
+        raise NotBinaryError(f"{path.name} has {len(values)} distinct targets, not 2")
+    return ProbingDataset(name=name + OOD_SUFFIX, texts=[str(t) for t in df["prompt"]], y_N=y_N.astype(np.int64),
+                          classes=(str(values[0]), str(values[1])))
+
+
 def split_indices(y_N: np.ndarray, *, max_examples: int, test_fraction: float,
                   seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, test indices), sorted: at most ``max_examples`` rows, as close to half of
@@ -159,4 +194,5 @@ def split_indices(y_N: np.ndarray, *, max_examples: int, test_fraction: float,
 
 
 __all__ = ["ProbingDataset", "NotBinaryError", "default_data_dir", "list_datasets", "read_table",
-           "load_dataset", "class_counts", "default_datasets", "split_indices", "PIP_COMMAND"]
+           "load_dataset", "class_counts", "default_datasets", "split_indices", "PIP_COMMAND", "OOD_SUFFIX",
+           "default_ood_dir", "ood_datasets", "load_ood"]

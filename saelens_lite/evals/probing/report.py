@@ -6,7 +6,8 @@ auc_vs_train_size.png.
 
 A row: {sae, hook, pooling, dataset, probe (``dense`` / ``k=K`` / ``all``), k, auc, accuracy, C,
 n_train, n_test, n_train_pos, n_test_pos, classes}; the dense probe's rows have sae
-``dense probe``. A data-scarce row (``result["scarce_rows"]``) has ``train_size`` too.
+``dense probe``. A data-scarce row (``result["scarce_rows"]``) has ``train_size`` too, an OOD
+row (``result["ood_rows"]``) ``test_set`` "ood" and the OOD set's counts as n_test, n_test_pos.
 """
 
 from __future__ import annotations
@@ -106,7 +107,34 @@ def format_markdown(result: dict) -> str:
         out.append("")
     if result.get("scarce_rows"):
         out += scarce_table(result)
+    if result.get("ood_rows"):
+        out += ood_table(result)
     return "\n".join(out)
+
+
+def ood_table(result: dict) -> list[str]:
+    """Markdown: per (hook, pooling), each probe's mean test AUC in distribution and on the OOD
+    texts, over the datasets that have an OOD set."""
+    ood = result["ood_rows"]
+    names = sorted({r["dataset"] for r in ood})
+    m_in = means([r for r in result["rows"] if r["dataset"] in names])
+    m_ood = means(ood)
+    probes = _size_probes(result["rows"])
+    out = ["## Out of distribution (the covariate-shift setting)", "",
+           f"Each probe fitted on the training split as above, scored on its held-out test split (in "
+           f"distribution) and on the dataset's OOD texts; mean test AUC over the {len(names)} datasets with "
+           f"an OOD set ({', '.join(names)}).", ""]
+    for hook, pooling in dict.fromkeys((r["hook"], r["pooling"]) for r in ood):
+        out += [f"### {hook}, {pooling}-token pooling", "",
+                "| autoencoder | probe | in distribution | OOD | OOD minus in distribution |", "|---|---|---|---|---|"]
+        keys = [(DENSE, hook, pooling, "dense")] + [(sae, hook, pooling, p) for sae, h, pl in _groups(ood)
+                                                    if (h, pl) == (hook, pooling) for p in probes]
+        for key in keys:
+            a, b = m_in.get(key), m_ood.get(key)
+            if a and b:
+                out.append(f"| {key[0]} | {key[3]} | {a['auc']:.3f} | {b['auc']:.3f} | {b['auc'] - a['auc']:+.3f} |")
+        out.append("")
+    return out
 
 
 def _size_probes(rows: list[dict]) -> list[str]:
@@ -257,5 +285,5 @@ def write_report(result: dict, out: str | Path) -> dict[str, Path]:
     return written
 
 
-__all__ = ["DENSE", "means", "size_means", "versus_dense", "format_markdown", "scarce_table", "plot_auc_vs_k",
+__all__ = ["DENSE", "means", "size_means", "versus_dense", "format_markdown", "scarce_table", "ood_table", "plot_auc_vs_k",
            "plot_auc_vs_train_size", "write_report"]

@@ -64,10 +64,16 @@ class ProbingConfig:
     """The paper's data-scarce setting: also fit every probe on a balanced subset of this many
     training texts (half per label, one seeded draw per size; the test split is unchanged). A
     size at or above a dataset's training split is skipped there. Empty: the full split only."""
+    ood: bool = False
+    """The paper's covariate-shift setting: also score each probe, fitted on the full training
+    split, on the dataset's out-of-distribution texts (the wheel's ``OOD data``: 8 datasets; the
+    others get no OOD rows)."""
     seed: int = 0
     """Seed of the example draw, the split and the cross-validation folds."""
     data_dir: str = ""
     """Folder of NAME.csv(.zst) datasets (empty: the sae-probes wheel's cleaned_data)."""
+    ood_dir: str = ""
+    """Folder of NAME_OOD.csv(.zst) test sets for ``ood`` (empty: the wheel's ``OOD data``)."""
     cache_dir: str = ""
     """Activation cache folder (empty: OUT/activations)."""
     device: str = "cpu"
@@ -277,25 +283,52 @@ def _scarce_rows(cfg, probe_cfg, split: _Split, base: dict, tok: acts.TokenRows,
     return rows
 
 
-def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: Path) -> tuple[list[dict], list[dict]]:
-    """(rows on the full training split, rows of the data-scarce subsets)."""
+def _ood_rows(cfg, probe_cfg, split: _Split, base: dict, tok: acts.TokenRows, ood_tok: acts.TokenRows,
+              y_ood: np.ndarray, probed, where: Path, rkey: str) -> list[dict]:
+    """Each probe fitted on the full training split (as in :func:`_pooled_rows`) and scored on
+    the OOD texts instead of the test split: rows with ``test_set`` "ood"."""
+    how, n = base["pooling"], split.n_train
+    both = _Split(np.arange(n + len(y_ood)), n, np.concatenate([split.y_N[:n], y_ood]))
+    b = base | {"test_set": "ood", "n_test": len(y_ood), "n_test_pos": int(y_ood.sum())}
+    x_ND = np.concatenate([acts.pool(tok.rows_TD, tok.offsets, how)[:n], acts.pool(ood_tok.rows_TD, ood_tok.offsets, how)])
+    dense = _cached_json(where / f"ood-dense-{rkey}.json", lambda: both.dense(x_ND, probe_cfg, cfg.seed))
+    rows = [b | {"sae": "dense probe", "probe": "dense", "k": None} | dense]
+    for p in probed:
+        def compute(p=p):
+            z_NF = np.concatenate([encode_pooled(p.sae, tok, how, device=cfg.device)[:n],
+                                   encode_pooled(p.sae, ood_tok, how, device=cfg.device)])
+            return both.sparse(z_NF, cfg, probe_cfg)
+
+        res = _cached_json(where / f"ood-sae-{p.key}-{rkey}.json", compute)
+        rows += [b | {"sae": p.label, "probe": name, "k": int(name[2:]) if name.startswith("k=") else None}
+                 | score for name, score in res.items() if name != "latents"]
+    return rows
+
+
+def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: Path,
+                  ood: data.ProbingDataset | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+    """(rows on the full training split, rows of the data-scarce subsets, OOD rows)."""
     split = _Split(np.concatenate([idx_train, idx_test]), len(idx_train),
                    ds.y_N[np.concatenate([idx_train, idx_test])])
     # results of another split, k list or probe setting are other files, never reused
     rkey = hashlib.sha1(json.dumps([acts.cache_key(split.idx_N, cfg.max_tokens, "special"), cfg.model, cfg.ks,
                                     cfg.all_latents, asdict(probe_cfg)]).encode()).hexdigest()[:10]
-    rows, scarce = [], []
+    rows, scarce, ood_rows = [], [], []
     for hook in sorted({p.hook for p in probed}):
-        pooled = acts.pooled_rows(get_lm, hook, ds.name, ds.texts, split.idx_N, poolings=cfg.poolings,
-                                  cache_dir=cfg.cache_dir or out / "activations", model_name=cfg.model,
-                                  max_tokens=cfg.max_tokens, batch_tokens=cfg.batch_tokens)
+        kw = dict(poolings=cfg.poolings, cache_dir=cfg.cache_dir or out / "activations", model_name=cfg.model,
+                  max_tokens=cfg.max_tokens, batch_tokens=cfg.batch_tokens)
+        pooled = acts.pooled_rows(get_lm, hook, ds.name, ds.texts, split.idx_N, **kw)
+        pooled_ood = (acts.pooled_rows(get_lm, hook, ood.name, ood.texts, np.arange(len(ood.texts)), **kw)
+                      if ood is not None else {})
         for how, tok in pooled.items():
             base = split.counts(ds.name, ds.classes) | {"hook": hook, "pooling": how}
             where = out / "results" / acts.slug(ds.name) / acts.slug(hook) / how
             mine = [p for p in probed if p.hook == hook]
             rows += _pooled_rows(cfg, probe_cfg, split, base, tok, mine, where, rkey)
             scarce += _scarce_rows(cfg, probe_cfg, split, base, tok, mine, where, rkey)
-    return rows, scarce
+            if ood is not None:
+                ood_rows += _ood_rows(cfg, probe_cfg, split, base, tok, pooled_ood[how], ood.y_N, mine, where, rkey)
+    return rows, scarce, ood_rows
 
 
 def run_probing(saes: list[str], cfg: ProbingConfig, out: str | Path, *,
@@ -317,20 +350,27 @@ def run_probing(saes: list[str], cfg: ProbingConfig, out: str | Path, *,
     if len(probe_cfg.cs) > 1 and cfg.train_sizes and min(cfg.train_sizes) // 2 < probe_cfg.folds:
         raise ValueError(f"--train-sizes {min(cfg.train_sizes)}: below {2 * probe_cfg.folds}, the smallest size whose "
                          f"{probe_cfg.folds}-fold cross-validation (choosing C) has a text of each label per fold")
+    ood_files = data.ood_datasets(cfg.ood_dir or None) if cfg.ood else {}
+    if cfg.ood and not set(names) & set(ood_files):
+        raise ValueError(f"--ood: none of the datasets has an OOD test set; those with one: {sorted(ood_files)}")
     out = Path(out)
-    rows, scarce = [], []
+    rows, scarce, ood_rows = [], [], []
     for name in names:
         ds = data.load_dataset(name, cfg.data_dir or None)
         idx_train, idx_test = data.split_indices(ds.y_N, max_examples=cfg.max_examples,
                                                  test_fraction=cfg.test_fraction, seed=cfg.seed)
         log.info("probing %s: %d train, %d test texts", name, len(idx_train), len(idx_test))
-        full, small = _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out)
+        ood = data.load_ood(name, cfg.ood_dir or None) if name in ood_files else None
+        full, small, shifted = _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out, ood)
         rows += full
         scarce += small
+        ood_rows += shifted
     result = {"config": asdict(cfg), "probe_config": asdict(probe_cfg),
               "saes": {p.label: str(p.path) for p in probed}, "rows": rows}
     if cfg.train_sizes:
         result["scarce_rows"] = scarce
+    if cfg.ood:
+        result["ood_rows"] = ood_rows
     report.write_report(result, out)
     return result
 
