@@ -1,5 +1,5 @@
 """Seed means and paired intervals for `saelens-lite bench probing` results: the tables of
-docs/probing.md "Trained on-domain, and with few labels".
+docs/probing.md "Trained on-domain, and with few labels" (size "ood": the `--ood` rows).
 
 Each ``--group NAME=TEXT`` collects the autoencoders whose label contains TEXT (for example the
 seeds of one recipe: ``on=(on_s``). For every training size (the full split and each
@@ -29,12 +29,13 @@ DENSE = "dense probe"
 
 
 def auc_table(result: dict, datasets: list[str] | None = None) -> dict[tuple[str, str, object], dict[str, float]]:
-    """{(sae, probe, size): {dataset: test AUC}}; size "full" for the main rows; only ``datasets``
-    when given."""
+    """{(sae, probe, size): {dataset: test AUC}}; size "full" for the main rows, "ood" for the
+    OOD rows (full training split, scored on the OOD texts); only ``datasets`` when given."""
     out: dict[tuple, dict] = defaultdict(dict)
-    for r in result["rows"] + result.get("scarce_rows", []):
+    for r in result["rows"] + result.get("scarce_rows", []) + result.get("ood_rows", []):
         if datasets is None or r["dataset"] in datasets:
-            out[(r["sae"], r["probe"], r.get("train_size", "full"))][r["dataset"]] = r["auc"]
+            size = "ood" if r.get("test_set") == "ood" else r.get("train_size", "full")
+            out[(r["sae"], r["probe"], size)][r["dataset"]] = r["auc"]
     return dict(out)
 
 
@@ -58,7 +59,8 @@ def summarise(result: dict, groups: dict[str, str], datasets: list[str] | None =
     empty = [g for g, m in members.items() if not m]
     if empty:
         raise SystemExit(f"--group {empty[0]}={groups[empty[0]]!r} matches no autoencoder; labels: {saes}")
-    sizes = sorted({z for _, _, z in table if z != "full"}) + ["full"]
+    sizes = sorted({z for _, _, z in table if z not in ("full", "ood")}) + ["full"]
+    sizes += ["ood"] if any(z == "ood" for _, _, z in table) else []
     probes = sorted({p for s, p, _ in table if s != DENSE}, key=lambda p: (p == "all", int(p[2:]) if p[2:].isdigit() else 0))
     out = []
     for size in sizes:

@@ -34,12 +34,15 @@ RESULT = {"rows": [_row("dense probe", "a", 0.8, "dense"), _row("dense probe", "
                    _row("x (off_s0)", "a", 0.6), _row("x (off_s0)", "b", 0.4),
                    _row("x (off_s1)", "a", 0.6), _row("x (off_s1)", "b", 0.6)],
           "scarce_rows": [_row("dense probe", "a", 0.7, "dense", 8), _row("dense probe", "b", 0.5, "dense", 8)]
-          + [_row(f"x ({g}_s{s})", n, 0.55, size=8) for g in ("on", "off") for s in (0, 1) for n in "ab"]}
+          + [_row(f"x ({g}_s{s})", n, 0.55, size=8) for g in ("on", "off") for s in (0, 1) for n in "ab"],
+          "ood_rows": [_row("dense probe", "a", 0.5, "dense") | {"test_set": "ood"}]
+          + [_row(f"x ({g}_s{s})", "a", 0.6) | {"test_set": "ood"} for g in ("on", "off") for s in (0, 1)]}
 
 
 def test_means_spreads_and_differences_match_the_hand_computed_values():
     rows = _module().summarise(RESULT, {"on": "(on_s", "off": "(off_s"})
-    assert [(r["size"], r["probe"]) for r in rows] == [(8, "k=1"), ("full", "k=1")]
+    assert [(r["size"], r["probe"]) for r in rows] == [(8, "k=1"), ("full", "k=1"), ("ood", "k=1")]
+    assert rows[2]["datasets"] == 1 and rows[2]["groups"]["on"]["minus_dense"][0] == pytest.approx(0.1)
     full = rows[1]
     assert full["datasets"] == 2 and full["dense"] == pytest.approx(0.7)
     on, off = full["groups"]["on"], full["groups"]["off"]
@@ -68,7 +71,7 @@ def test_the_datasets_filter_and_the_command_line(tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert len(lines) == 4 and all(line.count("|") == lines[0].count("|") for line in lines)
+    assert len(lines) == 5 and all(line.count("|") == lines[0].count("|") for line in lines)
     assert "| full | k=1 | 2 | 0.700 | 0.700 ± 0.000 | 0.550 ± 0.071 |" in run.stdout
     bad = subprocess.run([sys.executable, str(SCRIPT), str(path), "--group", "z=(nope"], capture_output=True,
                          text=True)
