@@ -319,6 +319,24 @@ def test_ood_rows_score_the_training_split_probes_on_the_ood_texts(tmp_path):
         {p: t for p, t in before.items() if "results" in p.parts}
 
 
+def test_an_edited_dataset_file_is_harvested_and_probed_again(tmp_path):
+    folder = _datasets(tmp_path / "d")
+    saes = [_sae(tmp_path / "topk")]
+    cfg = ProbingConfig(model="tiny-llama", data_dir=str(folder), datasets=["2_letters"], ks=[1], pooling="last",
+                        max_examples=60, seed=0, all_latents=False)
+    probe_cfg = ProbeConfig(cs=[1.0])
+    out = tmp_path / "out"
+    run_probing(saes, cfg, out, probe_cfg=probe_cfg)
+    entries = sorted((out / "activations").rglob("*.json"))
+    results = sorted((out / "results").rglob("*.json"))
+    df = pd.read_csv(folder / "2_letters.csv")
+    df.loc[:, "prompt"] = df["prompt"].str.replace("zz", "zy")  # same rows and labels, other texts
+    df.to_csv(folder / "2_letters.csv", index=False)
+    run_probing(saes, cfg, out, probe_cfg=probe_cfg)
+    assert len(sorted((out / "activations").rglob("*.json"))) == len(entries) + 1  # harvested again
+    assert len(sorted((out / "results").rglob("*.json"))) == 2 * len(results)  # probed again
+
+
 def test_cli_runs_end_to_end(tmp_path, capsys):
     folder = _datasets(tmp_path / "d")
     out = tmp_path / "out"

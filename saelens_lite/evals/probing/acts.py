@@ -21,7 +21,7 @@ Two poolings (Kantamneni et al. 2025 probe the last token; SAEBench's sparse pro
 Cache: ``{cache_dir}/{model}/{hook}/{dataset}/{pooling}/{key}.{rows,offsets}.npy`` plus
 ``{key}.json``, each written atomically (``saelens_lite.util.atomic``) with the JSON last, so a
 run killed mid-write leaves no file that a later run would read; ``key`` hashes the rows chosen,
-``max_tokens`` and the token rule.
+their texts, ``max_tokens`` and the token rule.
 
 Shape legend: N texts, T kept token rows of all texts together, S sequence, D hook width,
 F latents.
@@ -143,9 +143,13 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "_"
 
 
-def cache_key(idx_N: np.ndarray, max_tokens: int, exclude: str) -> str:
+def cache_key(idx_N: np.ndarray, max_tokens: int, exclude: str, texts: list[str] | None = None) -> str:
+    """Hash of the rows chosen, ``max_tokens``, the token rule and (when given) the chosen texts
+    themselves, so an edited dataset file is harvested again instead of read stale."""
     h = hashlib.sha1(np.ascontiguousarray(idx_N, dtype=np.int64).tobytes())
     h.update(f"{max_tokens}|{exclude}".encode())
+    for t in texts or ():
+        h.update(hashlib.sha1(t.encode("utf-8", "surrogatepass")).digest())
     return h.hexdigest()[:16]
 
 
@@ -181,7 +185,7 @@ def pooled_rows(get_lm, hook: str, dataset: str, texts: list[str], idx_N: np.nda
                 progress: bool = True) -> dict[str, TokenRows]:
     """{pooling: TokenRows of texts ``idx_N``}, read from the cache or harvested (one forward
     for every missing pooling) and cached. ``get_lm()`` loads the model only when needed."""
-    key = cache_key(idx_N, max_tokens, exclude)
+    key = cache_key(idx_N, max_tokens, exclude, [texts[i] for i in idx_N])
     out = {how: read_cached(cache_dir, model_name, hook, dataset, how, key) for how in poolings}
     missing = tuple(how for how, rows in out.items() if rows is None)
     if missing:

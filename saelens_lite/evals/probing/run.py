@@ -311,8 +311,13 @@ def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: 
     split = _Split(np.concatenate([idx_train, idx_test]), len(idx_train),
                    ds.y_N[np.concatenate([idx_train, idx_test])])
     # results of another split, k list or probe setting are other files, never reused
-    rkey = hashlib.sha1(json.dumps([acts.cache_key(split.idx_N, cfg.max_tokens, "special"), cfg.model, cfg.ks,
+    texts = [ds.texts[i] for i in split.idx_N]  # with the labels: an edited file is another result
+    rkey = hashlib.sha1(json.dumps([acts.cache_key(split.idx_N, cfg.max_tokens, "special", texts), cfg.model, cfg.ks,
+                                    split.y_N.tolist(),
                                     cfg.all_latents, asdict(probe_cfg)]).encode()).hexdigest()[:10]
+    okey = (hashlib.sha1(json.dumps([rkey, acts.cache_key(np.arange(len(ood.texts)), cfg.max_tokens, "special",
+                                                            ood.texts), ood.y_N.tolist()]).encode()).hexdigest()[:10]
+            if ood is not None else "")
     rows, scarce, ood_rows = [], [], []
     for hook in sorted({p.hook for p in probed}):
         kw = dict(poolings=cfg.poolings, cache_dir=cfg.cache_dir or out / "activations", model_name=cfg.model,
@@ -327,7 +332,7 @@ def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: 
             rows += _pooled_rows(cfg, probe_cfg, split, base, tok, mine, where, rkey)
             scarce += _scarce_rows(cfg, probe_cfg, split, base, tok, mine, where, rkey)
             if ood is not None:
-                ood_rows += _ood_rows(cfg, probe_cfg, split, base, tok, pooled_ood[how], ood.y_N, mine, where, rkey)
+                ood_rows += _ood_rows(cfg, probe_cfg, split, base, tok, pooled_ood[how], ood.y_N, mine, where, okey)
     return rows, scarce, ood_rows
 
 
