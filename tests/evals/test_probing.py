@@ -300,7 +300,8 @@ def test_ood_rows_score_the_training_split_probes_on_the_ood_texts(tmp_path):
     res = run_probing(saes, cfg, out, probe_cfg=probe_cfg)
     ood = res["ood_rows"]
     assert {r["dataset"] for r in ood} == {"1_animals"} and len(ood) == 1 + 3  # dense; k=1, k=2, all
-    assert all((r["test_set"], r["n_train"], r["n_test"], r["n_test_pos"]) == ("ood", 60, 60, 30) for r in ood)
+    assert all((r["test_set"], r["n_train"], r["n_test"], r["n_test_pos"], r["ood_classes"]) == ("ood", 60, 60, 30, ["0", "1"])
+               for r in ood)
     # the oracle: the dense probe refitted here on the training split's rows, scored on the OOD rows
     ds, o = data.load_dataset("1_animals", folder), data.load_ood("1_animals", ood_dir)
     tr, te = data.split_indices(ds.y_N, max_examples=80, test_fraction=0.25, seed=1)

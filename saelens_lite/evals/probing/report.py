@@ -7,7 +7,8 @@ auc_vs_train_size.png.
 A row: {sae, hook, pooling, dataset, probe (``dense`` / ``k=K`` / ``all``), k, auc, accuracy, C,
 n_train, n_test, n_train_pos, n_test_pos, classes}; the dense probe's rows have sae
 ``dense probe``. A data-scarce row (``result["scarce_rows"]``) has ``train_size`` too, an OOD
-row (``result["ood_rows"]``) ``test_set`` "ood" and the OOD set's counts as n_test, n_test_pos.
+row (``result["ood_rows"]``) ``test_set`` "ood", the OOD set's counts as n_test, n_test_pos
+and its two target values as ``ood_classes``.
 """
 
 from __future__ import annotations

@@ -233,6 +233,12 @@ class _Split:
         return {name: (v if name == "latents" else _score_row(v)) for name, v in res.items()}
 
 
+def _sae_rows(base: dict, label: str, res: dict) -> list[dict]:
+    """One row per probe of an autoencoder's results (``sparse_probes``'s dict, as stored)."""
+    return [base | {"sae": label, "probe": name, "k": int(name[2:]) if name.startswith("k=") else None} | score
+            for name, score in res.items() if name != "latents"]
+
+
 def _pooled_rows(cfg, probe_cfg, split: _Split, base: dict, tok: acts.TokenRows, probed, where: Path,
                  rkey: str) -> list[dict]:
     """The dense probe's row and each autoencoder's probe rows on one (hook, pooling)."""
@@ -245,8 +251,7 @@ def _pooled_rows(cfg, probe_cfg, split: _Split, base: dict, tok: acts.TokenRows,
             return split.sparse(encode_pooled(p.sae, tok, how, device=cfg.device), cfg, probe_cfg)
 
         res = _cached_json(where / f"sae-{p.key}-{rkey}.json", compute)
-        rows += [base | {"sae": p.label, "probe": name, "k": int(name[2:]) if name.startswith("k=") else None}
-                 | score for name, score in res.items() if name != "latents"]
+        rows += _sae_rows(base, p.label, res)
     return rows
 
 
@@ -278,18 +283,18 @@ def _scarce_rows(cfg, probe_cfg, split: _Split, base: dict, tok: acts.TokenRows,
         for p in probed:
             res = _cached_json(where / f"sae-{p.key}-{tag}.json",
                                lambda p=p, sub=sub, pick=pick: sub.sparse(latents(p)[pick], cfg, probe_cfg))
-            rows += [b | {"sae": p.label, "probe": name, "k": int(name[2:]) if name.startswith("k=") else None}
-                     | score for name, score in res.items() if name != "latents"]
+            rows += _sae_rows(b, p.label, res)
     return rows
 
 
 def _ood_rows(cfg, probe_cfg, split: _Split, base: dict, tok: acts.TokenRows, ood_tok: acts.TokenRows,
-              y_ood: np.ndarray, probed, where: Path, rkey: str) -> list[dict]:
+              ood: data.ProbingDataset, probed, where: Path, rkey: str) -> list[dict]:
     """Each probe fitted on the full training split (as in :func:`_pooled_rows`) and scored on
-    the OOD texts instead of the test split: rows with ``test_set`` "ood"."""
-    how, n = base["pooling"], split.n_train
+    the OOD texts instead of the test split: rows with ``test_set`` "ood" and the OOD set's
+    counts and classes."""
+    how, n, y_ood = base["pooling"], split.n_train, ood.y_N
     both = _Split(np.arange(n + len(y_ood)), n, np.concatenate([split.y_N[:n], y_ood]))
-    b = base | {"test_set": "ood", "n_test": len(y_ood), "n_test_pos": int(y_ood.sum())}
+    b = base | {"test_set": "ood", "n_test": len(y_ood), "n_test_pos": int(y_ood.sum()), "ood_classes": list(ood.classes)}
     x_ND = np.concatenate([acts.pool(tok.rows_TD, tok.offsets, how)[:n], acts.pool(ood_tok.rows_TD, ood_tok.offsets, how)])
     dense = _cached_json(where / f"ood-dense-{rkey}.json", lambda: both.dense(x_ND, probe_cfg, cfg.seed))
     rows = [b | {"sae": "dense probe", "probe": "dense", "k": None} | dense]
@@ -300,8 +305,7 @@ def _ood_rows(cfg, probe_cfg, split: _Split, base: dict, tok: acts.TokenRows, oo
             return both.sparse(z_NF, cfg, probe_cfg)
 
         res = _cached_json(where / f"ood-sae-{p.key}-{rkey}.json", compute)
-        rows += [b | {"sae": p.label, "probe": name, "k": int(name[2:]) if name.startswith("k=") else None}
-                 | score for name, score in res.items() if name != "latents"]
+        rows += _sae_rows(b, p.label, res)
     return rows
 
 
@@ -332,7 +336,7 @@ def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: 
             rows += _pooled_rows(cfg, probe_cfg, split, base, tok, mine, where, rkey)
             scarce += _scarce_rows(cfg, probe_cfg, split, base, tok, mine, where, rkey)
             if ood is not None:
-                ood_rows += _ood_rows(cfg, probe_cfg, split, base, tok, pooled_ood[how], ood.y_N, mine, where, okey)
+                ood_rows += _ood_rows(cfg, probe_cfg, split, base, tok, pooled_ood[how], ood, mine, where, okey)
     return rows, scarce, ood_rows
 
 
