@@ -25,7 +25,7 @@ from collections import defaultdict
 
 import numpy as np
 
-DENSE = "dense probe"
+from saelens_lite.evals.probing.report import DENSE
 
 
 def auc_table(result: dict, datasets: list[str] | None = None) -> dict[tuple[str, str, object], dict[str, float]]:

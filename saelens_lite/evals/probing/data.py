@@ -93,11 +93,11 @@ def _path_of(name: str, data_dir: Path) -> Path:
     return files[name]
 
 
-def read_table(name: str, data_dir: str | Path | None = None):
-    """The dataset's DataFrame (columns ``prompt``, ``target``); pandas reads .zst with zstandard."""
+def _read_csv(path: Path, name: str):
+    """``path``'s DataFrame, checked for the columns ``prompt`` and ``target``; pandas reads .zst
+    with zstandard."""
     import pandas as pd
 
-    path = _path_of(name, Path(data_dir or default_data_dir()))
     if path.name.endswith(".zst") and importlib.util.find_spec("zstandard") is None:
         raise ImportError(f"reading {path.name} needs zstandard; run: pip install zstandard")
     df = pd.read_csv(path)
@@ -108,9 +108,9 @@ def read_table(name: str, data_dir: str | Path | None = None):
     return df
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None) -> ProbingDataset:
-    """Read dataset ``name``; :class:`NotBinaryError` unless its target holds two values."""
-    df = read_table(name, data_dir)
+def _binary(df, name: str) -> ProbingDataset:
+    """The rows with a text and a target, labelled by the target's rank among its two sorted
+    values; :class:`NotBinaryError` unless there are exactly two."""
     df = df[df["prompt"].notna() & df["target"].notna()]
     values, y_N = np.unique(df["target"].to_numpy(), return_inverse=True)
     if len(values) != 2:
@@ -118,6 +118,16 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> ProbingDatase
                              "numeric targets are skipped)")
     return ProbingDataset(name=name, texts=[str(t) for t in df["prompt"]], y_N=y_N.astype(np.int64),
                           classes=(str(values[0]), str(values[1])))
+
+
+def read_table(name: str, data_dir: str | Path | None = None):
+    """The dataset's DataFrame (columns ``prompt``, ``target``); pandas reads .zst with zstandard."""
+    return _read_csv(_path_of(name, Path(data_dir or default_data_dir())), name)
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None) -> ProbingDataset:
+    """Read dataset ``name``; :class:`NotBinaryError` unless its target holds two values."""
+    return _binary(read_table(name, data_dir), name)
 
 
 def class_counts(name: str, data_dir: str | Path | None = None) -> tuple[int, int] | None:
@@ -160,18 +170,10 @@ def load_ood(name: str, ood_dir: str | Path | None = None) -> ProbingDataset:
     """Dataset ``name``'s OOD test set, labelled as ``sae_probes.utils_data.get_xy_OOD`` does: the
     rank of each target among the OOD file's own two sorted values (``90_glue_qnli`` is 0/1
     in-distribution and entailment/not_entailment out of it: entailment 0, as in GLUE)."""
-    import pandas as pd
-
     path = ood_datasets(ood_dir).get(name)
     if path is None:
         raise ValueError(f"dataset {name!r} has no {name}{OOD_SUFFIX} file in {ood_dir or default_ood_dir()}")
-    df = pd.read_csv(path)
-    df = df[df["prompt"].notna() & df["target"].notna()]
-    values, y_N = np.unique(df["target"].to_numpy(), return_inverse=True)
-    if len(values) != 2:
-        raise NotBinaryError(f"{path.name} has {len(values)} distinct targets, not 2")
-    return ProbingDataset(name=name + OOD_SUFFIX, texts=[str(t) for t in df["prompt"]], y_N=y_N.astype(np.int64),
-                          classes=(str(values[0]), str(values[1])))
+    return _binary(_read_csv(path, name + OOD_SUFFIX), name + OOD_SUFFIX)
 
 
 def split_indices(y_N: np.ndarray, *, max_examples: int, test_fraction: float,

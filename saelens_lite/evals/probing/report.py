@@ -146,17 +146,16 @@ def _size_probes(rows: list[dict]) -> list[str]:
 
 
 def size_means(result: dict) -> dict[tuple[str, str, str, str], dict]:
-    """{(sae, hook, pooling, probe): {size: {"auc", "accuracy", "n"}}} over datasets; size
-    ``"full"`` is the whole training split (the main rows)."""
-    out: dict[tuple, dict] = defaultdict(dict)
-    acc: dict[tuple, list[dict]] = defaultdict(list)
+    """{(sae, hook, pooling, probe): {size: {"auc", "accuracy", "n"}}}: :func:`means` per training
+    size; size ``"full"`` is the whole training split (the main rows)."""
+    by_size: dict[object, list[dict]] = defaultdict(list)
     for r in result.get("scarce_rows", []):
-        acc[(r["sae"], r["hook"], r["pooling"], r["probe"], r["train_size"])].append(r)
-    for r in result["rows"]:
-        acc[(r["sae"], r["hook"], r["pooling"], r["probe"], "full")].append(r)
-    for (*key, size), rs in acc.items():
-        out[tuple(key)][size] = {"auc": float(np.mean([r["auc"] for r in rs])),
-                                 "accuracy": float(np.mean([r["accuracy"] for r in rs])), "n": len(rs)}
+        by_size[r["train_size"]].append(r)
+    by_size["full"] = result["rows"]
+    out: dict[tuple, dict] = defaultdict(dict)
+    for size, rows in by_size.items():
+        for key, v in means(rows).items():
+            out[key][size] = v
     return dict(out)
 
 

@@ -12,6 +12,7 @@ Shape legend: N examples, T token rows, D hook width, F latents.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ import torch
 
 from saelens_lite.evals.probing import acts, data
 from saelens_lite.evals.probing.probes import ProbeConfig, fit_probe, sparse_probes
+from saelens_lite.evals.probing.report import DENSE
 from saelens_lite.lm.hooks import warn_if_other_hook
 from saelens_lite.util.atomic import write_json
 from saelens_lite.util.validate import check_ints
@@ -233,78 +235,86 @@ class _Split:
         return {name: (v if name == "latents" else _score_row(v)) for name, v in res.items()}
 
 
+@dataclass
+class _Pooled:
+    """One (hook, pooling) of a set of texts: the pooled activations and each autoencoder's pooled
+    latents, each computed once, on first need (a run whose results are cached needs neither),
+    and shared by the full-split, data-scarce and OOD probes."""
+
+    tok: acts.TokenRows
+    how: str
+    device: str
+    _z: dict = field(default_factory=dict)
+
+    @functools.cached_property
+    def x_ND(self) -> np.ndarray:
+        return acts.pool(self.tok.rows_TD, self.tok.offsets, self.how)
+
+    def z_NF(self, p: Probed) -> np.ndarray:
+        if p.key not in self._z:
+            self._z[p.key] = encode_pooled(p.sae, self.tok, self.how, device=self.device)
+        return self._z[p.key]
+
+
+def _dense_row(base: dict, score: dict) -> dict:
+    return base | {"sae": DENSE, "probe": "dense", "k": None} | score
+
+
 def _sae_rows(base: dict, label: str, res: dict) -> list[dict]:
     """One row per probe of an autoencoder's results (``sparse_probes``'s dict, as stored)."""
     return [base | {"sae": label, "probe": name, "k": int(name[2:]) if name.startswith("k=") else None} | score
             for name, score in res.items() if name != "latents"]
 
 
-def _pooled_rows(cfg, probe_cfg, split: _Split, base: dict, tok: acts.TokenRows, probed, where: Path,
+def _pooled_rows(cfg, probe_cfg, split: _Split, base: dict, pooled: _Pooled, probed, where: Path,
                  rkey: str) -> list[dict]:
     """The dense probe's row and each autoencoder's probe rows on one (hook, pooling)."""
-    how = base["pooling"]
-    x_ND = acts.pool(tok.rows_TD, tok.offsets, how)
-    dense = _cached_json(where / f"dense-{rkey}.json", lambda: split.dense(x_ND, probe_cfg, cfg.seed))
-    rows = [base | {"sae": "dense probe", "probe": "dense", "k": None} | dense]
+    dense = _cached_json(where / f"dense-{rkey}.json", lambda: split.dense(pooled.x_ND, probe_cfg, cfg.seed))
+    rows = [_dense_row(base, dense)]
     for p in probed:
-        def compute(p=p):
-            return split.sparse(encode_pooled(p.sae, tok, how, device=cfg.device), cfg, probe_cfg)
-
-        res = _cached_json(where / f"sae-{p.key}-{rkey}.json", compute)
+        res = _cached_json(where / f"sae-{p.key}-{rkey}.json",
+                           lambda p=p: split.sparse(pooled.z_NF(p), cfg, probe_cfg))
         rows += _sae_rows(base, p.label, res)
     return rows
 
 
-def _scarce_rows(cfg, probe_cfg, split: _Split, base: dict, tok: acts.TokenRows, probed, where: Path,
+def _scarce_rows(cfg, probe_cfg, split: _Split, base: dict, pooled: _Pooled, probed, where: Path,
                  rkey: str) -> list[dict]:
     """The rows of :func:`_pooled_rows` for each of ``cfg.train_sizes`` below the training split,
     on a balanced subset of it (:meth:`_Split.subset`), each row with its ``train_size``."""
-    sizes = [n for n in sorted(set(cfg.train_sizes)) if n < split.n_train]
-    if not sizes:
-        return []
-    how = base["pooling"]
-    x_ND = acts.pool(tok.rows_TD, tok.offsets, how)
-    z: dict[str, np.ndarray] = {}  # pooled latents, encoded on first need (cached results need none)
-
-    def latents(p) -> np.ndarray:
-        if p.key not in z:
-            z[p.key] = encode_pooled(p.sae, tok, how, device=cfg.device)
-        return z[p.key]
-
     rows = []
-    for n in sizes:
+    for n in sorted(set(cfg.train_sizes)):
+        if n >= split.n_train:
+            continue
         pick = split.subset(n, cfg.seed)
         sub = _Split(split.idx_N[pick], n, split.y_N[pick])
         b = base | {"train_size": n, "n_train": n, "n_train_pos": int(sub.y_N[:n].sum())}
         tag = f"{rkey}-n{n}s{cfg.seed}"
         dense = _cached_json(where / f"dense-{tag}.json",
-                             lambda sub=sub, pick=pick: sub.dense(x_ND[pick], probe_cfg, cfg.seed))
-        rows.append(b | {"sae": "dense probe", "probe": "dense", "k": None} | dense)
+                             lambda sub=sub, pick=pick: sub.dense(pooled.x_ND[pick], probe_cfg, cfg.seed))
+        rows.append(_dense_row(b, dense))
         for p in probed:
             res = _cached_json(where / f"sae-{p.key}-{tag}.json",
-                               lambda p=p, sub=sub, pick=pick: sub.sparse(latents(p)[pick], cfg, probe_cfg))
+                               lambda p=p, sub=sub, pick=pick: sub.sparse(pooled.z_NF(p)[pick], cfg, probe_cfg))
             rows += _sae_rows(b, p.label, res)
     return rows
 
 
-def _ood_rows(cfg, probe_cfg, split: _Split, base: dict, tok: acts.TokenRows, ood_tok: acts.TokenRows,
+def _ood_rows(cfg, probe_cfg, split: _Split, base: dict, pooled: _Pooled, pooled_ood: _Pooled,
               ood: data.ProbingDataset, probed, where: Path, rkey: str) -> list[dict]:
     """Each probe fitted on the full training split (as in :func:`_pooled_rows`) and scored on
     the OOD texts instead of the test split: rows with ``test_set`` "ood" and the OOD set's
     counts and classes."""
-    how, n, y_ood = base["pooling"], split.n_train, ood.y_N
+    n, y_ood = split.n_train, ood.y_N
     both = _Split(np.arange(n + len(y_ood)), n, np.concatenate([split.y_N[:n], y_ood]))
     b = base | {"test_set": "ood", "n_test": len(y_ood), "n_test_pos": int(y_ood.sum()), "ood_classes": list(ood.classes)}
-    x_ND = np.concatenate([acts.pool(tok.rows_TD, tok.offsets, how)[:n], acts.pool(ood_tok.rows_TD, ood_tok.offsets, how)])
+    x_ND = np.concatenate([pooled.x_ND[:n], pooled_ood.x_ND])
     dense = _cached_json(where / f"ood-dense-{rkey}.json", lambda: both.dense(x_ND, probe_cfg, cfg.seed))
-    rows = [b | {"sae": "dense probe", "probe": "dense", "k": None} | dense]
+    rows = [_dense_row(b, dense)]
     for p in probed:
-        def compute(p=p):
-            z_NF = np.concatenate([encode_pooled(p.sae, tok, how, device=cfg.device)[:n],
-                                   encode_pooled(p.sae, ood_tok, how, device=cfg.device)])
-            return both.sparse(z_NF, cfg, probe_cfg)
-
-        res = _cached_json(where / f"ood-sae-{p.key}-{rkey}.json", compute)
+        res = _cached_json(where / f"ood-sae-{p.key}-{rkey}.json",
+                           lambda p=p: both.sparse(np.concatenate([pooled.z_NF(p)[:n], pooled_ood.z_NF(p)]), cfg,
+                                                   probe_cfg))
         rows += _sae_rows(b, p.label, res)
     return rows
 
@@ -326,17 +336,19 @@ def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: 
     for hook in sorted({p.hook for p in probed}):
         kw = dict(poolings=cfg.poolings, cache_dir=cfg.cache_dir or out / "activations", model_name=cfg.model,
                   max_tokens=cfg.max_tokens, batch_tokens=cfg.batch_tokens)
-        pooled = acts.pooled_rows(get_lm, hook, ds.name, ds.texts, split.idx_N, **kw)
-        pooled_ood = (acts.pooled_rows(get_lm, hook, ood.name, ood.texts, np.arange(len(ood.texts)), **kw)
-                      if ood is not None else {})
-        for how, tok in pooled.items():
+        toks = acts.pooled_rows(get_lm, hook, ds.name, ds.texts, split.idx_N, **kw)
+        toks_ood = (acts.pooled_rows(get_lm, hook, ood.name, ood.texts, np.arange(len(ood.texts)), **kw)
+                    if ood is not None else {})
+        mine = [p for p in probed if p.hook == hook]
+        for how, tok in toks.items():
             base = split.counts(ds.name, ds.classes) | {"hook": hook, "pooling": how}
             where = out / "results" / acts.slug(ds.name) / acts.slug(hook) / how
-            mine = [p for p in probed if p.hook == hook]
-            rows += _pooled_rows(cfg, probe_cfg, split, base, tok, mine, where, rkey)
-            scarce += _scarce_rows(cfg, probe_cfg, split, base, tok, mine, where, rkey)
+            pooled = _Pooled(tok, how, cfg.device)
+            rows += _pooled_rows(cfg, probe_cfg, split, base, pooled, mine, where, rkey)
+            scarce += _scarce_rows(cfg, probe_cfg, split, base, pooled, mine, where, rkey)
             if ood is not None:
-                ood_rows += _ood_rows(cfg, probe_cfg, split, base, tok, pooled_ood[how], ood, mine, where, okey)
+                ood_rows += _ood_rows(cfg, probe_cfg, split, base, pooled, _Pooled(toks_ood[how], how, cfg.device),
+                                      ood, mine, where, okey)
     return rows, scarce, ood_rows
 
 
