@@ -1,9 +1,10 @@
 """Seed means and paired intervals for `saelens-lite bench probing` results: the tables of
-docs/probing.md "Trained on-domain, and with few labels" (size "ood": the `--ood` rows).
+docs/probing.md "Trained on-domain, and with few labels" (size "ood": the `--ood` rows,
+"pos=F": `--pos-fractions`, "noise=F": `--label-noise`; a dataset's `--draws` are averaged).
 
 Each ``--group NAME=TEXT`` collects the autoencoders whose label contains TEXT (for example the
 seeds of one recipe: ``on=(on_s``). For every training size (the full split and each
-``--train-sizes`` value) and probe it prints, over the datasets every member has:
+``--train-sizes`` value), class fraction, noise level and probe it prints, over the datasets every member has:
 
 - the dense probe's mean test AUC;
 - each group's mean AUC as mean ± sample std over its members (the spread over seeds);
@@ -27,16 +28,31 @@ import numpy as np
 
 from saelens_lite.evals.probing.report import DENSE
 
+SETTING_ROWS = {"imbalance_rows": ("pos_fraction", "pos="), "noise_rows": ("label_noise", "noise=")}
+"""Settings whose values get a prefix in the size column (training sizes are bare integers)."""
+
+
+def _setting(r: dict, key: str) -> object:
+    """The size column's value of a row of ``result[key]``."""
+    if r.get("test_set") == "ood":
+        return "ood"
+    if key in SETTING_ROWS:
+        field, prefix = SETTING_ROWS[key]
+        return f"{prefix}{r[field]:g}"
+    return r.get("train_size", "full")
+
 
 def auc_table(result: dict, datasets: list[str] | None = None) -> dict[tuple[str, str, object], dict[str, float]]:
-    """{(sae, probe, size): {dataset: test AUC}}; size "full" for the main rows, "ood" for the
-    OOD rows (full training split, scored on the OOD texts); only ``datasets`` when given."""
-    out: dict[tuple, dict] = defaultdict(dict)
-    for r in result["rows"] + result.get("scarce_rows", []) + result.get("ood_rows", []):
-        if datasets is None or r["dataset"] in datasets:
-            size = "ood" if r.get("test_set") == "ood" else r.get("train_size", "full")
-            out[(r["sae"], r["probe"], size)][r["dataset"]] = r["auc"]
-    return dict(out)
+    """{(sae, probe, size): {dataset: test AUC}}, a dataset's draws averaged; size "full" for the
+    main rows, an integer for a training-set size, "pos=F" / "noise=F" for a class fraction or a
+    share of flipped labels, "ood" for the OOD rows (full training split, scored on the OOD
+    texts); only ``datasets`` when given."""
+    draws: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
+    for key in ("rows", "scarce_rows", *SETTING_ROWS, "ood_rows"):
+        for r in result.get(key, []):
+            if datasets is None or r["dataset"] in datasets:
+                draws[(r["sae"], r["probe"], _setting(r, key))][r["dataset"]].append(r["auc"])
+    return {k: {n: float(np.mean(a)) for n, a in v.items()} for k, v in draws.items()}
 
 
 def bootstrap_mean(diff_N: np.ndarray, *, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -59,7 +75,10 @@ def summarise(result: dict, groups: dict[str, str], datasets: list[str] | None =
     empty = [g for g, m in members.items() if not m]
     if empty:
         raise SystemExit(f"--group {empty[0]}={groups[empty[0]]!r} matches no autoencoder; labels: {saes}")
-    sizes = sorted({z for _, _, z in table if z not in ("full", "ood")}) + ["full"]
+    sizes = sorted({z for _, _, z in table if isinstance(z, int)})
+    sizes += sorted({z for _, _, z in table if isinstance(z, str) and z.startswith("pos=")}, key=lambda z: float(z[4:]))
+    sizes += sorted({z for _, _, z in table if isinstance(z, str) and z.startswith("noise=")}, key=lambda z: float(z[6:]))
+    sizes += ["full"]
     sizes += ["ood"] if any(z == "ood" for _, _, z in table) else []
     probes = sorted({p for s, p, _ in table if s != DENSE}, key=lambda p: (p == "all", int(p[2:]) if p[2:].isdigit() else 0))
     out = []

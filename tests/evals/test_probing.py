@@ -271,6 +271,94 @@ def test_train_sizes_refit_every_probe_on_subsets_and_resume(tmp_path):
     assert _mtimes(out / "results") == before
 
 
+def test_class_imbalance_draws_hold_the_fraction_at_the_largest_size_every_fraction_allows():
+    from saelens_lite.evals.probing.run import _Split
+
+    y_N = np.array([1] * 40 + [0] * 60 + [1, 0] * 10)  # 100 training texts (40 positive), then 20 test texts
+    split = _Split(np.arange(120), 100, y_N)
+    fractions = [0.1, 0.3, 0.9]
+    n = split.imbalance_size(fractions)
+    brute = max(m for m in range(1, 101) if all(np.ceil(f * m) <= 40 and m - np.ceil(f * m) <= 60 for f in fractions))
+    assert n == brute == 44  # 0.9 of 44 -> 40 positive; 45 would need 41
+    for f in fractions:
+        pick = split.imbalanced(n, f, seed=3)
+        train, test = pick[:n], pick[n:]
+        assert list(test) == list(range(100, 120)) and (np.diff(train) > 0).all() and train.max() < 100
+        assert y_N[train].sum() == int(np.ceil(f * n))
+        assert list(split.imbalanced(n, f, seed=3)) == list(pick) and list(split.imbalanced(n, f, 3, 1)) != list(pick)
+
+
+def test_label_noise_flips_exactly_that_share_of_the_training_labels_only():
+    from saelens_lite.evals.probing.run import _Split
+
+    y_N = np.array([1, 0] * 50 + [1, 0] * 10)
+    split = _Split(np.arange(120), 100, y_N)
+    for f in (0.05, 0.25, 0.5):
+        noisy = split.noisy_labels(f, seed=0)
+        assert (noisy[:100] != y_N[:100]).sum() == int(f * 100) and (noisy[100:] == y_N[100:]).all()
+        assert (split.noisy_labels(f, seed=0) == noisy).all() and (split.noisy_labels(f, 0, 1) != noisy).any()
+    assert (split.noisy_labels(0.3, seed=0) == split.y_N).sum() == 120 - 30 and (split.y_N == y_N).all()
+
+
+def test_imbalance_noise_and_draws_refit_every_probe_and_resume(tmp_path):
+    from saelens_lite.evals.probing import report
+    from saelens_lite.evals.probing.run import _Split
+
+    folder = _datasets(tmp_path / "d")
+    saes = [_sae(tmp_path / "topk")]
+    cfg = ProbingConfig(model="tiny-llama", data_dir=str(folder), min_per_class=40, ks=[1, 2], pooling="last",
+                        max_examples=80, seed=1, pos_fractions=[0.1, 0.5], label_noise=[0.2], draws=2)
+    probe_cfg = ProbeConfig(cs=[0.1, 1.0], folds=2)
+    out = tmp_path / "out"
+    res = run_probing(saes, cfg, out, probe_cfg=probe_cfg)
+    imb, noise = res["imbalance_rows"], res["noise_rows"]
+    assert "scarce_rows" not in res and "ood_rows" not in res
+    # 2 datasets x (2 fractions x 2 draws) x (dense + k=1, k=2, all); the split is 30 / 30, so n = 33
+    assert len(imb) == 2 * 4 * 4 and {(r["pos_fraction"], r["draw"]) for r in imb} == {(f, d) for f in (0.1, 0.5)
+                                                                                        for d in (0, 1)}
+    for r in imb:
+        assert (r["n_train"], r["n_train_pos"], r["n_test"]) == (33, int(np.ceil(r["pos_fraction"] * 33)), 20)
+    assert len(noise) == 2 * 2 * 4 and all((r["n_flipped"], r["n_train"]) == (12, 60) for r in noise)
+    # the dense probe on 1_animals' noisy labels, draw 1: refitted here
+    ds = data.load_dataset("1_animals", folder)
+    tr, te = data.split_indices(ds.y_N, max_examples=80, test_fraction=0.25, seed=1)
+    idx = np.concatenate([tr, te])
+    tok = acts.pooled_rows(None, HOOK, ds.name, ds.texts, idx, poolings=("last",), cache_dir=out / "activations",
+                           model_name="tiny-llama", max_tokens=cfg.max_tokens, batch_tokens=cfg.batch_tokens)["last"]
+    x_ND = acts.pool(tok.rows_TD, tok.offsets, "last")
+    y_noisy = _Split(idx, len(tr), ds.y_N[idx]).noisy_labels(0.2, seed=1, draw=1)
+    want = fit_probe(x_ND[:60], y_noisy[:60], x_ND[60:], ds.y_N[idx][60:], probe_cfg, seed=1)
+    got = next(r for r in noise if (r["dataset"], r["sae"], r["draw"]) == ("1_animals", "dense probe", 1))
+    assert got["C"] == want.c and got["n_train_pos"] == int(y_noisy[:60].sum())
+    assert (got["auc"], got["accuracy"]) == pytest.approx((want.auc, want.accuracy), abs=1e-9)
+    # the report averages a dataset's draws first: one dense value per fraction
+    m = report.setting_means(res, "imbalance_rows")[("dense probe", HOOK, "last", "dense")]
+    by_ds = [np.mean([r["auc"] for r in imb if (r["dataset"], r["sae"], r["pos_fraction"]) == (n, "dense probe", 0.1)])
+             for n in ("1_animals", "2_letters")]
+    assert m[0.1]["auc"] == pytest.approx(np.mean(by_ds)) and m[0.1]["n"] == 2 and "full" in m
+    md = (out / "results.md").read_text()
+    assert "## Class imbalance" in md and "## Label noise" in md and "2 seeded draws per value" in md
+    assert "| autoencoder | probe | 0.1 | 0.5 | full (60) |" in md and "Training texts per dataset: 33." in md
+    assert (out / "auc_vs_pos_fraction.png").stat().st_size > 0 and (out / "auc_vs_label_noise.png").stat().st_size > 0
+    before = _mtimes(out / "results")
+    again = run_probing(saes, cfg, out, probe_cfg=probe_cfg)
+    assert (again["imbalance_rows"], again["noise_rows"]) == (imb, noise) and _mtimes(out / "results") == before
+
+
+def test_a_fraction_that_leaves_a_class_below_the_folds_is_skipped(tmp_path):
+    from saelens_lite.evals.probing.run import _Split, _variants
+
+    split = _Split(np.arange(120), 100, np.array([1, 0] * 60))
+    cfg = ProbingConfig(pos_fractions=[0.02, 0.1], label_noise=[0.5], train_sizes=[10, 100], draws=3)
+    v = _variants(cfg, split, min_class=3)
+    assert [x.fields for x in v["imbalance_rows"]] == [{"pos_fraction": 0.1, "draw": d} for d in range(3)]
+    # the size is the one every listed fraction allows, the skipped one too: min(50 / 0.02, 50 / 0.98) = 51,
+    # where 0.02 has ceil(1.02) = 2 positive texts, fewer than the 3 folds
+    assert [x.n_train for x in v["imbalance_rows"]] == [51] * 3
+    assert [x.fields["train_size"] for x in v["scarce_rows"]] == [10] * 3  # 100 is the whole split
+    assert [x.fields["n_flipped"] for x in v["noise_rows"]] == [50] * 3
+
+
 def _ood(folder, n=30):
     """An OOD set for 1_animals (other words, targets as strings) in its own folder."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -359,6 +447,9 @@ def test_cli_runs_end_to_end(tmp_path, capsys):
     ("width", "d_in=32"),
     ("k", "--k 200"),
     ("train size", "--train-sizes 4: below 6"),
+    ("fraction", "pos_fractions=[0.5, 1.0]"),
+    ("noise", "label_noise=[0.6]"),
+    ("draws", "draws=0"),
     ("ood", "none of the datasets has an OOD test set"),
 ])
 def test_cli_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys, case, needle):
@@ -369,6 +460,7 @@ def test_cli_bad_input_gives_one_line_and_writes_nothing(tmp_path, capsys, case,
             "--data-dir", str(folder), "--min-per-class", "40"]
     argv += {"unknown dataset": ["--datasets", "1_animals", "9_nope"], "not binary": ["--datasets", "3_numeric"],
              "width": [], "k": ["--k", "1", "200"], "train size": ["--train-sizes", "16", "4"],
+             "fraction": ["--pos-fractions", "0.5", "1"], "noise": ["--label-noise", "0.6"], "draws": ["--draws", "0"],
              "ood": ["--datasets", "2_letters", "--ood", "--ood-dir", str(_ood(tmp_path / "ood"))]}[case]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -61,6 +61,21 @@ def test_means_spreads_and_differences_match_the_hand_computed_values():
     assert scarce["minus_dense"][0] == pytest.approx(-0.05) and (scarce["above"], scarce["below_005"]) == (1, 1)
 
 
+def test_draws_are_averaged_per_dataset_and_the_settings_get_their_own_rows():
+    base = {k: v for k, v in RESULT.items() if k == "rows"}
+    # draws 0 / 1 of one fraction: dataset a's on_s0 averages 0.5 and 0.7 -> 0.6, b's 0.9 and 0.7 -> 0.8
+    imb = [_row("dense probe", n, a, "dense") | {"pos_fraction": 0.1, "draw": d}
+           for n, a in (("a", 0.6), ("b", 0.6)) for d in (0, 1)]
+    imb += [_row("x (on_s0)", n, a) | {"pos_fraction": 0.1, "draw": d}
+            for n, draws in (("a", (0.5, 0.7)), ("b", (0.9, 0.7))) for d, a in enumerate(draws)]
+    noise = [_row(s, "a", 0.5, p) | {"label_noise": 0.25, "draw": 0} for s, p in (("dense probe", "dense"), ("x (on_s0)", "k=1"))]
+    rows = _module().summarise(base | {"imbalance_rows": imb, "noise_rows": noise}, {"on": "(on_s0"})
+    assert [r["size"] for r in rows] == ["pos=0.1", "noise=0.25", "full"]
+    assert rows[0]["groups"]["on"]["mean"] == pytest.approx(0.7) and rows[0]["dense"] == pytest.approx(0.6)
+    assert rows[0]["groups"]["on"]["minus_dense"][0] == pytest.approx(0.1) and rows[0]["groups"]["on"]["above"] == 1  # b only
+    assert rows[1]["datasets"] == 1 and rows[1]["groups"]["on"]["minus_dense"][0] == pytest.approx(0.0)
+
+
 @pytest.mark.slow  # runs the script in a process
 def test_the_datasets_filter_and_the_command_line(tmp_path):
     only_a = _module().summarise(RESULT, {"on": "(on_s"}, ["a"])

@@ -1,14 +1,17 @@
 """The probing report: results.json (every row), results.md (per-dataset tables with counts, the
 means, and where SAE probes beat the dense probe) and auc_vs_k.png (mean test AUC against k, one
-line per autoencoder, the dense probe as a horizontal line), each written atomically. With
-``train_sizes`` (the data-scarce setting) also a table of mean test AUC by training-set size and
-auc_vs_train_size.png.
+line per autoencoder, the dense probe as a horizontal line), each written atomically. Each
+setting that refits the probes on a changed training split (:data:`SETTINGS`: training-set
+size, class imbalance, label noise) adds a table of mean test AUC by its value and a plot
+(:data:`PLOTS`).
 
 A row: {sae, hook, pooling, dataset, probe (``dense`` / ``k=K`` / ``all``), k, auc, accuracy, C,
 n_train, n_test, n_train_pos, n_test_pos, classes}; the dense probe's rows have sae
-``dense probe``. A data-scarce row (``result["scarce_rows"]``) has ``train_size`` too, an OOD
-row (``result["ood_rows"]``) ``test_set`` "ood", the OOD set's counts as n_test, n_test_pos
-and its two target values as ``ood_classes``.
+``dense probe``. A data-scarce row (``result["scarce_rows"]``) has ``train_size`` and ``draw``
+too, a class-imbalance row (``imbalance_rows``) ``pos_fraction`` and ``draw``, a label-noise row
+(``noise_rows``) ``label_noise``, ``draw`` and ``n_flipped`` (its n_train_pos counts the flipped
+labels), an OOD row (``result["ood_rows"]``) ``test_set`` "ood", the OOD set's counts as n_test,
+n_test_pos and its two target values as ``ood_classes``.
 """
 
 from __future__ import annotations
@@ -43,14 +46,17 @@ def _groups(rows: list[dict]) -> list[tuple[str, str, str]]:
 
 
 def means(rows: list[dict]) -> dict[tuple[str, str, str, str], dict[str, float]]:
-    """{(sae, hook, pooling, probe): {"auc", "accuracy", "n"}} averaged over datasets; the dense
-    probe's entries have sae ``dense probe``."""
-    acc: dict[tuple, list[dict]] = defaultdict(list)
+    """{(sae, hook, pooling, probe): {"auc", "accuracy", "n"}} averaged over datasets (a dataset's
+    several draws, ``draw``, averaged first; ``n`` counts datasets); the dense probe's entries
+    have sae ``dense probe``."""
+    per_ds: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        acc[(r["sae"], r["hook"], r["pooling"], r["probe"])].append(r)
-    return {key: {"auc": float(np.mean([r["auc"] for r in rs])),
-                  "accuracy": float(np.mean([r["accuracy"] for r in rs])), "n": len(rs)}
-            for key, rs in acc.items()}
+        per_ds[(r["sae"], r["hook"], r["pooling"], r["probe"], r["dataset"])].append(r)
+    acc: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+    for (*key, _), rs in per_ds.items():
+        acc[tuple(key)].append((np.mean([r["auc"] for r in rs]), np.mean([r["accuracy"] for r in rs])))
+    return {key: {"auc": float(np.mean([a for a, _ in v])), "accuracy": float(np.mean([b for _, b in v])),
+                  "n": len(v)} for key, v in acc.items()}
 
 
 def _cell(r: dict | None) -> str:
@@ -106,8 +112,9 @@ def format_markdown(result: dict) -> str:
                        f"{len(vs['equal'])}, below on {len(vs['below'])} datasets"
                        + (f" (above: {', '.join(vs['above'])})" if vs["above"] else ""))
         out.append("")
-    if result.get("scarce_rows"):
-        out += scarce_table(result)
+    for key in SETTINGS:
+        if result.get(key):
+            out += setting_table(result, key)
     if result.get("ood_rows"):
         out += ood_table(result)
     return "\n".join(out)
@@ -145,44 +152,68 @@ def _size_probes(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(ks[:1] + ks[-1:] + [p for p in names if p == "all"]))
 
 
-def size_means(result: dict) -> dict[tuple[str, str, str, str], dict]:
-    """{(sae, hook, pooling, probe): {size: {"auc", "accuracy", "n"}}}: :func:`means` per training
-    size; size ``"full"`` is the whole training split (the main rows)."""
-    by_size: dict[object, list[dict]] = defaultdict(list)
-    for r in result.get("scarce_rows", []):
-        by_size[r["train_size"]].append(r)
-    by_size["full"] = result["rows"]
+SETTINGS = {
+    "scarce_rows": ("train_size", "Training-set size (the data-scarce setting)", "training texts (half per label)"),
+    "imbalance_rows": ("pos_fraction", "Class imbalance", "share of positive training texts"),
+    "noise_rows": ("label_noise", "Label noise", "share of training labels flipped"),
+}
+"""{result key: (the rows' field that varies, table heading, plot axis)} of the settings that
+refit the probes on a changed training split (``run._variants``)."""
+
+_ABOUT = {
+    "scarce_rows": "each size a balanced, seeded draw from the training split",
+    "imbalance_rows": ("each fraction a seeded draw of one size per dataset from the training split (the "
+                       "largest every fraction allows), the test split balanced as before"),
+    "noise_rows": ("the whole training split with that share of its labels flipped (the latents chosen on the "
+                   "flipped labels too), the test labels clean"),
+}
+
+
+def setting_means(result: dict, key: str = "scarce_rows") -> dict[tuple[str, str, str, str], dict]:
+    """{(sae, hook, pooling, probe): {value: {"auc", "accuracy", "n"}}}: :func:`means` per value
+    of the setting ``key`` (:data:`SETTINGS`); value ``"full"`` is the whole training split as
+    it is (the main rows)."""
+    field_ = SETTINGS[key][0]
+    by_value: dict[object, list[dict]] = defaultdict(list)
+    for r in result.get(key, []):
+        by_value[r[field_]].append(r)
+    by_value["full"] = result["rows"]
     out: dict[tuple, dict] = defaultdict(dict)
-    for size, rows in by_size.items():
-        for key, v in means(rows).items():
-            out[key][size] = v
+    for value, rows in by_value.items():
+        for k, v in means(rows).items():
+            out[k][value] = v
     return dict(out)
 
 
-def scarce_table(result: dict) -> list[str]:
-    """Markdown: mean test AUC by training-set size, per (hook, pooling), the dense probe first."""
-    sizes = sorted({r["train_size"] for r in result["scarce_rows"]})
-    m = size_means(result)
+def setting_table(result: dict, key: str = "scarce_rows") -> list[str]:
+    """Markdown: mean test AUC by the setting's value, per (hook, pooling), the dense probe first."""
+    field_, title, _ = SETTINGS[key]
+    values = sorted({r[field_] for r in result[key]})
+    m = setting_means(result, key)
     probes = _size_probes(result["rows"])
     n_full = sorted({r["n_train"] for r in result["rows"]})
     full = f"full ({n_full[0]})" if len(n_full) == 1 else f"full ({n_full[0]}-{n_full[-1]})"
-    out = ["## Training-set size (the data-scarce setting)", "",
-           "Mean test AUC over the datasets whose training split is larger than the size (their count "
-           "in brackets where it is not all of them); each size is one balanced, seeded draw from the "
-           "training split, the test split is the same.", ""]
+    draws = len({r.get("draw", 0) for r in result[key]})
+    sizes = sorted({r["n_train"] for r in result[key]})
+    size_note = (f" Training texts per dataset: {sizes[0]}" + (f"-{sizes[-1]}" if len(sizes) > 1 else "") + "."
+                 if key == "imbalance_rows" else "")
+    out = [f"## {title}", "",
+           f"Mean test AUC over the datasets the value applies to (their count in brackets where it is not "
+           f"all of them); {_ABOUT[key]}; {draws} seeded draw{'s' if draws > 1 else ''} per value, averaged "
+           f"per dataset first.{size_note} The last column is the whole training split as it is.", ""]
     n_all = len({r["dataset"] for r in result["rows"]})
     for hook, pooling in dict.fromkeys((r["hook"], r["pooling"]) for r in result["rows"]):
         out += [f"### {hook}, {pooling}-token pooling", "",
-                "| autoencoder | probe | " + " | ".join(map(str, sizes)) + f" | {full} |",
-                "|---|---|" + "---|" * (len(sizes) + 1)]
+                "| autoencoder | probe | " + " | ".join(f"{v:g}" for v in values) + f" | {full} |",
+                "|---|---|" + "---|" * (len(values) + 1)]
         keys = [(DENSE, hook, pooling, "dense")] + [(sae, hook, pooling, p) for sae, h, pl in _groups(result["rows"])
                                                     if (h, pl) == (hook, pooling) for p in probes]
-        for key in keys:
+        for k in keys:
             cells = []
-            for size in [*sizes, "full"]:
-                v = m.get(key, {}).get(size)
+            for value in [*values, "full"]:
+                v = m.get(k, {}).get(value)
                 cells.append("-" if v is None else f"{v['auc']:.3f}" + (f" [{v['n']}]" if v["n"] != n_all else ""))
-            out.append(f"| {key[0]} | {key[3]} | " + " | ".join(cells) + " |")
+            out.append(f"| {k[0]} | {k[3]} | " + " | ".join(cells) + " |")
         out.append("")
     return out
 
@@ -199,26 +230,29 @@ def _save_png(fig, path: str | Path) -> Path:
     return path
 
 
-def plot_auc_vs_train_size(result: dict, path: str | Path) -> Path:
-    """Mean test AUC against the training-set size (log2 axis; the full split at the far right),
-    one panel per pooling: the dense probe dashed black, each autoencoder's k=1 probe dotted and
-    its largest-k probe solid, in one colour."""
+def plot_setting(result: dict, key: str, path: str | Path) -> Path:
+    """Mean test AUC against the setting's value (training-set size on a log2 axis with the full
+    split at the far right; a fraction on a linear one, the unchanged split at 0.5 positive or 0
+    noise), one panel per pooling: the dense probe dashed black, each autoencoder's k=1 probe
+    dotted and its largest-k probe solid, in one colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    field_, _, xlabel = SETTINGS[key]
     rows = result["rows"]
-    m = size_means(result)
-    sizes = sorted({r["train_size"] for r in result["scarce_rows"]})
-    x_full = 2 * sizes[-1]
+    m = setting_means(result, key)
+    values = sorted({r[field_] for r in result[key]})
+    x_full = {"scarce_rows": 2 * values[-1], "imbalance_rows": 0.5, "noise_rows": 0.0}[key]
     probes = [p for p in _size_probes(rows) if p.startswith("k=")]
     poolings = list(dict.fromkeys(r["pooling"] for r in rows))
     fig, axes = plt.subplots(1, len(poolings), figsize=(8 * len(poolings), 4), squeeze=False)
 
-    def line(ax, key, style, **kw):
-        xs = [s for s in sizes if s in m.get(key, {})] + (["full"] if "full" in m.get(key, {}) else [])
-        return ax.plot([x_full if s == "full" else s for s in xs], [m[key][s]["auc"] for s in xs], style, **kw)[0]
+    def line(ax, k, style, **kw):
+        xs = sorted([v for v in values if v in m.get(k, {})] + (["full"] if "full" in m.get(k, {}) else []),
+                    key=lambda v: x_full if v == "full" else v)
+        return ax.plot([x_full if v == "full" else v for v in xs], [m[k][v]["auc"] for v in xs], style, **kw)[0]
 
     for ax, pooling in zip(axes[0], poolings):
         for hook in dict.fromkeys(r["hook"] for r in rows if r["pooling"] == pooling):
@@ -229,9 +263,10 @@ def plot_auc_vs_train_size(result: dict, path: str | Path) -> Path:
             first = line(ax, (sae, hook, pl, probes[-1]), "o-", label=f"{sae} {probes[-1]}")
             if len(probes) > 1:
                 line(ax, (sae, hook, pl, probes[0]), "o:", color=first.get_color(), label=f"{sae} {probes[0]}")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes + [x_full], [str(s) for s in sizes] + ["full"])
-        ax.set_xlabel("training texts (half per label)")
+        if key == "scarce_rows":
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(values + [x_full], [str(v) for v in values] + ["full"])
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("mean test AUC")
         ax.set_title(f"{pooling}-token pooling")
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines, not over them
@@ -280,10 +315,16 @@ def write_report(result: dict, out: str | Path) -> dict[str, Path]:
     md = out / "results.md"
     write_text(md, format_markdown(result) + "\n")
     written = {"json": out / "results.json", "markdown": md, "plot": plot_auc_vs_k(result, out / "auc_vs_k.png")}
-    if result.get("scarce_rows"):
-        written["size_plot"] = plot_auc_vs_train_size(result, out / "auc_vs_train_size.png")
+    for key, name in PLOTS.items():
+        if result.get(key):
+            written[key] = plot_setting(result, key, out / name)
     return written
 
 
-__all__ = ["DENSE", "means", "size_means", "versus_dense", "format_markdown", "scarce_table", "ood_table", "plot_auc_vs_k",
-           "plot_auc_vs_train_size", "write_report"]
+PLOTS = {"scarce_rows": "auc_vs_train_size.png", "imbalance_rows": "auc_vs_pos_fraction.png",
+         "noise_rows": "auc_vs_label_noise.png"}
+"""The plot file of each setting (:func:`plot_setting`)."""
+
+
+__all__ = ["DENSE", "SETTINGS", "PLOTS", "means", "setting_means", "versus_dense", "format_markdown", "setting_table",
+           "ood_table", "plot_auc_vs_k", "plot_setting", "write_report"]

@@ -66,6 +66,22 @@ class ProbingConfig:
     """The paper's data-scarce setting: also fit every probe on a balanced subset of this many
     training texts (half per label, one seeded draw per size; the test split is unchanged). A
     size at or above a dataset's training split is skipped there. Empty: the full split only."""
+    pos_fractions: list[float] = field(default_factory=list)
+    """The paper's class-imbalance setting: also fit every probe on a training subset whose share
+    of positive texts is each of these fractions (0 < f < 1; the paper sweeps 0.05 ... 0.95), of
+    one size per dataset: the largest every listed fraction can be drawn at from its training
+    split (236 of 450 texts for 0.05 ... 0.95), ceil(f n) positive. The test split is unchanged
+    (balanced: the paper draws its test set at the same ratio; AUC does not depend on it in
+    expectation, accuracy does). A fraction whose smaller class would have fewer texts than the
+    cross-validation folds is skipped on that dataset. Empty: off."""
+    label_noise: list[float] = field(default_factory=list)
+    """The paper's label-noise setting: also fit every probe on the full training split with this
+    fraction of its labels flipped (0 < f <= 0.5; int(f n) seeded texts, as
+    ``sae_probes.utils_data.corrupt_ytrain``); the latents are chosen on the noisy labels too,
+    and the test labels stay clean. Empty: off."""
+    draws: int = 1
+    """Seeded draws per training size, class fraction and noise level (rows carry ``draw``; the
+    report averages a dataset's draws before averaging datasets)."""
     ood: bool = False
     """The paper's covariate-shift setting: also score each probe, fitted on the full training
     split, on the dataset's out-of-distribution texts (the wheel's ``OOD data``: 8 datasets; the
@@ -92,6 +108,13 @@ class ProbingConfig:
             raise ValueError(f"ProbingConfig.test_fraction={self.test_fraction!r}: must be in (0, 1)")
         if any(not isinstance(n, int) or n < 2 for n in self.train_sizes):
             raise ValueError(f"ProbingConfig.train_sizes={self.train_sizes!r}: give integers >= 2")
+        if any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1 for f in self.pos_fractions):
+            raise ValueError(f"ProbingConfig.pos_fractions={self.pos_fractions!r}: give fractions of positive "
+                             "training texts strictly between 0 and 1")
+        if any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 0.5 for f in self.label_noise):
+            raise ValueError(f"ProbingConfig.label_noise={self.label_noise!r}: give fractions of flipped training "
+                             "labels in (0, 0.5]")
+        check_ints(self, ("draws",), minimum=1)
 
     @property
     def poolings(self) -> tuple[str, ...]:
@@ -214,15 +237,43 @@ class _Split:
         return {"dataset": name, "n_train": self.n_train, "n_test": len(y_te), "n_train_pos": int(y_tr.sum()),
                 "n_test_pos": int(y_te.sum()), "classes": list(classes)}
 
-    def subset(self, n: int, seed: int) -> np.ndarray:
+    def subset(self, n: int, seed: int, draw: int = 0) -> np.ndarray:
         """Positions (into this split's rows) of a balanced draw of ``n`` training texts, n // 2
-        positive, sorted, then every test text."""
-        rng = np.random.default_rng([seed, n])
-        y_tr = self.y_N[: self.n_train]
-        pos, neg = np.flatnonzero(y_tr == 1), np.flatnonzero(y_tr == 0)
+        positive, sorted, then every test text. Draw 0 is the one a single-draw run makes."""
+        rng = np.random.default_rng([seed, n] + ([draw] if draw else []))
+        pos, neg = self._by_label()
         n_pos = max(min(n // 2, len(pos)), n - len(neg))  # half each, as far as the smaller label allows
-        chosen = np.concatenate([rng.choice(pos, n_pos, replace=False), rng.choice(neg, n - n_pos, replace=False)])
-        return np.concatenate([np.sort(chosen), np.arange(self.n_train, len(self.y_N))])
+        return self._with_test(rng.choice(pos, n_pos, replace=False), rng.choice(neg, n - n_pos, replace=False))
+
+    def imbalance_size(self, fractions: list[float]) -> int:
+        """The largest training size every fraction f of positive texts can be drawn at: ceil(f n)
+        positive and n - ceil(f n) negative texts both within the training split."""
+        pos, neg = self._by_label()
+        return int(min(min(len(pos) / f, len(neg) / (1 - f)) for f in fractions) + 1e-9)
+
+    def imbalanced(self, n: int, fraction: float, seed: int, draw: int = 0) -> np.ndarray:
+        """As :meth:`subset`, with ceil(fraction n) of the ``n`` training texts positive
+        (``sae_probes.utils_data.get_train_test_indices``' count)."""
+        rng = np.random.default_rng([seed, 1, n, round(fraction * 1e6), draw])
+        pos, neg = self._by_label()
+        n_pos = int(np.ceil(fraction * n - 1e-9))
+        return self._with_test(rng.choice(pos, n_pos, replace=False), rng.choice(neg, n - n_pos, replace=False))
+
+    def noisy_labels(self, fraction: float, seed: int, draw: int = 0) -> np.ndarray:
+        """This split's labels with int(fraction n_train) seeded training labels flipped (as
+        ``sae_probes.utils_data.corrupt_ytrain``); the test labels unchanged."""
+        rng = np.random.default_rng([seed, 2, round(fraction * 1e6), draw])
+        y_N = self.y_N.copy()
+        flip = rng.choice(self.n_train, int(fraction * self.n_train + 1e-9), replace=False)
+        y_N[flip] = 1 - y_N[flip]
+        return y_N
+
+    def _by_label(self) -> tuple[np.ndarray, np.ndarray]:
+        y_tr = self.y_N[: self.n_train]
+        return np.flatnonzero(y_tr == 1), np.flatnonzero(y_tr == 0)
+
+    def _with_test(self, *train: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.sort(np.concatenate(train)), np.arange(self.n_train, len(self.y_N))])
 
     def dense(self, x_ND: np.ndarray, probe_cfg: ProbeConfig, seed: int) -> dict:
         n = self.n_train
@@ -278,24 +329,65 @@ def _pooled_rows(cfg, probe_cfg, split: _Split, base: dict, pooled: _Pooled, pro
     return rows
 
 
-def _scarce_rows(cfg, probe_cfg, split: _Split, base: dict, pooled: _Pooled, probed, where: Path,
-                 rkey: str) -> list[dict]:
-    """The rows of :func:`_pooled_rows` for each of ``cfg.train_sizes`` below the training split,
-    on a balanced subset of it (:meth:`_Split.subset`), each row with its ``train_size``."""
-    rows = []
+@dataclass
+class _Variant:
+    """One refit of every probe on a changed training split (the test split is the same): the
+    split's rows at ``pick`` (training texts, then every test text) with labels ``y_N`` (None:
+    the split's own); its rows carry ``fields``, its result files end in ``tag``."""
+
+    fields: dict
+    tag: str
+    pick: np.ndarray
+    n_train: int
+    y_N: np.ndarray | None = None
+
+
+def _variants(cfg: ProbingConfig, split: _Split, min_class: int) -> dict[str, list[_Variant]]:
+    """{result key: its variants}: ``scarce_rows`` (each training size below the split,
+    balanced), ``imbalance_rows`` (each fraction of positive texts, at the size all of them
+    allow), ``noise_rows`` (each fraction of flipped training labels), ``cfg.draws`` draws each.
+    A class-imbalance draw whose smaller class would have fewer than ``min_class`` texts (the
+    cross-validation folds) is left out."""
+    out: dict[str, list[_Variant]] = {"scarce_rows": [], "imbalance_rows": [], "noise_rows": []}
+    draws, seed = range(cfg.draws), cfg.seed
     for n in sorted(set(cfg.train_sizes)):
-        if n >= split.n_train:
-            continue
-        pick = split.subset(n, cfg.seed)
-        sub = _Split(split.idx_N[pick], n, split.y_N[pick])
-        b = base | {"train_size": n, "n_train": n, "n_train_pos": int(sub.y_N[:n].sum())}
-        tag = f"{rkey}-n{n}s{cfg.seed}"
+        if n < split.n_train:
+            out["scarce_rows"] += [_Variant({"train_size": n, "draw": r}, f"n{n}s{seed}" + (f"d{r}" if r else ""),
+                                            split.subset(n, seed, r), n) for r in draws]
+    fractions = sorted(set(cfg.pos_fractions))
+    if fractions:
+        n = split.imbalance_size(fractions)
+        for f in fractions:
+            if min(np.ceil(f * n - 1e-9), n - np.ceil(f * n - 1e-9)) < min_class:
+                log.warning("class fraction %g: %d training texts leave fewer than %d of one class; skipped",
+                            f, n, min_class)
+                continue
+            out["imbalance_rows"] += [_Variant({"pos_fraction": f, "draw": r}, f"p{f:g}n{n}s{seed}d{r}",
+                                               split.imbalanced(n, f, seed, r), n) for r in draws]
+    every = np.arange(len(split.y_N))
+    for f in sorted(set(cfg.label_noise)):
+        out["noise_rows"] += [_Variant({"label_noise": f, "draw": r, "n_flipped": int(f * split.n_train + 1e-9)},
+                                       f"e{f:g}s{seed}d{r}", every, split.n_train, split.noisy_labels(f, seed, r))
+                              for r in draws]
+    return out
+
+
+def _variant_rows(cfg, probe_cfg, split: _Split, base: dict, pooled: _Pooled, probed, where: Path, rkey: str,
+                  variants: list[_Variant]) -> list[dict]:
+    """The rows of :func:`_pooled_rows` refitted on each variant of the training split, each row
+    with the variant's fields and its own training counts."""
+    rows = []
+    for v in variants:
+        y_N = split.y_N[v.pick] if v.y_N is None else v.y_N[v.pick]
+        sub = _Split(split.idx_N[v.pick], v.n_train, y_N)
+        b = base | v.fields | {"n_train": v.n_train, "n_train_pos": int(y_N[: v.n_train].sum())}
+        tag = f"{rkey}-{v.tag}"
         dense = _cached_json(where / f"dense-{tag}.json",
-                             lambda sub=sub, pick=pick: sub.dense(pooled.x_ND[pick], probe_cfg, cfg.seed))
+                             lambda sub=sub, v=v: sub.dense(pooled.x_ND[v.pick], probe_cfg, cfg.seed))
         rows.append(_dense_row(b, dense))
         for p in probed:
             res = _cached_json(where / f"sae-{p.key}-{tag}.json",
-                               lambda p=p, sub=sub, pick=pick: sub.sparse(pooled.z_NF(p)[pick], cfg, probe_cfg))
+                               lambda p=p, sub=sub, v=v: sub.sparse(pooled.z_NF(p)[v.pick], cfg, probe_cfg))
             rows += _sae_rows(b, p.label, res)
     return rows
 
@@ -320,8 +412,9 @@ def _ood_rows(cfg, probe_cfg, split: _Split, base: dict, pooled: _Pooled, pooled
 
 
 def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: Path,
-                  ood: data.ProbingDataset | None = None) -> tuple[list[dict], list[dict], list[dict]]:
-    """(rows on the full training split, rows of the data-scarce subsets, OOD rows)."""
+                  ood: data.ProbingDataset | None = None) -> tuple[list[dict], dict[str, list[dict]], list[dict]]:
+    """(rows on the full training split, {key: rows} of the changed training splits
+    (:func:`_variants`), OOD rows)."""
     split = _Split(np.concatenate([idx_train, idx_test]), len(idx_train),
                    ds.y_N[np.concatenate([idx_train, idx_test])])
     # results of another split, k list or probe setting are other files, never reused
@@ -332,7 +425,8 @@ def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: 
     okey = (hashlib.sha1(json.dumps([rkey, acts.cache_key(np.arange(len(ood.texts)), cfg.max_tokens, "special",
                                                             ood.texts), ood.y_N.tolist()]).encode()).hexdigest()[:10]
             if ood is not None else "")
-    rows, scarce, ood_rows = [], [], []
+    variants = _variants(cfg, split, probe_cfg.folds if len(probe_cfg.cs) > 1 else 1)
+    rows, changed, ood_rows = [], {key: [] for key in variants}, []
     for hook in sorted({p.hook for p in probed}):
         kw = dict(poolings=cfg.poolings, cache_dir=cfg.cache_dir or out / "activations", model_name=cfg.model,
                   max_tokens=cfg.max_tokens, batch_tokens=cfg.batch_tokens)
@@ -345,11 +439,12 @@ def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: 
             where = out / "results" / acts.slug(ds.name) / acts.slug(hook) / how
             pooled = _Pooled(tok, how, cfg.device)
             rows += _pooled_rows(cfg, probe_cfg, split, base, pooled, mine, where, rkey)
-            scarce += _scarce_rows(cfg, probe_cfg, split, base, pooled, mine, where, rkey)
+            for key, vs in variants.items():
+                changed[key] += _variant_rows(cfg, probe_cfg, split, base, pooled, mine, where, rkey, vs)
             if ood is not None:
                 ood_rows += _ood_rows(cfg, probe_cfg, split, base, pooled, _Pooled(toks_ood[how], how, cfg.device),
                                       ood, mine, where, okey)
-    return rows, scarce, ood_rows
+    return rows, changed, ood_rows
 
 
 def run_probing(saes: list[str], cfg: ProbingConfig, out: str | Path, *,
@@ -375,21 +470,24 @@ def run_probing(saes: list[str], cfg: ProbingConfig, out: str | Path, *,
     if cfg.ood and not set(names) & set(ood_files):
         raise ValueError(f"--ood: none of the datasets has an OOD test set; those with one: {sorted(ood_files)}")
     out = Path(out)
-    rows, scarce, ood_rows = [], [], []
+    rows, changed, ood_rows = [], {"scarce_rows": [], "imbalance_rows": [], "noise_rows": []}, []
     for name in names:
         ds = data.load_dataset(name, cfg.data_dir or None)
         idx_train, idx_test = data.split_indices(ds.y_N, max_examples=cfg.max_examples,
                                                  test_fraction=cfg.test_fraction, seed=cfg.seed)
         log.info("probing %s: %d train, %d test texts", name, len(idx_train), len(idx_test))
         ood = data.load_ood(name, cfg.ood_dir or None) if name in ood_files else None
-        full, small, shifted = _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out, ood)
+        full, other, shifted = _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out, ood)
         rows += full
-        scarce += small
+        for key, more in other.items():
+            changed[key] += more
         ood_rows += shifted
     result = {"config": asdict(cfg), "probe_config": asdict(probe_cfg),
               "saes": {p.label: str(p.path) for p in probed}, "rows": rows}
-    if cfg.train_sizes:
-        result["scarce_rows"] = scarce
+    for key, wanted in (("scarce_rows", cfg.train_sizes), ("imbalance_rows", cfg.pos_fractions),
+                        ("noise_rows", cfg.label_noise)):
+        if wanted:
+            result[key] = changed[key]
     if cfg.ood:
         result["ood_rows"] = ood_rows
     report.write_report(result, out)
