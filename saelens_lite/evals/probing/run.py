@@ -224,6 +224,12 @@ def _cached_json(path: Path, compute) -> dict:
     return result
 
 
+def positives(fraction: float, n: int) -> int:
+    """ceil(fraction n), the positive texts of a class-imbalance draw of n (the count of
+    ``sae_probes.utils_data.get_train_test_indices``; the 1e-9 keeps 0.1 * 30 at 3)."""
+    return int(np.ceil(fraction * n - 1e-9))
+
+
 @dataclass
 class _Split:
     """One dataset's fixed split; its texts are ordered train first, then test."""
@@ -256,7 +262,7 @@ class _Split:
         (``sae_probes.utils_data.get_train_test_indices``' count)."""
         rng = np.random.default_rng([seed, 1, n, round(fraction * 1e6), draw])
         pos, neg = self._by_label()
-        n_pos = int(np.ceil(fraction * n - 1e-9))
+        n_pos = positives(fraction, n)
         return self._with_test(rng.choice(pos, n_pos, replace=False), rng.choice(neg, n - n_pos, replace=False))
 
     def noisy_labels(self, fraction: float, seed: int, draw: int = 0) -> np.ndarray:
@@ -358,7 +364,7 @@ def _variants(cfg: ProbingConfig, split: _Split, min_class: int) -> dict[str, li
     if fractions:
         n = split.imbalance_size(fractions)
         for f in fractions:
-            if min(np.ceil(f * n - 1e-9), n - np.ceil(f * n - 1e-9)) < min_class:
+            if min(positives(f, n), n - positives(f, n)) < min_class:
                 log.warning("class fraction %g: %d training texts leave fewer than %d of one class; skipped",
                             f, n, min_class)
                 continue
