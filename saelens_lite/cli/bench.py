@@ -106,10 +106,16 @@ def run_probing(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_probing_corpus(bench_sub) -> None:
-    from saelens_lite.evals.probing.run import ProbingConfig
+CORPUS_FIELDS = ("datasets", "max_examples", "test_fraction", "seed", "min_per_class", "data_dir")
+"""The ProbingConfig fields `bench probing-corpus` takes: those that choose the datasets and split."""
 
-    d = ProbingConfig()
+
+def _add_probing_corpus(bench_sub) -> None:
+    import dataclasses
+
+    from saelens_lite.evals.probing.run import ProbingConfig
+    from saelens_lite.util.dataclass_args import add_dataclass_args
+
     s = bench_sub.add_parser("probing-corpus", formatter_class=Formatter,
                              help="the probing datasets' training-split texts as a corpus (on-domain SAEs)",
                              description="Write the training-split texts of the probing datasets (the split that "
@@ -119,13 +125,8 @@ def _add_probing_corpus(bench_sub) -> None:
                                          "selected dataset is dropped, each text is written once, and the order is "
                                          "shuffled with --seed.")
     s.add_argument("--out", required=True, metavar="FILE.jsonl", help="the corpus to write")
-    s.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
-                   help="dataset file names (default: every binary dataset with >= --min-per-class per label)")
-    s.add_argument("--max-examples", type=int, default=d.max_examples, help="as bench probing's")
-    s.add_argument("--test-fraction", type=float, default=d.test_fraction, help="as bench probing's")
-    s.add_argument("--seed", type=int, default=d.seed, help="as bench probing's; also the corpus order")
-    s.add_argument("--min-per-class", type=int, default=d.min_per_class, help="as bench probing's")
-    s.add_argument("--data-dir", default="", help="folder of NAME.csv(.zst) datasets (default: the wheel's)")
+    add_dataclass_args(s, ProbingConfig, skip=tuple(f.name for f in dataclasses.fields(ProbingConfig)
+                                                    if f.name not in CORPUS_FIELDS))
     s.set_defaults(func=run_probing_corpus)
 
 
@@ -133,13 +134,12 @@ def run_probing_corpus(args: argparse.Namespace) -> int:
     from saelens_lite.evals.probing import data
     from saelens_lite.evals.probing.corpus import write_train_corpus
     from saelens_lite.evals.probing.run import ProbingConfig
+    from saelens_lite.util.dataclass_args import dataclass_from_args
 
-    # bench probing's own checks, so a value it refuses is refused here too
-    ProbingConfig(max_examples=args.max_examples, test_fraction=args.test_fraction, seed=args.seed,
-                  min_per_class=args.min_per_class)
-    names = args.datasets or data.default_datasets(args.data_dir or None, min_per_class=args.min_per_class)
-    counts = write_train_corpus(args.out, names, max_examples=args.max_examples, test_fraction=args.test_fraction,
-                                seed=args.seed, data_dir=args.data_dir or None)
+    cfg = dataclass_from_args(ProbingConfig, args)  # bench probing's own checks: what it refuses is refused here
+    names = cfg.datasets or data.default_datasets(cfg.data_dir or None, min_per_class=cfg.min_per_class)
+    counts = write_train_corpus(args.out, names, max_examples=cfg.max_examples, test_fraction=cfg.test_fraction,
+                                seed=cfg.seed, data_dir=cfg.data_dir or None)
     print(f"wrote {counts['texts']:,} texts from {counts['datasets']} datasets' training splits to {args.out} "
           f"({counts['dropped_in_a_test_split']:,} dropped: in a test split; {counts['duplicates']:,} duplicates)")
     return 0
