@@ -338,7 +338,7 @@ def test_imbalance_noise_and_draws_refit_every_probe_and_resume(tmp_path):
     assert m[0.1]["auc"] == pytest.approx(np.mean(by_ds)) and m[0.1]["n"] == 2 and "full" in m
     md = (out / "results.md").read_text()
     assert "## Class imbalance" in md and "## Label noise" in md and "2 seeded draws per value" in md
-    assert "| autoencoder | probe | 0.1 | 0.5 | full (60) |" in md and "Training texts per dataset: 33." in md
+    assert "| autoencoder | probe | 0.1 | 0.5 | full (60) |" in md and "| autoencoder | probe | full (60) | 0.2 |" in md and "Training texts per dataset: 33." in md
     assert (out / "auc_vs_pos_fraction.png").stat().st_size > 0 and (out / "auc_vs_label_noise.png").stat().st_size > 0
     before = _mtimes(out / "results")
     again = run_probing(saes, cfg, out, probe_cfg=probe_cfg)

@@ -200,17 +200,20 @@ def setting_table(result: dict, key: str = "scarce_rows") -> list[str]:
     out = [f"## {title}", "",
            f"Mean test AUC over the datasets the value applies to (their count in brackets where it is not "
            f"all of them); {_ABOUT[key]}; {draws} seeded draw{'s' if draws > 1 else ''} per value, averaged "
-           f"per dataset first.{size_note} The last column is the whole training split as it is.", ""]
+           f"per dataset first.{size_note} The \"full\" column is the whole training split as it is.", ""]
     n_all = len({r["dataset"] for r in result["rows"]})
+    # the unchanged split is noise 0: first in the noise table, last (the largest size, or the
+    # balanced split) in the others
+    columns = ["full", *values] if key == "noise_rows" else [*values, "full"]
     for hook, pooling in dict.fromkeys((r["hook"], r["pooling"]) for r in result["rows"]):
         out += [f"### {hook}, {pooling}-token pooling", "",
-                "| autoencoder | probe | " + " | ".join(f"{v:g}" for v in values) + f" | {full} |",
+                "| autoencoder | probe | " + " | ".join(full if v == "full" else f"{v:g}" for v in columns) + " |",
                 "|---|---|" + "---|" * (len(values) + 1)]
         keys = [(DENSE, hook, pooling, "dense")] + [(sae, hook, pooling, p) for sae, h, pl in _groups(result["rows"])
                                                     if (h, pl) == (hook, pooling) for p in probes]
         for k in keys:
             cells = []
-            for value in [*values, "full"]:
+            for value in columns:
                 v = m.get(k, {}).get(value)
                 cells.append("-" if v is None else f"{v['auc']:.3f}" + (f" [{v['n']}]" if v["n"] != n_all else ""))
             out.append(f"| {k[0]} | {k[3]} | " + " | ".join(cells) + " |")
