@@ -145,3 +145,48 @@ def test_half_dtypes_use_the_fallback_and_match_float32(dtype):
     _assert_close_in_eps(out, ref, dtype)
     for a, b in zip(grads, _grads(ref, p32)):
         _assert_close_in_eps(a, b, dtype)
+
+
+@pytest.mark.parametrize("kind", ["topk", "ragged", "sentinel"])
+def test_transposed_matmul_on_cpu_equals_the_dense_product(kind):
+    """A^T @ dense for A (B, F) holding vals at the pattern, against the dense float64 product:
+    plain, as the (D, F) transpose (out_DF) and as a pair. With the sentinel column F (the
+    Triton path's marker for an inactive entry) those entries take no part; features with no
+    entry give zero rows."""
+    g = torch.Generator().manual_seed(3)
+    if kind == "sentinel":
+        idx = _patterns()["topk"].clone()
+        idx[::2, 0] = F  # half the rows: one entry inactive
+        p = SparsePattern.from_topk(idx, F)
+    else:
+        p = _patterns()[kind]
+        p = p if isinstance(p, SparsePattern) else SparsePattern.from_topk(p, F)
+    n = p.cols_N.numel()
+    v1, v2 = (torch.randn(n, generator=g, dtype=torch.float64) for _ in range(2))
+    d1, d2 = (torch.randn(B, D, generator=g, dtype=torch.float64) for _ in range(2))
+
+    def dense_A(v):
+        A = torch.zeros(B, F + 1, dtype=torch.float64)
+        A.index_put_((p.rows_N, p.cols_N), v, accumulate=True)
+        return A[:, :F]  # the sentinel column dropped
+
+    want1, want2 = dense_A(v1).T @ d1, dense_A(v2).T @ d2
+    assert (want1.abs().sum(1) == 0).any()  # some feature has no entry
+    torch.testing.assert_close(p.transposed_matmul(v1, d1), want1)
+    out_DF = p.transposed_matmul(v1, d1, out_DF=True)
+    assert out_DF.shape == (D, F) and out_DF.is_contiguous()
+    torch.testing.assert_close(out_DF, want1.T)
+    got1, got2 = p.transposed_matmul_pair(v1, d1, v2, d2)
+    torch.testing.assert_close(got1, want1)
+    torch.testing.assert_close(got2, want2)
+    torch.testing.assert_close(p.transposed_matmul(v1.float(), d1.float(), out_dtype=torch.float64), want1,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (600, 3), (256, 9), (513, 257)])
+def test_transpose_copy_is_the_contiguous_transpose(shape):
+    from saelens_lite.kernels.sparse import transpose_copy
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    got = transpose_copy(x)
+    assert got.is_contiguous() and torch.equal(got, x.t())
