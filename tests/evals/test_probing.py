@@ -218,17 +218,17 @@ def test_pipeline_on_two_datasets_then_resumes_from_its_caches(tmp_path):
 
 
 def test_a_training_subset_is_balanced_inside_the_training_split_and_keeps_every_test_text():
-    from saelens_lite.evals.probing.run import _Split
+    from saelens_lite.evals.probing.splits import Split
 
     y_N = np.array([1, 0] * 30 + [1] * 10 + [0] * 10)  # 60 training texts, then 20 test texts
-    split = _Split(np.arange(80) + 100, 60, y_N)
+    split = Split(np.arange(80) + 100, 60, y_N)
     pick = split.subset(10, seed=0)
     train, test = pick[:10], pick[10:]
     assert list(test) == list(range(60, 80)) and (np.diff(train) > 0).all() and train.max() < 60
     assert y_N[train].sum() == 5
     assert list(split.subset(10, seed=0)) == list(pick)
     assert list(split.subset(10, seed=1)) != list(pick) and list(split.subset(12, seed=0))[:10] != list(train)
-    skewed = _Split(np.arange(30), 20, np.array([1] * 4 + [0] * 16 + [1, 0] * 5))  # 4 positive training texts
+    skewed = Split(np.arange(30), 20, np.array([1] * 4 + [0] * 16 + [1, 0] * 5))  # 4 positive training texts
     assert skewed.y_N[skewed.subset(10, seed=0)[:10]].sum() == 4  # as many as there are
 
 
@@ -250,7 +250,7 @@ def test_train_sizes_refit_every_probe_on_subsets_and_resume(tmp_path):
         assert (r["n_train"], r["n_train_pos"], r["n_test"], r["n_test_pos"]) == (r["train_size"],
                                                                                  r["train_size"] // 2, 20, 10)
     # the dense probe of size 8 on 1_animals: refitted here on the subset's own pooled rows
-    from saelens_lite.evals.probing.run import _Split
+    from saelens_lite.evals.probing.splits import Split
 
     ds = data.load_dataset("1_animals", folder)
     tr, te = data.split_indices(ds.y_N, max_examples=80, test_fraction=0.25, seed=1)
@@ -258,7 +258,7 @@ def test_train_sizes_refit_every_probe_on_subsets_and_resume(tmp_path):
     tok = acts.pooled_rows(None, HOOK, ds.name, ds.texts, idx, poolings=("last",), cache_dir=out / "activations",
                            model_name="tiny-llama", max_tokens=cfg.max_tokens, batch_tokens=cfg.batch_tokens)["last"]
     x_ND, y_N = acts.pool(tok.rows_TD, tok.offsets, "last"), ds.y_N[idx]
-    pick = _Split(idx, len(tr), y_N).subset(8, seed=1)
+    pick = Split(idx, len(tr), y_N).subset(8, seed=1)
     want = fit_probe(x_ND[pick[:8]], y_N[pick[:8]], x_ND[pick[8:]], y_N[pick[8:]], probe_cfg, seed=1)
     got = next(r for r in scarce if (r["dataset"], r["sae"], r["train_size"]) == ("1_animals", "dense probe", 8))
     assert got["C"] == want.c  # the same fit in this process; AUC and accuracy to float tolerance
@@ -272,10 +272,10 @@ def test_train_sizes_refit_every_probe_on_subsets_and_resume(tmp_path):
 
 
 def test_class_imbalance_draws_hold_the_fraction_at_the_largest_size_every_fraction_allows():
-    from saelens_lite.evals.probing.run import _Split
+    from saelens_lite.evals.probing.splits import Split
 
     y_N = np.array([1] * 40 + [0] * 60 + [1, 0] * 10)  # 100 training texts (40 positive), then 20 test texts
-    split = _Split(np.arange(120), 100, y_N)
+    split = Split(np.arange(120), 100, y_N)
     fractions = [0.1, 0.3, 0.9]
     n = split.imbalance_size(fractions)
     brute = max(m for m in range(1, 101) if all(np.ceil(f * m) <= 40 and m - np.ceil(f * m) <= 60 for f in fractions))
@@ -289,10 +289,10 @@ def test_class_imbalance_draws_hold_the_fraction_at_the_largest_size_every_fract
 
 
 def test_label_noise_flips_exactly_that_share_of_the_training_labels_only():
-    from saelens_lite.evals.probing.run import _Split
+    from saelens_lite.evals.probing.splits import Split
 
     y_N = np.array([1, 0] * 50 + [1, 0] * 10)
-    split = _Split(np.arange(120), 100, y_N)
+    split = Split(np.arange(120), 100, y_N)
     for f in (0.05, 0.25, 0.5):
         noisy = split.noisy_labels(f, seed=0)
         assert (noisy[:100] != y_N[:100]).sum() == int(f * 100) and (noisy[100:] == y_N[100:]).all()
@@ -302,7 +302,7 @@ def test_label_noise_flips_exactly_that_share_of_the_training_labels_only():
 
 def test_imbalance_noise_and_draws_refit_every_probe_and_resume(tmp_path):
     from saelens_lite.evals.probing import report
-    from saelens_lite.evals.probing.run import _Split
+    from saelens_lite.evals.probing.splits import Split
 
     folder = _datasets(tmp_path / "d")
     saes = [_sae(tmp_path / "topk")]
@@ -326,7 +326,7 @@ def test_imbalance_noise_and_draws_refit_every_probe_and_resume(tmp_path):
     tok = acts.pooled_rows(None, HOOK, ds.name, ds.texts, idx, poolings=("last",), cache_dir=out / "activations",
                            model_name="tiny-llama", max_tokens=cfg.max_tokens, batch_tokens=cfg.batch_tokens)["last"]
     x_ND = acts.pool(tok.rows_TD, tok.offsets, "last")
-    y_noisy = _Split(idx, len(tr), ds.y_N[idx]).noisy_labels(0.2, seed=1, draw=1)
+    y_noisy = Split(idx, len(tr), ds.y_N[idx]).noisy_labels(0.2, seed=1, draw=1)
     want = fit_probe(x_ND[:60], y_noisy[:60], x_ND[60:], ds.y_N[idx][60:], probe_cfg, seed=1)
     got = next(r for r in noise if (r["dataset"], r["sae"], r["draw"]) == ("1_animals", "dense probe", 1))
     assert got["C"] == want.c and got["n_train_pos"] == int(y_noisy[:60].sum())
@@ -346,11 +346,11 @@ def test_imbalance_noise_and_draws_refit_every_probe_and_resume(tmp_path):
 
 
 def test_a_fraction_that_leaves_a_class_below_the_folds_is_skipped(tmp_path):
-    from saelens_lite.evals.probing.run import _Split, _variants
+    from saelens_lite.evals.probing.splits import Split, variants
 
-    split = _Split(np.arange(120), 100, np.array([1, 0] * 60))
+    split = Split(np.arange(120), 100, np.array([1, 0] * 60))
     cfg = ProbingConfig(pos_fractions=[0.02, 0.1], label_noise=[0.5], train_sizes=[10, 100], draws=3)
-    v = _variants(cfg, split, min_class=3)
+    v = variants(cfg, split, min_class=3)
     assert [x.fields for x in v["imbalance_rows"]] == [{"pos_fraction": 0.1, "draw": d} for d in range(3)]
     # the size is the one every listed fraction allows, the skipped one too: min(50 / 0.02, 50 / 0.98) = 51,
     # where 0.02 has ceil(1.02) = 2 positive texts, fewer than the 3 folds

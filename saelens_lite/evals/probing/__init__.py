@@ -3,8 +3,9 @@ Useful? A Case Study in Sparse Probing"): do logistic probes on k of an autoenco
 match a dense probe on the activations they encode?
 
 ``data`` (the labelled datasets, the binary filter, the split), ``acts`` (pooled activations of a
-hook, cached), ``probes`` (dense, k-sparse and all-latent probes), ``run`` (the benchmark,
-resumable), ``report`` (tables, JSON, the AUC-vs-k plot), ``corpus`` (the training-split texts as a corpus
+hook, cached), ``probes`` (dense, k-sparse and all-latent probes), ``splits`` (the fixed split and the changed
+training splits of the data-scarce, class-imbalance and label-noise settings), ``run`` (the benchmark,
+resumable), ``report`` (tables, JSON, the plots), ``corpus`` (the training-split texts as a corpus
 for an on-domain SAE). ``saelens-lite bench probing`` and ``bench probing-corpus`` are the
 command lines.
 """

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from saelens_lite.evals.probing import acts, data
-from saelens_lite.evals.probing.probes import ProbeConfig, fit_probe, sparse_probes
+from saelens_lite.evals.probing.probes import ProbeConfig
 from saelens_lite.evals.probing.report import DENSE
+from saelens_lite.evals.probing.splits import Split, Variant, variants
 from saelens_lite.lm.hooks import warn_if_other_hook
 from saelens_lite.util.atomic import write_json
 from saelens_lite.util.validate import check_ints
@@ -210,10 +211,6 @@ def encode_pooled(sae, rows: acts.TokenRows, how: str, *, device: str = "cpu", c
     return np.concatenate(out)
 
 
-def _score_row(score) -> dict:
-    return {"auc": score.auc, "accuracy": score.accuracy, "C": score.c}
-
-
 def _cached_json(path: Path, compute) -> dict:
     """``path``'s JSON if a run already wrote it, else ``compute()`` written atomically."""
     if path.exists():
@@ -222,74 +219,6 @@ def _cached_json(path: Path, compute) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, result)
     return result
-
-
-def positives(fraction: float, n: int) -> int:
-    """ceil(fraction n), the positive texts of a class-imbalance draw of n (the count of
-    ``sae_probes.utils_data.get_train_test_indices``; the 1e-9 keeps 0.1 * 30 at 3)."""
-    return int(np.ceil(fraction * n - 1e-9))
-
-
-@dataclass
-class _Split:
-    """One dataset's fixed split; its texts are ordered train first, then test."""
-
-    idx_N: np.ndarray
-    n_train: int
-    y_N: np.ndarray
-
-    def counts(self, name: str, classes: tuple[str, str]) -> dict:
-        y_tr, y_te = self.y_N[: self.n_train], self.y_N[self.n_train:]
-        return {"dataset": name, "n_train": self.n_train, "n_test": len(y_te), "n_train_pos": int(y_tr.sum()),
-                "n_test_pos": int(y_te.sum()), "classes": list(classes)}
-
-    def subset(self, n: int, seed: int, draw: int = 0) -> np.ndarray:
-        """Positions (into this split's rows) of a balanced draw of ``n`` training texts, n // 2
-        positive, sorted, then every test text. Draw 0 is the one a single-draw run makes."""
-        rng = np.random.default_rng([seed, n] + ([draw] if draw else []))
-        pos, neg = self._by_label()
-        n_pos = max(min(n // 2, len(pos)), n - len(neg))  # half each, as far as the smaller label allows
-        return self._with_test(rng.choice(pos, n_pos, replace=False), rng.choice(neg, n - n_pos, replace=False))
-
-    def imbalance_size(self, fractions: list[float]) -> int:
-        """The largest training size every fraction f of positive texts can be drawn at: ceil(f n)
-        positive and n - ceil(f n) negative texts both within the training split."""
-        pos, neg = self._by_label()
-        return int(min(min(len(pos) / f, len(neg) / (1 - f)) for f in fractions) + 1e-9)
-
-    def imbalanced(self, n: int, fraction: float, seed: int, draw: int = 0) -> np.ndarray:
-        """As :meth:`subset`, with ceil(fraction n) of the ``n`` training texts positive
-        (``sae_probes.utils_data.get_train_test_indices``' count)."""
-        rng = np.random.default_rng([seed, 1, n, round(fraction * 1e6), draw])
-        pos, neg = self._by_label()
-        n_pos = positives(fraction, n)
-        return self._with_test(rng.choice(pos, n_pos, replace=False), rng.choice(neg, n - n_pos, replace=False))
-
-    def noisy_labels(self, fraction: float, seed: int, draw: int = 0) -> np.ndarray:
-        """This split's labels with int(fraction n_train) seeded training labels flipped (as
-        ``sae_probes.utils_data.corrupt_ytrain``); the test labels unchanged."""
-        rng = np.random.default_rng([seed, 2, round(fraction * 1e6), draw])
-        y_N = self.y_N.copy()
-        flip = rng.choice(self.n_train, int(fraction * self.n_train + 1e-9), replace=False)
-        y_N[flip] = 1 - y_N[flip]
-        return y_N
-
-    def _by_label(self) -> tuple[np.ndarray, np.ndarray]:
-        y_tr = self.y_N[: self.n_train]
-        return np.flatnonzero(y_tr == 1), np.flatnonzero(y_tr == 0)
-
-    def _with_test(self, *train: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.sort(np.concatenate(train)), np.arange(self.n_train, len(self.y_N))])
-
-    def dense(self, x_ND: np.ndarray, probe_cfg: ProbeConfig, seed: int) -> dict:
-        n = self.n_train
-        return _score_row(fit_probe(x_ND[:n], self.y_N[:n], x_ND[n:], self.y_N[n:], probe_cfg, seed=seed))
-
-    def sparse(self, z_NF: np.ndarray, cfg: ProbingConfig, probe_cfg: ProbeConfig) -> dict:
-        n = self.n_train
-        res = sparse_probes(z_NF[:n], self.y_N[:n], z_NF[n:], self.y_N[n:], cfg.ks, probe_cfg, seed=cfg.seed,
-                            with_all=cfg.all_latents)
-        return {name: (v if name == "latents" else _score_row(v)) for name, v in res.items()}
 
 
 @dataclass
@@ -323,7 +252,7 @@ def _sae_rows(base: dict, label: str, res: dict) -> list[dict]:
             for name, score in res.items() if name != "latents"]
 
 
-def _pooled_rows(cfg, probe_cfg, split: _Split, base: dict, pooled: _Pooled, probed, where: Path,
+def _pooled_rows(cfg, probe_cfg, split: Split, base: dict, pooled: _Pooled, probed, where: Path,
                  rkey: str) -> list[dict]:
     """The dense probe's row and each autoencoder's probe rows on one (hook, pooling)."""
     dense = _cached_json(where / f"dense-{rkey}.json", lambda: split.dense(pooled.x_ND, probe_cfg, cfg.seed))
@@ -335,57 +264,14 @@ def _pooled_rows(cfg, probe_cfg, split: _Split, base: dict, pooled: _Pooled, pro
     return rows
 
 
-@dataclass
-class _Variant:
-    """One refit of every probe on a changed training split (the test split is the same): the
-    split's rows at ``pick`` (training texts, then every test text) with labels ``y_N`` (None:
-    the split's own); its rows carry ``fields``, its result files end in ``tag``."""
-
-    fields: dict
-    tag: str
-    pick: np.ndarray
-    n_train: int
-    y_N: np.ndarray | None = None
-
-
-def _variants(cfg: ProbingConfig, split: _Split, min_class: int) -> dict[str, list[_Variant]]:
-    """{result key: its variants}: ``scarce_rows`` (each training size below the split,
-    balanced), ``imbalance_rows`` (each fraction of positive texts, at the size all of them
-    allow), ``noise_rows`` (each fraction of flipped training labels), ``cfg.draws`` draws each.
-    A class-imbalance draw whose smaller class would have fewer than ``min_class`` texts (the
-    cross-validation folds) is left out."""
-    out: dict[str, list[_Variant]] = {"scarce_rows": [], "imbalance_rows": [], "noise_rows": []}
-    draws, seed = range(cfg.draws), cfg.seed
-    for n in sorted(set(cfg.train_sizes)):
-        if n < split.n_train:
-            out["scarce_rows"] += [_Variant({"train_size": n, "draw": r}, f"n{n}s{seed}" + (f"d{r}" if r else ""),
-                                            split.subset(n, seed, r), n) for r in draws]
-    fractions = sorted(set(cfg.pos_fractions))
-    if fractions:
-        n = split.imbalance_size(fractions)
-        for f in fractions:
-            if min(positives(f, n), n - positives(f, n)) < min_class:
-                log.warning("class fraction %g: %d training texts leave fewer than %d of one class; skipped",
-                            f, n, min_class)
-                continue
-            out["imbalance_rows"] += [_Variant({"pos_fraction": f, "draw": r}, f"p{f:g}n{n}s{seed}d{r}",
-                                               split.imbalanced(n, f, seed, r), n) for r in draws]
-    every = np.arange(len(split.y_N))
-    for f in sorted(set(cfg.label_noise)):
-        out["noise_rows"] += [_Variant({"label_noise": f, "draw": r, "n_flipped": int(f * split.n_train + 1e-9)},
-                                       f"e{f:g}s{seed}d{r}", every, split.n_train, split.noisy_labels(f, seed, r))
-                              for r in draws]
-    return out
-
-
-def _variant_rows(cfg, probe_cfg, split: _Split, base: dict, pooled: _Pooled, probed, where: Path, rkey: str,
-                  variants: list[_Variant]) -> list[dict]:
+def _variant_rows(cfg, probe_cfg, split: Split, base: dict, pooled: _Pooled, probed, where: Path, rkey: str,
+                  variants: list[Variant]) -> list[dict]:
     """The rows of :func:`_pooled_rows` refitted on each variant of the training split, each row
     with the variant's fields and its own training counts."""
     rows = []
     for v in variants:
         y_N = split.y_N[v.pick] if v.y_N is None else v.y_N[v.pick]
-        sub = _Split(split.idx_N[v.pick], v.n_train, y_N)
+        sub = Split(split.idx_N[v.pick], v.n_train, y_N)
         b = base | v.fields | {"n_train": v.n_train, "n_train_pos": int(y_N[: v.n_train].sum())}
         tag = f"{rkey}-{v.tag}"
         dense = _cached_json(where / f"dense-{tag}.json",
@@ -398,13 +284,13 @@ def _variant_rows(cfg, probe_cfg, split: _Split, base: dict, pooled: _Pooled, pr
     return rows
 
 
-def _ood_rows(cfg, probe_cfg, split: _Split, base: dict, pooled: _Pooled, pooled_ood: _Pooled,
+def _ood_rows(cfg, probe_cfg, split: Split, base: dict, pooled: _Pooled, pooled_ood: _Pooled,
               ood: data.ProbingDataset, probed, where: Path, rkey: str) -> list[dict]:
     """Each probe fitted on the full training split (as in :func:`_pooled_rows`) and scored on
     the OOD texts instead of the test split: rows with ``test_set`` "ood" and the OOD set's
     counts and classes."""
     n, y_ood = split.n_train, ood.y_N
-    both = _Split(np.arange(n + len(y_ood)), n, np.concatenate([split.y_N[:n], y_ood]))
+    both = Split(np.arange(n + len(y_ood)), n, np.concatenate([split.y_N[:n], y_ood]))
     b = base | {"test_set": "ood", "n_test": len(y_ood), "n_test_pos": int(y_ood.sum()), "ood_classes": list(ood.classes)}
     x_ND = np.concatenate([pooled.x_ND[:n], pooled_ood.x_ND])
     dense = _cached_json(where / f"ood-dense-{rkey}.json", lambda: both.dense(x_ND, probe_cfg, cfg.seed))
@@ -420,8 +306,8 @@ def _ood_rows(cfg, probe_cfg, split: _Split, base: dict, pooled: _Pooled, pooled
 def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: Path,
                   ood: data.ProbingDataset | None = None) -> tuple[list[dict], dict[str, list[dict]], list[dict]]:
     """(rows on the full training split, {key: rows} of the changed training splits
-    (:func:`_variants`), OOD rows)."""
-    split = _Split(np.concatenate([idx_train, idx_test]), len(idx_train),
+    (:func:`.splits.variants`), OOD rows)."""
+    split = Split(np.concatenate([idx_train, idx_test]), len(idx_train),
                    ds.y_N[np.concatenate([idx_train, idx_test])])
     # results of another split, k list or probe setting are other files, never reused
     texts = [ds.texts[i] for i in split.idx_N]  # with the labels: an edited file is another result
@@ -431,8 +317,8 @@ def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: 
     okey = (hashlib.sha1(json.dumps([rkey, acts.cache_key(np.arange(len(ood.texts)), cfg.max_tokens, "special",
                                                             ood.texts), ood.y_N.tolist()]).encode()).hexdigest()[:10]
             if ood is not None else "")
-    variants = _variants(cfg, split, probe_cfg.folds if len(probe_cfg.cs) > 1 else 1)
-    rows, changed, ood_rows = [], {key: [] for key in variants}, []
+    changes = variants(cfg, split, probe_cfg.folds if len(probe_cfg.cs) > 1 else 1)
+    rows, changed, ood_rows = [], {key: [] for key in changes}, []
     for hook in sorted({p.hook for p in probed}):
         kw = dict(poolings=cfg.poolings, cache_dir=cfg.cache_dir or out / "activations", model_name=cfg.model,
                   max_tokens=cfg.max_tokens, batch_tokens=cfg.batch_tokens)
@@ -445,7 +331,7 @@ def _dataset_rows(cfg, probe_cfg, ds, idx_train, idx_test, probed, get_lm, out: 
             where = out / "results" / acts.slug(ds.name) / acts.slug(hook) / how
             pooled = _Pooled(tok, how, cfg.device)
             rows += _pooled_rows(cfg, probe_cfg, split, base, pooled, mine, where, rkey)
-            for key, vs in variants.items():
+            for key, vs in changes.items():
                 changed[key] += _variant_rows(cfg, probe_cfg, split, base, pooled, mine, where, rkey, vs)
             if ood is not None:
                 ood_rows += _ood_rows(cfg, probe_cfg, split, base, pooled, _Pooled(toks_ood[how], how, cfg.device),
