@@ -26,9 +26,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from saelens_lite.evals.probing.report import DENSE
+from saelens_lite.evals.probing.report import DENSE, SETTINGS
 
-SETTING_ROWS = {"imbalance_rows": ("pos_fraction", "pos="), "noise_rows": ("label_noise", "noise=")}
+PREFIX = {"imbalance_rows": "pos=", "noise_rows": "noise="}
 """Settings whose values get a prefix in the size column (training sizes are bare integers)."""
 
 
@@ -36,9 +36,8 @@ def _setting(r: dict, key: str) -> object:
     """The size column's value of a row of ``result[key]``."""
     if r.get("test_set") == "ood":
         return "ood"
-    if key in SETTING_ROWS:
-        field, prefix = SETTING_ROWS[key]
-        return f"{prefix}{r[field]:g}"
+    if key in PREFIX:
+        return f"{PREFIX[key]}{r[SETTINGS[key].field]:g}"
     return r.get("train_size", "full")
 
 
@@ -48,7 +47,7 @@ def auc_table(result: dict, datasets: list[str] | None = None) -> dict[tuple[str
     share of flipped labels, "ood" for the OOD rows (full training split, scored on the OOD
     texts); only ``datasets`` when given."""
     draws: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
-    for key in ("rows", "scarce_rows", *SETTING_ROWS, "ood_rows"):
+    for key in ("rows", *SETTINGS, "ood_rows"):
         for r in result.get(key, []):
             if datasets is None or r["dataset"] in datasets:
                 draws[(r["sae"], r["probe"], _setting(r, key))][r["dataset"]].append(r["auc"])

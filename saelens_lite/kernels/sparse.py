@@ -152,14 +152,14 @@ class SparsePattern:
             return self.transposed_matmul(vals_N, dense_BD).to(out_dtype)
         if dense_BD.device.type == "cpu" and dense_BD.dtype in _SPARSE_LIB_DTYPES:
             # one embedding_bag over the feature-sorted pattern: bag f = A^T's row f (an empty
-            # bag is a zero row). ~13x torch's CSR SpMM on CPU, whose output is zero-filled
-            # and copied (scripts/bench_cpu_spmm.py; docs/benchmarks.md)
+            # bag is a zero row); 2-11x torch's CSR SpMM on CPU for the (F, D) output
+            # (scripts/bench_cpu_spmm.py; docs/benchmarks.md)
             order_N, crow, rows_sorted = self.by_feature()
             n = int(crow[-1])  # entries at the sentinel column F sort last: not in any bag
             out_FD = F.embedding_bag(rows_sorted[:n], dense_BD, crow,
                                      per_sample_weights=vals_N[order_N[:n]].to(dense_BD.dtype),
                                      mode="sum", include_last_offset=True)
-            return transpose_copy(out_FD) if out_DF else out_FD
+            return out_FD.t().contiguous() if out_DF else out_FD
         if not _use_sparse_lib(dense_BD):  # half types, CUDA: chunked gather + index_add
             out_FD = dense_BD.new_zeros(self.n_cols, dense_BD.shape[1])
             for s in range(0, self.cols_N.numel(), _CHUNK):
@@ -178,11 +178,8 @@ class SparsePattern:
             )
         if not out_DF:
             return At @ dense_BD
-        out = dense_BD.new_empty(dense_BD.shape[1], self.n_cols)
-        if dense_BD.device.type == "cpu":
-            torch.mm(At, dense_BD, out=out.t())
-        else:
-            out.copy_((At @ dense_BD).t())
+        out = dense_BD.new_empty(dense_BD.shape[1], self.n_cols)  # CUDA (cusparse): CPU took the branch above
+        out.copy_((At @ dense_BD).t())
         return out
 
     def transposed_matmul_pair(
@@ -247,21 +244,6 @@ class SparsePattern:
         return F.embedding_bag(
             self.cols_N, table_FD, self.offsets_B, per_sample_weights=vals_N, mode="sum"
         )
-
-
-_TRANSPOSE_ROWS = 256  # rows per block of `transpose_copy`
-
-
-def transpose_copy(x_FD: Tensor) -> Tensor:
-    """x.t() as a contiguous (D, F) tensor, copied in blocks of rows: on CPU torch's one-call
-    strided copy (``x.t().contiguous()``) ran ~6x slower than this on 2 threads (18 ms against
-    2.8 ms at (4096, 768)); elsewhere that one call."""
-    if x_FD.device.type != "cpu":
-        return x_FD.t().contiguous()
-    out_DF = x_FD.new_empty(x_FD.shape[1], x_FD.shape[0])
-    for s in range(0, x_FD.shape[0], _TRANSPOSE_ROWS):
-        out_DF[:, s : s + _TRANSPOSE_ROWS].copy_(x_FD[s : s + _TRANSPOSE_ROWS].t())
-    return out_DF
 
 
 def _sync_free_csr(cols_N: Tensor, n_cols: int) -> tuple[Tensor, Tensor]:

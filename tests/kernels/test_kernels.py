@@ -182,11 +182,3 @@ def test_transposed_matmul_on_cpu_equals_the_dense_product(kind):
     torch.testing.assert_close(p.transposed_matmul(v1.float(), d1.float(), out_dtype=torch.float64), want1,
                                rtol=1e-5, atol=1e-5)
 
-
-@pytest.mark.parametrize("shape", [(7, 5), (600, 3), (256, 9), (513, 257)])
-def test_transpose_copy_is_the_contiguous_transpose(shape):
-    from saelens_lite.kernels.sparse import transpose_copy
-
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    got = transpose_copy(x)
-    assert got.is_contiguous() and torch.equal(got, x.t())

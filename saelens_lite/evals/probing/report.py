@@ -3,7 +3,7 @@ means, and where SAE probes beat the dense probe) and auc_vs_k.png (mean test AU
 line per autoencoder, the dense probe as a horizontal line), each written atomically. Each
 setting that refits the probes on a changed training split (:data:`SETTINGS`: training-set
 size, class imbalance, label noise) adds a table of mean test AUC by its value and a plot
-(:data:`PLOTS`).
+(its ``plot``).
 
 A row: {sae, hook, pooling, dataset, probe (``dense`` / ``k=K`` / ``all``), k, auc, accuracy, C,
 n_train, n_test, n_train_pos, n_test_pos, classes}; the dense probe's rows have sae
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -152,28 +153,43 @@ def _size_probes(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(ks[:1] + ks[-1:] + [p for p in names if p == "all"]))
 
 
-SETTINGS = {
-    "scarce_rows": ("train_size", "Training-set size (the data-scarce setting)", "training texts (half per label)"),
-    "imbalance_rows": ("pos_fraction", "Class imbalance", "share of positive training texts"),
-    "noise_rows": ("label_noise", "Label noise", "share of training labels flipped"),
-}
-"""{result key: (the rows' field that varies, table heading, plot axis)} of the settings that
-refit the probes on a changed training split (``run._variants``)."""
+class Setting(NamedTuple):
+    """A setting that refits the probes on a changed training split (``splits.variants``)."""
 
-_ABOUT = {
-    "scarce_rows": "each size a balanced, seeded draw from the training split",
-    "imbalance_rows": ("each fraction a seeded draw of one size per dataset from the training split (the "
-                       "largest every fraction allows), the test split balanced as before"),
-    "noise_rows": ("the whole training split with that share of its labels flipped (the latents chosen on the "
-                   "flipped labels too), the test labels clean"),
+    field: str
+    """The rows' field that varies."""
+    option: str
+    """The ``ProbingConfig`` field that asks for it."""
+    title: str
+    """Heading of its table."""
+    axis: str
+    """Its plot's x label."""
+    about: str
+    """What a value means, for the table's preamble."""
+    plot: str
+    """Its plot's file name."""
+
+
+SETTINGS = {
+    "scarce_rows": Setting("train_size", "train_sizes", "Training-set size (the data-scarce setting)",
+                           "training texts (half per label)",
+                           "each size a balanced, seeded draw from the training split", "auc_vs_train_size.png"),
+    "imbalance_rows": Setting("pos_fraction", "pos_fractions", "Class imbalance", "share of positive training texts",
+                              "each fraction a seeded draw of one size per dataset from the training split (the "
+                              "largest every fraction allows), the test split balanced as before",
+                              "auc_vs_pos_fraction.png"),
+    "noise_rows": Setting("label_noise", "label_noise", "Label noise", "share of training labels flipped",
+                          "the whole training split with that share of its labels flipped (the latents chosen on "
+                          "the flipped labels too), the test labels clean", "auc_vs_label_noise.png"),
 }
+"""{result key: its Setting}."""
 
 
 def setting_means(result: dict, key: str = "scarce_rows") -> dict[tuple[str, str, str, str], dict]:
     """{(sae, hook, pooling, probe): {value: {"auc", "accuracy", "n"}}}: :func:`means` per value
     of the setting ``key`` (:data:`SETTINGS`); value ``"full"`` is the whole training split as
     it is (the main rows)."""
-    field_ = SETTINGS[key][0]
+    field_ = SETTINGS[key].field
     by_value: dict[object, list[dict]] = defaultdict(list)
     for r in result.get(key, []):
         by_value[r[field_]].append(r)
@@ -187,7 +203,7 @@ def setting_means(result: dict, key: str = "scarce_rows") -> dict[tuple[str, str
 
 def setting_table(result: dict, key: str = "scarce_rows") -> list[str]:
     """Markdown: mean test AUC by the setting's value, per (hook, pooling), the dense probe first."""
-    field_, title, _ = SETTINGS[key]
+    field_, title = SETTINGS[key].field, SETTINGS[key].title
     values = sorted({r[field_] for r in result[key]})
     m = setting_means(result, key)
     probes = _size_probes(result["rows"])
@@ -199,7 +215,7 @@ def setting_table(result: dict, key: str = "scarce_rows") -> list[str]:
                  if key == "imbalance_rows" else "")
     out = [f"## {title}", "",
            f"Mean test AUC over the datasets the value applies to (their count in brackets where it is not "
-           f"all of them); {_ABOUT[key]}; {draws} seeded draw{'s' if draws > 1 else ''} per value, averaged "
+           f"all of them); {SETTINGS[key].about}; {draws} seeded draw{'s' if draws > 1 else ''} per value, averaged "
            f"per dataset first.{size_note} The \"full\" column is the whole training split as it is.", ""]
     n_all = len({r["dataset"] for r in result["rows"]})
     # the unchanged split is noise 0: first in the noise table, last (the largest size, or the
@@ -243,7 +259,7 @@ def plot_setting(result: dict, key: str, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    field_, _, xlabel = SETTINGS[key]
+    field_, xlabel = SETTINGS[key].field, SETTINGS[key].axis
     rows = result["rows"]
     m = setting_means(result, key)
     values = sorted({r[field_] for r in result[key]})
@@ -318,16 +334,11 @@ def write_report(result: dict, out: str | Path) -> dict[str, Path]:
     md = out / "results.md"
     write_text(md, format_markdown(result) + "\n")
     written = {"json": out / "results.json", "markdown": md, "plot": plot_auc_vs_k(result, out / "auc_vs_k.png")}
-    for key, name in PLOTS.items():
+    for key, setting in SETTINGS.items():
         if result.get(key):
-            written[key] = plot_setting(result, key, out / name)
+            written[key] = plot_setting(result, key, out / setting.plot)
     return written
 
 
-PLOTS = {"scarce_rows": "auc_vs_train_size.png", "imbalance_rows": "auc_vs_pos_fraction.png",
-         "noise_rows": "auc_vs_label_noise.png"}
-"""The plot file of each setting (:func:`plot_setting`)."""
-
-
-__all__ = ["DENSE", "SETTINGS", "PLOTS", "means", "setting_means", "versus_dense", "format_markdown", "setting_table",
+__all__ = ["DENSE", "Setting", "SETTINGS", "means", "setting_means", "versus_dense", "format_markdown", "setting_table",
            "ood_table", "plot_auc_vs_k", "plot_setting", "write_report"]

@@ -24,7 +24,7 @@ import torch
 
 from saelens_lite.evals.probing import acts, data
 from saelens_lite.evals.probing.probes import ProbeConfig
-from saelens_lite.evals.probing.report import DENSE
+from saelens_lite.evals.probing.report import DENSE, SETTINGS
 from saelens_lite.evals.probing.splits import Split, Variant, variants
 from saelens_lite.lm.hooks import warn_if_other_hook
 from saelens_lite.util.atomic import write_json
@@ -362,7 +362,7 @@ def run_probing(saes: list[str], cfg: ProbingConfig, out: str | Path, *,
     if cfg.ood and not set(names) & set(ood_files):
         raise ValueError(f"--ood: none of the datasets has an OOD test set; those with one: {sorted(ood_files)}")
     out = Path(out)
-    rows, changed, ood_rows = [], {"scarce_rows": [], "imbalance_rows": [], "noise_rows": []}, []
+    rows, changed, ood_rows = [], {key: [] for key in SETTINGS}, []
     for name in names:
         ds = data.load_dataset(name, cfg.data_dir or None)
         idx_train, idx_test = data.split_indices(ds.y_N, max_examples=cfg.max_examples,
@@ -376,9 +376,8 @@ def run_probing(saes: list[str], cfg: ProbingConfig, out: str | Path, *,
         ood_rows += shifted
     result = {"config": asdict(cfg), "probe_config": asdict(probe_cfg),
               "saes": {p.label: str(p.path) for p in probed}, "rows": rows}
-    for key, wanted in (("scarce_rows", cfg.train_sizes), ("imbalance_rows", cfg.pos_fractions),
-                        ("noise_rows", cfg.label_noise)):
-        if wanted:
+    for key, setting in SETTINGS.items():
+        if getattr(cfg, setting.option):
             result[key] = changed[key]
     if cfg.ood:
         result["ood_rows"] = ood_rows
